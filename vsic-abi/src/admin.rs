@@ -1,0 +1,467 @@
+//! Admin commands and completions (PF only).
+//!
+//! One admin command is one virtio-blk request of type
+//! [`crate::virtio::VIRTIO_BLK_T_VSIC_ADMIN`] whose descriptor chain is:
+//!
+//! | part | direction | bytes |
+//! |---|---|---|
+//! | virtio-blk header (type, reserved, sector = 0) | driver → device | 16 |
+//! | [`AdminCommand`] | driver → device | 64 |
+//! | payload out (optional, `payload_len` bytes) | driver → device | ≤ [`MAX_PAYLOAD`] |
+//! | [`AdminCompletion`] | device → driver | 32 |
+//! | payload in buffer (optional) | device → driver | ≤ [`MAX_PAYLOAD`] |
+//! | virtio status byte | device → driver | 1 |
+//!
+//! The virtio status is OK whenever a completion was written; the outcome of
+//! the command itself is the completion's [`AdminStatus`].
+
+use crate::wire::{exact, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
+use crate::DecodeError;
+use std::fmt;
+
+/// "VSIC" read as a little-endian u32.
+pub const COMMAND_MAGIC: u32 = u32::from_le_bytes(*b"VSIC");
+/// The command layout version this build speaks.
+pub const COMMAND_VERSION: u16 = 1;
+/// Largest payload in either direction.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// Command flag: the attachment or derived capability is read-only.
+pub const FLAG_READ_ONLY: u32 = 1 << 0;
+/// All flags this version defines; any other bit is an error.
+pub const FLAGS_KNOWN: u32 = FLAG_READ_ONLY;
+
+/// `vsic` value meaning "every VSIC" for [`Opcode::Stats`].
+pub const ALL_VSICS: u32 = u32::MAX;
+
+/// Admin opcodes. The argument use of each is in `docs/device-spec.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Opcode {
+    /// payload in: [`crate::records::Identify`].
+    Identify = 0x01,
+    /// `vsic`.
+    VsicEnable = 0x10,
+    /// `vsic`; detaches nothing, but I/O on a disabled VSIC fails.
+    VsicDisable = 0x11,
+    /// arg0 = size in bytes (rounded up to whole extents), arg1 = stripe
+    /// width in drives (0 = 1). payload in: the new root [`crate::CapToken`].
+    /// result0 = VSA id, result1 = size in bytes.
+    VsaCreate = 0x20,
+    /// payload out: a token with [`crate::Rights::ADMIN`].
+    VsaDelete = 0x21,
+    /// arg0 = new size (must be larger). payload out: token. result1 = size.
+    VsaExtend = 0x22,
+    /// arg0 = new size (must be smaller, at least one extent). payload out:
+    /// token. result1 = size.
+    VsaShrink = 0x23,
+    /// `vsic`, `slot`, flags may hold [`FLAG_READ_ONLY`]. payload out: token.
+    Attach = 0x30,
+    /// `vsic`, `slot`.
+    Detach = 0x31,
+    /// `vsic`, arg0 = bytes per second, arg1 = I/Os per second (0 = unlimited).
+    SetQos = 0x40,
+    /// flags may hold [`FLAG_READ_ONLY`]. payload out: parent token.
+    /// payload in: the derived token.
+    CapDerive = 0x50,
+    /// payload out: token. Revokes it and everything derived from it and
+    /// detaches what they attached. A root token is re-keyed: the new root
+    /// comes back as payload in.
+    CapRevoke = 0x51,
+    /// payload in: array of [`crate::records::VsaInfo`]. result0 = count.
+    ListVsas = 0x60,
+    /// payload in: array of [`crate::records::VsicInfo`]. result0 = count.
+    ListVsics = 0x61,
+    /// `vsic` (or [`ALL_VSICS`]). payload in: [`crate::records::VsicStats`]
+    /// records, each followed by its per-queue records.
+    Stats = 0x70,
+    /// arg0 = VSA id. payload in: array of [`crate::records::ExtentRun`].
+    ExtentMap = 0x71,
+}
+
+impl Opcode {
+    pub const ALL: [Opcode; 16] = [
+        Opcode::Identify,
+        Opcode::VsicEnable,
+        Opcode::VsicDisable,
+        Opcode::VsaCreate,
+        Opcode::VsaDelete,
+        Opcode::VsaExtend,
+        Opcode::VsaShrink,
+        Opcode::Attach,
+        Opcode::Detach,
+        Opcode::SetQos,
+        Opcode::CapDerive,
+        Opcode::CapRevoke,
+        Opcode::ListVsas,
+        Opcode::ListVsics,
+        Opcode::Stats,
+        Opcode::ExtentMap,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<Opcode> {
+        Self::ALL.iter().copied().find(|o| *o as u16 == v)
+    }
+}
+
+/// Outcome of an admin command; every failure has its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum AdminStatus {
+    Ok = 0,
+    BadMagic = 1,
+    BadVersion = 2,
+    UnknownOpcode = 3,
+    BadCommandSize = 4,
+    BadPayloadSize = 5,
+    InvalidArgument = 6,
+    UnknownFlags = 7,
+    NoSuchVsic = 8,
+    NoSuchSlot = 9,
+    NoSuchVsa = 10,
+    BadToken = 11,
+    RevokedToken = 12,
+    PermissionDenied = 13,
+    NoSpace = 14,
+    SlotBusy = 15,
+    SlotEmpty = 16,
+    ZeroSize = 17,
+    BelowMinimum = 18,
+    TooLarge = 19,
+    ResponseTooSmall = 20,
+    NotPf = 21,
+    MetadataIo = 22,
+}
+
+impl AdminStatus {
+    pub const ALL: [AdminStatus; 23] = [
+        AdminStatus::Ok,
+        AdminStatus::BadMagic,
+        AdminStatus::BadVersion,
+        AdminStatus::UnknownOpcode,
+        AdminStatus::BadCommandSize,
+        AdminStatus::BadPayloadSize,
+        AdminStatus::InvalidArgument,
+        AdminStatus::UnknownFlags,
+        AdminStatus::NoSuchVsic,
+        AdminStatus::NoSuchSlot,
+        AdminStatus::NoSuchVsa,
+        AdminStatus::BadToken,
+        AdminStatus::RevokedToken,
+        AdminStatus::PermissionDenied,
+        AdminStatus::NoSpace,
+        AdminStatus::SlotBusy,
+        AdminStatus::SlotEmpty,
+        AdminStatus::ZeroSize,
+        AdminStatus::BelowMinimum,
+        AdminStatus::TooLarge,
+        AdminStatus::ResponseTooSmall,
+        AdminStatus::NotPf,
+        AdminStatus::MetadataIo,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<AdminStatus> {
+        Self::ALL.iter().copied().find(|s| *s as u16 == v)
+    }
+
+    /// Stable short name, for `--json` output and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminStatus::Ok => "ok",
+            AdminStatus::BadMagic => "bad-magic",
+            AdminStatus::BadVersion => "bad-version",
+            AdminStatus::UnknownOpcode => "unknown-opcode",
+            AdminStatus::BadCommandSize => "bad-command-size",
+            AdminStatus::BadPayloadSize => "bad-payload-size",
+            AdminStatus::InvalidArgument => "invalid-argument",
+            AdminStatus::UnknownFlags => "unknown-flags",
+            AdminStatus::NoSuchVsic => "no-such-vsic",
+            AdminStatus::NoSuchSlot => "no-such-slot",
+            AdminStatus::NoSuchVsa => "no-such-vsa",
+            AdminStatus::BadToken => "bad-token",
+            AdminStatus::RevokedToken => "revoked-token",
+            AdminStatus::PermissionDenied => "permission-denied",
+            AdminStatus::NoSpace => "no-space",
+            AdminStatus::SlotBusy => "slot-busy",
+            AdminStatus::SlotEmpty => "slot-empty",
+            AdminStatus::ZeroSize => "zero-size",
+            AdminStatus::BelowMinimum => "below-minimum",
+            AdminStatus::TooLarge => "too-large",
+            AdminStatus::ResponseTooSmall => "response-too-small",
+            AdminStatus::NotPf => "not-pf",
+            AdminStatus::MetadataIo => "metadata-io",
+        }
+    }
+
+    /// What a user should read when the command failed this way.
+    pub fn message(self) -> &'static str {
+        match self {
+            AdminStatus::Ok => "success",
+            AdminStatus::BadMagic => "the command does not start with the VSIC magic",
+            AdminStatus::BadVersion => "the command layout version is not supported by the device",
+            AdminStatus::UnknownOpcode => "the device does not know this admin opcode",
+            AdminStatus::BadCommandSize => "the admin command is not exactly 64 bytes",
+            AdminStatus::BadPayloadSize => {
+                "the payload size does not match what the command needs"
+            }
+            AdminStatus::InvalidArgument => "an argument of the command is out of range",
+            AdminStatus::UnknownFlags => "the command sets flags the device does not know",
+            AdminStatus::NoSuchVsic => "no VSIC with that number",
+            AdminStatus::NoSuchSlot => "no attachment slot with that number",
+            AdminStatus::NoSuchVsa => "no VSA with that id",
+            AdminStatus::BadToken => "the capability token is not valid (forged or for a deleted VSA)",
+            AdminStatus::RevokedToken => "the capability token has been revoked",
+            AdminStatus::PermissionDenied => "the capability does not grant this operation",
+            AdminStatus::NoSpace => "not enough free extents on the drives",
+            AdminStatus::SlotBusy => "that slot already has a VSA attached",
+            AdminStatus::SlotEmpty => "that slot has no VSA attached",
+            AdminStatus::ZeroSize => "a VSA cannot have size zero",
+            AdminStatus::BelowMinimum => "a VSA cannot be shrunk below one extent",
+            AdminStatus::TooLarge => "the size exceeds what a VSA window can hold",
+            AdminStatus::ResponseTooSmall => "the response buffer is too small for the reply",
+            AdminStatus::NotPf => "admin commands are only accepted on the PF",
+            AdminStatus::MetadataIo => "the device could not commit its metadata to the drives",
+        }
+    }
+}
+
+impl fmt::Display for AdminStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message(), self.name())
+    }
+}
+
+/// The fixed 64-byte admin command.
+///
+/// | offset | field | type |
+/// |---|---|---|
+/// | 0 | magic ("VSIC") | u32 |
+/// | 4 | version | u16 |
+/// | 6 | opcode | u16 |
+/// | 8 | payload_len | u32 |
+/// | 12 | flags | u32 |
+/// | 16 | vsic | u32 |
+/// | 20 | slot | u32 |
+/// | 24..56 | arg0..arg3 | u64 × 4 |
+/// | 56 | reserved (zero) | u64 |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminCommand {
+    /// Raw opcode: kept raw so that unknown ones reach the device and get
+    /// [`AdminStatus::UnknownOpcode`].
+    pub opcode: u16,
+    pub payload_len: u32,
+    pub flags: u32,
+    pub vsic: u32,
+    pub slot: u32,
+    pub args: [u64; 4],
+}
+
+impl AdminCommand {
+    pub const LEN: usize = 64;
+
+    pub fn new(opcode: Opcode) -> Self {
+        Self { opcode: opcode as u16, payload_len: 0, flags: 0, vsic: 0, slot: 0, args: [0; 4] }
+    }
+
+    pub fn opcode(&self) -> Option<Opcode> {
+        Opcode::from_u16(self.opcode)
+    }
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        put_u32(&mut b, 0, COMMAND_MAGIC);
+        put_u16(&mut b, 4, COMMAND_VERSION);
+        put_u16(&mut b, 6, self.opcode);
+        put_u32(&mut b, 8, self.payload_len);
+        put_u32(&mut b, 12, self.flags);
+        put_u32(&mut b, 16, self.vsic);
+        put_u32(&mut b, 20, self.slot);
+        for (i, a) in self.args.iter().enumerate() {
+            put_u64(&mut b, 24 + 8 * i, *a);
+        }
+        b
+    }
+
+    /// Decodes a command, checking size, magic, version and reserved bytes.
+    /// The opcode is not checked here (see [`AdminCommand::opcode`]).
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        exact(b, Self::LEN)?;
+        let magic = get_u32(b, 0);
+        if magic != COMMAND_MAGIC {
+            return Err(DecodeError::BadMagic { expected: COMMAND_MAGIC, got: magic });
+        }
+        let version = get_u16(b, 4);
+        if version != COMMAND_VERSION {
+            return Err(DecodeError::BadVersion { supported: COMMAND_VERSION, got: version });
+        }
+        let reserved = get_u64(b, 56);
+        if reserved != 0 {
+            return Err(DecodeError::BadField { field: "reserved", value: reserved });
+        }
+        let payload_len = get_u32(b, 8);
+        if payload_len as usize > MAX_PAYLOAD {
+            return Err(DecodeError::BadField { field: "payload_len", value: payload_len as u64 });
+        }
+        Ok(Self {
+            opcode: get_u16(b, 6),
+            payload_len,
+            flags: get_u32(b, 12),
+            vsic: get_u32(b, 16),
+            slot: get_u32(b, 20),
+            args: [get_u64(b, 24), get_u64(b, 32), get_u64(b, 40), get_u64(b, 48)],
+        })
+    }
+
+    /// The status a device reports for a command that failed to decode.
+    pub fn decode_status(err: &DecodeError) -> AdminStatus {
+        match err {
+            DecodeError::Truncated { .. } | DecodeError::Oversized { .. } => {
+                AdminStatus::BadCommandSize
+            }
+            DecodeError::BadMagic { .. } => AdminStatus::BadMagic,
+            DecodeError::BadVersion { .. } => AdminStatus::BadVersion,
+            DecodeError::BadField { field: "payload_len", .. } => AdminStatus::BadPayloadSize,
+            DecodeError::BadField { .. } | DecodeError::BadText(_) => AdminStatus::InvalidArgument,
+        }
+    }
+}
+
+/// The fixed 32-byte admin completion.
+///
+/// | offset | field | type |
+/// |---|---|---|
+/// | 0 | status ([`AdminStatus`]) | u16 |
+/// | 2 | reserved | u16 |
+/// | 4 | payload_len (bytes written to the payload-in buffer) | u32 |
+/// | 8 | result0 | u64 |
+/// | 16 | result1 | u64 |
+/// | 24 | reserved | u64 |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminCompletion {
+    /// Raw status: a newer device may report codes this build does not know.
+    pub status: u16,
+    pub payload_len: u32,
+    pub result0: u64,
+    pub result1: u64,
+}
+
+impl AdminCompletion {
+    pub const LEN: usize = 32;
+
+    pub fn with_status(status: AdminStatus) -> Self {
+        Self { status: status as u16, payload_len: 0, result0: 0, result1: 0 }
+    }
+
+    pub fn ok() -> Self {
+        Self::with_status(AdminStatus::Ok)
+    }
+
+    pub fn status(&self) -> Option<AdminStatus> {
+        AdminStatus::from_u16(self.status)
+    }
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        put_u16(&mut b, 0, self.status);
+        put_u32(&mut b, 4, self.payload_len);
+        put_u64(&mut b, 8, self.result0);
+        put_u64(&mut b, 16, self.result1);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        exact(b, Self::LEN)?;
+        let payload_len = get_u32(b, 4);
+        if payload_len as usize > MAX_PAYLOAD {
+            return Err(DecodeError::BadField { field: "payload_len", value: payload_len as u64 });
+        }
+        Ok(Self {
+            status: get_u16(b, 0),
+            payload_len,
+            result0: get_u64(b, 8),
+            result1: get_u64(b, 16),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_round_trip_and_layout() {
+        let mut c = AdminCommand::new(Opcode::Attach);
+        c.vsic = 3;
+        c.slot = 2;
+        c.flags = FLAG_READ_ONLY;
+        c.payload_len = 64;
+        c.args = [1, 2, 3, 4];
+        let b = c.encode();
+        assert_eq!(&b[0..4], b"VSIC");
+        assert_eq!(u16::from_le_bytes([b[6], b[7]]), 0x30);
+        assert_eq!(u32::from_le_bytes(b[16..20].try_into().unwrap()), 3);
+        assert_eq!(AdminCommand::decode(&b).unwrap(), c);
+        assert_eq!(c.opcode(), Some(Opcode::Attach));
+    }
+
+    #[test]
+    fn command_decode_rejects_bad_input() {
+        let good = AdminCommand::new(Opcode::Identify).encode();
+        let e = AdminCommand::decode(&good[..63]).unwrap_err();
+        assert_eq!(AdminCommand::decode_status(&e), AdminStatus::BadCommandSize);
+        let mut long = good.to_vec();
+        long.push(0);
+        let e = AdminCommand::decode(&long).unwrap_err();
+        assert_eq!(AdminCommand::decode_status(&e), AdminStatus::BadCommandSize);
+        let mut bad = good;
+        bad[0] = b'X';
+        let e = AdminCommand::decode(&bad).unwrap_err();
+        assert_eq!(AdminCommand::decode_status(&e), AdminStatus::BadMagic);
+        let mut bad = good;
+        bad[4] = 9;
+        let e = AdminCommand::decode(&bad).unwrap_err();
+        assert_eq!(AdminCommand::decode_status(&e), AdminStatus::BadVersion);
+        let mut bad = good;
+        bad[60] = 1;
+        assert!(AdminCommand::decode(&bad).is_err());
+        let mut bad = AdminCommand::new(Opcode::Identify);
+        bad.payload_len = MAX_PAYLOAD as u32 + 1;
+        let e = AdminCommand::decode(&bad.encode()).unwrap_err();
+        assert_eq!(AdminCommand::decode_status(&e), AdminStatus::BadPayloadSize);
+    }
+
+    #[test]
+    fn unknown_opcode_decodes_but_is_not_known() {
+        let mut c = AdminCommand::new(Opcode::Identify);
+        c.opcode = 0x7777;
+        let d = AdminCommand::decode(&c.encode()).unwrap();
+        assert_eq!(d.opcode(), None);
+    }
+
+    #[test]
+    fn completion_round_trip() {
+        let c = AdminCompletion { status: AdminStatus::NoSpace as u16, payload_len: 9, result0: 5, result1: 6 };
+        assert_eq!(AdminCompletion::decode(&c.encode()).unwrap(), c);
+        assert!(AdminCompletion::decode(&[0u8; 31]).is_err());
+        assert!(AdminCompletion::decode(&[0u8; 33]).is_err());
+    }
+
+    #[test]
+    fn statuses_and_opcodes_are_distinct_and_named() {
+        let mut codes: Vec<u16> = AdminStatus::ALL.iter().map(|s| *s as u16).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), AdminStatus::ALL.len());
+        for s in AdminStatus::ALL {
+            assert_eq!(AdminStatus::from_u16(s as u16), Some(s));
+            assert!(!s.message().is_empty());
+        }
+        let mut names: Vec<&str> = AdminStatus::ALL.iter().map(|s| s.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), AdminStatus::ALL.len());
+        for o in Opcode::ALL {
+            assert_eq!(Opcode::from_u16(o as u16), Some(o));
+        }
+    }
+}

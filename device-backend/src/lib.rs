@@ -1,1 +1,10 @@
+//! `vsicd`: the emulated VSIC storage controller.
+//!
+//! `controller` is the device model (drives, extents, VSAs, VSIC slots,
+//! capabilities, QoS, statistics, persisted metadata) and knows nothing of
+//! vhost-user. `front` is the vhost-user glue: one socket per PCI function,
+//! virtio-blk request parsing, and moving data between guest memory and the
+//! controller.
 
+pub mod controller;
+pub mod front;

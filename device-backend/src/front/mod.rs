@@ -1,0 +1,1 @@
+//! vhost-user front (see lib.rs).

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod cap;
 pub mod records;
+pub mod units;
 pub mod virtio;
 pub mod window;
 mod wire;

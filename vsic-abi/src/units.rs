@@ -1,0 +1,79 @@
+//! Text forms of sizes, rates and durations, as users type them on the
+//! command lines of `vsicd` and `vsicctl` ("128M", "1G", "50us").
+
+use std::time::Duration;
+
+/// Parses a byte size: a plain number or one with a binary suffix
+/// K, M, G, T (optionally followed by "iB" or "B"): "4096", "64M", "1GiB".
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!("'{text}' is not a size (expected e.g. 4096, 64M, 1G)"));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("'{text}': number too large"))?;
+    let shift = match suffix.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("'{text}': unknown size suffix '{suffix}' (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{text}': size too large"))
+}
+
+/// Formats a byte count with the largest binary unit that divides it.
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= (1 << shift) && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}")
+}
+
+/// Parses a duration: a number with suffix ns, us, ms or s ("50us", "2ms").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits_end);
+    let n: u64 = num.parse().map_err(|_| format!("'{text}' is not a duration (expected e.g. 50us, 2ms, 1s)"))?;
+    match suffix {
+        "ns" => Ok(Duration::from_nanos(n)),
+        "us" => Ok(Duration::from_micros(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("'{text}': unknown duration suffix '{suffix}' (use ns, us, ms or s)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(format_size(128 << 20), "128M");
+        assert_eq!(format_size(1000), "1000");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_duration("2ms"), Ok(Duration::from_millis(2)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

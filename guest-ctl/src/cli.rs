@@ -1,0 +1,251 @@
+//! Command-line syntax of `vsicctl` (clap derive). Scripts rely on these
+//! spellings; keep them stable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Control plane of the VSIC storage controller: creates and deletes virtual
+/// storage areas (VSAs), attaches them to VSICs, manages capabilities and
+/// reads statistics, all through the controller's PF.
+#[derive(Debug, Parser)]
+#[command(name = "vsicctl", version)]
+pub struct Cli {
+    /// Reach the PF through the vhost-user socket PF_SOCKET (on the host,
+    /// next to vsicd). Required: the in-guest VFIO transport is not
+    /// available yet.
+    #[arg(long = "vhost-user", value_name = "PF_SOCKET", global = true)]
+    pub vhost_user: Option<PathBuf>,
+
+    /// Print one JSON document on stdout instead of tables (errors too, as
+    /// {"error": {...}}).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, resize and delete virtual storage areas.
+    #[command(subcommand)]
+    Vsa(VsaCommand),
+    /// Enable, disable and limit VSICs; attach and detach VSAs.
+    #[command(subcommand)]
+    Vsic(VsicCommand),
+    /// Derive, revoke and inspect capability files.
+    #[command(subcommand)]
+    Cap(CapCommand),
+    /// List every VSA and every VSIC with its attachments.
+    List,
+    /// Show I/O counters per VSIC and per queue.
+    Stats {
+        /// Only this VSIC (default: all).
+        #[arg(long, value_name = "N")]
+        vsic: Option<u32>,
+    },
+    /// Show the controller's geometry and free space.
+    Identify,
+    /// Show which drive extents back a VSA, in the VSA's logical order.
+    ExtentMap {
+        /// VSA id (as shown by `vsicctl list`).
+        #[arg(long, value_name = "ID")]
+        vsa: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VsaCommand {
+    /// Create a VSA and store its root capability in a new file (mode 0600).
+    Create {
+        /// Size, rounded up to whole extents by the controller (e.g. 128M, 1G).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+        /// File to write the root capability to; must not exist unless --force.
+        #[arg(long, value_name = "FILE")]
+        cap: PathBuf,
+        /// Number of drives to stripe over.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        stripe: u32,
+        /// Replace FILE if it already exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Grow or shrink a VSA (in whole extents; never below one extent).
+    Resize {
+        /// Capability file with admin rights on the VSA.
+        #[arg(long, value_name = "FILE")]
+        cap: PathBuf,
+        /// New size (e.g. 256M).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+    },
+    /// Delete a VSA and free its extents. The capability file is left in
+    /// place (it no longer grants anything).
+    Delete {
+        /// Capability file with admin rights on the VSA.
+        #[arg(long, value_name = "FILE")]
+        cap: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VsicCommand {
+    /// Attach the VSA named by a capability to a slot of a VSIC. Slot s is
+    /// seen by the VSIC at byte offset s * 2^40; slot 0 is the kernel's disk.
+    Attach {
+        #[command(flatten)]
+        vsic: VsicArg,
+        /// Capability file of the VSA.
+        #[arg(long, value_name = "FILE")]
+        cap: PathBuf,
+        /// Attachment slot.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        slot: u32,
+        /// Attach for reading only.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Detach whatever VSA is attached to a slot of a VSIC.
+    Detach {
+        #[command(flatten)]
+        vsic: VsicArg,
+        /// Attachment slot.
+        #[arg(long, value_name = "N")]
+        slot: u32,
+    },
+    /// Let a VSIC serve I/O again.
+    Enable {
+        #[command(flatten)]
+        vsic: VsicArg,
+    },
+    /// Make every I/O on a VSIC fail; its attachments stay.
+    Disable {
+        #[command(flatten)]
+        vsic: VsicArg,
+    },
+    /// Set a VSIC's rate limits. An omitted limit keeps its current value;
+    /// 0 means unlimited; with neither option, show the current limits.
+    Qos {
+        #[command(flatten)]
+        vsic: VsicArg,
+        /// Bytes per second (e.g. 100M; 0 = unlimited).
+        #[arg(long, value_name = "RATE", value_parser = parse_size)]
+        bytes_per_sec: Option<u64>,
+        /// I/O requests per second (0 = unlimited).
+        #[arg(long, value_name = "N")]
+        iops: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VsicArg {
+    /// VSIC number (0 .. number of VSICs - 1).
+    #[arg(long = "vsic", value_name = "N")]
+    pub number: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CapCommand {
+    /// Derive a new capability for the same VSA into a new file (mode 0600).
+    Derive {
+        /// Parent capability file.
+        #[arg(long, value_name = "FILE")]
+        cap: PathBuf,
+        /// The derived capability grants reading only.
+        #[arg(long)]
+        read_only: bool,
+        /// File to write the derived capability to; must not exist unless --force.
+        #[arg(long, value_name = "FILE2")]
+        out: PathBuf,
+        /// Replace FILE2 if it already exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke a capability and everything derived from it, detaching what
+    /// they attached. Revoking a VSA's root capability re-keys it: FILE is
+    /// then replaced atomically by the new root.
+    Revoke {
+        /// Capability file to revoke.
+        #[arg(long, value_name = "FILE")]
+        cap: PathBuf,
+    },
+    /// Show what a capability file names (VSA, token id, rights), never its
+    /// secret. Works without the device.
+    Show {
+        /// Capability file.
+        #[arg(long, value_name = "FILE")]
+        cap: PathBuf,
+    },
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    vsic_abi::units::parse_size(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let a = Cli::try_parse_from(["vsicctl", "--json", "--vhost-user", "/s", "list"]).unwrap();
+        let b = Cli::try_parse_from(["vsicctl", "list", "--json", "--vhost-user", "/s"]).unwrap();
+        assert!(a.json && b.json);
+        assert_eq!(a.vhost_user, b.vhost_user);
+        let c = Cli::try_parse_from([
+            "vsicctl", "vsa", "create", "--size", "1M", "--cap", "f", "--json",
+        ])
+        .unwrap();
+        assert!(c.json);
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes_and_bad_ones_are_usage_errors() {
+        let cli = Cli::try_parse_from(["vsicctl", "vsa", "create", "--size", "128M", "--cap", "f"])
+            .unwrap();
+        match cli.command {
+            Command::Vsa(VsaCommand::Create {
+                size,
+                stripe,
+                force,
+                ..
+            }) => {
+                assert_eq!(size, 128 << 20);
+                assert_eq!(stripe, 1);
+                assert!(!force);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let err = Cli::try_parse_from(["vsicctl", "vsa", "create", "--size", "12X", "--cap", "f"])
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn attach_defaults_to_slot_zero_read_write() {
+        let cli = Cli::try_parse_from(["vsicctl", "vsic", "attach", "--vsic", "2", "--cap", "f"])
+            .unwrap();
+        match cli.command {
+            Command::Vsic(VsicCommand::Attach {
+                vsic,
+                slot,
+                read_only,
+                ..
+            }) => {
+                assert_eq!((vsic.number, slot, read_only), (2, 0, false));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        // Detach has no default slot: detaching slot 0 by accident would
+        // pull the kernel's disk away.
+        assert!(Cli::try_parse_from(["vsicctl", "vsic", "detach", "--vsic", "0"]).is_err());
+    }
+}

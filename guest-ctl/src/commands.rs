@@ -1,0 +1,350 @@
+//! Carrying out each subcommand against the PF.
+
+use std::path::Path;
+
+use serde_json::json;
+use vsic::admin::AdminClient;
+use vsic_abi::units::format_size;
+use vsic_abi::CapToken;
+
+use crate::capfile::{self, Reservation};
+use crate::cli::{CapCommand, Cli, Command, VsaCommand, VsicCommand};
+use crate::failure::Failure;
+use crate::report::{self, Report};
+
+pub fn run(cli: &Cli) -> Result<Report, Failure> {
+    // The one command that needs no device.
+    if let Command::Cap(CapCommand::Show { cap }) = &cli.command {
+        return cap_show(cap);
+    }
+    let client = connect(cli.vhost_user.as_deref())?;
+    match &cli.command {
+        Command::Vsa(cmd) => vsa(&client, cmd),
+        Command::Vsic(cmd) => vsic(&client, cmd),
+        Command::Cap(cmd) => cap(&client, cmd),
+        Command::List => {
+            let vsas = client
+                .list_vsas()
+                .map_err(|e| Failure::admin("listing VSAs", e))?;
+            let vsics = client
+                .list_vsics()
+                .map_err(|e| Failure::admin("listing VSICs", e))?;
+            Ok(report::list(&vsas, &vsics))
+        }
+        Command::Stats { vsic } => {
+            let context = match vsic {
+                Some(n) => format!("reading statistics of VSIC {n}"),
+                None => "reading statistics".to_string(),
+            };
+            let entries = client
+                .stats(*vsic)
+                .map_err(|e| Failure::admin(context, e))?;
+            Ok(report::stats(&entries))
+        }
+        Command::Identify => {
+            let id = client
+                .identify()
+                .map_err(|e| Failure::admin("identifying the controller", e))?;
+            Ok(report::identify(&id))
+        }
+        Command::ExtentMap { vsa } => {
+            let context = format!("reading the extent map of VSA {vsa}");
+            let runs = client
+                .extent_map(*vsa)
+                .map_err(|e| Failure::admin(&context, e))?;
+            let id = client.identify().map_err(|e| Failure::admin(&context, e))?;
+            Ok(report::extent_map(*vsa, id.extent_size, &runs))
+        }
+    }
+}
+
+fn connect(socket: Option<&Path>) -> Result<AdminClient, Failure> {
+    let Some(socket) = socket else {
+        return Err(Failure::usage(
+            "no transport",
+            "the in-guest VFIO transport is not available yet; \
+             on the host, pass --vhost-user PF_SOCKET (the PF socket of vsicd)",
+        ));
+    };
+    let context = format!("connecting to the PF at {}", socket.display());
+    let Some(path) = socket.to_str() else {
+        return Err(Failure::usage(
+            context,
+            "the socket path is not valid UTF-8",
+        ));
+    };
+    AdminClient::open(&format!("vhost-user:{path}")).map_err(|e| Failure::admin(context, e))
+}
+
+fn read_cap(path: &Path) -> Result<CapToken, Failure> {
+    capfile::read(path)
+        .map_err(|e| Failure::file(format!("reading capability file {}", path.display()), e))
+}
+
+fn claim(path: &Path, force: bool) -> Result<Reservation, Failure> {
+    Reservation::claim(path, force).map_err(|e| {
+        let context = format!("creating capability file {}", path.display());
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Failure::file(context, "the file exists (use --force to replace it)")
+        } else {
+            Failure::file(context, e)
+        }
+    })
+}
+
+fn vsa(client: &AdminClient, cmd: &VsaCommand) -> Result<Report, Failure> {
+    match cmd {
+        VsaCommand::Create {
+            size,
+            cap,
+            stripe,
+            force,
+        } => {
+            // Claim the file first: a VSA whose capability cannot be stored
+            // would be unreachable.
+            let reservation = claim(cap, *force)?;
+            let created = client.vsa_create(*size, *stripe).map_err(|e| {
+                Failure::admin(format!("creating a VSA of {}", format_size(*size)), e)
+            })?;
+            if let Err(e) = reservation.store(&created.token) {
+                let undo = match client.vsa_delete(&created.token) {
+                    Ok(()) => "the VSA was deleted again".to_string(),
+                    Err(d) => format!("the VSA {} could not be deleted again: {d}", created.vsa_id),
+                };
+                return Err(Failure::file(
+                    format!("writing capability file {}", cap.display()),
+                    format!("{e}; {undo}"),
+                ));
+            }
+            let human = format!(
+                "created VSA {} of {} ({} bytes); root capability in {}\n",
+                created.vsa_id,
+                format_size(created.size),
+                created.size,
+                cap.display()
+            );
+            let mut json = report::token_json(&created.token);
+            json["size"] = json!(created.size);
+            json["cap"] = json!(cap.display().to_string());
+            Ok(Report::new(human, json))
+        }
+        VsaCommand::Resize { cap, size } => {
+            let token = read_cap(cap)?;
+            let context = format!("resizing VSA {} to {}", token.vsa_id, format_size(*size));
+            let new_size = client
+                .vsa_resize(&token, *size)
+                .map_err(|e| Failure::admin(context, e))?;
+            let human = format!(
+                "VSA {} is now {} ({new_size} bytes)\n",
+                token.vsa_id,
+                format_size(new_size)
+            );
+            Ok(Report::new(
+                human,
+                json!({ "vsa": token.vsa_id, "size": new_size }),
+            ))
+        }
+        VsaCommand::Delete { cap } => {
+            let token = read_cap(cap)?;
+            client
+                .vsa_delete(&token)
+                .map_err(|e| Failure::admin(format!("deleting VSA {}", token.vsa_id), e))?;
+            Ok(Report::new(
+                format!("deleted VSA {}\n", token.vsa_id),
+                json!({ "vsa": token.vsa_id, "deleted": true }),
+            ))
+        }
+    }
+}
+
+fn vsic(client: &AdminClient, cmd: &VsicCommand) -> Result<Report, Failure> {
+    match cmd {
+        VsicCommand::Attach {
+            vsic,
+            cap,
+            slot,
+            read_only,
+        } => {
+            let n = vsic.number;
+            let token = read_cap(cap)?;
+            let context = format!("attaching VSA {} to VSIC {n} slot {slot}", token.vsa_id);
+            client
+                .attach(n, *slot, &token, *read_only)
+                .map_err(|e| Failure::admin(context, e))?;
+            let mode = if *read_only {
+                "read-only"
+            } else {
+                "read-write"
+            };
+            let human = format!(
+                "attached VSA {} to VSIC {n} slot {slot} ({mode}, at byte offset {:#x})\n",
+                token.vsa_id,
+                vsic_abi::window::slot_base(*slot)
+            );
+            let json = json!({
+                "vsic": n, "slot": slot, "vsa": token.vsa_id, "read_only": read_only,
+                "window_offset": vsic_abi::window::slot_base(*slot),
+            });
+            Ok(Report::new(human, json))
+        }
+        VsicCommand::Detach { vsic, slot } => {
+            let n = vsic.number;
+            client
+                .detach(n, *slot)
+                .map_err(|e| Failure::admin(format!("detaching VSIC {n} slot {slot}"), e))?;
+            Ok(Report::new(
+                format!("detached VSIC {n} slot {slot}\n"),
+                json!({ "vsic": n, "slot": slot }),
+            ))
+        }
+        VsicCommand::Enable { vsic } => {
+            let n = vsic.number;
+            client
+                .vsic_enable(n)
+                .map_err(|e| Failure::admin(format!("enabling VSIC {n}"), e))?;
+            Ok(Report::new(
+                format!("enabled VSIC {n}\n"),
+                json!({ "vsic": n, "enabled": true }),
+            ))
+        }
+        VsicCommand::Disable { vsic } => {
+            let n = vsic.number;
+            client
+                .vsic_disable(n)
+                .map_err(|e| Failure::admin(format!("disabling VSIC {n}"), e))?;
+            Ok(Report::new(
+                format!("disabled VSIC {n}\n"),
+                json!({ "vsic": n, "enabled": false }),
+            ))
+        }
+        VsicCommand::Qos {
+            vsic,
+            bytes_per_sec,
+            iops,
+        } => qos(client, vsic.number, *bytes_per_sec, *iops),
+    }
+}
+
+/// Sets the limits given and keeps the others; shows the result.
+fn qos(
+    client: &AdminClient,
+    n: u32,
+    bytes_per_sec: Option<u64>,
+    iops: Option<u64>,
+) -> Result<Report, Failure> {
+    let context = format!("setting the QoS of VSIC {n}");
+    let (mut rate, mut ops) = (bytes_per_sec.unwrap_or(0), iops.unwrap_or(0));
+    if bytes_per_sec.is_none() || iops.is_none() {
+        let current = client
+            .list_vsics()
+            .map_err(|e| Failure::admin(format!("reading the QoS of VSIC {n}"), e))?
+            .into_iter()
+            .find(|v| v.vsic == n)
+            .ok_or_else(|| {
+                Failure::admin(
+                    format!("reading the QoS of VSIC {n}"),
+                    vsic::admin::AdminError::Device(vsic_abi::AdminStatus::NoSuchVsic),
+                )
+            })?;
+        rate = bytes_per_sec.unwrap_or(current.qos_bytes_per_sec);
+        ops = iops.unwrap_or(current.qos_iops);
+    }
+    let changing = bytes_per_sec.is_some() || iops.is_some();
+    if changing {
+        client
+            .set_qos(n, rate, ops)
+            .map_err(|e| Failure::admin(context, e))?;
+    }
+    let show = |v: u64, f: fn(u64) -> String| {
+        if v == 0 {
+            "unlimited".to_string()
+        } else {
+            f(v)
+        }
+    };
+    let human = format!(
+        "VSIC {n}{}: {} bytes/s, {} IOPS\n",
+        if changing { " limited to" } else { " QoS" },
+        show(rate, format_size),
+        show(ops, |v| v.to_string())
+    );
+    Ok(Report::new(
+        human,
+        json!({ "vsic": n, "bytes_per_sec": rate, "iops": ops }),
+    ))
+}
+
+fn cap(client: &AdminClient, cmd: &CapCommand) -> Result<Report, Failure> {
+    match cmd {
+        CapCommand::Derive {
+            cap,
+            read_only,
+            out,
+            force,
+        } => {
+            let parent = read_cap(cap)?;
+            let reservation = claim(out, *force)?;
+            let derived = client.cap_derive(&parent, *read_only).map_err(|e| {
+                Failure::admin(
+                    format!("deriving a capability for VSA {}", parent.vsa_id),
+                    e,
+                )
+            })?;
+            if let Err(e) = reservation.store(&derived) {
+                // Best effort: a token nobody holds should not stay live.
+                let _ = client.cap_revoke(&derived);
+                return Err(Failure::file(
+                    format!("writing capability file {}", out.display()),
+                    e,
+                ));
+            }
+            let human = format!(
+                "derived token {} ({}) for VSA {} into {}\n",
+                derived.token_id,
+                derived.rights,
+                derived.vsa_id,
+                out.display()
+            );
+            let mut json = report::token_json(&derived);
+            json["cap"] = json!(out.display().to_string());
+            Ok(Report::new(human, json))
+        }
+        CapCommand::Revoke { cap } => revoke(client, cap),
+        CapCommand::Show { cap } => cap_show(cap),
+    }
+}
+
+fn cap_show(cap: &Path) -> Result<Report, Failure> {
+    let token = read_cap(cap)?;
+    let mut json = report::token_json(&token);
+    json["file"] = json!(cap.display().to_string());
+    Ok(Report::new(report::token_human(&token), json))
+}
+
+fn revoke(client: &AdminClient, cap: &Path) -> Result<Report, Failure> {
+    let token = read_cap(cap)?;
+    let context = format!("revoking token {} of VSA {}", token.token_id, token.vsa_id);
+    let new_root = client
+        .cap_revoke(&token)
+        .map_err(|e| Failure::admin(context, e))?;
+    let mut json = json!({ "vsa": token.vsa_id, "token": token.token_id, "revoked": true });
+    let mut human = format!(
+        "revoked token {} of VSA {} and everything derived from it\n",
+        token.token_id, token.vsa_id
+    );
+    if let Some(root) = new_root {
+        capfile::replace(cap, &root).map_err(|e| {
+            Failure::file(
+                format!("storing the new root capability in {}", cap.display()),
+                format!("{e}; the VSA can no longer be administered"),
+            )
+        })?;
+        human.push_str(&format!(
+            "new root token {} written to {}\n",
+            root.token_id,
+            cap.display()
+        ));
+        json["new_root"] = report::token_json(&root);
+    }
+    Ok(Report::new(human, json))
+}

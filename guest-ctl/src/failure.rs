@@ -1,0 +1,148 @@
+//! What went wrong, for the user: a message on stderr, an error object in
+//! `--json` mode, and the exit code.
+
+use serde_json::{json, Value};
+use vsic::admin::AdminError;
+
+/// Exit code of a failed operation (device refusal, file error, transport).
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code of a command line that cannot be run (clap uses it too).
+pub const EXIT_USAGE: i32 = 2;
+
+/// A failed step: what was being done, and why it failed.
+#[derive(Debug)]
+pub struct Failure {
+    /// "creating VSA", "reading capability file x", ...
+    pub context: String,
+    pub cause: Cause,
+}
+
+#[derive(Debug)]
+pub enum Cause {
+    Admin(AdminError),
+    /// A local problem (files, arguments) with a short status name of its own.
+    Local {
+        status: &'static str,
+        message: String,
+    },
+}
+
+impl Failure {
+    pub fn admin(context: impl Into<String>, err: AdminError) -> Failure {
+        Failure {
+            context: context.into(),
+            cause: Cause::Admin(err),
+        }
+    }
+
+    pub fn file(context: impl Into<String>, message: impl ToString) -> Failure {
+        Failure {
+            context: context.into(),
+            cause: Cause::Local {
+                status: "file-error",
+                message: message.to_string(),
+            },
+        }
+    }
+
+    pub fn usage(context: impl Into<String>, message: impl Into<String>) -> Failure {
+        Failure {
+            context: context.into(),
+            cause: Cause::Local {
+                status: "usage",
+                message: message.into(),
+            },
+        }
+    }
+
+    /// Stable short name: the device status's name for device refusals.
+    pub fn status_name(&self) -> String {
+        match &self.cause {
+            Cause::Admin(AdminError::Device(s)) => s.name().to_string(),
+            Cause::Admin(AdminError::UnknownStatus(code)) => format!("unknown-status-{code}"),
+            Cause::Admin(AdminError::Transport(_)) => "transport".to_string(),
+            Cause::Admin(AdminError::Protocol(_)) => "protocol".to_string(),
+            Cause::Local { status, .. } => status.to_string(),
+        }
+    }
+
+    /// The cause alone, without the context.
+    pub fn message(&self) -> String {
+        match &self.cause {
+            Cause::Admin(AdminError::Device(s)) => s.message().to_string(),
+            Cause::Admin(e) => e.to_string(),
+            Cause::Local { message, .. } => message.clone(),
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match &self.cause {
+            Cause::Local {
+                status: "usage", ..
+            } => EXIT_USAGE,
+            _ => EXIT_FAILED,
+        }
+    }
+
+    /// The stderr line: `vsicctl: <context>: <message> (<status name>)`.
+    pub fn stderr_line(&self) -> String {
+        match &self.cause {
+            Cause::Admin(AdminError::Device(_)) => {
+                format!(
+                    "vsicctl: {}: {} ({})",
+                    self.context,
+                    self.message(),
+                    self.status_name()
+                )
+            }
+            _ => format!("vsicctl: {}: {}", self.context, self.message()),
+        }
+    }
+
+    /// The `--json` error document.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "error": {
+                "status": self.status_name(),
+                "message": self.message(),
+                "context": self.context,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vsic_abi::AdminStatus;
+
+    #[test]
+    fn device_refusal_names_its_status_everywhere() {
+        let f = Failure::admin("creating VSA", AdminError::Device(AdminStatus::NoSpace));
+        assert_eq!(
+            f.stderr_line(),
+            "vsicctl: creating VSA: not enough free extents on the drives (no-space)"
+        );
+        assert_eq!(f.exit_code(), EXIT_FAILED);
+        assert_eq!(f.to_json()["error"]["status"], "no-space");
+        assert_eq!(
+            f.to_json()["error"]["message"],
+            AdminStatus::NoSpace.message()
+        );
+    }
+
+    #[test]
+    fn local_failures_have_their_own_codes() {
+        let u = Failure::usage("choosing the transport", "no");
+        assert_eq!(u.exit_code(), EXIT_USAGE);
+        assert_eq!(u.to_json()["error"]["status"], "usage");
+        let f = Failure::file("reading capability file x", "No such file");
+        assert_eq!(f.exit_code(), EXIT_FAILED);
+        assert_eq!(
+            f.stderr_line(),
+            "vsicctl: reading capability file x: No such file"
+        );
+        let p = Failure::admin("listing", AdminError::UnknownStatus(999));
+        assert_eq!(p.status_name(), "unknown-status-999");
+    }
+}

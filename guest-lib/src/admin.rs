@@ -1,0 +1,358 @@
+//! Admin client: the control plane's view of the PF.
+//!
+//! Every admin command is one `VIRTIO_BLK_T_VSIC_ADMIN` request on queue 0
+//! of the PF, laid out as the documentation of [`vsic_abi::admin`] describes:
+//! out = [command, payload], in = [completion, payload-in buffer]. This
+//! module only moves bytes; every layout is encoded and decoded by
+//! `vsic_abi`.
+
+use std::fmt;
+
+use vsic_abi::admin::{ALL_VSICS, FLAG_READ_ONLY, MAX_PAYLOAD};
+use vsic_abi::records::{self, ExtentRun, Identify, QueueStats, VsaInfo, VsicInfo, VsicStats};
+use vsic_abi::virtio::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_VSIC_ADMIN};
+use vsic_abi::{AdminCommand, AdminCompletion, AdminStatus, CapToken, DecodeError, Opcode};
+
+use crate::{Device, OpenOptions, RawReply};
+
+/// The queue admin commands travel on.
+const ADMIN_QUEUE: u16 = 0;
+/// First payload-in buffer offered for list and stats replies; enough for
+/// thousands of records. A reply that does not fit is retried once with
+/// [`MAX_PAYLOAD`].
+const LIST_CAPACITY: usize = 256 << 10;
+
+/// Why an admin command failed.
+#[derive(Debug)]
+pub enum AdminError {
+    /// The device executed the command and refused it.
+    Device(AdminStatus),
+    /// The device answered with a status code this build does not know.
+    UnknownStatus(u16),
+    /// The request did not reach the device or its reply did not come back.
+    Transport(crate::Error),
+    /// The device's reply does not follow the admin protocol.
+    Protocol(String),
+}
+
+impl AdminError {
+    /// The device status behind this error, when the device gave one.
+    pub fn status(&self) -> Option<AdminStatus> {
+        match self {
+            AdminError::Device(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AdminError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminError::Device(s) => write!(f, "{} ({})", s.message(), s.name()),
+            AdminError::UnknownStatus(code) => {
+                write!(
+                    f,
+                    "the device reported status {code}, which this tool does not know"
+                )
+            }
+            AdminError::Transport(e) => write!(f, "cannot talk to the device: {e}"),
+            AdminError::Protocol(why) => write!(f, "malformed reply from the device: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for AdminError {}
+
+impl From<crate::Error> for AdminError {
+    fn from(e: crate::Error) -> Self {
+        AdminError::Transport(e)
+    }
+}
+
+fn protocol(what: &str, e: DecodeError) -> AdminError {
+    AdminError::Protocol(format!("{what}: {e}"))
+}
+
+/// A VSA just created: its root capability, id and (rounded) size.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub token: CapToken,
+    pub vsa_id: u64,
+    pub size: u64,
+}
+
+/// One VSIC's counters with the counters of each of its queues.
+pub type StatsEntry = (VsicStats, Vec<QueueStats>);
+
+/// A client for the admin commands of one controller's PF.
+pub struct AdminClient {
+    device: Device,
+}
+
+impl AdminClient {
+    /// Opens the PF named by `spec` (e.g. `vhost-user:/run/vsic/pf.sock`).
+    pub fn open(spec: &str) -> Result<AdminClient, AdminError> {
+        let device = Device::open(spec, &OpenOptions::default())?;
+        Ok(AdminClient { device })
+    }
+
+    /// Wraps a PF device that is already open.
+    pub fn new(device: Device) -> AdminClient {
+        AdminClient { device }
+    }
+
+    /// The underlying device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Sends raw descriptor parts as one admin request, with no checking at
+    /// all: for exercising the device with malformed chains.
+    pub fn raw(&self, out: &[&[u8]], in_lens: &[usize]) -> Result<RawReply, AdminError> {
+        Ok(self
+            .device
+            .raw_request(ADMIN_QUEUE, VIRTIO_BLK_T_VSIC_ADMIN, 0, out, in_lens)?)
+    }
+
+    /// Sends `cmd` exactly as given (its `payload_len` is not adjusted) with
+    /// `payload` out and a payload-in buffer of `in_capacity` bytes.
+    ///
+    /// Returns the completion whatever its status, so callers can inspect
+    /// refusals; the payload is trimmed to what the device wrote. Fails only
+    /// when the exchange itself breaks (transport or protocol).
+    pub fn command(
+        &self,
+        cmd: &AdminCommand,
+        payload: &[u8],
+        in_capacity: usize,
+    ) -> Result<(AdminCompletion, Vec<u8>), AdminError> {
+        let encoded = cmd.encode();
+        let mut out: Vec<&[u8]> = vec![&encoded];
+        if !payload.is_empty() {
+            out.push(payload);
+        }
+        let mut in_lens = vec![AdminCompletion::LEN];
+        if in_capacity > 0 {
+            in_lens.push(in_capacity);
+        }
+        let reply = self.raw(&out, &in_lens)?;
+        if reply.status != VIRTIO_BLK_S_OK {
+            return Err(AdminError::Protocol(format!(
+                "virtio status {} instead of a completion",
+                reply.status
+            )));
+        }
+        let mut ins = reply.ins.into_iter();
+        let completion_bytes = ins
+            .next()
+            .ok_or_else(|| AdminError::Protocol("no completion buffer in the reply".into()))?;
+        let completion =
+            AdminCompletion::decode(&completion_bytes).map_err(|e| protocol("completion", e))?;
+        let written = completion.payload_len as usize;
+        if written > in_capacity {
+            return Err(AdminError::Protocol(format!(
+                "completion claims {written} payload bytes, but only {in_capacity} were offered"
+            )));
+        }
+        let mut data = ins.next().unwrap_or_default();
+        if data.len() < written {
+            return Err(AdminError::Protocol(format!(
+                "completion claims {written} payload bytes, transport returned {}",
+                data.len()
+            )));
+        }
+        data.truncate(written);
+        Ok((completion, data))
+    }
+
+    /// Sends a command built by the typed methods and turns a refusal into
+    /// an error.
+    fn execute(
+        &self,
+        mut cmd: AdminCommand,
+        payload: &[u8],
+        in_capacity: usize,
+    ) -> Result<(AdminCompletion, Vec<u8>), AdminError> {
+        cmd.payload_len = u32::try_from(payload.len())
+            .map_err(|_| AdminError::Device(AdminStatus::BadPayloadSize))?;
+        let (completion, data) = self.command(&cmd, payload, in_capacity)?;
+        match completion.status() {
+            Some(AdminStatus::Ok) => Ok((completion, data)),
+            Some(status) => Err(AdminError::Device(status)),
+            None => Err(AdminError::UnknownStatus(completion.status)),
+        }
+    }
+
+    /// Like [`AdminClient::execute`] for replies of unknown length: offers
+    /// [`LIST_CAPACITY`] first and the largest payload when that was too small.
+    fn execute_list(&self, cmd: AdminCommand) -> Result<(AdminCompletion, Vec<u8>), AdminError> {
+        match self.execute(cmd, &[], LIST_CAPACITY) {
+            Err(AdminError::Device(AdminStatus::ResponseTooSmall)) => {
+                self.execute(cmd, &[], MAX_PAYLOAD)
+            }
+            other => other,
+        }
+    }
+
+    /// Sends a command with no payload and no reply data.
+    fn simple(&self, cmd: AdminCommand) -> Result<AdminCompletion, AdminError> {
+        Ok(self.execute(cmd, &[], 0)?.0)
+    }
+
+    pub fn identify(&self) -> Result<Identify, AdminError> {
+        let (_, data) = self.execute(AdminCommand::new(Opcode::Identify), &[], Identify::LEN)?;
+        Identify::decode(&data).map_err(|e| protocol("identify record", e))
+    }
+
+    pub fn vsic_enable(&self, vsic: u32) -> Result<(), AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::VsicEnable);
+        cmd.vsic = vsic;
+        self.simple(cmd).map(drop)
+    }
+
+    pub fn vsic_disable(&self, vsic: u32) -> Result<(), AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::VsicDisable);
+        cmd.vsic = vsic;
+        self.simple(cmd).map(drop)
+    }
+
+    /// Creates a VSA of at least `size` bytes striped over `stripe` drives
+    /// (0 = one drive).
+    pub fn vsa_create(&self, size: u64, stripe: u32) -> Result<Created, AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::VsaCreate);
+        cmd.args[0] = size;
+        cmd.args[1] = stripe as u64;
+        let (completion, data) = self.execute(cmd, &[], CapToken::LEN)?;
+        let token = CapToken::decode(&data).map_err(|e| protocol("new capability", e))?;
+        Ok(Created {
+            token,
+            vsa_id: completion.result0,
+            size: completion.result1,
+        })
+    }
+
+    pub fn vsa_delete(&self, token: &CapToken) -> Result<(), AdminError> {
+        self.execute(AdminCommand::new(Opcode::VsaDelete), &token.encode(), 0)
+            .map(drop)
+    }
+
+    /// Resizes the VSA of `token` to `new_size` bytes and returns its new
+    /// size. Extends or shrinks depending on the current size; asking for the
+    /// current size changes nothing.
+    pub fn vsa_resize(&self, token: &CapToken, new_size: u64) -> Result<u64, AdminError> {
+        let current = self
+            .list_vsas()?
+            .into_iter()
+            .find(|v| v.vsa_id == token.vsa_id);
+        let opcode = match current {
+            Some(v) if v.size == new_size => return Ok(v.size),
+            Some(v) if new_size < v.size => Opcode::VsaShrink,
+            // A VSA missing from the list gets an extend anyway, so that the
+            // device itself says what is wrong with the token.
+            _ => Opcode::VsaExtend,
+        };
+        let mut cmd = AdminCommand::new(opcode);
+        cmd.args[0] = new_size;
+        let (completion, _) = self.execute(cmd, &token.encode(), 0)?;
+        Ok(completion.result1)
+    }
+
+    /// Attaches the VSA of `token` to `slot` of `vsic`.
+    pub fn attach(
+        &self,
+        vsic: u32,
+        slot: u32,
+        token: &CapToken,
+        read_only: bool,
+    ) -> Result<(), AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::Attach);
+        cmd.vsic = vsic;
+        cmd.slot = slot;
+        if read_only {
+            cmd.flags |= FLAG_READ_ONLY;
+        }
+        self.execute(cmd, &token.encode(), 0).map(drop)
+    }
+
+    pub fn detach(&self, vsic: u32, slot: u32) -> Result<(), AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::Detach);
+        cmd.vsic = vsic;
+        cmd.slot = slot;
+        self.simple(cmd).map(drop)
+    }
+
+    /// Limits `vsic` to `bytes_per_sec` and `iops` (0 = unlimited).
+    pub fn set_qos(&self, vsic: u32, bytes_per_sec: u64, iops: u64) -> Result<(), AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::SetQos);
+        cmd.vsic = vsic;
+        cmd.args[0] = bytes_per_sec;
+        cmd.args[1] = iops;
+        self.simple(cmd).map(drop)
+    }
+
+    /// Derives a new token from `parent`, read-only when asked.
+    pub fn cap_derive(&self, parent: &CapToken, read_only: bool) -> Result<CapToken, AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::CapDerive);
+        if read_only {
+            cmd.flags |= FLAG_READ_ONLY;
+        }
+        let (_, data) = self.execute(cmd, &parent.encode(), CapToken::LEN)?;
+        CapToken::decode(&data).map_err(|e| protocol("derived capability", e))
+    }
+
+    /// Revokes `token` and everything derived from it. When `token` was the
+    /// root, the device re-keys the VSA and the new root comes back.
+    pub fn cap_revoke(&self, token: &CapToken) -> Result<Option<CapToken>, AdminError> {
+        let (_, data) = self.execute(
+            AdminCommand::new(Opcode::CapRevoke),
+            &token.encode(),
+            CapToken::LEN,
+        )?;
+        if data.is_empty() {
+            return Ok(None);
+        }
+        CapToken::decode(&data)
+            .map(Some)
+            .map_err(|e| protocol("new root capability", e))
+    }
+
+    pub fn list_vsas(&self) -> Result<Vec<VsaInfo>, AdminError> {
+        let (completion, data) = self.execute_list(AdminCommand::new(Opcode::ListVsas))?;
+        let list = VsaInfo::decode_array(&data).map_err(|e| protocol("VSA list", e))?;
+        check_count(completion.result0, list.len(), "VSA list")?;
+        Ok(list)
+    }
+
+    pub fn list_vsics(&self) -> Result<Vec<VsicInfo>, AdminError> {
+        let (completion, data) = self.execute_list(AdminCommand::new(Opcode::ListVsics))?;
+        let list = VsicInfo::decode_array(&data).map_err(|e| protocol("VSIC list", e))?;
+        check_count(completion.result0, list.len(), "VSIC list")?;
+        Ok(list)
+    }
+
+    /// Counters of one VSIC, or of every VSIC when `vsic` is `None`.
+    pub fn stats(&self, vsic: Option<u32>) -> Result<Vec<StatsEntry>, AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::Stats);
+        cmd.vsic = vsic.unwrap_or(ALL_VSICS);
+        let (_, data) = self.execute_list(cmd)?;
+        records::decode_stats(&data).map_err(|e| protocol("statistics", e))
+    }
+
+    /// The physical extents behind VSA `vsa_id`, in logical order.
+    pub fn extent_map(&self, vsa_id: u64) -> Result<Vec<ExtentRun>, AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::ExtentMap);
+        cmd.args[0] = vsa_id;
+        let (_, data) = self.execute_list(cmd)?;
+        ExtentRun::decode_array(&data).map_err(|e| protocol("extent map", e))
+    }
+}
+
+/// Checks a list reply's record count (result0) against the records received.
+fn check_count(reported: u64, received: usize, what: &str) -> Result<(), AdminError> {
+    if reported != received as u64 {
+        return Err(AdminError::Protocol(format!(
+            "{what}: device reports {reported} records but sent {received}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Installs the host packages the image build, the launcher and the CI need.
+#
+# Idempotent: when everything is present it changes nothing and does not
+# touch the package index. QEMU comes from the bookworm-backports suite
+# (10.0.x, the same series as qemu-utils); the backports source is derived
+# from the machine's own bookworm apt source so no mirror is hard-coded.
+#
+# Guest binaries are linked statically against glibc
+# (-C target-feature=+crt-static on x86_64-unknown-linux-gnu): it needs
+# nothing beyond the installed toolchain, whereas a musl target would have to
+# be downloaded by rustup from outside the package registries.
+set -euo pipefail
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+# Packages taken from the default suite, and the command proving each present.
+declare -A STABLE_PKGS=(
+    [busybox-static]=/bin/busybox
+    [e2fsprogs]=/sbin/mke2fs
+    [cpio]=/usr/bin/cpio
+    [gzip]=/usr/bin/gzip
+    [kmod]=/sbin/depmod
+    [libc-bin]=/usr/bin/ldd
+    [coreutils]=/usr/bin/timeout
+)
+BACKPORTS_PKG=qemu-system-x86
+QEMU_SERIES=10.0
+
+# The backports sources file written by this script.
+BACKPORTS_SOURCES=/etc/apt/sources.list.d/vsic-bookworm-backports.sources
+
+if [[ $(id -u) -ne 0 ]]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+
+# busybox-static may live at /bin or /usr/bin depending on usrmerge.
+have_file() { [[ -e $1 || -e /usr$1 || -e ${1#/usr} ]]; }
+
+qemu_ok() {
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || return 1
+    local v
+    v=$(qemu-system-x86_64 --version 2>/dev/null | sed -n '1s/.*version \([0-9]*\.[0-9]*\).*/\1/p')
+    [[ $v == "$QEMU_SERIES" ]]
+}
+
+# Prints the URIs of the deb822 stanza whose Suites include plain "bookworm".
+bookworm_uris() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -r $f ]] || continue
+        awk '
+            function flush() {
+                if (is_bookworm && uris != "") print uris
+                is_bookworm = 0; uris = ""
+            }
+            /^[[:space:]]*$/ { flush(); next }
+            /^[[:space:]]*#/ { next }
+            tolower($1) == "uris:" { sub(/^[^:]*:[[:space:]]*/, ""); uris = $0 }
+            tolower($1) == "suites:" {
+                for (i = 2; i <= NF; i++) if ($i == "bookworm") is_bookworm = 1
+            }
+            END { flush() }
+        ' "$f"
+    done
+    # One-line format, if the machine uses it.
+    if [[ -r /etc/apt/sources.list ]]; then
+        awk '$1 == "deb" { for (i = 3; i <= NF; i++) if ($i == "bookworm") { print ($2 ~ /^\[/ ? $3 : $2); break } }' \
+            /etc/apt/sources.list
+    fi
+}
+
+backports_configured() {
+    grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null
+}
+
+add_backports_source() {
+    local uris keyring
+    uris=$(bookworm_uris | head -n1)
+    if [[ -z $uris ]]; then
+        log "no apt source for suite 'bookworm' found; cannot derive bookworm-backports"
+        return 1
+    fi
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    log "adding bookworm-backports from the existing bookworm source ($uris)"
+    {
+        echo "Types: deb"
+        echo "URIs: $uris"
+        echo "Suites: bookworm-backports"
+        echo "Components: main"
+        [[ -r $keyring ]] && echo "Signed-By: $keyring"
+    } | $SUDO tee "$BACKPORTS_SOURCES" >/dev/null
+}
+
+missing=()
+for pkg in "${!STABLE_PKGS[@]}"; do
+    have_file "${STABLE_PKGS[$pkg]}" || missing+=("$pkg")
+done
+need_qemu=0
+qemu_ok || need_qemu=1
+
+if [[ ${#missing[@]} -eq 0 && $need_qemu -eq 0 ]]; then
+    log "all host dependencies present"
+    exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+updated=0
+if [[ $need_qemu -eq 1 ]] && ! backports_configured; then
+    add_backports_source
+fi
+log "apt-get update"
+$SUDO apt-get update -qq
+updated=1
+
+if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing ${missing[*]}"
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ $need_qemu -eq 1 ]]; then
+    log "installing $BACKPORTS_PKG from bookworm-backports"
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports "$BACKPORTS_PKG" >/dev/null
+    if ! qemu_ok; then
+        log "qemu-system-x86_64 is not version $QEMU_SERIES.x after install:"
+        qemu-system-x86_64 --version >&2 || true
+        exit 1
+    fi
+fi
+[[ $updated -eq 1 ]] && log "done: $(qemu-system-x86_64 --version | head -n1)"
+exit 0

@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Builds the guest image: images/out/vmlinuz and images/out/initramfs.cpio.gz.
+#
+# The kernel is Debian's cloud kernel as shipped (the package behind the
+# linux-image-cloud-amd64 metapackage, resolved with apt-cache at build time
+# and downloaded into a cache directory outside the repository). The
+# initramfs holds busybox, mke2fs with its libraries, the modules the
+# controller needs (with their dependencies), our statically linked guest
+# binaries and images/init. Nothing is rebuilt when no input changed.
+#
+# Usage: images/build.sh [--no-cargo] [--force]
+#   --no-cargo   do not run cargo; use the guest binaries already built
+#   --force      rebuild the initramfs even if the inputs did not change
+# Environment:
+#   VSIC_CACHE        cache directory (default /var/cache/vsic)
+#   VSIC_KERNEL_PKG   kernel package to use instead of the metapackage's
+#   CARGO_TARGET_DIR  cargo target directory (default <repo>/target)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=$REPO/images/out
+CACHE=${VSIC_CACHE:-/var/cache/vsic}
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+# Guest binaries are static glibc builds for this triple (see ci/install-deps.sh).
+GUEST_TRIPLE=x86_64-unknown-linux-gnu
+GUEST_BIN_DIR=$TARGET_DIR/$GUEST_TRIPLE/release
+# Modules loaded at boot; their dependencies are added from modules.dep.
+MODULES=(virtio_pci virtio_blk vfio vfio_iommu_type1 vfio-pci)
+# Cargo packages whose binaries and examples go into the guest.
+GUEST_PACKAGES=(vsicctl vsic)
+
+run_cargo=1
+force=0
+for arg in "$@"; do
+    case $arg in
+    --no-cargo) run_cargo=0 ;;
+    --force) force=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "images/build.sh: unknown argument '$arg' (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+step() { printf '[image] %s\n' "$*" >&2; }
+die() {
+    printf '[image] error: %s\n' "$*" >&2
+    exit 1
+}
+
+mkdir -p "$OUT" "$CACHE/debs" "$CACHE/kernel"
+
+# --- kernel package -------------------------------------------------------
+resolve_kernel_pkg() {
+    if [[ -n ${VSIC_KERNEL_PKG:-} ]]; then
+        echo "$VSIC_KERNEL_PKG"
+        return
+    fi
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+
+kernel_pkg=$(resolve_kernel_pkg)
+if [[ -z $kernel_pkg ]]; then
+    # Offline and no package index: fall back to the newest cached kernel.
+    cached=$(ls -1 "$CACHE"/debs/linux-image-*-cloud-amd64_*.deb 2>/dev/null | sort -V | tail -n1 || true)
+    [[ -n $cached ]] || die "cannot resolve linux-image-cloud-amd64 (run ci/install-deps.sh / apt-get update)"
+    kernel_pkg=$(basename "$cached" | cut -d_ -f1)
+fi
+kernel_deb=$(ls -1 "$CACHE"/debs/"${kernel_pkg}"_*.deb 2>/dev/null | sort -V | tail -n1 || true)
+if [[ -z $kernel_deb ]]; then
+    step "downloading $kernel_pkg into $CACHE/debs"
+    # apt's sandbox user cannot write to a root-owned cache; download as the caller.
+    (cd "$CACHE/debs" && apt-get download -q -o APT::Sandbox::User=root "$kernel_pkg") >&2 ||
+        die "apt-get download $kernel_pkg failed"
+    kernel_deb=$(ls -1 "$CACHE"/debs/"${kernel_pkg}"_*.deb | sort -V | tail -n1)
+fi
+
+kroot=$CACHE/kernel/$(basename "$kernel_deb" .deb)
+if [[ ! -e $kroot/.unpacked ]]; then
+    step "unpacking $(basename "$kernel_deb")"
+    rm -rf "$kroot"
+    mkdir -p "$kroot"
+    dpkg-deb -x "$kernel_deb" "$kroot"
+    kver=$(ls "$kroot/lib/modules")
+    # The package ships no modules.dep: depmod writes it at install time.
+    depmod -b "$kroot" "$kver"
+    touch "$kroot/.unpacked"
+fi
+kver=$(ls "$kroot/lib/modules")
+vmlinuz=$kroot/boot/vmlinuz-$kver
+[[ -r $vmlinuz ]] || die "no kernel image in $kernel_deb"
+
+# --- guest binaries -------------------------------------------------------
+if [[ $run_cargo -eq 1 ]]; then
+    step "building static guest binaries (cargo, $GUEST_TRIPLE, crt-static)"
+    pkg_args=()
+    for p in "${GUEST_PACKAGES[@]}"; do pkg_args+=(-p "$p"); done
+    # An explicit --target keeps RUSTFLAGS off build scripts and proc macros,
+    # which cannot be linked statically.
+    guest_cargo() {
+        (cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+            cargo build --release --target "$GUEST_TRIPLE" "$@")
+    }
+    # Examples are optional: if they do not build, the image still gets the
+    # binaries, and whatever was built before is used with a warning.
+    if ! guest_cargo "${pkg_args[@]}" --bins --examples; then
+        step "warning: building the guest binaries with examples failed; trying binaries only"
+        guest_cargo "${pkg_args[@]}" --bins ||
+            step "warning: cargo build of the guest binaries failed; using those already built (may be stale)"
+    fi
+fi
+
+# ldd exits non-zero for static executables, so read its words, not its status.
+is_static() {
+    local out
+    out=$(ldd "$1" 2>&1 || true)
+    [[ $out == *"not a dynamic executable"* || $out == *"statically linked"* ]]
+}
+
+guest_bins=()
+for f in "$GUEST_BIN_DIR"/* "$GUEST_BIN_DIR"/examples/*; do
+    [[ -f $f && -x $f ]] || continue
+    name=$(basename "$f")
+    # Skip cargo's hashed copies of examples (name-<16 hex>).
+    [[ $name =~ -[0-9a-f]{16}$ ]] && continue
+    [[ $name == *.so || $name == *.d ]] && continue
+    if ! is_static "$f"; then
+        step "warning: $name is not statically linked; skipped"
+        continue
+    fi
+    guest_bins+=("$f")
+done
+[[ ${#guest_bins[@]} -gt 0 ]] || step "warning: no guest binaries found in $GUEST_BIN_DIR"
+
+# --- host tools copied into the guest ---------------------------------------
+busybox=$(command -v busybox || true)
+[[ -n $busybox ]] || die "busybox not found (install busybox-static: ci/install-deps.sh)"
+is_static "$busybox" || die "$busybox is not the static busybox (install busybox-static)"
+mke2fs=$(command -v mke2fs || echo /sbin/mke2fs)
+[[ -x $mke2fs ]] || die "mke2fs not found (install e2fsprogs)"
+
+# Shared libraries (and the loader) a dynamic executable needs, as absolute paths.
+shared_libs() {
+    ldd "$1" | awk '
+        $2 == "=>" && $3 ~ /^\// { print $3 }
+        $1 ~ /^\// { print $1 }
+    '
+}
+host_libs=$(shared_libs "$mke2fs" | sort -u)
+
+# --- module closure ---------------------------------------------------------
+moddep=$kroot/lib/modules/$kver/modules.dep
+# Prints the module paths (relative to the modules dir) in load order.
+declare -A seen_modules=()
+module_order=()
+add_module() {
+    local rel=$1 dep
+    [[ -n ${seen_modules[$rel]:-} ]] && return
+    seen_modules[$rel]=1
+    for dep in $(awk -v m="$rel:" '$1 == m { for (i = 2; i <= NF; i++) print $i }' "$moddep"); do
+        add_module "$dep"
+    done
+    module_order+=("$rel")
+}
+for m in "${MODULES[@]}"; do
+    # modules.dep names files; module names may use - or _ interchangeably.
+    pattern="${m//[-_]/[-_]}"
+    rel=$(grep -E "/${pattern}\.ko(\.[a-z]+)?:" "$moddep" | head -n1 | cut -d: -f1 || true)
+    if [[ -z $rel ]]; then
+        name_us=${m//-/_}
+        if grep -Eq "/${pattern}\.ko\$" "$kroot/lib/modules/$kver/modules.builtin"; then
+            continue # built into the kernel
+        fi
+        die "module $m ($name_us) not found in $kver"
+    fi
+    add_module "$rel"
+done
+
+# --- input stamp --------------------------------------------------------------
+stamp_inputs() {
+    {
+        echo "kernel $(basename "$kernel_deb") modules ${module_order[*]}"
+        sha256sum "${BASH_SOURCE[0]}" "$REPO/images/init" "$busybox" "$mke2fs" $host_libs \
+            ${guest_bins[@]+"${guest_bins[@]}"}
+    } | sha256sum | cut -d' ' -f1
+}
+stamp=$(stamp_inputs)
+if [[ $force -eq 0 && -r $OUT/.stamp && $(cat "$OUT/.stamp") == "$stamp" &&
+    -r $OUT/vmlinuz && -r $OUT/initramfs.cpio.gz ]]; then
+    step "image up to date ($OUT)"
+    exit 0
+fi
+
+# --- staging tree -----------------------------------------------------------
+stage=$(mktemp -d "${TMPDIR:-/tmp}/vsic-initramfs.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+step "staging initramfs in $stage"
+mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,lib,lib64,etc/vsic,proc,sys,dev,tmp,run,root,mnt,vsic,var/tmp}
+chmod 1777 "$stage/tmp" "$stage/var/tmp"
+chmod 700 "$stage/root"
+
+install -m 0755 "$REPO/images/init" "$stage/init"
+install -m 0755 "$busybox" "$stage/bin/busybox"
+
+# The real mke2fs (busybox's applet lacks ext4 features) with its libraries.
+install -m 0755 "$mke2fs" "$stage/sbin/mke2fs"
+for l in mkfs.ext4 mkfs.ext3 mkfs.ext2; do ln -s mke2fs "$stage/sbin/$l"; done
+[[ -r /etc/mke2fs.conf ]] && install -m 0644 /etc/mke2fs.conf "$stage/etc/mke2fs.conf"
+for lib in $host_libs; do
+    mkdir -p "$stage$(dirname "$lib")"
+    cp -L "$lib" "$stage$lib"
+done
+
+# Our binaries, stripped of debug info to keep the image small.
+for f in ${guest_bins[@]+"${guest_bins[@]}"}; do
+    dest=$stage/usr/bin/$(basename "$f")
+    if command -v strip >/dev/null 2>&1; then
+        strip --strip-debug -o "$dest" "$f"
+    else
+        cp "$f" "$dest"
+    fi
+    chmod 0755 "$dest"
+done
+
+# Busybox applet links, where no real program of that name was installed.
+while read -r applet; do
+    [[ -e $stage/$applet || -L $stage/$applet ]] && continue
+    mkdir -p "$stage/$(dirname "$applet")"
+    ln -s /bin/busybox "$stage/$applet"
+done < <("$busybox" --list-full)
+
+# Kernel modules with a modules.dep of their own, so modprobe works too.
+kmods=$stage/lib/modules/$kver
+mkdir -p "$kmods"
+: >"$stage/etc/vsic/modules"
+for rel in "${module_order[@]}"; do
+    mkdir -p "$kmods/$(dirname "$rel")"
+    cp "$kroot/lib/modules/$kver/$rel" "$kmods/$rel"
+    echo "/lib/modules/$kver/$rel" >>"$stage/etc/vsic/modules"
+done
+cp "$kroot/lib/modules/$kver/modules.builtin" "$kroot/lib/modules/$kver/modules.order" "$kmods/"
+[[ -r $kroot/lib/modules/$kver/modules.builtin.modinfo ]] &&
+    cp "$kroot/lib/modules/$kver/modules.builtin.modinfo" "$kmods/"
+depmod -b "$stage" "$kver"
+
+cat >"$stage/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+cat >"$stage/etc/group" <<'EOF'
+root:x:0:
+nogroup:x:65534:
+EOF
+echo "export PS1='vsic-guest:\\w# '" >"$stage/etc/profile"
+{
+    echo "kernel=$kver ($(basename "$kernel_deb"))"
+    echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "git=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+} >"$stage/etc/vsic/release"
+
+# --- archive ------------------------------------------------------------------
+step "writing initramfs.cpio.gz"
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
+    cpio --quiet -o -H newc --owner 0:0 | gzip -6 >"$OUT/initramfs.cpio.gz.tmp")
+mv "$OUT/initramfs.cpio.gz.tmp" "$OUT/initramfs.cpio.gz"
+cp "$vmlinuz" "$OUT/vmlinuz.tmp"
+mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
+echo "$stamp" >"$OUT/.stamp"
+step "done: $OUT/vmlinuz ($kver), $OUT/initramfs.cpio.gz ($(du -h "$OUT/initramfs.cpio.gz" | cut -f1)), ${#guest_bins[@]} guest binaries"

@@ -9,17 +9,27 @@ use clap::{Args, Parser, Subcommand};
 /// storage areas (VSAs), attaches them to VSICs, manages capabilities and
 /// reads statistics, all through the controller's PF.
 #[derive(Debug, Parser)]
-#[command(name = "vsicctl", version)]
+#[command(
+    name = "vsicctl",
+    version,
+    after_help = "Exit status: 0 on success, 1 when an operation failed (device refusal, \
+                  capability file or transport problem), 2 for command-line errors."
+)]
 pub struct Cli {
-    /// Reach the PF through the vhost-user socket PF_SOCKET (on the host,
-    /// next to vsicd). Required: the in-guest VFIO transport is not
-    /// available yet.
-    #[arg(long = "vhost-user", value_name = "PF_SOCKET", global = true)]
+    /// Reach the PF through the vhost-user socket PF_SOCKET (vsicd's
+    /// pf.sock, on the host). Required by every command except `cap show`:
+    /// the in-guest VFIO transport is not available yet.
+    #[arg(
+        long = "vhost-user",
+        value_name = "PF_SOCKET",
+        global = true,
+        display_order = 900
+    )]
     pub vhost_user: Option<PathBuf>,
 
     /// Print one JSON document on stdout instead of tables (errors too, as
     /// {"error": {...}}).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 901)]
     pub json: bool,
 
     #[command(subcommand)]
@@ -93,7 +103,8 @@ pub enum VsaCommand {
 #[derive(Debug, Subcommand)]
 pub enum VsicCommand {
     /// Attach the VSA named by a capability to a slot of a VSIC. Slot s is
-    /// seen by the VSIC at byte offset s * 2^40; slot 0 is the kernel's disk.
+    /// seen by the VSIC at byte offset s * 2^40; slot 0 is the disk an
+    /// unmodified virtio-blk driver sees.
     Attach {
         #[command(flatten)]
         vsic: VsicArg,
@@ -164,8 +175,9 @@ pub enum CapCommand {
         force: bool,
     },
     /// Revoke a capability and everything derived from it, detaching what
-    /// they attached. Revoking a VSA's root capability re-keys it: FILE is
-    /// then replaced atomically by the new root.
+    /// they attached. Revoking a VSA's root capability re-keys the VSA
+    /// (every capability of it becomes invalid) and FILE is replaced
+    /// atomically by the new root.
     Revoke {
         /// Capability file to revoke.
         #[arg(long, value_name = "FILE")]

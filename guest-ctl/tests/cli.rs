@@ -1,0 +1,604 @@
+//! `vsicctl` against a real `vsicd`: the control-plane flows and every
+//! refusal a user can run into. Needs `cargo build -p vsicd` first.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{path_str, run_ctl, Daemon, Outcome, QUEUES, VSICS};
+use vsic_abi::{AdminStatus, CapToken, Rights};
+
+const MIB: u64 = 1 << 20;
+
+/// Creates a VSA of `size` with its root capability in `name`.
+fn create(d: &Daemon, size: &str, name: &str) -> (PathBuf, serde_json::Value) {
+    let cap = d.dir.path(name);
+    let json = d.ctl_json(&["vsa", "create", "--size", size, "--cap", path_str(&cap)]);
+    (cap, json)
+}
+
+fn read_token(path: &Path) -> CapToken {
+    CapToken::from_text(&fs::read_to_string(path).expect("read cap file")).expect("parse cap file")
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+/// The slot attachments of VSIC `vsic` as `list --json` shows them.
+fn attachments(d: &Daemon, vsic: u32) -> Vec<serde_json::Value> {
+    let list = d.ctl_json(&["list"]);
+    let vsics = list["vsics"].as_array().expect("vsics array").clone();
+    let entry = vsics
+        .into_iter()
+        .find(|v| v["vsic"] == vsic)
+        .expect("VSIC listed");
+    entry["attachments"]
+        .as_array()
+        .expect("attachments array")
+        .clone()
+}
+
+/// Runs `args` twice (human and `--json`) and checks both report `status`
+/// with exit code 1; then checks the daemon still answers.
+fn assert_refused(d: &Daemon, args: &[&str], status: AdminStatus) {
+    let human = d.ctl(args);
+    check_refusal(&human, status, &d.log());
+    assert!(
+        human.stdout.is_empty(),
+        "human mode printed on stdout: {human:#?}"
+    );
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let json = d.ctl(&with_json);
+    check_refusal(&json, status, &d.log());
+    let doc = json.json();
+    assert_eq!(doc["error"]["status"], status.name(), "{json:#?}");
+    assert_eq!(doc["error"]["message"], status.message(), "{json:#?}");
+    still_serving(d);
+}
+
+fn check_refusal(out: &Outcome, status: AdminStatus, log: &str) {
+    assert_eq!(
+        out.code,
+        1,
+        "expected exit 1 for {}: {out:#?}\n{log}",
+        status.name()
+    );
+    let line = out.stderr.lines().next().unwrap_or_default();
+    assert!(line.starts_with("vsicctl: "), "{out:#?}");
+    assert!(
+        line.ends_with(&format!(": {} ({})", status.message(), status.name())),
+        "expected {} on stderr: {out:#?}",
+        status.name()
+    );
+}
+
+fn still_serving(d: &Daemon) {
+    let id = d.ctl_json(&["identify"]);
+    assert_eq!(id["vsics"], VSICS, "identify after an error: {id}");
+}
+
+#[test]
+fn create_writes_a_private_capability_file_and_refuses_to_overwrite() {
+    let d = Daemon::start();
+    let (cap, json) = create(&d, "8M", "root.cap");
+    assert_eq!(mode(&cap), 0o600);
+    let token = read_token(&cap);
+    assert_eq!(token.rights, Rights::ALL);
+    assert_eq!(json["vsa"], token.vsa_id);
+    assert_eq!(json["size"], 8 * MIB);
+    assert!(
+        !json.to_string().contains("secret"),
+        "the secret leaked into the output: {json}"
+    );
+
+    // Human output names the VSA and its size.
+    let human = d.ctl(&[
+        "vsa",
+        "create",
+        "--size",
+        "3M",
+        "--cap",
+        path_str(&d.dir.path("h.cap")),
+    ]);
+    human.assert_success(&d.log());
+    assert!(human.stdout.contains("3M"), "{human:#?}");
+
+    // An existing file is never overwritten, and no VSA is created for it.
+    let before = d.ctl_json(&["list"])["vsas"].as_array().map(Vec::len);
+    let again = d.ctl(&["vsa", "create", "--size", "8M", "--cap", path_str(&cap)]);
+    assert_eq!(again.code, 1, "{again:#?}");
+    assert!(again.stderr.contains("--force"), "{again:#?}");
+    assert_eq!(read_token(&cap), token);
+    assert_eq!(
+        d.ctl_json(&["list"])["vsas"].as_array().map(Vec::len),
+        before
+    );
+
+    // --force replaces it, still private.
+    fs::set_permissions(&cap, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let forced = d.ctl_json(&[
+        "vsa",
+        "create",
+        "--size",
+        "2M",
+        "--cap",
+        path_str(&cap),
+        "--force",
+    ]);
+    assert_eq!(
+        read_token(&cap).vsa_id,
+        forced["vsa"].as_u64().expect("vsa id")
+    );
+    assert_ne!(read_token(&cap).vsa_id, token.vsa_id);
+    assert_eq!(mode(&cap), 0o600);
+}
+
+#[test]
+fn attach_and_detach_show_in_list() {
+    let d = Daemon::start();
+    let (cap, created) = create(&d, "4M", "a.cap");
+    let vsa = created["vsa"].clone();
+    assert!(attachments(&d, 0).is_empty());
+
+    d.ctl(&["vsic", "attach", "--vsic", "0", "--cap", path_str(&cap)])
+        .assert_success(&d.log());
+    let att = attachments(&d, 0);
+    assert_eq!(att.len(), 1, "{att:?}");
+    assert_eq!(att[0]["slot"], 0);
+    assert_eq!(att[0]["vsa"], vsa);
+    assert_eq!(att[0]["read_only"], false);
+
+    // Same VSA read-only in another VSIC's slot 3.
+    d.ctl_json(&[
+        "vsic",
+        "attach",
+        "--vsic",
+        "1",
+        "--slot",
+        "3",
+        "--read-only",
+        "--cap",
+        path_str(&cap),
+    ]);
+    let att = attachments(&d, 1);
+    assert_eq!(
+        (att[0]["slot"].as_u64(), att[0]["read_only"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert_eq!(att[0]["window_offset"], 3u64 << 40);
+
+    // A busy slot is refused; detach frees it.
+    assert_refused(
+        &d,
+        &["vsic", "attach", "--vsic", "0", "--cap", path_str(&cap)],
+        AdminStatus::SlotBusy,
+    );
+    d.ctl(&["vsic", "detach", "--vsic", "0", "--slot", "0"])
+        .assert_success(&d.log());
+    assert!(attachments(&d, 0).is_empty());
+    assert_refused(
+        &d,
+        &["vsic", "detach", "--vsic", "0", "--slot", "0"],
+        AdminStatus::SlotEmpty,
+    );
+
+    let human = d.ctl(&["list"]);
+    human.assert_success(&d.log());
+    assert!(human.stdout.contains("slot3=vsa"), "{human:#?}");
+}
+
+#[test]
+fn derive_read_only_capability() {
+    let d = Daemon::start();
+    let (cap, _) = create(&d, "4M", "root.cap");
+    let ro = d.dir.path("ro.cap");
+    let json = d.ctl_json(&[
+        "cap",
+        "derive",
+        "--cap",
+        path_str(&cap),
+        "--read-only",
+        "--out",
+        path_str(&ro),
+    ]);
+    assert_eq!(mode(&ro), 0o600);
+    let token = read_token(&ro);
+    assert_eq!(token.vsa_id, read_token(&cap).vsa_id);
+    assert!(token.rights.contains(Rights::READ));
+    assert!(!token.rights.contains(Rights::WRITE) && !token.rights.contains(Rights::ADMIN));
+    assert_eq!(json["rights"], token.rights.to_string());
+
+    // cap show works locally and never prints the secret.
+    let secret_hex: String = token.secret.iter().map(|b| format!("{b:02x}")).collect();
+    let shown = run_ctl(&["cap", "show", "--cap", path_str(&ro)]);
+    shown.assert_success("");
+    assert!(
+        shown.stdout.contains("r--") && !shown.stdout.contains(&secret_hex),
+        "{shown:#?}"
+    );
+
+    // A read-only capability attaches read-only, but not read-write, and
+    // cannot administer the VSA.
+    d.ctl_json(&[
+        "vsic",
+        "attach",
+        "--vsic",
+        "2",
+        "--slot",
+        "1",
+        "--read-only",
+        "--cap",
+        path_str(&ro),
+    ]);
+    assert_refused(
+        &d,
+        &[
+            "vsic",
+            "attach",
+            "--vsic",
+            "2",
+            "--slot",
+            "2",
+            "--cap",
+            path_str(&ro),
+        ],
+        AdminStatus::PermissionDenied,
+    );
+    assert_refused(
+        &d,
+        &["vsa", "delete", "--cap", path_str(&ro)],
+        AdminStatus::PermissionDenied,
+    );
+
+    // The derived file is not overwritten by a second derive.
+    let again = d.ctl(&[
+        "cap",
+        "derive",
+        "--cap",
+        path_str(&cap),
+        "--out",
+        path_str(&ro),
+    ]);
+    assert_eq!(again.code, 1, "{again:#?}");
+    assert_eq!(read_token(&ro), token);
+}
+
+#[test]
+fn revoke_detaches_and_rekeys_the_root() {
+    let d = Daemon::start();
+    let (cap, _) = create(&d, "4M", "root.cap");
+    let child = d.dir.path("child.cap");
+    d.ctl_json(&[
+        "cap",
+        "derive",
+        "--cap",
+        path_str(&cap),
+        "--out",
+        path_str(&child),
+    ]);
+    d.ctl_json(&[
+        "vsic",
+        "attach",
+        "--vsic",
+        "1",
+        "--slot",
+        "2",
+        "--cap",
+        path_str(&child),
+    ]);
+    assert_eq!(attachments(&d, 1).len(), 1);
+
+    // Revoking a derived token: no new token, its attachment goes away.
+    let json = d.ctl_json(&["cap", "revoke", "--cap", path_str(&child)]);
+    assert!(json.get("new_root").is_none(), "{json}");
+    assert!(
+        attachments(&d, 1).is_empty(),
+        "revoke left the attachment in place"
+    );
+    assert_refused(
+        &d,
+        &["vsic", "attach", "--vsic", "1", "--cap", path_str(&child)],
+        AdminStatus::RevokedToken,
+    );
+
+    // Revoking the root: the file is replaced by the new root.
+    let old_root = read_token(&cap);
+    let old_copy = d.dir.path("old-root.cap");
+    fs::copy(&cap, &old_copy).expect("copy cap file");
+    let json = d.ctl_json(&["cap", "revoke", "--cap", path_str(&cap)]);
+    let new_root = read_token(&cap);
+    assert_eq!(mode(&cap), 0o600);
+    assert_eq!(new_root.vsa_id, old_root.vsa_id);
+    assert_eq!(new_root.rights, Rights::ALL);
+    assert_ne!(new_root.secret, old_root.secret);
+    assert_eq!(json["new_root"]["token"], new_root.token_id);
+    let leftovers: Vec<_> = fs::read_dir(&d.dir.0)
+        .expect("read scratch dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // The new root works, the old one does not.
+    d.ctl_json(&["vsic", "attach", "--vsic", "0", "--cap", path_str(&cap)]);
+    let stale = d.ctl(&[
+        "vsic",
+        "attach",
+        "--vsic",
+        "0",
+        "--slot",
+        "5",
+        "--cap",
+        path_str(&old_copy),
+    ]);
+    assert_eq!(stale.code, 1, "{stale:#?}");
+    // A re-keyed root is revoked; a device may also see it as a bad secret.
+    assert!(
+        stale.stderr.contains("(revoked-token)") || stale.stderr.contains("(bad-token)"),
+        "{stale:#?}"
+    );
+    still_serving(&d);
+}
+
+#[test]
+fn resize_grows_shrinks_and_keeps_equal_sizes() {
+    let d = Daemon::start();
+    let (cap, created) = create(&d, "8M", "r.cap");
+    let vsa = created["vsa"].as_u64().expect("vsa id");
+    let grown = d.ctl_json(&["vsa", "resize", "--cap", path_str(&cap), "--size", "16M"]);
+    assert_eq!(grown["size"], 16 * MIB);
+    let shrunk = d.ctl_json(&["vsa", "resize", "--cap", path_str(&cap), "--size", "4M"]);
+    assert_eq!(shrunk["size"], 4 * MIB);
+    let same = d.ctl_json(&["vsa", "resize", "--cap", path_str(&cap), "--size", "4M"]);
+    assert_eq!(same["size"], 4 * MIB);
+
+    let list = d.ctl_json(&["list"]);
+    let entry = list["vsas"]
+        .as_array()
+        .expect("vsas")
+        .iter()
+        .find(|v| v["vsa"] == vsa)
+        .cloned();
+    assert_eq!(entry.expect("VSA listed")["size"], 4 * MIB);
+
+    let map = d.ctl_json(&["extent-map", "--vsa", &vsa.to_string()]);
+    let extents: u64 = map["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter_map(|r| r["extents"].as_u64())
+        .sum();
+    assert_eq!(
+        extents * map["extent_size"].as_u64().expect("extent size"),
+        4 * MIB
+    );
+
+    d.ctl_json(&["vsa", "delete", "--cap", path_str(&cap)]);
+    assert_refused(
+        &d,
+        &["extent-map", "--vsa", &vsa.to_string()],
+        AdminStatus::NoSuchVsa,
+    );
+    // The file is still there but grants nothing any more.
+    assert_refused(
+        &d,
+        &["vsa", "delete", "--cap", path_str(&cap)],
+        AdminStatus::BadToken,
+    );
+}
+
+#[test]
+fn vsic_enable_disable_and_qos() {
+    let d = Daemon::start();
+    let vsic = |n: u32| {
+        let list = d.ctl_json(&["list"]);
+        list["vsics"]
+            .as_array()
+            .expect("vsics")
+            .iter()
+            .find(|v| v["vsic"] == n)
+            .cloned()
+            .expect("VSIC")
+    };
+    d.ctl_json(&["vsic", "disable", "--vsic", "2"]);
+    assert_eq!(vsic(2)["enabled"], false);
+    d.ctl_json(&["vsic", "enable", "--vsic", "2"]);
+    assert_eq!(vsic(2)["enabled"], true);
+
+    d.ctl_json(&[
+        "vsic",
+        "qos",
+        "--vsic",
+        "1",
+        "--bytes-per-sec",
+        "100M",
+        "--iops",
+        "500",
+    ]);
+    assert_eq!(vsic(1)["qos"]["bytes_per_sec"], 100 * MIB);
+    assert_eq!(vsic(1)["qos"]["iops"], 500);
+    // An omitted limit keeps its value.
+    d.ctl_json(&["vsic", "qos", "--vsic", "1", "--iops", "0"]);
+    assert_eq!(vsic(1)["qos"]["bytes_per_sec"], 100 * MIB);
+    assert_eq!(vsic(1)["qos"]["iops"], 0);
+    let shown = d.ctl_json(&["vsic", "qos", "--vsic", "1"]);
+    assert_eq!(shown["bytes_per_sec"], 100 * MIB);
+}
+
+#[test]
+fn list_stats_and_identify_give_json() {
+    let d = Daemon::start();
+    create(&d, "4M", "x.cap");
+    let list = d.ctl_json(&["list"]);
+    assert_eq!(list["vsas"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list["vsics"].as_array().map(Vec::len), Some(VSICS as usize));
+
+    let stats = d.ctl_json(&["stats"]);
+    let all = stats["vsics"].as_array().expect("vsics");
+    assert_eq!(all.len(), VSICS as usize);
+    for v in all {
+        assert_eq!(
+            v["queues"].as_array().map(Vec::len),
+            Some(QUEUES as usize),
+            "{v}"
+        );
+        assert_eq!(v["protection_violations"], 0);
+    }
+    let one = d.ctl_json(&["stats", "--vsic", "3"]);
+    assert_eq!(one["vsics"].as_array().map(Vec::len), Some(1));
+    assert_eq!(one["vsics"][0]["vsic"], 3);
+
+    let id = d.ctl_json(&["identify"]);
+    assert_eq!(id["queues_per_vsic"], QUEUES);
+    assert_eq!(id["drives"], 2);
+    assert_eq!(id["vsa_count"], 1);
+    assert!(id["free_extents"].as_u64() < id["total_extents"].as_u64());
+
+    // --json may also come first, and human output is a table.
+    let first = d.ctl(&["--json", "identify"]);
+    first.assert_success(&d.log());
+    assert_eq!(first.json()["vsics"], VSICS);
+    let human = d.ctl(&["stats"]);
+    human.assert_success(&d.log());
+    assert!(
+        human.stdout.contains("VIOLATIONS") && human.stdout.contains("QUEUE"),
+        "{human:#?}"
+    );
+}
+
+#[test]
+fn bad_arguments_each_get_their_own_status() {
+    let d = Daemon::start();
+    let (cap, _) = create(&d, "4M", "ok.cap");
+    let cap = path_str(&cap).to_string();
+
+    let zero = d.dir.path("zero.cap");
+    assert_refused(
+        &d,
+        &["vsa", "create", "--size", "0", "--cap", path_str(&zero)],
+        AdminStatus::ZeroSize,
+    );
+    assert!(
+        !zero.exists(),
+        "a failed create left its capability file behind"
+    );
+    assert_refused(
+        &d,
+        &["vsa", "resize", "--cap", &cap, "--size", "4096"],
+        AdminStatus::BelowMinimum,
+    );
+    assert_refused(
+        &d,
+        &["vsic", "attach", "--vsic", "99", "--cap", &cap],
+        AdminStatus::NoSuchVsic,
+    );
+    assert_refused(
+        &d,
+        &["vsic", "enable", "--vsic", "99"],
+        AdminStatus::NoSuchVsic,
+    );
+    assert_refused(&d, &["stats", "--vsic", "99"], AdminStatus::NoSuchVsic);
+    assert_refused(
+        &d,
+        &[
+            "vsic", "attach", "--vsic", "0", "--slot", "16", "--cap", &cap,
+        ],
+        AdminStatus::NoSuchSlot,
+    );
+    assert_refused(
+        &d,
+        &["vsic", "detach", "--vsic", "0", "--slot", "99"],
+        AdminStatus::NoSuchSlot,
+    );
+
+    // A forged token: same VSA and token id, one secret digit changed.
+    let text = fs::read_to_string(&cap).expect("read cap");
+    let at = text.find("secret=").expect("secret field") + "secret=".len();
+    let mut forged_text = text.clone().into_bytes();
+    forged_text[at] = if forged_text[at] == b'0' { b'1' } else { b'0' };
+    let forged = d.dir.path("forged.cap");
+    fs::write(&forged, forged_text).expect("write forged cap");
+    assert_refused(
+        &d,
+        &["vsic", "attach", "--vsic", "0", "--cap", path_str(&forged)],
+        AdminStatus::BadToken,
+    );
+    assert_refused(
+        &d,
+        &["vsa", "delete", "--cap", path_str(&forged)],
+        AdminStatus::BadToken,
+    );
+
+    // The real capability still works after all of that.
+    d.ctl_json(&["vsic", "attach", "--vsic", "0", "--cap", &cap]);
+}
+
+#[test]
+fn full_drives_give_no_space_and_space_comes_back() {
+    let d = Daemon::start();
+    let big = d.dir.path("big.cap");
+    assert_refused(
+        &d,
+        &["vsa", "create", "--size", "1G", "--cap", path_str(&big)],
+        AdminStatus::NoSpace,
+    );
+    assert!(!big.exists());
+
+    // Fill the drives with 64 MiB VSAs until the controller says no.
+    let mut caps = Vec::new();
+    let mut last = None;
+    for i in 0..16 {
+        let cap = d.dir.path(&format!("fill{i}.cap"));
+        let out = d.ctl(&["vsa", "create", "--size", "64M", "--cap", path_str(&cap)]);
+        if out.code != 0 {
+            last = Some(out);
+            break;
+        }
+        caps.push(cap);
+    }
+    let refused = last.expect("512 MiB of drives held sixteen 64 MiB VSAs");
+    check_refusal(&refused, AdminStatus::NoSpace, &d.log());
+    assert!(!caps.is_empty(), "not even one 64 MiB VSA fit");
+    let id = d.ctl_json(&["identify"]);
+    let free = id["free_extents"].as_u64().expect("free")
+        * id["extent_size"].as_u64().expect("extent size");
+    assert!(free < 64 * MIB, "refused although {free} bytes are free");
+
+    // Deleting one makes room again.
+    d.ctl_json(&["vsa", "delete", "--cap", path_str(&caps[0])]);
+    d.ctl_json(&[
+        "vsa",
+        "create",
+        "--size",
+        "64M",
+        "--cap",
+        path_str(&d.dir.path("again.cap")),
+    ]);
+}
+
+#[test]
+fn unreadable_capability_files_are_clear_errors() {
+    let d = Daemon::start();
+    let junk = d.dir.path("junk.cap");
+    fs::write(&junk, "not a token\n").expect("write");
+    let out = d.ctl(&["vsic", "attach", "--vsic", "0", "--cap", path_str(&junk)]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr.contains("reading capability file")
+            && out.stderr.contains("not a capability file"),
+        "{out:#?}"
+    );
+    let missing = d.ctl(&[
+        "vsa",
+        "delete",
+        "--cap",
+        path_str(&d.dir.path("missing.cap")),
+        "--json",
+    ]);
+    assert_eq!(missing.code, 1, "{missing:#?}");
+    assert_eq!(missing.json()["error"]["status"], "file-error");
+}

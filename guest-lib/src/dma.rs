@@ -1,0 +1,413 @@
+//! DMA memory: one region the device can reach, and an allocator over it.
+//!
+//! Everything the device reads or writes (rings, request headers, status
+//! bytes, data buffers) lives in one [`DmaRegion`] registered with the
+//! transport. Every byte has a host address (what this process uses) and a
+//! device-visible address, its IOVA (what goes into descriptors).
+
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use crate::error::Error;
+
+/// Alignment of buffers handed to applications: a page, so they also suit
+/// backends that use direct I/O.
+pub const BUFFER_ALIGN: usize = 4096;
+
+/// One mapping shared with the device. Unmapped on drop.
+#[derive(Debug)]
+pub struct DmaRegion {
+    host: NonNull<u8>,
+    len: usize,
+    iova: u64,
+    fd: Option<OwnedFd>,
+}
+
+// SAFETY: the region is plain shared memory; all access goes through raw
+// pointers whose users synchronise among themselves (queue locks, buffer
+// ownership).
+unsafe impl Send for DmaRegion {}
+unsafe impl Sync for DmaRegion {}
+
+impl DmaRegion {
+    /// A memfd-backed region of `len` bytes whose first byte the device sees
+    /// at `iova`. The fd can be passed to another process (vhost-user).
+    pub fn memfd(len: usize, iova: u64) -> Result<DmaRegion, Error> {
+        check_layout(len, iova)?;
+        // SAFETY: the name is a valid C string; the flags are valid.
+        let raw = unsafe { libc::memfd_create(c"vsic-dma".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(Error::system(
+                "memfd_create",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: memfd_create returned a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let size = libc::off_t::try_from(len)
+            .map_err(|_| Error::InvalidArgument(format!("DMA region size {len} too large")))?;
+        // SAFETY: fd is a valid memfd.
+        if unsafe { libc::ftruncate(raw, size) } < 0 {
+            return Err(Error::system(
+                "ftruncate of the DMA memfd",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let host = map(len, libc::MAP_SHARED, raw)?;
+        Ok(DmaRegion {
+            host,
+            len,
+            iova,
+            fd: Some(fd),
+        })
+    }
+
+    /// An anonymous shared region (no fd): for transports that register
+    /// memory by address, and for tests.
+    pub fn anonymous(len: usize, iova: u64) -> Result<DmaRegion, Error> {
+        check_layout(len, iova)?;
+        let host = map(len, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)?;
+        Ok(DmaRegion {
+            host,
+            len,
+            iova,
+            fd: None,
+        })
+    }
+
+    /// Host address of the first byte.
+    pub fn host_ptr(&self) -> *mut u8 {
+        self.host.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Device-visible address of the first byte.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// The fd backing the region, when it has one.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Whether `[iova, iova + len)` lies inside the region.
+    pub fn contains(&self, iova: u64, len: usize) -> bool {
+        let Some(off) = iova.checked_sub(self.iova) else {
+            return false;
+        };
+        let Ok(off) = usize::try_from(off) else {
+            return false;
+        };
+        off.checked_add(len).is_some_and(|end| end <= self.len)
+    }
+
+    /// Host address of `[iova, iova + len)`, if that lies inside the region.
+    pub fn host_at(&self, iova: u64, len: usize) -> Option<*mut u8> {
+        if !self.contains(iova, len) {
+            return None;
+        }
+        let off = (iova - self.iova) as usize;
+        // SAFETY: off + len <= self.len, so the result stays in the mapping.
+        Some(unsafe { self.host.as_ptr().add(off) })
+    }
+}
+
+impl Drop for DmaRegion {
+    fn drop(&mut self) {
+        // SAFETY: host/len describe the mapping made in the constructor.
+        unsafe { libc::munmap(self.host.as_ptr().cast(), self.len) };
+    }
+}
+
+fn check_layout(len: usize, iova: u64) -> Result<(), Error> {
+    if len == 0 || len % BUFFER_ALIGN != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "DMA region size {len} must be a non-zero multiple of {BUFFER_ALIGN}"
+        )));
+    }
+    if iova % BUFFER_ALIGN as u64 != 0 || iova.checked_add(len as u64).is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "DMA region address {iova:#x} is not usable"
+        )));
+    }
+    Ok(())
+}
+
+fn map(len: usize, flags: i32, fd: i32) -> Result<NonNull<u8>, Error> {
+    // SAFETY: a fresh mapping at an address the kernel chooses.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Error::system(
+            "mmap of the DMA region",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    NonNull::new(p.cast())
+        .ok_or_else(|| Error::system("mmap", std::io::Error::other("null mapping")))
+}
+
+/// A range of DMA memory given to a request: device address and length.
+///
+/// Build it from a [`DmaBuffer`] ([`DmaBuffer::range`]); requests check that
+/// it lies inside the registered region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemRange {
+    pub iova: u64,
+    pub len: usize,
+}
+
+/// First-fit allocator over one region. Free blocks are kept sorted and
+/// merged, so long-running programs do not fragment the region.
+#[derive(Debug)]
+pub struct DmaPool {
+    region: Arc<DmaRegion>,
+    /// Free blocks as (offset, len), sorted by offset, never adjacent.
+    free: Mutex<Vec<(usize, usize)>>,
+}
+
+impl DmaPool {
+    pub fn new(region: Arc<DmaRegion>) -> Arc<DmaPool> {
+        let free = Mutex::new(vec![(0, region.len())]);
+        Arc::new(DmaPool { region, free })
+    }
+
+    pub fn region(&self) -> &DmaRegion {
+        &self.region
+    }
+
+    /// Allocates `len` bytes aligned to `align` (a power of two).
+    pub fn alloc(self: &Arc<Self>, len: usize, align: usize) -> Result<DmaBuffer, Error> {
+        if len == 0 {
+            return Err(Error::InvalidArgument(
+                "cannot allocate an empty DMA buffer".into(),
+            ));
+        }
+        if !align.is_power_of_two() {
+            return Err(Error::InvalidArgument(format!(
+                "alignment {align} is not a power of two"
+            )));
+        }
+        let exhausted = Error::DmaExhausted {
+            requested: len,
+            region: self.region.len(),
+        };
+        let mut free = lock(&self.free);
+        for i in 0..free.len() {
+            let (start, size) = free[i];
+            let Some(aligned) = start.checked_next_multiple_of(align) else {
+                continue;
+            };
+            let pad = aligned - start;
+            let Some(need) = pad.checked_add(len) else {
+                return Err(exhausted);
+            };
+            if need > size {
+                continue;
+            }
+            // Carve [aligned, aligned + len) out of the block, keeping the
+            // padding before and the rest after as free blocks.
+            let rest = size - need;
+            match (pad > 0, rest > 0) {
+                (false, false) => {
+                    free.remove(i);
+                }
+                (true, false) => free[i] = (start, pad),
+                (false, true) => free[i] = (aligned + len, rest),
+                (true, true) => {
+                    free[i] = (start, pad);
+                    free.insert(i + 1, (aligned + len, rest));
+                }
+            }
+            return Ok(DmaBuffer {
+                pool: Arc::clone(self),
+                offset: aligned,
+                len,
+            });
+        }
+        Err(exhausted)
+    }
+
+    fn release(&self, offset: usize, len: usize) {
+        let mut free = lock(&self.free);
+        let i = free.partition_point(|&(s, _)| s < offset);
+        free.insert(i, (offset, len));
+        // Merge with the next block, then with the previous one.
+        if i + 1 < free.len() && free[i].0 + free[i].1 == free[i + 1].0 {
+            free[i].1 += free[i + 1].1;
+            free.remove(i + 1);
+        }
+        if i > 0 && free[i - 1].0 + free[i - 1].1 == free[i].0 {
+            free[i - 1].1 += free[i].1;
+            free.remove(i);
+        }
+    }
+
+    /// Bytes currently free (for diagnostics and tests).
+    pub fn free_bytes(&self) -> usize {
+        lock(&self.free).iter().map(|&(_, l)| l).sum()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave the free list inconsistent (every
+    // update is a single step), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A block of DMA memory owned by the application; returned on drop.
+///
+/// Do not touch its bytes while a request using them is in flight: the
+/// device reads or writes them concurrently. The contents of a fresh buffer
+/// are unspecified (memory is recycled without clearing).
+#[derive(Debug)]
+pub struct DmaBuffer {
+    pool: Arc<DmaPool>,
+    offset: usize,
+    len: usize,
+}
+
+impl DmaBuffer {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Device-visible address of the first byte.
+    pub fn iova(&self) -> u64 {
+        self.pool.region.iova() + self.offset as u64
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: offset < region length (the allocator only hands out
+        // blocks inside the region).
+        unsafe { self.pool.region.host_ptr().add(self.offset) }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the block is inside the mapping and owned by this buffer.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len) }
+    }
+
+    /// The whole buffer as a request memory range.
+    pub fn mem(&self) -> MemRange {
+        MemRange {
+            iova: self.iova(),
+            len: self.len,
+        }
+    }
+
+    /// `len` bytes at `offset` as a request memory range.
+    pub fn range(&self, offset: usize, len: usize) -> Result<MemRange, Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(MemRange {
+                iova: self.iova() + offset as u64,
+                len,
+            }),
+            _ => Err(Error::InvalidArgument(format!(
+                "range {offset}+{len} exceeds the {}-byte buffer",
+                self.len
+            ))),
+        }
+    }
+}
+
+impl Drop for DmaBuffer {
+    fn drop(&mut self) {
+        self.pool.release(self.offset, self.len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 1 << 30;
+
+    fn pool(len: usize) -> Arc<DmaPool> {
+        DmaPool::new(Arc::new(DmaRegion::anonymous(len, BASE).unwrap()))
+    }
+
+    #[test]
+    fn allocations_are_aligned_disjoint_and_returned() {
+        let p = pool(64 << 10);
+        let a = p.alloc(100, 64).unwrap();
+        let b = p.alloc(4096, 4096).unwrap();
+        let c = p.alloc(1, 8).unwrap();
+        assert_eq!(a.iova() % 64, 0);
+        assert_eq!(b.iova() % 4096, 0);
+        let spans = [(a.iova(), 100u64), (b.iova(), 4096), (c.iova(), 1)];
+        for (i, x) in spans.iter().enumerate() {
+            for y in &spans[i + 1..] {
+                assert!(x.0 + x.1 <= y.0 || y.0 + y.1 <= x.0, "{x:?} overlaps {y:?}");
+            }
+        }
+        drop((a, b, c));
+        assert_eq!(p.free_bytes(), 64 << 10);
+        // Everything merged back: the whole region is one block again.
+        let all = p.alloc(64 << 10, 4096).unwrap();
+        assert_eq!(all.iova(), BASE);
+    }
+
+    #[test]
+    fn exhaustion_is_reported_not_panicked() {
+        let p = pool(8192);
+        let _a = p.alloc(8192, 4096).unwrap();
+        assert!(matches!(p.alloc(1, 1), Err(Error::DmaExhausted { .. })));
+        assert!(matches!(p.alloc(0, 1), Err(Error::InvalidArgument(_))));
+        assert!(matches!(p.alloc(1, 3), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            p.alloc(usize::MAX, 4096),
+            Err(Error::DmaExhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn buffers_are_writable_through_host_pointer() {
+        let p = pool(8192);
+        let mut a = p.alloc(16, 16).unwrap();
+        a.as_mut_slice().copy_from_slice(&[7u8; 16]);
+        let host = p.region().host_at(a.iova(), 16).unwrap();
+        // SAFETY: host_at checked the range.
+        assert_eq!(unsafe { *host.add(15) }, 7);
+        assert!(a.range(8, 8).is_ok());
+        assert!(a.range(8, 9).is_err());
+        assert!(a.range(usize::MAX, 2).is_err());
+    }
+
+    #[test]
+    fn region_bounds_checks() {
+        let r = DmaRegion::memfd(8192, BASE).unwrap();
+        assert!(r.fd().is_some());
+        assert!(r.contains(BASE, 8192));
+        assert!(!r.contains(BASE, 8193));
+        assert!(!r.contains(BASE - 1, 1));
+        assert!(!r.contains(u64::MAX, 2));
+        assert!(DmaRegion::memfd(100, BASE).is_err());
+    }
+}

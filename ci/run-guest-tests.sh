@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Runs the guest integration tests in ci/guest-tests/.
+#
+# Usage: ci/run-guest-tests.sh [--backend vsicd|qsd] [--timeout SECS] [NAME...]
+#
+# A test NAME is a pair of files in ci/guest-tests/:
+#   NAME.guest.sh  runs inside the guest as root (busybox sh); exit 0 = pass.
+#                  A line "# launch: OPTIONS" adds launcher options for this
+#                  test (e.g. "# launch: --vsics 2 --queues 4").
+#   NAME.host.sh   optional; runs on the host as "NAME.host.sh pre" once the
+#                  backend is up and before the guest boots, and as
+#                  "NAME.host.sh post" after the guest powered off, with the
+#                  backend still up. Environment: VSIC_STATE_DIR, VSIC_SOCK_DIR,
+#                  VSIC_PF_SOCK, VSICCTL (host vsicctl), VSIC_BIN_DIR (host
+#                  release binaries), VSIC_GUEST_BIN_DIR, VSIC_VSICS,
+#                  VSIC_QUEUES, VSIC_PHASE. Its working directory is the
+#                  test's state directory, shared by both phases.
+# Every test gets a fresh state directory (fresh drives) under
+# $VSIC_TEST_STATE (default /var/tmp/vsic-guest-tests). NAME arguments select
+# tests. The last line of output is "N passed, N failed".
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TESTS_DIR=$REPO/ci/guest-tests
+STATE_ROOT=${VSIC_TEST_STATE:-/var/tmp/vsic-guest-tests}
+backend=${VSIC_TEST_BACKEND:-vsicd}
+timeout=180
+selected=()
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --backend) backend=${2:?--backend needs a value}; shift ;;
+    --timeout) timeout=${2:?--timeout needs a value}; shift ;;
+    -h | --help) sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "run-guest-tests: unknown option $1" >&2; exit 2 ;;
+    *) selected+=("$1") ;;
+    esac
+    shift
+done
+
+tests=()
+if [[ ${#selected[@]} -gt 0 ]]; then
+    tests=("${selected[@]}")
+else
+    for f in "$TESTS_DIR"/*.guest.sh; do
+        [[ -e $f ]] && tests+=("$(basename "$f" .guest.sh)")
+    done
+fi
+
+passed=0
+failed=0
+failed_names=()
+mkdir -p "$STATE_ROOT"
+
+for name in "${tests[@]}"; do
+    guest=$TESTS_DIR/$name.guest.sh
+    host=$TESTS_DIR/$name.host.sh
+    state=$STATE_ROOT/$name
+    log=$STATE_ROOT/$name.log
+    if [[ ! -r $guest ]]; then
+        echo "FAIL $name: no $guest"
+        failed=$((failed + 1))
+        failed_names+=("$name")
+        continue
+    fi
+    rm -rf "$state"
+    mkdir -p "$state"
+
+    # Per-test launcher options from the "# launch:" line.
+    read -r -a extra <<<"$(sed -n 's/^# launch:[[:space:]]*//p' "$guest" | head -n1)"
+    args=(--state-dir "$state" --timeout "$timeout" --backend "$backend"
+        --append "vsic.backend=$backend" --run "$guest" ${extra[@]+"${extra[@]}"})
+    if [[ -e $host ]]; then
+        args+=(--host-hook "cd $(printf '%q' "$state") && bash $(printf '%q' "$host")")
+    fi
+
+    echo "RUN  $name"
+    start=$(date +%s.%N)
+    "$REPO/qemu-configs/launch.sh" "${args[@]}" >"$log" 2>&1
+    rc=$?
+    elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    if [[ $rc -eq 0 ]]; then
+        echo "PASS $name (${elapsed} s)"
+        passed=$((passed + 1))
+    else
+        case $rc in
+        124) why="guest timed out" ;;
+        125) why="guest stopped without a status" ;;
+        126) why="backend did not start" ;;
+        *) why="exit status $rc" ;;
+        esac
+        echo "FAIL $name (${elapsed} s): $why; output follows"
+        sed 's/^/    | /' "$log"
+        failed=$((failed + 1))
+        failed_names+=("$name")
+    fi
+done
+
+if [[ $failed -gt 0 ]]; then
+    echo "failed guest tests: ${failed_names[*]}"
+fi
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]

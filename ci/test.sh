@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The test entry point: host dependencies, builds, unit and host tests,
+# then the guest integration tests under QEMU.
+#
+# Usage: ci/test.sh
+# The last line of output is exactly "N passed, N failed", counting every
+# cargo test (from cargo's "test result:" lines), every guest test, and each
+# build step that failed; the exit status is non-zero on any failure.
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+passed=0
+failed=0
+failures=()
+log_dir=$(mktemp -d "${TMPDIR:-/tmp}/vsic-ci.XXXXXX")
+trap 'rm -rf "$log_dir"' EXIT
+
+now() { date +%s.%N; }
+since() { awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'; }
+banner() { printf '\n==> %s\n' "$*"; }
+
+# step NAME COMMAND...: runs a build step; a failure counts as one failed test.
+step() {
+    local name=$1 start rc
+    shift
+    banner "$name"
+    start=$(now)
+    "$@"
+    rc=$?
+    if [[ $rc -eq 0 ]]; then
+        echo "--- $name: ok ($(since "$start") s)"
+    else
+        echo "--- $name: FAILED with status $rc ($(since "$start") s)"
+        failed=$((failed + 1))
+        failures+=("$name")
+    fi
+    return $rc
+}
+
+total_start=$(now)
+
+step "host dependencies (ci/install-deps.sh)" bash ci/install-deps.sh
+step "cargo build --workspace" cargo build --workspace
+step "cargo build --workspace --release" cargo build --workspace --release
+release_ok=$?
+
+# cargo test: add up its "test result:" lines.
+banner "cargo test --workspace"
+start=$(now)
+cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
+test_rc=${PIPESTATUS[0]}
+read -r t_pass t_fail < <(awk '
+    /^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i + 1) ~ /^passed/) p += $i
+            if ($(i + 1) ~ /^failed/) f += $i
+        }
+    }
+    END { print p + 0, f + 0 }
+' "$log_dir/cargo-test.log")
+passed=$((passed + t_pass))
+failed=$((failed + t_fail))
+if [[ $test_rc -ne 0 && $t_fail -eq 0 ]]; then
+    # It stopped before reporting (a compile error, a crashed test binary).
+    failed=$((failed + 1))
+    failures+=("cargo test (status $test_rc)")
+elif [[ $t_fail -gt 0 ]]; then
+    failures+=("cargo test ($t_fail)")
+fi
+echo "--- cargo test: $t_pass passed, $t_fail failed ($(since "$start") s)"
+
+# Guest tests need the release binaries and the image.
+guest_tests=(ci/guest-tests/*.guest.sh)
+[[ -e ${guest_tests[0]} ]] || guest_tests=()
+if [[ $release_ok -eq 0 ]] && step "guest image (images/build.sh)" bash images/build.sh; then
+    banner "guest tests (ci/run-guest-tests.sh)"
+    start=$(now)
+    bash ci/run-guest-tests.sh 2>&1 | tee "$log_dir/guest.log"
+    read -r g_pass g_fail < <(tail -n1 "$log_dir/guest.log" |
+        sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')
+    if [[ -z ${g_pass:-} ]]; then
+        # No summary line: count every guest test as failed.
+        g_pass=0
+        g_fail=${#guest_tests[@]}
+    fi
+    passed=$((passed + g_pass))
+    failed=$((failed + g_fail))
+    [[ $g_fail -gt 0 ]] && failures+=("guest tests ($g_fail)")
+    echo "--- guest tests: $g_pass passed, $g_fail failed ($(since "$start") s)"
+else
+    echo "--- guest tests skipped (no release build or image): ${#guest_tests[@]} counted as failed"
+    failed=$((failed + ${#guest_tests[@]}))
+    [[ ${#guest_tests[@]} -gt 0 ]] && failures+=("guest tests (not run)")
+fi
+
+banner "summary ($(since "$total_start") s)"
+if [[ ${#failures[@]} -gt 0 ]]; then
+    printf 'failed: %s\n' "${failures[@]}"
+fi
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]

@@ -84,6 +84,10 @@ pub struct Created {
 /// One VSIC's counters with the counters of each of its queues.
 pub type StatsEntry = (VsicStats, Vec<QueueStats>);
 
+/// DMA memory for the PF: rings plus one request at a time, the largest
+/// being a [`MAX_PAYLOAD`] reply.
+const PF_MEM_SIZE: usize = 8 << 20;
+
 /// A client for the admin commands of one controller's PF.
 pub struct AdminClient {
     device: Device,
@@ -92,7 +96,12 @@ pub struct AdminClient {
 impl AdminClient {
     /// Opens the PF named by `spec` (e.g. `vhost-user:/run/vsic/pf.sock`).
     pub fn open(spec: &str) -> Result<AdminClient, AdminError> {
-        let device = Device::open(spec, &OpenOptions::default())?;
+        let opts = OpenOptions {
+            queues: Some(1),
+            mem_size: PF_MEM_SIZE,
+            ..OpenOptions::default()
+        };
+        let device = Device::open(spec, &opts)?;
         Ok(AdminClient { device })
     }
 

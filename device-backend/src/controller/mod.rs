@@ -1,11 +1,54 @@
 //! The controller model. Its public surface is what `front` calls.
+//!
+//! Modules, one job each:
+//! - `drive`: positional I/O, zeroing and syncing on one backing file/device;
+//! - `state`: the persisted pool model (VSAs, extent maps, tokens, VSICs);
+//! - `metadata`: its on-drive format, atomic commit and recovery;
+//! - `alloc`: extent allocation and striping;
+//! - `caps`: capability minting, verification and revocation sets;
+//! - `runtime` / `vsa`: what the data plane reads (slot bindings, extent
+//!   maps behind read-write locks);
+//! - `admin`: admin command decoding and execution;
+//! - `datapath`: reads, writes, flushes and discards;
+//! - `qos`, `stats`: token buckets, counters and log rate limiting.
 
+mod admin;
+mod alloc;
+mod caps;
+mod codec;
+mod datapath;
+mod drive;
+mod metadata;
+mod qos;
+mod runtime;
+mod state;
+mod stats;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
+mod vsa;
+
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vsic_abi::records::CacheMode;
+use vsic_abi::window::WINDOW_SIZE;
 use vsic_abi::AdminCompletion;
+
+use drive::Drive;
+use metadata::MetaStore;
+use runtime::VsicRuntime;
+use state::PoolState;
+use vsa::VsaHandle;
+
+/// Smallest and largest extent sizes `open` accepts.
+pub const MIN_EXTENT_SIZE: u64 = 4096;
+pub const MAX_EXTENT_SIZE: u64 = 1 << 30;
+/// Default extent size (1 MiB).
+pub const DEFAULT_EXTENT_SIZE: u64 = 1 << 20;
 
 /// One backing drive: a file (created sparse when missing) or a block device.
 #[derive(Debug, Clone)]
@@ -80,15 +123,73 @@ impl std::fmt::Display for OpenError {
 impl std::error::Error for OpenError {}
 
 /// The controller: shared by every function's queue threads.
+///
+/// Admin commands are serialised by one mutex (they are rare and each
+/// commits metadata); the data path never takes it: it reads per-VSIC slot
+/// bindings and per-VSA extent maps through read-write locks.
 pub struct Controller {
     config: ControllerConfig,
+    drives: Vec<Arc<Drive>>,
+    vsics: Vec<VsicRuntime>,
+    admin: Mutex<AdminPlane>,
+}
+
+/// Everything admin commands change, behind the admin mutex.
+struct AdminPlane {
+    /// The last committed pool state.
+    state: PoolState,
+    store: MetaStore,
+    handles: BTreeMap<u64, Arc<VsaHandle>>,
 }
 
 impl Controller {
     /// Opens (or formats) the drives and loads the newest committed metadata.
     pub fn open(config: ControllerConfig) -> Result<Arc<Controller>, OpenError> {
-        let _ = config;
-        unimplemented!("controller model")
+        let mut config = config;
+        check_config(&config).map_err(OpenError)?;
+        let sync_writes = config.cache_mode == CacheMode::WriteThrough;
+        let mut drives = Vec::new();
+        let mut seen = HashSet::new();
+        for spec in &config.drives {
+            let d = Drive::open(&spec.path, spec.size, sync_writes).map_err(OpenError)?;
+            if !seen.insert(d.identity()) {
+                return Err(OpenError(format!("drive {} is given twice", spec.path.display())));
+            }
+            drives.push(Arc::new(d));
+        }
+        let opened = metadata::open_pool(&drives, config.extent_size, config.vsics as usize).map_err(OpenError)?;
+        if !opened.formatted {
+            log::info!("opened an existing pool with {} VSAs", opened.state.vsas.len());
+        }
+        if opened.state.extent_size != config.extent_size {
+            log::warn!(
+                "the pool was formatted with {}-byte extents; ignoring the configured {} bytes",
+                opened.state.extent_size,
+                config.extent_size
+            );
+            config.extent_size = opened.state.extent_size;
+        }
+        let vsics: Vec<VsicRuntime> = (0..config.vsics)
+            .map(|_| VsicRuntime::new(config.queues_per_vsic as usize))
+            .collect();
+        let mut handles = BTreeMap::new();
+        runtime::reconcile(&vsics, &mut handles, None, &opened.state);
+        let controller = Controller {
+            config,
+            drives,
+            vsics,
+            admin: Mutex::new(AdminPlane {
+                state: opened.state,
+                store: opened.store,
+                handles,
+            }),
+        };
+        // Finish zeroing extents a previous run freed but did not zero yet.
+        {
+            let mut plane = controller.plane();
+            controller.zero_pending(&mut plane);
+        }
+        Ok(Arc::new(controller))
     }
 
     pub fn config(&self) -> &ControllerConfig {
@@ -100,14 +201,23 @@ impl Controller {
     /// `payload_in_capacity` the room in the guest's response buffer.
     /// Never panics; every failure is an [`vsic_abi::AdminStatus`].
     pub fn admin(&self, command: &[u8], payload_out: &[u8], payload_in_capacity: usize) -> AdminReply {
-        let _ = (command, payload_out, payload_in_capacity);
-        unimplemented!("controller model")
+        self.execute_admin(command, payload_out, payload_in_capacity)
     }
 
     /// Capacity in bytes that VSIC `vsic` reports (its slot-0 VSA; 0 when empty).
     pub fn capacity(&self, vsic: u32) -> u64 {
-        let _ = vsic;
-        unimplemented!("controller model")
+        let Some(rt) = self.vsics.get(vsic as usize) else {
+            return 0;
+        };
+        let slots = rt.slots();
+        slots[0].as_ref().map_or(0, |b| {
+            let layout = b.vsa.read();
+            if layout.deleted {
+                0
+            } else {
+                layout.size
+            }
+        })
     }
 
     /// Reads or writes `iov` at byte `offset` of VSIC `vsic`'s address space.
@@ -123,27 +233,56 @@ impl Controller {
         offset: u64,
         iov: &[libc::iovec],
     ) -> Result<usize, IoError> {
-        let _ = (vsic, queue, kind, offset, iov);
-        unimplemented!("controller model")
+        self.transfer(vsic, queue, kind, offset, iov)
     }
 
     /// Makes every write completed before it durable.
     pub fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError> {
-        let _ = (vsic, queue);
-        unimplemented!("controller model")
+        self.flush_drives(vsic, queue)
     }
 
     /// DISCARD (`zero == false`) or WRITE_ZEROES (`zero == true`) a byte range.
     /// Both leave the range reading as zeroes.
     pub fn discard(&self, vsic: u32, queue: u16, offset: u64, len: u64, zero: bool) -> Result<(), IoError> {
-        let _ = (vsic, queue, offset, len, zero);
-        unimplemented!("controller model")
+        self.zero_range(vsic, queue, offset, len, zero)
     }
 
     /// Counts a request the front refused before it reached the model
     /// (malformed chain, unsupported type) in the VSIC's error statistics.
     pub fn count_error(&self, vsic: u32, queue: u16) {
-        let _ = (vsic, queue);
-        unimplemented!("controller model")
+        if let Some(rt) = self.vsics.get(vsic as usize) {
+            stats::bump(&rt.stats.errors, 1);
+            if let Some(q) = rt.stats.queue(queue) {
+                stats::bump(&q.requests, 1);
+                stats::bump(&q.errors, 1);
+            }
+        }
     }
+
+    /// Newest metadata generation written to the drives.
+    pub fn metadata_generation(&self) -> u64 {
+        self.plane().store.generation()
+    }
+
+    fn plane(&self) -> std::sync::MutexGuard<'_, AdminPlane> {
+        // Admin commands never leave the plane half-updated (they build the
+        // new state aside and swap it in), so a poisoned lock is usable.
+        self.admin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn check_config(c: &ControllerConfig) -> Result<(), String> {
+    if c.drives.is_empty() {
+        return Err("at least one drive is needed".into());
+    }
+    let es = c.extent_size;
+    if !es.is_power_of_two() || !(MIN_EXTENT_SIZE..=MAX_EXTENT_SIZE).contains(&es) || es > WINDOW_SIZE {
+        return Err(format!(
+            "extent size {es} must be a power of two between {MIN_EXTENT_SIZE} and {MAX_EXTENT_SIZE} bytes"
+        ));
+    }
+    if c.queues_per_vsic == 0 {
+        return Err("every VSIC needs at least one queue".into());
+    }
+    Ok(())
 }

@@ -1,0 +1,603 @@
+//! Admin commands: decoding, validation in a fixed order (command, opcode,
+//! flags, payload size, response capacity, arguments), execution and
+//! commit. A state-changing command builds the new pool state on a copy,
+//! commits it, and only then makes it current: a failed commit leaves the
+//! controller exactly as it was.
+
+use vsic_abi::admin::{ALL_VSICS, FLAGS_KNOWN, FLAG_READ_ONLY};
+use vsic_abi::records::{encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo};
+use vsic_abi::window::{SLOTS_PER_VSIC, WINDOW_SHIFT, WINDOW_SIZE};
+use vsic_abi::{AdminCommand, AdminCompletion, AdminStatus, CapToken, Opcode, Rights};
+
+use super::alloc::{Allocator, NoSpace};
+use super::caps;
+use super::metadata::{to_runs, CommitError};
+use super::runtime;
+use super::state::{Attachment, PoolState, VsaRecord};
+use super::{AdminPlane, AdminReply, Controller};
+
+/// What a successful command returns.
+#[derive(Default)]
+struct Done {
+    result0: u64,
+    result1: u64,
+    payload: Vec<u8>,
+    changed_vsics: Vec<u32>,
+}
+
+type Outcome = Result<Done, Refusal>;
+
+/// Flags each opcode accepts.
+fn allowed_flags(op: Opcode) -> u32 {
+    match op {
+        Opcode::Attach | Opcode::CapDerive => FLAG_READ_ONLY & FLAGS_KNOWN,
+        _ => 0,
+    }
+}
+
+/// Payload-out bytes each opcode needs.
+fn payload_out_len(op: Opcode) -> usize {
+    match op {
+        Opcode::VsaDelete
+        | Opcode::VsaExtend
+        | Opcode::VsaShrink
+        | Opcode::Attach
+        | Opcode::CapDerive
+        | Opcode::CapRevoke => CapToken::LEN,
+        _ => 0,
+    }
+}
+
+/// Payload-in bytes an opcode always returns (list replies are checked
+/// once their length is known).
+fn fixed_reply_len(op: Opcode) -> usize {
+    match op {
+        Opcode::Identify => Identify::LEN,
+        Opcode::VsaCreate | Opcode::CapDerive => CapToken::LEN,
+        _ => 0,
+    }
+}
+
+/// The persisted record of a VSIC `vsic_index` accepted (the state always
+/// holds at least as many records as the configuration has VSICs).
+fn vsic_mut(state: &mut PoolState, n: usize) -> Result<&mut super::state::VsicRecord, AdminStatus> {
+    state.vsics.get_mut(n).ok_or(AdminStatus::NoSuchVsic)
+}
+
+fn reply(outcome: Outcome) -> AdminReply {
+    match outcome {
+        Ok(d) => AdminReply {
+            completion: AdminCompletion {
+                status: AdminStatus::Ok as u16,
+                payload_len: d.payload.len() as u32,
+                result0: d.result0,
+                result1: d.result1,
+            },
+            payload: d.payload,
+            changed_vsics: d.changed_vsics,
+        },
+        Err(r) => AdminReply {
+            completion: AdminCompletion {
+                result0: r.result0,
+                result1: r.result1,
+                ..AdminCompletion::with_status(r.status)
+            },
+            payload: Vec::new(),
+            changed_vsics: Vec::new(),
+        },
+    }
+}
+
+/// A failed command: its status, plus results where they help the driver
+/// (ResponseTooSmall says how much room it needs).
+struct Refusal {
+    status: AdminStatus,
+    result0: u64,
+    result1: u64,
+}
+
+impl From<AdminStatus> for Refusal {
+    fn from(status: AdminStatus) -> Self {
+        Refusal {
+            status,
+            result0: 0,
+            result1: 0,
+        }
+    }
+}
+
+/// A list reply must fit whole; otherwise the driver learns how many
+/// records (result0) in how many bytes (result1) it has to make room for.
+fn fits(payload: Vec<u8>, records: usize, capacity: usize) -> Outcome {
+    if payload.len() > capacity {
+        return Err(Refusal {
+            status: AdminStatus::ResponseTooSmall,
+            result0: records as u64,
+            result1: payload.len() as u64,
+        });
+    }
+    Ok(Done {
+        result0: records as u64,
+        payload,
+        ..Default::default()
+    })
+}
+
+impl Controller {
+    pub(super) fn execute_admin(&self, command: &[u8], payload_out: &[u8], capacity: usize) -> AdminReply {
+        let cmd = match AdminCommand::decode(command) {
+            Ok(c) => c,
+            Err(e) => return reply(Err(AdminCommand::decode_status(&e).into())),
+        };
+        let Some(op) = cmd.opcode() else {
+            return reply(Err(AdminStatus::UnknownOpcode.into()));
+        };
+        if cmd.flags & !allowed_flags(op) != 0 {
+            return reply(Err(AdminStatus::UnknownFlags.into()));
+        }
+        if payload_out.len() != cmd.payload_len as usize || payload_out.len() != payload_out_len(op) {
+            return reply(Err(AdminStatus::BadPayloadSize.into()));
+        }
+        if capacity < fixed_reply_len(op) {
+            return reply(Err(AdminStatus::ResponseTooSmall.into()));
+        }
+        let mut plane = self.plane();
+        let outcome = match op {
+            Opcode::Identify => Ok(self.identify(&plane)),
+            Opcode::VsicEnable => self.set_enabled(&mut plane, &cmd, true),
+            Opcode::VsicDisable => self.set_enabled(&mut plane, &cmd, false),
+            Opcode::VsaCreate => self.vsa_create(&mut plane, &cmd),
+            Opcode::VsaDelete => self.vsa_delete(&mut plane, payload_out),
+            Opcode::VsaExtend => self.vsa_extend(&mut plane, &cmd, payload_out),
+            Opcode::VsaShrink => self.vsa_shrink(&mut plane, &cmd, payload_out),
+            Opcode::Attach => self.attach(&mut plane, &cmd, payload_out),
+            Opcode::Detach => self.detach(&mut plane, &cmd),
+            Opcode::SetQos => self.set_qos(&mut plane, &cmd),
+            Opcode::CapDerive => self.cap_derive(&mut plane, &cmd, payload_out),
+            Opcode::CapRevoke => self.cap_revoke(&mut plane, payload_out, capacity),
+            Opcode::ListVsas => self.list_vsas(&plane, capacity),
+            Opcode::ListVsics => self.list_vsics(&plane, capacity),
+            Opcode::Stats => self.stats(&cmd, capacity),
+            Opcode::ExtentMap => self.extent_map(&plane, &cmd, capacity),
+        };
+        reply(outcome)
+    }
+
+    // ------------------------------------------------------------ commit
+
+    /// Commits `next` and makes it current; returns the VSICs whose slot-0
+    /// capacity changed. On failure nothing changes (status MetadataIo, or
+    /// NoSpace when the metadata would not fit in its slot).
+    fn commit(&self, plane: &mut AdminPlane, next: PoolState) -> Result<Vec<u32>, AdminStatus> {
+        if next == plane.state {
+            return Ok(Vec::new());
+        }
+        match plane.store.commit(&next) {
+            Ok(_) => {}
+            Err(CommitError::TooLarge) => return Err(AdminStatus::NoSpace),
+            Err(CommitError::Io(e)) => {
+                log::error!("metadata commit failed: {e}; the command is refused");
+                // Some drives may now hold the refused state: write the old
+                // one again under a newer generation so it cannot come back.
+                let current = plane.state.clone();
+                if let Err(e) = plane.store.commit(&current) {
+                    log::error!("re-committing the previous metadata failed too: {e:?}");
+                }
+                return Err(AdminStatus::MetadataIo);
+            }
+        }
+        let old = std::mem::replace(&mut plane.state, next);
+        let changed = runtime::reconcile(&self.vsics, &mut plane.handles, Some(&old), &plane.state);
+        self.zero_pending(plane);
+        Ok(changed)
+    }
+
+    /// Zeroes the extents on the pending list, then commits them as free.
+    /// Runs after the VSA maps stopped pointing at them (and in-flight I/O
+    /// drained); a crash in between just repeats the zeroing at next open.
+    pub(super) fn zero_pending(&self, plane: &mut AdminPlane) {
+        if plane.state.pending_zero.is_empty() {
+            return;
+        }
+        let es = plane.state.extent_size;
+        let mut touched = Vec::new();
+        for (first, count) in to_runs(&plane.state.pending_zero) {
+            let Some(drive) = self.drives.get(first.drive as usize) else {
+                continue;
+            };
+            let zeroed = first
+                .index
+                .checked_mul(es)
+                .zip((count as u64).checked_mul(es))
+                .ok_or_else(|| std::io::Error::other("extent offset overflow"))
+                .and_then(|(offset, len)| drive.zero_range(offset, len));
+            if let Err(e) = zeroed {
+                log::error!(
+                    "cannot zero freed extents on {}: {e}; they stay reserved",
+                    drive.path().display()
+                );
+                return;
+            }
+            if !touched.contains(&first.drive) {
+                touched.push(first.drive);
+            }
+        }
+        for d in touched {
+            if let Some(Err(e)) = self.drives.get(d as usize).map(|d| d.sync()) {
+                log::error!("cannot sync zeroed extents: {e}; they stay reserved");
+                return;
+            }
+        }
+        let mut next = plane.state.clone();
+        next.pending_zero.clear();
+        match plane.store.commit(&next) {
+            Ok(_) => plane.state = next,
+            Err(e) => log::error!("cannot commit zeroed extents as free: {e:?}; they stay reserved"),
+        }
+    }
+
+    // -------------------------------------------------------- argument checks
+
+    fn vsic_index(&self, vsic: u32) -> Result<usize, AdminStatus> {
+        if vsic < self.config.vsics {
+            Ok(vsic as usize)
+        } else {
+            Err(AdminStatus::NoSuchVsic)
+        }
+    }
+
+    fn slot_index(slot: u32) -> Result<usize, AdminStatus> {
+        if slot < SLOTS_PER_VSIC {
+            Ok(slot as usize)
+        } else {
+            Err(AdminStatus::NoSuchSlot)
+        }
+    }
+
+    /// Size in bytes rounded up to whole extents (ZeroSize, TooLarge).
+    fn rounded_size(&self, size: u64) -> Result<u64, AdminStatus> {
+        if size == 0 {
+            return Err(AdminStatus::ZeroSize);
+        }
+        if size > WINDOW_SIZE {
+            return Err(AdminStatus::TooLarge);
+        }
+        let es = self.config.extent_size;
+        Ok(size.div_ceil(es) * es)
+    }
+
+    /// Verifies `token` and that it grants `needed`.
+    fn authorize(
+        state: &PoolState,
+        token: &[u8],
+        needed: Rights,
+    ) -> Result<(u64, super::state::TokenRecord), AdminStatus> {
+        let (vsa_id, rec) = caps::verify(state, token)?;
+        if !rec.rights.contains(needed) {
+            return Err(AdminStatus::PermissionDenied);
+        }
+        Ok((vsa_id, rec))
+    }
+
+    // ----------------------------------------------------------- commands
+
+    fn identify(&self, plane: &AdminPlane) -> Done {
+        let s = &plane.state;
+        let id = Identify {
+            abi_version: vsic_abi::admin::COMMAND_VERSION as u32,
+            vsics: self.config.vsics,
+            queues_per_vsic: self.config.queues_per_vsic as u32,
+            slots_per_vsic: SLOTS_PER_VSIC,
+            extent_size: s.extent_size,
+            window_shift: WINDOW_SHIFT,
+            drives: s.drives.len() as u32,
+            total_extents: s.total_extents(),
+            free_extents: Allocator::build(s).free_total(),
+            vsa_count: s.vsas.len() as u32,
+            cache_mode: self.config.cache_mode as u32,
+            metadata_generation: plane.store.generation(),
+        };
+        Done {
+            payload: id.encode().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn set_enabled(&self, plane: &mut AdminPlane, cmd: &AdminCommand, enabled: bool) -> Outcome {
+        let n = self.vsic_index(cmd.vsic)?;
+        let mut next = plane.state.clone();
+        vsic_mut(&mut next, n)?.enabled = enabled;
+        self.commit(plane, next)?;
+        Ok(Done::default())
+    }
+
+    fn vsa_create(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        let size = self.rounded_size(cmd.args[0])?;
+        let width = match cmd.args[1] {
+            0 => 1,
+            w if w <= plane.state.drives.len() as u64 => w as usize,
+            _ => return Err(AdminStatus::InvalidArgument.into()),
+        };
+        let mut next = plane.state.clone();
+        let mut alloc = Allocator::build(&next);
+        let stripe = alloc.choose_stripe(width).ok_or(AdminStatus::InvalidArgument)?;
+        let count = (size / next.extent_size) as usize;
+        let extents = alloc
+            .allocate(&stripe, 0, count)
+            .map_err(|NoSpace| AdminStatus::NoSpace)?;
+        let id = next.next_vsa_id;
+        next.next_vsa_id = id.checked_add(1).ok_or(AdminStatus::NoSpace)?;
+        let mut vsa = VsaRecord {
+            id,
+            size,
+            stripe,
+            extents,
+            tokens: Vec::new(),
+            next_token_id: 1,
+        };
+        let root = caps::mint(&mut vsa, 0, Rights::ALL)?;
+        next.vsas.insert(id, vsa);
+        self.commit(plane, next)?;
+        Ok(Done {
+            result0: id,
+            result1: size,
+            payload: root.encode().to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn vsa_delete(&self, plane: &mut AdminPlane, token: &[u8]) -> Outcome {
+        let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
+        let mut next = plane.state.clone();
+        let vsa = next.vsas.remove(&vsa_id).ok_or(AdminStatus::BadToken)?;
+        next.pending_zero.extend(vsa.extents);
+        for vsic in &mut next.vsics {
+            for slot in vsic.slots.iter_mut() {
+                if matches!(slot, Some(a) if a.vsa_id == vsa_id) {
+                    *slot = None;
+                }
+            }
+        }
+        let changed_vsics = self.commit(plane, next)?;
+        Ok(Done {
+            result0: vsa_id,
+            changed_vsics,
+            ..Default::default()
+        })
+    }
+
+    fn vsa_extend(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
+        let size = self.rounded_size(cmd.args[0])?;
+        let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
+        let mut next = plane.state.clone();
+        let mut alloc = Allocator::build(&next);
+        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::BadToken)?;
+        if size <= vsa.size {
+            return Err(AdminStatus::InvalidArgument.into());
+        }
+        let have = vsa.extents.len();
+        let want = (size / self.config.extent_size) as usize;
+        let more = alloc
+            .allocate(&vsa.stripe, have, want - have)
+            .map_err(|NoSpace| AdminStatus::NoSpace)?;
+        vsa.extents.extend(more);
+        vsa.size = size;
+        let changed_vsics = self.commit(plane, next)?;
+        Ok(Done {
+            result0: vsa_id,
+            result1: size,
+            changed_vsics,
+            ..Default::default()
+        })
+    }
+
+    fn vsa_shrink(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
+        let requested = cmd.args[0];
+        if requested != 0 && requested < self.config.extent_size {
+            return Err(AdminStatus::BelowMinimum.into());
+        }
+        let size = self.rounded_size(requested)?;
+        let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
+        let mut next = plane.state.clone();
+        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::BadToken)?;
+        if size >= vsa.size {
+            return Err(AdminStatus::InvalidArgument.into());
+        }
+        let keep = (size / self.config.extent_size) as usize;
+        let freed = vsa.extents.split_off(keep);
+        vsa.size = size;
+        next.pending_zero.extend(freed);
+        let changed_vsics = self.commit(plane, next)?;
+        Ok(Done {
+            result0: vsa_id,
+            result1: size,
+            changed_vsics,
+            ..Default::default()
+        })
+    }
+
+    fn attach(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
+        let n = self.vsic_index(cmd.vsic)?;
+        let slot = Self::slot_index(cmd.slot)?;
+        let read_only = cmd.flags & FLAG_READ_ONLY != 0;
+        let needed = if read_only {
+            Rights::READ
+        } else {
+            Rights::READ.union(Rights::WRITE)
+        };
+        let (vsa_id, rec) = Self::authorize(&plane.state, token, needed)?;
+        let mut next = plane.state.clone();
+        let target = &mut vsic_mut(&mut next, n)?.slots[slot];
+        if target.is_some() {
+            return Err(AdminStatus::SlotBusy.into());
+        }
+        *target = Some(Attachment {
+            vsa_id,
+            token_id: rec.id,
+            read_only,
+        });
+        let size = next.vsas.get(&vsa_id).map_or(0, |v| v.size);
+        let changed_vsics = self.commit(plane, next)?;
+        Ok(Done {
+            result0: vsa_id,
+            result1: size,
+            changed_vsics,
+            ..Default::default()
+        })
+    }
+
+    fn detach(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        let n = self.vsic_index(cmd.vsic)?;
+        let slot = Self::slot_index(cmd.slot)?;
+        let mut next = plane.state.clone();
+        let gone = vsic_mut(&mut next, n)?.slots[slot]
+            .take()
+            .ok_or(AdminStatus::SlotEmpty)?;
+        let changed_vsics = self.commit(plane, next)?;
+        Ok(Done {
+            result0: gone.vsa_id,
+            changed_vsics,
+            ..Default::default()
+        })
+    }
+
+    fn set_qos(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        let n = self.vsic_index(cmd.vsic)?;
+        let mut next = plane.state.clone();
+        let rec = vsic_mut(&mut next, n)?;
+        rec.qos_bytes_per_sec = cmd.args[0];
+        rec.qos_iops = cmd.args[1];
+        self.commit(plane, next)?;
+        Ok(Done::default())
+    }
+
+    fn cap_derive(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
+        let (vsa_id, parent) = caps::verify(&plane.state, token)?;
+        let mut rights = parent.rights.minus(Rights::ADMIN);
+        if cmd.flags & FLAG_READ_ONLY != 0 {
+            rights = rights.minus(Rights::WRITE);
+        }
+        let mut next = plane.state.clone();
+        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::BadToken)?;
+        let derived = caps::mint(vsa, parent.id, rights)?;
+        self.commit(plane, next)?;
+        Ok(Done {
+            result0: vsa_id,
+            result1: derived.token_id as u64,
+            payload: derived.encode().to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn cap_revoke(&self, plane: &mut AdminPlane, token: &[u8], capacity: usize) -> Outcome {
+        let (vsa_id, rec) = caps::verify(&plane.state, token)?;
+        // The new root comes back as payload: refuse before changing
+        // anything if it could not be delivered.
+        if rec.is_root() && capacity < CapToken::LEN {
+            return Err(AdminStatus::ResponseTooSmall.into());
+        }
+        let mut next = plane.state.clone();
+        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::BadToken)?;
+        let revoked = caps::descendants(vsa, rec.id);
+        for t in vsa.tokens.iter_mut().filter(|t| revoked.contains(&t.id)) {
+            t.revoked = true;
+        }
+        let new_root = if rec.is_root() {
+            Some(caps::mint(vsa, 0, Rights::ALL)?)
+        } else {
+            None
+        };
+        let mut detached = 0u64;
+        for vsic in &mut next.vsics {
+            for slot in vsic.slots.iter_mut() {
+                if matches!(slot, Some(a) if a.vsa_id == vsa_id && revoked.contains(&a.token_id)) {
+                    *slot = None;
+                    detached += 1;
+                }
+            }
+        }
+        let changed_vsics = self.commit(plane, next)?;
+        let payload = new_root.map(|t| t.encode().to_vec()).unwrap_or_default();
+        Ok(Done {
+            result0: revoked.len() as u64,
+            result1: detached,
+            payload,
+            changed_vsics,
+        })
+    }
+
+    fn list_vsas(&self, plane: &AdminPlane, capacity: usize) -> Outcome {
+        let s = &plane.state;
+        let mut out = Vec::with_capacity(s.vsas.len() * VsaInfo::LEN);
+        for v in s.vsas.values() {
+            let info = VsaInfo {
+                vsa_id: v.id,
+                size: v.size,
+                extents: v.extents.len() as u32,
+                stripe: v.stripe.len() as u32,
+                live_tokens: v.live_tokens() as u32,
+                attachments: s.attachment_count(v.id) as u32,
+            };
+            out.extend_from_slice(&info.encode());
+        }
+        fits(out, s.vsas.len(), capacity)
+    }
+
+    fn list_vsics(&self, plane: &AdminPlane, capacity: usize) -> Outcome {
+        let mut out = Vec::new();
+        let count = self.config.vsics as usize;
+        for (n, rec) in plane.state.vsics.iter().enumerate().take(count) {
+            let slots = rec.slots.map(|a| {
+                a.map_or(SlotInfo::default(), |a| SlotInfo {
+                    vsa_id: a.vsa_id,
+                    token_id: a.token_id,
+                    flags: if a.read_only { SlotInfo::FLAG_READ_ONLY } else { 0 },
+                })
+            });
+            let info = VsicInfo {
+                vsic: n as u32,
+                enabled: rec.enabled,
+                queues: self.config.queues_per_vsic as u32,
+                qos_bytes_per_sec: rec.qos_bytes_per_sec,
+                qos_iops: rec.qos_iops,
+                slots,
+            };
+            out.extend_from_slice(&info.encode());
+        }
+        fits(out, count, capacity)
+    }
+
+    fn stats(&self, cmd: &AdminCommand, capacity: usize) -> Outcome {
+        let entries: Vec<_> = if cmd.vsic == ALL_VSICS {
+            self.vsics
+                .iter()
+                .enumerate()
+                .map(|(n, rt)| rt.stats.snapshot(n as u32))
+                .collect()
+        } else {
+            let n = self.vsic_index(cmd.vsic)?;
+            let rt = self.vsics.get(n).ok_or(AdminStatus::NoSuchVsic)?;
+            vec![rt.stats.snapshot(n as u32)]
+        };
+        fits(encode_stats(&entries), entries.len(), capacity)
+    }
+
+    fn extent_map(&self, plane: &AdminPlane, cmd: &AdminCommand, capacity: usize) -> Outcome {
+        let vsa = plane.state.vsas.get(&cmd.args[0]).ok_or(AdminStatus::NoSuchVsa)?;
+        let runs = to_runs(&vsa.extents);
+        let mut out = Vec::with_capacity(runs.len() * ExtentRun::LEN);
+        for (first, count) in &runs {
+            out.extend_from_slice(
+                &ExtentRun {
+                    drive: first.drive,
+                    count: *count,
+                    first_extent: first.index,
+                }
+                .encode(),
+            );
+        }
+        let mut done = fits(out, runs.len(), capacity)?;
+        done.result1 = vsa.size;
+        Ok(done)
+    }
+}

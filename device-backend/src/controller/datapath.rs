@@ -1,0 +1,232 @@
+//! The data path: reads, writes, flushes and discards of one VSIC. Every
+//! request is checked against the VSIC's attachments (enabled, attached,
+//! in bounds, writable) while holding the VSIC's slot read lock and the
+//! VSA's map read lock for the whole transfer; no controller-wide lock.
+
+use std::thread::sleep;
+use std::time::Duration;
+
+use vsic_abi::records::CacheMode;
+use vsic_abi::window;
+
+use super::runtime::VsicRuntime;
+use super::stats::bump;
+use super::vsa::{map_range, slice_iov, Segment};
+use super::{Controller, IoError, IoKind};
+
+/// What a request does once it passed the protection checks.
+enum Op {
+    Read,
+    Write,
+    /// DISCARD or WRITE_ZEROES.
+    Zero,
+}
+
+impl Op {
+    fn modifies(&self) -> bool {
+        !matches!(self, Op::Read)
+    }
+}
+
+fn is_violation(e: &IoError) -> bool {
+    !matches!(e, IoError::Device(_))
+}
+
+impl Controller {
+    fn runtime(&self, vsic: u32) -> Result<&VsicRuntime, IoError> {
+        self.vsics.get(vsic as usize).ok_or(IoError::NoSuchVsic)
+    }
+
+    /// Sleeps as QoS and the service-time model demand (before any lock is
+    /// taken, so a throttled VSIC never holds up admin commands).
+    fn pace(&self, rt: &VsicRuntime, bytes: u64) {
+        let delay = rt.qos.delay(bytes);
+        if !delay.is_zero() {
+            bump(&rt.stats.qos_delayed, 1);
+            sleep(delay);
+        }
+        if let Some(model) = self.config.service_model {
+            let transfer = if model.bytes_per_sec == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(bytes as f64 / model.bytes_per_sec as f64)
+            };
+            let total = model.latency + transfer;
+            if !total.is_zero() {
+                sleep(total);
+            }
+        }
+    }
+
+    /// Checks `[offset, offset + len)` against VSIC `rt`'s attachments and
+    /// runs `f` on its drive segments with the locks held.
+    fn with_segments<R>(
+        &self,
+        rt: &VsicRuntime,
+        op: &Op,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[Segment]) -> std::io::Result<R>,
+    ) -> Result<R, IoError> {
+        if !rt.is_enabled() {
+            return Err(IoError::VsicDisabled);
+        }
+        let (slot, within) = window::split(offset);
+        let slots = rt.slots();
+        let binding = usize::try_from(slot)
+            .ok()
+            .and_then(|s| slots.get(s))
+            .and_then(|b| b.as_ref())
+            .ok_or(IoError::NotAttached)?;
+        if op.modifies() && binding.read_only {
+            return Err(IoError::ReadOnly);
+        }
+        let layout = binding.vsa.read();
+        if layout.deleted {
+            return Err(IoError::NotAttached);
+        }
+        let end = within.checked_add(len).ok_or(IoError::OutOfBounds)?;
+        if end > layout.size {
+            return Err(IoError::OutOfBounds);
+        }
+        let segments = map_range(&layout, self.config.extent_size, within, len).ok_or(IoError::OutOfBounds)?;
+        f(&segments).map_err(IoError::Device)
+    }
+
+    fn record_failure(&self, rt: &VsicRuntime, vsic: u32, queue: u16, what: &str, offset: u64, e: &IoError) {
+        bump(&rt.stats.errors, 1);
+        if let Some(q) = rt.stats.queue(queue) {
+            bump(&q.errors, 1);
+        }
+        if is_violation(e) {
+            bump(&rt.stats.protection_violations, 1);
+            if let Some(suppressed) = rt.violation_log.allow() {
+                let more = if suppressed > 0 {
+                    format!(" ({suppressed} similar lines suppressed)")
+                } else {
+                    String::new()
+                };
+                log::warn!("VSIC {vsic} queue {queue}: {what} at {offset:#x} refused: {e:?}{more}");
+            }
+        } else {
+            log::error!("VSIC {vsic} queue {queue}: {what} at {offset:#x} failed: {e:?}");
+        }
+    }
+
+    /// # Safety
+    /// See [`Controller::io`].
+    pub(super) unsafe fn transfer(
+        &self,
+        vsic: u32,
+        queue: u16,
+        kind: IoKind,
+        offset: u64,
+        iov: &[libc::iovec],
+    ) -> Result<usize, IoError> {
+        let rt = self.runtime(vsic)?;
+        if let Some(q) = rt.stats.queue(queue) {
+            bump(&q.requests, 1);
+        }
+        let total = iov.iter().try_fold(0u64, |acc, v| acc.checked_add(v.iov_len as u64));
+        let (op, what) = match kind {
+            IoKind::Read => (Op::Read, "read"),
+            IoKind::Write => (Op::Write, "write"),
+        };
+        let result = match total {
+            None => Err(IoError::OutOfBounds),
+            Some(len) => {
+                self.pace(rt, len);
+                self.with_segments(rt, &op, offset, len, |segments| {
+                    let mut done = 0usize;
+                    for seg in segments {
+                        let drive = self
+                            .drives
+                            .get(seg.drive as usize)
+                            .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))?;
+                        let mut part = slice_iov(iov, seg.request_offset, seg.len);
+                        // SAFETY: `part` lies within `iov`, valid per this function's contract.
+                        done += unsafe { drive.transfer_vectored(op.modifies(), &mut part, seg.offset)? };
+                    }
+                    Ok(done)
+                })
+            }
+        };
+        match &result {
+            Ok(n) => {
+                let n = *n as u64;
+                let (count, bytes) = match op {
+                    Op::Write => (&rt.stats.writes, &rt.stats.bytes_written),
+                    _ => (&rt.stats.reads, &rt.stats.bytes_read),
+                };
+                bump(count, 1);
+                bump(bytes, n);
+                if let Some(q) = rt.stats.queue(queue) {
+                    bump(if op.modifies() { &q.bytes_written } else { &q.bytes_read }, n);
+                }
+            }
+            Err(e) => self.record_failure(rt, vsic, queue, what, offset, e),
+        }
+        result
+    }
+
+    pub(super) fn flush_drives(&self, vsic: u32, queue: u16) -> Result<(), IoError> {
+        let rt = self.runtime(vsic)?;
+        if let Some(q) = rt.stats.queue(queue) {
+            bump(&q.requests, 1);
+        }
+        let result = if !rt.is_enabled() {
+            Err(IoError::VsicDisabled)
+        } else if self.config.cache_mode == CacheMode::WriteThrough {
+            // Every completed write already reached the medium (O_DSYNC).
+            Ok(())
+        } else {
+            self.drives.iter().try_for_each(|d| d.sync()).map_err(IoError::Device)
+        };
+        match &result {
+            Ok(()) => bump(&rt.stats.flushes, 1),
+            Err(e) => self.record_failure(rt, vsic, queue, "flush", 0, e),
+        }
+        result
+    }
+
+    pub(super) fn zero_range(
+        &self,
+        vsic: u32,
+        queue: u16,
+        offset: u64,
+        len: u64,
+        write_zeroes: bool,
+    ) -> Result<(), IoError> {
+        let rt = self.runtime(vsic)?;
+        if let Some(q) = rt.stats.queue(queue) {
+            bump(&q.requests, 1);
+        }
+        let what = if write_zeroes { "write-zeroes" } else { "discard" };
+        self.pace(rt, 0);
+        let result = self.with_segments(rt, &Op::Zero, offset, len, |segments| {
+            for seg in segments {
+                let drive = self
+                    .drives
+                    .get(seg.drive as usize)
+                    .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))?;
+                drive.zero_range(seg.offset, seg.len)?;
+                if self.config.cache_mode == CacheMode::WriteThrough {
+                    drive.sync()?;
+                }
+            }
+            Ok(())
+        });
+        match &result {
+            Ok(()) => bump(
+                if write_zeroes {
+                    &rt.stats.write_zeroes
+                } else {
+                    &rt.stats.discards
+                },
+                1,
+            ),
+            Err(e) => self.record_failure(rt, vsic, queue, what, offset, e),
+        }
+        result
+    }
+}

@@ -1,0 +1,339 @@
+//! One backing drive: a regular file or a block device, accessed with
+//! positional I/O so that many queue threads can share one descriptor.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// `_IOR(0x12, 114, size_t)`: size of a block device in bytes.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `_IO(0x12, 127)`: zero a byte range of a block device (`[start, len]`).
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+/// Linux limits one preadv/pwritev call to this many iovecs.
+pub const IOV_MAX: usize = 1024;
+/// Buffer used when zeroes have to be written by hand.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// How a drive came into being when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The file did not exist and was created sparse (reads as zeroes).
+    Created,
+    /// The file or device already existed.
+    Existing,
+}
+
+#[derive(Debug)]
+pub struct Drive {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    block_device: bool,
+    origin: Origin,
+    /// (st_dev, st_ino) or st_rdev, to catch the same drive given twice.
+    identity: (u64, u64),
+}
+
+impl Drive {
+    /// Opens (creating a sparse file of `create_size` bytes when missing) and
+    /// takes an exclusive advisory lock so that two daemons cannot share it.
+    /// `sync_writes` opens with O_DSYNC: every completed write is durable.
+    pub fn open(path: &Path, create_size: Option<u64>, sync_writes: bool) -> Result<Drive, String> {
+        let show = path.display();
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        if sync_writes {
+            opts.custom_flags(libc::O_DSYNC);
+        }
+        let (file, origin) = match opts.open(path) {
+            Ok(f) => (f, Origin::Existing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let size = create_size
+                    .ok_or_else(|| format!("drive {show} does not exist and no size was given to create it"))?;
+                let f = opts
+                    .clone()
+                    .create_new(true)
+                    .open(path)
+                    .map_err(|e| format!("cannot create drive {show}: {e}"))?;
+                f.set_len(size)
+                    .map_err(|e| format!("cannot size new drive {show}: {e}"))?;
+                (f, Origin::Created)
+            }
+            Err(e) => return Err(format!("cannot open drive {show}: {e}")),
+        };
+        // SAFETY: plain flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(format!("drive {show} is in use by another process (flock: {e})"));
+        }
+        let meta = file.metadata().map_err(|e| format!("cannot stat drive {show}: {e}"))?;
+        let block_device = meta.file_type().is_block_device();
+        let (size, identity) = if block_device {
+            (
+                block_device_size(&file).map_err(|e| format!("cannot size block device {show}: {e}"))?,
+                (u64::MAX, std::os::unix::fs::MetadataExt::rdev(&meta)),
+            )
+        } else if meta.file_type().is_file() {
+            (
+                meta.len(),
+                (
+                    std::os::unix::fs::MetadataExt::dev(&meta),
+                    std::os::unix::fs::MetadataExt::ino(&meta),
+                ),
+            )
+        } else {
+            return Err(format!("drive {show} is neither a regular file nor a block device"));
+        };
+        Ok(Drive {
+            path: path.to_path_buf(),
+            file,
+            size,
+            block_device,
+            origin,
+            identity,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset` (zeroes past end of file).
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let rest = &mut buf[done..];
+            // SAFETY: `rest` is a valid, writable buffer of its length.
+            let n = unsafe { libc::pread(self.fd(), rest.as_mut_ptr().cast(), rest.len(), at as libc::off_t) };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => {
+                    // Short file: what lies past the end reads as zeroes.
+                    rest.fill(0);
+                    return Ok(());
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let rest = &buf[done..];
+            // SAFETY: `rest` is a valid buffer of its length.
+            let n = unsafe {
+                libc::pwrite(
+                    self.fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    (offset + done as u64) as libc::off_t,
+                )
+            };
+            if n > 0 {
+                done += n as usize;
+            } else if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "drive accepted no bytes"));
+            } else {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Transfers the whole of `iov` at `offset`, looping over short
+    /// transfers and the IOV_MAX limit. Reads past the end of a file fail.
+    ///
+    /// # Safety
+    /// Every iovec must be valid for reads (write) or writes (read) of its length.
+    pub unsafe fn transfer_vectored(&self, write: bool, iov: &mut [libc::iovec], offset: u64) -> io::Result<usize> {
+        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+        let mut done = 0usize;
+        let mut first = 0usize;
+        while first < iov.len() {
+            if iov[first].iov_len == 0 {
+                first += 1;
+                continue;
+            }
+            let end = iov.len().min(first + IOV_MAX);
+            let batch = &iov[first..end];
+            let at = (offset + done as u64) as libc::off_t;
+            let n = if write {
+                libc::pwritev(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at)
+            } else {
+                libc::preadv(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "drive ended inside a mapped extent",
+                ));
+            }
+            // Consume `n` bytes from the front of the iovec array.
+            let mut left = n as usize;
+            done += left;
+            while left > 0 && first < iov.len() {
+                let v = &mut iov[first];
+                if left >= v.iov_len {
+                    left -= v.iov_len;
+                    v.iov_len = 0;
+                    first += 1;
+                } else {
+                    v.iov_base = (v.iov_base as *mut u8).add(left).cast();
+                    v.iov_len -= left;
+                    left = 0;
+                }
+            }
+        }
+        debug_assert_eq!(done, total);
+        Ok(done)
+    }
+
+    /// Makes the byte range read as zeroes: punches a hole in files (falling
+    /// back to writing zeroes), BLKZEROOUT on block devices.
+    pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.block_device {
+            if offset % 512 == 0 && len % 512 == 0 {
+                let range: [u64; 2] = [offset, len];
+                // SAFETY: BLKZEROOUT reads a [u64; 2] we own.
+                if unsafe { libc::ioctl(self.fd(), BLKZEROOUT as _, range.as_ptr()) } == 0 {
+                    return Ok(());
+                }
+            }
+        } else {
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            // SAFETY: fallocate on a descriptor we own.
+            if unsafe { libc::fallocate(self.fd(), mode, offset as libc::off_t, len as libc::off_t) } == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
+            ) {
+                return Err(e);
+            }
+        }
+        self.write_zeroes(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeroes = vec![0u8; ZERO_CHUNK.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(zeroes.len() as u64) as usize;
+            self.write_all_at(&zeroes[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: fdatasync on a descriptor we own.
+        if unsafe { libc::fdatasync(self.fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn fd(&self) -> libc::c_int {
+        self.file.as_raw_fd()
+    }
+}
+
+fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 into `size`.
+    if unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::testutil::TempDir;
+
+    #[test]
+    fn create_sparse_read_write_zero() {
+        let dir = TempDir::new("drive");
+        let path = dir.path().join("d0");
+        let d = Drive::open(&path, Some(1 << 20), false).expect("open");
+        assert_eq!(d.origin(), Origin::Created);
+        assert_eq!(d.size(), 1 << 20);
+        d.write_all_at(&[7u8; 8192], 4096).unwrap();
+        let mut b = [0u8; 3];
+        d.read_exact_at(&mut b, 4095).unwrap();
+        assert_eq!(b, [0, 7, 7]);
+        d.zero_range(4096, 8192).unwrap();
+        let mut b = [1u8; 8192];
+        d.read_exact_at(&mut b, 4096).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        // Vectored transfer across two buffers.
+        let mut a = [1u8; 100];
+        let mut c = [2u8; 50];
+        let mut iov = [
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: c.as_mut_ptr().cast(),
+                iov_len: c.len(),
+            },
+        ];
+        assert_eq!(unsafe { d.transfer_vectored(true, &mut iov, 10) }.unwrap(), 150);
+        let mut back = [0u8; 150];
+        d.read_exact_at(&mut back, 10).unwrap();
+        assert_eq!(&back[..100], &[1u8; 100][..]);
+        assert_eq!(&back[100..], &[2u8; 50][..]);
+        drop(d);
+        let again = Drive::open(&path, None, false).expect("reopen");
+        assert_eq!(again.origin(), Origin::Existing);
+    }
+
+    #[test]
+    fn missing_without_size_and_double_open_fail() {
+        let dir = TempDir::new("drive2");
+        let path = dir.path().join("d0");
+        assert!(Drive::open(&path, None, false)
+            .err()
+            .unwrap()
+            .contains("does not exist"));
+        let _held = Drive::open(&path, Some(4096), false).expect("create");
+        assert!(Drive::open(&path, None, false).err().unwrap().contains("in use"));
+    }
+}

@@ -174,9 +174,18 @@ impl AdminClient {
         Ok((completion, data))
     }
 
-    /// Sends a command built by the typed methods and turns a refusal into
-    /// an error.
+    /// Sends a command built by the typed methods (setting its payload
+    /// length) and turns a refusal into an error.
     fn execute(
+        &self,
+        cmd: AdminCommand,
+        payload: &[u8],
+        in_capacity: usize,
+    ) -> Result<(AdminCompletion, Vec<u8>), AdminError> {
+        accepted(self.send(cmd, payload, in_capacity)?)
+    }
+
+    fn send(
         &self,
         mut cmd: AdminCommand,
         payload: &[u8],
@@ -184,23 +193,25 @@ impl AdminClient {
     ) -> Result<(AdminCompletion, Vec<u8>), AdminError> {
         cmd.payload_len = u32::try_from(payload.len())
             .map_err(|_| AdminError::Device(AdminStatus::BadPayloadSize))?;
-        let (completion, data) = self.command(&cmd, payload, in_capacity)?;
-        match completion.status() {
-            Some(AdminStatus::Ok) => Ok((completion, data)),
-            Some(status) => Err(AdminError::Device(status)),
-            None => Err(AdminError::UnknownStatus(completion.status)),
-        }
+        self.command(&cmd, payload, in_capacity)
     }
 
     /// Like [`AdminClient::execute`] for replies of unknown length: offers
-    /// [`LIST_CAPACITY`] first and the largest payload when that was too small.
+    /// [`LIST_CAPACITY`] first; when that is too small, retries once with the
+    /// room the device asked for (result1), or the largest payload when it
+    /// did not say.
     fn execute_list(&self, cmd: AdminCommand) -> Result<(AdminCompletion, Vec<u8>), AdminError> {
-        match self.execute(cmd, &[], LIST_CAPACITY) {
-            Err(AdminError::Device(AdminStatus::ResponseTooSmall)) => {
-                self.execute(cmd, &[], MAX_PAYLOAD)
-            }
-            other => other,
+        let (completion, data) = self.send(cmd, &[], LIST_CAPACITY)?;
+        if completion.status() != Some(AdminStatus::ResponseTooSmall) {
+            return accepted((completion, data));
         }
+        let wanted = usize::try_from(completion.result1).unwrap_or(MAX_PAYLOAD);
+        let capacity = if wanted > LIST_CAPACITY {
+            wanted.min(MAX_PAYLOAD)
+        } else {
+            MAX_PAYLOAD
+        };
+        self.execute(cmd, &[], capacity)
     }
 
     /// Sends a command with no payload and no reply data.
@@ -353,6 +364,17 @@ impl AdminClient {
         cmd.args[0] = vsa_id;
         let (_, data) = self.execute_list(cmd)?;
         ExtentRun::decode_array(&data).map_err(|e| protocol("extent map", e))
+    }
+}
+
+/// Passes a successful exchange through and turns a refusal into an error.
+fn accepted(
+    (completion, data): (AdminCompletion, Vec<u8>),
+) -> Result<(AdminCompletion, Vec<u8>), AdminError> {
+    match completion.status() {
+        Some(AdminStatus::Ok) => Ok((completion, data)),
+        Some(status) => Err(AdminError::Device(status)),
+        None => Err(AdminError::UnknownStatus(completion.status)),
     }
 }
 

@@ -15,7 +15,10 @@ use clap::Parser;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => usage_error(err),
+    };
     match commands::run(&cli) {
         Ok(report) => {
             if cli.json {
@@ -32,6 +35,30 @@ fn main() {
             std::process::exit(failure.exit_code());
         }
     }
+}
+
+/// Reports a command line clap rejected (or a help request) and exits.
+/// Scripts using `--json` get the error object on stdout as for any failure.
+fn usage_error(err: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let is_help = matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) || err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+    if !is_help && std::env::args_os().any(|a| a == "--json") {
+        let rendered = err.render().to_string();
+        // The first paragraph is the complaint; usage and hints follow.
+        let first = rendered.split("\n\n").next().unwrap_or_default();
+        let words: Vec<&str> = first.split_whitespace().collect();
+        let message = words.join(" ");
+        let message = message
+            .strip_prefix("error: ")
+            .unwrap_or(&message)
+            .to_string();
+        let failure = failure::Failure::usage("parsing the command line", message);
+        println!("{}", pretty(&failure.to_json()));
+    }
+    err.exit()
 }
 
 fn pretty(value: &serde_json::Value) -> String {

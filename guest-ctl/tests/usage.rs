@@ -119,3 +119,19 @@ fn cap_show_reads_the_file_without_a_device() {
         "{missing:#?}"
     );
 }
+
+#[test]
+fn usage_errors_in_json_mode_also_give_an_error_object() {
+    let out = run_ctl(&["vsa", "create", "--size", "12X", "--cap", "f", "--json"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    let json = out.json();
+    assert_eq!(json["error"]["status"], "usage");
+    assert!(
+        json["error"]["message"].as_str().unwrap().contains("12X"),
+        "{json}"
+    );
+    // Help is not an error, even with --json.
+    let help = run_ctl(&["list", "--help", "--json"]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.starts_with("List every VSA"), "{help:#?}");
+}

@@ -10,7 +10,7 @@ use std::fmt;
 
 use vsic_abi::admin::{ALL_VSICS, FLAG_READ_ONLY, MAX_PAYLOAD};
 use vsic_abi::records::{self, ExtentRun, Identify, QueueStats, VsaInfo, VsicInfo, VsicStats};
-use vsic_abi::virtio::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_VSIC_ADMIN};
+use vsic_abi::virtio::{VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_VSIC_ADMIN};
 use vsic_abi::{AdminCommand, AdminCompletion, AdminStatus, CapToken, DecodeError, Opcode};
 
 use crate::{Device, OpenOptions, RawReply};
@@ -145,6 +145,11 @@ impl AdminClient {
             in_lens.push(in_capacity);
         }
         let reply = self.raw(&out, &in_lens)?;
+        if reply.status == VIRTIO_BLK_S_UNSUPP {
+            return Err(AdminError::Protocol(
+                "the function does not accept admin commands (is this the PF?)".into(),
+            ));
+        }
         if reply.status != VIRTIO_BLK_S_OK {
             return Err(AdminError::Protocol(format!(
                 "virtio status {} instead of a completion",

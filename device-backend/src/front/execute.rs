@@ -1,0 +1,270 @@
+//! Executing a request: moving data between guest memory and the device
+//! without an intermediate copy, writing the status byte, and reporting how
+//! many bytes went into the device-writable buffers (used.len).
+//!
+//! used.len rule: when a status byte is written, every byte of the
+//! writable stream has been written too (data on success, zeroes on
+//! failure, zero padding after short replies), so used.len is the whole
+//! writable length. When no status byte can be written it is 0.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{debug, warn};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::GuestMemoryBackend;
+use vsic_abi::admin::AdminCompletion;
+use vsic_abi::virtio::{self, serial_for, Function};
+
+use super::device::{ConfigChangeSink, Device};
+use super::request::{check_segment, parse_chain, read_segment, Chain, Refusal, Request, Stream};
+use crate::controller::IoKind;
+
+/// How a chain completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The virtio status written, or `None` when the chain had no usable
+    /// status byte.
+    pub status: Option<u8>,
+    /// The used.len to report.
+    pub used_len: u32,
+}
+
+/// Per-queue scratch space, reused across requests so the data path does
+/// not allocate.
+pub struct Scratch {
+    pub chain: Chain,
+    iov: Vec<libc::iovec>,
+    admin: Vec<u8>,
+}
+
+// SAFETY: `iov` only holds pointers while one request executes on the
+// owning thread; it is cleared before the request completes.
+unsafe impl Send for Scratch {}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { chain: Chain::new(), iov: Vec::with_capacity(256), admin: Vec::new() }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
+/// Who is asking: the function and queue a chain arrived on, and where
+/// its effects go.
+pub struct Context<'a> {
+    pub function: Function,
+    pub queue: u16,
+    pub device: &'a dyn Device,
+    pub config_changes: &'a dyn ConfigChangeSink,
+    pub log: &'a RefusalLog,
+}
+
+impl Context<'_> {
+    fn vsic(&self) -> Option<u32> {
+        match self.function {
+            Function::Vsic(n) => Some(n),
+            Function::Pf => None,
+        }
+    }
+}
+
+/// Parses and executes one descriptor chain.
+pub fn handle_chain<M: GuestMemoryBackend>(
+    mem: &M,
+    descs: impl IntoIterator<Item = Descriptor>,
+    ctx: &Context<'_>,
+    scratch: &mut Scratch,
+) -> Completion {
+    let (status, data_in_written) = match parse_chain(mem, descs, ctx.function, &mut scratch.chain) {
+        Ok(request) => execute(mem, request, ctx, scratch),
+        Err(refusal) => {
+            refuse(ctx, &refusal);
+            match refusal.status() {
+                Some(status) => (status, false),
+                None => return Completion { status: None, used_len: 0 },
+            }
+        }
+    };
+    finish(mem, &scratch.chain, status, data_in_written)
+}
+
+fn refuse(ctx: &Context<'_>, refusal: &Refusal) {
+    if let Some(vsic) = ctx.vsic() {
+        ctx.device.count_error(vsic, ctx.queue);
+    }
+    if ctx.log.allow() {
+        warn!("{:?} queue {}: request refused: {}", ctx.function, ctx.queue, refusal.reason());
+    }
+}
+
+/// Zero-fills data-in that was not written, writes the status byte and
+/// computes used.len.
+fn finish<M: GuestMemoryBackend>(mem: &M, chain: &Chain, status: u8, data_in_written: bool) -> Completion {
+    let data_in_written = data_in_written || chain.zero(mem, Stream::Writable, 0, chain.data_in_len());
+    let Some(addr) = chain.status_addr() else {
+        return Completion { status: None, used_len: 0 };
+    };
+    if vm_memory::Bytes::write_slice(mem, &[status], addr).is_err() {
+        return Completion { status: None, used_len: 0 };
+    }
+    let used_len = if data_in_written { u32::try_from(chain.len(Stream::Writable)).unwrap_or(u32::MAX) } else { 0 };
+    Completion { status: Some(status), used_len }
+}
+
+/// Runs a well-formed request; returns the status and whether every data-in
+/// byte was written.
+fn execute<M: GuestMemoryBackend>(mem: &M, request: Request, ctx: &Context<'_>, scratch: &mut Scratch) -> (u8, bool) {
+    const OK: u8 = virtio::VIRTIO_BLK_S_OK;
+    const IOERR: u8 = virtio::VIRTIO_BLK_S_IOERR;
+    let chain = &scratch.chain;
+    match request {
+        Request::Read { offset, len } | Request::Write { offset, len } => {
+            let Some(vsic) = ctx.vsic() else { return (IOERR, false) };
+            if len == 0 {
+                return (OK, true);
+            }
+            let (kind, stream, start) = match request {
+                Request::Read { .. } => (IoKind::Read, Stream::Writable, 0),
+                _ => (IoKind::Write, Stream::Readable, virtio::REQ_HEADER_LEN as u64),
+            };
+            if !map_iovecs(mem, chain, stream, start, len, &mut scratch.iov) {
+                return (IOERR, false);
+            }
+            // SAFETY: the iovecs point into guest memory mappings that `mem`
+            // keeps alive until this function returns.
+            let result = unsafe { ctx.device.io(vsic, ctx.queue, kind, offset, &scratch.iov) };
+            scratch.iov.clear();
+            match result {
+                Ok(n) if n as u64 == len => (OK, kind == IoKind::Read),
+                Ok(n) => {
+                    debug!("vsic{vsic} queue {}: short {kind:?} at {offset:#x}: {n} of {len}", ctx.queue);
+                    (IOERR, false)
+                }
+                Err(e) => {
+                    debug!("vsic{vsic} queue {}: {kind:?} at {offset:#x}+{len}: {e:?}", ctx.queue);
+                    (IOERR, false)
+                }
+            }
+        }
+        Request::Flush => match ctx.vsic() {
+            None => (OK, true),
+            Some(vsic) => match ctx.device.flush(vsic, ctx.queue) {
+                Ok(()) => (OK, true),
+                Err(e) => {
+                    debug!("vsic{vsic} queue {}: flush: {e:?}", ctx.queue);
+                    (IOERR, false)
+                }
+            },
+        },
+        Request::GetId => {
+            let serial = serial_for(ctx.function);
+            let n = (serial.len() as u64).min(chain.data_in_len());
+            let written = chain.write(mem, Stream::Writable, 0, &serial[..n as usize])
+                && chain.zero(mem, Stream::Writable, n, chain.data_in_len() - n);
+            if written {
+                (OK, true)
+            } else {
+                (IOERR, false)
+            }
+        }
+        Request::Discard { segments } | Request::WriteZeroes { segments } => {
+            let Some(vsic) = ctx.vsic() else { return (IOERR, false) };
+            let zero = matches!(request, Request::WriteZeroes { .. });
+            for i in 0..u64::from(segments) {
+                // Read again: the guest may have changed it since parsing.
+                let Some(seg) = read_segment(mem, chain, i) else { return (IOERR, false) };
+                let (offset, len) = match check_segment(&seg, zero) {
+                    Ok(range) => range,
+                    Err(refusal) => return (refusal.status().unwrap_or(IOERR), false),
+                };
+                if len == 0 {
+                    continue;
+                }
+                if let Err(e) = ctx.device.discard(vsic, ctx.queue, offset, len, zero) {
+                    debug!("vsic{vsic} queue {}: discard {offset:#x}+{len}: {e:?}", ctx.queue);
+                    return (IOERR, false);
+                }
+            }
+            (OK, true)
+        }
+        Request::Admin { command_len, payload_len, reply_capacity } => {
+            let buf = &mut scratch.admin;
+            buf.clear();
+            buf.resize(command_len + payload_len, 0);
+            if !chain.read(mem, Stream::Readable, virtio::REQ_HEADER_LEN as u64, buf) {
+                return (IOERR, false);
+            }
+            let (command, payload) = buf.split_at(command_len);
+            let reply = ctx.device.admin(command, payload, reply_capacity);
+            let n = reply.payload.len().min(reply_capacity);
+            let mut completion = reply.completion;
+            completion.payload_len = completion.payload_len.min(n as u32);
+            let at = AdminCompletion::LEN as u64;
+            let rest = chain.data_in_len() - at - n as u64;
+            let written = chain.write(mem, Stream::Writable, at, &reply.payload[..n])
+                && chain.zero(mem, Stream::Writable, at + n as u64, rest)
+                && chain.write(mem, Stream::Writable, 0, &completion.encode());
+            if !written {
+                return (IOERR, false);
+            }
+            for vsic in reply.changed_vsics {
+                ctx.config_changes.config_changed(vsic);
+            }
+            (OK, true)
+        }
+    }
+}
+
+/// Builds iovecs for `len` bytes of `stream` from `start`, pointing straight
+/// into guest memory. False if any part is not mapped.
+fn map_iovecs<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: &Chain,
+    stream: Stream,
+    start: u64,
+    len: u64,
+    iov: &mut Vec<libc::iovec>,
+) -> bool {
+    iov.clear();
+    let mut total = 0u64;
+    for (addr, n) in chain.ranges(stream, start, len) {
+        for slice in mem.get_slices(addr, n) {
+            let Ok(slice) = slice else {
+                iov.clear();
+                return false;
+            };
+            iov.push(libc::iovec { iov_base: slice.ptr_guard_mut().as_ptr().cast(), iov_len: slice.len() });
+            total += slice.len() as u64;
+        }
+    }
+    if total != len {
+        iov.clear();
+        return false;
+    }
+    true
+}
+
+/// Rate limit for refusal warnings: a guest sending garbage must not flood
+/// the log. Allows a few lines per second per function.
+#[derive(Default)]
+pub struct RefusalLog {
+    second: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RefusalLog {
+    const PER_SECOND: u64 = 5;
+
+    pub fn allow(&self) -> bool {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND
+    }
+}

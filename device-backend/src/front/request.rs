@@ -1,0 +1,453 @@
+//! Parsing virtio-blk descriptor chains (virtio 1.3, 5.2.6).
+//!
+//! A request is two byte streams: what the driver wrote (device-readable
+//! descriptors: the 16-byte header, then data-out) and what the device
+//! writes (device-writable descriptors: data-in, then the status byte as the
+//! very last byte). With VIRTIO_F_VERSION_1 the driver may split these
+//! streams across descriptors any way it likes, so nothing here assumes one
+//! descriptor per part.
+//!
+//! Parsing is pure: it reads the header and the small structures it must
+//! validate from guest memory and writes nothing. Executing a request is
+//! [`super::execute`]'s job.
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vsic_abi::admin::{AdminCommand, AdminCompletion, MAX_PAYLOAD};
+use vsic_abi::virtio::{self, DiscardSegment, Function};
+
+use super::config_space::{MAX_CHAIN_DESCRIPTORS, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
+use super::config_space::{MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG};
+
+/// Descriptors walked before a chain is declared endless. The queue's own
+/// chain iterator is bounded too; this bounds any other descriptor source.
+const WALK_LIMIT: usize = 1 << 17;
+
+/// One guest-memory buffer of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub addr: u64,
+    pub len: u32,
+}
+
+/// Which of a chain's two byte streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Device-readable: header, then data-out.
+    Readable,
+    /// Device-writable: data-in, then the status byte.
+    Writable,
+}
+
+/// A descriptor chain split into its readable and writable streams.
+///
+/// Kept per queue and reused, so parsing does not allocate once the vectors
+/// have grown to the largest chain seen.
+#[derive(Debug, Default)]
+pub struct Chain {
+    readable: Vec<Segment>,
+    writable: Vec<Segment>,
+    readable_len: u64,
+    writable_len: u64,
+    /// Guest address of the status byte: the last byte of the last
+    /// non-empty device-writable descriptor, if guest memory backs it.
+    status: Option<GuestAddress>,
+    /// The first thing found wrong with the chain's shape.
+    defect: Option<&'static str>,
+}
+
+impl Chain {
+    pub fn new() -> Chain {
+        Chain {
+            readable: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS),
+            writable: Vec::with_capacity(MAX_CHAIN_DESCRIPTORS),
+            ..Chain::default()
+        }
+    }
+
+    /// Walks `descs` and records the two streams. The walk continues past a
+    /// defect so the status byte can still be found and an error reported.
+    pub fn gather<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        descs: impl IntoIterator<Item = Descriptor>,
+    ) {
+        self.readable.clear();
+        self.writable.clear();
+        self.readable_len = 0;
+        self.writable_len = 0;
+        self.status = None;
+        self.defect = None;
+        let mut last_writable: Option<Segment> = None;
+        let mut count = 0usize;
+        for desc in descs {
+            count += 1;
+            if count > WALK_LIMIT {
+                // No end in sight: the status byte cannot be located.
+                last_writable = None;
+                self.note("descriptor chain does not end");
+                break;
+            }
+            if desc.len() == 0 {
+                continue;
+            }
+            let seg = Segment { addr: desc.addr().0, len: desc.len() };
+            let in_memory = seg.addr.checked_add(u64::from(seg.len)).is_some()
+                && mem.check_range(GuestAddress(seg.addr), seg.len as usize);
+            if !in_memory {
+                self.note("buffer outside guest memory");
+            }
+            let stored = self.readable.len() + self.writable.len();
+            if stored >= MAX_CHAIN_DESCRIPTORS {
+                self.note("too many descriptors");
+            }
+            if desc.is_write_only() {
+                self.writable_len += u64::from(seg.len);
+                last_writable = Some(seg);
+                if stored < MAX_CHAIN_DESCRIPTORS {
+                    self.writable.push(seg);
+                }
+            } else {
+                if last_writable.is_some() {
+                    self.note("device-readable buffer after a device-writable one");
+                }
+                self.readable_len += u64::from(seg.len);
+                if stored < MAX_CHAIN_DESCRIPTORS {
+                    self.readable.push(seg);
+                }
+            }
+        }
+        self.status = last_writable.and_then(|seg| {
+            let addr = GuestAddress(seg.addr.checked_add(u64::from(seg.len) - 1)?);
+            mem.check_range(addr, 1).then_some(addr)
+        });
+    }
+
+    fn note(&mut self, defect: &'static str) {
+        self.defect.get_or_insert(defect);
+    }
+
+    /// Where the status byte goes, if the chain has a usable one.
+    pub fn status_addr(&self) -> Option<GuestAddress> {
+        self.status
+    }
+
+    /// Length of a stream in bytes.
+    pub fn len(&self, stream: Stream) -> u64 {
+        match stream {
+            Stream::Readable => self.readable_len,
+            Stream::Writable => self.writable_len,
+        }
+    }
+
+    /// Bytes of data-in: the writable stream without the status byte.
+    pub fn data_in_len(&self) -> u64 {
+        self.writable_len.saturating_sub(1)
+    }
+
+    fn segments(&self, stream: Stream) -> &[Segment] {
+        match stream {
+            Stream::Readable => &self.readable,
+            Stream::Writable => &self.writable,
+        }
+    }
+
+    /// The guest ranges covering `len` bytes of `stream` from `offset`.
+    /// Yields fewer bytes than asked when the stream is shorter.
+    pub fn ranges(&self, stream: Stream, offset: u64, len: u64) -> Ranges<'_> {
+        Ranges { segs: self.segments(stream).iter(), skip: offset, left: len }
+    }
+
+    /// Copies `buf.len()` bytes of `stream` from `offset` out of guest
+    /// memory. False when the stream is too short or memory is missing.
+    pub fn read<M: GuestMemoryBackend>(&self, mem: &M, stream: Stream, offset: u64, buf: &mut [u8]) -> bool {
+        let mut done = 0usize;
+        for (addr, n) in self.ranges(stream, offset, buf.len() as u64) {
+            let Some(dst) = buf.get_mut(done..done + n) else { return false };
+            if mem.read_slice(dst, addr).is_err() {
+                return false;
+            }
+            done += n;
+        }
+        done == buf.len()
+    }
+
+    /// Copies `buf` into `stream` at `offset`. False when it does not fit or
+    /// memory is missing.
+    pub fn write<M: GuestMemoryBackend>(&self, mem: &M, stream: Stream, offset: u64, buf: &[u8]) -> bool {
+        let mut done = 0usize;
+        for (addr, n) in self.ranges(stream, offset, buf.len() as u64) {
+            let Some(src) = buf.get(done..done + n) else { return false };
+            if mem.write_slice(src, addr).is_err() {
+                return false;
+            }
+            done += n;
+        }
+        done == buf.len()
+    }
+
+    /// Zeroes `len` bytes of `stream` from `offset`.
+    pub fn zero<M: GuestMemoryBackend>(&self, mem: &M, stream: Stream, offset: u64, len: u64) -> bool {
+        static ZEROES: [u8; 4096] = [0; 4096];
+        let mut done = 0u64;
+        for (addr, n) in self.ranges(stream, offset, len) {
+            let mut at = 0usize;
+            while at < n {
+                let chunk = (n - at).min(ZEROES.len());
+                let Some(target) = addr.0.checked_add(at as u64) else { return false };
+                if mem.write_slice(&ZEROES[..chunk], GuestAddress(target)).is_err() {
+                    return false;
+                }
+                at += chunk;
+            }
+            done += n as u64;
+        }
+        done == len
+    }
+}
+
+/// Iterator over guest ranges of a stream window (see [`Chain::ranges`]).
+pub struct Ranges<'a> {
+    segs: std::slice::Iter<'a, Segment>,
+    skip: u64,
+    left: u64,
+}
+
+impl Iterator for Ranges<'_> {
+    type Item = (GuestAddress, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.left > 0 {
+            let seg = self.segs.next()?;
+            let seg_len = u64::from(seg.len);
+            if self.skip >= seg_len {
+                self.skip -= seg_len;
+                continue;
+            }
+            // Overflow only for buffers already refused as outside memory.
+            let start = seg.addr.checked_add(self.skip)?;
+            let n = (seg_len - self.skip).min(self.left);
+            self.skip = 0;
+            self.left -= n;
+            return Some((GuestAddress(start), n as usize));
+        }
+        None
+    }
+}
+
+/// A well-formed request, ready to execute. Offsets are bytes in the
+/// function's address space; data lives in the chain's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Data-in is the whole writable stream but the status byte.
+    Read { offset: u64, len: u64 },
+    /// Data-out is the readable stream after the header.
+    Write { offset: u64, len: u64 },
+    Flush,
+    GetId,
+    /// `segments` [`DiscardSegment`]s follow the header.
+    Discard { segments: u32 },
+    WriteZeroes { segments: u32 },
+    /// The command (`command_len` bytes, 64 when well-formed) and the
+    /// payload follow the header; the completion and up to
+    /// `reply_capacity` payload bytes go into data-in.
+    Admin { command_len: usize, payload_len: usize, reply_capacity: usize },
+}
+
+/// Why a chain is not executed, and what the driver is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Completed with VIRTIO_BLK_S_IOERR.
+    IoError(&'static str),
+    /// Completed with VIRTIO_BLK_S_UNSUPP.
+    Unsupported(&'static str),
+    /// No status byte can be written: the chain is returned with length 0.
+    NoStatus(&'static str),
+}
+
+impl Refusal {
+    /// The virtio status to report, if one can be written.
+    pub fn status(&self) -> Option<u8> {
+        match self {
+            Refusal::IoError(_) => Some(virtio::VIRTIO_BLK_S_IOERR),
+            Refusal::Unsupported(_) => Some(virtio::VIRTIO_BLK_S_UNSUPP),
+            Refusal::NoStatus(_) => None,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::IoError(r) | Refusal::Unsupported(r) | Refusal::NoStatus(r) => r,
+        }
+    }
+}
+
+/// Parses the descriptor chain `descs` of a request to `function`.
+///
+/// Pure: reads guest memory, writes nothing, never panics. `chain` is
+/// scratch space that afterwards describes the chain's streams.
+pub fn parse_chain<M: GuestMemoryBackend>(
+    mem: &M,
+    descs: impl IntoIterator<Item = Descriptor>,
+    function: Function,
+    chain: &mut Chain,
+) -> Result<Request, Refusal> {
+    chain.gather(mem, descs);
+    if chain.status.is_none() {
+        return Err(Refusal::NoStatus(chain.defect.unwrap_or("no device-writable status byte")));
+    }
+    if let Some(defect) = chain.defect {
+        return Err(Refusal::IoError(defect));
+    }
+    let mut header = [0u8; virtio::REQ_HEADER_LEN];
+    if !chain.read(mem, Stream::Readable, 0, &mut header) {
+        return Err(Refusal::IoError("request header missing"));
+    }
+    let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let mut sector_bytes = [0u8; 8];
+    sector_bytes.copy_from_slice(&header[8..16]);
+    let sector = u64::from_le_bytes(sector_bytes);
+    let data_out = chain.readable_len - virtio::REQ_HEADER_LEN as u64;
+    let data_in = chain.data_in_len();
+    let is_pf = function == Function::Pf;
+
+    match kind {
+        virtio::VIRTIO_BLK_T_IN | virtio::VIRTIO_BLK_T_OUT => {
+            let read = kind == virtio::VIRTIO_BLK_T_IN;
+            let (len, stray) = if read { (data_in, data_out) } else { (data_out, data_in) };
+            if stray != 0 {
+                return Err(Refusal::IoError("data buffer in the wrong direction"));
+            }
+            if len % virtio::SECTOR_SIZE != 0 {
+                return Err(Refusal::IoError("data length is not a multiple of 512"));
+            }
+            if is_pf {
+                return Err(Refusal::IoError("the PF has no storage"));
+            }
+            let offset = sector
+                .checked_mul(virtio::SECTOR_SIZE)
+                .filter(|off| off.checked_add(len).is_some())
+                .ok_or(Refusal::IoError("sector out of range"))?;
+            Ok(if read { Request::Read { offset, len } } else { Request::Write { offset, len } })
+        }
+        virtio::VIRTIO_BLK_T_FLUSH => {
+            if data_out != 0 || data_in != 0 {
+                return Err(Refusal::IoError("FLUSH carries data"));
+            }
+            Ok(Request::Flush)
+        }
+        virtio::VIRTIO_BLK_T_GET_ID => {
+            if data_out != 0 {
+                return Err(Refusal::IoError("GET_ID carries driver data"));
+            }
+            if data_in == 0 {
+                return Err(Refusal::IoError("GET_ID without a buffer"));
+            }
+            Ok(Request::GetId)
+        }
+        virtio::VIRTIO_BLK_T_DISCARD | virtio::VIRTIO_BLK_T_WRITE_ZEROES => {
+            let zero = kind == virtio::VIRTIO_BLK_T_WRITE_ZEROES;
+            let max_seg = if zero { MAX_WRITE_ZEROES_SEG } else { MAX_DISCARD_SEG };
+            if data_in != 0 {
+                return Err(Refusal::IoError("data buffer in the wrong direction"));
+            }
+            if data_out == 0 || data_out % DiscardSegment::LEN as u64 != 0 {
+                return Err(Refusal::IoError("segment list length is not a multiple of 16"));
+            }
+            let segments = data_out / DiscardSegment::LEN as u64;
+            if segments > u64::from(max_seg) {
+                return Err(Refusal::IoError("too many segments"));
+            }
+            if is_pf {
+                return Err(Refusal::IoError("the PF has no storage"));
+            }
+            for i in 0..segments {
+                let seg = read_segment(mem, chain, i).ok_or(Refusal::IoError("segment unreadable"))?;
+                check_segment(&seg, zero)?;
+            }
+            let segments = segments as u32; // at most max_seg
+            Ok(if zero { Request::WriteZeroes { segments } } else { Request::Discard { segments } })
+        }
+        virtio::VIRTIO_BLK_T_VSIC_ADMIN => {
+            if !is_pf {
+                return Err(Refusal::Unsupported("admin command on a VSIC"));
+            }
+            let command_len = data_out.min(AdminCommand::LEN as u64) as usize;
+            let payload_len = data_out - command_len as u64;
+            if payload_len > MAX_PAYLOAD as u64 {
+                return Err(Refusal::IoError("admin payload larger than 1 MiB"));
+            }
+            if data_in < AdminCompletion::LEN as u64 {
+                return Err(Refusal::IoError("no room for the admin completion"));
+            }
+            let reply_capacity = (data_in - AdminCompletion::LEN as u64).min(MAX_PAYLOAD as u64);
+            Ok(Request::Admin {
+                command_len,
+                payload_len: payload_len as usize,
+                reply_capacity: reply_capacity as usize,
+            })
+        }
+        _ => Err(Refusal::Unsupported("unknown request type")),
+    }
+}
+
+/// Reads DISCARD / WRITE_ZEROES segment `index` from the chain.
+pub fn read_segment<M: GuestMemoryBackend>(mem: &M, chain: &Chain, index: u64) -> Option<DiscardSegment> {
+    let mut raw = [0u8; DiscardSegment::LEN];
+    let offset = (virtio::REQ_HEADER_LEN as u64).checked_add(index.checked_mul(DiscardSegment::LEN as u64)?)?;
+    if !chain.read(mem, Stream::Readable, offset, &mut raw) {
+        return None;
+    }
+    DiscardSegment::decode(&raw).ok()
+}
+
+/// Checks one segment against the spec and the advertised limits; returns
+/// its byte range.
+pub fn check_segment(seg: &DiscardSegment, zero: bool) -> Result<(u64, u64), Refusal> {
+    let known = if zero { DiscardSegment::FLAG_UNMAP } else { 0 };
+    if seg.flags & !known != 0 {
+        // Unknown flags, or UNMAP on a DISCARD (virtio 1.3, 5.2.6.2).
+        return Err(Refusal::Unsupported("segment flags not supported"));
+    }
+    let max = if zero { MAX_WRITE_ZEROES_SECTORS } else { MAX_DISCARD_SECTORS };
+    if seg.num_sectors > max {
+        return Err(Refusal::IoError("segment larger than the advertised maximum"));
+    }
+    let offset = seg.sector.checked_mul(virtio::SECTOR_SIZE);
+    let len = u64::from(seg.num_sectors) * virtio::SECTOR_SIZE;
+    match offset {
+        Some(off) if off.checked_add(len).is_some() => Ok((off, len)),
+        _ => Err(Refusal::IoError("segment sector out of range")),
+    }
+}
+
+/// Fuzzing entry point: parses a chain described by arbitrary bytes.
+///
+/// Layout: byte 0 picks the function (even = PF, odd = VSIC 0), byte 1 the
+/// number of descriptors (at most 64), then 14 bytes per descriptor
+/// (address u64, length u32, flags u16; bit 1 of flags = device-writable,
+/// bit 2 = indirect is ignored), then the first 64 KiB of guest memory.
+/// Guest memory spans addresses 0..64 KiB; other addresses are outside it.
+pub fn parse_bytes(data: &[u8]) -> Option<Result<Request, Refusal>> {
+    use vm_memory::GuestMemoryMmap;
+    const MEM_SIZE: usize = 64 << 10;
+    const DESC_LEN: usize = 14;
+    let (&selector, rest) = data.split_first()?;
+    let (&count, rest) = rest.split_first()?;
+    let count = usize::from(count).min(64);
+    let table = rest.get(..count * DESC_LEN)?;
+    let image = rest.get(count * DESC_LEN..).unwrap_or(&[]);
+    let mem: GuestMemoryMmap<()> = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
+    let take = image.len().min(MEM_SIZE);
+    mem.write_slice(image.get(..take)?, GuestAddress(0)).ok()?;
+    let descs = table.chunks_exact(DESC_LEN).map(|d| {
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&d[0..8]);
+        let len = u32::from_le_bytes([d[8], d[9], d[10], d[11]]);
+        let flags = u16::from_le_bytes([d[12], d[13]]) & 2;
+        Descriptor::new(u64::from_le_bytes(addr), len, flags, 0)
+    });
+    let function = if selector % 2 == 0 { Function::Pf } else { Function::Vsic(0) };
+    let mut chain = Chain::new();
+    Some(parse_chain(&mem, descs, function, &mut chain))
+}

@@ -107,13 +107,11 @@ if [[ ${#missing[@]} -eq 0 && $need_qemu -eq 0 ]]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-updated=0
 if [[ $need_qemu -eq 1 ]] && ! backports_configured; then
     add_backports_source
 fi
 log "apt-get update"
 $SUDO apt-get update -qq
-updated=1
 
 if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing ${missing[*]}"
@@ -128,5 +126,4 @@ if [[ $need_qemu -eq 1 ]]; then
         exit 1
     fi
 fi
-[[ $updated -eq 1 ]] && log "done: $(qemu-system-x86_64 --version | head -n1)"
-exit 0
+log "done: $(qemu-system-x86_64 --version | head -n1)"

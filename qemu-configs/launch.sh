@@ -203,7 +203,7 @@ fi
 VSIC_ACCEL=$accel VSIC_MEMORY=$memory VSIC_SMP=$smp VSIC_VSICS=$vsics VSIC_QUEUES=$queues \
     VSIC_SOCK_DIR=$sock_dir VSIC_KERNEL=$kernel VSIC_INITRD=${run_initrd:-$initrd} \
     VSIC_CMDLINE=$(vsic_kernel_cmdline "$hugepages" "$verbose" "$guest_append") \
-    VSIC_RECONNECT_MS=$([[ $backend == vsicd ]] && echo 1000 || echo 0) \
+    VSIC_RECONNECT_MS=1000 \
     vsic_qemu_args qemu_args
 if [[ -n $run_script ]]; then
     qemu_args+=(-display none -serial stdio -monitor none)
@@ -212,7 +212,17 @@ else
 fi
 
 if [[ $print_qemu -eq 1 ]]; then
-    printf '%q ' qemu-system-x86_64 "${qemu_args[@]}"
+    # One option (with its value) per line, quoted only where the shell needs it.
+    quote() { if [[ $1 =~ ^[-A-Za-z0-9_=,.:/+]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "$1"; fi; }
+    printf '%s' qemu-system-x86_64
+    for ((i = 0; i < ${#qemu_args[@]}; i++)); do
+        printf ' \\\n  %s' "$(quote "${qemu_args[i]}")"
+        next=${qemu_args[i + 1]:-}
+        if [[ -n $next && $next != -* ]]; then
+            printf ' %s' "$(quote "$next")"
+            i=$((i + 1))
+        fi
+    done
     echo
     exit 0
 fi

@@ -1,1 +1,171 @@
-fn main() {}
+//! `vsicd`: the VSIC storage controller daemon. Opens the drives, then
+//! serves the PF and every VSIC function on its own vhost-user socket
+//! until SIGTERM or SIGINT.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use log::info;
+use vsic_abi::records::CacheMode;
+use vsic_abi::units::{parse_duration, parse_size};
+use vsicd::controller::{Controller, ControllerConfig, DriveSpec, ServiceModel};
+use vsicd::front::{Front, FrontConfig};
+
+/// The VSIC storage controller: a vhost-user backend that plays one PCI
+/// admin function (PF) plus K VSIC functions for QEMU guests, each a
+/// vhost-user-blk device on its own socket.
+#[derive(Debug, Parser)]
+#[command(name = "vsicd", version)]
+struct Cli {
+    /// Directory for the sockets: DIR/pf.sock and DIR/vsic0.sock ..
+    /// DIR/vsic{K-1}.sock. Created if missing; stale sockets are replaced.
+    #[arg(long, value_name = "DIR")]
+    socket_dir: PathBuf,
+
+    /// A backing drive: a file (created sparse with SIZE when missing) or a
+    /// block device. Repeat for several drives. SIZE like 512K, 64M, 1G or
+    /// plain bytes; PATH may not contain commas.
+    #[arg(long = "drive", value_name = "PATH[,size=SIZE]", required = true, value_parser = parse_drive)]
+    drives: Vec<DriveSpec>,
+
+    /// Number of VSIC functions (K).
+    #[arg(long, value_name = "K", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    vsics: u32,
+
+    /// Request queues per VSIC function.
+    #[arg(long, value_name = "Q", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: u16,
+
+    /// Extent size: the allocation unit of VSAs on the drives (used when
+    /// formatting; an existing pool keeps its own).
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    extent_size: u64,
+
+    /// Controller cache: write-back (FLUSH makes writes durable) or
+    /// write-through (a completed write is already durable).
+    #[arg(long, value_enum, default_value_t = Cache::WriteBack)]
+    cache: Cache,
+
+    /// Simulated fixed time per drive request, e.g. 50us, 1ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    service_latency: Option<Duration>,
+
+    /// Simulated drive bandwidth in bytes per second, e.g. 500M.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    service_bandwidth: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Cache {
+    WriteBack,
+    WriteThrough,
+}
+
+fn parse_drive(text: &str) -> Result<DriveSpec, String> {
+    let mut parts = text.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err("a drive needs a path".to_string());
+    }
+    let mut size = None;
+    for option in parts {
+        match option.split_once('=') {
+            Some(("size", value)) => size = Some(parse_size(value)?),
+            _ => return Err(format!("unknown drive option '{option}' (only size=SIZE)")),
+        }
+    }
+    Ok(DriveSpec { path: PathBuf::from(path), size })
+}
+
+impl Cli {
+    fn controller_config(&self) -> ControllerConfig {
+        let service_model = (self.service_latency.is_some() || self.service_bandwidth.is_some()).then(|| ServiceModel {
+            latency: self.service_latency.unwrap_or_default(),
+            bytes_per_sec: self.service_bandwidth.unwrap_or(0),
+        });
+        ControllerConfig {
+            drives: self.drives.clone(),
+            vsics: self.vsics,
+            queues_per_vsic: self.queues,
+            extent_size: self.extent_size,
+            cache_mode: match self.cache {
+                Cache::WriteBack => CacheMode::WriteBack,
+                Cache::WriteThrough => CacheMode::WriteThrough,
+            },
+            service_model,
+        }
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in this thread and every thread started after,
+/// so they can be taken synchronously with [`wait_for_stop_signal`].
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-mask manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_stop_signal(set: &libc::sigset_t) -> libc::c_int {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: waits on a valid, initialised signal set.
+        if unsafe { libc::sigwait(set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let signals = block_stop_signals();
+
+    let controller = match Controller::open(cli.controller_config()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vsicd: cannot open the controller: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let front_config = FrontConfig {
+        socket_dir: cli.socket_dir.clone(),
+        vsics: cli.vsics,
+        queues_per_vsic: cli.queues,
+    };
+    let front = match Front::start(front_config, Arc::clone(&controller) as Arc<_>) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vsicd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("vsicd: listening on {} (pf + {} VSICs)", cli.socket_dir.display(), cli.vsics);
+    let _ = std::io::stdout().flush();
+
+    let sig = wait_for_stop_signal(&signals);
+    info!("stopping on {}", if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" });
+    front.shutdown();
+    info!("stopped");
+    ExitCode::SUCCESS
+}

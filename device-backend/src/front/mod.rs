@@ -1,14 +1,25 @@
-//! The vhost-user front: one vhost-user-blk device per PCI function.
+//! The vhost-user front: one vhost-user-blk device per PCI function, all
+//! served by this process, one socket each.
 //!
-//! * [`config_space`]: features and the virtio-blk configuration space.
-//! * [`request`]: pure parsing of descriptor chains.
-//! * [`execute`]: running a parsed request against the [`device::Device`].
+//! * [`server`]: sockets, accepting frontends, reconnects, clean shutdown.
+//! * [`backend`]: the `VhostUserBackend` of a function: features, config
+//!   space, one worker thread per queue.
+//! * [`request`]: pure parsing of virtio-blk descriptor chains.
+//! * [`execute`]: running a parsed request against the device, status and
+//!   used length.
+//! * [`channel`]: configuration-change notifications to frontends.
+//! * [`config_space`]: advertised features, limits and config layout.
 //! * [`device`]: the controller operations the front needs, as a trait.
 
+pub mod backend;
+pub mod channel;
 pub mod config_space;
 pub mod device;
 pub mod execute;
 pub mod request;
+pub mod server;
+
+pub use server::{Front, FrontConfig};
 
 #[cfg(test)]
 mod tests;

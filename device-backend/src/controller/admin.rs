@@ -98,11 +98,7 @@ struct Refusal {
 
 impl From<AdminStatus> for Refusal {
     fn from(status: AdminStatus) -> Self {
-        Refusal {
-            status,
-            result0: 0,
-            result1: 0,
-        }
+        Refusal { status, result0: 0, result1: 0 }
     }
 }
 
@@ -116,11 +112,7 @@ fn fits(payload: Vec<u8>, records: usize, capacity: usize) -> Outcome {
             result1: payload.len() as u64,
         });
     }
-    Ok(Done {
-        result0: records as u64,
-        payload,
-        ..Default::default()
-    })
+    Ok(Done { result0: records as u64, payload, ..Default::default() })
 }
 
 impl Controller {
@@ -168,7 +160,7 @@ impl Controller {
     /// Commits `next` and makes it current; returns the VSICs whose slot-0
     /// capacity changed. On failure nothing changes (status MetadataIo, or
     /// NoSpace when the metadata would not fit in its slot).
-    fn commit(&self, plane: &mut AdminPlane, next: PoolState) -> Result<Vec<u32>, AdminStatus> {
+    pub(super) fn commit(&self, plane: &mut AdminPlane, next: PoolState) -> Result<Vec<u32>, AdminStatus> {
         if next == plane.state {
             return Ok(Vec::new());
         }
@@ -212,10 +204,7 @@ impl Controller {
                 .ok_or_else(|| std::io::Error::other("extent offset overflow"))
                 .and_then(|(offset, len)| drive.zero_range(offset, len));
             if let Err(e) = zeroed {
-                log::error!(
-                    "cannot zero freed extents on {}: {e}; they stay reserved",
-                    drive.path().display()
-                );
+                log::error!("cannot zero freed extents on {}: {e}; they stay reserved", drive.path().display());
                 return;
             }
             if !touched.contains(&first.drive) {
@@ -297,10 +286,7 @@ impl Controller {
             cache_mode: self.config.cache_mode as u32,
             metadata_generation: plane.store.generation(),
         };
-        Done {
-            payload: id.encode().to_vec(),
-            ..Default::default()
-        }
+        Done { payload: id.encode().to_vec(), ..Default::default() }
     }
 
     fn set_enabled(&self, plane: &mut AdminPlane, cmd: &AdminCommand, enabled: bool) -> Outcome {
@@ -322,28 +308,14 @@ impl Controller {
         let mut alloc = Allocator::build(&next);
         let stripe = alloc.choose_stripe(width).ok_or(AdminStatus::InvalidArgument)?;
         let count = (size / next.extent_size) as usize;
-        let extents = alloc
-            .allocate(&stripe, 0, count)
-            .map_err(|NoSpace| AdminStatus::NoSpace)?;
+        let extents = alloc.allocate(&stripe, 0, count).map_err(|NoSpace| AdminStatus::NoSpace)?;
         let id = next.next_vsa_id;
         next.next_vsa_id = id.checked_add(1).ok_or(AdminStatus::NoSpace)?;
-        let mut vsa = VsaRecord {
-            id,
-            size,
-            stripe,
-            extents,
-            tokens: Vec::new(),
-            next_token_id: 1,
-        };
+        let mut vsa = VsaRecord { id, size, stripe, extents, tokens: Vec::new(), next_token_id: 1 };
         let root = caps::mint(&mut vsa, 0, Rights::ALL)?;
         next.vsas.insert(id, vsa);
         self.commit(plane, next)?;
-        Ok(Done {
-            result0: id,
-            result1: size,
-            payload: root.encode().to_vec(),
-            ..Default::default()
-        })
+        Ok(Done { result0: id, result1: size, payload: root.encode().to_vec(), ..Default::default() })
     }
 
     fn vsa_delete(&self, plane: &mut AdminPlane, token: &[u8]) -> Outcome {
@@ -359,11 +331,7 @@ impl Controller {
             }
         }
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done {
-            result0: vsa_id,
-            changed_vsics,
-            ..Default::default()
-        })
+        Ok(Done { result0: vsa_id, changed_vsics, ..Default::default() })
     }
 
     fn vsa_extend(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
@@ -377,18 +345,11 @@ impl Controller {
         }
         let have = vsa.extents.len();
         let want = (size / self.config.extent_size) as usize;
-        let more = alloc
-            .allocate(&vsa.stripe, have, want - have)
-            .map_err(|NoSpace| AdminStatus::NoSpace)?;
+        let more = alloc.allocate(&vsa.stripe, have, want - have).map_err(|NoSpace| AdminStatus::NoSpace)?;
         vsa.extents.extend(more);
         vsa.size = size;
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done {
-            result0: vsa_id,
-            result1: size,
-            changed_vsics,
-            ..Default::default()
-        })
+        Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
     }
 
     fn vsa_shrink(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
@@ -408,57 +369,33 @@ impl Controller {
         vsa.size = size;
         next.pending_zero.extend(freed);
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done {
-            result0: vsa_id,
-            result1: size,
-            changed_vsics,
-            ..Default::default()
-        })
+        Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
     }
 
     fn attach(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
         let n = self.vsic_index(cmd.vsic)?;
         let slot = Self::slot_index(cmd.slot)?;
         let read_only = cmd.flags & FLAG_READ_ONLY != 0;
-        let needed = if read_only {
-            Rights::READ
-        } else {
-            Rights::READ.union(Rights::WRITE)
-        };
+        let needed = if read_only { Rights::READ } else { Rights::READ.union(Rights::WRITE) };
         let (vsa_id, rec) = Self::authorize(&plane.state, token, needed)?;
         let mut next = plane.state.clone();
         let target = &mut vsic_mut(&mut next, n)?.slots[slot];
         if target.is_some() {
             return Err(AdminStatus::SlotBusy.into());
         }
-        *target = Some(Attachment {
-            vsa_id,
-            token_id: rec.id,
-            read_only,
-        });
+        *target = Some(Attachment { vsa_id, token_id: rec.id, read_only });
         let size = next.vsas.get(&vsa_id).map_or(0, |v| v.size);
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done {
-            result0: vsa_id,
-            result1: size,
-            changed_vsics,
-            ..Default::default()
-        })
+        Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
     }
 
     fn detach(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
         let n = self.vsic_index(cmd.vsic)?;
         let slot = Self::slot_index(cmd.slot)?;
         let mut next = plane.state.clone();
-        let gone = vsic_mut(&mut next, n)?.slots[slot]
-            .take()
-            .ok_or(AdminStatus::SlotEmpty)?;
+        let gone = vsic_mut(&mut next, n)?.slots[slot].take().ok_or(AdminStatus::SlotEmpty)?;
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done {
-            result0: gone.vsa_id,
-            changed_vsics,
-            ..Default::default()
-        })
+        Ok(Done { result0: gone.vsa_id, changed_vsics, ..Default::default() })
     }
 
     fn set_qos(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
@@ -502,11 +439,7 @@ impl Controller {
         for t in vsa.tokens.iter_mut().filter(|t| revoked.contains(&t.id)) {
             t.revoked = true;
         }
-        let new_root = if rec.is_root() {
-            Some(caps::mint(vsa, 0, Rights::ALL)?)
-        } else {
-            None
-        };
+        let new_root = if rec.is_root() { Some(caps::mint(vsa, 0, Rights::ALL)?) } else { None };
         let mut detached = 0u64;
         for vsic in &mut next.vsics {
             for slot in vsic.slots.iter_mut() {
@@ -518,12 +451,7 @@ impl Controller {
         }
         let changed_vsics = self.commit(plane, next)?;
         let payload = new_root.map(|t| t.encode().to_vec()).unwrap_or_default();
-        Ok(Done {
-            result0: revoked.len() as u64,
-            result1: detached,
-            payload,
-            changed_vsics,
-        })
+        Ok(Done { result0: revoked.len() as u64, result1: detached, payload, changed_vsics })
     }
 
     fn list_vsas(&self, plane: &AdminPlane, capacity: usize) -> Outcome {
@@ -569,11 +497,7 @@ impl Controller {
 
     fn stats(&self, cmd: &AdminCommand, capacity: usize) -> Outcome {
         let entries: Vec<_> = if cmd.vsic == ALL_VSICS {
-            self.vsics
-                .iter()
-                .enumerate()
-                .map(|(n, rt)| rt.stats.snapshot(n as u32))
-                .collect()
+            self.vsics.iter().enumerate().map(|(n, rt)| rt.stats.snapshot(n as u32)).collect()
         } else {
             let n = self.vsic_index(cmd.vsic)?;
             let rt = self.vsics.get(n).ok_or(AdminStatus::NoSuchVsic)?;
@@ -587,14 +511,7 @@ impl Controller {
         let runs = to_runs(&vsa.extents);
         let mut out = Vec::with_capacity(runs.len() * ExtentRun::LEN);
         for (first, count) in &runs {
-            out.extend_from_slice(
-                &ExtentRun {
-                    drive: first.drive,
-                    count: *count,
-                    first_extent: first.index,
-                }
-                .encode(),
-            );
+            out.extend_from_slice(&ExtentRun { drive: first.drive, count: *count, first_extent: first.index }.encode());
         }
         let mut done = fits(out, runs.len(), capacity)?;
         done.result1 = vsa.size;

@@ -25,11 +25,7 @@ impl Allocator {
                 v
             })
             .collect();
-        let taken = state
-            .vsas
-            .values()
-            .flat_map(|v| v.extents.iter())
-            .chain(state.pending_zero.iter());
+        let taken = state.vsas.values().flat_map(|v| v.extents.iter()).chain(state.pending_zero.iter());
         for e in taken {
             if let Some(slot) = used.get_mut(e.drive as usize).and_then(|d| d.get_mut(e.index as usize)) {
                 *slot = true;
@@ -81,10 +77,7 @@ impl Allocator {
             map[index] = true;
             cursor[d] = index + 1;
             self.free[d] -= 1;
-            out.push(PhysExtent {
-                drive: d as u32,
-                index: index as u64,
-            });
+            out.push(PhysExtent { drive: d as u32, index: index as u64 });
         }
         Ok(out)
     }
@@ -96,17 +89,7 @@ mod tests {
     use crate::controller::state::{DriveRecord, VsaRecord};
 
     fn pool(sizes: &[u64]) -> PoolState {
-        PoolState::new(
-            4096,
-            sizes
-                .iter()
-                .map(|&n| DriveRecord {
-                    first_data_extent: 2,
-                    extent_count: n,
-                })
-                .collect(),
-            1,
-        )
+        PoolState::new(4096, sizes.iter().map(|&n| DriveRecord { first_data_extent: 2, extent_count: n }).collect(), 1)
     }
 
     #[test]
@@ -141,10 +124,7 @@ mod tests {
         let mut a = Allocator::build(&s);
         assert_eq!(a.free_total(), 2);
         let got = a.allocate(&[0], 0, 2).unwrap();
-        assert_eq!(
-            got,
-            vec![PhysExtent { drive: 0, index: 3 }, PhysExtent { drive: 0, index: 5 }]
-        );
+        assert_eq!(got, vec![PhysExtent { drive: 0, index: 3 }, PhysExtent { drive: 0, index: 5 }]);
     }
 
     #[test]

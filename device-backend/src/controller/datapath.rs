@@ -101,11 +101,8 @@ impl Controller {
         if is_violation(e) {
             bump(&rt.stats.protection_violations, 1);
             if let Some(suppressed) = rt.violation_log.allow() {
-                let more = if suppressed > 0 {
-                    format!(" ({suppressed} similar lines suppressed)")
-                } else {
-                    String::new()
-                };
+                let more =
+                    if suppressed > 0 { format!(" ({suppressed} similar lines suppressed)") } else { String::new() };
                 log::warn!("VSIC {vsic} queue {queue}: {what} at {offset:#x} refused: {e:?}{more}");
             }
         } else {
@@ -217,14 +214,7 @@ impl Controller {
             Ok(())
         });
         match &result {
-            Ok(()) => bump(
-                if write_zeroes {
-                    &rt.stats.write_zeroes
-                } else {
-                    &rt.stats.discards
-                },
-                1,
-            ),
+            Ok(()) => bump(if write_zeroes { &rt.stats.write_zeroes } else { &rt.stats.discards }, 1),
             Err(e) => self.record_failure(rt, vsic, queue, what, offset, e),
         }
         result

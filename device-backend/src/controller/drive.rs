@@ -52,13 +52,9 @@ impl Drive {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let size = create_size
                     .ok_or_else(|| format!("drive {show} does not exist and no size was given to create it"))?;
-                let f = opts
-                    .clone()
-                    .create_new(true)
-                    .open(path)
-                    .map_err(|e| format!("cannot create drive {show}: {e}"))?;
-                f.set_len(size)
-                    .map_err(|e| format!("cannot size new drive {show}: {e}"))?;
+                let f =
+                    opts.clone().create_new(true).open(path).map_err(|e| format!("cannot create drive {show}: {e}"))?;
+                f.set_len(size).map_err(|e| format!("cannot size new drive {show}: {e}"))?;
                 (f, Origin::Created)
             }
             Err(e) => return Err(format!("cannot open drive {show}: {e}")),
@@ -76,24 +72,11 @@ impl Drive {
                 (u64::MAX, std::os::unix::fs::MetadataExt::rdev(&meta)),
             )
         } else if meta.file_type().is_file() {
-            (
-                meta.len(),
-                (
-                    std::os::unix::fs::MetadataExt::dev(&meta),
-                    std::os::unix::fs::MetadataExt::ino(&meta),
-                ),
-            )
+            (meta.len(), (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta)))
         } else {
             return Err(format!("drive {show} is neither a regular file nor a block device"));
         };
-        Ok(Drive {
-            path: path.to_path_buf(),
-            file,
-            size,
-            block_device,
-            origin,
-            identity,
-        })
+        Ok(Drive { path: path.to_path_buf(), file, size, block_device, origin, identity })
     }
 
     pub fn path(&self) -> &Path {
@@ -141,12 +124,7 @@ impl Drive {
             let rest = &buf[done..];
             // SAFETY: `rest` is a valid buffer of its length.
             let n = unsafe {
-                libc::pwrite(
-                    self.fd(),
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    (offset + done as u64) as libc::off_t,
-                )
+                libc::pwrite(self.fd(), rest.as_ptr().cast(), rest.len(), (offset + done as u64) as libc::off_t)
             };
             if n > 0 {
                 done += n as usize;
@@ -192,10 +170,7 @@ impl Drive {
                 return Err(e);
             }
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "drive ended inside a mapped extent",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "drive ended inside a mapped extent"));
             }
             // Consume `n` bytes from the front of the iovec array.
             let mut left = n as usize;
@@ -224,7 +199,7 @@ impl Drive {
             return Ok(());
         }
         if self.block_device {
-            if offset % 512 == 0 && len % 512 == 0 {
+            if (offset | len) & 511 == 0 {
                 let range: [u64; 2] = [offset, len];
                 // SAFETY: BLKZEROOUT reads a [u64; 2] we own.
                 if unsafe { libc::ioctl(self.fd(), BLKZEROOUT as _, range.as_ptr()) } == 0 {
@@ -238,10 +213,7 @@ impl Drive {
                 return Ok(());
             }
             let e = io::Error::last_os_error();
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
-            ) {
+            if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)) {
                 return Err(e);
             }
         }
@@ -306,14 +278,8 @@ mod tests {
         let mut a = [1u8; 100];
         let mut c = [2u8; 50];
         let mut iov = [
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: c.as_mut_ptr().cast(),
-                iov_len: c.len(),
-            },
+            libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
+            libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() },
         ];
         assert_eq!(unsafe { d.transfer_vectored(true, &mut iov, 10) }.unwrap(), 150);
         let mut back = [0u8; 150];
@@ -329,10 +295,7 @@ mod tests {
     fn missing_without_size_and_double_open_fail() {
         let dir = TempDir::new("drive2");
         let path = dir.path().join("d0");
-        assert!(Drive::open(&path, None, false)
-            .err()
-            .unwrap()
-            .contains("does not exist"));
+        assert!(Drive::open(&path, None, false).err().unwrap().contains("does not exist"));
         let _held = Drive::open(&path, Some(4096), false).expect("create");
         assert!(Drive::open(&path, None, false).err().unwrap().contains("in use"));
     }

@@ -268,11 +268,7 @@ pub fn encode_body(s: &PoolState) -> Vec<u8> {
         e.u64(v.qos_bytes_per_sec);
         e.u64(v.qos_iops);
         for slot in &v.slots {
-            let a = slot.unwrap_or(Attachment {
-                vsa_id: 0,
-                token_id: 0,
-                read_only: false,
-            });
+            let a = slot.unwrap_or(Attachment { vsa_id: 0, token_id: 0, read_only: false });
             e.u64(a.vsa_id);
             e.u32(a.token_id);
             e.u32(a.read_only as u32);
@@ -290,15 +286,9 @@ pub fn decode_body(b: &[u8]) -> Result<PoolState, String> {
     let n = d.len(16).map_err(trunc)?;
     let mut drives = Vec::with_capacity(n);
     for _ in 0..n {
-        drives.push(DriveRecord {
-            first_data_extent: d.u64().map_err(trunc)?,
-            extent_count: d.u64().map_err(trunc)?,
-        });
+        drives.push(DriveRecord { first_data_extent: d.u64().map_err(trunc)?, extent_count: d.u64().map_err(trunc)? });
     }
-    let limit: u64 = drives
-        .iter()
-        .map(|d| d.extent_count)
-        .fold(0u64, |a, b| a.saturating_add(b));
+    let limit: u64 = drives.iter().map(|d| d.extent_count).fold(0u64, |a, b| a.saturating_add(b));
     let n = d.len(32).map_err(trunc)?;
     let mut vsas = BTreeMap::new();
     for _ in 0..n {
@@ -322,22 +312,9 @@ pub fn decode_body(b: &[u8]) -> Result<PoolState, String> {
             if flags > 1 {
                 return Err(format!("token {id} of VSA has unknown flags {flags:#x}"));
             }
-            tokens.push(TokenRecord {
-                id,
-                parent,
-                rights,
-                revoked: flags == 1,
-                digest,
-            });
+            tokens.push(TokenRecord { id, parent, rights, revoked: flags == 1, digest });
         }
-        let vsa = VsaRecord {
-            id,
-            size,
-            stripe,
-            extents,
-            tokens,
-            next_token_id,
-        };
+        let vsa = VsaRecord { id, size, stripe, extents, tokens, next_token_id };
         if vsas.insert(id, vsa).is_some() {
             return Err(format!("VSA {id} appears twice"));
         }
@@ -357,11 +334,7 @@ pub fn decode_body(b: &[u8]) -> Result<PoolState, String> {
             let token_id = d.u32().map_err(trunc)?;
             let read_only = d.u32().map_err(trunc)? & 1 != 0;
             if vsa_id != 0 {
-                *slot = Some(Attachment {
-                    vsa_id,
-                    token_id,
-                    read_only,
-                });
+                *slot = Some(Attachment { vsa_id, token_id, read_only });
             }
         }
         vsics.push(v);
@@ -370,14 +343,7 @@ pub fn decode_body(b: &[u8]) -> Result<PoolState, String> {
     if d.remaining() != 0 {
         return Err("metadata body has trailing bytes".into());
     }
-    let s = PoolState {
-        extent_size,
-        drives,
-        next_vsa_id,
-        vsas,
-        vsics,
-        pending_zero,
-    };
+    let s = PoolState { extent_size, drives, next_vsa_id, vsas, vsics, pending_zero };
     s.check()?;
     Ok(s)
 }
@@ -455,6 +421,9 @@ pub struct MetaStore {
     /// Generation each slot of each drive holds (0: invalid or unknown).
     slot_gens: Vec<[u64; 2]>,
     generation: u64,
+    /// Tests: how many upcoming commits fail as if a drive returned EIO.
+    #[cfg(test)]
+    pub fail_commits: u32,
 }
 
 impl MetaStore {
@@ -464,9 +433,7 @@ impl MetaStore {
     }
 
     fn slot_capacity(&self) -> u64 {
-        self.superblocks
-            .first()
-            .map_or(0, |s| s.slot_len.saturating_sub(SLOT_HEADER_LEN as u64))
+        self.superblocks.first().map_or(0, |s| s.slot_len.saturating_sub(SLOT_HEADER_LEN as u64))
     }
 
     /// Commits `state` atomically as a new generation on every drive.
@@ -478,6 +445,11 @@ impl MetaStore {
         // A generation is never reused, even after a failed attempt.
         self.generation += 1;
         let generation = self.generation;
+        #[cfg(test)]
+        if self.fail_commits > 0 {
+            self.fail_commits -= 1;
+            return Err(CommitError::Io(std::io::Error::other("injected drive failure")));
+        }
         let mut result = Ok(generation);
         for (i, drive) in self.drives.iter().enumerate() {
             let (Some(sb), Some(gens)) = (self.superblocks.get(i), self.slot_gens.get_mut(i)) else {
@@ -487,10 +459,7 @@ impl MetaStore {
             let slot = if gens[0] <= gens[1] { 0 } else { 1 };
             gens[slot] = 0;
             let bytes = encode_slot(generation, &pool_id, &body);
-            match drive
-                .write_all_at(&bytes, sb.slot_offset(slot))
-                .and_then(|_| drive.sync())
-            {
+            match drive.write_all_at(&bytes, sb.slot_offset(slot)).and_then(|_| drive.sync()) {
                 Ok(()) => gens[slot] = generation,
                 Err(e) => {
                     log::error!("metadata commit {generation} to {} failed: {e}", drive.path().display());
@@ -548,11 +517,7 @@ pub fn open_pool(drives: &[Arc<Drive>], extent_size: u64, vsics: usize) -> Resul
         ));
     }
     let sbs: Vec<Superblock> = found.into_iter().flatten().collect();
-    load_pool(drives, sbs, vsics).map(|(state, store)| OpenedPool {
-        state,
-        store,
-        formatted: false,
-    })
+    load_pool(drives, sbs, vsics).map(|(state, store)| OpenedPool { state, store, formatted: false })
 }
 
 fn read_superblock(d: &Drive) -> Result<Option<Superblock>, String> {
@@ -569,8 +534,7 @@ fn read_superblock(d: &Drive) -> Result<Option<Superblock>, String> {
 
 fn is_blank(d: &Drive) -> Result<bool, String> {
     let mut b = vec![0u8; BLANK_PROBE.min(d.size()) as usize];
-    d.read_exact_at(&mut b, 0)
-        .map_err(|e| format!("cannot read {}: {e}", d.path().display()))?;
+    d.read_exact_at(&mut b, 0).map_err(|e| format!("cannot read {}: {e}", d.path().display()))?;
     Ok(b.iter().all(|&x| x == 0))
 }
 
@@ -608,18 +572,14 @@ fn format_pool(drives: &[Arc<Drive>], extent_size: u64, vsics: usize) -> Result<
             first_data_extent,
             extent_count,
         });
-        records.push(DriveRecord {
-            first_data_extent,
-            extent_count,
-        });
+        records.push(DriveRecord { first_data_extent, extent_count });
     }
     for (d, sb) in drives.iter().zip(&superblocks) {
         let show = d.path().display();
         // Whatever an existing drive held must never show through a VSA.
         if d.origin() == Origin::Existing {
             log::info!("formatting {show}: zeroing it");
-            d.zero_range(0, sb.extent_count * extent_size)
-                .map_err(|e| format!("cannot zero {show}: {e}"))?;
+            d.zero_range(0, sb.extent_count * extent_size).map_err(|e| format!("cannot zero {show}: {e}"))?;
         }
         let block = sb.encode();
         for copy in 0..2u64 {
@@ -634,10 +594,10 @@ fn format_pool(drives: &[Arc<Drive>], extent_size: u64, vsics: usize) -> Result<
         slot_gens: vec![[0, 0]; drives.len()],
         superblocks,
         generation: 0,
+        #[cfg(test)]
+        fail_commits: 0,
     };
-    store
-        .commit(&state)
-        .map_err(|e| format!("cannot write the first metadata commit: {e:?}"))?;
+    store.commit(&state).map_err(|e| format!("cannot write the first metadata commit: {e:?}"))?;
     log::info!(
         "formatted a new pool of {} drives, {} data extents of {extent_size} bytes",
         drives.len(),
@@ -651,17 +611,10 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
     for (pos, (d, sb)) in drives.iter().zip(&sbs).enumerate() {
         let show = d.path().display();
         if sb.pool_id != first.pool_id {
-            return Err(format!(
-                "drive {show} belongs to a different pool than {}",
-                drives[0].path().display()
-            ));
+            return Err(format!("drive {show} belongs to a different pool than {}", drives[0].path().display()));
         }
         if sb.drive_count as usize != drives.len() {
-            return Err(format!(
-                "the pool has {} drives but {} were given",
-                sb.drive_count,
-                drives.len()
-            ));
+            return Err(format!("the pool has {} drives but {} were given", sb.drive_count, drives.len()));
         }
         if sb.drive_index as usize != pos {
             return Err(format!(
@@ -680,23 +633,24 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
             return Err(format!("drive {show} has an impossible layout in its superblock"));
         }
         if d.size() < sb.extent_count.saturating_mul(sb.extent_size) {
-            return Err(format!(
-                "drive {show} is {} bytes, smaller than when it was formatted",
-                d.size()
-            ));
+            return Err(format!("drive {show} is {} bytes, smaller than when it was formatted", d.size()));
         }
     }
     let mut slot_gens = vec![[0u64; 2]; drives.len()];
     let mut best: Option<(u64, usize, Vec<u8>)> = None;
-    for (i, (d, sb)) in drives.iter().zip(&sbs).enumerate() {
-        for slot in 0..2 {
-            if let Some((generation, body)) = read_slot(d, sb, slot)? {
-                slot_gens[i][slot] = generation;
-                if best.as_ref().map_or(true, |(g, _, _)| generation > *g) {
-                    best = Some((generation, i, body));
-                }
-            } else {
-                log::warn!("metadata slot {slot} of {} holds no valid commit", d.path().display());
+    for (i, ((d, sb), gens)) in drives.iter().zip(&sbs).zip(slot_gens.iter_mut()).enumerate() {
+        for (slot, slot_gen) in gens.iter_mut().enumerate() {
+            let Some((generation, body)) = read_slot(d, sb, slot)? else {
+                log::info!("metadata slot {slot} of {} holds no valid commit (unused or torn)", d.path().display());
+                continue;
+            };
+            *slot_gen = generation;
+            let newer = match &best {
+                Some((g, _, _)) => generation > *g,
+                None => true,
+            };
+            if newer {
+                best = Some((generation, i, body));
             }
         }
     }
@@ -707,17 +661,11 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
         );
     };
     let mut state = decode_body(&body).map_err(|e| {
-        format!(
-            "newest metadata (generation {generation} on {}) is inconsistent: {e}",
-            drives[drive].path().display()
-        )
+        format!("newest metadata (generation {generation} on {}) is inconsistent: {e}", drives[drive].path().display())
     })?;
     let expected: Vec<DriveRecord> = sbs
         .iter()
-        .map(|s| DriveRecord {
-            first_data_extent: s.first_data_extent,
-            extent_count: s.extent_count,
-        })
+        .map(|s| DriveRecord { first_data_extent: s.first_data_extent, extent_count: s.extent_count })
         .collect();
     if state.extent_size != first.extent_size || state.drives != expected {
         return Err("metadata disagrees with the drives' superblocks".into());
@@ -731,11 +679,10 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
         superblocks: sbs,
         slot_gens,
         generation: max_gen,
+        #[cfg(test)]
+        fail_commits: 0,
     };
-    log::info!(
-        "loaded pool metadata generation {generation} from {}",
-        drives[drive].path().display()
-    );
+    log::info!("loaded pool metadata generation {generation} from {}", drives[drive].path().display());
     Ok((state, store))
 }
 
@@ -745,17 +692,7 @@ mod tests {
 
     #[test]
     fn body_round_trip() {
-        let mut s = PoolState::new(
-            4096,
-            vec![
-                DriveRecord {
-                    first_data_extent: 3,
-                    extent_count: 100
-                };
-                2
-            ],
-            3,
-        );
+        let mut s = PoolState::new(4096, vec![DriveRecord { first_data_extent: 3, extent_count: 100 }; 2], 3);
         s.vsas.insert(
             4,
             VsaRecord {
@@ -768,30 +705,14 @@ mod tests {
                     PhysExtent { drive: 1, index: 4 },
                 ],
                 tokens: vec![
-                    TokenRecord {
-                        id: 1,
-                        parent: 0,
-                        rights: Rights::ALL,
-                        revoked: true,
-                        digest: [1; 32],
-                    },
-                    TokenRecord {
-                        id: 2,
-                        parent: 1,
-                        rights: Rights::READ,
-                        revoked: false,
-                        digest: [2; 32],
-                    },
+                    TokenRecord { id: 1, parent: 0, rights: Rights::ALL, revoked: true, digest: [1; 32] },
+                    TokenRecord { id: 2, parent: 1, rights: Rights::READ, revoked: false, digest: [2; 32] },
                 ],
                 next_token_id: 3,
             },
         );
         s.next_vsa_id = 5;
-        s.vsics[2].slots[15] = Some(Attachment {
-            vsa_id: 4,
-            token_id: 2,
-            read_only: true,
-        });
+        s.vsics[2].slots[15] = Some(Attachment { vsa_id: 4, token_id: 2, read_only: true });
         s.vsics[1].enabled = false;
         s.vsics[1].qos_iops = 77;
         s.pending_zero = vec![PhysExtent { drive: 0, index: 10 }, PhysExtent { drive: 0, index: 11 }];

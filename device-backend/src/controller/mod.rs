@@ -169,20 +169,15 @@ impl Controller {
             );
             config.extent_size = opened.state.extent_size;
         }
-        let vsics: Vec<VsicRuntime> = (0..config.vsics)
-            .map(|_| VsicRuntime::new(config.queues_per_vsic as usize))
-            .collect();
+        let vsics: Vec<VsicRuntime> =
+            (0..config.vsics).map(|_| VsicRuntime::new(config.queues_per_vsic as usize)).collect();
         let mut handles = BTreeMap::new();
         runtime::reconcile(&vsics, &mut handles, None, &opened.state);
         let controller = Controller {
             config,
             drives,
             vsics,
-            admin: Mutex::new(AdminPlane {
-                state: opened.state,
-                store: opened.store,
-                handles,
-            }),
+            admin: Mutex::new(AdminPlane { state: opened.state, store: opened.store, handles }),
         };
         // Finish zeroing extents a previous run freed but did not zero yet.
         {

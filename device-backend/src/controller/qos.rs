@@ -16,11 +16,7 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u64, now: Instant) -> Self {
-        let mut b = Bucket {
-            rate,
-            level: 0.0,
-            last: now,
-        };
+        let mut b = Bucket { rate, level: 0.0, last: now };
         b.level = b.burst();
         b
     }
@@ -53,9 +49,7 @@ pub struct Qos {
 impl Qos {
     pub fn new(bytes_per_sec: u64, iops: u64) -> Self {
         let now = Instant::now();
-        Self {
-            buckets: Mutex::new((Bucket::new(bytes_per_sec, now), Bucket::new(iops, now))),
-        }
+        Self { buckets: Mutex::new((Bucket::new(bytes_per_sec, now), Bucket::new(iops, now))) }
     }
 
     pub fn set(&self, bytes_per_sec: u64, iops: u64) {
@@ -95,10 +89,7 @@ mod tests {
         // The burst (100 kB) passes, then 1 MB of debt costs about a second.
         assert_eq!(q.delay(100_000), Duration::ZERO);
         let d = q.delay(1_000_000);
-        assert!(
-            d > Duration::from_millis(900) && d < Duration::from_millis(1100),
-            "{d:?}"
-        );
+        assert!(d > Duration::from_millis(900) && d < Duration::from_millis(1100), "{d:?}");
         q.set(0, 0);
         assert_eq!(q.delay(1_000_000), Duration::ZERO);
     }

@@ -49,11 +49,7 @@ impl VsicRuntime {
 }
 
 fn layout_of(state: &PoolState, id: u64) -> Option<VsaLayout> {
-    state.vsas.get(&id).map(|v| VsaLayout {
-        size: v.size,
-        extents: v.extents.clone(),
-        deleted: false,
-    })
+    state.vsas.get(&id).map(|v| VsaLayout { size: v.size, extents: v.extents.clone(), deleted: false })
 }
 
 /// (VSA id, size) in slot 0 of VSIC `n`: what the guest sees as capacity.
@@ -90,17 +86,10 @@ pub fn reconcile(
             }
         }
     }
-    let gone: Vec<u64> = handles
-        .keys()
-        .copied()
-        .filter(|id| !new.vsas.contains_key(id))
-        .collect();
+    let gone: Vec<u64> = handles.keys().copied().filter(|id| !new.vsas.contains_key(id)).collect();
     for id in gone {
         if let Some(h) = handles.remove(&id) {
-            *h.write() = VsaLayout {
-                deleted: true,
-                ..Default::default()
-            };
+            *h.write() = VsaLayout { deleted: true, ..Default::default() };
         }
     }
     let mut changed = Vec::new();
@@ -110,10 +99,7 @@ pub fn reconcile(
         if before.map(|b| &b.slots) != Some(&rec.slots) {
             let bindings: Bindings = std::array::from_fn(|i| {
                 let a = rec.slots[i]?;
-                Some(SlotBinding {
-                    vsa: handles.get(&a.vsa_id)?.clone(),
-                    read_only: a.read_only,
-                })
+                Some(SlotBinding { vsa: handles.get(&a.vsa_id)?.clone(), read_only: a.read_only })
             });
             *rt.slots.write().unwrap_or_else(|e| e.into_inner()) = bindings;
         }

@@ -76,12 +76,7 @@ impl Default for VsicRecord {
     /// VSICs start enabled with nothing attached, like a VF that exists
     /// but has no namespace yet.
     fn default() -> Self {
-        Self {
-            enabled: true,
-            qos_bytes_per_sec: 0,
-            qos_iops: 0,
-            slots: [None; SLOTS],
-        }
+        Self { enabled: true, qos_bytes_per_sec: 0, qos_iops: 0, slots: [None; SLOTS] }
     }
 }
 
@@ -119,19 +114,12 @@ impl PoolState {
     }
 
     pub fn total_extents(&self) -> u64 {
-        self.drives
-            .iter()
-            .map(|d| d.extent_count.saturating_sub(d.first_data_extent))
-            .sum()
+        self.drives.iter().map(|d| d.extent_count.saturating_sub(d.first_data_extent)).sum()
     }
 
     /// Number of slots (over all VSICs) holding `vsa_id`.
     pub fn attachment_count(&self, vsa_id: u64) -> usize {
-        self.vsics
-            .iter()
-            .flat_map(|v| v.slots.iter())
-            .filter(|s| matches!(s, Some(a) if a.vsa_id == vsa_id))
-            .count()
+        self.vsics.iter().flat_map(|v| v.slots.iter()).filter(|s| matches!(s, Some(a) if a.vsa_id == vsa_id)).count()
     }
 
     /// Checks every invariant a decoded state must hold, so that corrupted
@@ -148,10 +136,7 @@ impl PoolState {
                 .get(e.drive as usize)
                 .ok_or_else(|| format!("{what} names drive {} which is not in the pool", e.drive))?;
             if e.index < d.first_data_extent || e.index >= d.extent_count {
-                return Err(format!(
-                    "{what} uses extent {} of drive {} outside its data area",
-                    e.index, e.drive
-                ));
+                return Err(format!("{what} uses extent {} of drive {} outside its data area", e.index, e.drive));
             }
             if !used.insert(e) {
                 return Err(format!("extent {} of drive {} is used twice", e.index, e.drive));
@@ -192,10 +177,7 @@ impl PoolState {
             for a in vsic.slots.iter().flatten() {
                 let ok = self.vsas.get(&a.vsa_id).and_then(|v| v.token(a.token_id)).is_some();
                 if !ok {
-                    return Err(format!(
-                        "VSIC {n} is attached to an unknown VSA {} or token {}",
-                        a.vsa_id, a.token_id
-                    ));
+                    return Err(format!("VSIC {n} is attached to an unknown VSA {} or token {}", a.vsa_id, a.token_id));
                 }
             }
         }
@@ -208,14 +190,7 @@ mod tests {
     use super::*;
 
     fn sample() -> PoolState {
-        let mut s = PoolState::new(
-            4096,
-            vec![DriveRecord {
-                first_data_extent: 2,
-                extent_count: 10,
-            }],
-            2,
-        );
+        let mut s = PoolState::new(4096, vec![DriveRecord { first_data_extent: 2, extent_count: 10 }], 2);
         s.vsas.insert(
             1,
             VsaRecord {
@@ -223,22 +198,12 @@ mod tests {
                 size: 8192,
                 stripe: vec![0],
                 extents: vec![PhysExtent { drive: 0, index: 2 }, PhysExtent { drive: 0, index: 3 }],
-                tokens: vec![TokenRecord {
-                    id: 1,
-                    parent: 0,
-                    rights: Rights::ALL,
-                    revoked: false,
-                    digest: [0; 32],
-                }],
+                tokens: vec![TokenRecord { id: 1, parent: 0, rights: Rights::ALL, revoked: false, digest: [0; 32] }],
                 next_token_id: 2,
             },
         );
         s.next_vsa_id = 2;
-        s.vsics[1].slots[0] = Some(Attachment {
-            vsa_id: 1,
-            token_id: 1,
-            read_only: false,
-        });
+        s.vsics[1].slots[0] = Some(Attachment { vsa_id: 1, token_id: 1, read_only: false });
         s
     }
 
@@ -261,11 +226,7 @@ mod tests {
         s.vsas.get_mut(&1).unwrap().size = 4096;
         assert!(s.check().is_err());
         let mut s = sample();
-        s.vsics[0].slots[3] = Some(Attachment {
-            vsa_id: 9,
-            token_id: 1,
-            read_only: true,
-        });
+        s.vsics[0].slots[3] = Some(Attachment { vsa_id: 9, token_id: 1, read_only: true });
         assert!(s.check().unwrap_err().contains("unknown VSA"));
         let mut s = sample();
         s.vsas.get_mut(&1).unwrap().tokens[0].id = 5;

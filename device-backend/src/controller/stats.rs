@@ -35,10 +35,7 @@ pub fn bump(c: &AtomicU64, by: u64) {
 
 impl VsicCounters {
     pub fn new(queues: usize) -> Self {
-        Self {
-            queues: (0..queues).map(|_| QueueCounters::default()).collect(),
-            ..Default::default()
-        }
+        Self { queues: (0..queues).map(|_| QueueCounters::default()).collect(), ..Default::default() }
     }
 
     /// A queue index the front passes that is out of range is not counted
@@ -89,11 +86,7 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
-        Self {
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
+        Self { epoch: Instant::now(), last: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
     }
 }
 

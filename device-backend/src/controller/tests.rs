@@ -1,1 +1,935 @@
-//! Controller-level tests.
+//! Controller-level tests: admin commands, data path, persistence and
+//! recovery, driven through the public interface the front uses.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vsic_abi::admin::{ALL_VSICS, FLAG_READ_ONLY};
+use vsic_abi::records::{decode_stats, CacheMode, ExtentRun, Identify, VsaInfo, VsicInfo};
+use vsic_abi::window::{slot_base, SLOTS_PER_VSIC, WINDOW_SIZE};
+use vsic_abi::{AdminCommand, AdminStatus, CapToken, Opcode, Rights};
+
+use super::testutil::TempDir;
+use super::{AdminReply, Controller, ControllerConfig, DriveSpec, IoError, IoKind, ServiceModel};
+
+const ES: u64 = 64 << 10;
+const DRIVE_SIZE: u64 = 8 << 20;
+
+struct Pool {
+    _dir: TempDir,
+    paths: Vec<PathBuf>,
+}
+
+impl Pool {
+    fn new(tag: &str, drives: usize) -> Pool {
+        let dir = TempDir::new(tag);
+        let paths = (0..drives).map(|i| dir.path().join(format!("drive{i}"))).collect();
+        Pool { _dir: dir, paths }
+    }
+
+    fn config(&self) -> ControllerConfig {
+        config_for(&self.paths)
+    }
+
+    fn open(&self) -> Arc<Controller> {
+        Controller::open(self.config()).expect("open pool")
+    }
+}
+
+fn config_for(paths: &[PathBuf]) -> ControllerConfig {
+    ControllerConfig {
+        drives: paths.iter().map(|p| DriveSpec { path: p.clone(), size: Some(DRIVE_SIZE) }).collect(),
+        vsics: 4,
+        queues_per_vsic: 2,
+        extent_size: ES,
+        cache_mode: CacheMode::WriteBack,
+        service_model: None,
+    }
+}
+
+fn status(r: &AdminReply) -> AdminStatus {
+    AdminStatus::from_u16(r.completion.status).expect("known status")
+}
+
+/// Sends `op` with fields set by `set`, `payload` as payload out.
+fn run(c: &Controller, op: Opcode, set: impl FnOnce(&mut AdminCommand), payload: &[u8], capacity: usize) -> AdminReply {
+    let mut cmd = AdminCommand::new(op);
+    cmd.payload_len = payload.len() as u32;
+    set(&mut cmd);
+    let r = c.admin(&cmd.encode(), payload, capacity);
+    assert!(r.payload.len() <= capacity);
+    assert_eq!(r.completion.payload_len as usize, r.payload.len());
+    r
+}
+
+fn ok(r: AdminReply) -> AdminReply {
+    assert_eq!(status(&r), AdminStatus::Ok, "{:?}", r.completion);
+    r
+}
+
+fn create(c: &Controller, size: u64, stripe: u64) -> (u64, CapToken) {
+    let r = ok(run(c, Opcode::VsaCreate, |m| m.args = [size, stripe, 0, 0], &[], 64));
+    let t = CapToken::decode(&r.payload).expect("root token");
+    assert_eq!(t.vsa_id, r.completion.result0);
+    assert_eq!(t.rights, Rights::ALL);
+    (r.completion.result0, t)
+}
+
+fn attach(c: &Controller, vsic: u32, slot: u32, t: &CapToken, read_only: bool) -> AdminReply {
+    run(
+        c,
+        Opcode::Attach,
+        |m| {
+            m.vsic = vsic;
+            m.slot = slot;
+            m.flags = if read_only { FLAG_READ_ONLY } else { 0 };
+        },
+        &t.encode(),
+        0,
+    )
+}
+
+fn derive(c: &Controller, t: &CapToken, read_only: bool) -> CapToken {
+    let r = ok(run(c, Opcode::CapDerive, |m| m.flags = if read_only { FLAG_READ_ONLY } else { 0 }, &t.encode(), 64));
+    CapToken::decode(&r.payload).expect("derived token")
+}
+
+fn with_token(c: &Controller, op: Opcode, t: &CapToken, arg0: u64) -> AdminReply {
+    run(c, op, |m| m.args[0] = arg0, &t.encode(), 64)
+}
+
+/// Three iovecs of uneven sizes over `buf`.
+fn iovecs(buf: &mut [u8]) -> Vec<libc::iovec> {
+    let n = buf.len();
+    let cuts = [0, n / 3, (2 * n / 3 + 7).min(n), n];
+    cuts.windows(2).map(|w| libc::iovec { iov_base: buf[w[0]..].as_mut_ptr().cast(), iov_len: w[1] - w[0] }).collect()
+}
+
+fn write(c: &Controller, vsic: u32, offset: u64, data: &[u8]) -> Result<usize, IoError> {
+    let mut buf = data.to_vec();
+    let iov = iovecs(&mut buf);
+    // SAFETY: the iovecs cover `buf`, alive for the call.
+    unsafe { c.io(vsic, 0, IoKind::Write, offset, &iov) }
+}
+
+fn read(c: &Controller, vsic: u32, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
+    let mut buf = vec![0xAAu8; len];
+    let iov = iovecs(&mut buf);
+    // SAFETY: as above.
+    let n = unsafe { c.io(vsic, 1, IoKind::Read, offset, &iov) }?;
+    assert_eq!(n, len);
+    Ok(buf)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+}
+
+fn vsa_list(c: &Controller) -> Vec<VsaInfo> {
+    VsaInfo::decode_array(&ok(run(c, Opcode::ListVsas, |_| {}, &[], 1 << 16)).payload).unwrap()
+}
+
+fn vsic_list(c: &Controller) -> Vec<VsicInfo> {
+    VsicInfo::decode_array(&ok(run(c, Opcode::ListVsics, |_| {}, &[], 1 << 16)).payload).unwrap()
+}
+
+fn extent_map(c: &Controller, vsa: u64) -> Vec<ExtentRun> {
+    ExtentRun::decode_array(&ok(run(c, Opcode::ExtentMap, |m| m.args[0] = vsa, &[], 1 << 16)).payload).unwrap()
+}
+
+fn identify(c: &Controller) -> Identify {
+    Identify::decode(&ok(run(c, Opcode::Identify, |_| {}, &[], 64)).payload).unwrap()
+}
+
+fn vsic_stats(c: &Controller, vsic: u32) -> vsic_abi::records::VsicStats {
+    let r = ok(run(c, Opcode::Stats, |m| m.vsic = vsic, &[], 4096));
+    decode_stats(&r.payload).unwrap()[0].0
+}
+
+fn is_err<T: std::fmt::Debug>(r: Result<T, IoError>, want: fn(&IoError) -> bool) {
+    match r {
+        Err(e) if want(&e) => {}
+        other => panic!("unexpected result {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------ admin basics
+
+#[test]
+fn create_rounds_up_and_ids_are_never_reused() {
+    let pool = Pool::new("ids", 1);
+    let c = pool.open();
+    let before = identify(&c);
+    assert_eq!(before.extent_size, ES);
+    assert_eq!(before.vsics, 4);
+    assert_eq!(before.free_extents, before.total_extents);
+    let (a, ta) = create(&c, 1, 0);
+    let (b, _) = create(&c, ES + 1, 1);
+    assert_eq!((a, b), (1, 2));
+    let list = vsa_list(&c);
+    assert_eq!(
+        list.iter().map(|v| (v.vsa_id, v.size, v.extents)).collect::<Vec<_>>(),
+        vec![(1, ES, 1), (2, 2 * ES, 2)]
+    );
+    assert_eq!(identify(&c).free_extents, before.free_extents - 3);
+    ok(with_token(&c, Opcode::VsaDelete, &ta, 0));
+    let (again, _) = create(&c, ES, 0);
+    assert_eq!(again, 3);
+    assert_eq!(identify(&c).vsa_count, 2);
+}
+
+#[test]
+fn resize_checks_and_rounding() {
+    let pool = Pool::new("resize", 1);
+    let c = pool.open();
+    let (id, t) = create(&c, 2 * ES, 0);
+    ok(attach(&c, 1, 0, &t, false));
+    let r = ok(with_token(&c, Opcode::VsaExtend, &t, 3 * ES + 5));
+    assert_eq!((r.completion.result0, r.completion.result1), (id, 4 * ES));
+    assert_eq!(r.changed_vsics, vec![1]);
+    assert_eq!(c.capacity(1), 4 * ES);
+    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, 4 * ES)), AdminStatus::InvalidArgument);
+    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, ES)), AdminStatus::InvalidArgument);
+    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, 0)), AdminStatus::ZeroSize);
+    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, WINDOW_SIZE + 1)), AdminStatus::TooLarge);
+    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, WINDOW_SIZE)), AdminStatus::NoSpace);
+    let r = ok(with_token(&c, Opcode::VsaShrink, &t, ES + 1));
+    assert_eq!(r.completion.result1, 2 * ES);
+    assert_eq!(c.capacity(1), 2 * ES);
+    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &t, ES - 1)), AdminStatus::BelowMinimum);
+    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &t, 0)), AdminStatus::ZeroSize);
+    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &t, 2 * ES)), AdminStatus::InvalidArgument);
+    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &t, WINDOW_SIZE + 1)), AdminStatus::TooLarge);
+    ok(with_token(&c, Opcode::VsaShrink, &t, ES));
+    assert_eq!(vsa_list(&c)[0].extents, 1);
+    // Freed extents are free again once zeroed.
+    assert_eq!(identify(&c).free_extents, identify(&c).total_extents - 1);
+    assert!(c.plane().state.pending_zero.is_empty());
+}
+
+#[test]
+fn allocation_runs_out_and_stripes_across_drives() {
+    let pool = Pool::new("alloc", 2);
+    let c = pool.open();
+    let total = identify(&c).total_extents;
+    let (id, t) = create(&c, 6 * ES, 2);
+    let runs = extent_map(&c, id);
+    assert_eq!(runs.iter().map(|r| r.drive).collect::<Vec<_>>(), vec![0, 1, 0, 1, 0, 1]);
+    assert!(runs.iter().all(|r| r.count == 1));
+    assert_eq!(vsa_list(&c)[0].stripe, 2);
+    assert_eq!(status(&run(&c, Opcode::VsaCreate, |m| m.args = [ES, 3, 0, 0], &[], 64)), AdminStatus::InvalidArgument);
+    assert_eq!(status(&run(&c, Opcode::VsaCreate, |m| m.args = [total * ES, 0, 0, 0], &[], 64)), AdminStatus::NoSpace);
+    // Both drives have the same free count now: a one-drive VSA filling
+    // the rest of a drive goes to the lower index, drive 0.
+    let per_drive = total / 2 - 3;
+    let (fill, _) = create(&c, per_drive * ES, 1);
+    assert_eq!(extent_map(&c, fill)[0].drive, 0);
+    // Drive 0 is full: extending the striped VSA needs room on both.
+    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, 8 * ES)), AdminStatus::NoSpace);
+    // A one-drive VSA lands on the drive with free extents.
+    let (solo, _) = create(&c, ES, 1);
+    assert_eq!(extent_map(&c, solo)[0].drive, 1);
+    // Contiguous allocations show up as one run.
+    let (big, _) = create(&c, 4 * ES, 1);
+    assert_eq!(extent_map(&c, big).len(), 1);
+    assert_eq!(extent_map(&c, big)[0].count, 4);
+}
+
+// ------------------------------------------------------------ capabilities
+
+#[test]
+fn capability_checks() {
+    let pool = Pool::new("caps", 1);
+    let c = pool.open();
+    let (id, root) = create(&c, 2 * ES, 0);
+    let (_, other) = create(&c, ES, 0);
+    let mut forged = root.clone();
+    forged.secret[7] ^= 0x40;
+    assert_eq!(status(&attach(&c, 0, 0, &forged, false)), AdminStatus::BadToken);
+    let mut wrong_vsa = root.clone();
+    wrong_vsa.vsa_id = other.vsa_id;
+    assert_eq!(status(&attach(&c, 0, 0, &wrong_vsa, false)), AdminStatus::BadToken);
+    let mut unknown_vsa = root.clone();
+    unknown_vsa.vsa_id = 99;
+    assert_eq!(status(&with_token(&c, Opcode::VsaDelete, &unknown_vsa, 0)), AdminStatus::BadToken);
+    let mut unknown_token = root.clone();
+    unknown_token.token_id = 42;
+    assert_eq!(status(&attach(&c, 0, 0, &unknown_token, false)), AdminStatus::BadToken);
+    let mut garbage = root.encode();
+    garbage[0] = 0;
+    assert_eq!(status(&run(&c, Opcode::Attach, |_| {}, &garbage, 0)), AdminStatus::BadToken);
+
+    let rw = derive(&c, &root, false);
+    assert_eq!(rw.rights, Rights::READ.union(Rights::WRITE));
+    let ro = derive(&c, &rw, true);
+    assert_eq!(ro.rights, Rights::READ);
+    assert_eq!(derive(&c, &ro, false).rights, Rights::READ, "derivation never widens rights");
+    assert_eq!(status(&attach(&c, 0, 0, &ro, false)), AdminStatus::PermissionDenied);
+    assert_eq!(status(&with_token(&c, Opcode::VsaDelete, &rw, 0)), AdminStatus::PermissionDenied);
+    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &rw, 4 * ES)), AdminStatus::PermissionDenied);
+    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &ro, ES)), AdminStatus::PermissionDenied);
+    let r = ok(attach(&c, 0, 0, &ro, true));
+    assert_eq!(r.changed_vsics, vec![0]);
+    ok(attach(&c, 1, 2, &rw, false));
+    ok(attach(&c, 2, 0, &root, false));
+    assert_eq!(status(&attach(&c, 2, 0, &rw, false)), AdminStatus::SlotBusy);
+    assert_eq!(c.capacity(0), 2 * ES);
+
+    // Revoking rw takes ro with it and detaches both their attachments.
+    let r = ok(run(&c, Opcode::CapRevoke, |_| {}, &rw.encode(), 0));
+    assert_eq!(r.completion.result0, 3, "rw, ro and ro's child");
+    assert_eq!(r.completion.result1, 2);
+    assert_eq!(r.changed_vsics, vec![0], "vsic 1 lost slot 2, not slot 0");
+    assert!(r.payload.is_empty());
+    assert_eq!(c.capacity(0), 0);
+    assert_eq!(c.capacity(2), 2 * ES, "the root's attachment stays");
+    assert_eq!(status(&attach(&c, 3, 0, &ro, true)), AdminStatus::RevokedToken);
+    assert_eq!(status(&run(&c, Opcode::CapDerive, |_| {}, &rw.encode(), 64)), AdminStatus::RevokedToken);
+    assert_eq!(status(&run(&c, Opcode::CapRevoke, |_| {}, &rw.encode(), 64)), AdminStatus::RevokedToken);
+    // A forger does not even learn that a token id was revoked.
+    let mut forged_revoked = ro.clone();
+    forged_revoked.secret[0] ^= 1;
+    assert_eq!(status(&attach(&c, 3, 0, &forged_revoked, true)), AdminStatus::BadToken);
+
+    // Root revoke needs room for the new root, then re-keys.
+    let kid = derive(&c, &root, true);
+    assert_eq!(status(&run(&c, Opcode::CapRevoke, |_| {}, &root.encode(), 63)), AdminStatus::ResponseTooSmall);
+    assert_eq!(c.capacity(2), 2 * ES, "a refused revoke changes nothing");
+    let r = ok(run(&c, Opcode::CapRevoke, |_| {}, &root.encode(), 64));
+    assert_eq!(r.changed_vsics, vec![2]);
+    let new_root = CapToken::decode(&r.payload).unwrap();
+    assert_eq!((new_root.vsa_id, new_root.rights), (id, Rights::ALL));
+    assert_ne!(new_root.secret, root.secret);
+    assert_eq!(status(&attach(&c, 2, 0, &root, false)), AdminStatus::RevokedToken);
+    assert_eq!(status(&attach(&c, 2, 0, &kid, true)), AdminStatus::RevokedToken);
+    ok(attach(&c, 2, 0, &new_root, false));
+    assert_eq!(vsa_list(&c)[0].live_tokens, 1);
+    // Delete detaches everywhere.
+    ok(attach(&c, 3, 5, &new_root, true));
+    let r = ok(with_token(&c, Opcode::VsaDelete, &new_root, 0));
+    assert_eq!(r.changed_vsics, vec![2]);
+    assert!(vsic_list(&c).iter().all(|v| v.slots.iter().all(|s| !s.is_attached())));
+    assert_eq!(status(&attach(&c, 0, 0, &new_root, false)), AdminStatus::BadToken);
+}
+
+// ------------------------------------------------------------ data path
+
+#[test]
+fn io_round_trip_across_extents_and_drives() {
+    let pool = Pool::new("io", 2);
+    let c = pool.open();
+    let (id, t) = create(&c, 5 * ES, 2);
+    ok(attach(&c, 1, 0, &t, false));
+    ok(attach(&c, 1, 3, &t, false));
+    let data = pattern(3 * ES as usize + 1000, 7);
+    let at = ES / 2 + 512;
+    assert_eq!(write(&c, 1, at, &data).unwrap(), data.len());
+    assert_eq!(read(&c, 1, at, data.len()).unwrap(), data);
+    // The same VSA through slot 3's window.
+    assert_eq!(read(&c, 1, slot_base(3) + at, data.len()).unwrap(), data);
+    // The bytes are where the extent map says: logical extent 1 is on drive 1.
+    let runs = extent_map(&c, id);
+    assert_eq!(runs[1].drive, 1);
+    let raw = std::fs::read(&pool.paths[1]).unwrap();
+    let phys = (runs[1].first_extent * ES) as usize;
+    let logical = (ES - at) as usize; // offset in `data` of logical extent 1
+    assert_eq!(&raw[phys..phys + 4096], &data[logical..logical + 4096]);
+    c.flush(1, 0).unwrap();
+    let s = vsic_stats(&c, 1);
+    assert_eq!((s.reads, s.writes, s.flushes), (2, 1, 1));
+    assert_eq!((s.bytes_written, s.bytes_read), (data.len() as u64, 2 * data.len() as u64));
+    let all = decode_stats(&ok(run(&c, Opcode::Stats, |m| m.vsic = ALL_VSICS, &[], 4096)).payload).unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[1].1[0].bytes_written, data.len() as u64);
+    assert_eq!(all[1].1[1].bytes_read, 2 * data.len() as u64);
+}
+
+#[test]
+fn protection_violations_are_refused_and_counted() {
+    let pool = Pool::new("prot", 1);
+    let c = pool.open();
+    let (_, t) = create(&c, 2 * ES, 0);
+    ok(attach(&c, 0, 0, &t, true));
+    let ro = derive(&c, &t, true);
+    ok(attach(&c, 0, 1, &ro, true));
+    assert_eq!(read(&c, 0, 0, 4096).unwrap(), vec![0; 4096]);
+    is_err(write(&c, 0, 0, &[1; 512]), |e| matches!(e, IoError::ReadOnly));
+    is_err(c.discard(0, 0, 0, 512, false), |e| matches!(e, IoError::ReadOnly));
+    is_err(read(&c, 0, 2 * ES - 511, 512), |e| matches!(e, IoError::OutOfBounds));
+    is_err(read(&c, 0, 2 * ES, 512), |e| matches!(e, IoError::OutOfBounds));
+    is_err(read(&c, 0, WINDOW_SIZE - 512, 1024), |e| matches!(e, IoError::OutOfBounds));
+    is_err(read(&c, 0, slot_base(2), 512), |e| matches!(e, IoError::NotAttached));
+    is_err(read(&c, 0, slot_base(SLOTS_PER_VSIC), 512), |e| matches!(e, IoError::NotAttached));
+    is_err(read(&c, 0, u64::MAX - 10, 512), |e| matches!(e, IoError::NotAttached));
+    is_err(read(&c, 9, 0, 512), |e| matches!(e, IoError::NoSuchVsic));
+    let s = vsic_stats(&c, 0);
+    assert_eq!((s.protection_violations, s.errors, s.reads), (8, 8, 1));
+    ok(run(&c, Opcode::VsicDisable, |m| m.vsic = 0, &[], 0));
+    is_err(read(&c, 0, 0, 512), |e| matches!(e, IoError::VsicDisabled));
+    is_err(c.flush(0, 0), |e| matches!(e, IoError::VsicDisabled));
+    assert!(!vsic_list(&c)[0].enabled);
+    ok(run(&c, Opcode::VsicEnable, |m| m.vsic = 0, &[], 0));
+    read(&c, 0, 0, 512).unwrap();
+    c.count_error(0, 1);
+    c.count_error(0, 77);
+    c.count_error(99, 0);
+    let s = vsic_stats(&c, 0);
+    assert_eq!((s.protection_violations, s.errors), (10, 12));
+    // Writable attachment of the same VSA elsewhere works.
+    ok(attach(&c, 1, 0, &t, false));
+    write(&c, 1, 2 * ES - 512, &[3; 512]).unwrap();
+    assert_eq!(read(&c, 0, 2 * ES - 512, 512).unwrap(), vec![3; 512]);
+    // Zero-length requests inside the VSA succeed.
+    assert_eq!(read(&c, 0, 2 * ES, 0).unwrap(), Vec::<u8>::new());
+}
+
+#[test]
+fn freed_extents_never_leak_old_data() {
+    let pool = Pool::new("leak", 1);
+    let c = pool.open();
+    let (_, t) = create(&c, 4 * ES, 0);
+    ok(attach(&c, 0, 0, &t, false));
+    let data = pattern(4 * ES as usize, 3);
+    write(&c, 0, 0, &data).unwrap();
+    let r = ok(with_token(&c, Opcode::VsaShrink, &t, ES));
+    assert_eq!(r.changed_vsics, vec![0]);
+    is_err(read(&c, 0, ES, 512), |e| matches!(e, IoError::OutOfBounds));
+    ok(with_token(&c, Opcode::VsaExtend, &t, 4 * ES));
+    let back = read(&c, 0, 0, 4 * ES as usize).unwrap();
+    assert_eq!(&back[..ES as usize], &data[..ES as usize]);
+    assert!(back[ES as usize..].iter().all(|&b| b == 0), "extend after shrink reads zeroes");
+    // Delete, then a new VSA reusing the extents reads zeroes too.
+    write(&c, 0, 0, &data).unwrap();
+    ok(with_token(&c, Opcode::VsaDelete, &t, 0));
+    assert_eq!(c.capacity(0), 0);
+    let (_, t2) = create(&c, 4 * ES, 0);
+    ok(attach(&c, 0, 0, &t2, false));
+    assert!(read(&c, 0, 0, 4 * ES as usize).unwrap().iter().all(|&b| b == 0));
+}
+
+#[test]
+fn discard_and_write_zeroes_read_back_zeroes() {
+    let pool = Pool::new("discard", 2);
+    let c = pool.open();
+    let (_, t) = create(&c, 4 * ES, 2);
+    ok(attach(&c, 2, 0, &t, false));
+    let data = pattern(4 * ES as usize, 9);
+    write(&c, 2, 0, &data).unwrap();
+    c.discard(2, 0, 512, ES, false).unwrap();
+    c.discard(2, 0, 3 * ES, 4096, true).unwrap();
+    let back = read(&c, 2, 0, 4 * ES as usize).unwrap();
+    assert_eq!(&back[..512], &data[..512]);
+    assert!(back[512..512 + ES as usize].iter().all(|&b| b == 0));
+    assert_eq!(&back[512 + ES as usize..3 * ES as usize], &data[512 + ES as usize..3 * ES as usize]);
+    assert!(back[3 * ES as usize..3 * ES as usize + 4096].iter().all(|&b| b == 0));
+    is_err(c.discard(2, 0, 4 * ES - 512, 1024, true), |e| matches!(e, IoError::OutOfBounds));
+    let s = vsic_stats(&c, 2);
+    assert_eq!((s.discards, s.write_zeroes, s.protection_violations), (1, 1, 1));
+}
+
+#[test]
+fn write_through_mode_and_service_model() {
+    let pool = Pool::new("wt", 1);
+    let mut cfg = pool.config();
+    cfg.cache_mode = CacheMode::WriteThrough;
+    cfg.service_model = Some(ServiceModel { latency: Duration::from_millis(20), bytes_per_sec: 0 });
+    let c = Controller::open(cfg).unwrap();
+    assert_eq!(identify(&c).cache_mode, CacheMode::WriteThrough as u32);
+    let (_, t) = create(&c, ES, 0);
+    ok(attach(&c, 0, 0, &t, false));
+    let start = Instant::now();
+    write(&c, 0, 0, &[5; 4096]).unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(20));
+    c.flush(0, 0).unwrap();
+    c.discard(0, 0, 0, 512, false).unwrap();
+    let back = read(&c, 0, 0, 4096).unwrap();
+    assert!(back[..512].iter().all(|&b| b == 0) && back[512..].iter().all(|&b| b == 5));
+}
+
+#[test]
+fn qos_delays_but_never_fails() {
+    let pool = Pool::new("qos", 1);
+    let c = pool.open();
+    let (_, t) = create(&c, 4 * ES, 0);
+    ok(attach(&c, 3, 0, &t, false));
+    ok(run(
+        &c,
+        Opcode::SetQos,
+        |m| {
+            m.vsic = 3;
+            m.args = [1 << 20, 0, 0, 0]
+        },
+        &[],
+        0,
+    ));
+    let info = &vsic_list(&c)[3];
+    assert_eq!((info.qos_bytes_per_sec, info.qos_iops), (1 << 20, 0));
+    let start = Instant::now();
+    for i in 0..4 {
+        write(&c, 3, i * 65536, &[1; 65536]).unwrap();
+    }
+    // 256 KiB at 1 MiB/s with a 100 KiB burst: at least ~150 ms.
+    assert!(start.elapsed() >= Duration::from_millis(120), "{:?}", start.elapsed());
+    assert!(vsic_stats(&c, 3).qos_delayed >= 1);
+    ok(run(
+        &c,
+        Opcode::SetQos,
+        |m| {
+            m.vsic = 3;
+            m.args = [0, 0, 0, 0]
+        },
+        &[],
+        0,
+    ));
+    let start = Instant::now();
+    for i in 0..4 {
+        write(&c, 3, i * 65536, &[1; 65536]).unwrap();
+    }
+    assert!(start.elapsed() < Duration::from_millis(100));
+}
+
+#[test]
+fn io_races_with_resize_safely() {
+    let pool = Pool::new("race", 2);
+    let c = pool.open();
+    let (_, t) = create(&c, 8 * ES, 2);
+    ok(attach(&c, 0, 0, &t, false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let off = (n * 7919 * 512) % (8 * ES);
+                    match write(&c, 0, off, &[w as u8 + 1; 8192]) {
+                        Ok(_) | Err(IoError::OutOfBounds) => {}
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        ok(with_token(&c, Opcode::VsaShrink, &t, ES));
+        ok(with_token(&c, Opcode::VsaExtend, &t, 8 * ES));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(c.plane().state.pending_zero.is_empty());
+}
+
+// ------------------------------------------------------------ persistence
+
+#[test]
+fn reopen_restores_everything() {
+    let pool = Pool::new("reopen", 2);
+    let (lists, vsics, map, ro, data) = {
+        let c = pool.open();
+        let (a, ta) = create(&c, 3 * ES, 2);
+        let (_, tb) = create(&c, ES, 1);
+        ok(with_token(&c, Opcode::VsaDelete, &tb, 0));
+        let ro = derive(&c, &ta, true);
+        ok(attach(&c, 0, 0, &ta, false));
+        ok(attach(&c, 2, 7, &ro, true));
+        ok(run(
+            &c,
+            Opcode::SetQos,
+            |m| {
+                m.vsic = 1;
+                m.args = [1000, 20, 0, 0]
+            },
+            &[],
+            0,
+        ));
+        ok(run(&c, Opcode::VsicDisable, |m| m.vsic = 3, &[], 0));
+        let data = pattern(3 * ES as usize, 1);
+        write(&c, 0, 0, &data).unwrap();
+        c.flush(0, 0).unwrap();
+        (vsa_list(&c), vsic_list(&c), extent_map(&c, a), ro, data)
+    };
+    let c = pool.open();
+    assert_eq!(vsa_list(&c), lists);
+    assert_eq!(vsic_list(&c), vsics);
+    assert_eq!(extent_map(&c, lists[0].vsa_id), map);
+    assert_eq!(c.capacity(0), 3 * ES);
+    assert_eq!(read(&c, 0, 0, data.len()).unwrap(), data);
+    assert_eq!(read(&c, 2, slot_base(7), 512).unwrap(), data[..512].to_vec());
+    // Tokens minted before the restart still work; ids continue.
+    ok(attach(&c, 1, 0, &ro, true));
+    assert_eq!(create(&c, ES, 0).0, 3);
+    assert!(identify(&c).metadata_generation > 1);
+}
+
+#[test]
+fn failed_commit_rolls_back() {
+    let pool = Pool::new("rollback", 1);
+    let c = pool.open();
+    let (_, t) = create(&c, ES, 0);
+    let before = (vsa_list(&c), vsic_list(&c), identify(&c).free_extents);
+    c.plane().store.fail_commits = 1;
+    assert_eq!(status(&attach(&c, 0, 0, &t, false)), AdminStatus::MetadataIo);
+    c.plane().store.fail_commits = 1;
+    assert_eq!(status(&run(&c, Opcode::VsaCreate, |m| m.args[0] = ES, &[], 64)), AdminStatus::MetadataIo);
+    c.plane().store.fail_commits = 1;
+    assert_eq!(status(&with_token(&c, Opcode::VsaDelete, &t, 0)), AdminStatus::MetadataIo);
+    assert_eq!((vsa_list(&c), vsic_list(&c), identify(&c).free_extents), before);
+    assert_eq!(c.capacity(0), 0);
+    drop(c);
+    let c = pool.open();
+    assert_eq!((vsa_list(&c), vsic_list(&c)), (before.0, before.1));
+    ok(attach(&c, 0, 0, &t, false));
+    assert_eq!(create(&c, ES, 0).0, 2, "the refused create did not use up an id");
+}
+
+// Raw slot access for corruption tests (layout from metadata.rs).
+fn slot_len(path: &Path) -> u64 {
+    let raw = std::fs::read(path).unwrap();
+    u64::from_le_bytes(raw[48..56].try_into().unwrap())
+}
+
+fn slot_generation(path: &Path, slot: u64) -> u64 {
+    let raw = std::fs::read(path).unwrap();
+    let at = (8192 + slot * slot_len(path)) as usize;
+    u64::from_le_bytes(raw[at + 16..at + 24].try_into().unwrap())
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut raw = std::fs::read(path).unwrap();
+    raw[offset as usize] ^= 0xff;
+    std::fs::write(path, raw).unwrap();
+}
+
+fn newest_slot(path: &Path) -> u64 {
+    if slot_generation(path, 0) > slot_generation(path, 1) {
+        0
+    } else {
+        1
+    }
+}
+
+#[test]
+fn corrupted_newest_slot_falls_back_and_both_corrupted_refuses() {
+    let pool = Pool::new("corrupt", 2);
+    {
+        let c = pool.open();
+        create(&c, ES, 0);
+        create(&c, 2 * ES, 0);
+    }
+    for p in &pool.paths {
+        let s = newest_slot(p);
+        flip_byte(p, 8192 + s * slot_len(p) + 200);
+    }
+    {
+        let c = pool.open();
+        let list = vsa_list(&c);
+        assert_eq!(list.len(), 1, "fell back to the generation before the second create");
+        assert_eq!(list[0].size, ES);
+        // The next commit overwrites the corrupted slot.
+        create(&c, 3 * ES, 0);
+    }
+    let c = pool.open();
+    assert_eq!(vsa_list(&c).len(), 2);
+    drop(c);
+    for p in &pool.paths {
+        for s in 0..2 {
+            flip_byte(p, 8192 + s * slot_len(p) + 20);
+        }
+    }
+    let e = Controller::open(pool.config()).err().expect("refused");
+    assert!(e.0.contains("no valid metadata"), "{e}");
+}
+
+#[test]
+fn torn_commit_yields_old_or_new_state() {
+    let pool = Pool::new("torn", 2);
+    {
+        let c = pool.open();
+        create(&c, ES, 0);
+    }
+    let before: Vec<Vec<u8>> = pool.paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    {
+        let c = pool.open();
+        create(&c, 2 * ES, 0);
+    }
+    let after: Vec<Vec<u8>> = pool.paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let p0 = &pool.paths[0];
+    let slot = newest_slot(p0);
+    let start = (8192 + slot * slot_len(p0)) as usize;
+    for cut in [0usize, 1, 24, 100, 127, 128, 129, 300, 1000, 4096] {
+        // Drive 0 crashed `cut` bytes into writing the new slot; drive 1 never got it.
+        let mut image = before[0].clone();
+        let end = (start + cut).min(image.len());
+        image[start..end].copy_from_slice(&after[0][start..end]);
+        std::fs::write(p0, &image).unwrap();
+        std::fs::write(&pool.paths[1], &before[1]).unwrap();
+        let c = pool.open();
+        let n = vsa_list(&c).len();
+        let body_len = u64::from_le_bytes(after[0][start + 24..start + 32].try_into().unwrap()) as usize;
+        let written = start + 128 + body_len;
+        let complete = after[0][start..written] == image[start..written];
+        assert_eq!(n, if complete { 2 } else { 1 }, "cut {cut}");
+    }
+    // Drive 0 got the whole new generation, drive 1 none: the new state wins.
+    std::fs::write(p0, &after[0]).unwrap();
+    std::fs::write(&pool.paths[1], &before[1]).unwrap();
+    let c = pool.open();
+    assert_eq!(vsa_list(&c).len(), 2);
+}
+
+#[test]
+fn drive_set_errors_are_clear() {
+    let pool = Pool::new("drives", 2);
+    drop(pool.open());
+    let mut swapped = pool.paths.clone();
+    swapped.swap(0, 1);
+    let e = Controller::open(config_for(&swapped)).err().unwrap();
+    assert!(e.0.contains("original order"), "{e}");
+    let e = Controller::open(config_for(&pool.paths[..1])).err().unwrap();
+    assert!(e.0.contains("2 drives but 1"), "{e}");
+    let mut extra = pool.paths.clone();
+    extra.push(pool.paths[0].with_file_name("drive-new"));
+    let e = Controller::open(config_for(&extra)).err().unwrap();
+    assert!(e.0.contains("blank"), "{e}");
+    let twice = vec![pool.paths[0].clone(), pool.paths[0].clone()];
+    let e = Controller::open(config_for(&twice)).err().unwrap();
+    assert!(e.0.contains("twice") || e.0.contains("in use"), "{e}");
+    // A drive from another pool.
+    let other = Pool::new("drives-other", 1);
+    drop(other.open());
+    let mixed = vec![pool.paths[0].clone(), other.paths[0].clone()];
+    let e = Controller::open(config_for(&mixed)).err().unwrap();
+    assert!(e.0.contains("different pool"), "{e}");
+    // The pool still opens when given correctly.
+    drop(pool.open());
+}
+
+#[test]
+fn non_blank_drive_is_never_formatted() {
+    let pool = Pool::new("nonblank", 1);
+    let mut junk = vec![0u8; DRIVE_SIZE as usize];
+    junk[4000] = 1;
+    std::fs::write(&pool.paths[0], &junk).unwrap();
+    let e = Controller::open(pool.config()).err().unwrap();
+    assert!(e.0.contains("not blank"), "{e}");
+    assert_eq!(std::fs::read(&pool.paths[0]).unwrap(), junk, "drive untouched");
+    // An all-zero existing drive is blank: it is formatted.
+    std::fs::write(&pool.paths[0], vec![0u8; DRIVE_SIZE as usize]).unwrap();
+    let c = pool.open();
+    assert_eq!(identify(&c).drives, 1);
+}
+
+#[test]
+fn bad_configs_are_refused() {
+    let pool = Pool::new("cfg", 1);
+    for tweak in [
+        (|c: &mut ControllerConfig| c.extent_size = 3000) as fn(&mut ControllerConfig),
+        |c| c.extent_size = 1024,
+        |c| c.drives.clear(),
+        |c| c.queues_per_vsic = 0,
+        |c| c.drives[0].size = Some(100 << 10),
+    ] {
+        let mut cfg = pool.config();
+        tweak(&mut cfg);
+        assert!(Controller::open(cfg).is_err());
+    }
+}
+
+#[test]
+fn reopening_with_another_extent_size_keeps_the_pool_layout() {
+    let pool = Pool::new("es", 1);
+    drop(pool.open());
+    let mut cfg = pool.config();
+    cfg.extent_size = 2 * ES;
+    let c = Controller::open(cfg).unwrap();
+    assert_eq!(c.config().extent_size, ES);
+    assert_eq!(identify(&c).extent_size, ES);
+}
+
+// ------------------------------------------------------------ bad input
+
+#[test]
+fn every_admin_status_is_reachable() {
+    let pool = Pool::new("statuses", 1);
+    let c = pool.open();
+    let (_, root) = create(&c, ES, 0);
+    let ro = derive(&c, &root, true);
+    let gone = derive(&c, &root, false);
+    ok(run(&c, Opcode::CapRevoke, |_| {}, &gone.encode(), 0));
+    let mut forged = root.clone();
+    forged.secret[0] ^= 1;
+    let good = AdminCommand::new(Opcode::Identify).encode();
+    let raw = |bytes: &[u8]| status(&c.admin(bytes, &[], 64));
+    let mut b = good;
+    b[0] = b'X';
+    assert_eq!(raw(&b), AdminStatus::BadMagic);
+    let mut b = good;
+    b[4] = 2;
+    assert_eq!(raw(&b), AdminStatus::BadVersion);
+    assert_eq!(raw(&good[..40]), AdminStatus::BadCommandSize);
+    let mut b = good;
+    b[6] = 0xee;
+    assert_eq!(raw(&b), AdminStatus::UnknownOpcode);
+    let checks: Vec<(AdminStatus, AdminReply)> = vec![
+        (AdminStatus::Ok, run(&c, Opcode::Identify, |_| {}, &[], 64)),
+        (AdminStatus::BadPayloadSize, run(&c, Opcode::Identify, |_| {}, &[0; 8], 64)),
+        (AdminStatus::BadPayloadSize, run(&c, Opcode::Attach, |_| {}, &[0; 63], 64)),
+        (
+            AdminStatus::BadPayloadSize,
+            c.admin(
+                &{
+                    let mut m = AdminCommand::new(Opcode::Attach);
+                    m.payload_len = 64;
+                    m
+                }
+                .encode(),
+                &[0; 32],
+                0,
+            ),
+        ),
+        (AdminStatus::InvalidArgument, run(&c, Opcode::VsaCreate, |m| m.args = [ES, 2, 0, 0], &[], 64)),
+        (AdminStatus::UnknownFlags, run(&c, Opcode::Attach, |m| m.flags = 2, &root.encode(), 0)),
+        (AdminStatus::UnknownFlags, run(&c, Opcode::Detach, |m| m.flags = FLAG_READ_ONLY, &[], 0)),
+        (AdminStatus::NoSuchVsic, run(&c, Opcode::VsicEnable, |m| m.vsic = 4, &[], 0)),
+        (AdminStatus::NoSuchVsic, run(&c, Opcode::Stats, |m| m.vsic = 17, &[], 4096)),
+        (AdminStatus::NoSuchSlot, run(&c, Opcode::Attach, |m| m.slot = SLOTS_PER_VSIC, &root.encode(), 0)),
+        (AdminStatus::NoSuchVsa, run(&c, Opcode::ExtentMap, |m| m.args[0] = 77, &[], 4096)),
+        (AdminStatus::BadToken, run(&c, Opcode::Attach, |_| {}, &forged.encode(), 0)),
+        (AdminStatus::RevokedToken, run(&c, Opcode::Attach, |_| {}, &gone.encode(), 0)),
+        (AdminStatus::PermissionDenied, run(&c, Opcode::VsaDelete, |_| {}, &ro.encode(), 0)),
+        (AdminStatus::NoSpace, run(&c, Opcode::VsaCreate, |m| m.args[0] = WINDOW_SIZE, &[], 64)),
+        (AdminStatus::Ok, run(&c, Opcode::Attach, |_| {}, &root.encode(), 0)),
+        (AdminStatus::SlotBusy, run(&c, Opcode::Attach, |_| {}, &root.encode(), 0)),
+        (AdminStatus::SlotEmpty, run(&c, Opcode::Detach, |m| m.slot = 1, &[], 0)),
+        (AdminStatus::ZeroSize, run(&c, Opcode::VsaCreate, |_| {}, &[], 64)),
+        (AdminStatus::BelowMinimum, run(&c, Opcode::VsaShrink, |m| m.args[0] = 1, &root.encode(), 0)),
+        (AdminStatus::TooLarge, run(&c, Opcode::VsaCreate, |m| m.args[0] = WINDOW_SIZE + 1, &[], 64)),
+        (AdminStatus::ResponseTooSmall, run(&c, Opcode::Identify, |_| {}, &[], 63)),
+        (AdminStatus::ResponseTooSmall, run(&c, Opcode::VsaCreate, |m| m.args[0] = ES, &[], 0)),
+        (AdminStatus::ResponseTooSmall, run(&c, Opcode::ListVsics, |_| {}, &[], 100)),
+    ];
+    for (i, (want, r)) in checks.iter().enumerate() {
+        assert_eq!(status(r), *want, "check {i}");
+    }
+    // ResponseTooSmall on a list says how much room is needed.
+    let r = run(&c, Opcode::ListVsics, |_| {}, &[], 100);
+    assert_eq!((r.completion.result0, r.completion.result1), (4, 4 * VsicInfo::LEN as u64));
+    c.plane().store.fail_commits = 1;
+    assert_eq!(status(&run(&c, Opcode::VsicDisable, |_| {}, &[], 0)), AdminStatus::MetadataIo);
+}
+
+#[test]
+fn metadata_that_does_not_fit_is_refused_with_no_space() {
+    let pool = Pool::new("full-meta", 1);
+    let c = pool.open();
+    let (id, root) = create(&c, ES, 0);
+    let mut plane = c.plane();
+    let mut next = plane.state.clone();
+    let vsa = next.vsas.get_mut(&id).unwrap();
+    // 48 bytes per token: 6000 tokens overflow the 256 KiB slot.
+    for n in 2..6000 {
+        vsa.tokens.push(super::state::TokenRecord {
+            id: n,
+            parent: 1,
+            rights: Rights::READ,
+            revoked: false,
+            digest: [0; 32],
+        });
+    }
+    vsa.next_token_id = 6000;
+    let before = plane.state.clone();
+    assert_eq!(c.commit(&mut plane, next), Err(AdminStatus::NoSpace));
+    assert_eq!(plane.state, before);
+    drop(plane);
+    ok(attach(&c, 0, 0, &root, false));
+}
+
+/// xorshift64*: deterministic pseudo-random numbers for the fuzz test.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[test]
+fn admin_never_panics_on_garbage() {
+    let pool = Pool::new("fuzz", 2);
+    let c = pool.open();
+    let (_, mut root) = create(&c, 2 * ES, 0);
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let interesting = [0u64, 1, ES - 1, ES, ES + 1, 3 * ES, WINDOW_SIZE - 1, WINDOW_SIZE, WINDOW_SIZE + 1, u64::MAX];
+    for round in 0..6000 {
+        let op = Opcode::ALL[rng.below(Opcode::ALL.len() as u64) as usize];
+        let mut cmd = AdminCommand::new(op);
+        if rng.below(8) == 0 {
+            cmd.opcode = rng.next() as u16;
+        }
+        cmd.flags = [0, FLAG_READ_ONLY, rng.next() as u32][rng.below(3) as usize];
+        cmd.vsic = [0, 3, 4, u32::MAX, rng.next() as u32][rng.below(5) as usize];
+        cmd.slot = [0, 15, 16, rng.next() as u32][rng.below(4) as usize];
+        for a in cmd.args.iter_mut() {
+            *a = if rng.below(2) == 0 { interesting[rng.below(interesting.len() as u64) as usize] } else { rng.next() };
+        }
+        let payload = match rng.below(5) {
+            0 => Vec::new(),
+            1 => root.encode().to_vec(),
+            2 => {
+                let mut t = root.encode();
+                let i = rng.below(64) as usize;
+                t[i] ^= 1 << rng.below(8);
+                t.to_vec()
+            }
+            3 => rng.bytes(64),
+            _ => {
+                let n = rng.below(300) as usize;
+                rng.bytes(n)
+            }
+        };
+        cmd.payload_len = if rng.below(10) == 0 { rng.next() as u32 } else { payload.len() as u32 };
+        let mut bytes = cmd.encode().to_vec();
+        match rng.below(10) {
+            0 => bytes.truncate(rng.below(64) as usize),
+            1 => {
+                let n = rng.below(10) as usize + 1;
+                bytes.extend(rng.bytes(n));
+            }
+            2 => {
+                let i = rng.below(64) as usize;
+                bytes[i] = rng.next() as u8;
+            }
+            _ => {}
+        }
+        let capacity = [0usize, 1, 63, 64, 4096, 1 << 20][rng.below(6) as usize];
+        let r = c.admin(&bytes, &payload, capacity);
+        assert!(r.payload.len() <= capacity, "round {round}");
+        assert!(AdminStatus::from_u16(r.completion.status).is_some());
+        if status(&r) == AdminStatus::Ok && cmd.opcode == Opcode::CapRevoke as u16 && r.payload.len() == 64 {
+            // The fuzzer revoked the root: keep going with the new one.
+            let new_root = CapToken::decode(&r.payload).unwrap();
+            assert_eq!(new_root.vsa_id, root.vsa_id, "round {round}");
+            root = new_root;
+        }
+        if status(&r) == AdminStatus::Ok && cmd.opcode == Opcode::VsaDelete as u16 {
+            root = create(&c, 2 * ES, 0).1;
+        }
+    }
+    // Whatever happened, the metadata is consistent and the pool reopens.
+    c.plane().state.check().unwrap();
+    drop(c);
+    let c = pool.open();
+    ok(attach(&c, 3, 15, &root, true));
+}

@@ -21,9 +21,7 @@ pub struct VsaHandle {
 
 impl VsaHandle {
     pub fn new(layout: VsaLayout) -> Self {
-        Self {
-            layout: RwLock::new(layout),
-        }
+        Self { layout: RwLock::new(layout) }
     }
     // A poisoned lock only means a thread panicked while holding it; the
     // layout itself is always replaced whole, so it is still consistent.
@@ -64,12 +62,7 @@ pub fn map_range(layout: &VsaLayout, extent_size: u64, offset: u64, len: u64) ->
         let drive_offset = ext.index.checked_mul(extent_size)?.checked_add(within)?;
         match out.last_mut() {
             Some(last) if last.drive == ext.drive && last.offset + last.len == drive_offset => last.len += piece,
-            _ => out.push(Segment {
-                drive: ext.drive,
-                offset: drive_offset,
-                len: piece,
-                request_offset: pos - offset,
-            }),
+            _ => out.push(Segment { drive: ext.drive, offset: drive_offset, len: piece, request_offset: pos - offset }),
         }
         pos += piece;
     }
@@ -112,33 +105,14 @@ mod tests {
 
     #[test]
     fn maps_and_merges_contiguous_extents() {
-        let l = VsaLayout {
-            size: 4 * 100,
-            extents: vec![e(0, 5), e(0, 6), e(1, 2), e(0, 9)],
-            deleted: false,
-        };
+        let l = VsaLayout { size: 4 * 100, extents: vec![e(0, 5), e(0, 6), e(1, 2), e(0, 9)], deleted: false };
         let segs = map_range(&l, 100, 50, 300).unwrap();
         assert_eq!(
             segs,
             vec![
-                Segment {
-                    drive: 0,
-                    offset: 550,
-                    len: 150,
-                    request_offset: 0
-                },
-                Segment {
-                    drive: 1,
-                    offset: 200,
-                    len: 100,
-                    request_offset: 150
-                },
-                Segment {
-                    drive: 0,
-                    offset: 900,
-                    len: 50,
-                    request_offset: 250
-                },
+                Segment { drive: 0, offset: 550, len: 150, request_offset: 0 },
+                Segment { drive: 1, offset: 200, len: 100, request_offset: 150 },
+                Segment { drive: 0, offset: 900, len: 50, request_offset: 250 },
             ]
         );
         assert!(map_range(&l, 100, 399, 2).is_none());
@@ -151,14 +125,8 @@ mod tests {
         let mut a = [0u8; 10];
         let mut b = [0u8; 20];
         let iov = [
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: 10,
-            },
-            libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: 20,
-            },
+            libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: 10 },
+            libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: 20 },
         ];
         let s = slice_iov(&iov, 5, 10);
         assert_eq!(s.len(), 2);

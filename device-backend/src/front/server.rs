@@ -11,8 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use log::{error, info, warn};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use vhost::vhost_user::{Error as VhostError, Listener};
+use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vsic_abi::virtio::Function;
 
@@ -146,7 +146,9 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
         }
         info!("{name}: frontend connected");
         match daemon.wait() {
-            Ok(()) => info!("{name}: frontend disconnected"),
+            Ok(()) | Err(DaemonError::HandleRequest(VhostError::Disconnected | VhostError::PartialMessage)) => {
+                info!("{name}: frontend disconnected")
+            }
             Err(e) => warn!("{name}: frontend connection ended: {e}"),
         }
         backend.stop_workers();

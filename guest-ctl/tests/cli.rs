@@ -612,3 +612,62 @@ fn unreadable_capability_files_are_clear_errors() {
     assert_eq!(missing.code, 1, "{missing:#?}");
     assert_eq!(missing.json()["error"]["status"], "file-error");
 }
+
+#[test]
+fn vsas_capabilities_and_attachments_survive_a_crash() {
+    let mut d = Daemon::start();
+    let (cap, created) = create(&d, "6M", "keep.cap");
+    let ro = d.dir.path("keep-ro.cap");
+    d.ctl_json(&[
+        "cap",
+        "derive",
+        "--cap",
+        path_str(&cap),
+        "--read-only",
+        "--out",
+        path_str(&ro),
+    ]);
+    d.ctl_json(&[
+        "vsic",
+        "attach",
+        "--vsic",
+        "1",
+        "--slot",
+        "2",
+        "--cap",
+        path_str(&cap),
+    ]);
+    d.ctl_json(&["vsic", "qos", "--vsic", "1", "--iops", "300"]);
+    let before = d.ctl_json(&["list"]);
+
+    d.crash_and_restart();
+
+    assert_eq!(
+        d.ctl_json(&["list"]),
+        before,
+        "state changed across a restart"
+    );
+    assert_eq!(attachments(&d, 1)[0]["vsa"], created["vsa"]);
+    // The stored capabilities still work: derive-read-only attaches, the
+    // root resizes.
+    d.ctl_json(&[
+        "vsic",
+        "attach",
+        "--vsic",
+        "0",
+        "--read-only",
+        "--cap",
+        path_str(&ro),
+    ]);
+    let grown = d.ctl_json(&["vsa", "resize", "--cap", path_str(&cap), "--size", "8M"]);
+    assert_eq!(grown["size"], 8 * MIB);
+}
+
+#[test]
+fn a_vsic_socket_is_not_the_pf() {
+    let d = Daemon::start();
+    let vsic0 = d.dir.path("sockets").join("vsic0.sock");
+    let out = run_ctl(&["--vhost-user", path_str(&vsic0), "identify"]);
+    check_refusal(&out, AdminStatus::NotPf, &d.log());
+    still_serving(&d);
+}

@@ -145,10 +145,10 @@ impl AdminClient {
             in_lens.push(in_capacity);
         }
         let reply = self.raw(&out, &in_lens)?;
+        // VSIC functions refuse the admin request type outright, without a
+        // completion: that is the NotPf condition, reported by the transport.
         if reply.status == VIRTIO_BLK_S_UNSUPP {
-            return Err(AdminError::Protocol(
-                "the function does not accept admin commands (is this the PF?)".into(),
-            ));
+            return Err(AdminError::Device(AdminStatus::NotPf));
         }
         if reply.status != VIRTIO_BLK_S_OK {
             return Err(AdminError::Protocol(format!(

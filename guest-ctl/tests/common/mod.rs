@@ -64,6 +64,37 @@ fn vsicd_binary() -> PathBuf {
     );
 }
 
+/// Starts `vsicd` on the drives and sockets of `dir`, appending to its log.
+fn spawn(dir: &ScratchDir) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path("vsicd.log"))
+        .expect("open daemon log");
+    let drive = |n: u32| {
+        format!(
+            "{},size={DRIVE_SIZE}",
+            dir.path(&format!("drive{n}.img")).display()
+        )
+    };
+    Command::new(vsicd_binary())
+        .arg("--socket-dir")
+        .arg(dir.path("sockets"))
+        .args(["--drive", &drive(0), "--drive", &drive(1)])
+        .args([
+            "--vsics",
+            &VSICS.to_string(),
+            "--queues",
+            &QUEUES.to_string(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn vsicd")
+}
+
 /// A running `vsicd` with two 256 MiB drives, 4 VSICs of 2 queues each.
 /// Killed on Drop.
 pub struct Daemon {
@@ -74,34 +105,20 @@ pub struct Daemon {
 impl Daemon {
     pub fn start() -> Daemon {
         let dir = ScratchDir::new("vsicd");
-        let sockets = dir.path("sockets");
-        fs::create_dir_all(&sockets).expect("create socket directory");
-        let log = fs::File::create(dir.path("vsicd.log")).expect("create daemon log");
-        let drive = |n: u32| {
-            format!(
-                "{},size={DRIVE_SIZE}",
-                dir.path(&format!("drive{n}.img")).display()
-            )
-        };
-        let child = Command::new(vsicd_binary())
-            .arg("--socket-dir")
-            .arg(&sockets)
-            .args(["--drive", &drive(0), "--drive", &drive(1)])
-            .args([
-                "--vsics",
-                &VSICS.to_string(),
-                "--queues",
-                &QUEUES.to_string(),
-            ])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn vsicd");
+        fs::create_dir_all(dir.path("sockets")).expect("create socket directory");
+        let child = spawn(&dir);
         let mut daemon = Daemon { child, dir };
         daemon.wait_ready();
         daemon
+    }
+
+    /// Kills the daemon without warning (SIGKILL) and starts a new one on
+    /// the same drives, as after a crash.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.dir);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

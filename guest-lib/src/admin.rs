@@ -392,3 +392,51 @@ fn check_count(reported: u64, received: usize, what: &str) -> Result<(), AdminEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(status: u16) -> AdminCompletion {
+        AdminCompletion {
+            status,
+            payload_len: 0,
+            result0: 0,
+            result1: 0,
+        }
+    }
+
+    #[test]
+    fn refusals_become_device_errors() {
+        let ok = accepted((completion(0), vec![1, 2]));
+        assert_eq!(ok.map(|(_, d)| d).ok(), Some(vec![1, 2]));
+        let refused = accepted((completion(AdminStatus::NoSpace as u16), Vec::new()));
+        assert!(matches!(
+            refused,
+            Err(AdminError::Device(AdminStatus::NoSpace))
+        ));
+        let unknown = accepted((completion(999), Vec::new()));
+        assert!(matches!(unknown, Err(AdminError::UnknownStatus(999))));
+    }
+
+    #[test]
+    fn device_errors_show_message_and_name() {
+        let e = AdminError::Device(AdminStatus::RevokedToken);
+        assert_eq!(
+            e.to_string(),
+            "the capability token has been revoked (revoked-token)"
+        );
+        assert_eq!(e.status(), Some(AdminStatus::RevokedToken));
+        assert_eq!(AdminError::Protocol("x".into()).status(), None);
+        assert!(AdminError::UnknownStatus(77).to_string().contains("77"));
+    }
+
+    #[test]
+    fn list_counts_must_match_the_records() {
+        assert!(check_count(2, 2, "VSA list").is_ok());
+        assert!(matches!(
+            check_count(3, 2, "VSA list"),
+            Err(AdminError::Protocol(_))
+        ));
+    }
+}

@@ -49,9 +49,9 @@ impl Controller {
             let transfer = if model.bytes_per_sec == 0 {
                 Duration::ZERO
             } else {
-                Duration::from_secs_f64(bytes as f64 / model.bytes_per_sec as f64)
+                Duration::try_from_secs_f64(bytes as f64 / model.bytes_per_sec as f64).unwrap_or(Duration::MAX)
             };
-            let total = model.latency + transfer;
+            let total = model.latency.saturating_add(transfer);
             if !total.is_zero() {
                 sleep(total);
             }
@@ -98,15 +98,18 @@ impl Controller {
         if let Some(q) = rt.stats.queue(queue) {
             bump(&q.errors, 1);
         }
-        if is_violation(e) {
+        let violation = is_violation(e);
+        if violation {
             bump(&rt.stats.protection_violations, 1);
-            if let Some(suppressed) = rt.violation_log.allow() {
-                let more =
-                    if suppressed > 0 { format!(" ({suppressed} similar lines suppressed)") } else { String::new() };
+        }
+        // A misbehaving guest or a failing drive must not flood the log.
+        if let Some(suppressed) = rt.failure_log.allow() {
+            let more = if suppressed > 0 { format!(" ({suppressed} similar lines suppressed)") } else { String::new() };
+            if violation {
                 log::warn!("VSIC {vsic} queue {queue}: {what} at {offset:#x} refused: {e:?}{more}");
+            } else {
+                log::error!("VSIC {vsic} queue {queue}: {what} at {offset:#x} failed: {e:?}{more}");
             }
-        } else {
-            log::error!("VSIC {vsic} queue {queue}: {what} at {offset:#x} failed: {e:?}");
         }
     }
 

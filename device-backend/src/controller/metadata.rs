@@ -99,6 +99,11 @@ const SUPERBLOCK_STRIDE: u64 = 4096;
 const SLOT_HEADER_LEN: usize = 128;
 const SLOTS_START: u64 = 2 * SUPERBLOCK_STRIDE;
 const MIN_SLOT_LEN: u64 = 256 << 10;
+/// Largest slot a format chooses; past this, commits that do not fit fail
+/// with NoSpace (extent maps are stored as runs, so this is rarely hit).
+const MAX_FORMAT_SLOT_LEN: u64 = 64 << 20;
+/// Largest slot `open` believes a superblock about.
+const MAX_SLOT_LEN: u64 = 1 << 30;
 /// A drive whose first bytes up to this length are zero counts as blank.
 const BLANK_PROBE: u64 = 1 << 20;
 
@@ -278,8 +283,10 @@ pub fn encode_body(s: &PoolState) -> Vec<u8> {
     e.finish()
 }
 
-/// Decodes and checks a body; any inconsistency is an error.
-pub fn decode_body(b: &[u8]) -> Result<PoolState, String> {
+/// Decodes and checks a body; any inconsistency is an error. `max_extents`
+/// (the pool's extent count, known from the superblocks) bounds how much
+/// memory a corrupted extent run may make us allocate.
+pub fn decode_body(b: &[u8], max_extents: u64) -> Result<PoolState, String> {
     let mut d = Decoder::new(b);
     let extent_size = d.u64().map_err(trunc)?;
     let next_vsa_id = d.u64().map_err(trunc)?;
@@ -288,7 +295,7 @@ pub fn decode_body(b: &[u8]) -> Result<PoolState, String> {
     for _ in 0..n {
         drives.push(DriveRecord { first_data_extent: d.u64().map_err(trunc)?, extent_count: d.u64().map_err(trunc)? });
     }
-    let limit: u64 = drives.iter().map(|d| d.extent_count).fold(0u64, |a, b| a.saturating_add(b));
+    let limit: u64 = drives.iter().map(|d| d.extent_count).fold(0u64, |a, b| a.saturating_add(b)).min(max_extents);
     let n = d.len(32).map_err(trunc)?;
     let mut vsas = BTreeMap::new();
     for _ in 0..n {
@@ -450,15 +457,16 @@ impl MetaStore {
             self.fail_commits -= 1;
             return Err(CommitError::Io(std::io::Error::other("injected drive failure")));
         }
+        // Every drive of the pool carries the same pool id.
+        let pool_id = self.superblocks.first().map(|s| s.pool_id).unwrap_or_default();
+        let bytes = encode_slot(generation, &pool_id, &body);
         let mut result = Ok(generation);
         for (i, drive) in self.drives.iter().enumerate() {
             let (Some(sb), Some(gens)) = (self.superblocks.get(i), self.slot_gens.get_mut(i)) else {
                 continue;
             };
-            let pool_id = sb.pool_id;
             let slot = if gens[0] <= gens[1] { 0 } else { 1 };
             gens[slot] = 0;
-            let bytes = encode_slot(generation, &pool_id, &body);
             match drive.write_all_at(&bytes, sb.slot_offset(slot)).and_then(|_| drive.sync()) {
                 Ok(()) => gens[slot] = generation,
                 Err(e) => {
@@ -546,7 +554,8 @@ fn format_pool(drives: &[Arc<Drive>], extent_size: u64, vsics: usize) -> Result<
     let total: u64 = drives.iter().map(|d| d.size() / extent_size).sum();
     // Room for one run per extent plus tokens; a commit that does not fit
     // fails with NoSpace rather than corrupting anything.
-    let slot_len = round_up((64u64 << 10).saturating_add(total.saturating_mul(32)), 4096).max(MIN_SLOT_LEN);
+    let slot_len = round_up((64u64 << 10).saturating_add(total.saturating_mul(32)), 4096)
+        .clamp(MIN_SLOT_LEN, MAX_FORMAT_SLOT_LEN);
     let first_data_extent = (SLOTS_START + 2 * slot_len).div_ceil(extent_size);
     let mut pool_id = [0u8; 16];
     fill_random(&mut pool_id).map_err(|e| format!("cannot get random bytes: {e}"))?;
@@ -627,8 +636,9 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
         }
         let meta_end = SLOTS_START.saturating_add(sb.slot_len.saturating_mul(2));
         if !sb.extent_size.is_power_of_two()
-            || sb.slot_len < MIN_SLOT_LEN
+            || !(MIN_SLOT_LEN..=MAX_SLOT_LEN).contains(&sb.slot_len)
             || sb.first_data_extent.saturating_mul(sb.extent_size) < meta_end
+            || sb.first_data_extent >= sb.extent_count
         {
             return Err(format!("drive {show} has an impossible layout in its superblock"));
         }
@@ -660,7 +670,8 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
                 .into(),
         );
     };
-    let mut state = decode_body(&body).map_err(|e| {
+    let pool_extents = sbs.iter().map(|s| s.extent_count).fold(0u64, |a, b| a.saturating_add(b));
+    let mut state = decode_body(&body, pool_extents).map_err(|e| {
         format!("newest metadata (generation {generation} on {}) is inconsistent: {e}", drives[drive].path().display())
     })?;
     let expected: Vec<DriveRecord> = sbs
@@ -717,13 +728,13 @@ mod tests {
         s.vsics[1].qos_iops = 77;
         s.pending_zero = vec![PhysExtent { drive: 0, index: 10 }, PhysExtent { drive: 0, index: 11 }];
         let b = encode_body(&s);
-        assert_eq!(decode_body(&b).unwrap(), s);
+        assert_eq!(decode_body(&b, 200).unwrap(), s);
         for cut in [0, 1, b.len() / 2, b.len() - 1] {
-            assert!(decode_body(&b[..cut]).is_err());
+            assert!(decode_body(&b[..cut], 200).is_err());
         }
         let mut long = b.clone();
         long.push(0);
-        assert!(decode_body(&long).is_err());
+        assert!(decode_body(&long, 200).is_err());
     }
 
     #[test]

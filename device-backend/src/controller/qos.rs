@@ -37,7 +37,8 @@ impl Bucket {
         if self.level >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.level / self.rate as f64)
+            // Absurd debts (rate 1, huge requests) saturate instead of panicking.
+            Duration::try_from_secs_f64(-self.level / self.rate as f64).unwrap_or(Duration::MAX)
         }
     }
 }

@@ -24,7 +24,7 @@ pub struct VsicRuntime {
     slots: RwLock<Bindings>,
     pub qos: Qos,
     pub stats: VsicCounters,
-    pub violation_log: RateLimit,
+    pub failure_log: RateLimit,
 }
 
 impl VsicRuntime {
@@ -35,7 +35,7 @@ impl VsicRuntime {
             slots: RwLock::new(Default::default()),
             qos: Qos::new(rec.qos_bytes_per_sec, rec.qos_iops),
             stats: VsicCounters::new(queues),
-            violation_log: RateLimit::default(),
+            failure_log: RateLimit::default(),
         }
     }
 

@@ -554,8 +554,8 @@ fn format_pool(drives: &[Arc<Drive>], extent_size: u64, vsics: usize) -> Result<
     let total: u64 = drives.iter().map(|d| d.size() / extent_size).sum();
     // Room for one run per extent plus tokens; a commit that does not fit
     // fails with NoSpace rather than corrupting anything.
-    let slot_len = round_up((64u64 << 10).saturating_add(total.saturating_mul(32)), 4096)
-        .clamp(MIN_SLOT_LEN, MAX_FORMAT_SLOT_LEN);
+    let slot_len =
+        round_up((64u64 << 10).saturating_add(total.saturating_mul(32)), 4096).clamp(MIN_SLOT_LEN, MAX_FORMAT_SLOT_LEN);
     let first_data_extent = (SLOTS_START + 2 * slot_len).div_ceil(extent_size);
     let mut pool_id = [0u8; 16];
     fill_random(&mut pool_id).map_err(|e| format!("cannot get random bytes: {e}"))?;

@@ -1,6 +1,7 @@
 //! Per-VSIC QoS: token buckets for bytes/s and I/Os per second. A request
 //! over budget is delayed (the queue thread sleeps), never failed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,23 +45,32 @@ impl Bucket {
 }
 
 pub struct Qos {
+    /// False when both rates are unlimited: requests skip the mutex.
+    limited: AtomicBool,
     buckets: Mutex<(Bucket, Bucket)>,
 }
 
 impl Qos {
     pub fn new(bytes_per_sec: u64, iops: u64) -> Self {
         let now = Instant::now();
-        Self { buckets: Mutex::new((Bucket::new(bytes_per_sec, now), Bucket::new(iops, now))) }
+        Self {
+            limited: AtomicBool::new(bytes_per_sec != 0 || iops != 0),
+            buckets: Mutex::new((Bucket::new(bytes_per_sec, now), Bucket::new(iops, now))),
+        }
     }
 
     pub fn set(&self, bytes_per_sec: u64, iops: u64) {
         let now = Instant::now();
         *self.buckets.lock().unwrap_or_else(|e| e.into_inner()) =
             (Bucket::new(bytes_per_sec, now), Bucket::new(iops, now));
+        self.limited.store(bytes_per_sec != 0 || iops != 0, Ordering::Release);
     }
 
     /// How long a request of `bytes` has to wait before it may start.
     pub fn delay(&self, bytes: u64) -> Duration {
+        if !self.limited.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
         let now = Instant::now();
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if b.0.rate == 0 && b.1.rate == 0 {

@@ -933,3 +933,35 @@ fn admin_never_panics_on_garbage() {
     let c = pool.open();
     ok(attach(&c, 3, 15, &root, true));
 }
+
+/// Runs the controller on a real block device (BLKGETSIZE64, BLKZEROOUT).
+/// Destroys the device's contents, so it only runs when asked:
+/// `VSICD_TEST_BLOCK_DEVICE=/dev/loopN cargo test -p vsicd -- --ignored block_device`.
+#[test]
+#[ignore]
+fn block_device_pool() {
+    let Some(dev) = std::env::var_os("VSICD_TEST_BLOCK_DEVICE") else { return };
+    let dev = PathBuf::from(dev);
+    // Start blank, as a fresh disk would be.
+    let zero = vec![0u8; 1 << 20];
+    std::fs::write(&dev, &zero).unwrap();
+    let cfg = || ControllerConfig { drives: vec![DriveSpec { path: dev.clone(), size: None }], ..config_for(&[]) };
+    {
+        let c = Controller::open(cfg()).unwrap();
+        assert!(identify(&c).total_extents > 4);
+        let (_, t) = create(&c, 4 * ES, 0);
+        ok(attach(&c, 0, 0, &t, false));
+        let data = pattern(4 * ES as usize, 5);
+        write(&c, 0, 0, &data).unwrap();
+        c.flush(0, 0).unwrap();
+        ok(with_token(&c, Opcode::VsaShrink, &t, ES));
+        ok(with_token(&c, Opcode::VsaExtend, &t, 4 * ES));
+        let back = read(&c, 0, 0, 4 * ES as usize).unwrap();
+        assert_eq!(&back[..ES as usize], &data[..ES as usize]);
+        assert!(back[ES as usize..].iter().all(|&b| b == 0));
+        c.discard(0, 0, 0, 4096, true).unwrap();
+        assert!(read(&c, 0, 0, 4096).unwrap().iter().all(|&b| b == 0));
+    }
+    let c = Controller::open(cfg()).unwrap();
+    assert_eq!(vsa_list(&c).len(), 1);
+}

@@ -965,3 +965,99 @@ fn block_device_pool() {
     let c = Controller::open(cfg()).unwrap();
     assert_eq!(vsa_list(&c).len(), 1);
 }
+
+/// Child half of `kill_at_any_instant_loses_no_commit`: creates, extends,
+/// shrinks and deletes VSAs forever, printing each completed command.
+#[test]
+#[ignore]
+fn crash_child() {
+    let Some(dir) = std::env::var_os("VSICD_CRASH_DIR") else { return };
+    let paths: Vec<PathBuf> = (0..2).map(|i| Path::new(&dir).join(format!("drive{i}"))).collect();
+    let c = Controller::open(config_for(&paths)).unwrap();
+    let mut live: Vec<CapToken> = Vec::new();
+    loop {
+        let (id, t) = create(&c, 2 * ES, 1 + (live.len() as u64 % 2));
+        println!("created {id}");
+        ok(with_token(&c, Opcode::VsaShrink, &t, ES));
+        ok(with_token(&c, Opcode::VsaExtend, &t, 2 * ES));
+        println!("sized {id} {}", 2 * ES);
+        live.push(t);
+        if live.len() > 6 {
+            let old = live.remove(0);
+            println!("deleting {}", old.vsa_id);
+            ok(with_token(&c, Opcode::VsaDelete, &old, 0));
+            println!("deleted {}", old.vsa_id);
+        }
+    }
+}
+
+#[test]
+fn kill_at_any_instant_loses_no_commit() {
+    use std::collections::BTreeMap;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let pool = Pool::new("kill", 2);
+    drop(pool.open());
+    let mut rng = Rng(0xdead_beef_1234_5678);
+    // What the child reported as completed: id → Some(size) or None (deleted).
+    let mut done: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+    // A delete the child started: it may or may not have committed.
+    let mut maybe_deleted = None;
+    for round in 0..8 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "controller::tests::crash_child", "--nocapture", "--test-threads=1"])
+            .env("VSICD_CRASH_DIR", pool.paths[0].parent().unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader =
+            std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>());
+        std::thread::sleep(Duration::from_millis(50 + rng.below(250)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for line in reader.join().unwrap() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["created", id] => {
+                    done.insert(id.parse().unwrap(), Some(2 * ES));
+                }
+                ["sized", id, size] => {
+                    done.insert(id.parse().unwrap(), Some(size.parse().unwrap()));
+                }
+                ["deleting", id] => maybe_deleted = Some(id.parse::<u64>().unwrap()),
+                ["deleted", id] => {
+                    done.insert(id.parse().unwrap(), None);
+                    maybe_deleted = None;
+                }
+                _ => {}
+            }
+        }
+        let c = pool.open();
+        c.plane().state.check().unwrap();
+        let vsas: BTreeMap<u64, u64> = vsa_list(&c).iter().map(|v| (v.vsa_id, v.size)).collect();
+        if let Some(id) = maybe_deleted.take() {
+            if !vsas.contains_key(&id) {
+                done.insert(id, None);
+            }
+        }
+        for (id, want) in &done {
+            match want {
+                None => assert!(!vsas.contains_key(id), "round {round}: deleted VSA {id} came back"),
+                // A later shrink/extend may have committed without being reported.
+                Some(size) => {
+                    let got = vsas.get(id).copied();
+                    assert!(got.is_some(), "round {round}: VSA {id} was lost");
+                    assert!(got >= Some(ES), "round {round}: VSA {id} has size {got:?} (reported {size})");
+                }
+            }
+        }
+        // Nothing leaked: every extent is mapped, free or about to be zeroed.
+        let used: u64 = vsas.values().map(|s| s / ES).sum();
+        let id = identify(&c);
+        assert_eq!(id.free_extents + used, id.total_extents, "round {round}");
+    }
+    assert!(done.len() > 5, "the child completed too few commands: {}", done.len());
+}

@@ -2,7 +2,36 @@
 //! flags, payload size, response capacity, arguments), execution and
 //! commit. A state-changing command builds the new pool state on a copy,
 //! commits it, and only then makes it current: a failed commit leaves the
-//! controller exactly as it was.
+//! controller exactly as it was (status MetadataIo).
+//!
+//! Conventions the device follows:
+//! - `payload_len` must equal the payload-out bytes received, and both must
+//!   be what the opcode takes (64 for a token, else 0): BadPayloadSize.
+//! - FLAG_READ_ONLY is accepted by Attach and CapDerive only; any flag on
+//!   another opcode is UnknownFlags. Fields an opcode does not use are ignored.
+//! - Sizes are rounded up to whole extents: 0 is ZeroSize, above the window
+//!   size TooLarge. Extend must grow and shrink must shrink the rounded size
+//!   (else InvalidArgument); a shrink to a non-zero size below one extent is
+//!   BelowMinimum.
+//! - A token that does not decode, names an unknown VSA or token, or whose
+//!   secret or rights do not match is BadToken; only a genuine revoked token
+//!   gets RevokedToken.
+//! - VSICs start enabled with empty slots. Detach needs no token (the PF is
+//!   the privileged control plane).
+//! - A list reply that does not fit gets ResponseTooSmall with result0 =
+//!   records and result1 = bytes needed.
+//!
+//! | opcode | result0 | result1 | payload in |
+//! |---|---|---|---|
+//! | VsaCreate | VSA id | size | root token |
+//! | VsaDelete | VSA id | - | - |
+//! | VsaExtend, VsaShrink | VSA id | new size | - |
+//! | Attach | VSA id | VSA size | - |
+//! | Detach | VSA id that was attached | - | - |
+//! | CapDerive | VSA id | new token id | derived token |
+//! | CapRevoke | tokens revoked | attachments removed | new root (root only) |
+//! | ListVsas, ListVsics, Stats | records | - | records |
+//! | ExtentMap | runs | VSA size | runs |
 
 use vsic_abi::admin::{ALL_VSICS, FLAGS_KNOWN, FLAG_READ_ONLY};
 use vsic_abi::records::{encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo};

@@ -15,14 +15,20 @@ pre)
     ctl list
     ;;
 post)
+    # Needs a read-only mode of the vsic-io example that stores what it reads:
+    #   vsic-io SPEC --offset BYTES --len BYTES --dump FILE
     io=$VSIC_BIN_DIR/examples/vsic-io
     [[ -x $io ]] || { echo "no $io: cannot read the data back on the host"; exit 1; }
+    if ! "$io" --help 2>&1 | grep -q -- '--dump'; then
+        echo "vsic-io has no --dump (read-only) mode: cannot read the data back on the host"
+        exit 1
+    fi
     dev=vhost-user:$VSIC_SOCK_DIR/vsic0.sock
     size=$((64 << 20))
     pattern A 1048576 >a.expected
     pattern B 4096 >b.expected
-    "$io" read --device "$dev" --offset $((1 << 20)) --length 1048576 --out a.read
-    "$io" read --device "$dev" --offset $((size - 4096)) --length 4096 --out b.read
+    "$io" "$dev" --offset $((1 << 20)) --len 1048576 --dump a.read
+    "$io" "$dev" --offset $((size - 4096)) --len 4096 --dump b.read
     cmp a.read a.expected
     cmp b.read b.expected
     echo "host read back both patterns through $dev"

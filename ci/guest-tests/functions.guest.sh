@@ -34,7 +34,8 @@ done
 
 # With the real controller each function names itself through GET_ID.
 if [ "${VSIC_BACKEND:-vsicd}" = vsicd ]; then
-    serials=$(cat /sys/block/vd*/serial | sort | tr '\n' ' ')
+    # The sysfs serial attribute has no trailing newline.
+    serials=$(for b in /sys/block/vd*; do echo "$(cat "$b/serial")"; done | sort | tr '\n' ' ')
     want="vsic-pf"
     i=0
     while [ "$i" -lt "$VSIC_VSICS" ]; do

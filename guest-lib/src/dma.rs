@@ -4,6 +4,11 @@
 //! bytes, data buffers) lives in one [`DmaRegion`] registered with the
 //! transport. Every byte has a host address (what this process uses) and a
 //! device-visible address, its IOVA (what goes into descriptors).
+//!
+//! A region is one contiguous host mapping made of [`DmaChunk`]s, each with
+//! contiguous IOVAs. A memfd region is a single chunk; pinned huge pages in
+//! a guest are one chunk per run of physically adjacent pages. Allocations
+//! never straddle two chunks, so every buffer is contiguous for the device.
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
@@ -15,12 +20,25 @@ use crate::error::Error;
 /// backends that use direct I/O.
 pub const BUFFER_ALIGN: usize = 4096;
 
+/// A stretch of a region whose device addresses are contiguous:
+/// `[offset, offset + len)` of the mapping is seen by the device at
+/// `[iova, iova + len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaChunk {
+    pub offset: usize,
+    pub len: usize,
+    pub iova: u64,
+}
+
 /// One mapping shared with the device. Unmapped on drop.
 #[derive(Debug)]
 pub struct DmaRegion {
     host: NonNull<u8>,
     len: usize,
-    iova: u64,
+    /// Sorted by offset, covering `[0, len)` without gaps; never empty.
+    chunks: Vec<DmaChunk>,
+    /// Indices into `chunks`, sorted by IOVA, for device-address lookups.
+    by_iova: Vec<usize>,
     fd: Option<OwnedFd>,
 }
 
@@ -55,12 +73,7 @@ impl DmaRegion {
             ));
         }
         let host = map(len, libc::MAP_SHARED, raw)?;
-        Ok(DmaRegion {
-            host,
-            len,
-            iova,
-            fd: Some(fd),
-        })
+        Ok(DmaRegion::single(host, len, iova, Some(fd)))
     }
 
     /// An anonymous shared region (no fd): for transports that register
@@ -68,11 +81,43 @@ impl DmaRegion {
     pub fn anonymous(len: usize, iova: u64) -> Result<DmaRegion, Error> {
         check_layout(len, iova)?;
         let host = map(len, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)?;
+        Ok(DmaRegion::single(host, len, iova, None))
+    }
+
+    fn single(host: NonNull<u8>, len: usize, iova: u64, fd: Option<OwnedFd>) -> DmaRegion {
+        DmaRegion {
+            host,
+            len,
+            chunks: vec![DmaChunk {
+                offset: 0,
+                len,
+                iova,
+            }],
+            by_iova: vec![0],
+            fd,
+        }
+    }
+
+    /// Takes ownership of the mapping `[host, host + len)` (unmapped on
+    /// drop) whose chunks are `chunks`: in offset order, covering the
+    /// mapping without gaps, page-aligned, with disjoint IOVA ranges.
+    ///
+    /// # Safety
+    /// `host` must be a mapping of `len` bytes made with `mmap` that
+    /// nothing else unmaps.
+    pub(crate) unsafe fn from_mapping(
+        host: NonNull<u8>,
+        len: usize,
+        chunks: Vec<DmaChunk>,
+        fd: Option<OwnedFd>,
+    ) -> Result<DmaRegion, Error> {
+        let by_iova = check_chunks(len, &chunks)?;
         Ok(DmaRegion {
             host,
             len,
-            iova,
-            fd: None,
+            chunks,
+            by_iova,
+            fd,
         })
     }
 
@@ -91,7 +136,41 @@ impl DmaRegion {
 
     /// Device-visible address of the first byte.
     pub fn iova(&self) -> u64 {
-        self.iova
+        self.chunks.first().map_or(0, |c| c.iova)
+    }
+
+    /// The IOVA-contiguous pieces of the region, in offset order.
+    pub fn chunks(&self) -> &[DmaChunk] {
+        &self.chunks
+    }
+
+    /// The chunk holding byte `offset` of the mapping (the last one for
+    /// offsets past the end).
+    fn chunk_at_offset(&self, offset: usize) -> &DmaChunk {
+        let i = self
+            .chunks
+            .partition_point(|c| c.offset <= offset)
+            .saturating_sub(1);
+        &self.chunks[i.min(self.chunks.len() - 1)]
+    }
+
+    /// Device-visible address of byte `offset` of the mapping.
+    pub fn iova_at(&self, offset: usize) -> Option<u64> {
+        if offset >= self.len {
+            return None;
+        }
+        let c = self.chunk_at_offset(offset);
+        Some(c.iova + (offset - c.offset) as u64)
+    }
+
+    /// Whether `offset` is the first byte of a chunk other than the first:
+    /// free blocks never merge across such a boundary.
+    fn is_chunk_boundary(&self, offset: usize) -> bool {
+        offset != 0
+            && self
+                .chunks
+                .binary_search_by_key(&offset, |c| c.offset)
+                .is_ok()
     }
 
     /// The fd backing the region, when it has one.
@@ -99,24 +178,29 @@ impl DmaRegion {
         self.fd.as_ref().map(|f| f.as_fd())
     }
 
+    /// Offset in the mapping of `[iova, iova + len)`, if that lies inside
+    /// one chunk (a range spanning two chunks is not contiguous memory for
+    /// the device).
+    fn offset_of(&self, iova: u64, len: usize) -> Option<usize> {
+        let i = self
+            .by_iova
+            .partition_point(|&c| self.chunks[c].iova <= iova)
+            .checked_sub(1)?;
+        let c = &self.chunks[self.by_iova[i]];
+        let off = usize::try_from(iova - c.iova).ok()?;
+        off.checked_add(len).filter(|&end| end <= c.len)?;
+        Some(c.offset + off)
+    }
+
     /// Whether `[iova, iova + len)` lies inside the region.
     pub fn contains(&self, iova: u64, len: usize) -> bool {
-        let Some(off) = iova.checked_sub(self.iova) else {
-            return false;
-        };
-        let Ok(off) = usize::try_from(off) else {
-            return false;
-        };
-        off.checked_add(len).is_some_and(|end| end <= self.len)
+        self.offset_of(iova, len).is_some()
     }
 
     /// Host address of `[iova, iova + len)`, if that lies inside the region.
     pub fn host_at(&self, iova: u64, len: usize) -> Option<*mut u8> {
-        if !self.contains(iova, len) {
-            return None;
-        }
-        let off = (iova - self.iova) as usize;
-        // SAFETY: off + len <= self.len, so the result stays in the mapping.
+        let off = self.offset_of(iova, len)?;
+        // SAFETY: off + len lies inside a chunk, hence inside the mapping.
         Some(unsafe { self.host.as_ptr().add(off) })
     }
 }
@@ -140,6 +224,44 @@ fn check_layout(len: usize, iova: u64) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Validates a chunk list; returns the chunk indices sorted by IOVA.
+fn check_chunks(len: usize, chunks: &[DmaChunk]) -> Result<Vec<usize>, Error> {
+    let bad = |why: String| Err(Error::InvalidArgument(format!("DMA region layout: {why}")));
+    if chunks.is_empty() {
+        return bad("no chunks".into());
+    }
+    let mut next = 0usize;
+    for c in chunks {
+        if c.offset != next {
+            return bad(format!(
+                "chunk at offset {:#x}, expected {next:#x}",
+                c.offset
+            ));
+        }
+        check_layout(c.len, c.iova)?;
+        next = match c.offset.checked_add(c.len) {
+            Some(n) => n,
+            None => return bad("chunk end overflows".into()),
+        };
+    }
+    if next != len {
+        return bad(format!("chunks cover {next:#x} bytes of {len:#x}"));
+    }
+    let mut by_iova: Vec<usize> = (0..chunks.len()).collect();
+    by_iova.sort_by_key(|&i| chunks[i].iova);
+    for pair in by_iova.windows(2) {
+        let (a, b) = (&chunks[pair[0]], &chunks[pair[1]]);
+        // check_layout ruled out overflow of iova + len.
+        if a.iova + a.len as u64 > b.iova {
+            return bad(format!(
+                "device addresses {:#x} and {:#x} overlap",
+                a.iova, b.iova
+            ));
+        }
+    }
+    Ok(by_iova)
 }
 
 fn map(len: usize, flags: i32, fd: i32) -> Result<NonNull<u8>, Error> {
@@ -185,7 +307,8 @@ pub struct DmaPool {
 
 impl DmaPool {
     pub fn new(region: Arc<DmaRegion>) -> Arc<DmaPool> {
-        let free = Mutex::new(vec![(0, region.len())]);
+        // One free block per chunk: blocks never span two chunks.
+        let free = Mutex::new(region.chunks().iter().map(|c| (c.offset, c.len)).collect());
         Arc::new(DmaPool { region, free })
     }
 
@@ -240,6 +363,7 @@ impl DmaPool {
                 pool: Arc::clone(self),
                 offset: aligned,
                 len,
+                iova: self.region.iova_at(aligned).unwrap_or(u64::MAX),
             });
         }
         Err(exhausted)
@@ -249,12 +373,16 @@ impl DmaPool {
         let mut free = lock(&self.free);
         let i = free.partition_point(|&(s, _)| s < offset);
         free.insert(i, (offset, len));
-        // Merge with the next block, then with the previous one.
-        if i + 1 < free.len() && free[i].0 + free[i].1 == free[i + 1].0 {
+        // Merge with the next block, then with the previous one, unless
+        // they touch at a chunk boundary.
+        let joins = |a: (usize, usize), b: (usize, usize)| {
+            a.0 + a.1 == b.0 && !self.region.is_chunk_boundary(b.0)
+        };
+        if i + 1 < free.len() && joins(free[i], free[i + 1]) {
             free[i].1 += free[i + 1].1;
             free.remove(i + 1);
         }
-        if i > 0 && free[i - 1].0 + free[i - 1].1 == free[i].0 {
+        if i > 0 && joins(free[i - 1], free[i]) {
             free[i - 1].1 += free[i].1;
             free.remove(i);
         }
@@ -282,6 +410,8 @@ pub struct DmaBuffer {
     pool: Arc<DmaPool>,
     offset: usize,
     len: usize,
+    /// Device address of the first byte (the block lies in one chunk).
+    iova: u64,
 }
 
 impl DmaBuffer {
@@ -295,7 +425,7 @@ impl DmaBuffer {
 
     /// Device-visible address of the first byte.
     pub fn iova(&self) -> u64 {
-        self.pool.region.iova() + self.offset as u64
+        self.iova
     }
 
     pub fn as_ptr(&self) -> *mut u8 {
@@ -409,5 +539,85 @@ mod tests {
         assert!(!r.contains(BASE - 1, 1));
         assert!(!r.contains(u64::MAX, 2));
         assert!(DmaRegion::memfd(100, BASE).is_err());
+    }
+
+    /// A region of three 8 KiB chunks whose IOVAs are out of order, as
+    /// pinned pages of a guest usually are.
+    fn chunked() -> Arc<DmaRegion> {
+        let len = 3 * 8192;
+        let host = map(len, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1).unwrap();
+        let chunks = vec![
+            DmaChunk {
+                offset: 0,
+                len: 8192,
+                iova: 0x30_0000,
+            },
+            DmaChunk {
+                offset: 8192,
+                len: 8192,
+                iova: 0x10_0000,
+            },
+            DmaChunk {
+                offset: 16384,
+                len: 8192,
+                iova: 0x20_0000,
+            },
+        ];
+        // SAFETY: a fresh mapping of `len` bytes.
+        Arc::new(unsafe { DmaRegion::from_mapping(host, len, chunks, None) }.unwrap())
+    }
+
+    #[test]
+    fn chunked_region_translates_each_chunk() {
+        let r = chunked();
+        assert_eq!(r.iova(), 0x30_0000);
+        assert_eq!(r.iova_at(0), Some(0x30_0000));
+        assert_eq!(r.iova_at(8192 + 100), Some(0x10_0000 + 100));
+        assert_eq!(r.iova_at(3 * 8192), None);
+        assert!(r.contains(0x20_0000, 8192));
+        assert!(!r.contains(0x20_0000, 8193));
+        // Adjacent in the mapping but not for the device: never one range.
+        assert!(!r.contains(0x30_0000 + 4096, 8192));
+        assert!(!r.contains(0x0f_f000, 4096));
+        let host = r.host_at(0x10_0000 + 8, 8).unwrap();
+        assert_eq!(host as usize - r.host_ptr() as usize, 8192 + 8);
+    }
+
+    #[test]
+    fn allocations_never_straddle_chunks() {
+        let p = DmaPool::new(chunked());
+        // Each chunk is 8 KiB: a 12 KiB block fits nowhere.
+        assert!(matches!(
+            p.alloc(12288, 4096),
+            Err(Error::DmaExhausted { .. })
+        ));
+        let bufs: Vec<DmaBuffer> = (0..6).map(|_| p.alloc(4096, 4096).unwrap()).collect();
+        for b in &bufs {
+            assert!(p.region().contains(b.iova(), b.len()), "{:#x}", b.iova());
+            let host = p.region().host_at(b.iova(), b.len()).unwrap();
+            assert_eq!(host, b.as_ptr());
+        }
+        drop(bufs);
+        // Freed blocks merge within chunks only.
+        assert_eq!(p.free_bytes(), 3 * 8192);
+        assert!(p.alloc(12288, 4096).is_err());
+        let whole = p.alloc(8192, 4096).unwrap();
+        assert_eq!(whole.iova(), 0x30_0000);
+    }
+
+    #[test]
+    fn bad_chunk_layouts_are_refused() {
+        let try_layout = |chunks: Vec<DmaChunk>| {
+            let host = map(8192, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1).unwrap();
+            // SAFETY: a fresh mapping of 8192 bytes.
+            unsafe { DmaRegion::from_mapping(host, 8192, chunks, None) }
+        };
+        let c = |offset, len, iova| DmaChunk { offset, len, iova };
+        assert!(try_layout(vec![]).is_err());
+        assert!(try_layout(vec![c(0, 4096, 0)]).is_err(), "gap at the end");
+        assert!(try_layout(vec![c(0, 4096, 0), c(4096, 4096, 2048)]).is_err());
+        assert!(try_layout(vec![c(0, 4096, 8192), c(4096, 4096, 8192)]).is_err());
+        assert!(try_layout(vec![c(0, 4096, u64::MAX - 4095), c(4096, 4096, 0)]).is_err());
+        assert!(try_layout(vec![c(0, 4096, 8192), c(4096, 4096, 0)]).is_ok());
     }
 }

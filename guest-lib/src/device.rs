@@ -49,8 +49,8 @@ pub struct OpenOptions {
     pub mode: CompletionMode,
     /// Descriptors per queue: a power of two.
     pub queue_size: u16,
-    /// Limit for synchronous calls (`read_at`, `raw_request`, ...);
-    /// `None` waits forever.
+    /// Limit for synchronous calls (`read_at`, `raw_request`, ...) and for
+    /// each setup message exchanged with the device; `None` waits forever.
     pub sync_timeout: Option<Duration>,
 }
 
@@ -255,7 +255,7 @@ impl Device {
             if path.is_empty() {
                 return Err(Error::BadSpec("vhost-user: needs a socket path".into()));
             }
-            let transport = VhostUserTransport::connect(path, opts.mem_size)?;
+            let transport = VhostUserTransport::connect(path, opts.mem_size, opts.sync_timeout)?;
             return Device::with_transport(Box::new(transport), opts);
         }
         if spec.starts_with("vsic:") || looks_like_pci_address(spec) {

@@ -7,8 +7,10 @@
 //! protocol requires, so the transport translates IOVAs to host pointers.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
@@ -38,7 +40,7 @@ fn wanted_protocol_features() -> VhostUserProtocolFeatures {
 /// A vhost-user connection to one device function.
 pub struct VhostUserTransport {
     path: String,
-    frontend: Mutex<Frontend>,
+    channel: Channel,
     device_features: u64,
     protocol: VhostUserProtocolFeatures,
     max_queues: u16,
@@ -52,37 +54,43 @@ pub struct VhostUserTransport {
 impl VhostUserTransport {
     /// Connects to the backend at `path`, negotiates protocol features and
     /// creates a DMA region of `mem_size` bytes (registered once the driver
-    /// features are set).
-    pub fn connect(path: &str, mem_size: usize) -> Result<VhostUserTransport, Error> {
-        let mut frontend = Frontend::connect(path, 1).map_err(|e| Error::Connect {
+    /// features are set). Every message exchange gives up after `timeout`.
+    pub fn connect(
+        path: &str,
+        mem_size: usize,
+        timeout: Option<Duration>,
+    ) -> Result<VhostUserTransport, Error> {
+        let connect_error = |e: std::io::Error| Error::Connect {
             path: path.to_string(),
             reason: e.to_string(),
-        })?;
-        let step = |step: &'static str| move |e: vhost::Error| Error::transport(step, e);
+        };
+        let sock = UnixStream::connect(path).map_err(connect_error)?;
+        let channel = Channel::new(sock, timeout)?;
 
-        let device_features = frontend.get_features().map_err(step("GET_FEATURES"))?;
+        let device_features = channel.call("GET_FEATURES", |fe| fe.get_features())?;
         let mut protocol = VhostUserProtocolFeatures::empty();
         if device_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-            let offered = frontend
-                .get_protocol_features()
-                .map_err(step("GET_PROTOCOL_FEATURES"))?;
+            let offered = channel.call("GET_PROTOCOL_FEATURES", |fe| fe.get_protocol_features())?;
             protocol = offered & wanted_protocol_features();
-            frontend
-                .set_protocol_features(protocol)
-                .map_err(step("SET_PROTOCOL_FEATURES"))?;
+            channel.call("SET_PROTOCOL_FEATURES", |fe| {
+                fe.set_protocol_features(protocol)
+            })?;
             if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every request is acknowledged, so a refused setup step
                 // surfaces here instead of as a silent stall later.
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                channel.call("REPLY_ACK", |fe| {
+                    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                    Ok(())
+                })?;
             }
         }
         let max_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            let n = frontend.get_queue_num().map_err(step("GET_QUEUE_NUM"))?;
+            let n = channel.call("GET_QUEUE_NUM", |fe| fe.get_queue_num())?;
             u16::try_from(n).unwrap_or(u16::MAX).max(1)
         } else {
             1
         };
-        frontend.set_owner().map_err(step("SET_OWNER"))?;
+        channel.call("SET_OWNER", |fe| fe.set_owner())?;
         debug!(
             "{path}: features {device_features:#x}, protocol {:#x}, {max_queues} queue(s)",
             protocol.bits()
@@ -100,7 +108,7 @@ impl VhostUserTransport {
             if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
                 let event = Arc::new(new_eventfd()?);
                 let listener = ConfigListener::start(
-                    &mut frontend,
+                    &channel,
                     Arc::clone(&event),
                     protocol.contains(VhostUserProtocolFeatures::REPLY_ACK),
                 )?;
@@ -111,7 +119,7 @@ impl VhostUserTransport {
 
         Ok(VhostUserTransport {
             path: path.to_string(),
-            frontend: Mutex::new(frontend),
+            channel,
             device_features,
             protocol,
             max_queues,
@@ -121,10 +129,6 @@ impl VhostUserTransport {
             config_event,
             config_listener,
         })
-    }
-
-    fn frontend(&self) -> MutexGuard<'_, Frontend> {
-        self.frontend.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn host_addr(&self, iova: u64, len: usize) -> Result<u64, Error> {
@@ -147,10 +151,8 @@ impl VhostUserTransport {
             mmap_handle: fd.as_raw_fd(),
             ..Default::default()
         };
-        self.frontend()
-            .set_mem_table(&[info])
-            .map_err(|e| Error::transport("SET_MEM_TABLE", e))?;
-        Ok(())
+        self.channel
+            .call("SET_MEM_TABLE", |fe| fe.set_mem_table(&[info]).map(drop))
     }
 
     fn check_queue(&self, index: u16) -> Result<usize, Error> {
@@ -175,9 +177,8 @@ impl Transport for VhostUserTransport {
         // Keeping the protocol-features bit makes rings start disabled until
         // SET_VRING_ENABLE, so the device never sees a half-set-up queue.
         acked |= self.device_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        self.frontend()
-            .set_features(acked)
-            .map_err(|e| Error::transport("SET_FEATURES", e))?;
+        self.channel
+            .call("SET_FEATURES", |fe| fe.set_features(acked))?;
         self.register_memory()
     }
 
@@ -205,10 +206,9 @@ impl Transport for VhostUserTransport {
             })?;
         // Always read from offset 0: some backends ignore the offset field.
         let zeros = vec![0u8; end];
-        let (_, payload) = self
-            .frontend()
-            .get_config(0, end as u32, VhostUserConfigFlags::empty(), &zeros)
-            .map_err(|e| Error::transport("GET_CONFIG", e))?;
+        let (_, payload) = self.channel.call("GET_CONFIG", |fe| {
+            fe.get_config(0, end as u32, VhostUserConfigFlags::empty(), &zeros)
+        })?;
         let src = payload
             .get(start..end)
             .ok_or_else(|| Error::transport("GET_CONFIG", "short reply"))?;
@@ -241,17 +241,12 @@ impl Transport for VhostUserTransport {
                 })
             }
         };
-        let fe = self.frontend();
-        fe.set_vring_num(i, addrs.size)
-            .map_err(|e| Error::transport("SET_VRING_NUM", e))?;
-        fe.set_vring_addr(i, &config)
-            .map_err(|e| Error::transport("SET_VRING_ADDR", e))?;
-        fe.set_vring_base(i, 0)
-            .map_err(|e| Error::transport("SET_VRING_BASE", e))?;
-        fe.set_vring_call(i, call)
-            .map_err(|e| Error::transport("SET_VRING_CALL", e))?;
-        fe.set_vring_kick(i, kick)
-            .map_err(|e| Error::transport("SET_VRING_KICK", e))?;
+        let ch = &self.channel;
+        ch.call("SET_VRING_NUM", |fe| fe.set_vring_num(i, addrs.size))?;
+        ch.call("SET_VRING_ADDR", |fe| fe.set_vring_addr(i, &config))?;
+        ch.call("SET_VRING_BASE", |fe| fe.set_vring_base(i, 0))?;
+        ch.call("SET_VRING_CALL", |fe| fe.set_vring_call(i, call))?;
+        ch.call("SET_VRING_KICK", |fe| fe.set_vring_kick(i, kick))?;
         Ok(())
     }
 
@@ -260,10 +255,10 @@ impl Transport for VhostUserTransport {
             // Without protocol features a ring starts with its kick fd.
             return Ok(());
         }
-        let mut fe = self.frontend();
         for i in 0..count {
-            fe.set_vring_enable(i as usize, true)
-                .map_err(|e| Error::transport("SET_VRING_ENABLE", e))?;
+            self.channel.call("SET_VRING_ENABLE", |fe| {
+                fe.set_vring_enable(i as usize, true)
+            })?;
         }
         Ok(())
     }
@@ -294,6 +289,138 @@ impl Drop for VhostUserTransport {
     }
 }
 
+/// The request socket to the backend, with every exchange bounded in time.
+struct Channel {
+    frontend: Mutex<Frontend>,
+    timeout: Option<Duration>,
+    watchdog: Option<Watchdog>,
+}
+
+impl Channel {
+    fn new(sock: UnixStream, timeout: Option<Duration>) -> Result<Channel, Error> {
+        let watchdog = match timeout {
+            Some(_) => {
+                let dup = sock
+                    .try_clone()
+                    .map_err(|e| Error::system("dup of the vhost-user socket", e))?;
+                Some(Watchdog::start(OwnedFd::from(dup))?)
+            }
+            None => None,
+        };
+        Ok(Channel {
+            frontend: Mutex::new(Frontend::from_stream(sock, 1)),
+            timeout,
+            watchdog,
+        })
+    }
+
+    /// Runs one exchange with the backend; `step` names it in errors.
+    fn call<T>(
+        &self,
+        step: &'static str,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T, Error> {
+        let mut fe = self.frontend.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(w), Some(t)) = (&self.watchdog, self.timeout) {
+            w.arm(t);
+        }
+        let result = f(&mut fe);
+        let fired = self.watchdog.as_ref().is_some_and(|w| w.disarm());
+        result.map_err(|e| match self.timeout {
+            Some(t) if fired => Error::transport(
+                step,
+                format!(
+                    "no reply within {t:?}; connection closed \
+                     (is another client already connected to this socket?)"
+                ),
+            ),
+            _ => Error::transport(step, e),
+        })
+    }
+}
+
+/// Shuts the socket down when an exchange overruns its deadline. The vhost
+/// crate retries timed-out reads forever, so a socket timeout alone cannot
+/// bound a call; a shut-down socket makes the blocked read fail at once.
+struct Watchdog {
+    shared: Arc<(Mutex<WatchState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    deadline: Option<Instant>,
+    fired: bool,
+    stop: bool,
+}
+
+impl Watchdog {
+    fn start(sock: OwnedFd) -> Result<Watchdog, Error> {
+        let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
+        let theirs = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("vsic-watchdog".into())
+            .spawn(move || watch(sock, &theirs))
+            .map_err(|e| Error::system("spawning the reply watchdog", e))?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, WatchState> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn arm(&self, timeout: Duration) {
+        self.state().deadline = Some(Instant::now() + timeout);
+        self.shared.1.notify_one();
+    }
+
+    /// Disarms; returns whether the deadline had passed (socket shut down).
+    fn disarm(&self) -> bool {
+        let mut s = self.state();
+        s.deadline = None;
+        s.fired
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state().stop = true;
+        self.shared.1.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(sock: OwnedFd, shared: &(Mutex<WatchState>, Condvar)) {
+    let (lock, cv) = shared;
+    let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if s.stop {
+            return;
+        }
+        s = match s.deadline {
+            None => cv.wait(s).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    // SAFETY: shutting down our own duplicate of the socket.
+                    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+                    s.fired = true;
+                    s.deadline = None;
+                    continue;
+                }
+                cv.wait_timeout(s, d - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0)
+            }
+        };
+    }
+}
+
 fn new_eventfd() -> Result<EventFd, Error> {
     EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| Error::system("eventfd", e))
 }
@@ -319,7 +446,7 @@ struct ConfigListener {
 
 impl ConfigListener {
     fn start(
-        frontend: &mut Frontend,
+        channel: &Channel,
         event: Arc<EventFd>,
         reply_ack: bool,
     ) -> Result<ConfigListener, Error> {
@@ -327,9 +454,7 @@ impl ConfigListener {
             .map_err(|e| Error::transport("backend request channel", e))?;
         handler.set_reply_ack_flag(reply_ack);
         let tx = handler.get_tx_raw_fd();
-        frontend
-            .set_backend_request_fd(&tx)
-            .map_err(|e| Error::transport("SET_BACKEND_REQ_FD", e))?;
+        channel.call("SET_BACKEND_REQ_FD", |fe| fe.set_backend_request_fd(&tx))?;
         // SAFETY: dup of a socket fd the handler owns; the copy is ours.
         let dup = unsafe { libc::fcntl(handler.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         if dup < 0 {

@@ -202,10 +202,7 @@ fn merged_ranges(vsa: VsaHandle, ranges: &[VsaRange]) -> Result<Vec<(u64, u64)>,
                 r.offset, r.len
             )));
         }
-        if r.offset
-            .checked_add(r.len)
-            .is_none_or(|end| end > WINDOW_SIZE)
-        {
+        if !matches!(r.offset.checked_add(r.len), Some(end) if end <= WINDOW_SIZE) {
             return Err(Error::InvalidArgument(format!(
                 "VSA range {}+{} runs past the {WINDOW_SIZE}-byte VSA window",
                 r.offset, r.len

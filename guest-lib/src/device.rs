@@ -147,6 +147,8 @@ struct QueueState {
     free_requests: Vec<u32>,
     /// Application completions found but not yet delivered.
     ready: VecDeque<Completion>,
+    /// An empty buffer kept for the next swap with `ready`.
+    spare: VecDeque<Completion>,
     sync_done: Vec<(u64, SyncDone)>,
     /// Synchronous calls that timed out; their completions are dropped.
     abandoned: HashSet<u64>,
@@ -338,7 +340,8 @@ impl Device {
                 owner_of_head: vec![NO_REQUEST; size as usize],
                 requests: Vec::new(),
                 free_requests: Vec::new(),
-                ready: VecDeque::new(),
+                ready: VecDeque::with_capacity(size as usize),
+                spare: VecDeque::with_capacity(size as usize),
                 sync_done: Vec::new(),
                 abandoned: HashSet::new(),
             }));
@@ -415,15 +418,21 @@ impl Device {
     /// Delivers finished requests of `queue` to `cb`; returns how many.
     /// Never blocks. An unknown queue has no completions.
     pub fn poll(&self, queue: u16, cb: &mut dyn FnMut(Completion)) -> usize {
-        let done: Vec<Completion> = match self.queue(queue) {
+        let mut done = match self.queue(queue) {
             Ok(mut q) => {
                 q.harvest(self.mode);
-                q.ready.drain(..).collect()
+                let spare = std::mem::take(&mut q.spare);
+                std::mem::replace(&mut q.ready, spare)
             }
             Err(_) => return 0,
         };
         let n = done.len();
-        done.into_iter().for_each(cb);
+        done.drain(..).for_each(&mut *cb);
+        // Hand the emptied buffer back so steady-state polling does not
+        // allocate.
+        if let Ok(mut q) = self.queue(queue) {
+            q.spare = done;
+        }
         n
     }
 
@@ -751,7 +760,7 @@ impl Device {
                         return Ok(false);
                     }
                     spins += 1;
-                    if spins % 64 == 0 {
+                    if spins & 63 == 0 {
                         // Let a device thread on the same core run.
                         std::thread::yield_now();
                     } else {
@@ -867,6 +876,13 @@ fn looks_like_pci_address(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Device>();
+        assert_send_sync::<crate::DmaBuffer>();
+    }
 
     #[test]
     fn spec_parsing() {

@@ -103,7 +103,7 @@ impl SplitQueue {
             )));
         }
         let layout = RingLayout::new(size);
-        if mem.len() < layout.total || mem.iova() % 16 != 0 {
+        if mem.len() < layout.total || mem.iova() & 15 != 0 {
             return Err(Error::InvalidArgument(
                 "ring memory too small or misaligned".into(),
             ));

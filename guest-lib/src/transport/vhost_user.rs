@@ -143,6 +143,8 @@ impl VhostUserTransport {
             .region
             .fd()
             .ok_or_else(|| Error::transport("SET_MEM_TABLE", "DMA region has no fd to share"))?;
+        // The struct grows extra fields with some crate features.
+        #[allow(clippy::needless_update)]
         let info = VhostUserMemoryRegionInfo {
             guest_phys_addr: self.region.iova(),
             memory_size: self.region.len() as u64,

@@ -1,6 +1,6 @@
 //! vsic-io: write a pattern to a VSA, read it back, verify.
 //!
-//! usage: vsic-io SPEC [--slot N] [--offset BYTES] [--len BYTES]
+//! usage: vsic-io SPEC [--slot N] [--offset BYTES] [--len BYTES]   (BYTES: 4096, 4K, 1M)
 //!                     [--queue Q] [--polling] [--flush]
 //!
 //! SPEC is e.g. vhost-user:/run/vsic/vsic0.sock. Prints one line and exits 0
@@ -36,8 +36,11 @@ fn parse() -> Result<Args, String> {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
             "--slot" => args.slot = num(&value("--slot")?)?,
-            "--offset" => args.offset = num(&value("--offset")?)?,
-            "--len" => args.len = num(&value("--len")?)?,
+            "--offset" => args.offset = size(&value("--offset")?)?,
+            "--len" => {
+                let len = size(&value("--len")?)?;
+                args.len = usize::try_from(len).map_err(|_| format!("--len {len} too large"))?;
+            }
             "--queue" => args.queue = num(&value("--queue")?)?,
             "--polling" => args.polling = true,
             "--flush" => args.flush = true,
@@ -50,6 +53,11 @@ fn parse() -> Result<Args, String> {
         return Err("missing device (e.g. vhost-user:/path/vsic0.sock)".into());
     }
     Ok(args)
+}
+
+/// Byte counts accept suffixes: 4K, 1M, 2G.
+fn size(s: &str) -> Result<u64, String> {
+    vsic_abi::units::parse_size(s)
 }
 
 fn num<T: std::str::FromStr>(s: &str) -> Result<T, String> {

@@ -1,0 +1,347 @@
+//! End-to-end harness: the real `vsicd` binary on scratch drive files, and
+//! the `vsic` library talking to its sockets. Every wait is bounded, every
+//! daemon is killed when its handle drops.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use vsic::admin::AdminClient;
+use vsic::{CompletionMode, Device, DmaBuffer, OpenOptions};
+use vsic_abi::records::{QueueStats, VsicStats};
+
+pub const MIB: u64 = 1 << 20;
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a test waits for any single device interaction.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A fresh scratch directory; removed on Drop unless the test failed.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> ScratchDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vsicd-e2e-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create scratch directory");
+        ScratchDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // Keep the evidence (drives, daemon logs) when a test failed.
+        if std::thread::panicking() {
+            eprintln!("scratch directory kept: {}", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// How to start the daemon.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub vsics: u32,
+    pub queues: u16,
+    /// Size of each drive file, one entry per drive.
+    pub drives: Vec<&'static str>,
+    pub extent_size: &'static str,
+    pub write_through: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            vsics: 4,
+            queues: 4,
+            drives: vec!["64M", "64M"],
+            extent_size: "1M",
+            write_through: false,
+        }
+    }
+}
+
+/// A running `vsicd`; SIGKILLed on Drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub setup: Setup,
+    starts: u32,
+    pub dir: ScratchDir,
+}
+
+impl Daemon {
+    pub fn start(tag: &str) -> Daemon {
+        Daemon::start_with(tag, Setup::default())
+    }
+
+    pub fn start_with(tag: &str, setup: Setup) -> Daemon {
+        let dir = ScratchDir::new(tag);
+        let mut daemon = Daemon {
+            child: None,
+            setup,
+            starts: 0,
+            dir,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.dir.path(&format!("vsicd-{start}.log"))
+    }
+
+    /// Starts the daemon on this directory's drives and waits until every
+    /// socket accepts connections (the daemon says so on stdout).
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log_path = self.log_path(self.starts);
+        let log = fs::File::create(&log_path).expect("create daemon log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsicd"));
+        cmd.arg("--socket-dir").arg(self.dir.path("sockets"));
+        for (n, size) in self.setup.drives.iter().enumerate() {
+            cmd.arg("--drive").arg(format!(
+                "{},size={size}",
+                self.dir.path(&format!("drive{n}.img")).display()
+            ));
+        }
+        cmd.args([
+            "--vsics",
+            &self.setup.vsics.to_string(),
+            "--queues",
+            &self.setup.queues.to_string(),
+        ])
+        .args(["--extent-size", self.setup.extent_size]);
+        if self.setup.write_through {
+            cmd.args(["--cache", "write-through"]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vsicd");
+        self.child = Some(child);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("vsicd exited during start-up ({status}); log:\n{}", self.log());
+            }
+            if fs::read_to_string(&log_path).is_ok_and(|l| l.contains("vsicd: listening on")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vsicd not ready within {START_TIMEOUT:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no clean shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the daemon (if running) and starts it again on the same drives.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the daemon process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// The log of the current run.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    pub fn pf_socket(&self) -> PathBuf {
+        self.dir.path("sockets").join("pf.sock")
+    }
+
+    pub fn vsic_socket(&self, vsic: u32) -> PathBuf {
+        self.dir.path("sockets").join(format!("vsic{vsic}.sock"))
+    }
+
+    pub fn vsic_spec(&self, vsic: u32) -> String {
+        format!("vhost-user:{}", self.vsic_socket(vsic).display())
+    }
+
+    /// An admin client on the PF.
+    pub fn admin(&self) -> AdminClient {
+        let spec = format!("vhost-user:{}", self.pf_socket().display());
+        AdminClient::open(&spec).unwrap_or_else(|e| panic!("open the PF: {e}; log:\n{}", self.log()))
+    }
+
+    /// Opens VSIC `vsic` with `queues` queues in `mode`.
+    pub fn open_vsic(&self, vsic: u32, queues: u16, mode: CompletionMode) -> Device {
+        Device::open(&self.vsic_spec(vsic), &vsic_options(queues, mode))
+            .unwrap_or_else(|e| panic!("open VSIC {vsic}: {e}; log:\n{}", self.log()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Options every test uses to open a VSIC: bounded waits, modest memory.
+pub fn vsic_options(queues: u16, mode: CompletionMode) -> OpenOptions {
+    OpenOptions {
+        queues: Some(queues),
+        mem_size: 16 << 20,
+        mode,
+        queue_size: 128,
+        sync_timeout: Some(IO_TIMEOUT),
+    }
+}
+
+/// Deterministic, seed-dependent bytes (xorshift64*), so every block of
+/// every test has content of its own.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A DMA buffer holding `pattern(seed, len)`.
+pub fn filled(dev: &Device, seed: u64, len: usize) -> DmaBuffer {
+    let mut buf = dev.alloc_dma(len).expect("alloc DMA buffer");
+    buf.as_mut_slice().copy_from_slice(&pattern(seed, len));
+    buf
+}
+
+/// Reads `len` bytes at `offset` of the VSA in `slot` through queue 0.
+pub fn read_back(dev: &Device, slot: u32, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = dev.alloc_dma(len).expect("alloc DMA buffer");
+    buf.as_mut_slice().fill(0xee);
+    dev.read_at(0, vsic::VsaHandle::new(slot), offset, &mut buf)
+        .unwrap_or_else(|e| panic!("read slot {slot} at {offset:#x}+{len}: {e}"));
+    buf.as_slice().to_vec()
+}
+
+/// Asserts equal buffers, reporting the first differing byte rather than
+/// dumping megabytes.
+#[track_caller]
+pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {i:#x}: got {:#04x}, want {:#04x}",
+            got[i], want[i]
+        );
+    }
+}
+
+/// One VSIC's counters.
+pub fn stats_of(admin: &AdminClient, vsic: u32) -> (VsicStats, Vec<QueueStats>) {
+    let mut all = admin.stats(Some(vsic)).expect("stats");
+    assert_eq!(all.len(), 1, "stats for one VSIC");
+    all.remove(0)
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for an eventfd to become readable; true if it did in time.
+pub fn eventfd_fired(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if r > 0 {
+            return true;
+        }
+        if r == 0 || Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// Collects `count` completions from `queue`, waiting at most [`IO_TIMEOUT`]
+/// in total.
+pub fn collect(dev: &Device, queue: u16, count: usize) -> Vec<vsic::Completion> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut done = Vec::with_capacity(count);
+    while done.len() < count {
+        dev.poll(queue, &mut |c| done.push(c));
+        if done.len() >= count {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "queue {queue}: {} of {count} completions within {IO_TIMEOUT:?}",
+            done.len()
+        );
+        match dev.wait(queue, Some(left)) {
+            Ok(()) | Err(vsic::Error::Timeout) => {}
+            Err(e) => panic!("queue {queue}: wait: {e}"),
+        }
+    }
+    done
+}
+
+/// Submits one request and waits for its completion.
+pub fn run_one(dev: &Device, queue: u16, req: vsic::Request<'_>) -> Result<(), vsic::IoStatus> {
+    dev.submit(queue, req, 0x5eed)
+        .unwrap_or_else(|e| panic!("submit on queue {queue}: {e}"));
+    let done = collect(dev, queue, 1);
+    assert_eq!(done[0].user_data, 0x5eed);
+    done[0].result
+}
+
+/// Empties an eventfd that may or may not have fired.
+pub fn drain_eventfd(fd: std::os::fd::RawFd) {
+    while eventfd_fired(fd, Duration::ZERO) {
+        let mut v = [0u8; 8];
+        // SAFETY: reads 8 bytes into a local buffer from a readable eventfd.
+        if unsafe { libc::read(fd, v.as_mut_ptr().cast(), v.len()) } != 8 {
+            return;
+        }
+    }
+}

@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Host benchmark: vsicd against qemu-storage-daemon (qsd), both serving a
+# vhost-user-blk socket backed by a file of the same size on tmpfs, both
+# measured by the same program (guest-lib/examples/vsic-bench.rs) with two
+# clients: the vsic driver library and libblkio.
+#
+# Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--mode auto|poll|interrupt]
+#                           [--cases LIST] [--out FILE]
+#
+#   --host      run on the host over vhost-user sockets (the only mode so far)
+#   --seconds   measured seconds per run (default 3)
+#   --warmup    unmeasured seconds before each run (default 0.5)
+#   --mode      completion mode for both clients (default auto: poll while
+#               the client threads leave the target a core, else interrupts)
+#   --cases     space-separated subset of: randread randwrite writeflush
+#   --out       also write every result line to FILE
+#
+# Prints one result line per run, then one ratio line per (case, client):
+#   ratio case=randread qd=32 queues=1 bs=4096 client=blkio vsicd/qsd iops=1.23 p50=0.80 p99=0.90
+# Exit status: 0 when every run produced a result, 1 otherwise, 2 for usage.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+host=0
+seconds=3
+warmup=0.5
+mode=auto
+cases="randread randwrite writeflush"
+out=
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --host) host=1 ;;
+    --seconds) seconds=${2:?--seconds needs a value}; shift ;;
+    --warmup) warmup=${2:?--warmup needs a value}; shift ;;
+    --mode) mode=${2:?--mode needs a value}; shift ;;
+    --cases) cases=${2:?--cases needs a value}; shift ;;
+    --out) out=${2:?--out needs a value}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ $host -eq 1 ]] || { usage >&2; exit 2; }
+[[ $seconds =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--seconds: not a number: $seconds"
+[[ $warmup =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--warmup: not a number: $warmup"
+
+# Backing files (same size for both targets) and the VSA on vsicd's drive:
+# the drive keeps room for the controller's metadata, so both targets are
+# addressed over the VSA's size only.
+DRIVE_SIZE=1G
+VSA_SIZE=960M
+REGION_BYTES=$((960 << 20))
+QUEUES=4
+
+# Every step is bounded.
+BUILD_TIMEOUT=1800
+START_TIMEOUT=20
+CTL_TIMEOUT=30
+FILL_TIMEOUT=120
+# A run: its own time plus start-up and a margin.
+RUN_TIMEOUT=$(awk -v s="$seconds" -v w="$warmup" 'BEGIN { printf "%d", s + w + 30 }')
+
+# --- host tools -------------------------------------------------------------
+
+# qemu-storage-daemon ships in qemu-utils; take it from bookworm-backports,
+# the suite ci/install-deps.sh configures for QEMU 10.0.
+if ! command -v qemu-storage-daemon >/dev/null 2>&1; then
+    log "qemu-storage-daemon missing: installing qemu-utils"
+    timeout 900 bash ci/install-deps.sh
+    export DEBIAN_FRONTEND=noninteractive
+    SUDO=
+    [[ $(id -u) -eq 0 ]] || SUDO=sudo
+    timeout 300 $SUDO apt-get update -qq
+    timeout 900 $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-utils >/dev/null ||
+        timeout 900 $SUDO apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+    command -v qemu-storage-daemon >/dev/null 2>&1 || die "qemu-storage-daemon still missing"
+fi
+
+log "building release binaries"
+timeout $BUILD_TIMEOUT cargo build --release -q -p vsicd -p vsicctl
+timeout $BUILD_TIMEOUT cargo build --release -q -p vsic --example vsic-bench
+BIN=$REPO/target/release
+BENCH=$BIN/examples/vsic-bench
+
+# --- targets ----------------------------------------------------------------
+
+WORK=$(mktemp -d /dev/shm/vsic-bench.XXXXXX)
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        # vsicd stops cleanly on SIGTERM; give each a moment, then insist.
+        timeout 5 tail --pid="$pid" -f /dev/null 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for_socket PATH PID NAME: until PATH exists, the process dies, or time is up.
+wait_for_socket() {
+    local path=$1 pid=$2 name=$3 i
+    for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+        [[ -S $path ]] && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "$name did not come up; its log:"
+    tail -n 20 "$WORK/$name.log" >&2 || true
+    return 1
+}
+
+log "work directory $WORK"
+"$BIN/vsicd" --socket-dir "$WORK/vsicd" --drive "$WORK/vsicd.img,size=$DRIVE_SIZE" \
+    --vsics 1 --queues $QUEUES --cache write-back >"$WORK/vsicd.log" 2>&1 &
+pids+=($!)
+wait_for_socket "$WORK/vsicd/vsic0.sock" "${pids[-1]}" vsicd
+ctl() { timeout $CTL_TIMEOUT "$BIN/vsicctl" --vhost-user "$WORK/vsicd/pf.sock" "$@" >/dev/null; }
+ctl vsa create --size $VSA_SIZE --cap "$WORK/bench.cap"
+ctl vsic attach --vsic 0 --cap "$WORK/bench.cap" --slot 0
+
+truncate -s $DRIVE_SIZE "$WORK/qsd.img"
+qemu-storage-daemon \
+    --blockdev "driver=file,node-name=f,filename=$WORK/qsd.img,cache.direct=off" \
+    --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$WORK/qsd.sock,writable=on,num-queues=$QUEUES" \
+    >"$WORK/qsd.log" 2>&1 &
+pids+=($!)
+wait_for_socket "$WORK/qsd.sock" "${pids[-1]}" qsd
+
+declare -A SOCKET=([vsicd]=$WORK/vsicd/vsic0.sock [qsd]=$WORK/qsd.sock)
+TARGETS=(vsicd qsd)
+
+# Both backing files start sparse; write the whole region once through each
+# target so reads hit allocated pages on both.
+for t in "${TARGETS[@]}"; do
+    log "filling $t ($REGION_BYTES bytes)"
+    timeout $FILL_TIMEOUT "$BENCH" --target-socket "${SOCKET[$t]}" --target-name "$t" \
+        --client vsic --case fill --bs $((1 << 20)) --qd 4 --size $REGION_BYTES >/dev/null ||
+        die "filling $t failed"
+done
+
+# --- runs ---------------------------------------------------------------------
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+failures=0
+
+# run CASE QD QUEUES BS CLIENT TARGET
+run() {
+    local line
+    if line=$(timeout $RUN_TIMEOUT "$BENCH" --target-socket "${SOCKET[$6]}" --target-name "$6" \
+        --case "$1" --qd "$2" --queues "$3" --bs "$4" --client "$5" \
+        --seconds "$seconds" --warmup "$warmup" --mode "$mode" --size $REGION_BYTES); then
+        echo "$line" | tee -a "$RESULTS"
+    else
+        echo "FAILED case=$1 qd=$2 queues=$3 bs=$4 client=$5 target=$6 (status $?)"
+        failures=$((failures + 1))
+    fi
+}
+
+# The targets alternate within each (case, client) so drift on the machine
+# affects both alike.
+for case in $cases; do
+    case $case in
+    randread | randwrite)
+        for queues in 1 4; do
+            for qd in 1 8 32; do
+                for client in vsic blkio; do
+                    for t in "${TARGETS[@]}"; do run "$case" $qd $queues 4096 $client "$t"; done
+                done
+            done
+        done
+        ;;
+    writeflush)
+        for bs in 1024 4096; do
+            for client in vsic blkio; do
+                for t in "${TARGETS[@]}"; do run writeflush 1 1 $bs $client "$t"; done
+            done
+        done
+        ;;
+    *) die "unknown case $case" ;;
+    esac
+done
+
+# vsicd over qsd for each (case, client): > 1 means vsicd has more IOPS,
+# < 1 means lower latency.
+echo
+awk '
+    {
+        delete f
+        for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+        key = "case=" f["case"] " qd=" f["qd"] " queues=" f["queues"] " bs=" f["bs"] " client=" f["client"]
+        if (!(key in seen)) { seen[key] = 1; order[n++] = key }
+        iops[key, f["target"]] = f["iops"]
+        p50[key, f["target"]] = f["p50_us"]
+        p99[key, f["target"]] = f["p99_us"]
+    }
+    function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
+    END {
+        for (i = 0; i < n; i++) {
+            k = order[i]
+            printf "ratio %s vsicd/qsd iops=%s p50=%s p99=%s\n", k,
+                ratio(iops[k, "vsicd"], iops[k, "qsd"]),
+                ratio(p50[k, "vsicd"], p50[k, "qsd"]),
+                ratio(p99[k, "vsicd"], p99[k, "qsd"])
+        }
+    }
+' "$RESULTS" | tee -a "$RESULTS.ratios"
+
+if [[ -n $out ]]; then
+    cat "$RESULTS" "$RESULTS.ratios" >"$out"
+fi
+if [[ $failures -gt 0 ]]; then
+    log "$failures run(s) failed; vsicd log tail:"
+    tail -n 20 "$WORK/vsicd.log" >&2 || true
+    exit 1
+fi

@@ -23,6 +23,7 @@ use vsic_abi::virtio::{
 use crate::blk::{self, Limits, Part, Request, VsaHandle, VsaRange};
 use crate::dma::{DmaBuffer, DmaPool, BUFFER_ALIGN};
 use crate::error::{Error, IoStatus};
+use crate::hugepage::DmaSource;
 use crate::transport::vhost_user::VhostUserTransport;
 use crate::transport::Transport;
 use crate::virtqueue::{Buf, RingLayout, SplitQueue, MAX_QUEUE_SIZE};
@@ -52,6 +53,10 @@ pub struct OpenOptions {
     /// Limit for synchronous calls (`read_at`, `raw_request`, ...) and for
     /// each setup message exchanged with the device; `None` waits forever.
     pub sync_timeout: Option<Duration>,
+    /// Where VFIO DMA memory comes from: huge pages of our own (needs
+    /// CAP_SYS_ADMIN), or memory provided by the control plane (then
+    /// `mem_size` is ignored). vhost-user ignores it.
+    pub dma: DmaSource,
 }
 
 impl Default for OpenOptions {
@@ -62,6 +67,7 @@ impl Default for OpenOptions {
             mode: CompletionMode::Interrupt,
             queue_size: 256,
             sync_timeout: Some(Duration::from_secs(30)),
+            dma: DmaSource::Allocate,
         }
     }
 }
@@ -250,8 +256,10 @@ pub struct Device {
 }
 
 impl Device {
-    /// Opens a function. `spec` is `vhost-user:PATH` (a vhost-user socket);
-    /// `vsic:N` and PCI addresses need the VFIO transport.
+    /// Opens a function. `spec` is `vhost-user:PATH` (a vhost-user socket),
+    /// or, for the VFIO transport in a guest, `vsic:N` / `vsic:pf` (found
+    /// as [`crate::transport::pci`] describes) or a PCI address
+    /// (`0000:00:03.0`, `pci:0000:00:03.0`) of a function bound to vfio-pci.
     pub fn open(spec: &str, opts: &OpenOptions) -> Result<Device, Error> {
         if let Some(path) = spec.strip_prefix("vhost-user:") {
             if path.is_empty() {
@@ -260,10 +268,8 @@ impl Device {
             let transport = VhostUserTransport::connect(path, opts.mem_size, opts.sync_timeout)?;
             return Device::with_transport(Box::new(transport), opts);
         }
-        if spec.starts_with("vsic:") || looks_like_pci_address(spec) {
-            return Err(Error::Unsupported(format!(
-                "{spec} needs the VFIO transport, available in the guest"
-            )));
+        if spec.starts_with("vsic:") || spec.starts_with("pci:") || looks_like_pci_address(spec) {
+            return crate::transport::vfio::open_device(spec, opts);
         }
         Err(Error::BadSpec(format!(
             "{spec:?}: expected vhost-user:PATH, vsic:N or a PCI address like 0000:00:03.0"
@@ -887,9 +893,16 @@ mod tests {
     #[test]
     fn spec_parsing() {
         let opts = OpenOptions::default();
-        for spec in ["vsic:0", "0000:00:03.0", "00:03.0"] {
+        // VFIO names reach the VFIO transport, which finds no such function
+        // here (or no VFIO at all) and says which.
+        for spec in ["vsic:0", "0000:1f:1f.7", "1f:1f.7", "pci:0000:1f:1f.7"] {
             match Device::open(spec, &opts) {
-                Err(Error::Unsupported(msg)) => assert!(msg.contains("VFIO"), "{msg}"),
+                Err(e @ Error::Connect { .. }) => {
+                    assert!(
+                        e.to_string().contains(spec.trim_start_matches("pci:")),
+                        "{e}"
+                    )
+                }
                 other => panic!("{spec}: {:?}", other.err()),
             }
         }

@@ -17,15 +17,21 @@
 //! # Ok::<(), vsic::Error>(())
 //! ```
 //!
+//! The same program runs on the host against a vhost-user socket
+//! (`vhost-user:PATH`) and in a guest against a function it owns through
+//! VFIO (`vsic:N` or a PCI address; see [`transport::vfio`]).
+//!
 //! Layers, bottom up: [`transport`] (how the device is reached: vhost-user
-//! today, VFIO later), [`dma`] (shared memory), [`virtqueue`] (split rings),
-//! [`blk`] (virtio-blk requests), [`device`] (the public driver).
+//! or virtio-pci over VFIO), [`dma`] (shared memory; [`hugepage`] pins it in
+//! a guest), [`virtqueue`] (split rings), [`blk`] (virtio-blk requests),
+//! [`device`] (the public driver).
 
 pub mod admin;
 pub mod blk;
 pub mod device;
 pub mod dma;
 pub mod error;
+pub mod hugepage;
 pub mod transport;
 pub mod virtqueue;
 
@@ -33,3 +39,4 @@ pub use blk::{Limits, Request, VsaHandle, VsaRange};
 pub use device::{Completion, CompletionMode, Device, OpenOptions, RawReply};
 pub use dma::{DmaBuffer, MemRange};
 pub use error::{Error, IoStatus};
+pub use hugepage::{DmaSource, ProvidedDma};

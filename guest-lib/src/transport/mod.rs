@@ -1,13 +1,17 @@
 //! The boundary between the virtio driver core and how the device is reached.
 //!
-//! The driver core (rings, requests) speaks only to [`Transport`]. Today the
-//! one implementation is [`vhost_user::VhostUserTransport`]: the library acts
-//! as a vhost-user frontend on the host. A virtio-pci-over-VFIO transport for
-//! use inside a guest fits the same trait: its features, config space,
+//! The driver core (rings, requests) speaks only to [`Transport`]. Two
+//! implementations: [`vhost_user::VhostUserTransport`], the library as a
+//! vhost-user frontend on the host, and [`vfio::VfioTransport`], a
+//! virtio-pci driver over VFIO inside a guest (features, config space,
 //! queue registers, doorbells, MSI-X eventfds and pinned DMA memory map
-//! one-to-one onto the methods below.
+//! one-to-one onto the methods below).
 
+pub mod pci;
+pub mod vfio;
+mod vfio_sys;
 pub mod vhost_user;
+mod virtio_pci;
 
 use std::sync::Arc;
 

@@ -68,6 +68,8 @@ struct Session {
     scratch: Vec<Mutex<Scratch>>,
     /// Notifiers of the worker threads' exit events.
     exits: Mutex<Vec<EventNotifier>>,
+    /// The PF's backend-request channel, held unused until disconnect.
+    pf_channel: Mutex<Option<Backend>>,
 }
 
 impl FunctionBackend {
@@ -81,6 +83,7 @@ impl FunctionBackend {
                 event_idx: AtomicBool::new(false),
                 scratch,
                 exits: Mutex::new(Vec::new()),
+                pf_channel: Mutex::new(None),
             }),
         }
     }
@@ -197,8 +200,12 @@ impl VhostUserBackend for FunctionBackend {
 
     fn set_backend_req_fd(&self, backend: Backend) {
         let state = &self.session.state;
-        // The PF's capacity never changes: it needs no channel.
-        let Function::Vsic(vsic) = state.function else { return };
+        let Function::Vsic(vsic) = state.function else {
+            // The PF's capacity never changes, but closing the channel would
+            // look like a failure to the frontend: keep it open.
+            *self.session.pf_channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(backend);
+            return;
+        };
         match ConfigChannel::adopt(backend) {
             Ok(channel) => state.notifiers.set(vsic, Some(channel)),
             Err(e) => warn!("{}: no configuration-change notifications: {e}", state.name()),

@@ -34,7 +34,7 @@ const BLOCKS_PER_ROUND: u64 = DATA_VSA_SIZE / BLOCK / ROUNDS as u64;
 const MAX_LIVE: usize = 6;
 /// A synchronous admin command never takes this long on a live daemon;
 /// after the kill it bounds how long the admin thread lingers.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -420,13 +420,20 @@ fn completed_commands_and_flushed_writes_survive_sigkill() {
             s.spawn(|| admin_loop(&admin, &ledger, &mut admin_rng));
             s.spawn(|| data_loop(&dev, u64::from(round) * BLOCKS_PER_ROUND, &data, &killed));
             thread::sleep(kill_after);
+            // A slow drive sync can hold both threads up: kill only once
+            // each has completed something this round, so every kill lands
+            // among running operations.
+            let progressed =
+                || ledger.lock().unwrap().completed > admin_before && data.lock().unwrap().flushes > flushes_before;
+            wait_until(IO_TIMEOUT, progressed);
             d.kill();
             killed.store(true, Ordering::Release);
         });
         drop((admin, dev));
         let (admin_done, flushes) = (ledger.lock().unwrap().completed, data.lock().unwrap().flushes);
         eprintln!(
-            "round {round}: killed after {kill_after:?}; {} admin commands, {} flushes completed; in flight: {:?}",
+            "round {round} at {:?}: killed after {kill_after:?}; {} admin commands, {} flushes completed; in flight: {:?}",
+            started.elapsed(),
             admin_done - admin_before,
             flushes - flushes_before,
             ledger.lock().unwrap().in_flight
@@ -442,10 +449,7 @@ fn completed_commands_and_flushed_writes_survive_sigkill() {
         check_durable_blocks(&dev, &data.lock().unwrap().durable, round);
     }
     eprintln!("VSAs whose create reply was lost: {:?}", ledger.lock().unwrap().orphans);
-    assert!(
-        busy_rounds >= ROUNDS - 1,
-        "most kills must hit both threads mid-work ({busy_rounds} of {ROUNDS})"
-    );
+    assert_eq!(busy_rounds, ROUNDS, "every kill must hit both threads mid-work");
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",

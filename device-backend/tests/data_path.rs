@@ -351,6 +351,13 @@ fn a_connected_client_sees_capacity_changes_and_is_notified() {
         .config_interrupt_fd()
         .expect("the library exposes the config-change eventfd");
     drain_eventfd(fd);
+    // Data traffic changes no configuration: the eventfd stays quiet.
+    let block = filled(&dev, 0x9e7, 4096);
+    dev.write_at(0, SLOT0, 0, &block).expect("write");
+    assert!(
+        !eventfd_fired(fd, Duration::from_millis(100)),
+        "config-change eventfd fired without a change"
+    );
 
     let expect_change = |what: &str, capacity: u64| {
         assert!(

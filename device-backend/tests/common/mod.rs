@@ -213,6 +213,7 @@ pub fn vsic_options(queues: u16, mode: CompletionMode) -> OpenOptions {
         mode,
         queue_size: 128,
         sync_timeout: Some(IO_TIMEOUT),
+        ..OpenOptions::default()
     }
 }
 
@@ -294,7 +295,7 @@ pub fn eventfd_fired(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if r > 0 {
-            return true;
+            return pfd.revents & libc::POLLIN != 0;
         }
         if r == 0 || Instant::now() >= deadline {
             return false;

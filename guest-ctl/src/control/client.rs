@@ -1,0 +1,222 @@
+//! The application side of the control-plane service.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::message::{Refusal, Reply, Request, MAX_MESSAGE};
+use super::socket;
+
+/// How long one request may take (an attach opens the PF).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub enum ControlError {
+    /// The service could not be reached or the exchange broke.
+    Io { what: String, source: io::Error },
+    /// The service (or the device behind it) said no.
+    Refused(Refusal),
+    /// The reply does not follow the protocol.
+    Protocol(String),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Io { what, source } => write!(f, "{what}: {source}"),
+            ControlError::Refused(r) => write!(f, "refused: {r}"),
+            ControlError::Protocol(why) => {
+                write!(f, "malformed reply from the control service: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+impl ControlError {
+    /// A short stable name: the refusal's status, or `transport`/`protocol`.
+    pub fn status(&self) -> &str {
+        match self {
+            ControlError::Io { .. } => "transport",
+            ControlError::Refused(r) => &r.status,
+            ControlError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// One connection to `vsicctl serve`.
+pub struct ControlClient {
+    path: Option<PathBuf>,
+    sock: Mutex<OwnedFd>,
+}
+
+impl ControlClient {
+    /// Connects to the service at `path` (usually [`super::DEFAULT_SOCKET`]).
+    pub fn connect(path: &Path) -> Result<ControlClient, ControlError> {
+        let sock = open(path)?;
+        Ok(ControlClient {
+            path: Some(path.to_path_buf()),
+            sock: Mutex::new(sock),
+        })
+    }
+
+    /// Uses a socket that is already connected (tests, socket pairs).
+    pub fn from_socket(sock: OwnedFd) -> ControlClient {
+        ControlClient {
+            path: None,
+            sock: Mutex::new(sock),
+        }
+    }
+
+    /// Asks for the VSA of the capability file `cap` (open for reading) to
+    /// be attached to `slot` of `vsic`.
+    pub fn attach(
+        &self,
+        vsic: u32,
+        slot: u32,
+        cap: &impl AsFd,
+        read_only: bool,
+    ) -> Result<(), ControlError> {
+        let req = Request::Attach {
+            vsic,
+            slot,
+            read_only,
+        };
+        match self.exchange(&req, Some(cap))? {
+            (Reply::Attached, _) => Ok(()),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks for `slot` of `vsic` to be detached.
+    pub fn detach(&self, vsic: u32, slot: u32) -> Result<(), ControlError> {
+        match self.exchange::<OwnedFd>(&Request::Detach { vsic, slot }, None)? {
+            (Reply::Detached, _) => Ok(()),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks for at least `bytes` of pinned DMA memory: the file holding it
+    /// and the guest-physical address of each of its pages.
+    pub fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, Vec<u64>), ControlError> {
+        match self.exchange::<OwnedFd>(&Request::Dma { bytes }, None)? {
+            (Reply::Dma { gpas, .. }, Some(fd)) => Ok((fd, gpas)),
+            (Reply::Dma { .. }, None) => Err(ControlError::Protocol(
+                "DMA reply without the memory's file descriptor".into(),
+            )),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// [`ControlClient::dma_memory`] in the form `vsic::OpenOptions::dma`
+    /// takes.
+    pub fn dma_source(&self, bytes: u64) -> Result<vsic::DmaSource, ControlError> {
+        let (fd, gpas) = self.dma_memory(bytes)?;
+        vsic::DmaSource::provided(fd, gpas)
+            .map_err(|e| ControlError::Protocol(format!("unusable DMA memory: {e}")))
+    }
+
+    /// Sends one request and reads its reply. A connection the service
+    /// closed while idle (the send fails) is reopened once: the request
+    /// never reached it.
+    fn exchange<F: AsFd>(
+        &self,
+        req: &Request,
+        fd: Option<&F>,
+    ) -> Result<(Reply, Option<OwnedFd>), ControlError> {
+        let mut sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+        let data = req.encode();
+        let first = send_and_receive(&sock, &data, &fds);
+        let (reply, mut got) = match (first, &self.path) {
+            (Err(Attempt::Closed(_)), Some(path)) => {
+                *sock = open(path)?;
+                match send_and_receive(&sock, &data, &fds) {
+                    Ok(r) => r,
+                    Err(Attempt::Closed(e) | Attempt::Failed(e)) => return Err(e),
+                }
+            }
+            (Ok(r), _) => r,
+            (Err(Attempt::Closed(e) | Attempt::Failed(e)), _) => return Err(e),
+        };
+        if got.len() > 1 {
+            return Err(ControlError::Protocol(format!(
+                "{} file descriptors in one reply",
+                got.len()
+            )));
+        }
+        match reply {
+            Reply::Refused(r) => Err(ControlError::Refused(r)),
+            reply => Ok((reply, got.pop())),
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<OwnedFd, ControlError> {
+    let sock = socket::connect(path).map_err(|source| ControlError::Io {
+        what: format!(
+            "connecting to the control service at {} (is `vsicctl serve` running?)",
+            path.display()
+        ),
+        source,
+    })?;
+    socket::set_timeouts(sock.as_fd(), Some(REQUEST_TIMEOUT)).map_err(|source| {
+        ControlError::Io {
+            what: "setting socket timeouts".into(),
+            source,
+        }
+    })?;
+    Ok(sock)
+}
+
+enum Attempt {
+    /// The send failed because the connection was gone: the service never
+    /// saw the request, so it is safe to retry.
+    Closed(ControlError),
+    Failed(ControlError),
+}
+
+fn send_and_receive(
+    sock: &OwnedFd,
+    data: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(Reply, Vec<OwnedFd>), Attempt> {
+    let io = |what: &str, source: io::Error| ControlError::Io {
+        what: what.to_string(),
+        source,
+    };
+    if let Err(e) = socket::send(sock.as_fd(), data, fds) {
+        let closed = matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET));
+        let err = io("sending the request", e);
+        return Err(if closed {
+            Attempt::Closed(err)
+        } else {
+            Attempt::Failed(err)
+        });
+    }
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    match socket::recv(sock.as_fd(), &mut buf) {
+        Ok(Some((n, got))) => {
+            let reply = Reply::decode(buf.get(..n).unwrap_or_default())
+                .map_err(|e| Attempt::Failed(ControlError::Protocol(e)))?;
+            Ok((reply, got))
+        }
+        // The request may have been carried out: never retried.
+        Ok(None) => Err(Attempt::Failed(ControlError::Io {
+            what: "reading the reply".into(),
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the control service closed the connection",
+            ),
+        })),
+        Err(e) => Err(Attempt::Failed(io("reading the reply", e))),
+    }
+}
+
+fn unexpected(reply: Reply) -> ControlError {
+    ControlError::Protocol(format!("unexpected reply {reply:?}"))
+}

@@ -1,0 +1,645 @@
+//! The policy of the control-plane service, apart from how the device and
+//! the PCI functions are reached ([`Authority`]).
+//!
+//! * Attach: the peer (by `SO_PEERCRED` uid) must own the VSIC, that is its
+//!   VFIO group node; the capability comes from the file descriptor sent
+//!   along, so the peer proves it could open the capability file. Root may
+//!   act on any VSIC.
+//! * Detach: the peer must own the VSIC.
+//! * DMA memory: the peer must own some VSIC; each request is bounded.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{info, warn};
+use vsic_abi::CapToken;
+
+use super::message::{Refusal, Reply, Request, MAX_MESSAGE};
+use super::socket;
+
+/// Capability files are one short line; more is not one.
+const MAX_CAPABILITY_FILE: usize = 4096;
+/// Connections served at once; more are told to come back later.
+const MAX_CONNECTIONS: usize = 32;
+/// A connection with no request for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the service needs from the machine: who owns which VSIC, the PF's
+/// admin commands, pinned memory. The real one works on sysfs, VFIO and
+/// the PF; tests use a fake.
+pub trait Authority: Send + Sync {
+    /// The uid owning VSIC `vsic`'s VFIO group, or why there is none (not
+    /// handed to VFIO, no such VSIC).
+    fn vsic_owner(&self, vsic: u32) -> Result<u32, Refusal>;
+    /// Whether `uid` owns at least one VSIC.
+    fn owns_a_vsic(&self, uid: u32) -> bool;
+    fn attach(
+        &self,
+        vsic: u32,
+        slot: u32,
+        token: &CapToken,
+        read_only: bool,
+    ) -> Result<(), Refusal>;
+    fn detach(&self, vsic: u32, slot: u32) -> Result<(), Refusal>;
+    /// At least `bytes` of pinned memory: the file holding it, its page
+    /// size, and the guest-physical address of each page.
+    fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, u64, Vec<u64>), Refusal>;
+}
+
+/// Who sent a request (from the kernel, not from the message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+}
+
+pub struct Service<A: Authority> {
+    authority: A,
+    /// Largest DMA request granted.
+    max_dma: u64,
+    connections: AtomicUsize,
+}
+
+fn refused(status: &str, message: impl Into<String>) -> Refusal {
+    Refusal::new(status, message)
+}
+
+impl<A: Authority> Service<A> {
+    pub fn new(authority: A, max_dma: u64) -> Service<A> {
+        Service {
+            authority,
+            max_dma,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn authority(&self) -> &A {
+        &self.authority
+    }
+
+    /// Answers one request. The descriptor returned goes out with the
+    /// reply.
+    pub fn handle(
+        &self,
+        peer: Peer,
+        message: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> (Reply, Option<OwnedFd>) {
+        let request = match Request::decode(message) {
+            Ok(r) => r,
+            Err(why) => {
+                warn!(
+                    "uid {} (pid {}): malformed request: {why}",
+                    peer.uid, peer.pid
+                );
+                return (Reply::Refused(refused("bad-request", why)), None);
+            }
+        };
+        match self.execute(peer, &request, fds) {
+            Ok((reply, fd)) => (reply, fd),
+            Err(r) => {
+                warn!(
+                    "uid {} (pid {}): {request:?} refused: {r}",
+                    peer.uid, peer.pid
+                );
+                (Reply::Refused(r), None)
+            }
+        }
+    }
+
+    fn execute(
+        &self,
+        peer: Peer,
+        request: &Request,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<(Reply, Option<OwnedFd>), Refusal> {
+        let expected_fds = usize::from(matches!(request, Request::Attach { .. }));
+        if fds.len() != expected_fds {
+            return Err(refused(
+                "bad-request",
+                format!(
+                    "this request takes {expected_fds} file descriptor(s), {} came with it",
+                    fds.len()
+                ),
+            ));
+        }
+        match *request {
+            Request::Attach {
+                vsic,
+                slot,
+                read_only,
+            } => {
+                self.check_owner(peer, vsic)?;
+                let cap = fds
+                    .pop()
+                    .ok_or_else(|| refused("bad-request", "no capability file"))?;
+                let token = read_capability(cap)?;
+                self.authority.attach(vsic, slot, &token, read_only)?;
+                info!(
+                    "uid {} (pid {}): attached VSA {} to VSIC {vsic} slot {slot}{}",
+                    peer.uid,
+                    peer.pid,
+                    token.vsa_id,
+                    if read_only { " read-only" } else { "" }
+                );
+                Ok((Reply::Attached, None))
+            }
+            Request::Detach { vsic, slot } => {
+                self.check_owner(peer, vsic)?;
+                self.authority.detach(vsic, slot)?;
+                info!(
+                    "uid {} (pid {}): detached VSIC {vsic} slot {slot}",
+                    peer.uid, peer.pid
+                );
+                Ok((Reply::Detached, None))
+            }
+            Request::Dma { bytes } => {
+                if peer.uid != 0 && !self.authority.owns_a_vsic(peer.uid) {
+                    return Err(refused(
+                        "not-owner",
+                        format!(
+                            "uid {} owns no VSIC; DMA memory is for VSIC owners",
+                            peer.uid
+                        ),
+                    ));
+                }
+                if bytes == 0 || bytes > self.max_dma {
+                    return Err(refused(
+                        "dma-limit",
+                        format!(
+                            "{bytes} bytes of DMA memory asked; between 1 and {} may be",
+                            self.max_dma
+                        ),
+                    ));
+                }
+                let (fd, page_size, gpas) = self.authority.dma_memory(bytes)?;
+                info!(
+                    "uid {} (pid {}): handed out {} page(s) of {page_size} bytes of DMA memory",
+                    peer.uid,
+                    peer.pid,
+                    gpas.len()
+                );
+                Ok((Reply::Dma { page_size, gpas }, Some(fd)))
+            }
+        }
+    }
+
+    fn check_owner(&self, peer: Peer, vsic: u32) -> Result<(), Refusal> {
+        let owner = self.authority.vsic_owner(vsic)?;
+        if peer.uid == 0 || peer.uid == owner {
+            Ok(())
+        } else {
+            Err(refused(
+                "not-owner",
+                format!("VSIC {vsic} is not yours (its VFIO group belongs to uid {owner})"),
+            ))
+        }
+    }
+
+    /// Serves one connection until the peer hangs up, stays idle too long,
+    /// or breaks the protocol at the socket level.
+    pub fn serve_connection(&self, conn: OwnedFd) {
+        let (pid, uid, _) = match socket::peer_credentials(conn.as_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("control connection without credentials: {e}");
+                return;
+            }
+        };
+        let peer = Peer { pid, uid };
+        if let Err(e) = socket::set_timeouts(conn.as_fd(), Some(IDLE_TIMEOUT)) {
+            warn!("uid {uid}: cannot set socket timeouts: {e}");
+        }
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let (n, fds) = match socket::recv(conn.as_fd(), &mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    let reply = Reply::Refused(refused("bad-request", e.to_string()));
+                    let _ = socket::send(conn.as_fd(), &reply.encode(), &[]);
+                    continue;
+                }
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) {
+                        warn!("uid {uid} (pid {pid}): receive failed: {e}");
+                    }
+                    return;
+                }
+            };
+            let (reply, fd) = self.handle(peer, buf.get(..n).unwrap_or_default(), fds);
+            let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+            if let Err(e) = socket::send(conn.as_fd(), &reply.encode(), &fds) {
+                warn!("uid {uid} (pid {pid}): reply lost: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Accepts connections forever, one thread each.
+    pub fn run(self: Arc<Self>, listener: OwnedFd) -> io::Result<()>
+    where
+        A: 'static,
+    {
+        loop {
+            let conn = match socket::accept(listener.as_fd()) {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ECONNABORTED)
+                    ) =>
+                {
+                    warn!("accept: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                self.connections.fetch_sub(1, Ordering::SeqCst);
+                let reply =
+                    Reply::Refused(refused("busy", "too many connections; try again later"));
+                let _ = socket::send(conn.as_fd(), &reply.encode(), &[]);
+                continue;
+            }
+            let service = Arc::clone(&self);
+            let spawned = std::thread::Builder::new()
+                .name(format!("control-{}", conn.as_raw_fd()))
+                .spawn(move || {
+                    service.serve_connection(conn);
+                    service.connections.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                self.connections.fetch_sub(1, Ordering::SeqCst);
+                warn!("cannot start a connection thread: {e}");
+            }
+        }
+    }
+}
+
+/// Reads the capability out of a descriptor the peer opened: a regular
+/// file, open for reading, holding one capability line.
+pub fn read_capability(fd: OwnedFd) -> Result<CapToken, Refusal> {
+    let bad = |why: String| refused("bad-capability", why);
+    // SAFETY: F_GETFL on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(bad(format!(
+            "unusable descriptor: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    if flags & libc::O_ACCMODE == libc::O_WRONLY || flags & libc::O_PATH != 0 {
+        return Err(bad("the capability file is not open for reading".into()));
+    }
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| bad(format!("cannot stat the capability file: {e}")))?;
+    if !meta.is_file() {
+        return Err(bad("the descriptor is not a regular file".into()));
+    }
+    let mut buf = vec![0u8; MAX_CAPABILITY_FILE + 1];
+    let mut len = 0;
+    while len < buf.len() {
+        let rest = buf.get_mut(len..).unwrap_or_default();
+        match file.read_at(rest, len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(bad(format!("cannot read the capability file: {e}"))),
+        }
+    }
+    if len > MAX_CAPABILITY_FILE {
+        return Err(bad("not a capability file: too large".into()));
+    }
+    let text = std::str::from_utf8(buf.get(..len).unwrap_or_default())
+        .map_err(|_| bad("not a capability file: not text".into()))?;
+    CapToken::from_text(text).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::client::{ControlClient, ControlError};
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    use std::sync::Mutex;
+    use vsic_abi::Rights;
+
+    /// VSIC 0 belongs to uid 1001, VSIC 1 to the test's own uid, VSIC 2 is
+    /// not handed to VFIO. Records what it was asked to do.
+    struct FakeAuthority {
+        me: u32,
+        calls: Mutex<Vec<String>>,
+        slots: Mutex<HashMap<(u32, u32), u64>>,
+    }
+
+    impl FakeAuthority {
+        fn new() -> FakeAuthority {
+            FakeAuthority {
+                // SAFETY: getuid has no preconditions.
+                me: unsafe { libc::getuid() },
+                calls: Mutex::new(Vec::new()),
+                slots: Mutex::new(HashMap::new()),
+            }
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Authority for FakeAuthority {
+        fn vsic_owner(&self, vsic: u32) -> Result<u32, Refusal> {
+            match vsic {
+                0 => Ok(1001),
+                1 => Ok(self.me),
+                2 => Err(Refusal::new("not-vfio", "VSIC 2 is not handed to VFIO")),
+                _ => Err(Refusal::new("no-such-vsic", "no VSIC with that number")),
+            }
+        }
+        fn owns_a_vsic(&self, uid: u32) -> bool {
+            uid == 1001 || uid == self.me
+        }
+        fn attach(&self, vsic: u32, slot: u32, token: &CapToken, ro: bool) -> Result<(), Refusal> {
+            if !ro && !token.rights.contains(Rights::WRITE) {
+                return Err(Refusal::new("permission-denied", "no write right"));
+            }
+            let mut slots = self.slots.lock().unwrap();
+            if slots.contains_key(&(vsic, slot)) {
+                return Err(Refusal::new(
+                    "slot-busy",
+                    "that slot already has a VSA attached",
+                ));
+            }
+            slots.insert((vsic, slot), token.vsa_id);
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("attach {vsic} {slot} vsa={} ro={ro}", token.vsa_id));
+            Ok(())
+        }
+        fn detach(&self, vsic: u32, slot: u32) -> Result<(), Refusal> {
+            self.slots.lock().unwrap().remove(&(vsic, slot));
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("detach {vsic} {slot}"));
+            Ok(())
+        }
+        fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, u64, Vec<u64>), Refusal> {
+            let page = 4096u64;
+            let pages = bytes.div_ceil(page);
+            // SAFETY: valid name and flags; the descriptor is ours.
+            let fd = unsafe { libc::memfd_create(c"fake-dma".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(fd >= 0);
+            // SAFETY: a fresh descriptor nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            File::from(fd.try_clone().unwrap())
+                .set_len(pages * page)
+                .unwrap();
+            self.calls.lock().unwrap().push(format!("dma {bytes}"));
+            Ok((fd, page, (0..pages).map(|i| 0x10_0000 + i * page).collect()))
+        }
+    }
+
+    fn cap_file(tag: &str, rights: Rights) -> (std::path::PathBuf, CapToken) {
+        let token = CapToken {
+            vsa_id: 9,
+            token_id: 2,
+            rights,
+            secret: [0x33; 32],
+        };
+        let path = std::env::temp_dir().join(format!("vsicctl-svc-{tag}-{}", std::process::id()));
+        std::fs::write(&path, token.to_text()).unwrap();
+        (path, token)
+    }
+
+    /// A service on one end of a socket pair, served by a thread; the
+    /// client on the other end.
+    fn connected() -> (
+        Arc<Service<FakeAuthority>>,
+        ControlClient,
+        std::thread::JoinHandle<()>,
+    ) {
+        let service = Arc::new(Service::new(FakeAuthority::new(), 8 << 20));
+        let (client_end, service_end) = socket::pair().unwrap();
+        let s = Arc::clone(&service);
+        let thread = std::thread::spawn(move || s.serve_connection(service_end));
+        (service, ControlClient::from_socket(client_end), thread)
+    }
+
+    #[test]
+    fn owner_attaches_with_the_capability_file_descriptor() {
+        let (service, client, thread) = connected();
+        let (path, _) = cap_file("attach", Rights::ALL);
+        client
+            .attach(1, 3, &File::open(&path).unwrap(), false)
+            .unwrap();
+        // The same slot again: the device's refusal comes back by name.
+        match client.attach(1, 3, &File::open(&path).unwrap(), false) {
+            Err(ControlError::Refused(r)) => assert_eq!(r.status, "slot-busy"),
+            other => panic!("{other:?}"),
+        }
+        client.detach(1, 3).unwrap();
+        drop(client);
+        thread.join().unwrap();
+        assert_eq!(
+            service.authority().calls(),
+            vec!["attach 1 3 vsa=9 ro=false", "detach 1 3"]
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn someone_elses_vsic_is_refused_before_the_device_is_asked() {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } == 0 {
+            // Root may act on every VSIC; the refusal is for other users.
+            let service = Service::new(FakeAuthority::new(), 1 << 20);
+            let peer = Peer { pid: 1, uid: 1002 };
+            let (path, _) = cap_file("other-root", Rights::ALL);
+            let fd = OwnedFd::from(File::open(&path).unwrap());
+            let req = Request::Attach {
+                vsic: 0,
+                slot: 1,
+                read_only: false,
+            };
+            let (reply, _) = service.handle(peer, &req.encode(), vec![fd]);
+            assert!(
+                matches!(reply, Reply::Refused(ref r) if r.status == "not-owner"),
+                "{reply:?}"
+            );
+            let (reply, _) =
+                service.handle(peer, &Request::Detach { vsic: 0, slot: 1 }.encode(), vec![]);
+            assert!(
+                matches!(reply, Reply::Refused(ref r) if r.status == "not-owner"),
+                "{reply:?}"
+            );
+            let (reply, _) = service.handle(peer, &Request::Dma { bytes: 4096 }.encode(), vec![]);
+            assert!(
+                matches!(reply, Reply::Refused(ref r) if r.status == "not-owner"),
+                "{reply:?}"
+            );
+            assert!(service.authority().calls().is_empty());
+            std::fs::remove_file(path).unwrap();
+            return;
+        }
+        let (service, client, thread) = connected();
+        let (path, _) = cap_file("other", Rights::ALL);
+        match client.attach(0, 1, &File::open(&path).unwrap(), false) {
+            Err(ControlError::Refused(r)) => {
+                assert_eq!(r.status, "not-owner");
+                assert!(r.message.contains("uid 1001"), "{r}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match client.detach(0, 1) {
+            Err(ControlError::Refused(r)) => assert_eq!(r.status, "not-owner"),
+            other => panic!("{other:?}"),
+        }
+        drop(client);
+        thread.join().unwrap();
+        assert!(service.authority().calls().is_empty());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn vsics_not_handed_out_and_bad_capabilities_are_refused() {
+        let (service, client, thread) = connected();
+        let (path, _) = cap_file("notvfio", Rights::ALL);
+        let refusal = |r: Result<(), ControlError>| match r {
+            Err(ControlError::Refused(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        let r = refusal(client.attach(2, 0, &File::open(&path).unwrap(), false));
+        assert_eq!(r.status, "not-vfio");
+        // A descriptor not open for reading proves nothing.
+        let write_only = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert_eq!(
+            refusal(client.attach(1, 0, &write_only, false)).status,
+            "bad-capability"
+        );
+        // A directory is not a capability file.
+        let dir = File::open(std::env::temp_dir()).unwrap();
+        assert_eq!(
+            refusal(client.attach(1, 0, &dir, false)).status,
+            "bad-capability"
+        );
+        // Nor is garbage, nor a huge file.
+        let mut garbage = tempfile::new("garbage");
+        garbage.write_all(b"not a capability").unwrap();
+        assert_eq!(
+            refusal(client.attach(1, 0, &garbage, false)).status,
+            "bad-capability"
+        );
+        let mut huge = tempfile::new("huge");
+        huge.write_all(&vec![b'x'; 10_000]).unwrap();
+        let r = refusal(client.attach(1, 0, &huge, false));
+        assert!(r.message.contains("too large"), "{r}");
+        // A read-only capability attached read-write: the device says no.
+        let (ro_path, _) = cap_file("ro", Rights::READ);
+        let r = refusal(client.attach(1, 0, &File::open(&ro_path).unwrap(), false));
+        assert_eq!(r.status, "permission-denied");
+        client
+            .attach(1, 0, &File::open(&ro_path).unwrap(), true)
+            .unwrap();
+        drop(client);
+        thread.join().unwrap();
+        assert_eq!(
+            service.authority().calls(),
+            vec!["attach 1 0 vsa=9 ro=true"]
+        );
+        std::fs::remove_file(path).unwrap();
+        std::fs::remove_file(ro_path).unwrap();
+    }
+
+    #[test]
+    fn dma_memory_comes_with_its_page_addresses_and_is_bounded() {
+        let (_service, client, thread) = connected();
+        let (fd, gpas) = client.dma_memory(3 * 4096 + 1).unwrap();
+        assert_eq!(gpas, vec![0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000]);
+        assert_eq!(File::from(fd).metadata().unwrap().len(), 4 * 4096);
+        for bytes in [0, (8 << 20) + 1] {
+            match client.dma_memory(bytes) {
+                Err(ControlError::Refused(r)) => assert_eq!(r.status, "dma-limit"),
+                other => panic!("{bytes}: {other:?}"),
+            }
+        }
+        // The provided memory is what the library takes.
+        let (fd, gpas) = client.dma_memory(8192).unwrap();
+        let source = vsic::DmaSource::provided(fd, gpas).unwrap();
+        assert!(matches!(source, vsic::DmaSource::Provided(_)));
+        drop(client);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn raw_protocol_errors_get_refusals_and_the_connection_survives() {
+        let service = Arc::new(Service::new(FakeAuthority::new(), 1 << 20));
+        let (client_end, service_end) = socket::pair().unwrap();
+        let s = Arc::clone(&service);
+        let thread = std::thread::spawn(move || s.serve_connection(service_end));
+        let ask = |data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]| {
+            socket::send(client_end.as_fd(), data, fds).unwrap();
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            let (n, fds) = socket::recv(client_end.as_fd(), &mut buf).unwrap().unwrap();
+            (Reply::decode(&buf[..n]).unwrap(), fds.len())
+        };
+        let status = |r: Reply| match r {
+            Reply::Refused(r) => r.status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(ask(b"{{{", &[]).0), "bad-request");
+        assert_eq!(
+            status(ask(br#"{"v":1,"op":"attach","vsic":1,"slot":0}"#, &[]).0),
+            "bad-request"
+        );
+        let f = tempfile::new("extra");
+        let detach = Request::Detach { vsic: 1, slot: 0 }.encode();
+        assert_eq!(status(ask(&detach, &[f.as_fd()]).0), "bad-request");
+        // Oversized message: refused, connection kept.
+        assert_eq!(
+            status(ask(&vec![b' '; MAX_MESSAGE + 10], &[]).0),
+            "bad-request"
+        );
+        let (reply, nfds) = ask(&detach, &[]);
+        assert_eq!((reply, nfds), (Reply::Detached, 0));
+        drop(client_end);
+        thread.join().unwrap();
+    }
+
+    mod tempfile {
+        use std::fs::File;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        /// An unlinked read-write file.
+        pub fn new(tag: &str) -> File {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "vsicctl-svc-tmp-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            std::fs::remove_file(&path).unwrap();
+            f
+        }
+    }
+}

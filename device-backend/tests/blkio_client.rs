@@ -7,6 +7,8 @@ mod common;
 
 use std::mem::MaybeUninit;
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use blkio::{Blkio, Blkioq, MemoryRegion, ReqFlags};
@@ -29,7 +31,19 @@ impl BlkioClient {
         BlkioClient::try_connect(socket, queues).unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
     }
 
+    /// Connects on a helper thread: blkio's handshake has no timeout of its
+    /// own, and a daemon that never answers must fail the test, not hang it.
     fn try_connect(socket: &Path, queues: i32) -> Result<BlkioClient, String> {
+        let (tx, rx) = mpsc::channel();
+        let socket = socket.to_path_buf();
+        thread::spawn(move || {
+            let _ = tx.send(BlkioClient::connect_now(&socket, queues));
+        });
+        rx.recv_timeout(IO_TIMEOUT)
+            .unwrap_or_else(|_| Err(format!("no blkio handshake within {IO_TIMEOUT:?}")))
+    }
+
+    fn connect_now(socket: &Path, queues: i32) -> Result<BlkioClient, String> {
         let step = |what: &'static str| move |e: blkio::Error| format!("blkio {what}: {e}");
         let mut blkio = Blkio::new("virtio-blk-vhost-user").map_err(step("new"))?;
         blkio

@@ -233,6 +233,21 @@ fn a_vsic_cannot_reach_beyond_its_attachments() {
         "write across the end of A",
         dev0.write_at(1, SLOT0, 4 * MIB - 4096, &overwrite),
     );
+    // The zeroing requests take their own path through the device.
+    let whole_b = [VsaRange::new(0, 64 << 10)];
+    expect_refused(
+        "write-zeroes on slot 1",
+        run_one(&dev0, 0, Request::write_zeroes(VsaHandle::new(1), &whole_b)).map_err(Error::Io),
+    );
+    expect_refused(
+        "discard on slot 1",
+        run_one(&dev0, 1, Request::discard(VsaHandle::new(1), &whole_b)).map_err(Error::Io),
+    );
+    let across_end = [VsaRange::new(4 * MIB - 4096, 8192)];
+    expect_refused(
+        "write-zeroes across the end of A",
+        run_one(&dev0, 0, Request::write_zeroes(SLOT0, &across_end)).map_err(Error::Io),
+    );
     let after = stats_of(&admin, 0).0;
     assert_eq!(
         after.protection_violations - before.protection_violations,

@@ -78,15 +78,19 @@ fn parse_drive(text: &str) -> Result<DriveSpec, String> {
             _ => return Err(format!("unknown drive option '{option}' (only size=SIZE)")),
         }
     }
-    Ok(DriveSpec { path: PathBuf::from(path), size })
+    Ok(DriveSpec {
+        path: PathBuf::from(path),
+        size,
+    })
 }
 
 impl Cli {
     fn controller_config(&self) -> ControllerConfig {
-        let service_model = (self.service_latency.is_some() || self.service_bandwidth.is_some()).then(|| ServiceModel {
-            latency: self.service_latency.unwrap_or_default(),
-            bytes_per_sec: self.service_bandwidth.unwrap_or(0),
-        });
+        let service_model = (self.service_latency.is_some() || self.service_bandwidth.is_some())
+            .then(|| ServiceModel {
+                latency: self.service_latency.unwrap_or_default(),
+                bytes_per_sec: self.service_bandwidth.unwrap_or(0),
+            });
         ControllerConfig {
             drives: self.drives.clone(),
             vsics: self.vsics,
@@ -160,11 +164,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!("vsicd: listening on {} (pf + {} VSICs)", cli.socket_dir.display(), cli.vsics);
+    println!(
+        "vsicd: listening on {} (pf + {} VSICs)",
+        cli.socket_dir.display(),
+        cli.vsics
+    );
     let _ = std::io::stdout().flush();
 
     let sig = wait_for_stop_signal(&signals);
-    info!("stopping on {}", if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" });
+    info!(
+        "stopping on {}",
+        if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        }
+    );
     front.shutdown();
     info!("stopped");
     ExitCode::SUCCESS

@@ -5,6 +5,7 @@
 //! vring lock and its own scratch space, so queues never wait on each other.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -15,11 +16,15 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use vsic_abi::virtio::Function;
 
 use super::channel::{ConfigChannel, ConfigNotifiers};
-use super::config_space::{config_space, device_features, protocol_features, read_config, MAX_QUEUE_SIZE};
+use super::config_space::{
+    config_space, device_features, protocol_features, read_config, MAX_QUEUE_SIZE,
+};
 use super::device::Device;
 use super::execute::{handle_chain, Context, RefusalLog, Scratch};
 
@@ -70,12 +75,43 @@ struct Session {
     exits: Mutex<Vec<EventNotifier>>,
     /// The PF's backend-request channel, held unused until disconnect.
     pf_channel: Mutex<Option<Backend>>,
+    /// Exit-event descriptors handed to the workers. vhost-user-backend
+    /// 0.24 registers them with `into_raw_fd()` and never closes them, so
+    /// every connection would leak one per queue; the session closes them
+    /// once the last worker (and with it the library's epoll) is gone.
+    exit_consumers: Mutex<Vec<RawFd>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for fd in self
+            .exit_consumers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            if is_eventfd(fd) {
+                // SAFETY: the descriptor was created by exit_event() and
+                // abandoned by the library; nothing else closes it.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
+/// Whether `fd` is an open eventfd.
+fn is_eventfd(fd: RawFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|target| target.as_os_str() == "anon_inode:[eventfd]")
+        .unwrap_or(false)
 }
 
 impl FunctionBackend {
     /// A backend for a new connection, sharing `mem` with the daemon.
     pub fn new(state: Arc<FunctionState>, mem: GuestMemory) -> FunctionBackend {
-        let scratch = (0..state.num_queues).map(|_| Mutex::new(Scratch::new())).collect();
+        let scratch = (0..state.num_queues)
+            .map(|_| Mutex::new(Scratch::new()))
+            .collect();
         FunctionBackend {
             session: Arc::new(Session {
                 state,
@@ -84,15 +120,25 @@ impl FunctionBackend {
                 scratch,
                 exits: Mutex::new(Vec::new()),
                 pf_channel: Mutex::new(None),
+                exit_consumers: Mutex::new(Vec::new()),
             }),
         }
     }
 
     /// Makes every worker thread of this connection exit.
     pub fn stop_workers(&self) {
-        for exit in self.session.exits.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for exit in self
+            .session
+            .exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             if let Err(e) = exit.notify() {
-                warn!("{}: cannot stop a queue worker: {e}", self.session.state.name());
+                warn!(
+                    "{}: cannot stop a queue worker: {e}",
+                    self.session.state.name()
+                );
             }
         }
     }
@@ -101,7 +147,9 @@ impl FunctionBackend {
     fn process_queue(&self, vring: &Vring, queue: u16) {
         let s = &*self.session;
         let _running = s.state.quiesce.read().unwrap_or_else(|e| e.into_inner());
-        let Some(scratch) = s.scratch.get(queue as usize) else { return };
+        let Some(scratch) = s.scratch.get(queue as usize) else {
+            return;
+        };
         let mut scratch = scratch.lock().unwrap_or_else(|e| e.into_inner());
         let mem = s.mem.memory();
         let ctx = Context {
@@ -124,7 +172,10 @@ impl FunctionBackend {
                 let head = chain.head_index();
                 let done = handle_chain(&*mem, chain, &ctx, &mut scratch);
                 if let Err(e) = vring.add_used(head, done.used_len) {
-                    warn!("{} queue {queue}: cannot complete a request: {e}", s.state.name());
+                    warn!(
+                        "{} queue {queue}: cannot complete a request: {e}",
+                        s.state.name()
+                    );
                     return;
                 }
                 // Interrupt per request: requests can be slow (drive I/O,
@@ -189,7 +240,11 @@ impl VhostUserBackend for FunctionBackend {
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // Nothing in the space is writable (no CONFIG_WCE); ignore, as
         // hardware ignores writes to read-only registers.
-        debug!("{}: ignoring a {}-byte config write at {offset}", self.session.state.name(), buf.len());
+        debug!(
+            "{}: ignoring a {}-byte config write at {offset}",
+            self.session.state.name(),
+            buf.len()
+        );
         Ok(())
     }
 
@@ -203,36 +258,129 @@ impl VhostUserBackend for FunctionBackend {
         let Function::Vsic(vsic) = state.function else {
             // The PF's capacity never changes, but closing the channel would
             // look like a failure to the frontend: keep it open.
-            *self.session.pf_channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(backend);
+            *self
+                .session
+                .pf_channel
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(backend);
             return;
         };
         match ConfigChannel::adopt(backend) {
             Ok(channel) => state.notifiers.set(vsic, Some(channel)),
-            Err(e) => warn!("{}: no configuration-change notifications: {e}", state.name()),
+            Err(e) => warn!(
+                "{}: no configuration-change notifications: {e}",
+                state.name()
+            ),
         }
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.session.state.num_queues.min(64)).map(|q| 1u64 << q).collect()
+        (0..self.session.state.num_queues.min(64))
+            .map(|q| 1u64 << q)
+            .collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
         let ours = notifier.try_clone().ok()?;
-        self.session.exits.lock().unwrap_or_else(|e| e.into_inner()).push(ours);
+        self.session
+            .exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ours);
+        self.session
+            .exit_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
         Some((consumer, notifier))
     }
 
-    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[Vring], thread_id: usize) -> io::Result<()> {
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Ok(());
         }
         // One queue per thread: the thread index is the queue index.
-        let (Some(vring), Ok(queue)) = (vrings.get(device_event as usize), u16::try_from(thread_id)) else {
+        let (Some(vring), Ok(queue)) =
+            (vrings.get(device_event as usize), u16::try_from(thread_id))
+        else {
             return Ok(());
         };
         // Never return an error: it would end this queue's worker thread.
         self.process_queue(vring, queue);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use vhost_user_backend::VhostUserDaemon;
+
+    use super::*;
+    use crate::front::tests::{FakeDevice, DISK_SIZE};
+
+    fn backend(function: Function, num_queues: u16) -> (FunctionBackend, GuestMemory) {
+        let state = Arc::new(FunctionState {
+            function,
+            num_queues,
+            device: Arc::new(FakeDevice::new()),
+            notifiers: Arc::new(ConfigNotifiers::new(2)),
+            quiesce: Arc::new(RwLock::new(())),
+            log: RefusalLog::default(),
+        });
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        (FunctionBackend::new(state, mem.clone()), mem)
+    }
+
+    #[test]
+    fn advertises_queues_threads_and_live_capacity() {
+        let (vsic, _) = backend(Function::Vsic(0), 3);
+        assert_eq!(vsic.num_queues(), 3);
+        assert_eq!(vsic.queues_per_thread(), [1, 2, 4]);
+        let config = vsic.get_config(0, 8);
+        assert_eq!(
+            u64::from_le_bytes(config.try_into().unwrap()),
+            DISK_SIZE as u64 / 512
+        );
+        assert_eq!(vsic.get_config(34, 2), 3u16.to_le_bytes());
+        assert!(
+            vsic.get_config(u32::MAX, 4).is_empty(),
+            "absurd ranges fail"
+        );
+
+        let (pf, _) = backend(Function::Pf, 1);
+        assert_eq!(pf.queues_per_thread(), [1]);
+        assert_eq!(pf.get_config(0, 8), [0; 8], "the PF has no storage");
+    }
+
+    #[test]
+    fn a_session_closes_the_exit_events_the_library_abandons() {
+        let (backend, mem) = backend(Function::Vsic(1), 2);
+        let session = Arc::downgrade(&backend.session);
+        let daemon = VhostUserDaemon::new("test".into(), backend.clone(), mem).unwrap();
+        let fds = backend.session.exit_consumers.lock().unwrap().clone();
+        assert_eq!(fds.len(), 2, "one exit event per queue worker");
+        assert!(fds.iter().all(|&fd| is_eventfd(fd)));
+        backend.stop_workers();
+        drop(daemon);
+        drop(backend);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while session.strong_count() > 0 {
+            assert!(Instant::now() < deadline, "the workers did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            fds.iter().all(|&fd| !is_eventfd(fd)),
+            "exit events left open"
+        );
     }
 }

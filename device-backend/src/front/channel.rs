@@ -48,7 +48,9 @@ impl ConfigChannel {
             }
         }
         drop(backend);
-        let mut gone = candidates.into_iter().filter(|(fd, inode, _)| inode_of(*fd) != Some(*inode));
+        let mut gone = candidates
+            .into_iter()
+            .filter(|(fd, inode, _)| inode_of(*fd) != Some(*inode));
         match (gone.next(), gone.next()) {
             (Some((_, inode, sock)), None) => {
                 claimed.push(inode);
@@ -67,13 +69,20 @@ impl ConfigChannel {
         // size (bytes 8..12) = 0: the message has no body.
         // SAFETY: sends from a valid local buffer on a socket we own.
         let n = unsafe {
-            libc::send(self.sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            libc::send(
+                self.sock.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         if n as usize != msg.len() {
-            return Err(io::Error::other("short write on the backend-request channel"));
+            return Err(io::Error::other(
+                "short write on the backend-request channel",
+            ));
         }
         Ok(())
     }
@@ -109,7 +118,15 @@ fn sock_opt(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt into a c_int of the declared length.
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     (r == 0).then_some(v)
 }
 
@@ -119,17 +136,25 @@ fn sock_opt(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
 fn unnamed_unix_streams() -> io::Result<Vec<(RawFd, u64)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc/self/fd")? {
-        let Some(fd) = entry?.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) else {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+        else {
             continue;
         };
         let Some(inode) = inode_of(fd) else { continue };
-        if sock_opt(fd, libc::SO_DOMAIN) != Some(libc::AF_UNIX) || sock_opt(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+        if sock_opt(fd, libc::SO_DOMAIN) != Some(libc::AF_UNIX)
+            || sock_opt(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+        {
             continue;
         }
         // SAFETY: getsockname into a sockaddr_un of the declared length.
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        let r = unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) };
+        let r = unsafe {
+            libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len)
+        };
         if r == 0 && len as usize <= std::mem::size_of::<libc::sa_family_t>() {
             out.push((fd, inode));
         }
@@ -144,7 +169,9 @@ pub struct ConfigNotifiers {
 
 impl ConfigNotifiers {
     pub fn new(vsics: u32) -> ConfigNotifiers {
-        ConfigNotifiers { slots: (0..vsics).map(|_| Mutex::new(None)).collect() }
+        ConfigNotifiers {
+            slots: (0..vsics).map(|_| Mutex::new(None)).collect(),
+        }
     }
 
     /// Installs (or with `None` removes) VSIC `vsic`'s channel.
@@ -157,7 +184,9 @@ impl ConfigNotifiers {
 
 impl ConfigChangeSink for ConfigNotifiers {
     fn config_changed(&self, vsic: u32) {
-        let Some(slot) = self.slots.get(vsic as usize) else { return };
+        let Some(slot) = self.slots.get(vsic as usize) else {
+            return;
+        };
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref().map(ConfigChannel::send_config_change) {
             None => debug!("vsic{vsic}: configuration changed, no frontend to tell"),
@@ -178,6 +207,9 @@ mod tests {
 
     #[test]
     fn adopted_channel_sends_config_change() {
+        let _serial = crate::front::tests::SOCKET_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // Other unnamed sockets around must not confuse the adoption.
         let (_x1, _x2) = UnixStream::pair().unwrap();
         let (ours, mut frontend) = UnixStream::pair().unwrap();

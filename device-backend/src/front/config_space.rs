@@ -33,7 +33,10 @@ pub fn device_features() -> u64 {
         virtio::VIRTIO_BLK_F_DISCARD,
         virtio::VIRTIO_BLK_F_WRITE_ZEROES,
     ];
-    bits.iter().fold(VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), |acc, b| acc | (1u64 << b))
+    bits.iter().fold(
+        VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+        |acc, b| acc | (1u64 << b),
+    )
 }
 
 /// vhost-user protocol features: several queues, config space access,
@@ -51,15 +54,39 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
 /// (rounded down to whole sectors) and `num_queues` request queues.
 pub fn config_space(capacity_bytes: u64, num_queues: u16) -> [u8; config::LEN] {
     let mut c = [0u8; config::LEN];
-    put(&mut c, config::CAPACITY, &(capacity_bytes / virtio::SECTOR_SIZE).to_le_bytes());
+    put(
+        &mut c,
+        config::CAPACITY,
+        &(capacity_bytes / virtio::SECTOR_SIZE).to_le_bytes(),
+    );
     put(&mut c, config::SEG_MAX, &SEG_MAX.to_le_bytes());
     put(&mut c, config::BLK_SIZE, &BLOCK_SIZE.to_le_bytes());
     put(&mut c, config::NUM_QUEUES, &num_queues.to_le_bytes());
-    put(&mut c, config::MAX_DISCARD_SECTORS, &MAX_DISCARD_SECTORS.to_le_bytes());
-    put(&mut c, config::MAX_DISCARD_SEG, &MAX_DISCARD_SEG.to_le_bytes());
-    put(&mut c, config::DISCARD_SECTOR_ALIGNMENT, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
-    put(&mut c, config::MAX_WRITE_ZEROES_SECTORS, &MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
-    put(&mut c, config::MAX_WRITE_ZEROES_SEG, &MAX_WRITE_ZEROES_SEG.to_le_bytes());
+    put(
+        &mut c,
+        config::MAX_DISCARD_SECTORS,
+        &MAX_DISCARD_SECTORS.to_le_bytes(),
+    );
+    put(
+        &mut c,
+        config::MAX_DISCARD_SEG,
+        &MAX_DISCARD_SEG.to_le_bytes(),
+    );
+    put(
+        &mut c,
+        config::DISCARD_SECTOR_ALIGNMENT,
+        &DISCARD_SECTOR_ALIGNMENT.to_le_bytes(),
+    );
+    put(
+        &mut c,
+        config::MAX_WRITE_ZEROES_SECTORS,
+        &MAX_WRITE_ZEROES_SECTORS.to_le_bytes(),
+    );
+    put(
+        &mut c,
+        config::MAX_WRITE_ZEROES_SEG,
+        &MAX_WRITE_ZEROES_SEG.to_le_bytes(),
+    );
     // WRITE_ZEROES may deallocate: both DISCARD and WRITE_ZEROES read back as zeroes.
     put(&mut c, config::WRITE_ZEROES_MAY_UNMAP, &[1]);
     c
@@ -102,7 +129,10 @@ mod tests {
     #[test]
     fn config_space_layout() {
         let c = config_space(64 << 20, 4);
-        assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), (64 << 20) / 512);
+        assert_eq!(
+            u64::from_le_bytes(c[0..8].try_into().unwrap()),
+            (64 << 20) / 512
+        );
         assert_eq!(u32_at(&c, config::SEG_MAX), SEG_MAX);
         assert_eq!(u32_at(&c, config::BLK_SIZE), 512);
         assert_eq!(u16::from_le_bytes([c[34], c[35]]), 4);

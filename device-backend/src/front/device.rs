@@ -13,11 +13,25 @@ pub trait Device: Send + Sync {
     /// # Safety
     /// Every iovec must point to memory valid for reads and writes of its
     /// length for the whole call.
-    unsafe fn io(&self, vsic: u32, queue: u16, kind: IoKind, offset: u64, iov: &[libc::iovec]) -> Result<usize, IoError>;
+    unsafe fn io(
+        &self,
+        vsic: u32,
+        queue: u16,
+        kind: IoKind,
+        offset: u64,
+        iov: &[libc::iovec],
+    ) -> Result<usize, IoError>;
 
     fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError>;
 
-    fn discard(&self, vsic: u32, queue: u16, offset: u64, len: u64, zero: bool) -> Result<(), IoError>;
+    fn discard(
+        &self,
+        vsic: u32,
+        queue: u16,
+        offset: u64,
+        len: u64,
+        zero: bool,
+    ) -> Result<(), IoError>;
 
     /// Executes one raw admin command (PF only).
     fn admin(&self, command: &[u8], payload_out: &[u8], payload_in_capacity: usize) -> AdminReply;
@@ -31,7 +45,14 @@ impl Device for Controller {
         Controller::capacity(self, vsic)
     }
 
-    unsafe fn io(&self, vsic: u32, queue: u16, kind: IoKind, offset: u64, iov: &[libc::iovec]) -> Result<usize, IoError> {
+    unsafe fn io(
+        &self,
+        vsic: u32,
+        queue: u16,
+        kind: IoKind,
+        offset: u64,
+        iov: &[libc::iovec],
+    ) -> Result<usize, IoError> {
         // SAFETY: the caller upholds the same contract Controller::io states.
         unsafe { Controller::io(self, vsic, queue, kind, offset, iov) }
     }
@@ -40,7 +61,14 @@ impl Device for Controller {
         Controller::flush(self, vsic, queue)
     }
 
-    fn discard(&self, vsic: u32, queue: u16, offset: u64, len: u64, zero: bool) -> Result<(), IoError> {
+    fn discard(
+        &self,
+        vsic: u32,
+        queue: u16,
+        offset: u64,
+        len: u64,
+        zero: bool,
+    ) -> Result<(), IoError> {
         Controller::discard(self, vsic, queue, offset, len, zero)
     }
 

@@ -44,7 +44,11 @@ unsafe impl Send for Scratch {}
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch { chain: Chain::new(), iov: Vec::with_capacity(256), admin: Vec::new() }
+        Scratch {
+            chain: Chain::new(),
+            iov: Vec::with_capacity(256),
+            admin: Vec::new(),
+        }
     }
 }
 
@@ -80,13 +84,19 @@ pub fn handle_chain<M: GuestMemoryBackend>(
     ctx: &Context<'_>,
     scratch: &mut Scratch,
 ) -> Completion {
-    let (status, data_in_written) = match parse_chain(mem, descs, ctx.function, &mut scratch.chain) {
+    let (status, data_in_written) = match parse_chain(mem, descs, ctx.function, &mut scratch.chain)
+    {
         Ok(request) => execute(mem, request, ctx, scratch),
         Err(refusal) => {
             refuse(ctx, &refusal);
             match refusal.status() {
                 Some(status) => (status, false),
-                None => return Completion { status: None, used_len: 0 },
+                None => {
+                    return Completion {
+                        status: None,
+                        used_len: 0,
+                    }
+                }
             }
         }
     };
@@ -98,39 +108,74 @@ fn refuse(ctx: &Context<'_>, refusal: &Refusal) {
         ctx.device.count_error(vsic, ctx.queue);
     }
     if ctx.log.allow() {
-        warn!("{:?} queue {}: request refused: {}", ctx.function, ctx.queue, refusal.reason());
+        warn!(
+            "{:?} queue {}: request refused: {}",
+            ctx.function,
+            ctx.queue,
+            refusal.reason()
+        );
     }
 }
 
 /// Zero-fills data-in that was not written, writes the status byte and
 /// computes used.len.
-fn finish<M: GuestMemoryBackend>(mem: &M, chain: &Chain, status: u8, data_in_written: bool) -> Completion {
-    let data_in_written = data_in_written || chain.zero(mem, Stream::Writable, 0, chain.data_in_len());
+fn finish<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: &Chain,
+    status: u8,
+    data_in_written: bool,
+) -> Completion {
+    let data_in_written =
+        data_in_written || chain.zero(mem, Stream::Writable, 0, chain.data_in_len());
     let Some(addr) = chain.status_addr() else {
-        return Completion { status: None, used_len: 0 };
+        return Completion {
+            status: None,
+            used_len: 0,
+        };
     };
     if vm_memory::Bytes::write_slice(mem, &[status], addr).is_err() {
-        return Completion { status: None, used_len: 0 };
+        return Completion {
+            status: None,
+            used_len: 0,
+        };
     }
-    let used_len = if data_in_written { u32::try_from(chain.len(Stream::Writable)).unwrap_or(u32::MAX) } else { 0 };
-    Completion { status: Some(status), used_len }
+    let used_len = if data_in_written {
+        u32::try_from(chain.len(Stream::Writable)).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+    Completion {
+        status: Some(status),
+        used_len,
+    }
 }
 
 /// Runs a well-formed request; returns the status and whether every data-in
 /// byte was written.
-fn execute<M: GuestMemoryBackend>(mem: &M, request: Request, ctx: &Context<'_>, scratch: &mut Scratch) -> (u8, bool) {
+fn execute<M: GuestMemoryBackend>(
+    mem: &M,
+    request: Request,
+    ctx: &Context<'_>,
+    scratch: &mut Scratch,
+) -> (u8, bool) {
     const OK: u8 = virtio::VIRTIO_BLK_S_OK;
     const IOERR: u8 = virtio::VIRTIO_BLK_S_IOERR;
     let chain = &scratch.chain;
     match request {
         Request::Read { offset, len } | Request::Write { offset, len } => {
-            let Some(vsic) = ctx.vsic() else { return (IOERR, false) };
+            let Some(vsic) = ctx.vsic() else {
+                return (IOERR, false);
+            };
             if len == 0 {
                 return (OK, true);
             }
             let (kind, stream, start) = match request {
                 Request::Read { .. } => (IoKind::Read, Stream::Writable, 0),
-                _ => (IoKind::Write, Stream::Readable, virtio::REQ_HEADER_LEN as u64),
+                _ => (
+                    IoKind::Write,
+                    Stream::Readable,
+                    virtio::REQ_HEADER_LEN as u64,
+                ),
             };
             if !map_iovecs(mem, chain, stream, start, len, &mut scratch.iov) {
                 return (IOERR, false);
@@ -142,11 +187,17 @@ fn execute<M: GuestMemoryBackend>(mem: &M, request: Request, ctx: &Context<'_>, 
             match result {
                 Ok(n) if n as u64 == len => (OK, kind == IoKind::Read),
                 Ok(n) => {
-                    debug!("vsic{vsic} queue {}: short {kind:?} at {offset:#x}: {n} of {len}", ctx.queue);
+                    debug!(
+                        "vsic{vsic} queue {}: short {kind:?} at {offset:#x}: {n} of {len}",
+                        ctx.queue
+                    );
                     (IOERR, false)
                 }
                 Err(e) => {
-                    debug!("vsic{vsic} queue {}: {kind:?} at {offset:#x}+{len}: {e:?}", ctx.queue);
+                    debug!(
+                        "vsic{vsic} queue {}: {kind:?} at {offset:#x}+{len}: {e:?}",
+                        ctx.queue
+                    );
                     (IOERR, false)
                 }
             }
@@ -173,11 +224,15 @@ fn execute<M: GuestMemoryBackend>(mem: &M, request: Request, ctx: &Context<'_>, 
             }
         }
         Request::Discard { segments } | Request::WriteZeroes { segments } => {
-            let Some(vsic) = ctx.vsic() else { return (IOERR, false) };
+            let Some(vsic) = ctx.vsic() else {
+                return (IOERR, false);
+            };
             let zero = matches!(request, Request::WriteZeroes { .. });
             for i in 0..u64::from(segments) {
                 // Read again: the guest may have changed it since parsing.
-                let Some(seg) = read_segment(mem, chain, i) else { return (IOERR, false) };
+                let Some(seg) = read_segment(mem, chain, i) else {
+                    return (IOERR, false);
+                };
                 let (offset, len) = match check_segment(&seg, zero) {
                     Ok(range) => range,
                     Err(refusal) => return (refusal.status().unwrap_or(IOERR), false),
@@ -186,13 +241,20 @@ fn execute<M: GuestMemoryBackend>(mem: &M, request: Request, ctx: &Context<'_>, 
                     continue;
                 }
                 if let Err(e) = ctx.device.discard(vsic, ctx.queue, offset, len, zero) {
-                    debug!("vsic{vsic} queue {}: discard {offset:#x}+{len}: {e:?}", ctx.queue);
+                    debug!(
+                        "vsic{vsic} queue {}: discard {offset:#x}+{len}: {e:?}",
+                        ctx.queue
+                    );
                     return (IOERR, false);
                 }
             }
             (OK, true)
         }
-        Request::Admin { command_len, payload_len, reply_capacity } => {
+        Request::Admin {
+            command_len,
+            payload_len,
+            reply_capacity,
+        } => {
             let buf = &mut scratch.admin;
             buf.clear();
             buf.resize(command_len + payload_len, 0);
@@ -238,7 +300,10 @@ fn map_iovecs<M: GuestMemoryBackend>(
                 iov.clear();
                 return false;
             };
-            iov.push(libc::iovec { iov_base: slice.ptr_guard_mut().as_ptr().cast(), iov_len: slice.len() });
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
             total += slice.len() as u64;
         }
     }
@@ -261,7 +326,10 @@ impl RefusalLog {
     const PER_SECOND: u64 = 5;
 
     pub fn allow(&self) -> bool {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         if self.second.swap(now, Ordering::Relaxed) != now {
             self.count.store(0, Ordering::Relaxed);
         }

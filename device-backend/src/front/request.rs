@@ -91,7 +91,10 @@ impl Chain {
             if desc.len() == 0 {
                 continue;
             }
-            let seg = Segment { addr: desc.addr().0, len: desc.len() };
+            let seg = Segment {
+                addr: desc.addr().0,
+                len: desc.len(),
+            };
             let in_memory = seg.addr.checked_add(u64::from(seg.len)).is_some()
                 && mem.check_range(GuestAddress(seg.addr), seg.len as usize);
             if !in_memory {
@@ -155,15 +158,27 @@ impl Chain {
     /// The guest ranges covering `len` bytes of `stream` from `offset`.
     /// Yields fewer bytes than asked when the stream is shorter.
     pub fn ranges(&self, stream: Stream, offset: u64, len: u64) -> Ranges<'_> {
-        Ranges { segs: self.segments(stream).iter(), skip: offset, left: len }
+        Ranges {
+            segs: self.segments(stream).iter(),
+            skip: offset,
+            left: len,
+        }
     }
 
     /// Copies `buf.len()` bytes of `stream` from `offset` out of guest
     /// memory. False when the stream is too short or memory is missing.
-    pub fn read<M: GuestMemoryBackend>(&self, mem: &M, stream: Stream, offset: u64, buf: &mut [u8]) -> bool {
+    pub fn read<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        stream: Stream,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> bool {
         let mut done = 0usize;
         for (addr, n) in self.ranges(stream, offset, buf.len() as u64) {
-            let Some(dst) = buf.get_mut(done..done + n) else { return false };
+            let Some(dst) = buf.get_mut(done..done + n) else {
+                return false;
+            };
             if mem.read_slice(dst, addr).is_err() {
                 return false;
             }
@@ -174,10 +189,18 @@ impl Chain {
 
     /// Copies `buf` into `stream` at `offset`. False when it does not fit or
     /// memory is missing.
-    pub fn write<M: GuestMemoryBackend>(&self, mem: &M, stream: Stream, offset: u64, buf: &[u8]) -> bool {
+    pub fn write<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        stream: Stream,
+        offset: u64,
+        buf: &[u8],
+    ) -> bool {
         let mut done = 0usize;
         for (addr, n) in self.ranges(stream, offset, buf.len() as u64) {
-            let Some(src) = buf.get(done..done + n) else { return false };
+            let Some(src) = buf.get(done..done + n) else {
+                return false;
+            };
             if mem.write_slice(src, addr).is_err() {
                 return false;
             }
@@ -187,15 +210,26 @@ impl Chain {
     }
 
     /// Zeroes `len` bytes of `stream` from `offset`.
-    pub fn zero<M: GuestMemoryBackend>(&self, mem: &M, stream: Stream, offset: u64, len: u64) -> bool {
+    pub fn zero<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        stream: Stream,
+        offset: u64,
+        len: u64,
+    ) -> bool {
         static ZEROES: [u8; 4096] = [0; 4096];
         let mut done = 0u64;
         for (addr, n) in self.ranges(stream, offset, len) {
             let mut at = 0usize;
             while at < n {
                 let chunk = (n - at).min(ZEROES.len());
-                let Some(target) = addr.0.checked_add(at as u64) else { return false };
-                if mem.write_slice(&ZEROES[..chunk], GuestAddress(target)).is_err() {
+                let Some(target) = addr.0.checked_add(at as u64) else {
+                    return false;
+                };
+                if mem
+                    .write_slice(&ZEROES[..chunk], GuestAddress(target))
+                    .is_err()
+                {
                     return false;
                 }
                 at += chunk;
@@ -240,18 +274,32 @@ impl Iterator for Ranges<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// Data-in is the whole writable stream but the status byte.
-    Read { offset: u64, len: u64 },
+    Read {
+        offset: u64,
+        len: u64,
+    },
     /// Data-out is the readable stream after the header.
-    Write { offset: u64, len: u64 },
+    Write {
+        offset: u64,
+        len: u64,
+    },
     Flush,
     GetId,
     /// `segments` [`DiscardSegment`]s follow the header.
-    Discard { segments: u32 },
-    WriteZeroes { segments: u32 },
+    Discard {
+        segments: u32,
+    },
+    WriteZeroes {
+        segments: u32,
+    },
     /// The command (`command_len` bytes, 64 when well-formed) and the
     /// payload follow the header; the completion and up to
     /// `reply_capacity` payload bytes go into data-in.
-    Admin { command_len: usize, payload_len: usize, reply_capacity: usize },
+    Admin {
+        command_len: usize,
+        payload_len: usize,
+        reply_capacity: usize,
+    },
 }
 
 /// Why a chain is not executed, and what the driver is told.
@@ -294,7 +342,9 @@ pub fn parse_chain<M: GuestMemoryBackend>(
 ) -> Result<Request, Refusal> {
     chain.gather(mem, descs);
     if chain.status.is_none() {
-        return Err(Refusal::NoStatus(chain.defect.unwrap_or("no device-writable status byte")));
+        return Err(Refusal::NoStatus(
+            chain.defect.unwrap_or("no device-writable status byte"),
+        ));
     }
     if let Some(defect) = chain.defect {
         return Err(Refusal::IoError(defect));
@@ -314,7 +364,11 @@ pub fn parse_chain<M: GuestMemoryBackend>(
     match kind {
         virtio::VIRTIO_BLK_T_IN | virtio::VIRTIO_BLK_T_OUT => {
             let read = kind == virtio::VIRTIO_BLK_T_IN;
-            let (len, stray) = if read { (data_in, data_out) } else { (data_out, data_in) };
+            let (len, stray) = if read {
+                (data_in, data_out)
+            } else {
+                (data_out, data_in)
+            };
             if stray != 0 {
                 return Err(Refusal::IoError("data buffer in the wrong direction"));
             }
@@ -328,7 +382,11 @@ pub fn parse_chain<M: GuestMemoryBackend>(
                 .checked_mul(virtio::SECTOR_SIZE)
                 .filter(|off| off.checked_add(len).is_some())
                 .ok_or(Refusal::IoError("sector out of range"))?;
-            Ok(if read { Request::Read { offset, len } } else { Request::Write { offset, len } })
+            Ok(if read {
+                Request::Read { offset, len }
+            } else {
+                Request::Write { offset, len }
+            })
         }
         virtio::VIRTIO_BLK_T_FLUSH => {
             if data_out != 0 || data_in != 0 {
@@ -347,12 +405,18 @@ pub fn parse_chain<M: GuestMemoryBackend>(
         }
         virtio::VIRTIO_BLK_T_DISCARD | virtio::VIRTIO_BLK_T_WRITE_ZEROES => {
             let zero = kind == virtio::VIRTIO_BLK_T_WRITE_ZEROES;
-            let max_seg = if zero { MAX_WRITE_ZEROES_SEG } else { MAX_DISCARD_SEG };
+            let max_seg = if zero {
+                MAX_WRITE_ZEROES_SEG
+            } else {
+                MAX_DISCARD_SEG
+            };
             if data_in != 0 {
                 return Err(Refusal::IoError("data buffer in the wrong direction"));
             }
             if data_out == 0 || data_out % DiscardSegment::LEN as u64 != 0 {
-                return Err(Refusal::IoError("segment list length is not a multiple of 16"));
+                return Err(Refusal::IoError(
+                    "segment list length is not a multiple of 16",
+                ));
             }
             let segments = data_out / DiscardSegment::LEN as u64;
             if segments > u64::from(max_seg) {
@@ -362,11 +426,16 @@ pub fn parse_chain<M: GuestMemoryBackend>(
                 return Err(Refusal::IoError("the PF has no storage"));
             }
             for i in 0..segments {
-                let seg = read_segment(mem, chain, i).ok_or(Refusal::IoError("segment unreadable"))?;
+                let seg =
+                    read_segment(mem, chain, i).ok_or(Refusal::IoError("segment unreadable"))?;
                 check_segment(&seg, zero)?;
             }
             let segments = segments as u32; // at most max_seg
-            Ok(if zero { Request::WriteZeroes { segments } } else { Request::Discard { segments } })
+            Ok(if zero {
+                Request::WriteZeroes { segments }
+            } else {
+                Request::Discard { segments }
+            })
         }
         virtio::VIRTIO_BLK_T_VSIC_ADMIN => {
             if !is_pf {
@@ -392,9 +461,14 @@ pub fn parse_chain<M: GuestMemoryBackend>(
 }
 
 /// Reads DISCARD / WRITE_ZEROES segment `index` from the chain.
-pub fn read_segment<M: GuestMemoryBackend>(mem: &M, chain: &Chain, index: u64) -> Option<DiscardSegment> {
+pub fn read_segment<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: &Chain,
+    index: u64,
+) -> Option<DiscardSegment> {
     let mut raw = [0u8; DiscardSegment::LEN];
-    let offset = (virtio::REQ_HEADER_LEN as u64).checked_add(index.checked_mul(DiscardSegment::LEN as u64)?)?;
+    let offset = (virtio::REQ_HEADER_LEN as u64)
+        .checked_add(index.checked_mul(DiscardSegment::LEN as u64)?)?;
     if !chain.read(mem, Stream::Readable, offset, &mut raw) {
         return None;
     }
@@ -409,9 +483,15 @@ pub fn check_segment(seg: &DiscardSegment, zero: bool) -> Result<(u64, u64), Ref
         // Unknown flags, or UNMAP on a DISCARD (virtio 1.3, 5.2.6.2).
         return Err(Refusal::Unsupported("segment flags not supported"));
     }
-    let max = if zero { MAX_WRITE_ZEROES_SECTORS } else { MAX_DISCARD_SECTORS };
+    let max = if zero {
+        MAX_WRITE_ZEROES_SECTORS
+    } else {
+        MAX_DISCARD_SECTORS
+    };
     if seg.num_sectors > max {
-        return Err(Refusal::IoError("segment larger than the advertised maximum"));
+        return Err(Refusal::IoError(
+            "segment larger than the advertised maximum",
+        ));
     }
     let offset = seg.sector.checked_mul(virtio::SECTOR_SIZE);
     let len = u64::from(seg.num_sectors) * virtio::SECTOR_SIZE;
@@ -437,7 +517,8 @@ pub fn parse_bytes(data: &[u8]) -> Option<Result<Request, Refusal>> {
     let count = usize::from(count).min(64);
     let table = rest.get(..count * DESC_LEN)?;
     let image = rest.get(count * DESC_LEN..).unwrap_or(&[]);
-    let mem: GuestMemoryMmap<()> = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
+    let mem: GuestMemoryMmap<()> =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
     let take = image.len().min(MEM_SIZE);
     mem.write_slice(image.get(..take)?, GuestAddress(0)).ok()?;
     let descs = table.chunks_exact(DESC_LEN).map(|d| {
@@ -447,7 +528,11 @@ pub fn parse_bytes(data: &[u8]) -> Option<Result<Request, Refusal>> {
         let flags = u16::from_le_bytes([d[12], d[13]]) & 2;
         Descriptor::new(u64::from_le_bytes(addr), len, flags, 0)
     });
-    let function = if selector % 2 == 0 { Function::Pf } else { Function::Vsic(0) };
+    let function = if selector % 2 == 0 {
+        Function::Pf
+    } else {
+        Function::Vsic(0)
+    };
     let mut chain = Chain::new();
     Some(parse_chain(&mem, descs, function, &mut chain))
 }

@@ -55,14 +55,18 @@ impl Front {
     /// `Ok`, every socket accepts connections.
     pub fn start(config: FrontConfig, device: Arc<dyn Device>) -> Result<Front, String> {
         if config.queues_per_vsic == 0 || config.queues_per_vsic > 64 {
-            return Err(format!("{} queues per VSIC: must be 1 to 64", config.queues_per_vsic));
+            return Err(format!(
+                "{} queues per VSIC: must be 1 to 64",
+                config.queues_per_vsic
+            ));
         }
         std::fs::create_dir_all(&config.socket_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.socket_dir.display()))?;
         let mut listeners = Vec::new();
         for function in config.functions() {
             let path = config.socket_path(function);
-            let listener = bind(&path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+            let listener =
+                bind(&path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
             listeners.push((function, listener));
         }
         let notifiers = Arc::new(ConfigNotifiers::new(config.vsics));
@@ -84,7 +88,11 @@ impl Front {
                 .spawn(move || serve_function(listener, state))
                 .map_err(|e| format!("cannot start a listener thread: {e}"))?;
         }
-        Ok(Front { config, device, quiesce })
+        Ok(Front {
+            config,
+            device,
+            quiesce,
+        })
     }
 
     /// Stops cleanly: waits for requests in flight (none starts after),
@@ -110,11 +118,19 @@ fn bind(path: &Path) -> io::Result<Listener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(io::ErrorKind::AddrInUse, "another process is serving it"));
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is serving it",
+                ));
             }
             std::fs::remove_file(path)?;
         }
-        Ok(_) => return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket")),
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            ))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -146,7 +162,10 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
         }
         info!("{name}: frontend connected");
         match daemon.wait() {
-            Ok(()) | Err(DaemonError::HandleRequest(VhostError::Disconnected | VhostError::PartialMessage)) => {
+            Ok(())
+            | Err(DaemonError::HandleRequest(
+                VhostError::Disconnected | VhostError::PartialMessage,
+            )) => {
                 info!("{name}: frontend disconnected")
             }
             Err(e) => warn!("{name}: frontend connection ended: {e}"),
@@ -155,5 +174,90 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
         if let Function::Vsic(vsic) = state.function {
             state.notifiers.set(vsic, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::{
+        Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    };
+    use vhost::VhostBackend;
+
+    use super::*;
+    use crate::front::tests::{FakeDevice, DISK_SIZE};
+
+    fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vsicd-front-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Connects like a frontend does and reads the capacity.
+    fn handshake(path: &Path, queues: u64) -> u64 {
+        let mut fe = Frontend::connect(path, 1).unwrap();
+        let features = fe.get_features().unwrap();
+        assert_ne!(
+            features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            0
+        );
+        let protocol = fe.get_protocol_features().unwrap();
+        assert!(
+            protocol.contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ)
+        );
+        fe.set_protocol_features(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ)
+            .unwrap();
+        fe.set_owner().unwrap();
+        assert_eq!(fe.get_queue_num().unwrap(), queues);
+        fe.set_features(features).unwrap();
+        let (_, config) = fe
+            .get_config(0, 60, VhostUserConfigFlags::WRITABLE, &[0; 60])
+            .unwrap();
+        assert_eq!(u16::from_le_bytes([config[34], config[35]]) as u64, queues);
+        u64::from_le_bytes(config[0..8].try_into().unwrap())
+    }
+
+    #[test]
+    fn serves_every_function_across_reconnects() {
+        let _serial = crate::front::tests::SOCKET_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = test_dir("serve");
+        let config = FrontConfig {
+            socket_dir: dir.clone(),
+            vsics: 2,
+            queues_per_vsic: 3,
+        };
+        let front = Front::start(config.clone(), Arc::new(FakeDevice::new())).unwrap();
+        for _round in 0..3 {
+            assert_eq!(handshake(&config.socket_path(Function::Pf), 1), 0);
+            assert_eq!(
+                handshake(&config.socket_path(Function::Vsic(0)), 3),
+                DISK_SIZE as u64 / 512
+            );
+            assert_eq!(handshake(&config.socket_path(Function::Vsic(1)), 3), 0);
+        }
+        // A second front on the same directory must not steal live sockets.
+        let err = Front::start(config.clone(), Arc::new(FakeDevice::new()))
+            .err()
+            .unwrap();
+        assert!(err.contains("another process"), "{err}");
+        front.shutdown();
+        assert!(!config.socket_path(Function::Pf).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn replaces_stale_sockets_but_not_other_files() {
+        let dir = test_dir("stale");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A socket nobody listens on any more.
+        drop(UnixListener::bind(dir.join("pf.sock")).unwrap());
+        assert!(bind(&dir.join("pf.sock")).is_ok());
+        std::fs::write(dir.join("vsic0.sock"), b"data").unwrap();
+        assert!(bind(&dir.join("vsic0.sock")).is_err());
+        assert_eq!(std::fs::read(dir.join("vsic0.sock")).unwrap(), b"data");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,24 +16,32 @@ use super::execute::{handle_chain, Completion, Context, RefusalLog, Scratch};
 use super::request::{parse_bytes, Refusal};
 use crate::controller::{AdminReply, IoError, IoKind};
 
+/// Held by tests that create or adopt unnamed Unix sockets: adoption looks
+/// at every such socket of the process, so they must not overlap.
+pub(crate) static SOCKET_TESTS: Mutex<()> = Mutex::new(());
+
 const OK: Option<u8> = Some(virtio::VIRTIO_BLK_S_OK);
 const IOERR: Option<u8> = Some(virtio::VIRTIO_BLK_S_IOERR);
 const UNSUPP: Option<u8> = Some(virtio::VIRTIO_BLK_S_UNSUPP);
-const DISK_SIZE: usize = 1 << 20;
+pub(crate) const DISK_SIZE: usize = 1 << 20;
 const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_DESC_F_INDIRECT: u16 = 4;
 
 /// An in-memory stand-in for the controller: one 1 MiB disk behind VSIC 0.
-struct FakeDevice {
+pub(crate) struct FakeDevice {
     disk: Mutex<Vec<u8>>,
     calls: Mutex<Vec<String>>,
     errors: AtomicU32,
 }
 
 impl FakeDevice {
-    fn new() -> FakeDevice {
+    pub(crate) fn new() -> FakeDevice {
         let disk = (0..DISK_SIZE).map(|i| (i % 251) as u8).collect();
-        FakeDevice { disk: Mutex::new(disk), calls: Mutex::new(Vec::new()), errors: AtomicU32::new(0) }
+        FakeDevice {
+            disk: Mutex::new(disk),
+            calls: Mutex::new(Vec::new()),
+            errors: AtomicU32::new(0),
+        }
     }
     fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
@@ -51,12 +59,26 @@ impl FakeDevice {
 
 impl Device for FakeDevice {
     fn capacity(&self, vsic: u32) -> u64 {
-        if vsic == 0 { DISK_SIZE as u64 } else { 0 }
+        if vsic == 0 {
+            DISK_SIZE as u64
+        } else {
+            0
+        }
     }
 
-    unsafe fn io(&self, vsic: u32, queue: u16, kind: IoKind, offset: u64, iov: &[libc::iovec]) -> Result<usize, IoError> {
+    unsafe fn io(
+        &self,
+        vsic: u32,
+        queue: u16,
+        kind: IoKind,
+        offset: u64,
+        iov: &[libc::iovec],
+    ) -> Result<usize, IoError> {
         let len: usize = iov.iter().map(|v| v.iov_len).sum();
-        self.calls.lock().unwrap().push(format!("{kind:?} q{queue} {offset} {len} in {}", iov.len()));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{kind:?} q{queue} {offset} {len} in {}", iov.len()));
         let mut at = Self::check(vsic, offset, len as u64)?;
         let mut disk = self.disk.lock().unwrap();
         for v in iov {
@@ -72,19 +94,36 @@ impl Device for FakeDevice {
     }
 
     fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError> {
-        self.calls.lock().unwrap().push(format!("flush {vsic} q{queue}"));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("flush {vsic} q{queue}"));
         Ok(())
     }
 
-    fn discard(&self, vsic: u32, _queue: u16, offset: u64, len: u64, zero: bool) -> Result<(), IoError> {
-        self.calls.lock().unwrap().push(format!("discard {offset} {len} {zero}"));
+    fn discard(
+        &self,
+        vsic: u32,
+        _queue: u16,
+        offset: u64,
+        len: u64,
+        zero: bool,
+    ) -> Result<(), IoError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("discard {offset} {len} {zero}"));
         let at = Self::check(vsic, offset, len)?;
         self.disk.lock().unwrap()[at..at + len as usize].fill(0);
         Ok(())
     }
 
     fn admin(&self, command: &[u8], payload_out: &[u8], cap: usize) -> AdminReply {
-        self.calls.lock().unwrap().push(format!("admin {} {} {cap}", command.len(), payload_out.len()));
+        self.calls.lock().unwrap().push(format!(
+            "admin {} {} {cap}",
+            command.len(),
+            payload_out.len()
+        ));
         let Ok(cmd) = AdminCommand::decode(command) else {
             return AdminReply {
                 completion: AdminCompletion::with_status(AdminStatus::BadCommandSize),
@@ -97,7 +136,11 @@ impl Device for FakeDevice {
         let mut completion = AdminCompletion::ok();
         completion.payload_len = payload.len() as u32;
         completion.result0 = 77;
-        AdminReply { completion, payload, changed_vsics: vec![cmd.vsic] }
+        AdminReply {
+            completion,
+            payload,
+            changed_vsics: vec![cmd.vsic],
+        }
     }
 
     fn count_error(&self, _vsic: u32, _queue: u16) {
@@ -129,7 +172,13 @@ type D = (u64, u32, bool);
 impl Bench {
     fn new() -> Bench {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-        Bench { mem, device: FakeDevice::new(), changes: Changes::default(), log: RefusalLog::default(), scratch: Scratch::new() }
+        Bench {
+            mem,
+            device: FakeDevice::new(),
+            changes: Changes::default(),
+            log: RefusalLog::default(),
+            scratch: Scratch::new(),
+        }
     }
 
     fn put(&self, addr: u64, bytes: &[u8]) {
@@ -153,7 +202,12 @@ impl Bench {
         descs
             .iter()
             .map(|&(addr, len, w)| {
-                RawDescriptor::from(SplitDescriptor::new(addr, len, if w { VRING_DESC_F_WRITE } else { 0 }, 0))
+                RawDescriptor::from(SplitDescriptor::new(
+                    addr,
+                    len,
+                    if w { VRING_DESC_F_WRITE } else { 0 },
+                    0,
+                ))
             })
             .collect()
     }
@@ -166,7 +220,13 @@ impl Bench {
     fn run_raw(&mut self, function: Function, raw: &[RawDescriptor]) -> Completion {
         let queue = MockSplitQueue::new(&self.mem, 256);
         let chain = queue.build_desc_chain(raw).unwrap();
-        let ctx = Context { function, queue: 1, device: &self.device, config_changes: &self.changes, log: &self.log };
+        let ctx = Context {
+            function,
+            queue: 1,
+            device: &self.device,
+            config_changes: &self.changes,
+            log: &self.log,
+        };
         handle_chain(&self.mem, chain, &ctx, &mut self.scratch)
     }
 
@@ -194,8 +254,17 @@ fn read_moves_disk_data_into_guest_memory() {
     let mut b = Bench::new();
     b.header(HDR, virtio::VIRTIO_BLK_T_IN, 3);
     b.put(STATUS, &[0xff]);
-    let c = b.run(VSIC0, &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: OK, used_len: 1025 });
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: OK,
+            used_len: 1025
+        }
+    );
     assert_eq!(b.status_at(STATUS), 0);
     assert_eq!(b.get(DATA, 1024), disk_pattern(3 * 512, 1024));
     assert_eq!(b.device.calls(), ["Read q1 1536 1024 in 1"]);
@@ -210,9 +279,20 @@ fn header_and_status_may_be_split_anywhere() {
     // the last data descriptor.
     let c = b.run(
         VSIC0,
-        &[(HDR, 10, false), (HDR + 10, 6, false), (DATA, 100, true), (DATA + 0x1000, 413, true)],
+        &[
+            (HDR, 10, false),
+            (HDR + 10, 6, false),
+            (DATA, 100, true),
+            (DATA + 0x1000, 413, true),
+        ],
     );
-    assert_eq!(c, Completion { status: OK, used_len: 513 });
+    assert_eq!(
+        c,
+        Completion {
+            status: OK,
+            used_len: 513
+        }
+    );
     let want = disk_pattern(512, 512);
     assert_eq!(b.get(DATA, 100), want[..100]);
     assert_eq!(b.get(DATA + 0x1000, 412), want[100..]);
@@ -226,8 +306,17 @@ fn write_with_header_and_data_in_one_descriptor() {
     b.header(HDR, virtio::VIRTIO_BLK_T_OUT, 4);
     b.put(HDR + 16, &[0xab; 1024]);
     let c = b.run(VSIC0, &[(HDR, 16 + 1024, false), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: OK, used_len: 1 });
-    assert_eq!(&b.device.disk.lock().unwrap()[2048..3072], &[0xab; 1024][..]);
+    assert_eq!(
+        c,
+        Completion {
+            status: OK,
+            used_len: 1
+        }
+    );
+    assert_eq!(
+        &b.device.disk.lock().unwrap()[2048..3072],
+        &[0xab; 1024][..]
+    );
 }
 
 #[test]
@@ -235,7 +324,15 @@ fn zero_length_descriptors_are_skipped() {
     let mut b = Bench::new();
     b.header(HDR, virtio::VIRTIO_BLK_T_OUT, 0);
     b.put(DATA, &[7; 512]);
-    let c = b.run(VSIC0, &[(HDR, 16, false), (0xdead_0000_0000, 0, false), (DATA, 512, false), (STATUS, 1, true)]);
+    let c = b.run(
+        VSIC0,
+        &[
+            (HDR, 16, false),
+            (0xdead_0000_0000, 0, false),
+            (DATA, 512, false),
+            (STATUS, 1, true),
+        ],
+    );
     assert_eq!(c.status, OK);
     assert_eq!(&b.device.disk.lock().unwrap()[..512], &[7; 512][..]);
 }
@@ -245,19 +342,43 @@ fn flush_and_get_id() {
     let mut b = Bench::new();
     b.header(HDR, virtio::VIRTIO_BLK_T_FLUSH, 0);
     let c = b.run(VSIC0, &[(HDR, 16, false), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: OK, used_len: 1 });
+    assert_eq!(
+        c,
+        Completion {
+            status: OK,
+            used_len: 1
+        }
+    );
     assert_eq!(b.device.calls(), ["flush 0 q1"]);
 
     b.header(HDR, virtio::VIRTIO_BLK_T_GET_ID, 0);
     b.put(DATA, &[0xee; 20]);
-    let c = b.run(Function::Vsic(3), &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: OK, used_len: 21 });
+    let c = b.run(
+        Function::Vsic(3),
+        &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: OK,
+            used_len: 21
+        }
+    );
     assert_eq!(b.get(DATA, 20), virtio::serial_for(Function::Vsic(3)));
 
     // A larger buffer gets the serial zero-padded.
     b.put(DATA, &[0xee; 32]);
-    let c = b.run(Function::Pf, &[(HDR, 16, false), (DATA, 32, true), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: OK, used_len: 33 });
+    let c = b.run(
+        Function::Pf,
+        &[(HDR, 16, false), (DATA, 32, true), (STATUS, 1, true)],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: OK,
+            used_len: 33
+        }
+    );
     let got = b.get(DATA, 32);
     assert_eq!(&got[..20], &virtio::serial_for(Function::Pf));
     assert_eq!(&got[20..], &[0; 12]);
@@ -265,7 +386,15 @@ fn flush_and_get_id() {
 
 fn segments(b: &Bench, addr: u64, segs: &[(u64, u32, u32)]) -> u32 {
     for (i, &(sector, num_sectors, flags)) in segs.iter().enumerate() {
-        b.put(addr + 16 * i as u64, &DiscardSegment { sector, num_sectors, flags }.encode());
+        b.put(
+            addr + 16 * i as u64,
+            &DiscardSegment {
+                sector,
+                num_sectors,
+                flags,
+            }
+            .encode(),
+        );
     }
     16 * segs.len() as u32
 }
@@ -275,36 +404,98 @@ fn discard_and_write_zeroes() {
     let mut b = Bench::new();
     b.header(HDR, virtio::VIRTIO_BLK_T_DISCARD, 0);
     let n = segments(&b, DATA, &[(1, 2, 0), (10, 1, 0), (20, 0, 0)]);
-    let c = b.run(VSIC0, &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: OK, used_len: 1 });
-    assert_eq!(b.device.calls(), ["discard 512 1024 false", "discard 5120 512 false"]);
-    assert!(b.device.disk.lock().unwrap()[512..1536].iter().all(|&x| x == 0));
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: OK,
+            used_len: 1
+        }
+    );
+    assert_eq!(
+        b.device.calls(),
+        ["discard 512 1024 false", "discard 5120 512 false"]
+    );
+    assert!(b.device.disk.lock().unwrap()[512..1536]
+        .iter()
+        .all(|&x| x == 0));
 
     // UNMAP is allowed on WRITE_ZEROES ...
     b.header(HDR, virtio::VIRTIO_BLK_T_WRITE_ZEROES, 0);
     let n = segments(&b, DATA, &[(4, 1, DiscardSegment::FLAG_UNMAP)]);
-    let c = b.run(VSIC0, &[(HDR, 16 + 0, false), (DATA, n, false), (STATUS, 1, true)]);
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16 + 0, false), (DATA, n, false), (STATUS, 1, true)],
+    );
     assert_eq!(c.status, OK);
     assert_eq!(b.device.calls().last().unwrap(), "discard 2048 512 true");
 
     // ... but not on DISCARD, and unknown flags never.
     b.header(HDR, virtio::VIRTIO_BLK_T_DISCARD, 0);
     let n = segments(&b, DATA, &[(4, 1, DiscardSegment::FLAG_UNMAP)]);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]).status, UNSUPP);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]
+        )
+        .status,
+        UNSUPP
+    );
     b.header(HDR, virtio::VIRTIO_BLK_T_WRITE_ZEROES, 0);
     let n = segments(&b, DATA, &[(4, 1, 0x10)]);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]).status, UNSUPP);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]
+        )
+        .status,
+        UNSUPP
+    );
 
     // Malformed segment lists.
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, 15, false), (STATUS, 1, true)]).status, IOERR);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, 15, false), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
+    assert_eq!(
+        b.run(VSIC0, &[(HDR, 16, false), (STATUS, 1, true)]).status,
+        IOERR
+    );
     let many = vec![(0u64, 1u32, 0u32); 65];
     let n = segments(&b, DATA, &many);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
     let n = segments(&b, DATA, &[(u64::MAX / 256, 1, 0)]);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
     let n = segments(&b, DATA, &[(0, u32::MAX, 0)]);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
     assert_eq!(b.errors(), 7);
 }
 
@@ -323,14 +514,30 @@ fn admin_command_round_trip_on_the_pf() {
     b.put(HDR + 80, &[1, 2, 3, 4]);
     b.put(DATA, &[0xcc; 32 + 64]);
     // Completion and payload-in in one buffer, the status in its own.
-    let c = b.run(Function::Pf, &[(HDR, 16 + 64 + 4, false), (DATA, 32 + 64, true), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: OK, used_len: 32 + 64 + 1 });
+    let c = b.run(
+        Function::Pf,
+        &[
+            (HDR, 16 + 64 + 4, false),
+            (DATA, 32 + 64, true),
+            (STATUS, 1, true),
+        ],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: OK,
+            used_len: 32 + 64 + 1
+        }
+    );
     let completion = AdminCompletion::decode(&b.get(DATA, 32)).unwrap();
     assert_eq!(completion.status(), Some(AdminStatus::Ok));
     assert_eq!(completion.result0, 77);
     assert_eq!(completion.payload_len, 4);
     assert_eq!(b.get(DATA + 32, 4), [4, 3, 2, 1]);
-    assert!(b.get(DATA + 36, 60).iter().all(|&x| x == 0), "rest of the payload buffer zeroed");
+    assert!(
+        b.get(DATA + 36, 60).iter().all(|&x| x == 0),
+        "rest of the payload buffer zeroed"
+    );
     assert_eq!(b.device.calls(), ["admin 64 4 64"]);
     assert_eq!(*b.changes.0.lock().unwrap(), [2]);
 }
@@ -343,16 +550,28 @@ fn admin_with_split_command_and_short_command() {
     // Command split over two descriptors, completion split too.
     let c = b.run(
         Function::Pf,
-        &[(HDR, 16, false), (DATA, 20, false), (DATA + 20, 44, false), (STATUS, 16, true), (STATUS + 100, 17, true)],
+        &[
+            (HDR, 16, false),
+            (DATA, 20, false),
+            (DATA + 20, 44, false),
+            (STATUS, 16, true),
+            (STATUS + 100, 17, true),
+        ],
     );
     assert_eq!(c.status, OK);
     assert_eq!(b.device.calls(), ["admin 64 0 0"]);
     let mut completion = b.get(STATUS, 16);
     completion.extend(b.get(STATUS + 100, 16));
-    assert_eq!(AdminCompletion::decode(&completion).unwrap().status(), Some(AdminStatus::Ok));
+    assert_eq!(
+        AdminCompletion::decode(&completion).unwrap().status(),
+        Some(AdminStatus::Ok)
+    );
 
     // A command shorter than 64 bytes reaches the model, which refuses it.
-    let c = b.run(Function::Pf, &[(HDR, 16, false), (DATA, 40, false), (STATUS, 33, true)]);
+    let c = b.run(
+        Function::Pf,
+        &[(HDR, 16, false), (DATA, 40, false), (STATUS, 33, true)],
+    );
     assert_eq!(c.status, OK);
     let completion = AdminCompletion::decode(&b.get(STATUS, 32)).unwrap();
     assert_eq!(completion.status(), Some(AdminStatus::BadCommandSize));
@@ -364,13 +583,32 @@ fn admin_refusals() {
     b.header(HDR, virtio::VIRTIO_BLK_T_VSIC_ADMIN, 0);
     admin_command(&b, HDR + 16, 0, 0);
     // On a VSIC: unsupported.
-    let c = b.run(VSIC0, &[(HDR, 80, false), (DATA, 32, true), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: UNSUPP, used_len: 33 });
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 80, false), (DATA, 32, true), (STATUS, 1, true)],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: UNSUPP,
+            used_len: 33
+        }
+    );
     // No room for the completion.
-    let c = b.run(Function::Pf, &[(HDR, 80, false), (DATA, 31, true), (STATUS, 1, true)]);
+    let c = b.run(
+        Function::Pf,
+        &[(HDR, 80, false), (DATA, 31, true), (STATUS, 1, true)],
+    );
     assert_eq!(c.status, IOERR);
     // Payload larger than the ABI allows.
-    let c = b.run(Function::Pf, &[(HDR, 80, false), (DATA, (1 << 20) + 1, false), (STATUS, 33, true)]);
+    let c = b.run(
+        Function::Pf,
+        &[
+            (HDR, 80, false),
+            (DATA, (1 << 20) + 1, false),
+            (STATUS, 33, true),
+        ],
+    );
     assert_eq!(c.status, IOERR);
     assert!(b.device.calls().is_empty());
 }
@@ -381,36 +619,122 @@ fn malformed_chains() {
     b.header(HDR, virtio::VIRTIO_BLK_T_IN, 0);
     // No device-writable byte at all: nothing to report into.
     let c = b.run(VSIC0, &[(HDR, 16, false), (DATA, 512, false)]);
-    assert_eq!(c, Completion { status: None, used_len: 0 });
+    assert_eq!(
+        c,
+        Completion {
+            status: None,
+            used_len: 0
+        }
+    );
     // Header too short.
-    assert_eq!(b.run(VSIC0, &[(HDR, 10, false), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(VSIC0, &[(HDR, 10, false), (STATUS, 1, true)]).status,
+        IOERR
+    );
     // Only a status byte.
     assert_eq!(b.run(VSIC0, &[(STATUS, 1, true)]).status, IOERR);
     // Readable after writable.
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, 512, true), (HDR, 16, false), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[
+                (HDR, 16, false),
+                (DATA, 512, true),
+                (HDR, 16, false),
+                (STATUS, 1, true)
+            ]
+        )
+        .status,
+        IOERR
+    );
     // Data not a multiple of 512.
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, 511, true), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, 511, true), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
     // Wrong direction: a read with driver data.
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
     // Data buffer outside guest memory.
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (1 << 40, 512, true), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (1 << 40, 512, true), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
     // Address that wraps around.
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (u64::MAX - 10, 512, true), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[
+                (HDR, 16, false),
+                (u64::MAX - 10, 512, true),
+                (STATUS, 1, true)
+            ]
+        )
+        .status,
+        IOERR
+    );
     // Status byte outside guest memory: no status, length 0.
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (1 << 40, 1, true)]), Completion { status: None, used_len: 0 });
+    assert_eq!(
+        b.run(VSIC0, &[(HDR, 16, false), (1 << 40, 1, true)]),
+        Completion {
+            status: None,
+            used_len: 0
+        }
+    );
     // Sector so large the byte offset overflows.
     b.header(HDR, virtio::VIRTIO_BLK_T_IN, u64::MAX / 2);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
     // Unknown type.
     b.header(HDR, 0x77, 0);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (STATUS, 1, true)]).status, UNSUPP);
+    assert_eq!(
+        b.run(VSIC0, &[(HDR, 16, false), (STATUS, 1, true)]).status,
+        UNSUPP
+    );
     // FLUSH with data.
     b.header(HDR, virtio::VIRTIO_BLK_T_FLUSH, 0);
-    assert_eq!(b.run(VSIC0, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]).status, IOERR);
+    assert_eq!(
+        b.run(
+            VSIC0,
+            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
     // I/O on the PF, which has no storage.
     b.header(HDR, virtio::VIRTIO_BLK_T_OUT, 0);
-    assert_eq!(b.run(Function::Pf, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]).status, IOERR);
-    assert!(b.device.calls().is_empty(), "nothing malformed reaches the model");
+    assert_eq!(
+        b.run(
+            Function::Pf,
+            &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]
+        )
+        .status,
+        IOERR
+    );
+    assert!(
+        b.device.calls().is_empty(),
+        "nothing malformed reaches the model"
+    );
     // Every refusal on a VSIC counts; the PF ones have no VSIC to count in.
     assert_eq!(b.errors(), 12);
 }
@@ -420,8 +744,17 @@ fn device_errors_zero_the_read_buffer() {
     let mut b = Bench::new();
     b.header(HDR, virtio::VIRTIO_BLK_T_IN, (DISK_SIZE / 512) as u64);
     b.put(DATA, &[0x55; 1024]);
-    let c = b.run(VSIC0, &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)]);
-    assert_eq!(c, Completion { status: IOERR, used_len: 1025 });
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: IOERR,
+            used_len: 1025
+        }
+    );
     assert_eq!(b.get(DATA, 1024), vec![0; 1024]);
     assert_eq!(b.status_at(STATUS), virtio::VIRTIO_BLK_S_IOERR);
 }
@@ -434,9 +767,16 @@ fn indirect(b: &Bench, table: u64, descs: &[D]) -> RawDescriptor {
         let flags = if w { VRING_DESC_F_WRITE } else { 0 } | if last { 0 } else { 1 };
         let d = SplitDescriptor::new(addr, len, flags, (i + 1) as u16);
         let raw = RawDescriptor::from(d);
-        b.mem.write_obj(raw, GuestAddress(table + 16 * i as u64)).unwrap();
+        b.mem
+            .write_obj(raw, GuestAddress(table + 16 * i as u64))
+            .unwrap();
     }
-    RawDescriptor::from(SplitDescriptor::new(table, 16 * descs.len() as u32, VRING_DESC_F_INDIRECT, 0))
+    RawDescriptor::from(SplitDescriptor::new(
+        table,
+        16 * descs.len() as u32,
+        VRING_DESC_F_INDIRECT,
+        0,
+    ))
 }
 
 #[test]
@@ -448,7 +788,13 @@ fn indirect_chains_and_descriptor_limits() {
     descs.extend((0..8).map(|i| (DATA + 0x1000 * i, 512, true)));
     descs.push((STATUS, 1, true));
     let head = indirect(&b, 0x100000, &descs);
-    assert_eq!(b.run_raw(VSIC0, &[head]), Completion { status: OK, used_len: 8 * 512 + 1 });
+    assert_eq!(
+        b.run_raw(VSIC0, &[head]),
+        Completion {
+            status: OK,
+            used_len: 8 * 512 + 1
+        }
+    );
     assert_eq!(b.get(DATA + 0x7000, 512), disk_pattern(7 * 512, 512));
 
     // Far too many descriptors: refused, but the status byte is still found.
@@ -460,7 +806,11 @@ fn indirect_chains_and_descriptor_limits() {
     let c = b.run_raw(VSIC0, &[head]);
     assert_eq!(c.status, IOERR);
     assert_eq!(b.status_at(STATUS), virtio::VIRTIO_BLK_S_IOERR);
-    assert_eq!(b.device.calls().len(), 1, "only the good chain reached the model");
+    assert_eq!(
+        b.device.calls().len(),
+        1,
+        "only the good chain reached the model"
+    );
 }
 
 #[test]

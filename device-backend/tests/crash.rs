@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use vsic::admin::{AdminClient, AdminError};
+use vsic::admin::{AdminClient, AdminError, Created};
 use vsic::{CompletionMode, Device, OpenOptions, Request, VsaHandle, VsaRange};
 use vsic_abi::CapToken;
 
@@ -86,6 +86,34 @@ impl Ledger {
     fn attached(&self, vsa: u64) -> bool {
         self.slots.values().any(|&v| v == vsa)
     }
+
+    /// Records that `op` completed (`created` is the reply of a create).
+    fn commit(&mut self, op: InFlight, created: Option<Created>) {
+        match op {
+            InFlight::Create => {
+                let c = created.expect("a completed create has a reply");
+                self.vsas.insert(
+                    c.vsa_id,
+                    KnownVsa {
+                        token: c.token,
+                        size: c.size,
+                    },
+                );
+            }
+            InFlight::Resize { vsa, to, .. } => self.vsas.get_mut(&vsa).expect("resized VSA").size = to,
+            InFlight::Delete { vsa } => {
+                self.vsas.remove(&vsa);
+                self.deleted.push(vsa);
+            }
+            InFlight::Attach { slot, vsa } => {
+                self.slots.insert(slot, vsa);
+            }
+            InFlight::Detach { slot, .. } => {
+                self.slots.remove(&slot);
+            }
+        }
+        self.in_flight = None;
+    }
 }
 
 /// Runs admin commands until the daemon goes away. Every command is
@@ -126,55 +154,28 @@ fn admin_loop(admin: &AdminClient, ledger: &Mutex<Ledger>, rng: &mut Rng) {
         };
         let token = |vsa: u64| ledger.lock().expect("ledger").vsas[&vsa].token.clone();
         ledger.lock().expect("ledger").in_flight = Some(plan);
-        let outcome: Result<Box<dyn FnOnce(&mut Ledger)>, AdminError> = match plan {
+        let outcome = match plan {
             InFlight::Create => {
                 let size = (1 + rng.below(3)) * MIB;
-                let stripe = rng.below(3) as u32;
-                admin.vsa_create(size, stripe).map(|c| {
-                    Box::new(move |l: &mut Ledger| {
-                        assert_eq!(c.size, size);
-                        l.vsas.insert(
-                            c.vsa_id,
-                            KnownVsa {
-                                token: c.token,
-                                size: c.size,
-                            },
-                        );
-                    }) as Box<dyn FnOnce(&mut Ledger)>
+                admin.vsa_create(size, rng.below(3) as u32).map(|c| {
+                    assert_eq!(c.size, size, "created size");
+                    Some(c)
                 })
             }
             InFlight::Resize { vsa, to, .. } => admin.vsa_resize(&token(vsa), to).map(|size| {
-                Box::new(move |l: &mut Ledger| {
-                    assert_eq!(size, to);
-                    l.vsas.get_mut(&vsa).expect("resized VSA").size = size;
-                }) as Box<dyn FnOnce(&mut Ledger)>
+                assert_eq!(size, to, "resized size");
+                None
             }),
-            InFlight::Delete { vsa } => admin.vsa_delete(&token(vsa)).map(|()| {
-                Box::new(move |l: &mut Ledger| {
-                    l.vsas.remove(&vsa);
-                    l.deleted.push(vsa);
-                }) as Box<dyn FnOnce(&mut Ledger)>
-            }),
-            InFlight::Attach { slot, vsa } => {
-                admin
-                    .attach(ADMIN_VSIC, slot, &token(vsa), rng.below(2) == 0)
-                    .map(|()| {
-                        Box::new(move |l: &mut Ledger| {
-                            l.slots.insert(slot, vsa);
-                        }) as Box<dyn FnOnce(&mut Ledger)>
-                    })
-            }
-            InFlight::Detach { slot, .. } => admin.detach(ADMIN_VSIC, slot).map(|()| {
-                Box::new(move |l: &mut Ledger| {
-                    l.slots.remove(&slot);
-                }) as Box<dyn FnOnce(&mut Ledger)>
-            }),
+            InFlight::Delete { vsa } => admin.vsa_delete(&token(vsa)).map(|()| None),
+            InFlight::Attach { slot, vsa } => admin
+                .attach(ADMIN_VSIC, slot, &token(vsa), rng.below(2) == 0)
+                .map(|()| None),
+            InFlight::Detach { slot, .. } => admin.detach(ADMIN_VSIC, slot).map(|()| None),
         };
         let mut l = ledger.lock().expect("ledger");
         match outcome {
-            Ok(apply) => {
-                apply(&mut l);
-                l.in_flight = None;
+            Ok(created) => {
+                l.commit(plan, created);
                 l.completed += 1;
             }
             // Refused: nothing changed (a full pool, for instance).

@@ -4,18 +4,23 @@
 # measured by the same program (guest-lib/examples/vsic-bench.rs) with two
 # clients: the vsic driver library and libblkio.
 #
-# Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--mode auto|poll|interrupt]
-#                           [--cases LIST] [--out FILE]
+# Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--repeat N]
+#                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]
+#                           [--no-build]
 #
 #   --host      run on the host over vhost-user sockets (the only mode so far)
 #   --seconds   measured seconds per run (default 3)
 #   --warmup    unmeasured seconds before each run (default 0.5)
+#   --repeat    runs per point; the one with the median IOPS is reported
+#               (default 1; use 3 or more on a machine that is not idle)
 #   --mode      completion mode for both clients (default auto: poll while
 #               the client threads leave the target a core, else interrupts)
 #   --cases     space-separated subset of: randread randwrite writeflush
 #   --out       also write every result line to FILE
+#   --no-build  use the release binaries already in target/release
 #
-# Prints one result line per run, then one ratio line per (case, client):
+# Prints a few '#' lines about the machine (cores, load), one result line per
+# point, then one ratio line per (case, client):
 #   ratio case=randread qd=32 queues=1 bs=4096 client=blkio vsicd/qsd iops=1.23 p50=0.80 p99=0.90
 # Exit status: 0 when every run produced a result, 1 otherwise, 2 for usage.
 set -euo pipefail
@@ -33,6 +38,8 @@ die() {
 host=0
 seconds=3
 warmup=0.5
+repeat=1
+build=1
 mode=auto
 cases="randread randwrite writeflush"
 out=
@@ -41,9 +48,11 @@ while [[ $# -gt 0 ]]; do
     --host) host=1 ;;
     --seconds) seconds=${2:?--seconds needs a value}; shift ;;
     --warmup) warmup=${2:?--warmup needs a value}; shift ;;
+    --repeat) repeat=${2:?--repeat needs a value}; shift ;;
     --mode) mode=${2:?--mode needs a value}; shift ;;
     --cases) cases=${2:?--cases needs a value}; shift ;;
     --out) out=${2:?--out needs a value}; shift ;;
+    --no-build) build=0 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
@@ -52,6 +61,7 @@ done
 [[ $host -eq 1 ]] || { usage >&2; exit 2; }
 [[ $seconds =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--seconds: not a number: $seconds"
 [[ $warmup =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--warmup: not a number: $warmup"
+[[ $repeat =~ ^[1-9][0-9]*$ ]] || die "--repeat: not a positive integer: $repeat"
 
 # Backing files (same size for both targets) and the VSA on vsicd's drive:
 # the drive keeps room for the controller's metadata, so both targets are
@@ -85,11 +95,16 @@ if ! command -v qemu-storage-daemon >/dev/null 2>&1; then
     command -v qemu-storage-daemon >/dev/null 2>&1 || die "qemu-storage-daemon still missing"
 fi
 
-log "building release binaries"
-timeout $BUILD_TIMEOUT cargo build --release -q -p vsicd -p vsicctl
-timeout $BUILD_TIMEOUT cargo build --release -q -p vsic --example vsic-bench
+if [[ $build -eq 1 ]]; then
+    log "building release binaries"
+    timeout $BUILD_TIMEOUT cargo build --release -q -p vsicd -p vsicctl
+    timeout $BUILD_TIMEOUT cargo build --release -q -p vsic --example vsic-bench
+fi
 BIN=$REPO/target/release
 BENCH=$BIN/examples/vsic-bench
+for b in "$BIN/vsicd" "$BIN/vsicctl" "$BENCH"; do
+    [[ -x $b ]] || die "$b missing (build without --no-build)"
+done
 
 # --- targets ----------------------------------------------------------------
 
@@ -154,20 +169,35 @@ done
 # --- runs ---------------------------------------------------------------------
 
 RESULTS=$WORK/results
+HEADER=$WORK/header
 : >"$RESULTS"
 failures=0
 
-# run CASE QD QUEUES BS CLIENT TARGET
+# What the figures depend on: other load on the machine skews them.
+{
+    echo "# $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
+    echo "# $(qemu-storage-daemon --version | head -n1)"
+    echo "# seconds=$seconds warmup=$warmup repeat=$repeat mode=$mode region=$REGION_BYTES"
+    echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$HEADER"
+
+# run CASE QD QUEUES BS CLIENT TARGET: --repeat runs, reports the median one.
 run() {
-    local line
-    if line=$(timeout $RUN_TIMEOUT "$BENCH" --target-socket "${SOCKET[$6]}" --target-name "$6" \
-        --case "$1" --qd "$2" --queues "$3" --bs "$4" --client "$5" \
-        --seconds "$seconds" --warmup "$warmup" --mode "$mode" --size $REGION_BYTES); then
-        echo "$line" | tee -a "$RESULTS"
-    else
-        echo "FAILED case=$1 qd=$2 queues=$3 bs=$4 client=$5 target=$6 (status $?)"
-        failures=$((failures + 1))
-    fi
+    local i line lines=()
+    for ((i = 0; i < repeat; i++)); do
+        if line=$(timeout $RUN_TIMEOUT "$BENCH" --target-socket "${SOCKET[$6]}" --target-name "$6" \
+            --case "$1" --qd "$2" --queues "$3" --bs "$4" --client "$5" \
+            --seconds "$seconds" --warmup "$warmup" --mode "$mode" --size $REGION_BYTES); then
+            lines+=("$line")
+        else
+            echo "FAILED case=$1 qd=$2 queues=$3 bs=$4 client=$5 target=$6 (status $?)"
+            failures=$((failures + 1))
+            return 0
+        fi
+    done
+    printf '%s\n' "${lines[@]}" |
+        awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^iops=/) print substr($i, 6), $0 }' |
+        sort -n | cut -d' ' -f2- | sed -n "$(((${#lines[@]} + 1) / 2))p" | tee -a "$RESULTS"
 }
 
 # The targets alternate within each (case, client) so drift on the machine
@@ -219,8 +249,9 @@ awk '
     }
 ' "$RESULTS" | tee -a "$RESULTS.ratios"
 
+echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$WORK/footer"
 if [[ -n $out ]]; then
-    cat "$RESULTS" "$RESULTS.ratios" >"$out"
+    cat "$HEADER" "$RESULTS" "$RESULTS.ratios" "$WORK/footer" >"$out"
 fi
 if [[ $failures -gt 0 ]]; then
     log "$failures run(s) failed; vsicd log tail:"

@@ -31,6 +31,9 @@ use super::execute::{handle_chain, Context, RefusalLog, Scratch};
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 pub type Vring = VringRwLock<GuestMemory>;
 
+/// Requests served per hold of a queue's vring lock.
+const BATCH: usize = 64;
+
 /// What a function keeps across frontend connections.
 pub struct FunctionState {
     pub function: Function,
@@ -143,14 +146,22 @@ impl FunctionBackend {
         }
     }
 
-    /// Serves every available request of one queue.
+    /// Serves every available request of one queue, in bounded batches: the
+    /// vring lock and the shutdown guard are let go between batches, so a
+    /// guest that never stops submitting cannot hold off a queue stop
+    /// (GET_VRING_BASE) or a clean shutdown.
     fn process_queue(&self, vring: &Vring, queue: u16) {
-        let s = &*self.session;
-        let _running = s.state.quiesce.read().unwrap_or_else(|e| e.into_inner());
-        let Some(scratch) = s.scratch.get(queue as usize) else {
+        let Some(scratch) = self.session.scratch.get(queue as usize) else {
             return;
         };
         let mut scratch = scratch.lock().unwrap_or_else(|e| e.into_inner());
+        while self.run_batch(vring, queue, &mut scratch) {}
+    }
+
+    /// Serves up to [`BATCH`] requests; true when more may be waiting.
+    fn run_batch(&self, vring: &Vring, queue: u16, scratch: &mut Scratch) -> bool {
+        let s = &*self.session;
+        let _running = s.state.quiesce.read().unwrap_or_else(|e| e.into_inner());
         let mem = s.mem.memory();
         let ctx = Context {
             function: s.state.function,
@@ -161,22 +172,27 @@ impl FunctionBackend {
         };
         let event_idx = s.event_idx.load(Ordering::Relaxed);
         let mut vring = vring.get_mut();
+        let mut served = 0;
         loop {
             if event_idx {
                 if let Err(e) = vring.disable_notification() {
                     warn!("{} queue {queue}: {e}", s.state.name());
-                    return;
+                    return false;
                 }
             }
-            while let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) {
+            while served < BATCH {
+                let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) else {
+                    break;
+                };
+                served += 1;
                 let head = chain.head_index();
-                let done = handle_chain(&*mem, chain, &ctx, &mut scratch);
+                let done = handle_chain(&*mem, chain, &ctx, scratch);
                 if let Err(e) = vring.add_used(head, done.used_len) {
                     warn!(
                         "{} queue {queue}: cannot complete a request: {e}",
                         s.state.name()
                     );
-                    return;
+                    return false;
                 }
                 // Interrupt per request: requests can be slow (drive I/O,
                 // QoS, service model), so a batch should not hold back the
@@ -191,15 +207,19 @@ impl FunctionBackend {
                     Err(e) => warn!("{} queue {queue}: {e}", s.state.name()),
                 }
             }
+            if served >= BATCH {
+                // Notifications stay off: the caller comes straight back.
+                return true;
+            }
             if !event_idx {
-                return;
+                return false;
             }
             match vring.enable_notification() {
                 Ok(true) => continue, // more arrived while notifications were off
-                Ok(false) => return,
+                Ok(false) => return false,
                 Err(e) => {
                     warn!("{} queue {queue}: {e}", s.state.name());
-                    return;
+                    return false;
                 }
             }
         }

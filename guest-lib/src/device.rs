@@ -48,7 +48,8 @@ pub struct OpenOptions {
     /// buffer from [`Device::alloc_dma`]). A multiple of 4096.
     pub mem_size: usize,
     pub mode: CompletionMode,
-    /// Descriptors per queue: a power of two.
+    /// Descriptors per queue: a power of two; capped at the device's
+    /// largest ring when it states one (virtio-pci does).
     pub queue_size: u16,
     /// Limit for synchronous calls (`read_at`, `raw_request`, ...) and for
     /// each setup message exchanged with the device; `None` waits forever.
@@ -290,17 +291,17 @@ impl Device {
         transport.set_driver_features(features)?;
         let has = |bit: u32| features & (1u64 << bit) != 0;
 
-        let size = opts.queue_size;
+        let mut size = opts.queue_size;
         if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
             return Err(Error::InvalidArgument(format!(
                 "queue size {size} must be a power of two from 1 to {MAX_QUEUE_SIZE}"
             )));
         }
-        if let Some(max) = transport.max_queue_size() {
+        if let Some(max) = transport.max_queue_size().filter(|&m| m > 0) {
+            // The size is a wish: a device with smaller rings (QEMU's
+            // virtio-pci functions offer 128) gets rings of its maximum.
             if size > max {
-                return Err(Error::InvalidArgument(format!(
-                    "queue size {size} exceeds the device's maximum {max}"
-                )));
+                size = 1 << (15 - max.leading_zeros().min(15));
             }
         }
 

@@ -164,12 +164,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!(
+    // A closed stdout must not bring the daemon down: ignore write errors.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
         "vsicd: listening on {} (pf + {} VSICs)",
         cli.socket_dir.display(),
         cli.vsics
     );
-    let _ = std::io::stdout().flush();
+    let _ = stdout.flush();
 
     let sig = wait_for_stop_signal(&signals);
     info!(

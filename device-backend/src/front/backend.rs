@@ -7,7 +7,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -85,6 +86,25 @@ struct Session {
     exit_consumers: Mutex<Vec<RawFd>>,
 }
 
+/// Watches one connection's session (see [`FunctionBackend::watch`]).
+pub struct SessionWatch(Weak<Session>);
+
+impl SessionWatch {
+    /// Waits until every worker has finished its last request and let go
+    /// of the session, so the next frontend never shares a ring with it.
+    /// Returns false if that takes longer than `limit`.
+    pub fn wait_ended(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.0.strong_count() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         for fd in self
@@ -126,6 +146,11 @@ impl FunctionBackend {
                 exit_consumers: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// A handle that tells when this connection's session is gone.
+    pub fn watch(&self) -> SessionWatch {
+        SessionWatch(Arc::downgrade(&self.session))
     }
 
     /// Makes every worker thread of this connection exit.
@@ -341,8 +366,6 @@ impl VhostUserBackend for FunctionBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use vhost_user_backend::VhostUserDaemon;
 
     use super::*;
@@ -385,7 +408,7 @@ mod tests {
     #[test]
     fn a_session_closes_the_exit_events_the_library_abandons() {
         let (backend, mem) = backend(Function::Vsic(1), 2);
-        let session = Arc::downgrade(&backend.session);
+        let session = backend.watch();
         let daemon = VhostUserDaemon::new("test".into(), backend.clone(), mem).unwrap();
         let fds = backend.session.exit_consumers.lock().unwrap().clone();
         assert_eq!(fds.len(), 2, "one exit event per queue worker");
@@ -393,11 +416,10 @@ mod tests {
         backend.stop_workers();
         drop(daemon);
         drop(backend);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while session.strong_count() > 0 {
-            assert!(Instant::now() < deadline, "the workers did not stop");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(
+            session.wait_ended(Duration::from_secs(5)),
+            "the workers did not stop"
+        );
         assert!(
             fds.iter().all(|&fd| !is_eventfd(fd)),
             "exit events left open"

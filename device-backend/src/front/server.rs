@@ -170,9 +170,15 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
             }
             Err(e) => warn!("{name}: frontend connection ended: {e}"),
         }
-        backend.stop_workers();
         if let Function::Vsic(vsic) = state.function {
             state.notifiers.set(vsic, None);
+        }
+        let session = backend.watch();
+        backend.stop_workers();
+        drop(daemon);
+        drop(backend);
+        while !session.wait_ended(Duration::from_secs(10)) {
+            warn!("{name}: still finishing the last frontend's requests");
         }
     }
 }

@@ -372,6 +372,7 @@ pub fn parse_chain<M: GuestMemoryBackend>(
             if stray != 0 {
                 return Err(Refusal::IoError("data buffer in the wrong direction"));
             }
+            #[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than rust-version
             if len % virtio::SECTOR_SIZE != 0 {
                 return Err(Refusal::IoError("data length is not a multiple of 512"));
             }
@@ -413,6 +414,7 @@ pub fn parse_chain<M: GuestMemoryBackend>(
             if data_in != 0 {
                 return Err(Refusal::IoError("data buffer in the wrong direction"));
             }
+            #[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than rust-version
             if data_out == 0 || data_out % DiscardSegment::LEN as u64 != 0 {
                 return Err(Refusal::IoError(
                     "segment list length is not a multiple of 16",

@@ -17,8 +17,9 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// Reach the PF through the vhost-user socket PF_SOCKET (vsicd's
-    /// pf.sock, on the host). Required by every command except `cap show`:
-    /// the in-guest VFIO transport is not available yet.
+    /// pf.sock, on the host). Without it, vsicctl runs in the guest: it
+    /// finds the PF (1af4:1042 with serial vsic-pf) and owns it through
+    /// VFIO, binding it to vfio-pci if needed.
     #[arg(
         long = "vhost-user",
         value_name = "PF_SOCKET",
@@ -62,6 +63,81 @@ pub enum Command {
         /// VSA id (as shown by `vsicctl list`).
         #[arg(long, value_name = "ID")]
         vsa: u64,
+    },
+    /// Show the controller's PCI functions in this guest: which VSIC each
+    /// serves, its driver, kernel disk or VFIO group and owner (guest only).
+    Functions,
+    /// Keep capability files on a VSA the kernel mounts, so that they
+    /// survive a guest reboot (guest only).
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Run the control-plane service: lets unprivileged applications have
+    /// VSAs attached to the VSIC they own and get pinned DMA memory
+    /// (guest only; runs until killed).
+    Serve {
+        /// Socket to listen on (created mode 0666; each request is checked
+        /// against the caller's uid).
+        #[arg(long, value_name = "PATH", default_value = vsicctl::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Largest DMA memory handed out per request (e.g. 64M).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+        max_dma: u64,
+    },
+    /// As an application's user: ask the control-plane service to attach
+    /// the VSA of a capability file you can read to a slot of the VSIC you
+    /// own. The file's descriptor is passed, never its contents.
+    RequestAttach {
+        #[command(flatten)]
+        vsic: VsicArg,
+        /// Capability file of the VSA (opened by you, read by the service).
+        #[arg(long, value_name = "FILE")]
+        cap: PathBuf,
+        /// Attachment slot.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        slot: u32,
+        /// Attach for reading only.
+        #[arg(long)]
+        read_only: bool,
+        /// The service's socket.
+        #[arg(long, value_name = "PATH", default_value = vsicctl::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// As an application's user: ask the control-plane service to detach a
+    /// slot of the VSIC you own.
+    RequestDetach {
+        #[command(flatten)]
+        vsic: VsicArg,
+        /// Attachment slot.
+        #[arg(long, value_name = "N")]
+        slot: u32,
+        /// The service's socket.
+        #[arg(long, value_name = "PATH", default_value = vsicctl::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create the store: a new VSA attached to slot 0 of VSIC N, VSIC N
+    /// handed to the kernel, ext4 (label vsic-store) made and mounted. The
+    /// store's own root capability is kept inside it (store.cap). Dedicate
+    /// VSIC N to the store.
+    Init {
+        #[command(flatten)]
+        vsic: VsicArg,
+        /// Size of the store's VSA.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "32M")]
+        size: u64,
+        /// Where to mount it.
+        #[arg(long, value_name = "DIR", default_value = crate::store::DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+    },
+    /// Mount an existing store (after a reboot): the kernel disk whose ext4
+    /// label is vsic-store. Needs no PF.
+    Mount {
+        /// Where to mount it.
+        #[arg(long, value_name = "DIR", default_value = crate::store::DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
     },
 }
 
@@ -133,6 +209,28 @@ pub enum VsicCommand {
     },
     /// Make every I/O on a VSIC fail; its attachments stay.
     Disable {
+        #[command(flatten)]
+        vsic: VsicArg,
+    },
+    /// Hand a VSIC's PCI function to the kernel's virtio_blk driver
+    /// (--kernel), or to vfio-pci with its /dev/vfio/G given to one user,
+    /// mode 0600 (--vfio --user U). Guest only.
+    Bind {
+        #[command(flatten)]
+        vsic: VsicArg,
+        /// Give the function to virtio_blk: its slot-0 VSA becomes /dev/vdX.
+        #[arg(long, conflicts_with_all = ["vfio", "user"], required_unless_present = "vfio")]
+        kernel: bool,
+        /// Give the function to vfio-pci, for one application's user.
+        #[arg(long, requires = "user")]
+        vfio: bool,
+        /// Owner of the VFIO group (user name or uid).
+        #[arg(long, value_name = "U")]
+        user: Option<String>,
+    },
+    /// Take a VSIC's PCI function away from its driver (guest only).
+    /// Refused while its disk is mounted or its VFIO group is open.
+    Unbind {
         #[command(flatten)]
         vsic: VsicArg,
     },

@@ -8,20 +8,26 @@ use vsic_abi::units::format_size;
 use vsic_abi::CapToken;
 
 use crate::capfile::{self, Reservation};
-use crate::cli::{CapCommand, Cli, Command, VsaCommand, VsicCommand};
+use crate::cli::{CapCommand, Cli, Command, StoreCommand, VsaCommand, VsicCommand};
 use crate::failure::Failure;
+use crate::guest;
+use crate::pf::{self, Route};
 use crate::report::{self, Report};
 
 pub fn run(cli: &Cli) -> Result<Report, Failure> {
-    // The one command that needs no device.
-    if let Command::Cap(CapCommand::Show { cap }) = &cli.command {
-        return cap_show(cap);
+    if let Some(report) = run_without_pf(cli)? {
+        return Ok(report);
     }
-    let client = connect(cli.vhost_user.as_deref())?;
+    let route = match &cli.vhost_user {
+        Some(socket) => Route::VhostUser(socket.clone()),
+        None => Route::Guest,
+    };
+    let pf = pf::open(&route)?;
+    let client = &pf.client;
     match &cli.command {
-        Command::Vsa(cmd) => vsa(&client, cmd),
-        Command::Vsic(cmd) => vsic(&client, cmd),
-        Command::Cap(cmd) => cap(&client, cmd),
+        Command::Vsa(cmd) => vsa(client, cmd),
+        Command::Vsic(cmd) => vsic(client, cmd),
+        Command::Cap(cmd) => cap(client, cmd),
         Command::List => {
             let vsas = client
                 .list_vsas()
@@ -55,25 +61,77 @@ pub fn run(cli: &Cli) -> Result<Report, Failure> {
             let id = client.identify().map_err(|e| Failure::admin(&context, e))?;
             Ok(report::extent_map(*vsa, id.extent_size, &runs))
         }
+        // Carried out by run_without_pf.
+        Command::Functions
+        | Command::Store(_)
+        | Command::Serve { .. }
+        | Command::RequestAttach { .. }
+        | Command::RequestDetach { .. } => Err(internal_dispatch()),
     }
 }
 
-fn connect(socket: Option<&Path>) -> Result<AdminClient, Failure> {
-    let Some(socket) = socket else {
-        return Err(Failure::usage(
-            "no transport",
-            "the in-guest VFIO transport is not available yet; \
-             on the host, pass --vhost-user PF_SOCKET (the PF socket of vsicd)",
-        ));
+fn internal_dispatch() -> Failure {
+    Failure::usage("running the command", "internal dispatch error")
+}
+
+/// Carries out the commands that need no PF, or that open it themselves
+/// (store init). `None`: the command needs the PF.
+fn run_without_pf(cli: &Cli) -> Result<Option<Report>, Failure> {
+    let guest_only = |what: &str| -> Result<(), Failure> {
+        match cli.vhost_user {
+            Some(_) => Err(Failure::usage(
+                what,
+                "this command works on the guest's PCI functions; it takes no --vhost-user",
+            )),
+            None => Ok(()),
+        }
     };
-    let context = format!("connecting to the PF at {}", socket.display());
-    let Some(path) = socket.to_str() else {
-        return Err(Failure::usage(
-            context,
-            "the socket path is not valid UTF-8",
-        ));
+    let report = match &cli.command {
+        Command::Cap(CapCommand::Show { cap }) => cap_show(cap)?,
+        Command::Functions => {
+            guest_only("listing the controller's functions")?;
+            guest::functions()?
+        }
+        Command::Vsic(VsicCommand::Bind {
+            vsic, vfio, user, ..
+        }) => {
+            guest_only("binding a VSIC")?;
+            let user = if *vfio { user.as_deref() } else { None };
+            guest::bind(vsic.number, user)?
+        }
+        Command::Vsic(VsicCommand::Unbind { vsic }) => {
+            guest_only("unbinding a VSIC")?;
+            guest::unbind(vsic.number)?
+        }
+        Command::Store(StoreCommand::Init {
+            vsic,
+            size,
+            mountpoint,
+        }) => {
+            guest_only("creating the capability store")?;
+            guest::store_init(vsic.number, *size, mountpoint)?
+        }
+        Command::Store(StoreCommand::Mount { mountpoint }) => {
+            guest_only("mounting the capability store")?;
+            guest::store_mount(mountpoint)?
+        }
+        Command::Serve { socket, max_dma } => {
+            guest_only("serving the control plane")?;
+            guest::serve(socket, *max_dma)?
+        }
+        Command::RequestAttach {
+            vsic,
+            cap,
+            slot,
+            read_only,
+            socket,
+        } => guest::request_attach(socket, vsic.number, cap, *slot, *read_only)?,
+        Command::RequestDetach { vsic, slot, socket } => {
+            guest::request_detach(socket, vsic.number, *slot)?
+        }
+        _ => return Ok(None),
     };
-    AdminClient::open(&format!("vhost-user:{path}")).map_err(|e| Failure::admin(context, e))
+    Ok(Some(report))
 }
 
 fn read_cap(path: &Path) -> Result<CapToken, Failure> {
@@ -222,6 +280,7 @@ fn vsic(client: &AdminClient, cmd: &VsicCommand) -> Result<Report, Failure> {
             bytes_per_sec,
             iops,
         } => qos(client, vsic.number, *bytes_per_sec, *iops),
+        VsicCommand::Bind { .. } | VsicCommand::Unbind { .. } => Err(internal_dispatch()),
     }
 }
 

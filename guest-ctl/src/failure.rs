@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 use vsic::admin::AdminError;
+use vsicctl::control::ControlError;
 
 /// Exit code of a failed operation (device refusal, file error, transport).
 pub const EXIT_FAILED: i32 = 1;
@@ -20,6 +21,8 @@ pub struct Failure {
 #[derive(Debug)]
 pub enum Cause {
     Admin(AdminError),
+    /// The control-plane service refused or could not be reached.
+    Control(ControlError),
     /// A local problem (files, arguments) with a short status name of its own.
     Local {
         status: &'static str,
@@ -45,6 +48,28 @@ impl Failure {
         }
     }
 
+    pub fn control(context: impl Into<String>, err: ControlError) -> Failure {
+        Failure {
+            context: context.into(),
+            cause: Cause::Control(err),
+        }
+    }
+
+    /// A local problem of its own kind: `no-pf`, `pci`, `store`, ...
+    pub fn local(
+        context: impl Into<String>,
+        status: &'static str,
+        message: impl ToString,
+    ) -> Failure {
+        Failure {
+            context: context.into(),
+            cause: Cause::Local {
+                status,
+                message: message.to_string(),
+            },
+        }
+    }
+
     pub fn usage(context: impl Into<String>, message: impl Into<String>) -> Failure {
         Failure {
             context: context.into(),
@@ -62,6 +87,7 @@ impl Failure {
             Cause::Admin(AdminError::UnknownStatus(code)) => format!("unknown-status-{code}"),
             Cause::Admin(AdminError::Transport(_)) => "transport".to_string(),
             Cause::Admin(AdminError::Protocol(_)) => "protocol".to_string(),
+            Cause::Control(e) => e.status().to_string(),
             Cause::Local { status, .. } => status.to_string(),
         }
     }
@@ -71,6 +97,8 @@ impl Failure {
         match &self.cause {
             Cause::Admin(AdminError::Device(s)) => s.message().to_string(),
             Cause::Admin(e) => e.to_string(),
+            Cause::Control(ControlError::Refused(r)) => r.message.clone(),
+            Cause::Control(e) => e.to_string(),
             Cause::Local { message, .. } => message.clone(),
         }
     }
@@ -87,7 +115,7 @@ impl Failure {
     /// The stderr line: `vsicctl: <context>: <message> (<status name>)`.
     pub fn stderr_line(&self) -> String {
         match &self.cause {
-            Cause::Admin(AdminError::Device(_)) => {
+            Cause::Admin(AdminError::Device(_)) | Cause::Control(ControlError::Refused(_)) => {
                 format!(
                     "vsicctl: {}: {} ({})",
                     self.context,

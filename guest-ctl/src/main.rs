@@ -4,11 +4,17 @@
 //! failures go to stderr as `vsicctl: <what failed>: <why>` and set the exit
 //! code: 1 when an operation failed, 2 when the command line is unusable.
 
+mod authority;
 mod capfile;
 mod cli;
 mod commands;
 mod failure;
+mod functions;
+mod guest;
+mod lock;
+mod pf;
 mod report;
+mod store;
 mod table;
 
 use clap::Parser;

@@ -7,17 +7,93 @@ use common::{run_ctl, ScratchDir};
 use vsic_abi::{CapToken, Rights};
 
 #[test]
-fn without_vhost_user_the_missing_transport_is_explained() {
+fn without_vhost_user_and_without_a_pf_the_host_is_told_what_to_pass() {
+    // On the host there is no PF among the PCI functions: the guest path
+    // finds nothing, binds nothing, and says how to reach vsicd instead.
     let out = run_ctl(&["list"]);
-    assert_eq!(out.code, 2, "{out:#?}");
-    assert!(
-        out.stderr.contains("VFIO transport is not available yet"),
-        "{out:#?}"
-    );
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("no VSIC controller PF"), "{out:#?}");
     assert!(out.stderr.contains("--vhost-user"), "{out:#?}");
     let json = run_ctl(&["identify", "--json"]);
-    assert_eq!(json.code, 2);
-    assert_eq!(json.json()["error"]["status"], "usage");
+    assert_eq!(json.code, 1);
+    assert_eq!(json.json()["error"]["status"], "no-pf");
+}
+
+#[test]
+fn guest_only_commands_refuse_the_vhost_user_route() {
+    for args in [
+        &["functions"][..],
+        &["vsic", "bind", "--vsic", "0", "--kernel"],
+        &["vsic", "unbind", "--vsic", "0"],
+        &["store", "mount"],
+        &["serve"],
+    ] {
+        let mut with = vec!["--vhost-user", "/nonexistent/pf.sock", "--json"];
+        with.extend_from_slice(args);
+        let out = run_ctl(&with);
+        assert_eq!(out.code, 2, "{args:?}: {out:#?}");
+        assert!(
+            out.stderr.contains("takes no --vhost-user"),
+            "{args:?}: {out:#?}"
+        );
+    }
+}
+
+#[test]
+fn bind_needs_exactly_one_target() {
+    for args in [
+        &["vsic", "bind", "--vsic", "0"][..],
+        &[
+            "vsic", "bind", "--vsic", "0", "--kernel", "--vfio", "--user", "1",
+        ],
+        &["vsic", "bind", "--vsic", "0", "--vfio"],
+        &["vsic", "bind", "--vsic", "0", "--kernel", "--user", "alice"],
+    ] {
+        let out = run_ctl(args);
+        assert_eq!(out.code, 2, "{args:?}: {out:#?}");
+    }
+}
+
+#[test]
+fn request_attach_without_a_service_fails_cleanly() {
+    let dir = ScratchDir::new("reqattach");
+    let cap = dir.path("x.cap");
+    let token = CapToken {
+        vsa_id: 1,
+        token_id: 1,
+        rights: Rights::ALL,
+        secret: [1; 32],
+    };
+    std::fs::write(&cap, token.to_text()).unwrap();
+    let sock = dir.path("control.sock");
+    let out = run_ctl(&[
+        "request-attach",
+        "--vsic",
+        "0",
+        "--cap",
+        cap.to_str().unwrap(),
+        "--socket",
+        sock.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert_eq!(out.json()["error"]["status"], "transport");
+    assert!(out.stderr.contains("vsicctl serve"), "{out:#?}");
+    // An unreadable capability file fails before the service is asked.
+    let missing = run_ctl(&[
+        "request-attach",
+        "--vsic",
+        "0",
+        "--cap",
+        dir.path("none").to_str().unwrap(),
+        "--socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("opening capability file"),
+        "{missing:#?}"
+    );
 }
 
 #[test]
@@ -71,6 +147,15 @@ fn every_subcommand_has_help() {
         &["stats"],
         &["identify"],
         &["extent-map"],
+        &["vsic", "bind"],
+        &["vsic", "unbind"],
+        &["functions"],
+        &["store"],
+        &["store", "init"],
+        &["store", "mount"],
+        &["serve"],
+        &["request-attach"],
+        &["request-detach"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();

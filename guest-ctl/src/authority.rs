@@ -1,0 +1,171 @@
+//! The control-plane service's view of this guest: VSIC owners from the
+//! VFIO group nodes, admin commands on the PF (opened per request, under
+//! the control-plane lock, so the command-line tool can use it in
+//! between), and pinned huge pages with their guest-physical addresses.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Mutex;
+
+use vsic::admin::{AdminClient, AdminError};
+use vsic::hugepage::{physical_addresses, HUGE_PAGE_SIZE};
+use vsic_abi::virtio::Function;
+use vsic_abi::CapToken;
+use vsicctl::control::service::Authority;
+use vsicctl::control::Refusal;
+
+use crate::failure::Failure;
+use crate::functions::{Functions, VFIO_DRIVER};
+
+pub struct GuestAuthority {
+    funcs: Functions,
+    /// Serialises this process's own requests; the lock file serialises
+    /// processes.
+    pf: Mutex<()>,
+}
+
+impl GuestAuthority {
+    pub fn new(funcs: Functions) -> GuestAuthority {
+        GuestAuthority {
+            funcs,
+            pf: Mutex::new(()),
+        }
+    }
+
+    fn with_pf<T>(
+        &self,
+        f: impl FnOnce(&AdminClient) -> Result<T, AdminError>,
+    ) -> Result<T, Refusal> {
+        let _one_at_a_time = self.pf.lock().unwrap_or_else(|p| p.into_inner());
+        let _lock = crate::pf::lock("opening the PF").map_err(failure_refusal)?;
+        let client = crate::pf::open_in_guest(&self.funcs).map_err(failure_refusal)?;
+        f(&client).map_err(admin_refusal)
+    }
+}
+
+fn failure_refusal(f: Failure) -> Refusal {
+    Refusal::new(f.status_name(), format!("{}: {}", f.context, f.message()))
+}
+
+fn admin_refusal(e: AdminError) -> Refusal {
+    match e {
+        AdminError::Device(s) => Refusal::new(s.name(), s.message()),
+        other => Refusal::new("device", other.to_string()),
+    }
+}
+
+impl Authority for GuestAuthority {
+    fn vsic_owner(&self, vsic: u32) -> Result<u32, Refusal> {
+        let addr =
+            self.funcs
+                .locate_known(Function::Vsic(vsic))
+                .ok_or_else(|| {
+                    Refusal::new(
+                "no-such-vsic",
+                format!("VSIC {vsic} is not known here (not handed out with `vsicctl vsic bind`)"),
+            )
+                })?;
+        if self.funcs.driver(&addr).as_deref() != Some(VFIO_DRIVER) {
+            return Err(Refusal::new(
+                "not-vfio",
+                format!("VSIC {vsic} ({addr}) is not handed to an application through VFIO"),
+            ));
+        }
+        self.funcs
+            .vfio_owner(&addr)
+            .map_err(|e| Refusal::new("not-vfio", format!("VSIC {vsic}: {e}")))
+    }
+
+    fn owns_a_vsic(&self, uid: u32) -> bool {
+        self.funcs.scan().iter().any(|s| {
+            matches!(s.function, Some((Function::Vsic(_), _)))
+                && s.driver.as_deref() == Some(VFIO_DRIVER)
+                && s.vfio_owner == Some(uid)
+        })
+    }
+
+    fn attach(
+        &self,
+        vsic: u32,
+        slot: u32,
+        token: &CapToken,
+        read_only: bool,
+    ) -> Result<(), Refusal> {
+        self.with_pf(|pf| pf.attach(vsic, slot, token, read_only))
+    }
+
+    fn detach(&self, vsic: u32, slot: u32) -> Result<(), Refusal> {
+        self.with_pf(|pf| pf.detach(vsic, slot))
+    }
+
+    fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, u64, Vec<u64>), Refusal> {
+        let (fd, gpas) = pinned_huge_pages(bytes).map_err(|e| Refusal::new("dma", e))?;
+        Ok((fd, HUGE_PAGE_SIZE as u64, gpas))
+    }
+}
+
+/// Allocates at least `bytes` of 2 MiB huge pages in a sealed memfd and
+/// reads their guest-physical addresses (which needs our CAP_SYS_ADMIN).
+/// The pages stay in the file after we unmap it; the application maps the
+/// file and VFIO pins the pages when it maps them for DMA.
+pub fn pinned_huge_pages(bytes: u64) -> Result<(OwnedFd, Vec<u64>), String> {
+    let len = usize::try_from(bytes)
+        .ok()
+        .and_then(|b| b.checked_next_multiple_of(HUGE_PAGE_SIZE))
+        .filter(|&l| l > 0)
+        .ok_or_else(|| format!("{bytes} bytes of DMA memory cannot be allocated"))?;
+    let flags =
+        libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB | libc::MFD_ALLOW_SEALING;
+    // SAFETY: a valid name and flags.
+    let raw = unsafe { libc::memfd_create(c"vsic-app-dma".as_ptr(), flags) };
+    if raw < 0 {
+        return Err(format!(
+            "memfd_create of huge pages: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: fd is a valid memfd.
+    if unsafe { libc::ftruncate(raw, len as libc::off_t) } < 0 {
+        return Err(format!(
+            "sizing the huge page file: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh shared mapping of our memfd at an address the kernel
+    // picks; populated so every page is allocated now.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(format!(
+            "{} huge pages: {} (reserve more in /proc/sys/vm/nr_hugepages)",
+            len / HUGE_PAGE_SIZE,
+            std::io::Error::last_os_error()
+        ));
+    }
+    let gpas = physical_addresses(ptr as usize, len, HUGE_PAGE_SIZE).map_err(|e| e.to_string());
+    // SAFETY: unmapping the mapping made above; the pages stay in the file.
+    unsafe { libc::munmap(ptr, len) };
+    let gpas = gpas?;
+    // Neither side may shrink the file under the other's mappings.
+    // SAFETY: fcntl on our descriptor.
+    let sealed = unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        )
+    };
+    if sealed < 0 {
+        log::debug!("sealing the DMA memfd: {}", std::io::Error::last_os_error());
+    }
+    Ok((fd, gpas))
+}

@@ -16,15 +16,18 @@
 #                  VSIC_QUEUES, VSIC_PHASE. Its working directory is the
 #                  test's state directory, shared by both phases.
 # Every test gets a fresh state directory (fresh drives) under
-# $VSIC_TEST_STATE (default /var/tmp/vsic-guest-tests). NAME arguments select
+# $VSIC_TEST_STATE (default: a new /var/tmp/vsic-guest-tests.XXXXXX, removed
+# when every test passed). NAME arguments select
 # tests. --backend qsd runs the tests without host side against
 # qemu-storage-daemon stand-ins (skipping the others). The last line of
 # output is "N passed, N failed".
 set -uo pipefail
+# The whole body is one brace group, read before it runs, so editing this
+# file while it runs cannot change what the running instance does.
+{
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TESTS_DIR=$REPO/ci/guest-tests
-STATE_ROOT=${VSIC_TEST_STATE:-/var/tmp/vsic-guest-tests}
 backend=${VSIC_TEST_BACKEND:-vsicd}
 timeout=180
 selected=()
@@ -49,10 +52,18 @@ else
     done
 fi
 
+# A state root of its own per run: runs side by side never share drives or
+# sockets.
+if [[ -n ${VSIC_TEST_STATE:-} ]]; then
+    STATE_ROOT=$VSIC_TEST_STATE
+    mkdir -p "$STATE_ROOT"
+else
+    STATE_ROOT=$(mktemp -d /var/tmp/vsic-guest-tests.XXXXXX)
+fi
+
 passed=0
 failed=0
 failed_names=()
-mkdir -p "$STATE_ROOT"
 
 for name in "${tests[@]}"; do
     guest=$TESTS_DIR/$name.guest.sh
@@ -104,7 +115,11 @@ for name in "${tests[@]}"; do
 done
 
 if [[ $failed -gt 0 ]]; then
-    echo "failed guest tests: ${failed_names[*]}"
+    echo "failed guest tests: ${failed_names[*]} (state and logs kept in $STATE_ROOT)"
+elif [[ -z ${VSIC_TEST_STATE:-} ]]; then
+    rm -rf "$STATE_ROOT"
 fi
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
+exit
+}

@@ -7,6 +7,9 @@
 # cargo test (from cargo's "test result:" lines), every guest test, and each
 # build step that failed; the exit status is non-zero on any failure.
 set -uo pipefail
+# The whole body is one brace group, read before it runs, so editing this
+# file while it runs cannot change what the running instance does.
+{
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -44,14 +47,19 @@ total_start=$(now)
 
 step "host dependencies (ci/install-deps.sh)" bash ci/install-deps.sh
 step "cargo build --workspace" cargo build --workspace
-step "cargo build --workspace --release" cargo build --workspace --release
+# Examples too: host-side checks of the guest tests run them.
+step "cargo build --workspace --release" cargo build --workspace --release --bins --examples
 release_ok=$?
 
 # cargo test: add up its "test result:" lines.
 banner "cargo test --workspace"
 start=$(now)
-cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
+# --no-fail-fast: every test binary runs and is counted even after a failure;
+# the timeout keeps a hung test from hanging CI.
+timeout -k 10 "${VSIC_CARGO_TEST_TIMEOUT:-1800}" cargo test --workspace --no-fail-fast 2>&1 |
+    tee "$log_dir/cargo-test.log"
 test_rc=${PIPESTATUS[0]}
+[[ $test_rc -eq 124 ]] && echo "cargo test timed out after ${VSIC_CARGO_TEST_TIMEOUT:-1800} s"
 read -r t_pass t_fail < <(awk '
     /^test result:/ {
         for (i = 1; i <= NF; i++) {
@@ -70,7 +78,7 @@ if [[ $test_rc -ne 0 && $t_fail -eq 0 ]]; then
 elif [[ $t_fail -gt 0 ]]; then
     failures+=("cargo test ($t_fail)")
 fi
-echo "--- cargo test: $t_pass passed, $t_fail failed ($(since "$start") s)"
+echo "--- cargo test: $t_pass passed, $t_fail failed, status $test_rc ($(since "$start") s)"
 
 # Guest tests need the release binaries and the image.
 guest_tests=(ci/guest-tests/*.guest.sh)
@@ -102,3 +110,5 @@ if [[ ${#failures[@]} -gt 0 ]]; then
 fi
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
+exit
+}

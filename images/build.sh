@@ -16,6 +16,9 @@
 #   VSIC_KERNEL_PKG   kernel package to use instead of the metapackage's
 #   CARGO_TARGET_DIR  cargo target directory (default <repo>/target)
 set -euo pipefail
+# The whole body is one brace group, read before it runs, so editing this
+# file while it runs cannot change what the running instance does.
+{
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$REPO/images/out
@@ -272,3 +275,5 @@ cp "$vmlinuz" "$OUT/vmlinuz.tmp"
 mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 echo "$stamp" >"$OUT/.stamp"
 step "done: $OUT/vmlinuz ($kver), $OUT/initramfs.cpio.gz ($(du -h "$OUT/initramfs.cpio.gz" | cut -f1)), ${#guest_bins[@]} guest binaries"
+exit
+}

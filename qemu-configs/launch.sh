@@ -48,6 +48,9 @@
 # guest stopped without reporting a status (crash, panic); 126 the backend
 # did not start; 1 a host hook failed; 2 bad usage.
 set -euo pipefail
+# The whole body is one brace group, read before it runs, so editing this
+# file while it runs cannot change what the running instance does.
+{
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=qemu-configs/topology.sh
@@ -137,8 +140,8 @@ if [[ $print_qemu -eq 0 ]]; then
     "$REPO/ci/install-deps.sh"
     if [[ $rebuild -eq 1 || ($backend == vsicd && ! -x $bin_dir/vsicd) ||
         (-n $host_hook && ! -x $bin_dir/vsicctl) ]]; then
-        say "building the workspace binaries (cargo build --release)"
-        (cd "$REPO" && cargo build --release --workspace --bins) || {
+        say "building the workspace binaries and examples (cargo build --release)"
+        (cd "$REPO" && cargo build --release --workspace --bins --examples) || {
             # Only what this launch needs is fatal when it is missing.
             if [[ $backend == vsicd && ! -x $bin_dir/vsicd ]]; then exit 2; fi
             say "warning: cargo build failed; using the binaries already built"
@@ -371,3 +374,5 @@ if ! run_hook post; then
     exit 1
 fi
 exit "$status"
+exit
+}

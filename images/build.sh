@@ -56,6 +56,13 @@ die() {
 }
 
 mkdir -p "$OUT" "$CACHE/debs" "$CACHE/kernel"
+# One build at a time (launches and CI may start builds side by side); the
+# second one then finds the image up to date.
+exec 8>"$OUT/.lock"
+if ! flock -n 8; then
+    step "waiting for another image build to finish"
+    flock 8
+fi
 
 # --- kernel package -------------------------------------------------------
 resolve_kernel_pkg() {

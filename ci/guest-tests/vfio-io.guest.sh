@@ -4,8 +4,9 @@
 # its virtio_blk serial) to vfio-pci and runs vsic-pattern against it by PCI
 # address, by vsic:1 found by asking the vfio-pci functions (GET_ID), and by
 # vsic:1 found in the function map; in interrupt and polling mode, on both
-# queues, with DMA memory of its own and with provided DMA memory. The host
-# checks the data after poweroff (vfio-io.host.sh post).
+# queues, with DMA memory of its own and with provided DMA memory, as root
+# and as an unprivileged user. The host checks the data after poweroff
+# (vfio-io.host.sh post).
 set -eu
 
 fail() { echo "FAIL: $*"; exit 1; }
@@ -29,6 +30,16 @@ echo "$fn" >/sys/bus/pci/devices/"$fn"/driver/unbind
 echo "$fn" >/sys/bus/pci/drivers_probe
 [ "$(basename "$(readlink /sys/bus/pci/devices/"$fn"/driver)")" = vfio-pci ] || fail "$fn did not bind to vfio-pci"
 
+# A process killed in the middle of its I/O: closing the device resets it,
+# and the next owner opens it normally. (What it wrote is overwritten below.)
+vsic-pattern "$fn" write --offset 0 --len 60M --seed 99 --polling >/dev/null 2>&1 &
+victim=$!
+sleep 1
+if kill -9 "$victim" 2>/dev/null; then echo "killed a writer in the middle of its I/O"; else echo "(the writer finished before the kill)"; fi
+wait "$victim" 2>/dev/null || true
+run vsic-pattern "$fn" write --offset 60M --len 4M --seed 66 --queue 1
+run vsic-pattern "$fn" verify --offset 60M --len 4M --seed 66
+
 # By PCI address: interrupt mode writes, polling mode reads back, and the
 # other way round.
 run vsic-pattern "$fn" write --offset 0 --len 8M --seed 11
@@ -46,6 +57,17 @@ mkdir -p /run/vsic
 echo "1 $fn" >/run/vsic/functions
 run vsic-pattern vsic:1 write --offset 48M --len 4M --seed 44 --provided-dma
 run vsic-pattern vsic:1 verify --offset 48M --len 4M --seed 44 --provided-dma --polling
+
+# An unprivileged application: the group file is its, the memory is
+# provided (it cannot read guest-physical addresses itself).
+group=$(basename "$(readlink /sys/bus/pci/devices/"$fn"/iommu_group)")
+chown 65534:65534 /dev/vfio/"$group"
+if vsic-pattern vsic:1 verify --len 4K --user 65534 2>/tmp/err; then
+    fail "an unprivileged open without provided DMA memory succeeded"
+fi
+grep -q CAP_SYS_ADMIN /tmp/err || fail "unclear refusal for an unprivileged open: $(cat /tmp/err)"
+run vsic-pattern vsic:1 write --offset 56M --len 4M --seed 55 --provided-dma --user 65534
+run vsic-pattern vsic:1 verify --offset 56M --len 4M --seed 55 --provided-dma --user 65534 --polling
 
 # A wrong pattern is noticed (the check can fail).
 if vsic-pattern vsic:1 verify --offset 48M --len 1M --seed 45 --polling; then

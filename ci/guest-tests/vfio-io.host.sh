@@ -24,7 +24,9 @@ post)
     "$tool" "$dev" verify --offset 16M --len 8M --seed 22 --polling
     "$tool" "$dev" verify --offset 32M --len 4M --seed 33 --polling
     "$tool" "$dev" verify --offset 48M --len 4M --seed 44 --polling
-    echo "host verified all four patterns through $dev"
+    "$tool" "$dev" verify --offset 56M --len 4M --seed 55 --polling
+    "$tool" "$dev" verify --offset 60M --len 4M --seed 66 --polling
+    echo "host verified all six patterns through $dev"
     ;;
 *)
     echo "usage: $0 pre|post" >&2

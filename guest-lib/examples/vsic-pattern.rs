@@ -6,13 +6,16 @@
 //! usage: vsic-pattern SPEC write|verify [--slot N] [--offset BYTES]
 //!                     [--len BYTES] [--seed N] [--queue Q] [--depth D]
 //!                     [--chunk BYTES] [--polling] [--provided-dma]
+//!                     [--user UID]
 //!
 //! SPEC: vhost-user:PATH, vsic:N or a PCI address. Requests of --chunk
 //! bytes (default 256K) are kept --depth (default 8) in flight on queue Q.
 //! --provided-dma (VFIO only) allocates the DMA huge pages itself and opens
 //! with them as provided memory, the way the control plane hands memory to
-//! unprivileged applications. Exit status: 0 done (and matching), 1
-//! mismatch or error, 2 usage.
+//! unprivileged applications. --user drops to UID (and the same GID, no
+//! supplementary groups) after that, before opening the device, with an
+//! unlimited RLIMIT_MEMLOCK for the VFIO pins. Exit status: 0 done (and
+//! matching), 1 mismatch or error, 2 usage.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -34,11 +37,12 @@ struct Args {
     chunk: usize,
     polling: bool,
     provided_dma: bool,
+    user: Option<u32>,
 }
 
 const USAGE: &str =
     "usage: vsic-pattern SPEC write|verify [--slot N] [--offset BYTES] [--len BYTES] \
-[--seed N] [--queue Q] [--depth D] [--chunk BYTES] [--polling] [--provided-dma]";
+[--seed N] [--queue Q] [--depth D] [--chunk BYTES] [--polling] [--provided-dma] [--user UID]";
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -54,6 +58,7 @@ fn parse() -> Result<Args, String> {
         chunk: 256 << 10,
         polling: false,
         provided_dma: false,
+        user: None,
     };
     let mut action = None;
     while let Some(a) = it.next() {
@@ -68,6 +73,10 @@ fn parse() -> Result<Args, String> {
             "--chunk" => args.chunk = size(&value("--chunk")?)? as usize,
             "--polling" => args.polling = true,
             "--provided-dma" => args.provided_dma = true,
+            "--user" => {
+                let v = value("--user")?;
+                args.user = Some(v.parse().map_err(|_| format!("not a user id: {v}"))?)
+            }
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             "write" | "verify" if !args.spec.is_empty() && action.is_none() => {
@@ -152,6 +161,28 @@ fn provided_dma(bytes: usize) -> Result<DmaSource, vsic::Error> {
     }
 }
 
+/// Becomes `uid` for good, keeping the right to pin any amount of memory.
+fn drop_privileges(uid: u32) -> Result<(), vsic::Error> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain system calls with valid arguments.
+    let ok = unsafe {
+        libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0
+            && libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(uid) == 0
+            && libc::setuid(uid) == 0
+    };
+    if !ok {
+        return Err(vsic::Error::System {
+            what: "dropping privileges",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 fn run(a: &Args) -> Result<bool, vsic::Error> {
     let mem_size = (a.depth * a.chunk + (4 << 20)).next_multiple_of(2 << 20);
     let opts = OpenOptions {
@@ -169,6 +200,9 @@ fn run(a: &Args) -> Result<bool, vsic::Error> {
         },
         ..OpenOptions::default()
     };
+    if let Some(uid) = a.user {
+        drop_privileges(uid)?;
+    }
     let started = Instant::now();
     let dev = Device::open(&a.spec, &opts)?;
     let opened = started.elapsed();
@@ -240,7 +274,7 @@ fn run(a: &Args) -> Result<bool, vsic::Error> {
     let secs = io_start.elapsed().as_secs_f64();
     let ok = mismatch.is_none();
     println!(
-        "{}: {} {} bytes at slot {} offset {} seed {} on queue {} ({}{}), open {:?}, {:.1} MB/s",
+        "{}: {} {} bytes at slot {} offset {} seed {} on queue {} ({}{}{}), open {:?}, {:.1} MB/s",
         match (a.verify, ok) {
             (false, _) => "written",
             (true, true) => "verified",
@@ -254,6 +288,7 @@ fn run(a: &Args) -> Result<bool, vsic::Error> {
         a.queue,
         if a.polling { "polling" } else { "interrupt" },
         if a.provided_dma { ", provided DMA" } else { "" },
+        a.user.map(|u| format!(", uid {u}")).unwrap_or_default(),
         opened,
         a.len as f64 / secs.max(1e-9) / 1e6,
     );

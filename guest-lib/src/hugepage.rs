@@ -171,11 +171,22 @@ fn base_page_size() -> usize {
     usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
+fn needs_privilege() -> Error {
+    Error::Unsupported(
+        "reading guest-physical addresses needs CAP_SYS_ADMIN; unprivileged \
+         applications open with DmaSource::Provided memory from the control plane"
+            .into(),
+    )
+}
+
 /// Physical addresses of the pages of `[addr, addr + len)` of this process,
 /// one per `page_size` bytes (the address of each page's first byte).
 pub fn physical_addresses(addr: usize, len: usize, page_size: usize) -> Result<Vec<u64>, Error> {
-    let pagemap = File::open("/proc/self/pagemap")
-        .map_err(|e| Error::system("opening /proc/self/pagemap", e))?;
+    let pagemap = File::open("/proc/self/pagemap").map_err(|e| match e.kind() {
+        // A process that dropped privileges cannot even open it.
+        std::io::ErrorKind::PermissionDenied => needs_privilege(),
+        _ => Error::system("opening /proc/self/pagemap", e),
+    })?;
     let base = base_page_size();
     let mut out = Vec::with_capacity(len / page_size);
     for page in (addr..addr.saturating_add(len)).step_by(page_size) {
@@ -191,13 +202,7 @@ pub fn physical_addresses(addr: usize, len: usize, page_size: usize) -> Result<V
                     format!("page at {page:#x} is not resident"),
                 ))
             }
-            Err(PagemapError::Hidden) => {
-                return Err(Error::Unsupported(
-                    "reading guest-physical addresses needs CAP_SYS_ADMIN; unprivileged \
-                     applications open with DmaSource::Provided memory from the control plane"
-                        .into(),
-                ))
-            }
+            Err(PagemapError::Hidden) => return Err(needs_privilege()),
         }
     }
     Ok(out)

@@ -7,6 +7,7 @@
 # Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--repeat N]
 #                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]
 #                           [--no-build]
+#        ci/bench.sh --table FILE
 #
 #   --host      run on the host over vhost-user sockets (the only mode so far)
 #   --seconds   measured seconds per run (default 3)
@@ -18,6 +19,7 @@
 #   --cases     space-separated subset of: randread randwrite writeflush
 #   --out       also write every result line to FILE
 #   --no-build  use the release binaries already in target/release
+#   --table     print the results saved by --out FILE as a markdown table
 #
 # Prints a few '#' lines about the machine (cores, load), one result line per
 # point, then one ratio line per (case, client):
@@ -40,6 +42,7 @@ seconds=3
 warmup=0.5
 repeat=1
 build=1
+table=
 mode=auto
 cases="randread randwrite writeflush"
 out=
@@ -53,11 +56,42 @@ while [[ $# -gt 0 ]]; do
     --cases) cases=${2:?--cases needs a value}; shift ;;
     --out) out=${2:?--out needs a value}; shift ;;
     --no-build) build=0 ;;
+    --table) table=${2:?--table needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
     shift
 done
+# markdown_table FILE: one row per (case, bs, qd, queues, client), both
+# targets side by side.
+markdown_table() {
+    awk '
+        /^case=/ {
+            delete f
+            for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+            key = f["case"] " | " f["bs"] " | " f["qd"] " | " f["queues"] " | " f["mode"] " | " f["client"]
+            if (!(key in seen)) { seen[key] = 1; order[n++] = key }
+            iops[key, f["target"]] = f["iops"]
+            lat[key, f["target"]] = f["p50_us"] " / " f["p99_us"]
+        }
+        function ratio(a, b) { return (a == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }
+        END {
+            print "| case | bs | qd | queues | mode | client | vsicd IOPS | qsd IOPS | IOPS vsicd/qsd | vsicd p50 / p99 (µs) | qsd p50 / p99 (µs) |"
+            print "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"
+            for (i = 0; i < n; i++) {
+                k = order[i]
+                printf "| %s | %s | %s | %s | %s | %s |\n", k, iops[k, "vsicd"], iops[k, "qsd"],
+                    ratio(iops[k, "vsicd"], iops[k, "qsd"]), lat[k, "vsicd"], lat[k, "qsd"]
+            }
+        }
+    ' "$1"
+}
+
+if [[ -n $table ]]; then
+    [[ -r $table ]] || die "cannot read $table"
+    markdown_table "$table"
+    exit 0
+fi
 [[ $host -eq 1 ]] || { usage >&2; exit 2; }
 [[ $seconds =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--seconds: not a number: $seconds"
 [[ $warmup =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--warmup: not a number: $warmup"

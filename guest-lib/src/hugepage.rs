@@ -122,6 +122,15 @@ impl ProvidedDma {
     }
 }
 
+/// File page indices sorted by guest-physical address: mapping the pages
+/// in this order puts physically adjacent pages next to each other, so
+/// they form one chunk and larger buffers fit.
+pub fn physical_order(gpas: &[u64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..gpas.len()).collect();
+    order.sort_by_key(|&i| gpas[i]);
+    order
+}
+
 /// Groups pages (in mapping order) into chunks of physically adjacent
 /// pages: page `i` at `gpas[i]` continues the chunk when it directly
 /// follows the previous page.
@@ -235,6 +244,53 @@ impl Mapping {
             .ok_or_else(|| std::io::Error::other("null mapping"))
     }
 
+    /// Maps the pages of `fd` so that slot `i` of the mapping shows file
+    /// page `order[i]` (pages of `page_size` bytes; the mapping is aligned
+    /// to `page_size`, as huge page mappings must be).
+    fn ordered(fd: i32, page_size: usize, order: &[usize]) -> std::io::Result<Mapping> {
+        let len = order.len() * page_size;
+        // Reserve address space with room to align, then trim it.
+        let reserve = Mapping::new(
+            len + page_size,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+        )?;
+        let start = (reserve.ptr.as_ptr() as usize).next_multiple_of(page_size);
+        let (rstart, rlen) = (reserve.ptr.as_ptr() as usize, reserve.len);
+        std::mem::forget(reserve);
+        // SAFETY: unmapping the unaligned head and the tail of our own
+        // reservation; [start, start + len) stays reserved.
+        unsafe {
+            if start > rstart {
+                libc::munmap(rstart as *mut _, start - rstart);
+            }
+            libc::munmap((start + len) as *mut _, rstart + rlen - (start + len));
+        }
+        let map = Mapping {
+            ptr: NonNull::new(start as *mut u8).ok_or_else(|| std::io::Error::other("null"))?,
+            len,
+        };
+        for (slot, &page) in order.iter().enumerate() {
+            let offset = libc::off_t::try_from(page * page_size)
+                .map_err(|_| std::io::Error::other("file offset too large"))?;
+            // SAFETY: replaces one page-sized piece of our own reservation.
+            let p = unsafe {
+                libc::mmap(
+                    (start + slot * page_size) as *mut _,
+                    page_size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_POPULATE,
+                    fd,
+                    offset,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(map)
+    }
+
     fn lock(&self) -> std::io::Result<()> {
         // SAFETY: locking our own mapping.
         if unsafe { libc::mlock(self.ptr.as_ptr().cast(), self.len) } < 0 {
@@ -272,9 +328,9 @@ fn free_huge_pages() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Allocates at least `len` bytes of locked 2 MiB huge pages and looks up
-/// their guest-physical addresses; each run of adjacent pages becomes one
-/// chunk whose IOVA is its physical address.
+/// Allocates at least `len` bytes of locked 2 MiB huge pages, looks up
+/// their guest-physical addresses and maps them in address order; each run
+/// of adjacent pages becomes one chunk whose IOVA is its physical address.
 pub fn allocate(len: usize) -> Result<DmaRegion, Error> {
     let len = len
         .checked_next_multiple_of(HUGE_PAGE_SIZE)
@@ -308,9 +364,18 @@ pub fn allocate(len: usize) -> Result<DmaRegion, Error> {
             ),
         )
     })?;
+    let file_gpas = physical_addresses(map.ptr.as_ptr() as usize, len, HUGE_PAGE_SIZE)?;
+    let order = physical_order(&file_gpas);
+    let map = if order.iter().enumerate().all(|(i, &p)| i == p) {
+        map
+    } else {
+        drop(map);
+        Mapping::ordered(raw, HUGE_PAGE_SIZE, &order)
+            .map_err(|e| Error::system("mapping huge pages in physical order", e))?
+    };
     map.lock()
         .map_err(|e| Error::system("mlock of DMA memory", e))?;
-    let gpas = physical_addresses(map.ptr.as_ptr() as usize, len, HUGE_PAGE_SIZE)?;
+    let gpas: Vec<u64> = order.iter().map(|&i| file_gpas[i]).collect();
     let chunks = page_chunks(HUGE_PAGE_SIZE, &gpas);
     debug!(
         "{pages} huge pages in {} physically contiguous run(s)",
@@ -319,23 +384,21 @@ pub fn allocate(len: usize) -> Result<DmaRegion, Error> {
     map.into_region(chunks, Some(fd))
 }
 
-/// Maps memory provided by the control plane.
+/// Maps memory provided by the control plane, pages in address order.
 pub fn map_provided(p: &ProvidedDma) -> Result<DmaRegion, Error> {
     let fd =
         p.fd.try_clone()
             .map_err(|e| Error::system("dup of provided DMA memory", e))?;
-    let map = Mapping::new(
-        p.len(),
-        libc::MAP_SHARED | libc::MAP_POPULATE,
-        fd.as_raw_fd(),
-    )
-    .map_err(|e| Error::system("mmap of provided DMA memory", e))?;
+    let order = physical_order(&p.gpas);
+    let map = Mapping::ordered(fd.as_raw_fd(), p.page_size, &order)
+        .map_err(|e| Error::system("mmap of provided DMA memory", e))?;
     // Huge pages never swap; VFIO pins the pages anyway. A low
     // RLIMIT_MEMLOCK must not fail the open here.
     if let Err(e) = map.lock() {
         debug!("mlock of provided DMA memory: {e}");
     }
-    map.into_region(page_chunks(p.page_size, &p.gpas), Some(fd))
+    let gpas: Vec<u64> = order.iter().map(|&i| p.gpas[i]).collect();
+    map.into_region(page_chunks(p.page_size, &gpas), Some(fd))
 }
 
 /// Whether every chunk of `region` still starts at the physical address
@@ -426,31 +489,70 @@ mod tests {
     #[test]
     fn provided_memory_maps_pages_at_given_addresses() {
         let page = 4096usize;
-        let gpas = vec![0x7000, 0x8000, 0x2000, 0x10000];
-        let src = DmaSource::provided(memfd(4 * page), gpas.clone()).unwrap();
+        // File order is not address order: 0x2000/0x3000 and 0x7000/0x8000
+        // are adjacent frames in different places of the file.
+        let gpas = vec![0x7000, 0x3000, 0x8000, 0x2000, 0x10000];
+        let src = DmaSource::provided(memfd(5 * page), gpas.clone()).unwrap();
         let DmaSource::Provided(p) = src else {
             panic!()
         };
         assert_eq!(p.page_size(), page);
-        assert_eq!(p.len(), 4 * page);
+        assert_eq!(p.len(), 5 * page);
         let region = map_provided(&p).unwrap();
-        assert_eq!(region.len(), 4 * page);
-        assert_eq!(region.chunks().len(), 3);
-        for (i, &gpa) in gpas.iter().enumerate() {
-            let host = region.host_at(gpa, page).unwrap();
-            assert_eq!(host as usize - region.host_ptr() as usize, i * page);
-        }
-        // 0x7000..0x9000 is one chunk; 0x8000 + 4096 crosses into nothing.
+        assert_eq!(region.len(), 5 * page);
+        // Mapped in address order, adjacent frames form one chunk each.
+        let spans: Vec<(u64, usize)> = region.chunks().iter().map(|c| (c.iova, c.len)).collect();
+        assert_eq!(
+            spans,
+            vec![(0x2000, 2 * page), (0x7000, 2 * page), (0x10000, page)]
+        );
+        assert!(region.contains(0x2000, 2 * page));
         assert!(region.contains(0x7800, 4096));
         assert!(!region.contains(0x8800, 4096));
-        // Writes through the region reach the file.
-        // SAFETY: host_at checked the range.
-        unsafe { *region.host_at(0x2000, 1).unwrap() = 0x5a };
-        let mut b = [0u8; 1];
-        File::from(p.fd.try_clone().unwrap())
-            .read_exact_at(&mut b, 2 * page as u64)
-            .unwrap();
-        assert_eq!(b[0], 0x5a);
+        // Each address reaches the file page the provider named.
+        for (file_page, &gpa) in gpas.iter().enumerate() {
+            let host = region.host_at(gpa, page).unwrap();
+            // SAFETY: host_at checked the range.
+            unsafe { *host = file_page as u8 + 1 };
+        }
+        let file = File::from(p.fd.try_clone().unwrap());
+        for file_page in 0..gpas.len() {
+            let mut b = [0u8; 1];
+            file.read_exact_at(&mut b, (file_page * page) as u64)
+                .unwrap();
+            assert_eq!(b[0], file_page as u8 + 1);
+        }
+    }
+
+    /// With free huge pages (and privileges): a region in address order
+    /// whose chunks are the runs of adjacent pages. Without: an error that
+    /// says what to do.
+    #[test]
+    fn allocate_huge_pages_or_explain() {
+        match allocate(3 * HUGE_PAGE_SIZE + 1) {
+            Ok(region) => {
+                assert_eq!(region.len(), 4 * HUGE_PAGE_SIZE);
+                assert_eq!(region.host_ptr() as usize % HUGE_PAGE_SIZE, 0);
+                let chunks = region.chunks();
+                assert!(chunks
+                    .windows(2)
+                    .all(|w| w[0].iova + (w[0].len as u64) < w[1].iova));
+                assert!(still_at_recorded_addresses(&region).unwrap());
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("nr_hugepages") || msg.contains("CAP_SYS_ADMIN"),
+                    "{msg}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn physical_order_sorts_file_pages_by_address() {
+        assert_eq!(physical_order(&[0x30, 0x10, 0x20]), vec![1, 2, 0]);
+        assert_eq!(physical_order(&[]), Vec::<usize>::new());
     }
 
     #[test]

@@ -11,6 +11,9 @@
 # nothing beyond the installed toolchain, whereas a musl target would have to
 # be downloaded by rustup from outside the package registries.
 set -euo pipefail
+# One brace group: editing this file while it runs cannot change what the
+# running instance does.
+{
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 
@@ -94,6 +97,11 @@ add_backports_source() {
     } | $SUDO tee "$BACKPORTS_SOURCES" >/dev/null
 }
 
+# Launches and CI runs may call this side by side: one at a time, and the
+# later ones re-check after waiting (the first may have installed it all).
+exec 7>/var/lock/vsic-install-deps.lock
+flock 7
+
 missing=()
 for pkg in "${!STABLE_PKGS[@]}"; do
     have_file "${STABLE_PKGS[$pkg]}" || missing+=("$pkg")
@@ -107,19 +115,21 @@ if [[ ${#missing[@]} -eq 0 && $need_qemu -eq 0 ]]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# Wait for apt/dpkg run by anything else instead of failing at once.
+APT_OPTS=(-o DPkg::Lock::Timeout=300)
 if [[ $need_qemu -eq 1 ]] && ! backports_configured; then
     add_backports_source
 fi
 log "apt-get update"
-$SUDO apt-get update -qq
+$SUDO apt-get "${APT_OPTS[@]}" update -qq
 
 if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing ${missing[*]}"
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    $SUDO apt-get "${APT_OPTS[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if [[ $need_qemu -eq 1 ]]; then
     log "installing $BACKPORTS_PKG from bookworm-backports"
-    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports "$BACKPORTS_PKG" >/dev/null
+    $SUDO apt-get "${APT_OPTS[@]}" install -y -qq --no-install-recommends -t bookworm-backports "$BACKPORTS_PKG" >/dev/null
     if ! qemu_ok; then
         log "qemu-system-x86_64 is not version $QEMU_SERIES.x after install:"
         qemu-system-x86_64 --version >&2 || true
@@ -127,3 +137,5 @@ if [[ $need_qemu -eq 1 ]]; then
     fi
 fi
 log "done: $(qemu-system-x86_64 --version | head -n1)"
+exit
+}

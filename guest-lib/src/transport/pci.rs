@@ -327,11 +327,13 @@ impl Sysfs {
             if !virtio.file_name().to_string_lossy().starts_with("virtio") {
                 continue;
             }
-            for disk in fs::read_dir(virtio.path().join("block"))
+            // A virtio-blk device has exactly one disk.
+            let disk = fs::read_dir(virtio.path().join("block"))
                 .into_iter()
                 .flatten()
                 .flatten()
-            {
+                .next();
+            if let Some(disk) = disk {
                 let serial = fs::read_to_string(disk.path().join("serial")).unwrap_or_default();
                 let name = disk.file_name().to_string_lossy().into_owned();
                 return Some((name, serial.trim_end_matches(['\n', '\0']).to_string()));

@@ -89,23 +89,25 @@ pub fn resolve(spec: &str, opts: &OpenOptions) -> Result<String, Error> {
     match pci::locate(function, &map, &sys) {
         Located::At(addr) => Ok(addr),
         Located::Probe(candidates) => {
+            let mut asked = Vec::with_capacity(candidates.len());
             for addr in &candidates {
                 match ask_function(addr, opts) {
                     Ok(Some(f)) if f == function => return Ok(addr.clone()),
-                    Ok(other) => debug!("{addr} is {other:?}"),
-                    Err(e) => debug!("{addr}: cannot ask for its identity: {e}"),
+                    Ok(Some(f)) => asked.push(format!("{addr} is {f:?}")),
+                    Ok(None) => asked.push(format!("{addr} has no VSIC serial")),
+                    Err(e) => asked.push(format!("{addr} could not be asked ({e})")),
                 }
             }
             Err(Error::Connect {
                 path: spec.to_string(),
                 reason: format!(
                     "not in {} and no function serves it (virtio_blk serials checked; \
-                     vfio-pci functions asked: {})",
+                     vfio-pci functions: {})",
                     map_path.display(),
-                    if candidates.is_empty() {
+                    if asked.is_empty() {
                         "none".to_string()
                     } else {
-                        candidates.join(", ")
+                        asked.join("; ")
                     }
                 ),
             })

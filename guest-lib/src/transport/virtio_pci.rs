@@ -189,7 +189,8 @@ fn map_region(device: &VfioDevice, offset: u64, size: u64) -> std::io::Result<No
 /// aligned (MMIO registers are accessed at their own width).
 fn check_access(at: u64, width: usize, len: u64) -> Result<(), Error> {
     let w = width as u64;
-    if at % w != 0 || at.checked_add(w).is_none_or(|end| end > len) {
+    let fits = at % w == 0 && at.checked_add(w).is_some_and(|end| end <= len);
+    if !fits {
         return Err(Error::transport(
             "device register access",
             format!("{width}-byte access at {at:#x} outside or misaligned in a {len:#x}-byte area"),
@@ -209,7 +210,8 @@ pub struct Window {
 impl Window {
     /// The window, if it fits in the BAR.
     pub fn new(bar: Arc<Bar>, base: u64, len: u64) -> Result<Window, Error> {
-        if base.checked_add(len).is_none_or(|end| end > bar.len()) {
+        let fits = base.checked_add(len).is_some_and(|end| end <= bar.len());
+        if !fits {
             return Err(Error::transport(
                 "virtio capabilities",
                 format!(

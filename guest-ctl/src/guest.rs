@@ -92,9 +92,9 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
     } else if current.as_deref() == Some(VFIO_DRIVER) && funcs.group_in_use(&addr).map_err(pci)? {
         // Giving an open group to someone else would not take it from
         // the process holding it.
-        return Err(pci(format!(
-            "its VFIO group is open by a process; stop it first"
-        )));
+        return Err(pci(
+            "its VFIO group is open by a process; stop it first".to_string()
+        ));
     }
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {
         log::warn!("cannot update {}: {e}", funcs.map_path().display());

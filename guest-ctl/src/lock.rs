@@ -19,11 +19,20 @@ pub struct ControlLock {
     _file: File,
 }
 
+/// Why the lock was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LockError {
+    /// Another process held it for the whole timeout.
+    Busy(String),
+    /// The lock file cannot be used (not root, no /run).
+    Unusable(String),
+}
+
 impl ControlLock {
-    pub fn acquire(path: &Path, timeout: Duration) -> Result<ControlLock, String> {
+    pub fn acquire(path: &Path, timeout: Duration) -> Result<ControlLock, LockError> {
         if let Some(dir) = path.parent() {
             crate::functions::ensure_public_dir(dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                .map_err(|e| LockError::Unusable(format!("creating {}: {e}", dir.display())))?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -32,7 +41,12 @@ impl ControlLock {
             .truncate(false)
             .mode(0o600)
             .open(path)
-            .map_err(|e| format!("opening the control-plane lock {}: {e}", path.display()))?;
+            .map_err(|e| {
+                LockError::Unusable(format!(
+                    "opening the control-plane lock {}: {e}",
+                    path.display()
+                ))
+            })?;
         let deadline = Instant::now() + timeout;
         loop {
             // SAFETY: flock on a descriptor we own.
@@ -43,14 +57,17 @@ impl ControlLock {
             if err.raw_os_error() != Some(libc::EWOULDBLOCK)
                 && err.kind() != io::ErrorKind::Interrupted
             {
-                return Err(format!("locking {}: {err}", path.display()));
+                return Err(LockError::Unusable(format!(
+                    "locking {}: {err}",
+                    path.display()
+                )));
             }
             if Instant::now() >= deadline {
-                return Err(format!(
+                return Err(LockError::Busy(format!(
                     "another control-plane process has held {} for {} s",
                     path.display(),
                     timeout.as_secs()
-                ));
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -69,9 +86,19 @@ mod tests {
         let err = ControlLock::acquire(&path, Duration::from_millis(100))
             .err()
             .unwrap();
-        assert!(err.contains("another control-plane process"), "{err}");
+        assert!(
+            matches!(&err, LockError::Busy(m) if m.contains("another control-plane process")),
+            "{err:?}"
+        );
         drop(held);
         ControlLock::acquire(&path, Duration::from_millis(100)).unwrap();
+        // A directory where the lock file should be: unusable, not busy.
+        let blocked = dir.join("blocked");
+        std::fs::create_dir_all(blocked.join("lock")).unwrap();
+        assert!(matches!(
+            ControlLock::acquire(&blocked.join("lock"), Duration::from_millis(100)),
+            Err(LockError::Unusable(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

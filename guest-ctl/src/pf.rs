@@ -13,7 +13,7 @@ use vsic_abi::virtio::{
 
 use crate::failure::Failure;
 use crate::functions::{Functions, VFIO_DRIVER};
-use crate::lock::{ControlLock, LOCK_PATH, LOCK_TIMEOUT};
+use crate::lock::{ControlLock, LockError, LOCK_PATH, LOCK_TIMEOUT};
 
 /// How the PF is reached.
 #[derive(Debug, Clone)]
@@ -31,8 +31,11 @@ pub struct Pf {
 
 /// Takes the control-plane lock (guest only; the host needs none).
 pub fn lock(context: &str) -> Result<ControlLock, Failure> {
-    ControlLock::acquire(LOCK_PATH.as_ref(), LOCK_TIMEOUT)
-        .map_err(|e| Failure::local(context, "busy", e))
+    ControlLock::acquire(LOCK_PATH.as_ref(), LOCK_TIMEOUT).map_err(|e| match e {
+        LockError::Busy(m) => Failure::local(context, "busy", m),
+        // Typically not root: the control plane is root's.
+        LockError::Unusable(m) => Failure::local(context, "permission", m),
+    })
 }
 
 pub fn open(route: &Route) -> Result<Pf, Failure> {

@@ -142,7 +142,10 @@ fn run(args: &Args) -> Result<String, String> {
 }
 
 fn check_args(args: &Args) -> Result<(), String> {
-    if args.bs == 0 || args.bs % 512 != 0 {
+    // `%` rather than is_multiple_of: the workspace supports Rust 1.80.
+    #[allow(clippy::manual_is_multiple_of)]
+    let aligned = args.bs % 512 == 0;
+    if args.bs == 0 || !aligned {
         return Err(format!(
             "--bs {} must be a positive multiple of 512",
             args.bs
@@ -151,9 +154,11 @@ fn check_args(args: &Args) -> Result<(), String> {
     if args.qd == 0 || args.queues == 0 {
         return Err("--qd and --queues must be at least 1".into());
     }
-    if !(args.seconds > 0.0 && args.seconds.is_finite())
-        || !(args.warmup >= 0.0 && args.warmup.is_finite())
-    {
+    let times_valid = args.seconds > 0.0
+        && args.seconds.is_finite()
+        && args.warmup >= 0.0
+        && args.warmup.is_finite();
+    if !times_valid {
         return Err("--seconds must be positive and --warmup not negative".into());
     }
     // A vsic read or write takes three descriptors (header, data, status).
@@ -432,8 +437,8 @@ struct VsicQueue<'d> {
 impl QueueClient for VsicQueue<'_> {
     fn submit(&mut self, op: Op, slot: usize, offset: u64) -> Result<(), String> {
         let vsa = VsaHandle::new(0);
-        let req = match op {
-            Op::Flush => Request::Flush,
+        let submitted = match op {
+            Op::Flush => self.dev.submit(self.queue, Request::Flush, slot as u64),
             Op::Read | Op::Write => {
                 let buf = self.bufs.get(slot).ok_or("slot without a buffer")?;
                 let mem = [buf.mem()];
@@ -443,16 +448,10 @@ impl QueueClient for VsicQueue<'_> {
                 } else {
                     Request::write(vsa, &mem, &ranges)
                 };
-                // The request borrows `mem` and `ranges`: submit it here.
-                return self
-                    .dev
-                    .submit(self.queue, req, slot as u64)
-                    .map_err(|e| e.to_string());
+                self.dev.submit(self.queue, req, slot as u64)
             }
         };
-        self.dev
-            .submit(self.queue, req, slot as u64)
-            .map_err(|e| e.to_string())
+        submitted.map_err(|e| e.to_string())
     }
 
     fn reap(&mut self, done: &mut Vec<Done>) -> Result<(), String> {
@@ -522,14 +521,19 @@ fn fill_pattern(buf: &mut [u8], seed: u16) {
 
 struct BlkioQueue {
     q: blkio::Blkioq,
-    /// Address of this queue's buffers (qd * bs bytes) in a mapped region.
+    /// Address of this queue's buffers (`slots` * `bs` bytes) in a mapped
+    /// region.
     buf_base: usize,
+    slots: usize,
     bs: usize,
     completions: Vec<MaybeUninit<blkio::Completion>>,
 }
 
 impl QueueClient for BlkioQueue {
     fn submit(&mut self, op: Op, slot: usize, offset: u64) -> Result<(), String> {
+        if slot >= self.slots {
+            return Err(format!("slot {slot} has no buffer"));
+        }
         let buf = (self.buf_base + slot * self.bs) as *mut u8;
         let flags = blkio::ReqFlags::empty();
         match op {
@@ -611,6 +615,7 @@ fn run_blkio(args: &Args) -> Result<Totals, String> {
         .map(|(i, q)| BlkioQueue {
             q,
             buf_base: region.addr + i * per_queue,
+            slots: args.qd,
             bs: args.bs,
             completions: (0..args.qd).map(|_| MaybeUninit::uninit()).collect(),
         })

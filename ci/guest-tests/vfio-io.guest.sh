@@ -2,8 +2,8 @@
 # The vsic library drives VSIC 1 through VFIO: the host attached a 64 MiB
 # VSA to its slot 0 (vfio-io.host.sh pre). The guest hands VSIC 1 (found by
 # its virtio_blk serial) to vfio-pci and runs vsic-pattern against it by PCI
-# address, by vsic:1 found by asking the vfio-pci functions (GET_ID), and by
-# vsic:1 found in the function map; in interrupt and polling mode, on both
+# address, by vsic:1 found by asking the vfio-pci functions (GET_ID; VSIC 2
+# is on vfio-pci too), and by vsic:1 found in the function map; in interrupt and polling mode, on both
 # queues, with DMA memory of its own and with provided DMA memory, as root
 # and as an unprivileged user. The host checks the data after poweroff
 # (vfio-io.host.sh post).
@@ -12,23 +12,32 @@ set -eu
 fail() { echo "FAIL: $*"; exit 1; }
 run() { echo "+ $*"; "$@" || fail "$* exited with $?"; }
 
-fn=
-for b in /sys/block/vd*; do
-    if [ "$(cat "$b/serial" 2>/dev/null)" = vsic-vsic1 ]; then
-        fn=$(basename "$(readlink -f "$b/device/..")")
-    fi
-done
-[ -n "$fn" ] || fail "no block device with serial vsic-vsic1"
-echo "VSIC 1 is $fn; huge pages free: $(awk '/HugePages_Free/ { print $2 }' /proc/meminfo)"
+# The PCI function whose virtio_blk disk has serial $1.
+function_with_serial() {
+    for b in /sys/block/vd*; do
+        if [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ]; then
+            basename "$(readlink -f "$b/device/..")"
+            return 0
+        fi
+    done
+    return 1
+}
+to_vfio() {
+    echo vfio-pci >/sys/bus/pci/devices/"$1"/driver_override
+    echo "$1" >/sys/bus/pci/devices/"$1"/driver/unbind
+    echo "$1" >/sys/bus/pci/drivers_probe
+    [ "$(basename "$(readlink /sys/bus/pci/devices/"$1"/driver)")" = vfio-pci ] || fail "$1 did not bind to vfio-pci"
+}
+
+fn=$(function_with_serial vsic-vsic1) || fail "no block device with serial vsic-vsic1"
+fn2=$(function_with_serial vsic-vsic2) || fail "no block device with serial vsic-vsic2"
+echo "VSIC 1 is $fn, VSIC 2 is $fn2; huge pages free: $(awk '/HugePages_Free/ { print $2 }' /proc/meminfo)"
 
 # Still on virtio_blk: the library says so instead of failing obscurely.
 if vsic-pattern "$fn" verify --len 4K 2>/tmp/err; then fail "opened a function bound to virtio_blk"; fi
 grep -q virtio /tmp/err || fail "unclear error for a virtio_blk-bound function: $(cat /tmp/err)"
 
-echo vfio-pci >/sys/bus/pci/devices/"$fn"/driver_override
-echo "$fn" >/sys/bus/pci/devices/"$fn"/driver/unbind
-echo "$fn" >/sys/bus/pci/drivers_probe
-[ "$(basename "$(readlink /sys/bus/pci/devices/"$fn"/driver)")" = vfio-pci ] || fail "$fn did not bind to vfio-pci"
+to_vfio "$fn"
 
 # A process killed in the middle of its I/O: closing the device resets it,
 # and the next owner opens it normally. (What it wrote is overwritten below.)
@@ -49,8 +58,16 @@ run vsic-pattern "$fn" verify --offset 16M --len 8M --seed 22 --queue 1
 
 # vsic:1 with no function map: found by asking the vfio-pci functions.
 rm -f /run/vsic/functions
+# VSIC 2 (nothing attached) is on vfio-pci too: asking must tell them apart.
+to_vfio "$fn2"
 run vsic-pattern vsic:1 write --offset 32M --len 4M --seed 33 --depth 32 --chunk 64K
 run vsic-pattern vsic:1 verify --offset 32M --len 4M --seed 33 --polling
+if vsic-pattern vsic:2 verify --offset 32M --len 4M --seed 33 2>/tmp/err; then
+    fail "vsic:2 reached VSIC 1's data"
+fi
+grep -q IOERR /tmp/err || fail "vsic:2 (no VSA attached) did not fail with IOERR: $(cat /tmp/err)"
+if vsic-pattern vsic:3 verify --len 4K 2>/tmp/err; then fail "vsic:3 (on virtio_blk) opened"; fi
+grep -q virtio /tmp/err || fail "unclear error for vsic:3 on virtio_blk: $(cat /tmp/err)"
 
 # vsic:1 through the map the control plane writes; provided DMA memory.
 mkdir -p /run/vsic

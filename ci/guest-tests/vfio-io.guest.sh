@@ -53,6 +53,8 @@ run vsic-pattern "$fn" verify --offset 60M --len 4M --seed 66
 # other way round.
 run vsic-pattern "$fn" write --offset 0 --len 8M --seed 11
 run vsic-pattern "pci:$fn" verify --offset 0 --len 8M --seed 11 --polling
+# Registers through pread/pwrite on the device fd instead of mapped BARs.
+run env VSIC_VFIO_NO_MMAP=1 vsic-pattern "$fn" verify --offset 0 --len 8M --seed 11
 run vsic-pattern "$fn" write --offset 16M --len 8M --seed 22 --polling --queue 1 --chunk 4M --depth 2
 run vsic-pattern "$fn" verify --offset 16M --len 8M --seed 22 --queue 1
 

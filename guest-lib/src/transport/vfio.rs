@@ -55,13 +55,17 @@ pub struct VfioConfig {
     pub mmap_bars: bool,
 }
 
+/// Set (to anything) to reach BARs through pread/pwrite even where VFIO
+/// allows mapping them: the fallback path, for testing and diagnosis.
+pub const NO_MMAP_ENV: &str = "VSIC_VFIO_NO_MMAP";
+
 impl VfioConfig {
     pub fn from_options(opts: &OpenOptions) -> VfioConfig {
         VfioConfig {
             mem_size: opts.mem_size,
             dma: opts.dma.clone(),
             need_interrupts: opts.mode == CompletionMode::Interrupt,
-            mmap_bars: true,
+            mmap_bars: std::env::var_os(NO_MMAP_ENV).is_none(),
         }
     }
 }

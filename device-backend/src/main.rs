@@ -57,6 +57,14 @@ struct Cli {
     /// Simulated drive bandwidth in bytes per second, e.g. 500M.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     service_bandwidth: Option<u64>,
+
+    /// Longest time in microseconds a queue worker keeps polling its ring
+    /// for new requests after serving some, before it sleeps until the next
+    /// notification. Adaptive per queue: a queue whose requests come further
+    /// apart stops polling. 0 turns polling off; it is always off on a
+    /// single CPU, and at most half the CPUs poll at once.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    poll_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -156,6 +164,7 @@ fn main() -> ExitCode {
         socket_dir: cli.socket_dir.clone(),
         vsics: cli.vsics,
         queues_per_vsic: cli.queues,
+        poll_max: Duration::from_micros(cli.poll_us),
     };
     let front = match Front::start(front_config, Arc::clone(&controller) as Arc<_>) {
         Ok(f) => f,

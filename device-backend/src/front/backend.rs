@@ -3,10 +3,12 @@
 //!
 //! Every queue has its own worker thread (`queues_per_thread`), its own
 //! vring lock and its own scratch space, so queues never wait on each other.
+//! After serving what is available, a worker may poll its avail ring for a
+//! while before it sleeps (see [`super::poll`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ use super::config_space::{
 };
 use super::device::Device;
 use super::execute::{handle_chain, Context, RefusalLog, Scratch};
+use super::poll::{PollPolicy, SpinWindow};
 
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 pub type Vring = VringRwLock<GuestMemory>;
@@ -45,6 +48,8 @@ pub struct FunctionState {
     /// writing so no request is cut in half.
     pub quiesce: Arc<RwLock<()>>,
     pub log: RefusalLog,
+    /// Polling before sleeping, shared by every function.
+    pub poll: Arc<PollPolicy>,
 }
 
 impl FunctionState {
@@ -72,9 +77,9 @@ pub struct FunctionBackend {
 struct Session {
     state: Arc<FunctionState>,
     mem: GuestMemory,
-    event_idx: AtomicBool,
-    /// Per-queue scratch; each is only ever locked by its queue's worker.
-    scratch: Vec<Mutex<Scratch>>,
+    /// Per-queue worker state; each is only ever locked by its queue's
+    /// worker.
+    workers: Vec<Mutex<QueueWorker>>,
     /// Notifiers of the worker threads' exit events.
     exits: Mutex<Vec<EventNotifier>>,
     /// The PF's backend-request channel, held unused until disconnect.
@@ -84,6 +89,24 @@ struct Session {
     /// every connection would leak one per queue; the session closes them
     /// once the last worker (and with it the library's epoll) is gone.
     exit_consumers: Mutex<Vec<RawFd>>,
+}
+
+/// What one queue's worker keeps between wake-ups.
+struct QueueWorker {
+    scratch: Scratch,
+    window: SpinWindow,
+    /// When the worker last went to sleep after serving requests.
+    idle_since: Option<Instant>,
+}
+
+/// How serving one batch of requests ended.
+enum BatchEnd {
+    /// The batch limit was reached: more may be waiting.
+    Full,
+    /// The avail ring is empty (as far as this batch saw).
+    Drained,
+    /// The queue cannot be served (broken ring): stop until the next kick.
+    Failed,
 }
 
 /// Watches one connection's session (see [`FunctionBackend::watch`]).
@@ -132,15 +155,20 @@ fn is_eventfd(fd: RawFd) -> bool {
 impl FunctionBackend {
     /// A backend for a new connection, sharing `mem` with the daemon.
     pub fn new(state: Arc<FunctionState>, mem: GuestMemory) -> FunctionBackend {
-        let scratch = (0..state.num_queues)
-            .map(|_| Mutex::new(Scratch::new()))
+        let workers = (0..state.num_queues)
+            .map(|_| {
+                Mutex::new(QueueWorker {
+                    scratch: Scratch::new(),
+                    window: SpinWindow::new(state.poll.max()),
+                    idle_since: None,
+                })
+            })
             .collect();
         FunctionBackend {
             session: Arc::new(Session {
                 state,
                 mem,
-                event_idx: AtomicBool::new(false),
-                scratch,
+                workers,
                 exits: Mutex::new(Vec::new()),
                 pf_channel: Mutex::new(None),
                 exit_consumers: Mutex::new(Vec::new()),
@@ -175,16 +203,54 @@ impl FunctionBackend {
     /// vring lock and the shutdown guard are let go between batches, so a
     /// guest that never stops submitting cannot hold off a queue stop
     /// (GET_VRING_BASE) or a clean shutdown.
+    ///
+    /// Driver notifications stay suppressed while the worker serves and
+    /// polls; they are re-enabled, and the ring checked once more, only
+    /// before the worker goes back to sleep, so no request is left behind.
     fn process_queue(&self, vring: &Vring, queue: u16) {
-        let Some(scratch) = self.session.scratch.get(queue as usize) else {
+        let Some(worker) = self.session.workers.get(queue as usize) else {
             return;
         };
-        let mut scratch = scratch.lock().unwrap_or_else(|e| e.into_inner());
-        while self.run_batch(vring, queue, &mut scratch) {}
+        let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
+        let worker = &mut *worker;
+        let woke = Instant::now();
+        let mut served_any = false;
+        loop {
+            match self.run_batch(vring, queue, &mut worker.scratch) {
+                (_, BatchEnd::Failed) => return,
+                (_, BatchEnd::Full) => {
+                    served_any = true;
+                    continue;
+                }
+                (served, BatchEnd::Drained) => {
+                    if served > 0 && !served_any {
+                        // First requests since the worker slept: was the
+                        // gap short enough to have been polled across?
+                        if let Some(since) = worker.idle_since.take() {
+                            worker
+                                .window
+                                .after_sleep(woke.saturating_duration_since(since));
+                        }
+                    }
+                    served_any |= served > 0;
+                }
+            }
+            if served_any && self.poll_for_more(vring, worker.window.current()) {
+                continue;
+            }
+            match self.enable_notification(vring, queue) {
+                Some(true) => continue, // more arrived while notifications were off
+                Some(false) => break,
+                None => return,
+            }
+        }
+        if served_any {
+            worker.idle_since = Some(Instant::now());
+        }
     }
 
-    /// Serves up to [`BATCH`] requests; true when more may be waiting.
-    fn run_batch(&self, vring: &Vring, queue: u16, scratch: &mut Scratch) -> bool {
+    /// Serves up to [`BATCH`] requests with driver notifications off.
+    fn run_batch(&self, vring: &Vring, queue: u16, scratch: &mut Scratch) -> (usize, BatchEnd) {
         let s = &*self.session;
         let _running = s.state.quiesce.read().unwrap_or_else(|e| e.into_inner());
         let mem = s.mem.memory();
@@ -195,58 +261,86 @@ impl FunctionBackend {
             config_changes: &*s.state.notifiers,
             log: &s.state.log,
         };
-        let event_idx = s.event_idx.load(Ordering::Relaxed);
         let mut vring = vring.get_mut();
+        if let Err(e) = vring.disable_notification() {
+            warn!("{} queue {queue}: {e}", s.state.name());
+            return (0, BatchEnd::Failed);
+        }
         let mut served = 0;
-        loop {
-            if event_idx {
-                if let Err(e) = vring.disable_notification() {
-                    warn!("{} queue {queue}: {e}", s.state.name());
-                    return false;
-                }
+        while served < BATCH {
+            let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) else {
+                return (served, BatchEnd::Drained);
+            };
+            served += 1;
+            let head = chain.head_index();
+            let done = handle_chain(&*mem, chain, &ctx, scratch);
+            if let Err(e) = vring.add_used(head, done.used_len) {
+                warn!(
+                    "{} queue {queue}: cannot complete a request: {e}",
+                    s.state.name()
+                );
+                return (served, BatchEnd::Failed);
             }
-            while served < BATCH {
-                let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) else {
-                    break;
-                };
-                served += 1;
-                let head = chain.head_index();
-                let done = handle_chain(&*mem, chain, &ctx, scratch);
-                if let Err(e) = vring.add_used(head, done.used_len) {
-                    warn!(
-                        "{} queue {queue}: cannot complete a request: {e}",
-                        s.state.name()
-                    );
-                    return false;
-                }
-                // Interrupt per request: requests can be slow (drive I/O,
-                // QoS, service model), so a batch should not hold back the
-                // ones already done. EVENT_IDX keeps this cheap.
-                match vring.needs_notification() {
-                    Ok(true) => {
-                        if let Err(e) = vring.signal_used_queue() {
-                            debug!("{} queue {queue}: interrupt: {e}", s.state.name());
-                        }
+            // Interrupt per request: requests can be slow (drive I/O,
+            // QoS, service model), so a batch should not hold back the
+            // ones already done. EVENT_IDX keeps this cheap.
+            match vring.needs_notification() {
+                Ok(true) => {
+                    if let Err(e) = vring.signal_used_queue() {
+                        debug!("{} queue {queue}: interrupt: {e}", s.state.name());
                     }
-                    Ok(false) => {}
-                    Err(e) => warn!("{} queue {queue}: {e}", s.state.name()),
+                }
+                Ok(false) => {}
+                Err(e) => warn!("{} queue {queue}: {e}", s.state.name()),
+            }
+        }
+        (served, BatchEnd::Full)
+    }
+
+    /// Re-enables driver notifications; `Some(true)` if requests arrived
+    /// meanwhile, `None` if the ring is unusable.
+    fn enable_notification(&self, vring: &Vring, queue: u16) -> Option<bool> {
+        match vring.get_mut().enable_notification() {
+            Ok(more) => Some(more),
+            Err(e) => {
+                warn!("{} queue {queue}: {e}", self.session.state.name());
+                None
+            }
+        }
+    }
+
+    /// Watches the avail ring for up to `window`, if the poll policy lets
+    /// this worker spin now. True when a request showed up.
+    fn poll_for_more(&self, vring: &Vring, window: Duration) -> bool {
+        if window.is_zero() {
+            return false;
+        }
+        let Some(_slot) = self.session.state.poll.try_spin() else {
+            return false;
+        };
+        let mem = self.session.mem.memory();
+        let deadline = Instant::now() + window;
+        loop {
+            {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                if !state.is_enabled() || !queue.ready() {
+                    return false;
+                }
+                match queue.avail_idx(&*mem, Ordering::Acquire) {
+                    Ok(idx) if idx.0 != queue.next_avail() => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
                 }
             }
-            if served >= BATCH {
-                // Notifications stay off: the caller comes straight back.
-                return true;
-            }
-            if !event_idx {
+            if Instant::now() >= deadline {
                 return false;
             }
-            match vring.enable_notification() {
-                Ok(true) => continue, // more arrived while notifications were off
-                Ok(false) => return false,
-                Err(e) => {
-                    warn!("{} queue {queue}: {e}", s.state.name());
-                    return false;
-                }
-            }
+            // Poll politely: a driver thread waiting for this core runs
+            // first. On 2 cores a bare spin cost 4-queue interrupt-driven
+            // clients 10-25 % of their IOPS; yielding cost nothing there.
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
         }
     }
 }
@@ -271,8 +365,8 @@ impl VhostUserBackend for FunctionBackend {
         protocol_features()
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.session.event_idx.store(enabled, Ordering::Relaxed);
+    fn set_event_idx(&self, _enabled: bool) {
+        // The library sets it on every vring; the queues act on it.
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -367,11 +461,26 @@ impl VhostUserBackend for FunctionBackend {
 #[cfg(test)]
 mod tests {
     use vhost_user_backend::VhostUserDaemon;
+    use vm_memory::Bytes;
 
     use super::*;
     use crate::front::tests::{FakeDevice, DISK_SIZE};
 
     fn backend(function: Function, num_queues: u16) -> (FunctionBackend, GuestMemory) {
+        backend_with(
+            function,
+            num_queues,
+            PollPolicy::off(),
+            GuestMemoryMmap::new(),
+        )
+    }
+
+    fn backend_with(
+        function: Function,
+        num_queues: u16,
+        poll: PollPolicy,
+        mem: GuestMemoryMmap<()>,
+    ) -> (FunctionBackend, GuestMemory) {
         let state = Arc::new(FunctionState {
             function,
             num_queues,
@@ -379,9 +488,175 @@ mod tests {
             notifiers: Arc::new(ConfigNotifiers::new(2)),
             quiesce: Arc::new(RwLock::new(())),
             log: RefusalLog::default(),
+            poll: Arc::new(poll),
         });
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mem = GuestMemoryAtomic::new(mem);
         (FunctionBackend::new(state, mem.clone()), mem)
+    }
+
+    /// The driver's side of one split virtqueue in guest memory: 16
+    /// entries, each request a 512-byte read of its own sector.
+    struct Driver {
+        mem: GuestMemory,
+        submitted: u16,
+    }
+
+    impl Driver {
+        const SIZE: u16 = 16;
+        const DESC: u64 = 0x0;
+        const AVAIL: u64 = 0x1000;
+        const USED: u64 = 0x2000;
+        const BUFS: u64 = 0x10000;
+
+        /// A vring set up as a frontend would, and its driver.
+        fn new(mem: &GuestMemory, event_idx: bool) -> (Vring, Driver) {
+            let vring = <Vring as VringT<GuestMemory>>::new(mem.clone(), Self::SIZE).unwrap();
+            vring.set_queue_size(Self::SIZE);
+            vring
+                .set_queue_info(Self::DESC, Self::AVAIL, Self::USED)
+                .unwrap();
+            vring.set_queue_event_idx(event_idx);
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            let driver = Driver {
+                mem: mem.clone(),
+                submitted: 0,
+            };
+            (vring, driver)
+        }
+
+        fn put<T: vm_memory::ByteValued>(&self, addr: u64, value: T) {
+            self.mem
+                .memory()
+                .write_obj(value, vm_memory::GuestAddress(addr))
+                .unwrap();
+        }
+
+        fn get<T: vm_memory::ByteValued>(&self, addr: u64) -> T {
+            self.mem
+                .memory()
+                .read_obj(vm_memory::GuestAddress(addr))
+                .unwrap()
+        }
+
+        /// Buffers of request `n`: header, 512 bytes of data, status.
+        fn bufs(n: u16) -> (u64, u64, u64) {
+            let base = Self::BUFS + u64::from(n) * 0x1000;
+            (base, base + 0x100, base + 0x400)
+        }
+
+        /// Adds a read of sector `n` and publishes it; returns whether the
+        /// device asked to be notified (EVENT_IDX, or no NO_NOTIFY flag).
+        fn submit(&mut self, event_idx: bool) -> bool {
+            let n = self.submitted;
+            let (header, data, status) = Self::bufs(n);
+            self.put(header, vsic_abi::virtio::VIRTIO_BLK_T_IN);
+            self.put(header + 8, u64::from(n));
+            self.put(status, 0xffu8);
+            let head = n % (Self::SIZE / 3) * 3;
+            let descs = [(header, 16u32, 1u16), (data, 512, 1 | 2), (status, 1, 2)];
+            for (i, (addr, len, flags)) in descs.into_iter().enumerate() {
+                let at = Self::DESC + u64::from(head + i as u16) * 16;
+                self.put(at, addr);
+                self.put(at + 8, len);
+                self.put(at + 12, flags);
+                self.put(at + 14, head + i as u16 + 1);
+            }
+            let slot = Self::AVAIL + 4 + u64::from(n % Self::SIZE) * 2;
+            self.put(slot, head);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.submitted = n.wrapping_add(1);
+            self.put(Self::AVAIL + 2, self.submitted);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if event_idx {
+                let avail_event: u16 = self.get(Self::USED + 4 + u64::from(Self::SIZE) * 8);
+                // vring_need_event(avail_event, new, old)
+                self.submitted.wrapping_sub(avail_event).wrapping_sub(1)
+                    < self.submitted.wrapping_sub(n)
+            } else {
+                self.get::<u16>(Self::USED) & 1 == 0
+            }
+        }
+
+        fn used_idx(&self) -> u16 {
+            self.get(Self::USED + 2)
+        }
+
+        fn status(&self, n: u16) -> u8 {
+            self.get(Self::bufs(n).2)
+        }
+    }
+
+    fn guest_memory() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn serves_what_is_available_and_rearms_notifications() {
+        for event_idx in [true, false] {
+            let (backend, mem) =
+                backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+            let (vring, mut driver) = Driver::new(&mem, event_idx);
+            assert!(driver.submit(event_idx), "a sleeping device wants kicks");
+            driver.submit(event_idx);
+            backend.process_queue(&vring, 0);
+            assert_eq!(driver.used_idx(), 2, "event_idx={event_idx}");
+            assert_eq!((driver.status(0), driver.status(1)), (0, 0));
+            assert_eq!(
+                driver.get::<[u8; 4]>(Driver::bufs(1).1),
+                [10, 11, 12, 13],
+                "sector 1 of the fake disk (byte i is i % 251)"
+            );
+            // Asleep again: the next request must kick.
+            assert!(driver.submit(event_idx), "event_idx={event_idx}");
+        }
+    }
+
+    #[test]
+    fn polls_for_requests_that_come_soon_after_a_batch_without_kicks() {
+        let window = Duration::from_millis(500);
+        for event_idx in [true, false] {
+            let (backend, mem) = backend_with(
+                Function::Vsic(0),
+                1,
+                PollPolicy::new(window, 2),
+                guest_memory(),
+            );
+            {
+                let mut worker = backend.session.workers[0].lock().unwrap();
+                while worker.window.current() < window {
+                    worker.window.after_sleep(window);
+                }
+            }
+            let (vring, mut driver) = Driver::new(&mem, event_idx);
+            driver.submit(event_idx);
+            // The driver submits its second request once the first one
+            // completed, while the worker polls.
+            let second = std::thread::spawn(move || {
+                while driver.used_idx() < 1 {
+                    std::thread::yield_now();
+                }
+                let kick = driver.submit(event_idx);
+                (driver, kick)
+            });
+            let started = Instant::now();
+            backend.process_queue(&vring, 0);
+            let (mut driver, kicked) = second.join().unwrap();
+            assert!(
+                !kicked,
+                "no kick while the worker polls, event_idx={event_idx}"
+            );
+            assert_eq!(driver.used_idx(), 2, "served in the same wake-up");
+            assert_eq!(driver.status(1), 0);
+            assert!(
+                started.elapsed() >= window,
+                "the worker polled for the whole window after the last request"
+            );
+            assert!(
+                driver.submit(event_idx),
+                "notifications are back on once the worker sleeps"
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! * [`server`]: sockets, accepting frontends, reconnects, clean shutdown.
 //! * [`backend`]: the `VhostUserBackend` of a function: features, config
 //!   space, one worker thread per queue.
+//! * [`poll`]: polling a queue's ring for a while before sleeping.
 //! * [`request`]: pure parsing of virtio-blk descriptor chains.
 //! * [`execute`]: running a parsed request against the device, status and
 //!   used length.
@@ -16,6 +17,7 @@ pub mod channel;
 pub mod config_space;
 pub mod device;
 pub mod execute;
+pub mod poll;
 pub mod request;
 pub mod server;
 

@@ -20,6 +20,7 @@ use super::backend::{FunctionBackend, FunctionState};
 use super::channel::ConfigNotifiers;
 use super::device::Device;
 use super::execute::RefusalLog;
+use super::poll::PollPolicy;
 
 /// Where and how many functions to serve.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub struct FrontConfig {
     pub socket_dir: PathBuf,
     pub vsics: u32,
     pub queues_per_vsic: u16,
+    /// Longest a queue worker polls its ring after serving requests before
+    /// it sleeps (adaptive, see [`super::poll`]); zero: never poll.
+    pub poll_max: Duration,
 }
 
 impl FrontConfig {
@@ -71,6 +75,10 @@ impl Front {
         }
         let notifiers = Arc::new(ConfigNotifiers::new(config.vsics));
         let quiesce = Arc::new(RwLock::new(()));
+        let poll = Arc::new(PollPolicy::new(
+            config.poll_max,
+            PollPolicy::available_cores(),
+        ));
         for (function, listener) in listeners {
             let state = Arc::new(FunctionState {
                 function,
@@ -82,6 +90,7 @@ impl Front {
                 notifiers: Arc::clone(&notifiers),
                 quiesce: Arc::clone(&quiesce),
                 log: RefusalLog::default(),
+                poll: Arc::clone(&poll),
             });
             thread::Builder::new()
                 .name(format!("{}-listen", state.name()))
@@ -234,6 +243,7 @@ mod tests {
             socket_dir: dir.clone(),
             vsics: 2,
             queues_per_vsic: 3,
+            poll_max: Duration::from_micros(50),
         };
         let front = Front::start(config.clone(), Arc::new(FakeDevice::new())).unwrap();
         for _round in 0..3 {

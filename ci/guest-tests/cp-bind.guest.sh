@@ -1,0 +1,60 @@
+#!/bin/sh
+# Handing a VSIC between drivers: vfio-pci for a user, then the kernel, then
+# no driver; never from under a user (an open VFIO group, a mounted disk);
+# and only by root.
+# launch: --vsics 2
+set -eu
+
+fail() { echo "FAIL: $*"; exit 1; }
+as_user() { su -s /bin/sh "$(awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd)" -c "$2"; }
+echo "alice:x:1001:1001::/tmp:/bin/sh" >>/etc/passwd
+echo "alice:x:1001:" >>/etc/group
+addr=$(vsicctl functions --json | awk '/"address"/ { a = $2 } /"function": "vsic 0"/ { f = 1 } f && a { gsub(/[",]/, "", a); print a; exit }')
+driver() {
+    link=$(readlink /sys/bus/pci/devices/"$addr"/driver) || { echo none; return; }
+    basename "$link"
+}
+
+vsicctl vsa create --size 16M --cap /root/vsa.cap
+vsicctl vsic attach --vsic 0 --cap /root/vsa.cap --slot 1
+vsicctl vsic bind --vsic 0 --vfio --user alice
+[ "$(driver)" = vfio-pci ] || fail "VSIC 0 ($addr) is on $(driver)"
+grep -q "^0 $addr\$" /run/vsic/functions || fail "the function map does not name $addr as VSIC 0"
+[ "$(stat -c %a /run/vsic/functions)" = 644 ] || fail "the function map is not world-readable"
+
+# Only root runs the control plane.
+if as_user 1001 "vsicctl vsic unbind --vsic 0 --json" >/tmp/out 2>&1; then fail "alice unbound a VSIC"; fi
+grep -q '"status": "permission"' /tmp/out || { cat /tmp/out; fail "wrong refusal for alice"; }
+
+# While root's application has the group open, nobody takes the function.
+vsic-check loop vsic:0 --slot 1 --len 1M --seconds 8 >/tmp/app.out 2>&1 &
+app=$!
+sleep 3
+kill -0 $app || { cat /tmp/app.out; fail "the application stopped early"; }
+if vsicctl vsic bind --vsic 0 --kernel --json >/tmp/out 2>&1; then fail "the function was taken from a running application"; fi
+grep -q "VFIO group is open" /tmp/out || { cat /tmp/out; fail "the refusal does not say why"; }
+if vsicctl vsic unbind --vsic 0 >/dev/null 2>&1; then fail "unbind took the function from a running application"; fi
+wait $app || { cat /tmp/app.out; fail "the application was disturbed"; }
+echo "refused while in use; the application finished: $(cat /tmp/app.out)"
+
+# Free now: to the kernel. Slot 0 is empty, so the disk is empty too.
+out=$(vsicctl vsic bind --vsic 0 --kernel --json)
+disk=$(echo "$out" | sed -n 's/.*"disk": "\(vd[a-z]*\)".*/\1/p')
+[ "$(driver)" = virtio-pci ] && [ -n "$disk" ] || fail "VSIC 0 did not go to virtio_blk: $out"
+vsicctl vsic detach --vsic 0 --slot 1
+vsicctl vsic attach --vsic 0 --cap /root/vsa.cap --slot 0
+mkfs.ext4 -q /dev/"$disk"
+mkdir -p /mnt/v && mount -t ext4 /dev/"$disk" /mnt/v
+if vsicctl vsic bind --vsic 0 --vfio --user alice --json >/tmp/out 2>&1; then fail "a mounted disk was unbound"; fi
+grep -q "mounted on /mnt/v" /tmp/out || { cat /tmp/out; fail "the refusal does not name the mount"; }
+umount /mnt/v
+
+vsicctl vsic unbind --vsic 0
+[ "$(driver)" = none ] || fail "VSIC 0 is still on $(driver)"
+vsicctl functions
+# And back to the kernel: the ext4 written before is still there.
+out=$(vsicctl vsic bind --vsic 0 --kernel --json)
+disk=$(echo "$out" | sed -n 's/.*"disk": "\(vd[a-z]*\)".*/\1/p')
+mount -t ext4 -o ro /dev/"$disk" /mnt/v || fail "the file system did not survive the rebinds"
+umount /mnt/v
+echo "ok: VSIC 0 went vfio-pci -> virtio-pci -> none -> virtio-pci, never from under a user"

@@ -42,18 +42,16 @@ impl Drive {
     /// `sync_writes` opens with O_DSYNC: every completed write is durable.
     pub fn open(path: &Path, create_size: Option<u64>, sync_writes: bool) -> Result<Drive, String> {
         let show = path.display();
+        let flags = if sync_writes { libc::O_DSYNC } else { 0 };
         let mut opts = OpenOptions::new();
-        opts.read(true).write(true);
-        if sync_writes {
-            opts.custom_flags(libc::O_DSYNC);
-        }
-        let (file, origin) = match opts.open(path) {
+        opts.read(true).write(true).custom_flags(flags);
+        let (file, origin) = match open_noatime(&opts, flags, path) {
             Ok(f) => (f, Origin::Existing),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let size = create_size
                     .ok_or_else(|| format!("drive {show} does not exist and no size was given to create it"))?;
-                let f =
-                    opts.clone().create_new(true).open(path).map_err(|e| format!("cannot create drive {show}: {e}"))?;
+                let f = open_noatime(opts.clone().create_new(true), flags, path)
+                    .map_err(|e| format!("cannot create drive {show}: {e}"))?;
                 f.set_len(size).map_err(|e| format!("cannot size new drive {show}: {e}"))?;
                 (f, Origin::Created)
             }
@@ -245,6 +243,20 @@ impl Drive {
     }
 }
 
+/// Opens `path` without access-time updates, which otherwise cost every
+/// read a trip through `touch_atime`. Only the file's owner (or
+/// CAP_FOWNER) may ask for that; anyone else gets EPERM and the drive is
+/// opened normally.
+/// `opts` carries `flags` as its custom flags.
+fn open_noatime(opts: &OpenOptions, flags: i32, path: &Path) -> io::Result<File> {
+    let mut noatime = opts.clone();
+    noatime.custom_flags(flags | libc::O_NOATIME);
+    match noatime.open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => opts.open(path),
+        other => other,
+    }
+}
+
 fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 into `size`.
@@ -289,6 +301,26 @@ mod tests {
         drop(d);
         let again = Drive::open(&path, None, false).expect("reopen");
         assert_eq!(again.origin(), Origin::Existing);
+    }
+
+    fn status_flags(d: &Drive) -> libc::c_int {
+        // SAFETY: F_GETFL on a descriptor the drive owns.
+        unsafe { libc::fcntl(d.fd(), libc::F_GETFL) }
+    }
+
+    #[test]
+    fn drives_skip_access_time_updates_and_keep_their_sync_mode() {
+        let dir = TempDir::new("drive-noatime");
+        let path = dir.path().join("d0");
+        let created = Drive::open(&path, Some(4096), true).expect("create");
+        let flags = status_flags(&created);
+        assert_ne!(flags & libc::O_NOATIME, 0, "created drive");
+        assert_ne!(flags & libc::O_DSYNC, 0, "write-through keeps O_DSYNC");
+        drop(created);
+        let existing = Drive::open(&path, None, false).expect("reopen");
+        let flags = status_flags(&existing);
+        assert_ne!(flags & libc::O_NOATIME, 0, "existing drive");
+        assert_eq!(flags & libc::O_DSYNC, 0, "write-back opens without O_DSYNC");
     }
 
     #[test]

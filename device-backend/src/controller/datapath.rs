@@ -11,7 +11,7 @@ use vsic_abi::window;
 
 use super::runtime::VsicRuntime;
 use super::stats::bump;
-use super::vsa::{map_range, slice_iov, Segment};
+use super::vsa::{map_range, with_iov_slice, Segments};
 use super::{Controller, IoError, IoKind};
 
 /// What a request does once it passed the protection checks.
@@ -66,7 +66,7 @@ impl Controller {
         op: &Op,
         offset: u64,
         len: u64,
-        f: impl FnOnce(&[Segment]) -> std::io::Result<R>,
+        f: impl FnOnce(Segments<'_>) -> std::io::Result<R>,
     ) -> Result<R, IoError> {
         if !rt.is_enabled() {
             return Err(IoError::VsicDisabled);
@@ -90,7 +90,7 @@ impl Controller {
             return Err(IoError::OutOfBounds);
         }
         let segments = map_range(&layout, self.config.extent_size, within, len).ok_or(IoError::OutOfBounds)?;
-        f(&segments).map_err(IoError::Device)
+        f(segments).map_err(IoError::Device)
     }
 
     fn record_failure(&self, rt: &VsicRuntime, vsic: u32, queue: u16, what: &str, offset: u64, e: &IoError) {
@@ -143,9 +143,10 @@ impl Controller {
                             .drives
                             .get(seg.drive as usize)
                             .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))?;
-                        let mut part = slice_iov(iov, seg.request_offset, seg.len);
                         // SAFETY: `part` lies within `iov`, valid per this function's contract.
-                        done += unsafe { drive.transfer_vectored(op.modifies(), &mut part, seg.offset)? };
+                        done += with_iov_slice(iov, seg.request_offset, seg.len, |part| unsafe {
+                            drive.transfer_vectored(op.modifies(), part, seg.offset)
+                        })?;
                     }
                     Ok(done)
                 })

@@ -44,55 +44,118 @@ pub struct Segment {
     pub request_offset: u64,
 }
 
-/// Maps `[offset, offset + len)` of a VSA onto drive ranges, merging
-/// extents that are contiguous on one drive. `None` if any byte of the
-/// range lies outside the map (callers check bounds first).
-pub fn map_range(layout: &VsaLayout, extent_size: u64, offset: u64, len: u64) -> Option<Vec<Segment>> {
+/// Maps `[offset, offset + len)` of a VSA onto drive ranges, in request
+/// order, merging extents that are contiguous on one drive. `None` if any
+/// byte of the range lies outside the map (callers check bounds first).
+/// The whole range is checked before anything is yielded; the ranges
+/// themselves are computed as they are taken, so nothing is allocated.
+pub fn map_range(layout: &VsaLayout, extent_size: u64, offset: u64, len: u64) -> Option<Segments<'_>> {
     let end = offset.checked_add(len)?;
     if end > layout.size || extent_size == 0 {
         return None;
     }
-    let mut out: Vec<Segment> = Vec::new();
-    let mut pos = offset;
-    while pos < end {
-        let logical = pos / extent_size;
-        let within = pos % extent_size;
-        let piece = (extent_size - within).min(end - pos);
-        let ext = layout.extents.get(usize::try_from(logical).ok()?)?;
-        let drive_offset = ext.index.checked_mul(extent_size)?.checked_add(within)?;
-        match out.last_mut() {
-            Some(last) if last.drive == ext.drive && last.offset + last.len == drive_offset => last.len += piece,
-            _ => out.push(Segment { drive: ext.drive, offset: drive_offset, len: piece, request_offset: pos - offset }),
+    if len > 0 {
+        for logical in offset / extent_size..=(end - 1) / extent_size {
+            let ext = layout.extents.get(usize::try_from(logical).ok()?)?;
+            ext.index.checked_mul(extent_size)?.checked_add(extent_size)?;
         }
-        pos += piece;
     }
-    Some(out)
+    Some(Segments { extents: &layout.extents, extent_size, start: offset, pos: offset, end })
+}
+
+/// The drive ranges of a VSA range (see [`map_range`]).
+pub struct Segments<'a> {
+    extents: &'a [super::state::PhysExtent],
+    extent_size: u64,
+    /// Where the request starts, and how far it has been mapped.
+    start: u64,
+    pos: u64,
+    end: u64,
+}
+
+impl Iterator for Segments<'_> {
+    type Item = Segment;
+
+    fn next(&mut self) -> Option<Segment> {
+        let mut seg: Option<Segment> = None;
+        while self.pos < self.end {
+            let within = self.pos % self.extent_size;
+            let piece = (self.extent_size - within).min(self.end - self.pos);
+            // Checked by map_range: a failure here ends the iteration early.
+            let ext = self.extents.get(usize::try_from(self.pos / self.extent_size).ok()?)?;
+            let drive_offset = ext.index.checked_mul(self.extent_size)?.checked_add(within)?;
+            match &mut seg {
+                Some(s) if s.drive == ext.drive && s.offset + s.len == drive_offset => s.len += piece,
+                Some(_) => break,
+                None => {
+                    seg = Some(Segment {
+                        drive: ext.drive,
+                        offset: drive_offset,
+                        len: piece,
+                        request_offset: self.pos - self.start,
+                    })
+                }
+            }
+            self.pos += piece;
+        }
+        seg
+    }
 }
 
 /// The iovecs covering bytes `[start, start + len)` of the buffer `iov`
 /// describes (no data is copied).
+#[cfg(test)]
 pub fn slice_iov(iov: &[libc::iovec], start: u64, len: u64) -> Vec<libc::iovec> {
-    let mut out = Vec::new();
-    let mut skip = start;
-    let mut want = len;
-    for v in iov {
-        if want == 0 {
-            break;
+    IovSlice { iov: iov.iter(), skip: start, want: len }.collect()
+}
+
+/// Runs `f` on the iovecs of [`slice_iov`], kept on the stack when they
+/// are few (requests rarely have more than a couple of buffers).
+pub fn with_iov_slice<R>(iov: &[libc::iovec], start: u64, len: u64, f: impl FnOnce(&mut [libc::iovec]) -> R) -> R {
+    const ON_STACK: usize = 16;
+    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let mut stack = [empty; ON_STACK];
+    let mut parts = IovSlice { iov: iov.iter(), skip: start, want: len };
+    for (n, slot) in stack.iter_mut().enumerate() {
+        match parts.next() {
+            Some(v) => *slot = v,
+            None => return f(&mut stack[..n]),
         }
-        let vlen = v.iov_len as u64;
-        if skip >= vlen {
-            skip -= vlen;
-            continue;
-        }
-        let take = (vlen - skip).min(want);
-        out.push(libc::iovec {
-            iov_base: (v.iov_base as *mut u8).wrapping_add(skip as usize).cast(),
-            iov_len: take as usize,
-        });
-        want -= take;
-        skip = 0;
     }
-    out
+    let mut heap = stack.to_vec();
+    heap.extend(parts);
+    f(&mut heap)
+}
+
+/// Iterator behind [`slice_iov`].
+struct IovSlice<'a> {
+    iov: std::slice::Iter<'a, libc::iovec>,
+    skip: u64,
+    want: u64,
+}
+
+impl Iterator for IovSlice<'_> {
+    type Item = libc::iovec;
+
+    fn next(&mut self) -> Option<libc::iovec> {
+        while self.want > 0 {
+            let v = self.iov.next()?;
+            let vlen = v.iov_len as u64;
+            if self.skip >= vlen {
+                self.skip -= vlen;
+                continue;
+            }
+            let take = (vlen - self.skip).min(self.want);
+            let part = libc::iovec {
+                iov_base: (v.iov_base as *mut u8).wrapping_add(self.skip as usize).cast(),
+                iov_len: take as usize,
+            };
+            self.want -= take;
+            self.skip = 0;
+            return Some(part);
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +169,7 @@ mod tests {
     #[test]
     fn maps_and_merges_contiguous_extents() {
         let l = VsaLayout { size: 4 * 100, extents: vec![e(0, 5), e(0, 6), e(1, 2), e(0, 9)], deleted: false };
-        let segs = map_range(&l, 100, 50, 300).unwrap();
+        let segs: Vec<Segment> = map_range(&l, 100, 50, 300).unwrap().collect();
         assert_eq!(
             segs,
             vec![
@@ -117,7 +180,11 @@ mod tests {
         );
         assert!(map_range(&l, 100, 399, 2).is_none());
         assert!(map_range(&l, 100, u64::MAX, 2).is_none());
-        assert_eq!(map_range(&l, 100, 400, 0).unwrap(), vec![]);
+        assert_eq!(map_range(&l, 100, 400, 0).unwrap().count(), 0);
+        // A map shorter than the VSA's size: refused before any range is yielded.
+        let short = VsaLayout { size: 300, extents: vec![e(0, 5), e(0, 6)], deleted: false };
+        assert!(map_range(&short, 100, 150, 100).is_none());
+        assert_eq!(map_range(&short, 100, 150, 50).unwrap().count(), 1);
     }
 
     #[test]
@@ -136,5 +203,25 @@ mod tests {
         assert_eq!(s[1].iov_len, 5);
         let s = slice_iov(&iov, 12, 18);
         assert_eq!((s.len(), s[0].iov_len), (1, 18));
+        let whole = with_iov_slice(&iov, 5, 10, |part| {
+            part.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect::<Vec<_>>()
+        });
+        assert_eq!(whole, [(a.as_ptr() as usize + 5, 5), (b.as_ptr() as usize, 5)]);
+    }
+
+    #[test]
+    fn iov_slices_past_the_stack_buffer_are_complete() {
+        let mut buf = [0u8; 40];
+        let iov: Vec<libc::iovec> =
+            buf.chunks_mut(2).map(|c| libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() }).collect();
+        for (start, len) in [(0, 40), (1, 38), (0, 32), (3, 0)] {
+            let expect = slice_iov(&iov, start, len);
+            let got = with_iov_slice(&iov, start, len, |part| {
+                part.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect::<Vec<_>>()
+            });
+            let want: Vec<_> = expect.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect();
+            assert_eq!(got, want, "start {start} len {len}");
+            assert_eq!(got.iter().map(|p| p.1 as u64).sum::<u64>(), len);
+        }
     }
 }

@@ -38,6 +38,12 @@ pub type Vring = VringRwLock<GuestMemory>;
 /// Requests served per hold of a queue's vring lock.
 const BATCH: usize = 64;
 
+/// Longest a completed request waits for its interrupt while later ones of
+/// the same batch run. One interrupt covers the whole batch when requests
+/// are fast; a slow one (drive, QoS, service model) delays the interrupt of
+/// those before it by at most its own time.
+const INTERRUPT_DELAY: Duration = Duration::from_micros(20);
+
 /// What a function keeps across frontend connections.
 pub struct FunctionState {
     pub function: Function,
@@ -267,34 +273,57 @@ impl FunctionBackend {
             return (0, BatchEnd::Failed);
         }
         let mut served = 0;
-        while served < BATCH {
+        // When the oldest completion not yet signalled was added.
+        let mut unsignalled: Option<Instant> = None;
+        let end = loop {
+            if served == BATCH {
+                break BatchEnd::Full;
+            }
+            // The queue is driven with this batch's memory guard throughout:
+            // the vring's own helpers would load the memory map per call.
             let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) else {
-                return (served, BatchEnd::Drained);
+                break BatchEnd::Drained;
             };
             served += 1;
             let head = chain.head_index();
             let done = handle_chain(&*mem, chain, &ctx, scratch);
-            if let Err(e) = vring.add_used(head, done.used_len) {
+            if let Err(e) = vring.get_queue_mut().add_used(&*mem, head, done.used_len) {
                 warn!(
                     "{} queue {queue}: cannot complete a request: {e}",
                     s.state.name()
                 );
-                return (served, BatchEnd::Failed);
+                break BatchEnd::Failed;
             }
-            // Interrupt per request: requests can be slow (drive I/O,
-            // QoS, service model), so a batch should not hold back the
-            // ones already done. EVENT_IDX keeps this cheap.
-            match vring.needs_notification() {
-                Ok(true) => {
-                    if let Err(e) = vring.signal_used_queue() {
-                        debug!("{} queue {queue}: interrupt: {e}", s.state.name());
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => warn!("{} queue {queue}: {e}", s.state.name()),
+            let oldest = *unsignalled.get_or_insert_with(Instant::now);
+            if oldest.elapsed() >= INTERRUPT_DELAY {
+                self.interrupt(&mut vring, &*mem, queue);
+                unsignalled = None;
             }
+        };
+        if unsignalled.is_some() {
+            self.interrupt(&mut vring, &*mem, queue);
         }
-        (served, BatchEnd::Full)
+        (served, end)
+    }
+
+    /// Signals the used ring if the driver wants it (EVENT_IDX used_event
+    /// or the NO_INTERRUPT flag, both read by `needs_notification`).
+    fn interrupt<M: vm_memory::GuestMemory>(
+        &self,
+        vring: &mut vhost_user_backend::VringState<GuestMemory>,
+        mem: &M,
+        queue: u16,
+    ) {
+        let name = || self.session.state.name();
+        match vring.get_queue_mut().needs_notification(mem) {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    debug!("{} queue {queue}: interrupt: {e}", name());
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!("{} queue {queue}: {e}", name()),
+        }
     }
 
     /// Re-enables driver notifications; `Some(true)` if requests arrived
@@ -587,6 +616,31 @@ mod tests {
         }
     }
 
+    /// The vring's call eventfd, as the frontend would read it.
+    struct InterruptCounter(std::fs::File);
+
+    impl InterruptCounter {
+        /// Interrupts since the last count.
+        fn count(&self) -> u64 {
+            let mut value = [0u8; 8];
+            match std::io::Read::read(&mut &self.0, &mut value) {
+                Ok(8) => u64::from_ne_bytes(value),
+                _ => 0,
+            }
+        }
+    }
+
+    fn interrupt_counter(vring: &Vring) -> InterruptCounter {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd returns a new descriptor this test owns.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is open and owned by nobody else.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        vring.set_call(Some(file.try_clone().unwrap()));
+        InterruptCounter(file)
+    }
+
     fn guest_memory() -> GuestMemoryMmap<()> {
         GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap()
     }
@@ -597,10 +651,16 @@ mod tests {
             let (backend, mem) =
                 backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
             let (vring, mut driver) = Driver::new(&mem, event_idx);
+            let interrupts = interrupt_counter(&vring);
             assert!(driver.submit(event_idx), "a sleeping device wants kicks");
             driver.submit(event_idx);
             backend.process_queue(&vring, 0);
             assert_eq!(driver.used_idx(), 2, "event_idx={event_idx}");
+            let signalled = interrupts.count();
+            assert!(
+                (1..=2).contains(&signalled),
+                "completions are signalled, at most once each: {signalled}"
+            );
             assert_eq!((driver.status(0), driver.status(1)), (0, 0));
             assert_eq!(
                 driver.get::<[u8; 4]>(Driver::bufs(1).1),
@@ -639,9 +699,14 @@ mod tests {
                 let kick = driver.submit(event_idx);
                 (driver, kick)
             });
+            let interrupts = interrupt_counter(&vring);
             let started = Instant::now();
             backend.process_queue(&vring, 0);
             let (mut driver, kicked) = second.join().unwrap();
+            assert!(
+                interrupts.count() >= 1,
+                "completions found while polling are signalled too"
+            );
             assert!(
                 !kicked,
                 "no kick while the worker polls, event_idx={event_idx}"

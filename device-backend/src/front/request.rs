@@ -12,7 +12,7 @@
 //! [`super::execute`]'s job.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vsic_abi::admin::{AdminCommand, AdminCompletion, MAX_PAYLOAD};
 use vsic_abi::virtio::{self, DiscardSegment, Function};
 
@@ -80,6 +80,7 @@ impl Chain {
         self.defect = None;
         let mut last_writable: Option<Segment> = None;
         let mut count = 0usize;
+        let mut region = RegionHint::default();
         for desc in descs {
             count += 1;
             if count > WALK_LIMIT {
@@ -95,8 +96,7 @@ impl Chain {
                 addr: desc.addr().0,
                 len: desc.len(),
             };
-            let in_memory = seg.addr.checked_add(u64::from(seg.len)).is_some()
-                && mem.check_range(GuestAddress(seg.addr), seg.len as usize);
+            let in_memory = region.check(mem, seg.addr, u64::from(seg.len));
             if !in_memory {
                 self.note("buffer outside guest memory");
             }
@@ -121,8 +121,8 @@ impl Chain {
             }
         }
         self.status = last_writable.and_then(|seg| {
-            let addr = GuestAddress(seg.addr.checked_add(u64::from(seg.len) - 1)?);
-            mem.check_range(addr, 1).then_some(addr)
+            let addr = seg.addr.checked_add(u64::from(seg.len) - 1)?;
+            region.check(mem, addr, 1).then_some(GuestAddress(addr))
         });
     }
 
@@ -237,6 +237,40 @@ impl Chain {
             done += n as u64;
         }
         done == len
+    }
+}
+
+/// The guest-memory region a chain's last checked buffer lay in. A
+/// chain's buffers almost always share one region, so checking them
+/// against it spares a search of the memory map per descriptor. Only
+/// valid while the memory map it came from is: one chain walk.
+#[derive(Default)]
+struct RegionHint {
+    /// `[start, end)` of the region, in guest addresses.
+    known: Option<(u64, u64)>,
+}
+
+impl RegionHint {
+    /// Whether guest memory backs all of `[addr, addr + len)`.
+    fn check<M: GuestMemoryBackend>(&mut self, mem: &M, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        if let Some((start, stop)) = self.known {
+            if addr >= start && end <= stop {
+                return true;
+            }
+        }
+        let Some(region) = mem.find_region(GuestAddress(addr)) else {
+            return false;
+        };
+        let start = region.start_addr().0;
+        let Some(stop) = start.checked_add(region.len()) else {
+            return mem.check_range(GuestAddress(addr), len as usize);
+        };
+        self.known = Some((start, stop));
+        // A buffer may run on into the next region when regions touch.
+        end <= stop || mem.check_range(GuestAddress(addr), len as usize)
     }
 }
 

@@ -268,6 +268,10 @@ impl FunctionBackend {
             log: &s.state.log,
         };
         let mut vring = vring.get_mut();
+        if !vring.get_queue().ready() {
+            // Stopped (GET_VRING_BASE) since the kick: leave its rings alone.
+            return (0, BatchEnd::Drained);
+        }
         if let Err(e) = vring.disable_notification() {
             warn!("{} queue {queue}: {e}", s.state.name());
             return (0, BatchEnd::Failed);
@@ -329,7 +333,12 @@ impl FunctionBackend {
     /// Re-enables driver notifications; `Some(true)` if requests arrived
     /// meanwhile, `None` if the ring is unusable.
     fn enable_notification(&self, vring: &Vring, queue: u16) -> Option<bool> {
-        match vring.get_mut().enable_notification() {
+        let mut vring = vring.get_mut();
+        if !vring.get_queue().ready() {
+            // Stopped while the worker polled: the ring is no longer ours.
+            return Some(false);
+        }
+        match vring.enable_notification() {
             Ok(more) => Some(more),
             Err(e) => {
                 warn!("{} queue {queue}: {e}", self.session.state.name());
@@ -669,6 +678,28 @@ mod tests {
             );
             // Asleep again: the next request must kick.
             assert!(driver.submit(event_idx), "event_idx={event_idx}");
+        }
+    }
+
+    #[test]
+    fn a_stopped_queue_is_left_alone() {
+        for event_idx in [true, false] {
+            let (backend, mem) =
+                backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+            let (vring, mut driver) = Driver::new(&mem, event_idx);
+            driver.submit(event_idx);
+            let avail_event = Driver::USED + 4 + u64::from(Driver::SIZE) * 8;
+            driver.put(avail_event, 0xabcdu16);
+            // GET_VRING_BASE after the kick, before the worker ran.
+            vring.set_queue_ready(false);
+            backend.process_queue(&vring, 0);
+            assert_eq!(driver.used_idx(), 0, "event_idx={event_idx}");
+            assert_eq!(driver.get::<u16>(Driver::USED), 0, "used flags untouched");
+            assert_eq!(
+                driver.get::<u16>(avail_event),
+                0xabcd,
+                "avail_event untouched"
+            );
         }
     }
 

@@ -12,7 +12,7 @@ set -uo pipefail
 {
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$REPO"
+cd "$REPO" || exit 1
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 passed=0

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The QEMU configuration of the VSIC topology, as shell functions.
 # Sourced by launch.sh; `launch.sh --print-qemu` shows the resulting command.
 #

@@ -64,6 +64,7 @@ fi
 passed=0
 failed=0
 failed_names=()
+retried_names=()
 
 for name in "${tests[@]}"; do
     guest=$TESTS_DIR/$name.guest.sh
@@ -81,32 +82,45 @@ for name in "${tests[@]}"; do
         echo "SKIP $name (its host side needs vsicd)"
         continue
     fi
-    rm -rf "$state"
-    mkdir -p "$state"
-
     # Per-test launcher options from the "# launch:" line.
     read -r -a extra <<<"$(sed -n 's/^# launch:[[:space:]]*//p' "$guest" | head -n1)"
-    args=(--state-dir "$state" --timeout "$timeout" --backend "$backend"
-        --append "vsic.backend=$backend" --run "$guest" ${extra[@]+"${extra[@]}"})
-    if [[ -e $host ]]; then
-        args+=(--host-hook "cd $(printf '%q' "$state") && bash $(printf '%q' "$host")")
-    fi
 
-    echo "RUN  $name"
-    start=$(date +%s.%N)
-    "$REPO/qemu-configs/launch.sh" "${args[@]}" >"$log" 2>&1
-    rc=$?
-    elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
-    if [[ $rc -eq 0 ]]; then
-        echo "PASS $name (${elapsed} s)"
-        passed=$((passed + 1))
-    else
+    # A guest that hangs or dies without a status (TCG on a loaded 2-core
+    # machine occasionally panics at boot or stalls) gets one more boot,
+    # said loudly; a test that reports a failure does not.
+    for attempt in 1 2; do
+        rm -rf "$state"
+        mkdir -p "$state"
+        args=(--state-dir "$state" --timeout "$timeout" --backend "$backend"
+            --append "vsic.backend=$backend" --run "$guest" ${extra[@]+"${extra[@]}"})
+        if [[ -e $host ]]; then
+            args+=(--host-hook "cd $(printf '%q' "$state") && bash $(printf '%q' "$host")")
+        fi
+
+        if [[ $attempt -eq 1 ]]; then echo "RUN  $name"; else echo "RUN  $name (second boot)"; fi
+        start=$(date +%s.%N)
+        "$REPO/qemu-configs/launch.sh" "${args[@]}" >"$log" 2>&1
+        rc=$?
+        elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
         case $rc in
+        0) why="" ;;
         124) why="guest timed out" ;;
         125) why="guest stopped without a status" ;;
         126) why="backend did not start" ;;
         *) why="exit status $rc" ;;
         esac
+        if [[ $attempt -eq 1 && ($rc -eq 124 || $rc -eq 125) ]]; then
+            echo "RETRY $name (${elapsed} s): $why; first attempt's log kept as $log.attempt1"
+            cp "$log" "$log.attempt1"
+            retried_names+=("$name")
+            continue
+        fi
+        break
+    done
+    if [[ $rc -eq 0 ]]; then
+        echo "PASS $name (${elapsed} s)"
+        passed=$((passed + 1))
+    else
         echo "FAIL $name (${elapsed} s): $why; output follows"
         sed 's/^/    | /' "$log"
         failed=$((failed + 1))
@@ -114,9 +128,12 @@ for name in "${tests[@]}"; do
     fi
 done
 
+if [[ ${#retried_names[@]} -gt 0 ]]; then
+    echo "WARNING: guests hung or died and were booted again: ${retried_names[*]} (first logs: $STATE_ROOT/NAME.log.attempt1)"
+fi
 if [[ $failed -gt 0 ]]; then
     echo "failed guest tests: ${failed_names[*]} (state and logs kept in $STATE_ROOT)"
-elif [[ -z ${VSIC_TEST_STATE:-} ]]; then
+elif [[ -z ${VSIC_TEST_STATE:-} && ${#retried_names[@]} -eq 0 ]]; then
     rm -rf "$STATE_ROOT"
 fi
 echo "$passed passed, $failed failed"

@@ -66,7 +66,9 @@ vsic_qemu_args() {
 # vsic_kernel_cmdline HUGEPAGES VERBOSE EXTRA: the guest kernel command line.
 vsic_kernel_cmdline() {
     local hugepages=$1 verbose=$2 extra=$3 line
-    line="console=ttyS0 intel_iommu=on panic=-1 hugepagesz=2M hugepages=$hugepages"
+    # no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer
+    # probe can time out and panic with interrupt remapping on.
+    line="console=ttyS0 intel_iommu=on no_timer_check panic=-1 hugepagesz=2M hugepages=$hugepages"
     if [[ $verbose -eq 0 ]]; then
         line+=" quiet loglevel=3"
     fi

@@ -118,7 +118,11 @@ if [[ $run_cargo -eq 1 ]]; then
     }
     # Examples are optional: if they do not build, the image still gets the
     # binaries, and whatever was built before is used with a warning.
-    if ! guest_cargo "${pkg_args[@]}" --bins --examples; then
+    if [[ -n ${CI:-} ]]; then
+        # In CI a guest binary that does not build is a failure, never a
+        # silent fallback to something built earlier.
+        guest_cargo "${pkg_args[@]}" --bins --examples || die "cargo build of the guest binaries failed"
+    elif ! guest_cargo "${pkg_args[@]}" --bins --examples; then
         step "warning: building the guest binaries with examples failed; trying binaries only"
         guest_cargo "${pkg_args[@]}" --bins ||
             step "warning: cargo build of the guest binaries failed; using those already built (may be stale)"

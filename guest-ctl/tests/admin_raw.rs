@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, QUEUES, VSICS};
+use common::{start_daemon, Daemon, QUEUES, VSICS};
 use vsic::admin::{AdminClient, AdminError};
 use vsic_abi::admin::FLAG_READ_ONLY;
 use vsic_abi::virtio::VIRTIO_BLK_S_OK;
@@ -47,7 +47,7 @@ fn raw_completion(c: &AdminClient, out: &[&[u8]]) -> AdminCompletion {
 
 #[test]
 fn typed_calls_round_trip() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let c = client(&d);
     let id = c.identify().expect("identify");
     assert_eq!(
@@ -119,7 +119,7 @@ fn typed_calls_round_trip() {
 
 #[test]
 fn unknown_opcode() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let c = client(&d);
     let mut cmd = AdminCommand::new(Opcode::Identify);
     cmd.opcode = 0x7777;
@@ -128,7 +128,7 @@ fn unknown_opcode() {
 
 #[test]
 fn payload_sizes_that_do_not_match_the_opcode() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let c = client(&d);
     let token = c.vsa_create(1 << 20, 0).expect("create").token;
     let full = token.encode();
@@ -152,7 +152,7 @@ fn payload_sizes_that_do_not_match_the_opcode() {
 
 #[test]
 fn malformed_command_headers() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let c = client(&d);
     let good = AdminCommand::new(Opcode::Identify).encode();
 
@@ -186,7 +186,7 @@ fn malformed_command_headers() {
 
 #[test]
 fn reply_buffers_that_are_too_small_or_missing() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let c = client(&d);
     expect_status(
         &c,
@@ -217,7 +217,7 @@ fn reply_buffers_that_are_too_small_or_missing() {
 
 #[test]
 fn argument_errors_through_the_typed_calls() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let c = client(&d);
     let refused = |r: Result<(), AdminError>, status: AdminStatus| match r {
         Err(AdminError::Device(s)) => assert_eq!(s, status),

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{path_str, run_ctl, Daemon, Outcome, QUEUES, VSICS};
+use common::{path_str, run_ctl, start_daemon, Daemon, Outcome, QUEUES, VSICS};
 use vsic_abi::{AdminStatus, CapToken, Rights};
 
 const MIB: u64 = 1 << 20;
@@ -83,7 +83,7 @@ fn still_serving(d: &Daemon) {
 
 #[test]
 fn create_writes_a_private_capability_file_and_refuses_to_overwrite() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let (cap, json) = create(&d, "8M", "root.cap");
     assert_eq!(mode(&cap), 0o600);
     let token = read_token(&cap);
@@ -139,7 +139,7 @@ fn create_writes_a_private_capability_file_and_refuses_to_overwrite() {
 
 #[test]
 fn attach_and_detach_show_in_list() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let (cap, created) = create(&d, "4M", "a.cap");
     let vsa = created["vsa"].clone();
     assert!(attachments(&d, 0).is_empty());
@@ -193,7 +193,7 @@ fn attach_and_detach_show_in_list() {
 
 #[test]
 fn derive_read_only_capability() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let (cap, _) = create(&d, "4M", "root.cap");
     let ro = d.dir.path("ro.cap");
     let json = d.ctl_json(&[
@@ -269,7 +269,7 @@ fn derive_read_only_capability() {
 
 #[test]
 fn revoke_detaches_and_rekeys_the_root() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let (cap, _) = create(&d, "4M", "root.cap");
     let child = d.dir.path("child.cap");
     d.ctl_json(&[
@@ -346,7 +346,7 @@ fn revoke_detaches_and_rekeys_the_root() {
 
 #[test]
 fn resize_grows_shrinks_and_keeps_equal_sizes() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let (cap, created) = create(&d, "8M", "r.cap");
     let vsa = created["vsa"].as_u64().expect("vsa id");
     let grown = d.ctl_json(&["vsa", "resize", "--cap", path_str(&cap), "--size", "16M"]);
@@ -393,7 +393,7 @@ fn resize_grows_shrinks_and_keeps_equal_sizes() {
 
 #[test]
 fn vsic_enable_disable_and_qos() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let vsic = |n: u32| {
         let list = d.ctl_json(&["list"]);
         list["vsics"]
@@ -431,7 +431,7 @@ fn vsic_enable_disable_and_qos() {
 
 #[test]
 fn list_stats_and_identify_give_json() {
-    let d = Daemon::start();
+    let d = start_daemon();
     create(&d, "4M", "x.cap");
     let list = d.ctl_json(&["list"]);
     assert_eq!(list["vsas"].as_array().map(Vec::len), Some(1));
@@ -472,7 +472,7 @@ fn list_stats_and_identify_give_json() {
 
 #[test]
 fn bad_arguments_each_get_their_own_status() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let (cap, _) = create(&d, "4M", "ok.cap");
     let cap = path_str(&cap).to_string();
 
@@ -539,7 +539,7 @@ fn bad_arguments_each_get_their_own_status() {
 
 #[test]
 fn full_drives_give_no_space_and_space_comes_back() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let big = d.dir.path("big.cap");
     assert_refused(
         &d,
@@ -592,7 +592,7 @@ fn full_drives_give_no_space_and_space_comes_back() {
 
 #[test]
 fn unreadable_capability_files_are_clear_errors() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let junk = d.dir.path("junk.cap");
     fs::write(&junk, "not a token\n").expect("write");
     let out = d.ctl(&["vsic", "attach", "--vsic", "0", "--cap", path_str(&junk)]);
@@ -615,7 +615,7 @@ fn unreadable_capability_files_are_clear_errors() {
 
 #[test]
 fn vsas_capabilities_and_attachments_survive_a_crash() {
-    let mut d = Daemon::start();
+    let mut d = start_daemon();
     let (cap, created) = create(&d, "6M", "keep.cap");
     let ro = d.dir.path("keep-ro.cap");
     d.ctl_json(&[
@@ -640,7 +640,7 @@ fn vsas_capabilities_and_attachments_survive_a_crash() {
     d.ctl_json(&["vsic", "qos", "--vsic", "1", "--iops", "300"]);
     let before = d.ctl_json(&["list"]);
 
-    d.crash_and_restart();
+    d.restart();
 
     assert_eq!(
         d.ctl_json(&["list"]),
@@ -665,7 +665,7 @@ fn vsas_capabilities_and_attachments_survive_a_crash() {
 
 #[test]
 fn a_vsic_socket_is_not_the_pf() {
-    let d = Daemon::start();
+    let d = start_daemon();
     let vsic0 = d.dir.path("sockets").join("vsic0.sock");
     let out = run_ctl(&["--vhost-user", path_str(&vsic0), "identify"]);
     check_refusal(&out, AdminStatus::NotPf, &d.log());

@@ -1,207 +1,35 @@
-//! End-to-end harness: the real `vsicd` binary on scratch drive files, and
-//! the `vsic` library talking to its sockets. Every wait is bounded, every
-//! daemon is killed when its handle drops.
+//! End-to-end harness: the real `vsicd` binary on scratch drive files
+//! ([`daemon`]), and the `vsic` library talking to its sockets. Every wait
+//! is bounded.
 
-#![allow(dead_code)] // each test file uses a different part of the harness
+#![allow(dead_code, unused_imports)] // each test file uses a different part of the harness
 
-use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod daemon;
+
 use std::time::{Duration, Instant};
 
 use vsic::admin::AdminClient;
 use vsic::{CompletionMode, Device, DmaBuffer, OpenOptions};
 use vsic_abi::records::{QueueStats, VsicStats};
 
+pub use daemon::{Daemon, ScratchDir, Setup};
+
 pub const MIB: u64 = 1 << 20;
-const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a test waits for any single device interaction.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A fresh scratch directory; removed on Drop unless the test failed.
-pub struct ScratchDir(pub PathBuf);
-
-impl ScratchDir {
-    pub fn new(tag: &str) -> ScratchDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vsicd-e2e-{tag}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create scratch directory");
-        ScratchDir(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        // Keep the evidence (drives, daemon logs) when a test failed.
-        if std::thread::panicking() {
-            eprintln!("scratch directory kept: {}", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// How to start the daemon.
-#[derive(Debug, Clone)]
-pub struct Setup {
-    pub vsics: u32,
-    pub queues: u16,
-    /// Size of each drive file, one entry per drive.
-    pub drives: Vec<&'static str>,
-    pub extent_size: &'static str,
-    pub write_through: bool,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Setup {
-            vsics: 4,
-            queues: 4,
-            drives: vec!["64M", "64M"],
-            extent_size: "1M",
-            write_through: false,
-        }
-    }
-}
-
-/// A running `vsicd`; SIGKILLed on Drop.
-pub struct Daemon {
-    child: Option<Child>,
-    pub setup: Setup,
-    starts: u32,
-    pub dir: ScratchDir,
-}
-
+/// What the vsic clients of these tests add to the daemon.
 impl Daemon {
-    pub fn start(tag: &str) -> Daemon {
-        Daemon::start_with(tag, Setup::default())
-    }
-
-    pub fn start_with(tag: &str, setup: Setup) -> Daemon {
-        let dir = ScratchDir::new(tag);
-        let mut daemon = Daemon {
-            child: None,
-            setup,
-            starts: 0,
-            dir,
-        };
-        daemon.spawn();
-        daemon
-    }
-
-    fn log_path(&self, start: u32) -> PathBuf {
-        self.dir.path(&format!("vsicd-{start}.log"))
-    }
-
-    /// Starts the daemon on this directory's drives and waits until every
-    /// socket accepts connections (the daemon says so on stdout).
-    fn spawn(&mut self) {
-        self.starts += 1;
-        let log_path = self.log_path(self.starts);
-        let log = fs::File::create(&log_path).expect("create daemon log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsicd"));
-        cmd.arg("--socket-dir").arg(self.dir.path("sockets"));
-        for (n, size) in self.setup.drives.iter().enumerate() {
-            cmd.arg("--drive").arg(format!(
-                "{},size={size}",
-                self.dir.path(&format!("drive{n}.img")).display()
-            ));
-        }
-        cmd.args([
-            "--vsics",
-            &self.setup.vsics.to_string(),
-            "--queues",
-            &self.setup.queues.to_string(),
-        ])
-        .args(["--extent-size", self.setup.extent_size]);
-        if self.setup.write_through {
-            cmd.args(["--cache", "write-through"]);
-        }
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn vsicd");
-        self.child = Some(child);
-
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("vsicd exited during start-up ({status}); log:\n{}", self.log());
-            }
-            if fs::read_to_string(&log_path).is_ok_and(|l| l.contains("vsicd: listening on")) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vsicd not ready within {START_TIMEOUT:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no clean shutdown, no flush.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Kills the daemon (if running) and starts it again on the same drives.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// Whether the daemon process is still alive.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
-    }
-
-    /// The log of the current run.
-    pub fn log(&self) -> String {
-        fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
-    }
-
-    pub fn pf_socket(&self) -> PathBuf {
-        self.dir.path("sockets").join("pf.sock")
-    }
-
-    pub fn vsic_socket(&self, vsic: u32) -> PathBuf {
-        self.dir.path("sockets").join(format!("vsic{vsic}.sock"))
-    }
-
-    pub fn vsic_spec(&self, vsic: u32) -> String {
-        format!("vhost-user:{}", self.vsic_socket(vsic).display())
-    }
-
     /// An admin client on the PF.
     pub fn admin(&self) -> AdminClient {
-        let spec = format!("vhost-user:{}", self.pf_socket().display());
-        AdminClient::open(&spec).unwrap_or_else(|e| panic!("open the PF: {e}; log:\n{}", self.log()))
+        AdminClient::open(&self.pf_spec())
+            .unwrap_or_else(|e| panic!("open the PF: {e}; log:\n{}", self.log()))
     }
 
     /// Opens VSIC `vsic` with `queues` queues in `mode`.
     pub fn open_vsic(&self, vsic: u32, queues: u16, mode: CompletionMode) -> Device {
         Device::open(&self.vsic_spec(vsic), &vsic_options(queues, mode))
             .unwrap_or_else(|e| panic!("open VSIC {vsic}: {e}; log:\n{}", self.log()))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -36,22 +36,6 @@ const MAX_LIVE: usize = 6;
 /// after the kill it bounds how long the admin thread lingers.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 #[derive(Debug, Clone)]
 struct KnownVsa {
     token: CapToken,
@@ -416,7 +400,7 @@ fn completed_commands_and_flushed_writes_survive_sigkill() {
         let killed = AtomicBool::new(false);
         let (admin_before, flushes_before) = (ledger.lock().unwrap().completed, data.lock().unwrap().flushes);
         let kill_after = Duration::from_millis(100 + rng.below(500));
-        let mut admin_rng = Rng(rng.next() | 1);
+        let mut admin_rng = Rng(rng.next_u64() | 1);
         thread::scope(|s| {
             s.spawn(|| admin_loop(&admin, &ledger, &mut admin_rng));
             s.spawn(|| data_loop(&dev, u64::from(round) * BLOCKS_PER_ROUND, &data, &killed));

@@ -13,6 +13,11 @@ use vsic_abi::{AdminCommand, AdminStatus, CapToken, Opcode, Rights};
 use super::testutil::TempDir;
 use super::{AdminReply, Controller, ControllerConfig, DriveSpec, IoError, IoKind, ServiceModel};
 
+// The fuzz test's generator, shared with the end-to-end tests.
+#[path = "../../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 const ES: u64 = 64 << 10;
 const DRIVE_SIZE: u64 = 8 << 20;
 
@@ -848,23 +853,6 @@ fn metadata_that_does_not_fit_is_refused_with_no_space() {
     ok(attach(&c, 0, 0, &root, false));
 }
 
-/// xorshift64*: deterministic pseudo-random numbers for the fuzz test.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 #[test]
 fn admin_never_panics_on_garbage() {
     let pool = Pool::new("fuzz", 2);
@@ -876,13 +864,13 @@ fn admin_never_panics_on_garbage() {
         let op = Opcode::ALL[rng.below(Opcode::ALL.len() as u64) as usize];
         let mut cmd = AdminCommand::new(op);
         if rng.below(8) == 0 {
-            cmd.opcode = rng.next() as u16;
+            cmd.opcode = rng.next_u64() as u16;
         }
-        cmd.flags = [0, FLAG_READ_ONLY, rng.next() as u32][rng.below(3) as usize];
-        cmd.vsic = [0, 3, 4, u32::MAX, rng.next() as u32][rng.below(5) as usize];
-        cmd.slot = [0, 15, 16, rng.next() as u32][rng.below(4) as usize];
+        cmd.flags = [0, FLAG_READ_ONLY, rng.next_u64() as u32][rng.below(3) as usize];
+        cmd.vsic = [0, 3, 4, u32::MAX, rng.next_u64() as u32][rng.below(5) as usize];
+        cmd.slot = [0, 15, 16, rng.next_u64() as u32][rng.below(4) as usize];
         for a in cmd.args.iter_mut() {
-            *a = if rng.below(2) == 0 { interesting[rng.below(interesting.len() as u64) as usize] } else { rng.next() };
+            *a = if rng.below(2) == 0 { interesting[rng.below(interesting.len() as u64) as usize] } else { rng.next_u64() };
         }
         let payload = match rng.below(5) {
             0 => Vec::new(),
@@ -899,7 +887,7 @@ fn admin_never_panics_on_garbage() {
                 rng.bytes(n)
             }
         };
-        cmd.payload_len = if rng.below(10) == 0 { rng.next() as u32 } else { payload.len() as u32 };
+        cmd.payload_len = if rng.below(10) == 0 { rng.next_u64() as u32 } else { payload.len() as u32 };
         let mut bytes = cmd.encode().to_vec();
         match rng.below(10) {
             0 => bytes.truncate(rng.below(64) as usize),
@@ -909,7 +897,7 @@ fn admin_never_panics_on_garbage() {
             }
             2 => {
                 let i = rng.below(64) as usize;
-                bytes[i] = rng.next() as u8;
+                bytes[i] = rng.next_u64() as u8;
             }
             _ => {}
         }

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)] // each test file uses a different part of the harness
 
 mod daemon;
+mod rng;
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use vsic::{CompletionMode, Device, DmaBuffer, OpenOptions};
 use vsic_abi::records::{QueueStats, VsicStats};
 
 pub use daemon::{Daemon, ScratchDir, Setup};
+pub use rng::Rng;
 
 pub const MIB: u64 = 1 << 20;
 /// How long a test waits for any single device interaction.
@@ -48,13 +50,10 @@ pub fn vsic_options(queues: u16, mode: CompletionMode) -> OpenOptions {
 /// Deterministic, seed-dependent bytes (xorshift64*), so every block of
 /// every test has content of its own.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out.truncate(len);
     out

@@ -61,8 +61,9 @@ struct Cli {
     /// Longest time in microseconds a queue worker keeps polling its ring
     /// for new requests after serving some, before it sleeps until the next
     /// notification. Adaptive per queue: a queue whose requests come further
-    /// apart stops polling. 0 turns polling off; it is always off on a
-    /// single CPU, and at most half the CPUs poll at once.
+    /// apart stops polling. Workers poll only while no thread on the machine
+    /// waits for a CPU, and at most half the CPUs poll at once (none on a
+    /// single CPU). 0 turns polling off.
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     poll_us: u64,
 }

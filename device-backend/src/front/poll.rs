@@ -9,13 +9,26 @@
 //! How long it looks adapts per queue, like QEMU's `poll-max-ns`: the
 //! window grows when the queue's idle gaps are short enough to be bridged
 //! (up to the configured maximum) and shrinks when they are longer, so an
-//! idle or slow queue soon stops spinning and costs no CPU. A spinning
-//! worker yields its core between looks, so runnable driver threads go
-//! first, and a shared budget caps how many workers may spin at once, so
-//! that on a machine with few cores the spinners leave the drivers a core.
+//! idle or slow queue soon stops spinning and costs no CPU.
+//!
+//! Polling only pays while the poller has a core to itself: a thread that
+//! gives up its core between looks gets it back late when other threads
+//! wait for it, and a request then waits for the poller's next turn (up to
+//! milliseconds) instead of waking a sleeping worker (microseconds). So
+//! workers poll only while the machine has no runnable thread waiting for
+//! a core (the count in `/proc/loadavg`, read at most once a millisecond),
+//! stop as soon as a look comes back late, yield their core between looks
+//! so that a driver thread woken meanwhile goes first, and at most half
+//! the cores poll at once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A look at the ring that took longer than this means the poller lost its
+/// core to another thread.
+const PREEMPTED: Duration = Duration::from_micros(50);
 
 /// How the front polls its queues; shared by every function's workers.
 #[derive(Debug)]
@@ -25,6 +38,9 @@ pub struct PollPolicy {
     /// Workers allowed to spin at the same time.
     max_spinners: usize,
     spinners: AtomicUsize,
+    cores: SpareCores,
+    /// See [`PREEMPTED`].
+    late_look: Duration,
 }
 
 impl PollPolicy {
@@ -41,6 +57,19 @@ impl PollPolicy {
             },
             max_spinners,
             spinners: AtomicUsize::new(0),
+            cores: SpareCores::new(cores, File::open("/proc/loadavg").ok()),
+            late_look: PREEMPTED,
+        }
+    }
+
+    /// As [`PollPolicy::new`], taking every core as spare and no look as
+    /// late, whatever else runs on the machine.
+    #[cfg(test)]
+    pub(crate) fn ignoring_load(max: Duration, cores: usize) -> PollPolicy {
+        PollPolicy {
+            cores: SpareCores::new(cores, None),
+            late_look: Duration::MAX,
+            ..PollPolicy::new(max, cores)
         }
     }
 
@@ -58,8 +87,18 @@ impl PollPolicy {
         self.max
     }
 
-    /// A spin slot, if fewer than the allowed number of workers spin now.
+    /// A look at the ring taking longer than this means the poller lost
+    /// its core (see [`SpinSlot::preempted`]).
+    pub fn late_look(&self) -> Duration {
+        self.late_look
+    }
+
+    /// A spin slot, if the machine has a core to spare and fewer than the
+    /// allowed number of workers spin now.
     pub fn try_spin(&self) -> Option<SpinSlot<'_>> {
+        if self.max.is_zero() || !self.cores.spare() {
+            return None;
+        }
         self.spinners
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
                 (n < self.max_spinners).then_some(n + 1)
@@ -71,6 +110,83 @@ impl PollPolicy {
 
 /// The right to spin, given back when dropped.
 pub struct SpinSlot<'a>(&'a PollPolicy);
+
+impl SpinSlot<'_> {
+    /// The poller lost its core: other threads want the cores, so nobody
+    /// polls until the next look at the run queue.
+    pub fn preempted(&self) {
+        self.0.cores.mark_busy();
+    }
+}
+
+/// Whether any thread waits for a core, from the number of runnable
+/// threads `/proc/loadavg` shows (the reader included), looked up at most
+/// once per [`SpareCores::RECHECK`]. Without `/proc`, cores count as spare.
+#[derive(Debug)]
+struct SpareCores {
+    loadavg: Option<File>,
+    cores: usize,
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to the last look, plus one (0: never).
+    looked: AtomicU64,
+    spare: AtomicBool,
+}
+
+impl SpareCores {
+    const RECHECK: Duration = Duration::from_millis(1);
+
+    fn new(cores: usize, loadavg: Option<File>) -> SpareCores {
+        SpareCores {
+            loadavg,
+            cores,
+            epoch: Instant::now(),
+            looked: AtomicU64::new(0),
+            spare: AtomicBool::new(true),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    fn spare(&self) -> bool {
+        let now = self.now();
+        let looked = self.looked.load(Ordering::Relaxed);
+        let stale = looked == 0 || now.saturating_sub(looked) >= Self::RECHECK.as_nanos() as u64;
+        // One thread looks; the others use the last answer meanwhile.
+        if stale
+            && self
+                .looked
+                .compare_exchange(looked, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let spare = !matches!(self.runnable(), Some(n) if n > self.cores);
+            self.spare.store(spare, Ordering::Relaxed);
+        }
+        self.spare.load(Ordering::Relaxed)
+    }
+
+    fn mark_busy(&self) {
+        self.spare.store(false, Ordering::Relaxed);
+        self.looked.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn runnable(&self) -> Option<usize> {
+        let mut buf = [0u8; 128];
+        let n = self.loadavg.as_ref()?.read_at(&mut buf, 0).ok()?;
+        runnable_threads(buf.get(..n)?)
+    }
+}
+
+/// The runnable-thread count of a `/proc/loadavg` line
+/// (`0.52 0.58 0.59 3/412 12345`: the 3).
+fn runnable_threads(line: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(line).ok()?;
+    let (running, _total) = text.split_whitespace().nth(3)?.split_once('/')?;
+    running.parse().ok()
+}
 
 impl Drop for SpinSlot<'_> {
     fn drop(&mut self) {
@@ -173,8 +289,47 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_runnable_thread_count() {
+        assert_eq!(runnable_threads(b"0.52 0.58 0.59 3/412 12345\n"), Some(3));
+        assert_eq!(runnable_threads(b"10.00 7.1 5.0 17/2000 1"), Some(17));
+        assert_eq!(runnable_threads(b"0.52 0.58 0.59"), None);
+        assert_eq!(runnable_threads(b"a b c x/y z"), None);
+        assert_eq!(runnable_threads(&[0xff, 0xfe]), None);
+        // This machine's own count: at least this thread runs.
+        let here = SpareCores::new(4096, File::open("/proc/loadavg").ok());
+        assert!(!matches!(here.runnable(), Some(0)));
+        assert!(here.spare(), "nobody waits when 4096 cores are assumed");
+    }
+
+    #[test]
+    fn polls_only_while_no_thread_waits_for_a_core() {
+        let crowded = SpareCores::new(2, None);
+        assert!(crowded.spare(), "without /proc: spare");
+        crowded.mark_busy();
+        assert!(!crowded.spare(), "busy until the next look");
+        let dir = std::env::temp_dir().join(format!("vsicd-loadavg-{}", std::process::id()));
+        std::fs::write(&dir, "5.00 5.00 5.00 3/400 77\n").unwrap();
+        let three = SpareCores::new(2, File::open(&dir).ok());
+        assert!(!three.spare(), "3 runnable threads on 2 cores: one waits");
+        let fits = SpareCores::new(4, File::open(&dir).ok());
+        assert!(fits.spare(), "3 runnable threads on 4 cores");
+        let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn a_late_look_stops_polling_until_the_next_check() {
+        let p = PollPolicy::ignoring_load(50 * US, 2);
+        let slot = p.try_spin().expect("a spare core");
+        slot.preempted();
+        drop(slot);
+        assert!(p.try_spin().is_none(), "busy right after a preemption");
+        std::thread::sleep(SpareCores::RECHECK * 2);
+        assert!(p.try_spin().is_some(), "looked again after a while");
+    }
+
+    #[test]
     fn spinners_are_capped_and_slots_come_back() {
-        let p = PollPolicy::new(50 * US, 4);
+        let p = PollPolicy::ignoring_load(50 * US, 4);
         let a = p.try_spin();
         let b = p.try_spin();
         assert!(a.is_some() && b.is_some());
@@ -182,7 +337,7 @@ mod tests {
         drop(a);
         assert!(p.try_spin().is_some());
 
-        let two = PollPolicy::new(50 * US, 2);
+        let two = PollPolicy::ignoring_load(50 * US, 2);
         let held = two.try_spin();
         assert!(held.is_some() && two.try_spin().is_none());
 

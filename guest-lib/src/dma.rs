@@ -15,6 +15,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 use crate::error::Error;
+use crate::mapping::map_rw;
 
 /// Alignment of buffers handed to applications: a page, so they also suit
 /// backends that use direct I/O.
@@ -265,25 +266,7 @@ fn check_chunks(len: usize, chunks: &[DmaChunk]) -> Result<Vec<usize>, Error> {
 }
 
 fn map(len: usize, flags: i32, fd: i32) -> Result<NonNull<u8>, Error> {
-    // SAFETY: a fresh mapping at an address the kernel chooses.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Error::system(
-            "mmap of the DMA region",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    NonNull::new(p.cast())
-        .ok_or_else(|| Error::system("mmap", std::io::Error::other("null mapping")))
+    map_rw(len, flags, fd, 0).map_err(|e| Error::system("mmap of the DMA region", e))
 }
 
 /// A range of DMA memory given to a request: device address and length.

@@ -20,6 +20,7 @@ use log::debug;
 
 use crate::dma::{DmaChunk, DmaRegion};
 use crate::error::Error;
+use crate::mapping::map_rw;
 
 /// Size of the huge pages the library allocates itself.
 pub const HUGE_PAGE_SIZE: usize = 2 << 20;
@@ -225,23 +226,7 @@ struct Mapping {
 
 impl Mapping {
     fn new(len: usize, flags: i32, fd: i32) -> std::io::Result<Mapping> {
-        // SAFETY: a fresh shared mapping at an address the kernel chooses.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        NonNull::new(p.cast())
-            .map(|ptr| Mapping { ptr, len })
-            .ok_or_else(|| std::io::Error::other("null mapping"))
+        map_rw(len, flags, fd, 0).map(|ptr| Mapping { ptr, len })
     }
 
     /// Maps the pages of `fd` so that slot `i` of the mapping shows file

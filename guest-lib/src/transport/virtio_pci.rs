@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::vfio_sys::{self, VfioDevice};
 use crate::error::Error;
+use crate::mapping::map_rw;
 
 /// Offsets in `struct virtio_pci_common_cfg`.
 pub mod common {
@@ -167,22 +168,7 @@ impl Drop for Bar {
 fn map_region(device: &VfioDevice, offset: u64, size: u64) -> std::io::Result<NonNull<u8>> {
     let len = usize::try_from(size).map_err(|_| std::io::Error::other("BAR too large"))?;
     let off = libc::off_t::try_from(offset).map_err(|_| std::io::Error::other("bad offset"))?;
-    // SAFETY: a fresh shared mapping of the device fd at an address the
-    // kernel chooses.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            device.raw_fd(),
-            off,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    NonNull::new(p.cast()).ok_or_else(|| std::io::Error::other("null mapping"))
+    map_rw(len, libc::MAP_SHARED, device.raw_fd(), off)
 }
 
 /// An access of `width` bytes at `at` must be inside `len` and naturally

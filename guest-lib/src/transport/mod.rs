@@ -20,6 +20,19 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::dma::DmaRegion;
 use crate::error::Error;
 
+/// Where queue `index` sits in a transport's per-queue tables, if the
+/// device has that queue.
+fn queue_slot(index: u16, queues: u16) -> Result<usize, Error> {
+    if index < queues {
+        Ok(index as usize)
+    } else {
+        Err(Error::NoSuchQueue {
+            queue: index,
+            queues,
+        })
+    }
+}
+
 /// Where the device finds one split virtqueue (all addresses are IOVAs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueAddrs {
@@ -68,4 +81,23 @@ pub trait Transport: Send + Sync {
     /// The eventfd signalled when the configuration space changes, if the
     /// transport delivers that event.
     fn config_interrupt(&self) -> Option<&EventFd>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_slots_stop_at_the_device_queue_count() {
+        assert_eq!(queue_slot(0, 2).ok(), Some(0));
+        assert_eq!(queue_slot(1, 2).ok(), Some(1));
+        assert!(matches!(
+            queue_slot(2, 2),
+            Err(Error::NoSuchQueue {
+                queue: 2,
+                queues: 2
+            })
+        ));
+        assert!(matches!(queue_slot(0, 0), Err(Error::NoSuchQueue { .. })));
+    }
 }

@@ -29,7 +29,7 @@ use vsic_abi::virtio::{function_from_serial, Function, SERIAL_LEN, VIRTIO_BLK_T_
 use super::pci::{self, Located, Sysfs, VirtioCaps};
 use super::vfio_sys::{Container, Group, VfioDevice, PCI_CONFIG_REGION_INDEX, PCI_MSIX_IRQ_INDEX};
 use super::virtio_pci::{common, status, Bar, Window, NO_VECTOR};
-use super::{QueueAddrs, Transport};
+use super::{queue_slot, QueueAddrs, Transport};
 use crate::device::{CompletionMode, Device, OpenOptions};
 use crate::dma::DmaRegion;
 use crate::error::Error;
@@ -350,17 +350,6 @@ impl VfioTransport {
         }
         Ok(())
     }
-
-    fn check_queue(&self, index: u16) -> Result<usize, Error> {
-        if index < self.max_queues {
-            Ok(index as usize)
-        } else {
-            Err(Error::NoSuchQueue {
-                queue: index,
-                queues: self.max_queues,
-            })
-        }
-    }
 }
 
 /// Pins the DMA memory and maps each chunk at IOVA = its guest-physical
@@ -495,7 +484,7 @@ impl Transport for VfioTransport {
     }
 
     fn setup_queue(&mut self, index: u16, addrs: &QueueAddrs) -> Result<(), Error> {
-        let i = self.check_queue(index)?;
+        let i = queue_slot(index, self.max_queues)?;
         let c = &self.common;
         c.write16(common::QUEUE_SELECT, index)?;
         let max = c.read16(common::QUEUE_SIZE)?;
@@ -546,7 +535,7 @@ impl Transport for VfioTransport {
 
     fn enable_queues(&mut self, count: u16) -> Result<(), Error> {
         for index in 0..count {
-            self.check_queue(index)?;
+            queue_slot(index, self.max_queues)?;
             self.common.write16(common::QUEUE_SELECT, index)?;
             self.common.write16(common::QUEUE_ENABLE, 1)?;
         }

@@ -21,7 +21,7 @@ use vhost::vhost_user::{
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{QueueAddrs, Transport};
+use super::{queue_slot, QueueAddrs, Transport};
 use crate::dma::DmaRegion;
 use crate::error::Error;
 
@@ -156,17 +156,6 @@ impl VhostUserTransport {
         self.channel
             .call("SET_MEM_TABLE", |fe| fe.set_mem_table(&[info]).map(drop))
     }
-
-    fn check_queue(&self, index: u16) -> Result<usize, Error> {
-        if index < self.max_queues {
-            Ok(index as usize)
-        } else {
-            Err(Error::NoSuchQueue {
-                queue: index,
-                queues: self.max_queues,
-            })
-        }
-    }
 }
 
 impl Transport for VhostUserTransport {
@@ -223,7 +212,7 @@ impl Transport for VhostUserTransport {
     }
 
     fn setup_queue(&mut self, index: u16, addrs: &QueueAddrs) -> Result<(), Error> {
-        let i = self.check_queue(index)?;
+        let i = queue_slot(index, self.max_queues)?;
         let size = addrs.size as usize;
         let config = VringConfigData {
             queue_max_size: addrs.size,

@@ -92,15 +92,10 @@ pub enum Command {
         /// Capability file of the VSA (opened by you, read by the service).
         #[arg(long, value_name = "FILE")]
         cap: PathBuf,
-        /// Attachment slot.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        slot: u32,
-        /// Attach for reading only.
-        #[arg(long)]
-        read_only: bool,
-        /// The service's socket.
-        #[arg(long, value_name = "PATH", default_value = vsicctl::control::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        how: AttachHow,
+        #[command(flatten)]
+        service: ServiceSocket,
     },
     /// As an application's user: ask the control-plane service to detach a
     /// slot of the VSIC you own.
@@ -110,9 +105,8 @@ pub enum Command {
         /// Attachment slot.
         #[arg(long, value_name = "N")]
         slot: u32,
-        /// The service's socket.
-        #[arg(long, value_name = "PATH", default_value = vsicctl::control::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        service: ServiceSocket,
     },
 }
 
@@ -187,12 +181,8 @@ pub enum VsicCommand {
         /// Capability file of the VSA.
         #[arg(long, value_name = "FILE")]
         cap: PathBuf,
-        /// Attachment slot.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        slot: u32,
-        /// Attach for reading only.
-        #[arg(long)]
-        read_only: bool,
+        #[command(flatten)]
+        how: AttachHow,
     },
     /// Detach whatever VSA is attached to a slot of a VSIC.
     Detach {
@@ -253,6 +243,26 @@ pub struct VsicArg {
     /// VSIC number (0 .. number of VSICs - 1).
     #[arg(long = "vsic", value_name = "N")]
     pub number: u32,
+}
+
+// Where and how a VSA is attached: the same for `vsic attach` (root, through
+// the PF) and `request-attach` (a user, through the service).
+#[derive(Debug, Args)]
+pub struct AttachHow {
+    /// Attachment slot.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub slot: u32,
+    /// Attach for reading only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+// The control-plane service an application's user sends requests to.
+#[derive(Debug, Args)]
+pub struct ServiceSocket {
+    /// The service's socket.
+    #[arg(long = "socket", value_name = "PATH", default_value = vsicctl::control::DEFAULT_SOCKET)]
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,13 +354,21 @@ mod tests {
         let cli = Cli::try_parse_from(["vsicctl", "vsic", "attach", "--vsic", "2", "--cap", "f"])
             .unwrap();
         match cli.command {
-            Command::Vsic(VsicCommand::Attach {
-                vsic,
-                slot,
-                read_only,
-                ..
-            }) => {
-                assert_eq!((vsic.number, slot, read_only), (2, 0, false));
+            Command::Vsic(VsicCommand::Attach { vsic, how, .. }) => {
+                assert_eq!((vsic.number, how.slot, how.read_only), (2, 0, false));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        // An application's user asks the service with the same defaults.
+        let cli = Cli::try_parse_from(["vsicctl", "request-attach", "--vsic", "1", "--cap", "f"])
+            .unwrap();
+        match cli.command {
+            Command::RequestAttach { how, service, .. } => {
+                assert_eq!((how.slot, how.read_only), (0, false));
+                assert_eq!(
+                    service.path,
+                    PathBuf::from(vsicctl::control::DEFAULT_SOCKET)
+                );
             }
             other => panic!("parsed as {other:?}"),
         }

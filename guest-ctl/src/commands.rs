@@ -122,13 +122,14 @@ fn run_without_pf(cli: &Cli) -> Result<Option<Report>, Failure> {
         Command::RequestAttach {
             vsic,
             cap,
+            how,
+            service,
+        } => guest::request_attach(&service.path, vsic.number, cap, how.slot, how.read_only)?,
+        Command::RequestDetach {
+            vsic,
             slot,
-            read_only,
-            socket,
-        } => guest::request_attach(socket, vsic.number, cap, *slot, *read_only)?,
-        Command::RequestDetach { vsic, slot, socket } => {
-            guest::request_detach(socket, vsic.number, *slot)?
-        }
+            service,
+        } => guest::request_detach(&service.path, vsic.number, *slot)?,
         _ => return Ok(None),
     };
     Ok(Some(report))
@@ -217,31 +218,22 @@ fn vsa(client: &AdminClient, cmd: &VsaCommand) -> Result<Report, Failure> {
 
 fn vsic(client: &AdminClient, cmd: &VsicCommand) -> Result<Report, Failure> {
     match cmd {
-        VsicCommand::Attach {
-            vsic,
-            cap,
-            slot,
-            read_only,
-        } => {
-            let n = vsic.number;
+        VsicCommand::Attach { vsic, cap, how } => {
+            let (n, slot, read_only) = (vsic.number, how.slot, how.read_only);
             let token = read_cap(cap)?;
             let context = format!("attaching VSA {} to VSIC {n} slot {slot}", token.vsa_id);
             client
-                .attach(n, *slot, &token, *read_only)
+                .attach(n, slot, &token, read_only)
                 .map_err(|e| Failure::admin(context, e))?;
-            let mode = if *read_only {
-                "read-only"
-            } else {
-                "read-write"
-            };
+            let mode = if read_only { "read-only" } else { "read-write" };
             let human = format!(
                 "attached VSA {} to VSIC {n} slot {slot} ({mode}, at byte offset {:#x})\n",
                 token.vsa_id,
-                vsic_abi::window::slot_base(*slot)
+                vsic_abi::window::slot_base(slot)
             );
             let json = json!({
                 "vsic": n, "slot": slot, "vsa": token.vsa_id, "read_only": read_only,
-                "window_offset": vsic_abi::window::slot_base(*slot),
+                "window_offset": vsic_abi::window::slot_base(slot),
             });
             Ok(Report::new(human, json))
         }

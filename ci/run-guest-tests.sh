@@ -6,7 +6,9 @@
 # A test NAME is a pair of files in ci/guest-tests/:
 #   NAME.guest.sh  runs inside the guest as root (busybox sh); exit 0 = pass.
 #                  A line "# launch: OPTIONS" adds launcher options for this
-#                  test (e.g. "# launch: --vsics 2 --queues 4").
+#                  test (e.g. "# launch: --vsics 2 --queues 4"). The shared
+#                  helpers of ci/guest-tests/lib.sh are in the guest as
+#                  /vsic/lib.sh.
 #   NAME.host.sh   optional; runs on the host as "NAME.host.sh pre" once the
 #                  backend is up and before the guest boots, and as
 #                  "NAME.host.sh post" after the guest powered off, with the
@@ -14,7 +16,8 @@
 #                  VSIC_PF_SOCK, VSICCTL (host vsicctl), VSIC_BIN_DIR (host
 #                  release binaries), VSIC_GUEST_BIN_DIR, VSIC_VSICS,
 #                  VSIC_QUEUES, VSIC_PHASE. Its working directory is the
-#                  test's state directory, shared by both phases.
+#                  test's state directory, shared by both phases. Shared
+#                  helpers: ci/guest-tests/host-lib.sh.
 # Every test gets a fresh state directory (fresh drives) under
 # $VSIC_TEST_STATE (default: a new /var/tmp/vsic-guest-tests.XXXXXX, removed
 # when every test passed). NAME arguments select
@@ -92,7 +95,8 @@ for name in "${tests[@]}"; do
         rm -rf "$state"
         mkdir -p "$state"
         args=(--state-dir "$state" --timeout "$timeout" --backend "$backend"
-            --append "vsic.backend=$backend" --run "$guest" ${extra[@]+"${extra[@]}"})
+            --append "vsic.backend=$backend" --run "$guest" --run-with "$TESTS_DIR/lib.sh"
+            ${extra[@]+"${extra[@]}"})
         if [[ -e $host ]]; then
             args+=(--host-hook "cd $(printf '%q' "$state") && bash $(printf '%q' "$host")")
         fi

@@ -13,6 +13,9 @@
 #   (default)          root shell on the serial console (Ctrl-a x quits QEMU)
 #   --run SCRIPT       copy SCRIPT into the guest, run it as root, print its
 #                      output and exit with its status
+#   --run-with FILE    with --run: also copy FILE into the guest as
+#                      /vsic/NAME (NAME: its file name), e.g. a library the
+#                      script sources; repeatable
 #
 # Options:
 #   --vsics K          number of VSIC functions (default 4)
@@ -81,6 +84,7 @@ verbose=0
 rebuild=0
 print_qemu=0
 run_script=
+run_with=()
 
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "option $1 needs a value (try --help)"; }
 while [[ $# -gt 0 ]]; do
@@ -99,6 +103,7 @@ while [[ $# -gt 0 ]]; do
     --host-hook) need_value "$@"; host_hook=$2; shift ;;
     --append) need_value "$@"; append+=" $2"; shift ;;
     --run) need_value "$@"; run_script=$2; shift ;;
+    --run-with) need_value "$@"; run_with+=("$2"); shift ;;
     --verbose) verbose=1 ;;
     --rebuild) rebuild=1 ;;
     --print-qemu) print_qemu=1 ;;
@@ -123,6 +128,11 @@ if [[ -n $run_script ]]; then
 else
     timeout=${timeout:-3600}
 fi
+for f in ${run_with[@]+"${run_with[@]}"}; do
+    [[ -n $run_script ]] || die "--run-with goes with --run"
+    [[ -r $f ]] || die "cannot read '$f' (--run-with)"
+    [[ $(basename "$f") != run.sh ]] || die "--run-with: the script itself is /vsic/run.sh"
+done
 is_uint "$timeout" || die "--timeout must be a number of seconds"
 
 mkdir -p "$state_dir"
@@ -197,7 +207,10 @@ if [[ -n $run_script ]]; then
     staging=$(mktemp -d "${TMPDIR:-/tmp}/vsic-run.XXXXXX")
     mkdir -p "$staging/vsic"
     install -m 0755 "$run_script" "$staging/vsic/run.sh"
-    (cd "$staging" && printf 'vsic\nvsic/run.sh\n' | cpio --quiet -o -H newc --owner 0:0 | gzip -1) >"$state_dir/run.cpio.gz"
+    for f in ${run_with[@]+"${run_with[@]}"}; do
+        install -m 0644 "$f" "$staging/vsic/$(basename "$f")"
+    done
+    (cd "$staging" && find vsic | cpio --quiet -o -H newc --owner 0:0 | gzip -1) >"$state_dir/run.cpio.gz"
     rm -rf "$staging"
     cat "$initrd" "$state_dir/run.cpio.gz" >"$run_initrd"
     rm -f "$state_dir/run.cpio.gz"

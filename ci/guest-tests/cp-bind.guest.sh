@@ -4,21 +4,16 @@
 # and only by root.
 # launch: --vsics 2
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; exit 1; }
-as_user() { su -s /bin/sh "$(awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd)" -c "$2"; }
-echo "alice:x:1001:1001::/tmp:/bin/sh" >>/etc/passwd
-echo "alice:x:1001:" >>/etc/group
+add_user alice 1001
 addr=$(vsicctl functions --json | awk '/"address"/ { a = $2 } /"function": "vsic 0"/ { f = 1 } f && a { gsub(/[",]/, "", a); print a; exit }')
-driver() {
-    link=$(readlink /sys/bus/pci/devices/"$addr"/driver) || { echo none; return; }
-    basename "$link"
-}
 
 vsicctl vsa create --size 16M --cap /root/vsa.cap
 vsicctl vsic attach --vsic 0 --cap /root/vsa.cap --slot 1
 vsicctl vsic bind --vsic 0 --vfio --user alice
-[ "$(driver)" = vfio-pci ] || fail "VSIC 0 ($addr) is on $(driver)"
+[ "$(driver_of "$addr")" = vfio-pci ] || fail "VSIC 0 ($addr) is on $(driver_of "$addr")"
 grep -q "^0 $addr\$" /run/vsic/functions || fail "the function map does not name $addr as VSIC 0"
 [ "$(stat -c %a /run/vsic/functions)" = 644 ] || fail "the function map is not world-readable"
 
@@ -39,8 +34,8 @@ echo "refused while in use; the application finished: $(cat /tmp/app.out)"
 
 # Free now: to the kernel. Slot 0 is empty, so the disk is empty too.
 out=$(vsicctl vsic bind --vsic 0 --kernel --json)
-disk=$(echo "$out" | sed -n 's/.*"disk": "\(vd[a-z]*\)".*/\1/p')
-[ "$(driver)" = virtio-pci ] && [ -n "$disk" ] || fail "VSIC 0 did not go to virtio_blk: $out"
+disk=$(bound_disk "$out")
+[ "$(driver_of "$addr")" = virtio-pci ] && [ -n "$disk" ] || fail "VSIC 0 did not go to virtio_blk: $out"
 vsicctl vsic detach --vsic 0 --slot 1
 vsicctl vsic attach --vsic 0 --cap /root/vsa.cap --slot 0
 mkfs.ext4 -q /dev/"$disk"
@@ -50,11 +45,11 @@ grep -q "mounted on /mnt/v" /tmp/out || { cat /tmp/out; fail "the refusal does n
 umount /mnt/v
 
 vsicctl vsic unbind --vsic 0
-[ "$(driver)" = none ] || fail "VSIC 0 is still on $(driver)"
+[ "$(driver_of "$addr")" = none ] || fail "VSIC 0 is still on $(driver_of "$addr")"
 vsicctl functions
 # And back to the kernel: the ext4 written before is still there.
 out=$(vsicctl vsic bind --vsic 0 --kernel --json)
-disk=$(echo "$out" | sed -n 's/.*"disk": "\(vd[a-z]*\)".*/\1/p')
+disk=$(bound_disk "$out")
 mount -t ext4 -o ro /dev/"$disk" /mnt/v || fail "the file system did not survive the rebinds"
 umount /mnt/v
 echo "ok: VSIC 0 went vfio-pci -> virtio-pci -> none -> virtio-pci, never from under a user"

@@ -6,17 +6,9 @@
 # owner's data is untouched by all of it.
 # launch: --vsics 3
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; cat /tmp/serve.log 2>/dev/null; exit 1; }
-# Runs a command as another user (busybox su; arguments hold no spaces).
-as_user() { su -s /bin/sh "$(awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd)" -c "$2"; }
-add_user() {
-    echo "$1:x:$2:$2::/home/$1:/bin/sh" >>/etc/passwd
-    echo "$1:x:$2:" >>/etc/group
-    mkdir -p /home/"$1"
-    chown "$2:$2" /home/"$1"
-    chmod 0700 /home/"$1"
-}
 # expect_refusal STATUS UID COMMAND: the command fails and names STATUS.
 expect_refusal() {
     if as_user "$2" "$3 --json" >/tmp/out.json 2>/tmp/err; then
@@ -29,9 +21,7 @@ expect_refusal() {
 add_user alice 1001
 add_user bob 1002
 add_user carol 1003
-vsicctl serve >/tmp/serve.log 2>&1 &
-for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done
-[ -S /run/vsic/control.sock ] || fail "the control-plane service did not start"
+start_service
 
 vsicctl vsa create --size 16M --cap /home/alice/data.cap
 vsicctl vsa create --size 16M --cap /home/bob/data.cap

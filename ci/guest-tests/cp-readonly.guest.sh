@@ -5,14 +5,11 @@
 # data stays as it was).
 # launch: --vsics 2
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; cat /tmp/serve.log 2>/dev/null; exit 1; }
-as_user() { su -s /bin/sh "$(awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd)" -c "$2"; }
-echo "alice:x:1001:1001::/home/alice:/bin/sh" >>/etc/passwd
-echo "alice:x:1001:" >>/etc/group
-mkdir -p /home/alice && chown 1001:1001 /home/alice && chmod 0700 /home/alice
-vsicctl serve >/tmp/serve.log 2>&1 &
-for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done
+add_user alice 1001
+start_service
 
 # The administrator fills a VSA (through VSIC 0, before alice has it) and
 # gives alice a read-only capability for it.

@@ -6,13 +6,11 @@
 # application through its VSIC.
 # launch: --vsics 3
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; cat /tmp/serve.log 2>/dev/null; exit 1; }
-as_user() { su -s /bin/sh "$(awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd)" -c "$2"; }
-for u in alice:1001 bob:1002; do
-    echo "${u%:*}:x:${u#*:}:${u#*:}::/tmp:/bin/sh" >>/etc/passwd
-    echo "${u%:*}:x:${u#*:}:" >>/etc/group
-done
+add_user alice 1001
+add_user bob 1002
 
 vsicctl store init --vsic 2 --size 32M
 store=/var/lib/vsic
@@ -26,8 +24,7 @@ vsicctl cap derive --cap $store/caps/alice/data.cap --read-only --out $store/cap
 chown 1001:1001 $store/caps/alice/data.cap
 chown 1002:1002 $store/caps/bob/alice-ro.cap
 
-vsicctl serve >/tmp/serve.log 2>&1 &
-for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done
+start_service
 vsicctl vsic bind --vsic 0 --vfio --user alice
 as_user 1001 "vsicctl request-attach --vsic 0 --cap $store/caps/alice/data.cap --slot 1"
 as_user 1001 "vsic-check write vsic:0 --slot 1 --len 8M --seed 42"

@@ -5,13 +5,11 @@
 # same VSAs, tokens and attachments; the application's data is there; and
 # the stored capabilities still attach.
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; cat /tmp/serve.log 2>/dev/null; exit 1; }
-as_user() { su -s /bin/sh "$(awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd)" -c "$2"; }
-for u in alice:1001 bob:1002; do
-    echo "${u%:*}:x:${u#*:}:${u#*:}::/tmp:/bin/sh" >>/etc/passwd
-    echo "${u%:*}:x:${u#*:}:" >>/etc/group
-done
+add_user alice 1001
+add_user bob 1002
 echo "boot ${VSIC_BOOT:-?}"
 
 store=/var/lib/vsic
@@ -25,8 +23,7 @@ vsicctl list --json >/tmp/list.json
 cmp /tmp/list.json $store/list.json || { cat /tmp/list.json; fail "the controller's VSAs, tokens or attachments changed"; }
 echo "the controller lists the same VSAs, tokens and attachments"
 
-vsicctl serve >/tmp/serve.log 2>&1 &
-for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done
+start_service
 vsicctl vsic bind --vsic 0 --vfio --user alice
 vsicctl vsic bind --vsic 1 --vfio --user bob
 # Still attached from boot 1: the data is there.

@@ -12,7 +12,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 launch=$repo/qemu-configs/launch.sh
 guest2=$repo/ci/guest-tests/cp-reboot.guest2.sh
-common=(--vsics "$VSIC_VSICS" --queues "$VSIC_QUEUES" --timeout 180 --run "$guest2")
+common=(--vsics "$VSIC_VSICS" --queues "$VSIC_QUEUES" --timeout 180 --run "$guest2"
+    --run-with "$repo/ci/guest-tests/lib.sh")
 
 echo "=== boot 2: guest rebooted, backend kept running"
 mkdir -p boot2

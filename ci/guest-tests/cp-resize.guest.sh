@@ -4,21 +4,11 @@
 # /sys/block/vdX/size follows every change without any rescan.
 # launch: --vsics 2
 set -eu
-
-fail() { echo "FAIL: $*"; exit 1; }
-# wait_size DISK SECTORS: waits up to 5 s for the kernel to report SECTORS.
-wait_size() {
-    i=0
-    while [ "$(cat /sys/block/"$1"/size)" != "$2" ]; do
-        i=$((i + 1))
-        [ $i -le 50 ] || fail "/dev/$1 is $(cat /sys/block/"$1"/size) sectors, expected $2"
-        sleep 0.1
-    done
-    echo "/dev/$1: $2 sectors after $((i * 100)) ms"
-}
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
 out=$(vsicctl vsic bind --vsic 1 --kernel --json)
-disk=$(echo "$out" | sed -n 's/.*"disk": "\(vd[a-z]*\)".*/\1/p')
+disk=$(bound_disk "$out")
 [ -n "$disk" ] || fail "no disk in: $out"
 [ "$(cat /sys/block/"$disk"/serial)" = vsic-vsic1 ] || fail "/dev/$disk is not VSIC 1"
 wait_size "$disk" 0

@@ -4,20 +4,12 @@
 # with it, and another application on another VSIC carries on undisturbed.
 # launch: --vsics 2
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; cat /tmp/serve.log 2>/dev/null; exit 1; }
-as_user() { su -s /bin/sh "$(awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd)" -c "$2"; }
-add_user() {
-    echo "$1:x:$2:$2::/home/$1:/bin/sh" >>/etc/passwd
-    echo "$1:x:$2:" >>/etc/group
-    mkdir -p /home/"$1"
-    chown "$2:$2" /home/"$1"
-    chmod 0700 /home/"$1"
-}
 add_user alice 1001
 add_user bob 1002
-vsicctl serve >/tmp/serve.log 2>&1 &
-for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done
+start_service
 
 # Alice holds a capability derived from the root the administrator keeps.
 vsicctl vsa create --size 16M --cap /root/a-root.cap

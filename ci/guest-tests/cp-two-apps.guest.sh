@@ -5,24 +5,12 @@
 # completions; each verifies every byte it reads back.
 # launch: --vsics 3
 set -eu
-
-fail() { echo "FAIL: $*"; cat /tmp/serve.log 2>/dev/null; exit 1; }
-# Runs a command as another user (busybox su; arguments hold no spaces).
-as_user() { u=$1; shift; su -s /bin/sh "$(getent_name "$u")" -c "$*"; }
-getent_name() { awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd; }
-add_user() {
-    echo "$1:x:$2:$2::/home/$1:/bin/sh" >>/etc/passwd
-    echo "$1:x:$2:" >>/etc/group
-    mkdir -p /home/"$1"
-    chown "$2:$2" /home/"$1"
-    chmod 0700 /home/"$1"
-}
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
 add_user alice 1001
 add_user bob 1002
-vsicctl serve >/tmp/serve.log 2>&1 &
-for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done
-[ -S /run/vsic/control.sock ] || fail "the control-plane service did not start"
+start_service
 
 # The administrator creates one VSA per user and hands each user a VSIC.
 vsicctl vsa create --size 64M --cap /home/alice/data.cap

@@ -7,18 +7,10 @@
 # 0's VSA with vsic-pattern. It also writes text patterns at 1 MiB and in
 # the last 4 KiB of VSIC 0 and reads them back with O_DIRECT.
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; exit 1; }
 pattern() { yes "vsic data pattern $1 0123456789abcdefghijklmnopqrstuvwxyz" | head -c "$2"; }
-disk_with_serial() {
-    for b in /sys/block/vd*; do
-        if [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ]; then
-            basename "$b"
-            return 0
-        fi
-    done
-    return 1
-}
 
 dst=$(disk_with_serial vsic-vsic0) || fail "no block device with serial vsic-vsic0"
 src=$(disk_with_serial vsic-vsic1) || fail "no block device with serial vsic-vsic1"

@@ -2,14 +2,10 @@
 # mkfs.ext4 on VSIC 0's disk (a 64 MiB VSA attached by ext4.host.sh), mount
 # it, write a file, remount and read it back.
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; exit 1; }
-
-disk=
-for b in /sys/block/vd*; do
-    [ "$(cat "$b/serial" 2>/dev/null)" = vsic-vsic0 ] && disk=$(basename "$b")
-done
-[ -n "$disk" ] || fail "no block device with serial vsic-vsic0"
+disk=$(disk_with_serial vsic-vsic0) || fail "no block device with serial vsic-vsic0"
 
 mkfs.ext4 -q -F /dev/"$disk" || fail "mkfs.ext4 failed"
 mkdir -p /mnt/vsa

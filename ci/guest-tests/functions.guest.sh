@@ -2,8 +2,8 @@
 # The guest sees the PF and K VSIC functions, each a modern virtio-blk PCI
 # function (1af4:1042) in an IOMMU group of its own.
 set -eu
-
-fail() { echo "FAIL: $*"; exit 1; }
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
 expected=$((VSIC_VSICS + 1))
 count=0

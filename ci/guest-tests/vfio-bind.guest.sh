@@ -4,8 +4,8 @@
 # to virtio-pci brings its disk back.
 # launch: --vsics 3
 set -eu
-
-fail() { echo "FAIL: $*"; exit 1; }
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
 # Function index from the topology: the root port in slot 2 + i of pcie.0
 # holds function i (0 = PF, 1.. = VSIC 0..).
@@ -24,7 +24,6 @@ function_addr() {
 }
 
 disks_of() { ls -d /sys/bus/pci/devices/"$1"/virtio*/block/* 2>/dev/null | xargs -n1 basename 2>/dev/null || true; }
-driver_of() { basename "$(readlink /sys/bus/pci/devices/"$1"/driver 2>/dev/null)" 2>/dev/null || echo none; }
 
 vfio_fn=$(function_addr 1) || fail "VSIC 0 not found"
 blk_fn=$(function_addr 2) || fail "VSIC 1 not found"
@@ -32,10 +31,7 @@ echo "VSIC 0 at $vfio_fn (driver $(driver_of "$vfio_fn")), VSIC 1 at $blk_fn (dr
 [ -n "$(disks_of "$vfio_fn")" ] || fail "VSIC 0 has no disk before the rebind"
 
 # Hand VSIC 0 to vfio-pci.
-echo vfio-pci >/sys/bus/pci/devices/"$vfio_fn"/driver_override
-echo "$vfio_fn" >/sys/bus/pci/devices/"$vfio_fn"/driver/unbind
-echo "$vfio_fn" >/sys/bus/pci/drivers_probe
-[ "$(driver_of "$vfio_fn")" = vfio-pci ] || fail "VSIC 0 is bound to $(driver_of "$vfio_fn"), not vfio-pci"
+to_vfio "$vfio_fn"
 group=$(basename "$(readlink /sys/bus/pci/devices/"$vfio_fn"/iommu_group)")
 [ -c /dev/vfio/"$group" ] || fail "/dev/vfio/$group did not appear"
 [ -c /dev/vfio/vfio ] || fail "/dev/vfio/vfio missing"

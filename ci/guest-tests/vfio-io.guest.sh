@@ -8,8 +8,9 @@
 # and as an unprivileged user. The host checks the data after poweroff
 # (vfio-io.host.sh post).
 set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
 
-fail() { echo "FAIL: $*"; exit 1; }
 run() { echo "+ $*"; "$@" || fail "$* exited with $?"; }
 
 # The PCI function whose virtio_blk disk has serial $1.
@@ -21,12 +22,6 @@ function_with_serial() {
         fi
     done
     return 1
-}
-to_vfio() {
-    echo vfio-pci >/sys/bus/pci/devices/"$1"/driver_override
-    echo "$1" >/sys/bus/pci/devices/"$1"/driver/unbind
-    echo "$1" >/sys/bus/pci/drivers_probe
-    [ "$(basename "$(readlink /sys/bus/pci/devices/"$1"/driver)")" = vfio-pci ] || fail "$1 did not bind to vfio-pci"
 }
 
 fn=$(function_with_serial vsic-vsic1) || fail "no block device with serial vsic-vsic1"

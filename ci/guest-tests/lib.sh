@@ -1,0 +1,91 @@
+# shellcheck shell=dash
+# Helpers shared by the guest scripts of ci/guest-tests (busybox sh, run as
+# root; like dash, it has "local"). run-guest-tests.sh has the launcher copy
+# this file into the guest as /vsic/lib.sh; a script reads it right after
+# "set -eu":
+#   . /vsic/lib.sh
+
+# fail MESSAGE: the test fails, with the control-plane service's log if one
+# was started.
+fail() {
+    echo "FAIL: $*"
+    cat /tmp/serve.log 2>/dev/null
+    exit 1
+}
+
+# as_user UID COMMAND...: runs COMMAND as the user with that uid (busybox
+# su; the words are joined with spaces, so arguments hold no spaces).
+as_user() {
+    local name
+    name=$(awk -F: -v u="$1" '$3 == u { print $1; exit }' /etc/passwd)
+    shift
+    su -s /bin/sh "$name" -c "$*"
+}
+
+# add_user NAME UID: user and group NAME with id UID, home /home/NAME that
+# only the user can enter.
+add_user() {
+    echo "$1:x:$2:$2::/home/$1:/bin/sh" >>/etc/passwd
+    echo "$1:x:$2:" >>/etc/group
+    mkdir -p /home/"$1"
+    chown "$2:$2" /home/"$1"
+    chmod 0700 /home/"$1"
+}
+
+# start_service: `vsicctl serve` in the background, logging to
+# /tmp/serve.log; returns once its socket is there.
+start_service() {
+    vsicctl serve >/tmp/serve.log 2>&1 &
+    for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done
+    [ -S /run/vsic/control.sock ] || fail "the control-plane service did not start"
+}
+
+# disk_with_serial SERIAL: the kernel disk (vdX) whose virtio serial is
+# SERIAL; fails (status 1) when there is none.
+disk_with_serial() {
+    local b
+    for b in /sys/block/vd*; do
+        if [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ]; then
+            basename "$b"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# bound_disk JSON: the kernel disk (vdX) named by the --json output of
+# `vsicctl vsic bind --kernel` (empty if none).
+bound_disk() {
+    echo "$1" | sed -n 's/.*"disk": "\(vd[a-z]*\)".*/\1/p'
+}
+
+# wait_size DISK SECTORS: waits up to 5 s for the kernel to report SECTORS
+# as DISK's size.
+wait_size() {
+    local i=0
+    while [ "$(cat /sys/block/"$1"/size)" != "$2" ]; do
+        i=$((i + 1))
+        [ $i -le 50 ] || fail "/dev/$1 is $(cat /sys/block/"$1"/size) sectors, expected $2"
+        sleep 0.1
+    done
+    echo "/dev/$1: $2 sectors after $((i * 100)) ms"
+}
+
+# driver_of ADDRESS: the driver of PCI function ADDRESS, or "none".
+driver_of() {
+    local link
+    link=$(readlink /sys/bus/pci/devices/"$1"/driver 2>/dev/null) || {
+        echo none
+        return 0
+    }
+    basename "$link"
+}
+
+# to_vfio ADDRESS: hands PCI function ADDRESS to vfio-pci (driver_override,
+# unbind, probe).
+to_vfio() {
+    echo vfio-pci >/sys/bus/pci/devices/"$1"/driver_override
+    echo "$1" >/sys/bus/pci/devices/"$1"/driver/unbind
+    echo "$1" >/sys/bus/pci/drivers_probe
+    [ "$(driver_of "$1")" = vfio-pci ] || fail "$1 is bound to $(driver_of "$1"), not vfio-pci"
+}

@@ -57,11 +57,7 @@ impl Drive {
             }
             Err(e) => return Err(format!("cannot open drive {show}: {e}")),
         };
-        // SAFETY: plain flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(format!("drive {show} is in use by another process (flock: {e})"));
-        }
+        lock_exclusive(&file).map_err(|e| format!("drive {show} is in use by another process (flock: {e})"))?;
         let meta = file.metadata().map_err(|e| format!("cannot stat drive {show}: {e}"))?;
         let block_device = meta.file_type().is_block_device();
         let (size, identity) = if block_device {
@@ -330,5 +326,25 @@ mod tests {
         assert!(Drive::open(&path, None, false).err().unwrap().contains("does not exist"));
         let _held = Drive::open(&path, Some(4096), false).expect("create");
         assert!(Drive::open(&path, None, false).err().unwrap().contains("in use"));
+    }
+}
+
+/// Takes the drive's exclusive lock, waiting briefly for a holder that is
+/// going away: a previous vsicd still exiting, or a process that forked
+/// while this one had the drive open and has not yet exec'd (the lock lives
+/// on the open file description, which the child shares until exec).
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: plain flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || start.elapsed() >= PATIENCE {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -6,7 +6,7 @@
 #
 # Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--repeat N]
 #                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]
-#                           [--no-build]
+#                           [--no-build] [--vsicd-arg ARG]...
 #        ci/bench.sh --table FILE
 #
 #   --host      run on the host over vhost-user sockets (the only mode so far)
@@ -19,6 +19,7 @@
 #   --cases     space-separated subset of: randread randwrite writeflush
 #   --out       also write every result line to FILE
 #   --no-build  use the release binaries already in target/release
+#   --vsicd-arg one more vsicd option (repeatable), e.g. --vsicd-arg --poll-us=0
 #   --table     print the results saved by --out FILE as a markdown table
 #
 # Prints a few '#' lines about the machine (cores, load), one result line per
@@ -46,6 +47,7 @@ table=
 mode=auto
 cases="randread randwrite writeflush"
 out=
+vsicd_args=()
 while [[ $# -gt 0 ]]; do
     case $1 in
     --host) host=1 ;;
@@ -56,6 +58,7 @@ while [[ $# -gt 0 ]]; do
     --cases) cases=${2:?--cases needs a value}; shift ;;
     --out) out=${2:?--out needs a value}; shift ;;
     --no-build) build=0 ;;
+    --vsicd-arg) vsicd_args+=("${2:?--vsicd-arg needs a value}"); shift ;;
     --table) table=${2:?--table needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -173,7 +176,7 @@ wait_for_socket() {
 
 log "work directory $WORK"
 "$BIN/vsicd" --socket-dir "$WORK/vsicd" --drive "$WORK/vsicd.img,size=$DRIVE_SIZE" \
-    --vsics 1 --queues $QUEUES --cache write-back >"$WORK/vsicd.log" 2>&1 &
+    --vsics 1 --queues $QUEUES --cache write-back "${vsicd_args[@]}" >"$WORK/vsicd.log" 2>&1 &
 pids+=($!)
 wait_for_socket "$WORK/vsicd/vsic0.sock" "${pids[-1]}" vsicd
 ctl() { timeout $CTL_TIMEOUT "$BIN/vsicctl" --vhost-user "$WORK/vsicd/pf.sock" "$@" >/dev/null; }
@@ -212,6 +215,7 @@ failures=0
     echo "# $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
     echo "# $(qemu-storage-daemon --version | head -n1)"
     echo "# seconds=$seconds warmup=$warmup repeat=$repeat mode=$mode region=$REGION_BYTES"
+    echo "# vsicd options: ${vsicd_args[*]:-(defaults)}"
     echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$HEADER"
 

@@ -4,7 +4,8 @@
 //! Every queue has its own worker thread (`queues_per_thread`), its own
 //! vring lock and its own scratch space, so queues never wait on each other.
 //! After serving what is available, a worker may poll its avail ring for a
-//! while before it sleeps (see [`super::poll`]).
+//! while before it sleeps (see [`super::poll`]). A slow timer per worker
+//! serves requests whose kick never arrived (see [`super::notify_watch`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Backend;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -30,6 +31,7 @@ use super::config_space::{
 };
 use super::device::Device;
 use super::execute::{handle_chain, Context, RefusalLog, Scratch};
+use super::notify_watch::{StallWatch, WatchTimer, PERIOD};
 use super::poll::{PollPolicy, SpinWindow};
 
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -103,6 +105,9 @@ struct QueueWorker {
     window: SpinWindow,
     /// When the worker last went to sleep after serving requests.
     idle_since: Option<Instant>,
+    /// Requests left waiting without a kick (see [`super::notify_watch`]).
+    stall: StallWatch,
+    timer: Option<WatchTimer>,
 }
 
 /// How serving one batch of requests ended.
@@ -167,6 +172,8 @@ impl FunctionBackend {
                     scratch: Scratch::new(),
                     window: SpinWindow::new(state.poll.max()),
                     idle_since: None,
+                    stall: StallWatch::default(),
+                    timer: None,
                 })
             })
             .collect();
@@ -203,6 +210,64 @@ impl FunctionBackend {
                 );
             }
         }
+    }
+
+    /// Gives every queue worker (one per epoll handler, in queue order) a
+    /// timer that serves requests whose kick got lost.
+    pub fn watch_notifications(
+        &self,
+        handlers: &[Arc<VringEpollHandler<FunctionBackend>>],
+    ) -> io::Result<()> {
+        for (handler, worker) in handlers.iter().zip(&self.session.workers) {
+            let timer = WatchTimer::new(PERIOD)?;
+            handler.register_listener(timer.as_raw_fd(), EventSet::IN, self.watch_event())?;
+            worker.lock().unwrap_or_else(|e| e.into_inner()).timer = Some(timer);
+        }
+        Ok(())
+    }
+
+    /// The epoll token of the watch timers: the first one the library
+    /// leaves to backends (queues and its own events come before).
+    fn watch_event(&self) -> u64 {
+        u64::from(self.session.state.num_queues) + 1
+    }
+
+    /// A watch-timer tick: serves the queue if requests have waited a
+    /// whole period without a kick.
+    fn watch_tick(&self, vring: &Vring, queue: u16) {
+        let Some(worker) = self.session.workers.get(queue as usize) else {
+            return;
+        };
+        let stalled = {
+            let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(timer) = worker.timer.as_mut() {
+                timer.consume();
+            }
+            worker.stall.tick(self.unserved(vring))
+        };
+        if stalled {
+            if self.session.state.log.allow() {
+                warn!(
+                    "{} queue {queue}: requests waited {PERIOD:?} without a notification; serving them",
+                    self.session.state.name()
+                );
+            }
+            self.process_queue(vring, queue);
+        }
+    }
+
+    /// The queue's next_avail if its avail ring holds requests not taken
+    /// yet; `None` if it holds none or the queue is not running.
+    fn unserved(&self, vring: &Vring) -> Option<u16> {
+        let state = vring.get_ref();
+        let queue = state.get_queue();
+        if !state.is_enabled() || !queue.ready() {
+            return None;
+        }
+        let avail = queue
+            .avail_idx(&*self.session.mem.memory(), Ordering::Acquire)
+            .ok()?;
+        (avail.0 != queue.next_avail()).then_some(queue.next_avail())
     }
 
     /// Serves every available request of one queue, in bounded batches: the
@@ -492,9 +557,14 @@ impl VhostUserBackend for FunctionBackend {
             return Ok(());
         }
         // One queue per thread: the thread index is the queue index.
-        let (Some(vring), Ok(queue)) =
-            (vrings.get(device_event as usize), u16::try_from(thread_id))
-        else {
+        let queue = u16::try_from(thread_id);
+        if u64::from(device_event) == self.watch_event() {
+            if let (Some(vring), Ok(queue)) = (vrings.first(), queue) {
+                self.watch_tick(vring, queue);
+            }
+            return Ok(());
+        }
+        let (Some(vring), Ok(queue)) = (vrings.get(device_event as usize), queue) else {
             return Ok(());
         };
         // Never return an error: it would end this queue's worker thread.
@@ -760,6 +830,50 @@ mod tests {
                 "notifications are back on once the worker sleeps"
             );
         }
+    }
+
+    #[test]
+    fn requests_whose_kick_was_lost_are_served_by_the_watch_timer() {
+        for event_idx in [true, false] {
+            let (backend, mem) =
+                backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+            let (vring, mut driver) = Driver::new(&mem, event_idx);
+            let interrupts = interrupt_counter(&vring);
+            backend.watch_tick(&vring, 0);
+            // Published and kicked, but the kick never reached the worker.
+            assert!(driver.submit(event_idx));
+            backend.watch_tick(&vring, 0);
+            assert_eq!(driver.used_idx(), 0, "its kick may still be on its way");
+            backend.watch_tick(&vring, 0);
+            assert_eq!(driver.used_idx(), 1, "a period without a kick: served");
+            assert_eq!(driver.status(0), 0);
+            assert!(interrupts.count() >= 1, "and the driver is told");
+            // Notifications are back on: the next request kicks as usual.
+            assert!(driver.submit(event_idx), "event_idx={event_idx}");
+        }
+    }
+
+    #[test]
+    fn the_watch_timer_leaves_stopped_and_disabled_queues_alone() {
+        let (watched, mem) = backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+        let (vring, mut driver) = Driver::new(&mem, true);
+        driver.submit(true);
+        vring.set_enabled(false);
+        for _ in 0..3 {
+            watched.watch_tick(&vring, 0);
+        }
+        assert_eq!(driver.used_idx(), 0, "disabled");
+        vring.set_enabled(true);
+        vring.set_queue_ready(false);
+        for _ in 0..3 {
+            watched.watch_tick(&vring, 0);
+        }
+        assert_eq!(driver.used_idx(), 0, "stopped (GET_VRING_BASE)");
+        // A queue without memory or rings yet is not an error either.
+        let (idle, _) = backend(Function::Vsic(0), 1);
+        let unset = <Vring as VringT<GuestMemory>>::new(idle.session.mem.clone(), 16).unwrap();
+        idle.watch_tick(&unset, 0);
+        idle.watch_tick(&unset, 7);
     }
 
     #[test]

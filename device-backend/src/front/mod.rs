@@ -5,6 +5,7 @@
 //! * [`backend`]: the `VhostUserBackend` of a function: features, config
 //!   space, one worker thread per queue.
 //! * [`poll`]: polling a queue's ring for a while before sleeping.
+//! * [`notify_watch`]: serving requests whose queue notification got lost.
 //! * [`request`]: pure parsing of virtio-blk descriptor chains.
 //! * [`execute`]: running a parsed request against the device, status and
 //!   used length.
@@ -17,6 +18,7 @@ pub mod channel;
 pub mod config_space;
 pub mod device;
 pub mod execute;
+pub mod notify_watch;
 pub mod poll;
 pub mod request;
 pub mod server;

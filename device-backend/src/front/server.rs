@@ -163,6 +163,10 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
                 continue;
             }
         };
+        if let Err(e) = backend.watch_notifications(&daemon.get_epoll_handlers()) {
+            // Still usable: only a lost kick would no longer be recovered.
+            warn!("{name}: cannot watch for lost queue notifications: {e}");
+        }
         if let Err(e) = daemon.start(&mut listener) {
             warn!("{name}: accepting a frontend failed: {e}");
             backend.stop_workers();
@@ -261,6 +265,160 @@ mod tests {
         assert!(err.contains("another process"), "{err}");
         front.shutdown();
         assert!(!config.socket_path(Function::Pf).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A driver's view of one 16-entry split virtqueue in a memfd that
+    /// it shares with the daemon, as a VMM would.
+    struct SharedQueue {
+        mem: std::fs::File,
+        published: u16,
+    }
+
+    impl SharedQueue {
+        const SIZE: u16 = 16;
+        /// Where the VMM pretends to have the memory mapped.
+        const VMM_BASE: u64 = 0x7000_0000;
+        const DESC: u64 = 0x0;
+        const AVAIL: u64 = 0x1000;
+        const USED: u64 = 0x2000;
+
+        /// Connects a frontend to `path` and starts queue 0 of it.
+        fn start(path: &Path) -> (Frontend, SharedQueue, vmm_sys_util::eventfd::EventFd) {
+            use std::os::fd::{AsRawFd, FromRawFd};
+            use vhost::{VhostUserMemoryRegionInfo, VringConfigData};
+            use vmm_sys_util::eventfd::EventFd;
+
+            // SAFETY: memfd_create with a valid name; the result is checked.
+            let fd = unsafe { libc::memfd_create(c"vsicd-test".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(fd >= 0);
+            // SAFETY: a fresh descriptor owned by nobody else.
+            let mem = unsafe { std::fs::File::from_raw_fd(fd) };
+            mem.set_len(1 << 20).unwrap();
+            let mut fe = Frontend::connect(path, 1).unwrap();
+            fe.set_owner().unwrap();
+            let features = fe.get_features().unwrap();
+            let wanted = (1u64 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1)
+                | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            fe.set_features(features & wanted).unwrap();
+            fe.set_protocol_features(VhostUserProtocolFeatures::MQ)
+                .unwrap();
+            let region = VhostUserMemoryRegionInfo {
+                guest_phys_addr: 0,
+                memory_size: 1 << 20,
+                userspace_addr: Self::VMM_BASE,
+                mmap_offset: 0,
+                mmap_handle: mem.as_raw_fd(),
+            };
+            fe.set_mem_table(&[region]).unwrap();
+            fe.set_vring_num(0, Self::SIZE).unwrap();
+            let rings = VringConfigData {
+                queue_max_size: Self::SIZE,
+                queue_size: Self::SIZE,
+                flags: 0,
+                desc_table_addr: Self::VMM_BASE + Self::DESC,
+                used_ring_addr: Self::VMM_BASE + Self::USED,
+                avail_ring_addr: Self::VMM_BASE + Self::AVAIL,
+                log_addr: None,
+            };
+            fe.set_vring_addr(0, &rings).unwrap();
+            fe.set_vring_base(0, 0).unwrap();
+            let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            fe.set_vring_call(0, &call).unwrap();
+            let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            fe.set_vring_kick(0, &kick).unwrap();
+            fe.set_vring_enable(0, true).unwrap();
+            (fe, SharedQueue { mem, published: 0 }, kick)
+        }
+
+        fn put(&self, addr: u64, bytes: &[u8]) {
+            std::os::unix::fs::FileExt::write_all_at(&self.mem, bytes, addr).unwrap();
+        }
+
+        fn get<const N: usize>(&self, addr: u64) -> [u8; N] {
+            let mut buf = [0u8; N];
+            std::os::unix::fs::FileExt::read_exact_at(&self.mem, &mut buf, addr).unwrap();
+            buf
+        }
+
+        /// Publishes a 512-byte read of sector `n` in descriptors 3n..3n+2
+        /// (no kick: that is up to the caller).
+        fn publish_read(&mut self, n: u16) {
+            let base = 0x10000 + u64::from(n) * 0x1000;
+            let mut header = [0u8; 16];
+            header[8..].copy_from_slice(&u64::from(n).to_le_bytes());
+            self.put(base, &header); // type 0: VIRTIO_BLK_T_IN
+            self.put(base + 0x400, &[0xff]);
+            let chain = [
+                (base, 16u32, 1u16),
+                (base + 0x100, 512, 1 | 2),
+                (base + 0x400, 1, 2),
+            ];
+            for (i, (addr, len, flags)) in chain.into_iter().enumerate() {
+                let index = 3 * n + i as u16;
+                let mut desc = [0u8; 16];
+                desc[0..8].copy_from_slice(&addr.to_le_bytes());
+                desc[8..12].copy_from_slice(&len.to_le_bytes());
+                desc[12..14].copy_from_slice(&flags.to_le_bytes());
+                desc[14..16].copy_from_slice(&(index + 1).to_le_bytes());
+                self.put(Self::DESC + u64::from(index) * 16, &desc);
+            }
+            let slot = Self::AVAIL + 4 + u64::from(self.published % Self::SIZE) * 2;
+            self.put(slot, &(3 * n).to_le_bytes());
+            self.published += 1;
+            self.put(Self::AVAIL + 2, &self.published.to_le_bytes());
+        }
+
+        fn used_idx(&self) -> u16 {
+            u16::from_le_bytes(self.get(Self::USED + 2))
+        }
+
+        /// Waits up to `limit` for the used index to reach `n`.
+        fn wait_used(&self, n: u16, limit: Duration) -> bool {
+            let deadline = std::time::Instant::now() + limit;
+            while self.used_idx() != n {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn serves_requests_whose_kick_never_arrived() {
+        let _serial = crate::front::tests::SOCKET_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = test_dir("lost-kick");
+        let config = FrontConfig {
+            socket_dir: dir.clone(),
+            vsics: 1,
+            queues_per_vsic: 1,
+            poll_max: Duration::ZERO,
+        };
+        let front = Front::start(config.clone(), Arc::new(FakeDevice::new())).unwrap();
+        let (_fe, mut queue, kick) = SharedQueue::start(&config.socket_path(Function::Vsic(0)));
+        // A kicked request first: the worker is up and asleep afterwards.
+        queue.publish_read(0);
+        kick.write(1).unwrap();
+        assert!(
+            queue.wait_used(1, Duration::from_secs(5)),
+            "kicked request not served"
+        );
+        // The next request's kick is lost on the way (as when QEMU's TCG
+        // sends a notify write to the wrong device).
+        queue.publish_read(1);
+        assert!(
+            queue.wait_used(2, Duration::from_secs(5)),
+            "a request without a kick waited forever"
+        );
+        let status: [u8; 1] = queue.get(0x11400);
+        assert_eq!(status, [0], "served as a normal read");
+        let data: [u8; 4] = queue.get(0x11100);
+        assert_eq!(data, [10, 11, 12, 13], "sector 1 of the fake disk");
+        front.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -39,7 +39,11 @@ vsic_qemu_args() {
         # Interrupt remapping needs the split irqchip under KVM.
         out+=(-accel kvm -cpu host -machine q35,kernel-irqchip=split,memory-backend=mem)
     else
-        out+=(-accel tcg -cpu max -machine q35,memory-backend=mem)
+        # One TCG thread for all vCPUs: with one thread per vCPU, QEMU 10.0
+        # sometimes sends a guest MMIO write to the wrong device while another
+        # vCPU changes the memory map (every VFIO open or close of a function
+        # does), losing queue kicks or interrupt EOIs and hanging the guest.
+        out+=(-accel tcg,thread=single -cpu max -machine q35,memory-backend=mem)
     fi
     out+=(
         -m "$VSIC_MEMORY" -smp "$VSIC_SMP"

@@ -286,8 +286,10 @@ impl FunctionBackend {
         let worker = &mut *worker;
         let woke = Instant::now();
         let mut served_any = false;
+        // Rounds in a row in which the ring claimed requests but yielded none.
+        let mut phantom_rounds = 0;
         loop {
-            match self.run_batch(vring, queue, &mut worker.scratch) {
+            let served_now = match self.run_batch(vring, queue, &mut worker.scratch) {
                 (_, BatchEnd::Failed) => return,
                 (_, BatchEnd::Full) => {
                     served_any = true;
@@ -304,13 +306,31 @@ impl FunctionBackend {
                         }
                     }
                     served_any |= served > 0;
+                    served
                 }
-            }
+            };
             if served_any && self.poll_for_more(vring, worker.window.current()) {
                 continue;
             }
             match self.enable_notification(vring, queue) {
-                Some(true) => continue, // more arrived while notifications were off
+                Some(true) if served_now == 0 && phantom_rounds > 0 => {
+                    // Twice the ring said requests were waiting and twice
+                    // none could be taken: the driver put its avail index
+                    // further ahead than the ring is long. Sleep until its
+                    // next kick instead of spinning on a broken ring.
+                    if self.session.state.log.allow() {
+                        warn!(
+                            "{} queue {queue}: the driver's avail index runs ahead of the ring; waiting for its next kick",
+                            self.session.state.name()
+                        );
+                    }
+                    break;
+                }
+                Some(true) => {
+                    // More arrived while notifications were off.
+                    phantom_rounds = if served_now == 0 { phantom_rounds + 1 } else { 0 };
+                    continue;
+                }
                 Some(false) => break,
                 None => return,
             }
@@ -829,6 +849,32 @@ mod tests {
                 driver.submit(event_idx),
                 "notifications are back on once the worker sleeps"
             );
+        }
+    }
+
+    #[test]
+    fn an_avail_index_beyond_the_ring_does_not_keep_the_worker_spinning() {
+        for event_idx in [true, false] {
+            let (backend, mem) =
+                backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+            let (vring, mut driver) = Driver::new(&mem, event_idx);
+            driver.submit(event_idx);
+            backend.process_queue(&vring, 0);
+            assert_eq!(driver.used_idx(), 1);
+            // A broken driver claims far more requests than the ring holds.
+            driver.put(Driver::AVAIL + 2, 1u16 + 3 * Driver::SIZE);
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let worker = std::thread::spawn(move || {
+                backend.process_queue(&vring, 0);
+                done_tx.send(()).ok();
+                (backend, vring)
+            });
+            assert!(
+                done_rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+                "the worker went back to sleep instead of spinning, event_idx={event_idx}"
+            );
+            let _ = worker.join();
+            assert_eq!(driver.used_idx(), 1, "nothing was made up from the bogus index");
         }
     }
 

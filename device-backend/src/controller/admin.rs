@@ -1,14 +1,19 @@
 //! Admin commands: decoding, validation in a fixed order (command, opcode,
-//! flags, payload size, response capacity, arguments), execution and
-//! commit. A state-changing command builds the new pool state on a copy,
-//! commits it, and only then makes it current: a failed commit leaves the
-//! controller exactly as it was (status MetadataIo).
+//! reserved arguments, flags, payload size, response capacity, arguments),
+//! execution and commit. A state-changing command builds the new pool
+//! state on a copy, commits it, and only then makes it current: a refused
+//! commit leaves the controller exactly as it was (status MetadataIo); a
+//! commit that failed on some drive is settled as done or as certainly not
+//! applied.
 //!
 //! Conventions the device follows:
 //! - `payload_len` must equal the payload-out bytes received, and both must
 //!   be what the opcode takes (64 for a token, else 0): BadPayloadSize.
+//! - The reserved fields (arg2, arg3, and the u64 at offset 56, checked by
+//!   the decoder) must be zero: InvalidArgument.
 //! - FLAG_READ_ONLY is accepted by Attach and CapDerive only; any flag on
-//!   another opcode is UnknownFlags. Fields an opcode does not use are ignored.
+//!   another opcode is UnknownFlags. Other fields an opcode does not use
+//!   (vsic, slot, arg0, arg1) are ignored.
 //! - Sizes are rounded up to whole extents: 0 is ZeroSize, above the window
 //!   size TooLarge. Extend must grow and shrink must shrink the rounded size
 //!   (else InvalidArgument); a shrink to a non-zero size below one extent is
@@ -55,6 +60,9 @@ struct Done {
 }
 
 type Outcome = Result<Done, Refusal>;
+
+/// Arguments no opcode uses (arg2, arg3): reserved, must be zero.
+const RESERVED_ARGS: std::ops::RangeFrom<usize> = 2..;
 
 /// Flags each opcode accepts.
 fn allowed_flags(op: Opcode) -> u32 {
@@ -153,6 +161,9 @@ impl Controller {
         let Some(op) = cmd.opcode() else {
             return reply(Err(AdminStatus::UnknownOpcode.into()));
         };
+        if cmd.args[RESERVED_ARGS].iter().any(|&a| a != 0) {
+            return reply(Err(AdminStatus::InvalidArgument.into()));
+        }
         if cmd.flags & !allowed_flags(op) != 0 {
             return reply(Err(AdminStatus::UnknownFlags.into()));
         }
@@ -188,7 +199,10 @@ impl Controller {
 
     /// Commits `next` and makes it current; returns the VSICs whose slot-0
     /// capacity changed. On failure nothing changes (status MetadataIo, or
-    /// NoSpace when the metadata would not fit in its slot).
+    /// NoSpace when the metadata would not fit in its slot). A write that
+    /// failed on some drive is settled one way or the other by
+    /// [`Self::settle_failed_commit`], so the reply always matches what
+    /// the next start loads.
     pub(super) fn commit(&self, plane: &mut AdminPlane, next: PoolState) -> Result<Vec<u32>, AdminStatus> {
         if next == plane.state {
             return Ok(Vec::new());
@@ -197,20 +211,50 @@ impl Controller {
             Ok(_) => {}
             Err(CommitError::TooLarge) => return Err(AdminStatus::NoSpace),
             Err(CommitError::Io(e)) => {
-                log::error!("metadata commit failed: {e}; the command is refused");
-                // Some drives may now hold the refused state: write the old
-                // one again under a newer generation so it cannot come back.
-                let current = plane.state.clone();
-                if let Err(e) = plane.store.commit(&current) {
-                    log::error!("re-committing the previous metadata failed too: {e:?}");
-                }
-                return Err(AdminStatus::MetadataIo);
+                log::error!("metadata commit failed: {e}");
+                Self::settle_failed_commit(plane, &next)?;
             }
         }
         let old = std::mem::replace(&mut plane.state, next);
         let changed = runtime::reconcile(&self.vsics, &mut plane.handles, Some(&old), &plane.state);
         self.zero_pending(plane);
         Ok(changed)
+    }
+
+    /// Decides the outcome of a commit of `next` that failed on some drive
+    /// and may have reached others (see "Failed commit" in `metadata`):
+    /// `Err(MetadataIo)` when the previous state is certain to stay,
+    /// `Ok` when `next` is (the caller then makes it current).
+    fn settle_failed_commit(plane: &mut AdminPlane, next: &PoolState) -> Result<(), AdminStatus> {
+        // A newer generation holding the previous state, on any one drive,
+        // keeps the failed change from coming back.
+        let current = plane.state.clone();
+        if Self::commit_landed(plane, &current, "re-committing the previous metadata") {
+            log::error!("the command is refused; the previous metadata stays");
+            return Err(AdminStatus::MetadataIo);
+        }
+        // No drive took the previous state: only going forward can decide.
+        if Self::commit_landed(plane, next, "committing the command's metadata again") {
+            log::warn!("the command's metadata reached the drives on a second attempt: it is done");
+            return Ok(());
+        }
+        log::error!(
+            "no drive accepts metadata writes: the command is refused, but the next start may load it; \
+             the next successful commit settles it"
+        );
+        Err(AdminStatus::MetadataIo)
+    }
+
+    /// Commits `state`; true when it reached at least one drive.
+    fn commit_landed(plane: &mut AdminPlane, state: &PoolState, what: &str) -> bool {
+        match plane.store.commit(state) {
+            Ok(_) => true,
+            Err(CommitError::Io(e)) => {
+                log::error!("{what} failed on some drive: {e}");
+                plane.store.newest_landed()
+            }
+            Err(CommitError::TooLarge) => false,
+        }
     }
 
     /// Zeroes the extents on the pending list, then commits them as free.

@@ -73,8 +73,18 @@
 //! every drive has it. **Open** reads both slots of every drive, ignores
 //! any whose magic, version, pool id or checksum is wrong, and takes the
 //! newest generation; a torn write therefore falls back to the previous
-//! generation. If a commit fails, the old state is re-committed under a
-//! newer generation (best effort) so the failed change cannot reappear.
+//! generation.
+//!
+//! **Failed commit**: open loads the highest generation that reached any
+//! one drive, so a commit that reached some drives but not all is decided
+//! by what is written next. The device re-commits the previous state under
+//! a newer generation: if that reaches at least one drive, the command is
+//! refused (metadata-io) and certainly not applied. If it reaches none, the
+//! device commits the command's state again, under a newer generation
+//! still: if that reaches a drive, the command is reported done. Only when
+//! no drive accepts either write is the outcome at the next start unknown
+//! (metadata-io, logged as such); the next successful commit, built on the
+//! previous state, settles it.
 //!
 //! A drive whose first MiB is all zero is blank and gets formatted
 //! (together with every other drive: all drives of a pool are formatted at
@@ -431,12 +441,23 @@ pub struct MetaStore {
     /// Tests: how many upcoming commits fail as if a drive returned EIO.
     #[cfg(test)]
     pub fail_commits: u32,
+    /// Tests: for each upcoming commit, the drives (by index) whose write
+    /// fails as if they returned EIO; the other drives are written.
+    #[cfg(test)]
+    pub fail_on_drives: std::collections::VecDeque<Vec<usize>>,
 }
 
 impl MetaStore {
     /// Newest generation written (committed, or attempted and failed).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether the newest generation written reached at least one drive
+    /// (written and synced). If so, `open` loads it: it is the highest
+    /// generation that exists anywhere.
+    pub fn newest_landed(&self) -> bool {
+        self.slot_gens.iter().flatten().any(|&g| g == self.generation)
     }
 
     fn slot_capacity(&self) -> u64 {
@@ -461,13 +482,18 @@ impl MetaStore {
         let pool_id = self.superblocks.first().map(|s| s.pool_id).unwrap_or_default();
         let bytes = encode_slot(generation, &pool_id, &body);
         let mut result = Ok(generation);
+        #[cfg(test)]
+        let failing = self.fail_on_drives.pop_front().unwrap_or_default();
         for (i, drive) in self.drives.iter().enumerate() {
             let (Some(sb), Some(gens)) = (self.superblocks.get(i), self.slot_gens.get_mut(i)) else {
                 continue;
             };
             let slot = if gens[0] <= gens[1] { 0 } else { 1 };
             gens[slot] = 0;
-            match drive.write_all_at(&bytes, sb.slot_offset(slot)).and_then(|_| drive.sync()) {
+            let write = || drive.write_all_at(&bytes, sb.slot_offset(slot)).and_then(|_| drive.sync());
+            #[cfg(test)]
+            let write = || if failing.contains(&i) { Err(std::io::Error::other("injected drive failure")) } else { write() };
+            match write() {
                 Ok(()) => gens[slot] = generation,
                 Err(e) => {
                     log::error!("metadata commit {generation} to {} failed: {e}", drive.path().display());
@@ -605,6 +631,8 @@ fn format_pool(drives: &[Arc<Drive>], extent_size: u64, vsics: usize) -> Result<
         generation: 0,
         #[cfg(test)]
         fail_commits: 0,
+        #[cfg(test)]
+        fail_on_drives: Default::default(),
     };
     store.commit(&state).map_err(|e| format!("cannot write the first metadata commit: {e:?}"))?;
     log::info!(
@@ -692,6 +720,8 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
         generation: max_gen,
         #[cfg(test)]
         fail_commits: 0,
+        #[cfg(test)]
+        fail_on_drives: Default::default(),
     };
     log::info!("loaded pool metadata generation {generation} from {}", drives[drive].path().display());
     Ok((state, store))

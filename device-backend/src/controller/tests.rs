@@ -18,6 +18,14 @@ use super::{AdminReply, Controller, ControllerConfig, DriveSpec, IoError, IoKind
 mod rng;
 use rng::Rng;
 
+#[path = "tests_lifecycle.rs"]
+mod lifecycle;
+
+// Which block device the block-device test may destroy, shared with the
+// end-to-end tests.
+#[path = "../../tests/common/block_device.rs"]
+mod block_device;
+
 const ES: u64 = 64 << 10;
 const DRIVE_SIZE: u64 = 8 << 20;
 
@@ -923,16 +931,14 @@ fn admin_never_panics_on_garbage() {
 }
 
 /// Runs the controller on a real block device (BLKGETSIZE64, BLKZEROOUT).
-/// Destroys the device's contents, so it only runs when asked:
-/// `VSICD_TEST_BLOCK_DEVICE=/dev/loopN cargo test -p vsicd -- --ignored block_device`.
+/// Destroys the device's contents: ci/test.sh gives it a loop device;
+/// elsewhere `VSICD_TEST_BLOCK_DEVICE=/dev/loopN cargo test -p vsicd block_device`
+/// (see `tests/common/block_device.rs`).
 #[test]
-#[ignore]
 fn block_device_pool() {
-    let Some(dev) = std::env::var_os("VSICD_TEST_BLOCK_DEVICE") else { return };
-    let dev = PathBuf::from(dev);
+    let Some(dev) = block_device::test_block_device() else { return };
     // Start blank, as a fresh disk would be.
-    let zero = vec![0u8; 1 << 20];
-    std::fs::write(&dev, &zero).unwrap();
+    block_device::wipe_start(&dev);
     let cfg = || ControllerConfig { drives: vec![DriveSpec { path: dev.clone(), size: None }], ..config_for(&[]) };
     {
         let c = Controller::open(cfg()).unwrap();

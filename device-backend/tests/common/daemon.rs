@@ -55,6 +55,9 @@ pub struct Setup {
     pub queues: u16,
     /// Size of each drive file, one entry per drive.
     pub drives: Vec<&'static str>,
+    /// Existing drives (block devices) given by path; when not empty they
+    /// replace the drive files of `drives`.
+    pub devices: Vec<PathBuf>,
     pub extent_size: &'static str,
     pub write_through: bool,
 }
@@ -65,6 +68,7 @@ impl Default for Setup {
             vsics: 4,
             queues: 4,
             drives: vec!["64M", "64M"],
+            devices: Vec::new(),
             extent_size: "1M",
             write_through: false,
         }
@@ -131,11 +135,16 @@ impl Daemon {
         let log = fs::File::create(&log_path).expect("create daemon log");
         let mut cmd = Command::new(vsicd_binary());
         cmd.arg("--socket-dir").arg(self.dir.path("sockets"));
-        for (n, size) in self.setup.drives.iter().enumerate() {
-            cmd.arg("--drive").arg(format!(
-                "{},size={size}",
-                self.dir.path(&format!("drive{n}.img")).display()
-            ));
+        if self.setup.devices.is_empty() {
+            for (n, size) in self.setup.drives.iter().enumerate() {
+                cmd.arg("--drive").arg(format!(
+                    "{},size={size}",
+                    self.dir.path(&format!("drive{n}.img")).display()
+                ));
+            }
+        }
+        for device in &self.setup.devices {
+            cmd.arg("--drive").arg(device);
         }
         cmd.args([
             "--vsics",
@@ -184,8 +193,30 @@ impl Daemon {
         }
     }
 
+    /// Clean stop: SIGTERM, then waits (at most `timeout`) for the exit.
+    /// Returns whether the daemon exited with status 0 in time.
+    pub fn stop(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + timeout;
+        while sent && Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// Kills the daemon (if running) and starts it again on the same
-    /// drives, as after a crash.
+    /// drives, as after a crash (or after [`Daemon::stop`]).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();

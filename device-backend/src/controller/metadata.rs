@@ -70,10 +70,10 @@
 //! **Commit**: the whole body is written, with generation = previous + 1,
 //! into the slot holding the older (or an invalid) generation on every
 //! drive, each followed by fdatasync; the command completes only after
-//! every drive has it. **Open** reads both slots of every drive, ignores
-//! any whose magic, version, pool id or checksum is wrong, and takes the
-//! newest generation; a torn write therefore falls back to the previous
-//! generation.
+//! every drive has it (after a drive failure, see below). **Open** reads
+//! both slots of every drive, ignores any whose magic, version, pool id
+//! or checksum is wrong, and takes the newest generation; a torn write
+//! therefore falls back to the previous generation.
 //!
 //! **Failed commit**: open loads the highest generation that reached any
 //! one drive, so a commit that reached some drives but not all is decided

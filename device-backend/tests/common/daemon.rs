@@ -2,8 +2,9 @@
 //! on scratch drive files, its sockets and logs. Every wait is bounded and
 //! every daemon is killed when its handle drops.
 //!
-//! vsicctl's tests include this file by path, so it uses std only; what a
-//! test suite adds on top (clients, command runs) lives in its own harness.
+//! vsicctl's tests include this file by path, so it uses std and libc only
+//! (both packages depend on libc); what a test suite adds on top (clients,
+//! command runs) lives in its own harness.
 
 #![allow(dead_code)] // each test suite uses a different part of the harness
 
@@ -199,10 +200,9 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) } == 0;
         let deadline = Instant::now() + timeout;
         while sent && Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {

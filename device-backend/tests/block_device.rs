@@ -1,7 +1,7 @@
 //! `vsicd` on a real block device (a loop device under ci/test.sh): the
 //! pool is formatted on it, a VSA written through a VSIC survives a crash
-//! restart (after FLUSH) and a clean stop (SIGTERM), and reads back the
-//! same. Destroys the device's contents; see `common::test_block_device`
+//! restart (after FLUSH) and a clean stop (SIGTERM, with every VSIC
+//! disabled), and reads back the same. Destroys the device's contents; see `common::test_block_device`
 //! for when it runs.
 
 mod common;
@@ -50,15 +50,23 @@ fn vsicd_keeps_vsas_and_data_on_a_block_device_across_restarts() {
         );
         let io = d.open_vsic(0, 1, CompletionMode::Polling);
         assert_same(&read_back(&io, 0, 0, SIZE as usize), &first, "after a crash restart");
-        // Rewrite half of it without FLUSH, then stop cleanly.
+        // Rewrite half of it without FLUSH, disable every VSIC (whose FLUSH
+        // would now be refused), then stop cleanly: the shutdown syncs the
+        // drive itself, refusing nothing.
         let data = filled(&io, 0x5ec0, (SIZE / 2) as usize);
         io.write_at(0, SLOT0, SIZE / 2, &data).expect("write");
+        for vsic in 0..d.setup.vsics {
+            admin.vsic_disable(vsic).expect("disable");
+        }
         let mut want = first.clone();
         want[(SIZE / 2) as usize..].copy_from_slice(data.as_slice());
         want
     };
     assert!(d.stop(Duration::from_secs(10)), "vsicd exits cleanly on SIGTERM; log:\n{}", d.log());
+    let log = d.log();
+    assert!(!log.contains("refused"), "the shutdown was refused by a disabled VSIC; log:\n{log}");
     d.restart();
+    d.admin().vsic_enable(0).expect("enable");
     let io = d.open_vsic(0, 1, CompletionMode::Polling);
     assert_same(&read_back(&io, 0, 0, SIZE as usize), &second, "after a clean stop");
 }

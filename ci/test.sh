@@ -55,10 +55,15 @@ setup_loop_device() {
     echo "block-device tests run on $loop_dev"
 }
 
-cleanup() {
+detach_loop_device() {
     if [[ -n $loop_dev ]]; then
         $SUDO losetup -d "$loop_dev" || echo "cannot detach $loop_dev"
+        loop_dev=
     fi
+}
+
+cleanup() {
+    detach_loop_device
     rm -rf "$log_dir"
 }
 trap cleanup EXIT
@@ -108,6 +113,7 @@ start=$(now)
 CI=true timeout -k 10 "${VSIC_CARGO_TEST_TIMEOUT:-1800}" cargo test --workspace --no-fail-fast 2>&1 |
     tee "$log_dir/cargo-test.log"
 test_rc=${PIPESTATUS[0]}
+detach_loop_device
 [[ $test_rc -eq 124 ]] && echo "cargo test timed out after ${VSIC_CARGO_TEST_TIMEOUT:-1800} s"
 read -r t_pass t_fail < <(awk '
     /^test result:/ {

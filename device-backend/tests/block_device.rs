@@ -16,7 +16,9 @@ const SIZE: u64 = 4 * MIB;
 
 #[test]
 fn vsicd_keeps_vsas_and_data_on_a_block_device_across_restarts() {
-    let Some(dev) = test_block_device() else { return };
+    let Some(dev) = test_block_device() else {
+        return;
+    };
     wipe_start(&dev);
     let setup = Setup {
         devices: vec![dev.clone()],
@@ -27,8 +29,13 @@ fn vsicd_keeps_vsas_and_data_on_a_block_device_across_restarts() {
         let admin = d.admin();
         let id = admin.identify().expect("identify");
         assert_eq!(id.drives, 1, "{id:?}");
-        assert!(id.free_extents * id.extent_size >= 2 * SIZE, "room for the test VSA: {id:?}");
-        let v = admin.vsa_create(SIZE, 0).expect("create a VSA on the block device");
+        assert!(
+            id.free_extents * id.extent_size >= 2 * SIZE,
+            "room for the test VSA: {id:?}"
+        );
+        let v = admin
+            .vsa_create(SIZE, 0)
+            .expect("create a VSA on the block device");
         admin.attach(0, 0, &v.token, false).expect("attach");
         v.vsa_id
     };
@@ -49,7 +56,11 @@ fn vsicd_keeps_vsas_and_data_on_a_block_device_across_restarts() {
             "the VSA survived the restart: {vsas:?}"
         );
         let io = d.open_vsic(0, 1, CompletionMode::Polling);
-        assert_same(&read_back(&io, 0, 0, SIZE as usize), &first, "after a crash restart");
+        assert_same(
+            &read_back(&io, 0, 0, SIZE as usize),
+            &first,
+            "after a crash restart",
+        );
         // Rewrite half of it without FLUSH, disable every VSIC (whose FLUSH
         // would now be refused), then stop cleanly: the shutdown syncs the
         // drive itself, refusing nothing.
@@ -62,11 +73,22 @@ fn vsicd_keeps_vsas_and_data_on_a_block_device_across_restarts() {
         want[(SIZE / 2) as usize..].copy_from_slice(data.as_slice());
         want
     };
-    assert!(d.stop(Duration::from_secs(10)), "vsicd exits cleanly on SIGTERM; log:\n{}", d.log());
+    assert!(
+        d.stop(Duration::from_secs(10)),
+        "vsicd exits cleanly on SIGTERM; log:\n{}",
+        d.log()
+    );
     let log = d.log();
-    assert!(!log.contains("refused"), "the shutdown was refused by a disabled VSIC; log:\n{log}");
+    assert!(
+        !log.contains("refused"),
+        "the shutdown was refused by a disabled VSIC; log:\n{log}"
+    );
     d.restart();
     d.admin().vsic_enable(0).expect("enable");
     let io = d.open_vsic(0, 1, CompletionMode::Polling);
-    assert_same(&read_back(&io, 0, 0, SIZE as usize), &second, "after a clean stop");
+    assert_same(
+        &read_back(&io, 0, 0, SIZE as usize),
+        &second,
+        "after a clean stop",
+    );
 }

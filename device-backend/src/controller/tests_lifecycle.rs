@@ -11,7 +11,11 @@ use super::*;
 use crate::front::{Front, FrontConfig};
 
 fn enable(c: &Controller, vsic: u32, on: bool) {
-    let op = if on { Opcode::VsicEnable } else { Opcode::VsicDisable };
+    let op = if on {
+        Opcode::VsicEnable
+    } else {
+        Opcode::VsicDisable
+    };
     ok(run(c, op, |m| m.vsic = vsic, &[], 0));
 }
 
@@ -33,10 +37,16 @@ fn disable_waits_for_writes_in_flight() {
             let c = Arc::clone(&c);
             let started = Arc::clone(&started);
             move || {
-                let mut bufs = [pattern(LEN, round.wrapping_mul(2)), pattern(LEN, round.wrapping_mul(2) + 1)];
+                let mut bufs = [
+                    pattern(LEN, round.wrapping_mul(2)),
+                    pattern(LEN, round.wrapping_mul(2) + 1),
+                ];
                 for n in 0usize.. {
                     let buf = &mut bufs[n % 2];
-                    let iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
+                    let iov = [libc::iovec {
+                        iov_base: buf.as_mut_ptr().cast(),
+                        iov_len: buf.len(),
+                    }];
                     // SAFETY: the iovec covers `buf`, alive for the call.
                     match unsafe { c.io(0, 0, IoKind::Write, 0, &iov) } {
                         Ok(_) => started.store(true, Ordering::Release),
@@ -82,14 +92,25 @@ fn shutdown_syncs_the_drives_when_every_vsic_is_disabled() {
         queues_per_vsic: 2,
         poll_max: Duration::ZERO,
     };
-    let front = Front::start(config, Arc::clone(&c) as Arc<dyn crate::front::device::Device>).unwrap();
+    let front = Front::start(
+        config,
+        Arc::clone(&c) as Arc<dyn crate::front::device::Device>,
+    )
+    .unwrap();
     front.shutdown();
     for (n, d) in c.drives.iter().enumerate() {
-        assert!(d.syncs() > before[n], "drive {n} was not synced by the shutdown");
+        assert!(
+            d.syncs() > before[n],
+            "drive {n} was not synced by the shutdown"
+        );
     }
     for vsic in 0..4 {
         let s = vsic_stats(&c, vsic);
-        assert_eq!((s.errors, s.protection_violations), (0, 0), "VSIC {vsic} counted the shutdown as an error");
+        assert_eq!(
+            (s.errors, s.protection_violations),
+            (0, 0),
+            "VSIC {vsic} counted the shutdown as an error"
+        );
     }
 }
 
@@ -116,24 +137,46 @@ fn a_commit_that_reached_some_drives_is_done_or_certainly_not_applied() {
         let (id, t) = create(&c, 2 * ES, 2);
         let (_, other) = create(&c, ES, 0);
         ok(attach(&c, 1, 0, &other, false));
-        c.plane().store.fail_on_drives.extend(plans.iter().map(|p| p.to_vec()));
+        c.plane()
+            .store
+            .fail_on_drives
+            .extend(plans.iter().map(|p| p.to_vec()));
         let got = status(&with_token(&c, Opcode::VsaDelete, &t, 0));
-        assert!(c.plane().store.fail_on_drives.is_empty(), "case {case}: every planned commit ran");
+        assert!(
+            c.plane().store.fail_on_drives.is_empty(),
+            "case {case}: every planned commit ran"
+        );
         if let Some(want) = want {
             assert_eq!(got, *want, "case {case}");
         }
         let done = got == AdminStatus::Ok;
         let live = |c: &Controller| vsa_list(c).iter().any(|v| v.vsa_id == id);
-        assert_eq!(live(&c), !done, "case {case}: the running controller disagrees with the reply {got:?}");
+        assert_eq!(
+            live(&c),
+            !done,
+            "case {case}: the running controller disagrees with the reply {got:?}"
+        );
         // Restarted before any other commit could supersede what the drives hold.
         drop(c);
         let c = pool.open();
         c.plane().state.check().unwrap();
-        assert_eq!(live(&c), !done, "case {case}: the next start disagrees with the reply {got:?}");
-        assert_eq!(vsic_list(&c)[1].slots[0].vsa_id, other.vsa_id, "case {case}");
+        assert_eq!(
+            live(&c),
+            !done,
+            "case {case}: the next start disagrees with the reply {got:?}"
+        );
+        assert_eq!(
+            vsic_list(&c)[1].slots[0].vsa_id,
+            other.vsa_id,
+            "case {case}"
+        );
         let id_info = identify(&c);
         let used: u64 = vsa_list(&c).iter().map(|v| v.extents as u64).sum();
-        assert_eq!(id_info.free_extents + used, id_info.total_extents, "case {case}: extents leaked");
+        assert_eq!(
+            id_info.free_extents + used,
+            id_info.total_extents,
+            "case {case}: extents leaked"
+        );
         ok(run(&c, Opcode::SetQos, |m| m.args[0] = 1 << 30, &[], 0));
     }
 }
@@ -146,7 +189,11 @@ fn reserved_admin_fields_must_be_zero() {
     let pool = Pool::new("reserved", 1);
     let c = pool.open();
     let (_, t) = create(&c, ES, 0);
-    let before = (vsa_list(&c), vsic_list(&c), identify(&c).metadata_generation);
+    let before = (
+        vsa_list(&c),
+        vsic_list(&c),
+        identify(&c).metadata_generation,
+    );
     for op in Opcode::ALL {
         let payload: &[u8] = if matches!(
             op,
@@ -164,16 +211,31 @@ fn reserved_admin_fields_must_be_zero() {
         for arg in [2, 3] {
             for value in [1, u64::MAX] {
                 let r = run(&c, op, |m| m.args[arg] = value, payload, 4096);
-                assert_eq!(status(&r), AdminStatus::InvalidArgument, "{op:?} arg{arg} = {value:#x}");
+                assert_eq!(
+                    status(&r),
+                    AdminStatus::InvalidArgument,
+                    "{op:?} arg{arg} = {value:#x}"
+                );
             }
         }
         let mut raw = AdminCommand::new(op);
         raw.payload_len = payload.len() as u32;
         let mut bytes = raw.encode();
         bytes[63] = 1;
-        assert_eq!(status(&c.admin(&bytes, payload, 4096)), AdminStatus::InvalidArgument, "{op:?} reserved");
+        assert_eq!(
+            status(&c.admin(&bytes, payload, 4096)),
+            AdminStatus::InvalidArgument,
+            "{op:?} reserved"
+        );
     }
-    assert_eq!((vsa_list(&c), vsic_list(&c), identify(&c).metadata_generation), before);
+    assert_eq!(
+        (
+            vsa_list(&c),
+            vsic_list(&c),
+            identify(&c).metadata_generation
+        ),
+        before
+    );
     // The same commands with the fields zero still work.
     ok(attach(&c, 0, 0, &t, false));
 }

@@ -21,7 +21,9 @@ pub fn test_block_device() -> Option<PathBuf> {
         !in_ci,
         "CI is set but {BLOCK_DEVICE_VAR} is not: ci/test.sh sets up a loop device and names it there"
     );
-    eprintln!("skipped: set {BLOCK_DEVICE_VAR}=/dev/loopN (its contents are destroyed) to run this test");
+    eprintln!(
+        "skipped: set {BLOCK_DEVICE_VAR}=/dev/loopN (its contents are destroyed) to run this test"
+    );
     None
 }
 
@@ -33,6 +35,7 @@ pub fn wipe_start(dev: &std::path::Path) {
         .write(true)
         .open(dev)
         .unwrap_or_else(|e| panic!("open {}: {e}", dev.display()));
-    f.write_all(&vec![0u8; 1 << 20]).expect("wipe the device's first MiB");
+    f.write_all(&vec![0u8; 1 << 20])
+        .expect("wipe the device's first MiB");
     f.sync_all().expect("sync the wiped device");
 }

@@ -55,7 +55,17 @@ pub mod config {
     pub const LEN: usize = 60;
 }
 
-/// One DISCARD / WRITE_ZEROES segment (virtio 1.3, 5.2.6): 16 bytes.
+crate::layout::wire_layout! {
+    /// One DISCARD / WRITE_ZEROES segment as it travels (virtio 1.3, 5.2.6).
+    pub struct DiscardSegmentWire(16 bytes) {
+        0 => sector: crate::layout::U64,
+        8 => num_sectors: crate::layout::U32,
+        12 => flags: crate::layout::U32,
+    }
+}
+
+/// One DISCARD / WRITE_ZEROES segment, decoded: 16 bytes on the wire
+/// ([`DiscardSegmentWire`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiscardSegment {
     pub sector: u64,
@@ -64,24 +74,21 @@ pub struct DiscardSegment {
 }
 
 impl DiscardSegment {
-    pub const LEN: usize = 16;
+    pub const LEN: usize = <DiscardSegmentWire as crate::layout::Layout>::LEN;
     pub const FLAG_UNMAP: u32 = 1;
 
     pub fn decode(b: &[u8]) -> Result<Self, crate::DecodeError> {
-        crate::wire::exact(b, Self::LEN)?;
-        Ok(Self {
-            sector: crate::wire::get_u64(b, 0),
-            num_sectors: crate::wire::get_u32(b, 8),
-            flags: crate::wire::get_u32(b, 12),
-        })
+        use crate::layout::Layout;
+        let w = DiscardSegmentWire::read_exact(b)?;
+        Ok(Self { sector: w.sector.get(), num_sectors: w.num_sectors.get(), flags: w.flags.get() })
     }
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        crate::wire::put_u64(&mut b, 0, self.sector);
-        crate::wire::put_u32(&mut b, 8, self.num_sectors);
-        crate::wire::put_u32(&mut b, 12, self.flags);
-        b
+        zerocopy::transmute!(DiscardSegmentWire {
+            sector: self.sector.into(),
+            num_sectors: self.num_sectors.into(),
+            flags: self.flags.into(),
+        })
     }
 }
 

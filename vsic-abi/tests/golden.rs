@@ -100,3 +100,24 @@ fn every_layout_encodes_to_the_recorded_bytes() {
         assert_eq!(&hex(bytes), ghex, "{name}: wire bytes changed");
     }
 }
+
+#[test]
+fn virtio_config_offsets_are_the_ones_the_device_always_used() {
+    use vsic_abi::virtio::{config, REQ_HEADER_LEN, SERIAL_LEN};
+    let offsets = [
+        config::CAPACITY,
+        config::SIZE_MAX,
+        config::SEG_MAX,
+        config::BLK_SIZE,
+        config::NUM_QUEUES,
+        config::MAX_DISCARD_SECTORS,
+        config::MAX_DISCARD_SEG,
+        config::DISCARD_SECTOR_ALIGNMENT,
+        config::MAX_WRITE_ZEROES_SECTORS,
+        config::MAX_WRITE_ZEROES_SEG,
+        config::WRITE_ZEROES_MAY_UNMAP,
+        config::LEN,
+    ];
+    assert_eq!(offsets, [0, 8, 12, 20, 34, 36, 40, 44, 48, 52, 56, 60]);
+    assert_eq!((REQ_HEADER_LEN, SERIAL_LEN), (16, 20));
+}

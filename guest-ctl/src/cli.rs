@@ -300,7 +300,7 @@ pub enum CapCommand {
     },
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
+fn parse_size(text: &str) -> Result<u64, vsic_abi::units::UnitError> {
     vsic_abi::units::parse_size(text)
 }
 

@@ -87,6 +87,21 @@ impl Identify {
     }
 }
 
+/// [`VsaInfo::role`]: an ordinary VSA.
+pub const ROLE_NONE: u32 = 0;
+/// [`VsaInfo::role`]: the control plane's capability store. Only the PF
+/// sets it (VSA_SET_ROLE); at most one VSA of a controller has it.
+pub const ROLE_STORE: u32 = 1;
+
+/// Name of a role for listings; `None` for a value this build does not know.
+pub fn role_name(role: u32) -> Option<&'static str> {
+    match role {
+        ROLE_NONE => Some("none"),
+        ROLE_STORE => Some("store"),
+        _ => None,
+    }
+}
+
 /// One VSA in a LIST_VSAS reply (48 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VsaInfo {
@@ -96,6 +111,8 @@ pub struct VsaInfo {
     pub stripe: u32,
     pub live_tokens: u32,
     pub attachments: u32,
+    /// [`ROLE_NONE`] or [`ROLE_STORE`] (offset 32; older devices send 0).
+    pub role: u32,
 }
 
 impl VsaInfo {
@@ -109,6 +126,7 @@ impl VsaInfo {
         put_u32(&mut b, 20, self.stripe);
         put_u32(&mut b, 24, self.live_tokens);
         put_u32(&mut b, 28, self.attachments);
+        put_u32(&mut b, 32, self.role);
         b
     }
 
@@ -121,6 +139,7 @@ impl VsaInfo {
             stripe: get_u32(b, 20),
             live_tokens: get_u32(b, 24),
             attachments: get_u32(b, 28),
+            role: get_u32(b, 32),
         })
     }
 
@@ -400,8 +419,10 @@ mod tests {
 
     #[test]
     fn vsa_info_and_extent_runs_round_trip() {
-        let v = VsaInfo { vsa_id: 1, size: 2 << 20, extents: 2, stripe: 2, live_tokens: 1, attachments: 0 };
+        let v = VsaInfo { vsa_id: 1, size: 2 << 20, extents: 2, stripe: 2, live_tokens: 1, attachments: 0, role: ROLE_STORE };
         assert_eq!(VsaInfo::decode_array(&v.encode()).unwrap(), vec![v]);
+        assert_eq!(u32::from_le_bytes(v.encode()[32..36].try_into().unwrap()), ROLE_STORE);
+        assert_eq!((role_name(ROLE_NONE), role_name(ROLE_STORE), role_name(9)), (Some("none"), Some("store"), None));
         let r = ExtentRun { drive: 1, count: 3, first_extent: 77 };
         assert_eq!(ExtentRun::decode_array(&r.encode()).unwrap(), vec![r]);
         assert!(ExtentRun::decode_array(&[0u8; 17]).is_err());

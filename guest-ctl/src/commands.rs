@@ -8,7 +8,7 @@ use vsic_abi::units::format_size;
 use vsic_abi::CapToken;
 
 use crate::capfile::{self, Reservation};
-use crate::cli::{CapCommand, Cli, Command, StoreCommand, VsaCommand, VsicCommand};
+use crate::cli::{CapCommand, Cli, Command, StoreCommand, VsaCommand, VsaTarget, VsicCommand};
 use crate::failure::Failure;
 use crate::guest;
 use crate::pf::{self, Route};
@@ -160,21 +160,29 @@ fn vsa(client: &AdminClient, cmd: &VsaCommand) -> Result<Report, Failure> {
             force,
         } => {
             // Claim the file first: a VSA whose capability cannot be stored
-            // would be unreachable.
+            // would be unreachable. From the create to the stored file (or
+            // the undo), the signals that usually stop a tool wait.
             let reservation = claim(cap, *force)?;
-            let created = client.vsa_create(*size, *stripe).map_err(|e| {
-                Failure::admin(format!("creating a VSA of {}", format_size(*size)), e)
+            let created = with_stop_signals_held(|| {
+                let created = client.vsa_create(*size, *stripe).map_err(|e| {
+                    Failure::admin(format!("creating a VSA of {}", format_size(*size)), e)
+                })?;
+                if let Err(e) = reservation.store(&created.token) {
+                    // By id: the PF's privilege needs no token.
+                    let undo = match client.vsa_delete_by_id(created.vsa_id) {
+                        Ok(()) => "the VSA was deleted again".to_string(),
+                        Err(d) => format!(
+                            "the VSA {} could not be deleted again ({d}); delete it with `vsicctl vsa delete --id {}`",
+                            created.vsa_id, created.vsa_id
+                        ),
+                    };
+                    return Err(Failure::file(
+                        format!("writing capability file {}", cap.display()),
+                        format!("{e}; {undo}"),
+                    ));
+                }
+                Ok(created)
             })?;
-            if let Err(e) = reservation.store(&created.token) {
-                let undo = match client.vsa_delete(&created.token) {
-                    Ok(()) => "the VSA was deleted again".to_string(),
-                    Err(d) => format!("the VSA {} could not be deleted again: {d}", created.vsa_id),
-                };
-                return Err(Failure::file(
-                    format!("writing capability file {}", cap.display()),
-                    format!("{e}; {undo}"),
-                ));
-            }
             let human = format!(
                 "created VSA {} of {} ({} bytes); root capability in {}\n",
                 created.vsa_id,
@@ -187,33 +195,76 @@ fn vsa(client: &AdminClient, cmd: &VsaCommand) -> Result<Report, Failure> {
             json["cap"] = json!(cap.display().to_string());
             Ok(Report::new(human, json))
         }
-        VsaCommand::Resize { cap, size } => {
-            let token = read_cap(cap)?;
-            let context = format!("resizing VSA {} to {}", token.vsa_id, format_size(*size));
-            let new_size = client
-                .vsa_resize(&token, *size)
-                .map_err(|e| Failure::admin(context, e))?;
+        VsaCommand::Resize { target, size } => {
+            let (vsa_id, token) = vsa_target(target)?;
+            let context = format!("resizing VSA {vsa_id} to {}", format_size(*size));
+            let new_size = match &token {
+                Some(token) => client.vsa_resize(token, *size),
+                None => client.vsa_resize_by_id(vsa_id, *size),
+            }
+            .map_err(|e| Failure::admin(context, e))?;
             let human = format!(
-                "VSA {} is now {} ({new_size} bytes)\n",
-                token.vsa_id,
+                "VSA {vsa_id} is now {} ({new_size} bytes)\n",
                 format_size(new_size)
             );
             Ok(Report::new(
                 human,
-                json!({ "vsa": token.vsa_id, "size": new_size }),
+                json!({ "vsa": vsa_id, "size": new_size }),
             ))
         }
-        VsaCommand::Delete { cap } => {
-            let token = read_cap(cap)?;
-            client
-                .vsa_delete(&token)
-                .map_err(|e| Failure::admin(format!("deleting VSA {}", token.vsa_id), e))?;
+        VsaCommand::Delete { target } => {
+            let (vsa_id, token) = vsa_target(target)?;
+            match &token {
+                Some(token) => client.vsa_delete(token),
+                None => client.vsa_delete_by_id(vsa_id),
+            }
+            .map_err(|e| Failure::admin(format!("deleting VSA {vsa_id}"), e))?;
             Ok(Report::new(
-                format!("deleted VSA {}\n", token.vsa_id),
-                json!({ "vsa": token.vsa_id, "deleted": true }),
+                format!("deleted VSA {vsa_id}\n"),
+                json!({ "vsa": vsa_id, "deleted": true }),
             ))
         }
     }
+}
+
+/// The VSA a resize or delete names, with its token when named by a
+/// capability file (`None`: by id, the PF owner's privilege).
+fn vsa_target(target: &VsaTarget) -> Result<(u64, Option<CapToken>), Failure> {
+    match (&target.cap, target.id) {
+        (Some(cap), _) => {
+            let token = read_cap(cap)?;
+            Ok((token.vsa_id, Some(token)))
+        }
+        (None, Some(id)) => Ok((id, None)),
+        (None, None) => Err(Failure::usage(
+            "naming the VSA",
+            "give --cap FILE or --id ID",
+        )),
+    }
+}
+
+/// Runs `f` with SIGINT, SIGTERM, SIGHUP and SIGQUIT held back, so that an
+/// interrupt cannot stop the process between two steps that must both
+/// happen (a created VSA and its capability file); they are delivered
+/// when `f` returns.
+fn with_stop_signals_held<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut held: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to the sets above; the calls only fill them in.
+    let blocked = unsafe {
+        libc::sigemptyset(&mut held);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut held, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &held, &mut previous) == 0
+    };
+    let result = f();
+    if blocked {
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+    }
+    result
 }
 
 fn vsic(client: &AdminClient, cmd: &VsicCommand) -> Result<Report, Failure> {

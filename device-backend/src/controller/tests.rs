@@ -963,17 +963,31 @@ fn crash_child() {
     let paths: Vec<PathBuf> = (0..2).map(|i| Path::new(&dir).join(format!("drive{i}"))).collect();
     let c = Controller::open(config_for(&paths)).unwrap();
     let mut live: Vec<CapToken> = Vec::new();
+    // A store left by the previous child loses its role to the next VSA.
+    for v in vsa_list(&c).iter().filter(|v| v.role == vsic_abi::records::ROLE_STORE) {
+        ok(by_id(&c, Opcode::VsaSetRole, v.vsa_id, vsic_abi::records::ROLE_NONE as u64));
+    }
     loop {
         let (id, t) = create(&c, 2 * ES, 1 + (live.len() as u64 % 2));
         println!("created {id}");
         ok(with_token(&c, Opcode::VsaShrink, &t, ES));
         ok(with_token(&c, Opcode::VsaExtend, &t, 2 * ES));
         println!("sized {id} {}", 2 * ES);
+        // The store role moves to the newest VSA (PF privilege, by id).
+        if let Some(prev) = live.last() {
+            ok(by_id(&c, Opcode::VsaSetRole, prev.vsa_id, vsic_abi::records::ROLE_NONE as u64));
+        }
+        ok(by_id(&c, Opcode::VsaSetRole, id, vsic_abi::records::ROLE_STORE as u64));
+        println!("store {id}");
         live.push(t);
         if live.len() > 6 {
             let old = live.remove(0);
             println!("deleting {}", old.vsa_id);
-            ok(with_token(&c, Opcode::VsaDelete, &old, 0));
+            if old.vsa_id % 2 == 0 {
+                ok(by_id(&c, Opcode::VsaDeleteById, old.vsa_id, 0));
+            } else {
+                ok(with_token(&c, Opcode::VsaDelete, &old, 0));
+            }
             println!("deleted {}", old.vsa_id);
         }
     }
@@ -992,6 +1006,8 @@ fn kill_at_any_instant_loses_no_commit() {
     let mut done: BTreeMap<u64, Option<u64>> = BTreeMap::new();
     // A delete the child started: it may or may not have committed.
     let mut maybe_deleted = None;
+    // The last VSA the child reported as given the store role.
+    let mut store = None;
     for round in 0..8 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "controller::tests::crash_child", "--nocapture", "--test-threads=1"])
@@ -1015,6 +1031,7 @@ fn kill_at_any_instant_loses_no_commit() {
                 ["sized", id, size] => {
                     done.insert(id.parse().unwrap(), Some(size.parse().unwrap()));
                 }
+                ["store", id] => store = Some(id.parse::<u64>().unwrap()),
                 ["deleting", id] => maybe_deleted = Some(id.parse::<u64>().unwrap()),
                 ["deleted", id] => {
                     done.insert(id.parse().unwrap(), None);
@@ -1041,6 +1058,13 @@ fn kill_at_any_instant_loses_no_commit() {
                     assert!(got >= Some(ES), "round {round}: VSA {id} has size {got:?} (reported {size})");
                 }
             }
+        }
+        // At most one store, and none older than the last reported one
+        // (the role was moving to a newer VSA when the child died).
+        let stores: Vec<u64> = vsa_list(&c).iter().filter(|v| v.role == vsic_abi::records::ROLE_STORE).map(|v| v.vsa_id).collect();
+        assert!(stores.len() <= 1, "round {round}: several stores {stores:?}");
+        if let (Some(&got), Some(reported)) = (stores.first(), store) {
+            assert!(got >= reported, "round {round}: the store role went back from VSA {reported} to {got}");
         }
         // Nothing leaked: every extent is mapped, free or about to be zeroed.
         let used: u64 = vsas.values().map(|s| s / ES).sum();

@@ -983,7 +983,7 @@ fn crash_child() {
         if live.len() > 6 {
             let old = live.remove(0);
             println!("deleting {}", old.vsa_id);
-            if old.vsa_id % 2 == 0 {
+            if old.vsa_id.is_multiple_of(2) {
                 ok(by_id(&c, Opcode::VsaDeleteById, old.vsa_id, 0));
             } else {
                 ok(with_token(&c, Opcode::VsaDelete, &old, 0));

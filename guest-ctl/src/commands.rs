@@ -1,6 +1,7 @@
 //! Carrying out each subcommand against the PF.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use serde_json::json;
 use vsic::admin::AdminClient;
@@ -160,10 +161,10 @@ fn vsa(client: &AdminClient, cmd: &VsaCommand) -> Result<Report, Failure> {
             force,
         } => {
             // Claim the file first: a VSA whose capability cannot be stored
-            // would be unreachable. From the create to the stored file (or
+            // would be unreachable. From the claim to the stored file (or
             // the undo), the signals that usually stop a tool wait.
-            let reservation = claim(cap, *force)?;
             let created = with_stop_signals_held(|| {
+                let reservation = claim(cap, *force)?;
                 let created = client.vsa_create(*size, *stripe).map_err(|e| {
                     Failure::admin(format!("creating a VSA of {}", format_size(*size)), e)
                 })?;
@@ -243,26 +244,63 @@ fn vsa_target(target: &VsaTarget) -> Result<(u64, Option<CapToken>), Failure> {
     }
 }
 
-/// Runs `f` with SIGINT, SIGTERM, SIGHUP and SIGQUIT held back, so that an
-/// interrupt cannot stop the process between two steps that must both
-/// happen (a created VSA and its capability file); they are delivered
-/// when `f` returns.
+/// The signals that usually stop a tool (Ctrl-C, kill, a closed terminal).
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// A stop signal that arrived while held (0: none).
+static HELD_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn hold_signal(sig: libc::c_int) {
+    HELD_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// Runs `f` with the stop signals held back, so that they cannot stop the
+/// process between two steps that must both happen (a created VSA and its
+/// capability file). The calling thread blocks them, so none of its system
+/// calls is interrupted, and a handler records one that reaches another
+/// thread (the transport has its own). Once `f` returns, the previous
+/// dispositions come back and a held signal is raised again: it then does
+/// what it would have done.
 fn with_stop_signals_held<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
-    let mut held: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to the sets above; the calls only fill them in.
+    // SAFETY: sigset_t and sigaction are plain C data; every field used is
+    // set (sigemptyset, handler, flags) before the structs are passed on.
+    let (mut set, mut previous_mask): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    let mut previous: [Option<libc::sigaction>; STOP_SIGNALS.len()] = [None; STOP_SIGNALS.len()];
+    action.sa_sigaction = hold_signal as extern "C" fn(libc::c_int) as usize;
+    action.sa_flags = libc::SA_RESTART;
+    HELD_SIGNAL.store(0, Ordering::SeqCst);
+    // SAFETY: valid pointers to the structs above; the handler only stores
+    // into an atomic, which is async-signal-safe.
     let blocked = unsafe {
-        libc::sigemptyset(&mut held);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-            libc::sigaddset(&mut held, sig);
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigemptyset(&mut set);
+        for (sig, old) in STOP_SIGNALS.iter().zip(previous.iter_mut()) {
+            libc::sigaddset(&mut set, *sig);
+            let mut saved: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(*sig, &action, &mut saved) == 0 {
+                *old = Some(saved);
+            }
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &held, &mut previous) == 0
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous_mask) == 0
     };
     let result = f();
-    if blocked {
-        // SAFETY: restores the mask saved above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+    // SAFETY: restores what was saved above. A signal still pending on this
+    // thread is delivered to the restored disposition on unblocking.
+    unsafe {
+        for (sig, old) in STOP_SIGNALS.iter().zip(previous.iter()) {
+            if let Some(old) = old {
+                libc::sigaction(*sig, old, std::ptr::null_mut());
+            }
+        }
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &previous_mask, std::ptr::null_mut());
+        }
+        let held = HELD_SIGNAL.swap(0, Ordering::SeqCst);
+        if held != 0 {
+            libc::raise(held);
+        }
     }
     result
 }

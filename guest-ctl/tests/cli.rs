@@ -738,3 +738,61 @@ fn create_leaves_no_vsa_when_the_capability_file_cannot_be_written() {
     let id = d.ctl_json(&["identify"]);
     assert_eq!(id["free_extents"], id["total_extents"]);
 }
+
+#[test]
+fn create_interrupted_at_any_instant_leaves_no_orphan_vsa() {
+    let d = start_daemon();
+    let socket = d.pf_socket();
+    let spawn = |cap: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vsicctl"))
+            .args(["--vhost-user", path_str(&socket), "vsa", "create", "--size", "1M", "--cap"])
+            .arg(cap)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn vsicctl")
+    };
+    // How long one create takes here; the interrupts are spread over it.
+    let started = std::time::Instant::now();
+    let status = spawn(&d.dir.path("timing.cap")).wait().expect("wait");
+    assert!(status.success());
+    let span = started.elapsed().mul_f64(1.3);
+    const RUNS: u32 = 60;
+    for i in 0..RUNS {
+        let mut child = spawn(&d.dir.path(&format!("c{i}.cap")));
+        std::thread::sleep(span.mul_f64(f64::from(i) / f64::from(RUNS)));
+        // SAFETY: signalling our own child, which has not been waited for.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait().expect("wait");
+    }
+    // Every VSA has its capability file, and every file left is whole.
+    let (mut held, mut broken) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        let cap = d.dir.path(&format!("c{i}.cap"));
+        if let Ok(text) = fs::read_to_string(&cap) {
+            match CapToken::from_text(&text) {
+                Ok(t) => held.push(t.vsa_id),
+                Err(_) => broken.push(i),
+            }
+        }
+    }
+    held.push(read_token(&d.dir.path("timing.cap")).vsa_id);
+    held.sort();
+    let list = d.ctl_json(&["list"]);
+    let mut vsas: Vec<u64> = list["vsas"]
+        .as_array()
+        .expect("vsas")
+        .iter()
+        .filter_map(|v| v["vsa"].as_u64())
+        .collect();
+    vsas.sort();
+    let orphans: Vec<u64> = vsas.iter().copied().filter(|v| !held.contains(v)).collect();
+    assert!(
+        orphans.is_empty() && broken.is_empty(),
+        "{} interrupted creates left VSAs {orphans:?} without a capability file and \
+         capability files of runs {broken:?} empty or partial",
+        RUNS as usize + 1 - vsas.len()
+    );
+    assert_eq!(vsas, held, "capability files without a VSA");
+    assert!(vsas.len() <= RUNS as usize, "no create was interrupted: the test proved nothing");
+}

@@ -169,6 +169,34 @@ pub enum VsaCommand {
         #[command(flatten)]
         target: VsaTarget,
     },
+    /// Give a VSA a role kept by the controller (PF owner only): `store`
+    /// marks the capability store `store mount` trusts (at most one VSA),
+    /// `none` clears it. `store init` sets it itself; use this to mark a
+    /// store made before roles existed.
+    Role {
+        /// VSA id (as `vsicctl list` shows it).
+        #[arg(long, value_name = "ID")]
+        id: u64,
+        /// The role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+/// Roles `vsa role` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    None,
+    Store,
+}
+
+impl RoleArg {
+    pub fn code(self) -> u32 {
+        match self {
+            RoleArg::None => vsic_abi::records::ROLE_NONE,
+            RoleArg::Store => vsic_abi::records::ROLE_STORE,
+        }
+    }
 }
 
 /// Which VSA: by a capability, or by id with the PF owner's privilege.
@@ -370,6 +398,8 @@ mod tests {
             &["vsicctl", "vsa", "delete", "--id", "3"],
             &["vsicctl", "vsa", "resize", "--cap", "f", "--size", "1M"],
             &["vsicctl", "vsa", "resize", "--id", "3", "--size", "1M"],
+            &["vsicctl", "vsa", "role", "--id", "3", "--role", "store"],
+            &["vsicctl", "vsa", "role", "--id", "3", "--role", "none"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -378,6 +408,8 @@ mod tests {
             &["vsicctl", "vsa", "delete", "--cap", "f", "--id", "3"],
             &["vsicctl", "vsa", "resize", "--size", "1M"],
             &["vsicctl", "vsa", "delete", "--id", "x"],
+            &["vsicctl", "vsa", "role", "--id", "3", "--role", "boss"],
+            &["vsicctl", "vsa", "role", "--role", "store"],
         ] {
             assert_eq!(Cli::try_parse_from(args).unwrap_err().exit_code(), 2, "{args:?}");
         }

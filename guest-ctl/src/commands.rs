@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use serde_json::json;
 use vsic::admin::AdminClient;
+use vsic_abi::records::role_name;
 use vsic_abi::units::format_size;
 use vsic_abi::CapToken;
 
@@ -223,6 +224,16 @@ fn vsa(client: &AdminClient, cmd: &VsaCommand) -> Result<Report, Failure> {
             Ok(Report::new(
                 format!("deleted VSA {vsa_id}\n"),
                 json!({ "vsa": vsa_id, "deleted": true }),
+            ))
+        }
+        VsaCommand::Role { id, role } => {
+            let name = role_name(role.code()).unwrap_or("?");
+            client
+                .vsa_set_role(*id, role.code())
+                .map_err(|e| Failure::admin(format!("giving VSA {id} the role {name}"), e))?;
+            Ok(Report::new(
+                format!("VSA {id} has the role {name}\n"),
+                json!({ "vsa": id, "role": name }),
             ))
         }
     }

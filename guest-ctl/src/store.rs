@@ -70,7 +70,8 @@ impl std::fmt::Display for LocateError {
             LocateError::NoStore => write!(
                 f,
                 "no VSA has the store role (the controller knows of no capability store); \
-                 create one with `vsicctl store init`"
+                 create one with `vsicctl store init`, or mark a store made before roles \
+                 existed with `vsicctl vsa role --id ID --role store`"
             ),
             LocateError::NotAttached { vsa } => write!(
                 f,

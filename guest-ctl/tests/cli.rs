@@ -703,6 +703,16 @@ fn the_pf_owner_resizes_and_deletes_a_vsa_whose_capability_is_lost() {
     human.assert_success(&d.log());
     assert!(human.stdout.contains("ROLE"), "{human:#?}");
 
+    // The PF owner gives a role; list shows it; a second store is refused.
+    let marked = d.ctl_json(&["vsa", "role", "--id", &id, "--role", "store"]);
+    assert_eq!(marked["role"], "store");
+    assert_eq!(listed_vsa(&d, vsa).expect("VSA listed")["role"], "store");
+    let (other, _) = create(&d, "1M", "other.cap");
+    let other = read_token(&other).vsa_id.to_string();
+    assert_refused(&d, &["vsa", "role", "--id", &other, "--role", "store"], AdminStatus::RoleInUse);
+    d.ctl_json(&["vsa", "delete", "--id", &other]);
+    assert_refused(&d, &["vsa", "role", "--id", "77", "--role", "none"], AdminStatus::NoSuchVsa);
+
     let deleted = d.ctl_json(&["vsa", "delete", "--id", &id]);
     assert_eq!(deleted["deleted"], true);
     assert!(listed_vsa(&d, vsa).is_none(), "the VSA is still listed");

@@ -56,6 +56,18 @@ pub enum Opcode {
     /// arg0 = new size (must be smaller, at least one extent). payload out:
     /// token. result1 = size.
     VsaShrink = 0x23,
+    /// PF privilege, no token: arg0 = VSA id. Deletes it like
+    /// [`Opcode::VsaDelete`] (for a VSA whose capability is lost).
+    /// result0 = VSA id.
+    VsaDeleteById = 0x24,
+    /// PF privilege, no token: arg0 = VSA id, arg1 = new size (rounded up to
+    /// whole extents; larger extends, smaller shrinks, equal changes
+    /// nothing). result0 = VSA id, result1 = size.
+    VsaResizeById = 0x25,
+    /// PF privilege: arg0 = VSA id, arg1 = role ([`crate::records::ROLE_NONE`]
+    /// or [`crate::records::ROLE_STORE`]; at most one VSA holds the store
+    /// role). Shown in [`crate::records::VsaInfo::role`].
+    VsaSetRole = 0x26,
     /// `vsic`, `slot`, flags may hold [`FLAG_READ_ONLY`]. payload out: token.
     Attach = 0x30,
     /// `vsic`, `slot`.
@@ -81,7 +93,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    pub const ALL: [Opcode; 16] = [
+    pub const ALL: [Opcode; 19] = [
         Opcode::Identify,
         Opcode::VsicEnable,
         Opcode::VsicDisable,
@@ -89,6 +101,9 @@ impl Opcode {
         Opcode::VsaDelete,
         Opcode::VsaExtend,
         Opcode::VsaShrink,
+        Opcode::VsaDeleteById,
+        Opcode::VsaResizeById,
+        Opcode::VsaSetRole,
         Opcode::Attach,
         Opcode::Detach,
         Opcode::SetQos,
@@ -132,10 +147,11 @@ pub enum AdminStatus {
     ResponseTooSmall = 20,
     NotPf = 21,
     MetadataIo = 22,
+    RoleInUse = 23,
 }
 
 impl AdminStatus {
-    pub const ALL: [AdminStatus; 23] = [
+    pub const ALL: [AdminStatus; 24] = [
         AdminStatus::Ok,
         AdminStatus::BadMagic,
         AdminStatus::BadVersion,
@@ -159,6 +175,7 @@ impl AdminStatus {
         AdminStatus::ResponseTooSmall,
         AdminStatus::NotPf,
         AdminStatus::MetadataIo,
+        AdminStatus::RoleInUse,
     ];
 
     pub fn from_u16(v: u16) -> Option<AdminStatus> {
@@ -191,6 +208,7 @@ impl AdminStatus {
             AdminStatus::ResponseTooSmall => "response-too-small",
             AdminStatus::NotPf => "not-pf",
             AdminStatus::MetadataIo => "metadata-io",
+            AdminStatus::RoleInUse => "role-in-use",
         }
     }
 
@@ -222,6 +240,7 @@ impl AdminStatus {
             AdminStatus::ResponseTooSmall => "the response buffer is too small for the reply",
             AdminStatus::NotPf => "admin commands are only accepted on the PF",
             AdminStatus::MetadataIo => "the device could not commit its metadata to the drives",
+            AdminStatus::RoleInUse => "another VSA already has that role (clear it there first)",
         }
     }
 }

@@ -106,6 +106,21 @@ impl Identify {
     }
 }
 
+/// [`VsaInfo::role`]: an ordinary VSA.
+pub const ROLE_NONE: u32 = 0;
+/// [`VsaInfo::role`]: the control plane's capability store. Only the PF
+/// sets it (VSA_SET_ROLE); at most one VSA of a controller has it.
+pub const ROLE_STORE: u32 = 1;
+
+/// Name of a role for listings; `None` for a value this build does not know.
+pub fn role_name(role: u32) -> Option<&'static str> {
+    match role {
+        ROLE_NONE => Some("none"),
+        ROLE_STORE => Some("store"),
+        _ => None,
+    }
+}
+
 wire_layout! {
     /// One VSA in a LIST_VSAS reply as it travels (see [`VsaInfo`]).
     pub struct VsaInfoWire(48 bytes) {
@@ -115,7 +130,8 @@ wire_layout! {
         20 => stripe: U32,
         24 => live_tokens: U32,
         28 => attachments: U32,
-        32 => reserved: [u8; 16],
+        32 => role: U32,
+        36 => reserved: [u8; 12],
     }
 }
 
@@ -128,6 +144,8 @@ pub struct VsaInfo {
     pub stripe: u32,
     pub live_tokens: u32,
     pub attachments: u32,
+    /// [`ROLE_NONE`] or [`ROLE_STORE`] (offset 32; older devices send 0).
+    pub role: u32,
 }
 
 impl VsaInfo {
@@ -141,6 +159,7 @@ impl VsaInfo {
             stripe: self.stripe.into(),
             live_tokens: self.live_tokens.into(),
             attachments: self.attachments.into(),
+            role: self.role.into(),
             ..Default::default()
         })
     }
@@ -154,6 +173,7 @@ impl VsaInfo {
             stripe: w.stripe.get(),
             live_tokens: w.live_tokens.get(),
             attachments: w.attachments.get(),
+            role: w.role.get(),
         })
     }
 
@@ -490,8 +510,10 @@ mod tests {
 
     #[test]
     fn vsa_info_and_extent_runs_round_trip() {
-        let v = VsaInfo { vsa_id: 1, size: 2 << 20, extents: 2, stripe: 2, live_tokens: 1, attachments: 0 };
+        let v = VsaInfo { vsa_id: 1, size: 2 << 20, extents: 2, stripe: 2, live_tokens: 1, attachments: 0, role: ROLE_STORE };
         assert_eq!(VsaInfo::decode_array(&v.encode()).unwrap(), vec![v]);
+        assert_eq!(u32::from_le_bytes(v.encode()[32..36].try_into().unwrap()), ROLE_STORE);
+        assert_eq!((role_name(ROLE_NONE), role_name(ROLE_STORE), role_name(9)), (Some("none"), Some("store"), None));
         let r = ExtentRun { drive: 1, count: 3, first_extent: 77 };
         assert_eq!(ExtentRun::decode_array(&r.encode()).unwrap(), vec![r]);
         assert!(ExtentRun::decode_array(&[0u8; 17]).is_err());

@@ -39,7 +39,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         cache_mode: 11,
         metadata_generation: 12,
     };
-    let vsa = VsaInfo { vsa_id: 1, size: 2, extents: 3, stripe: 4, live_tokens: 5, attachments: 6 };
+    let vsa = VsaInfo { vsa_id: 1, size: 2, extents: 3, stripe: 4, live_tokens: 5, attachments: 6, role: 0 };
     let mut slots = [SlotInfo::default(); SLOTS_PER_VSIC as usize];
     for (i, s) in slots.iter_mut().enumerate() {
         *s = SlotInfo { vsa_id: 100 + i as u64, token_id: 200 + i as u32, flags: (i % 2) as u32 };

@@ -22,15 +22,19 @@
 //!   secret or rights do not match is BadToken; only a genuine revoked token
 //!   gets RevokedToken.
 //! - VSICs start enabled with empty slots. Detach needs no token (the PF is
-//!   the privileged control plane).
+//!   the privileged control plane), and neither do VsaDeleteById,
+//!   VsaResizeById and VsaSetRole: the PF owner manages every VSA by id, as
+//!   an NVMe namespace-management owner does (a VSA whose capability is lost
+//!   is never stuck). An unknown id is NoSuchVsa.
 //! - A list reply that does not fit gets ResponseTooSmall with result0 =
 //!   records and result1 = bytes needed.
 //!
 //! | opcode | result0 | result1 | payload in |
 //! |---|---|---|---|
 //! | VsaCreate | VSA id | size | root token |
-//! | VsaDelete | VSA id | - | - |
-//! | VsaExtend, VsaShrink | VSA id | new size | - |
+//! | VsaDelete, VsaDeleteById | VSA id | - | - |
+//! | VsaExtend, VsaShrink, VsaResizeById | VSA id | new size | - |
+//! | VsaSetRole | VSA id | role | - |
 //! | Attach | VSA id | VSA size | - |
 //! | Detach | VSA id that was attached | - | - |
 //! | CapDerive | VSA id | new token id | derived token |
@@ -39,7 +43,7 @@
 //! | ExtentMap | runs | VSA size | runs |
 
 use vsic_abi::admin::{ALL_VSICS, FLAGS_KNOWN, FLAG_READ_ONLY};
-use vsic_abi::records::{encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo};
+use vsic_abi::records::{encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo, ROLE_NONE, ROLE_STORE};
 use vsic_abi::window::{SLOTS_PER_VSIC, WINDOW_SHIFT, WINDOW_SIZE};
 use vsic_abi::{AdminCommand, AdminCompletion, AdminStatus, CapToken, Opcode, Rights};
 
@@ -182,6 +186,9 @@ impl Controller {
             Opcode::VsaDelete => self.vsa_delete(&mut plane, payload_out),
             Opcode::VsaExtend => self.vsa_extend(&mut plane, &cmd, payload_out),
             Opcode::VsaShrink => self.vsa_shrink(&mut plane, &cmd, payload_out),
+            Opcode::VsaDeleteById => self.vsa_delete_by_id(&mut plane, &cmd),
+            Opcode::VsaResizeById => self.vsa_resize_by_id(&mut plane, &cmd),
+            Opcode::VsaSetRole => self.vsa_set_role(&mut plane, &cmd),
             Opcode::Attach => self.attach(&mut plane, &cmd, payload_out),
             Opcode::Detach => self.detach(&mut plane, &cmd),
             Opcode::SetQos => self.set_qos(&mut plane, &cmd),
@@ -393,9 +400,22 @@ impl Controller {
 
     fn vsa_delete(&self, plane: &mut AdminPlane, token: &[u8]) -> Outcome {
         let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
+        self.delete_vsa(plane, vsa_id)
+    }
+
+    fn vsa_delete_by_id(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        self.delete_vsa(plane, cmd.args[0])
+    }
+
+    /// Deletes VSA `vsa_id` (NoSuchVsa if there is none): detaches it
+    /// everywhere, drops its role, and queues its extents for zeroing.
+    fn delete_vsa(&self, plane: &mut AdminPlane, vsa_id: u64) -> Outcome {
         let mut next = plane.state.clone();
-        let vsa = next.vsas.remove(&vsa_id).ok_or(AdminStatus::BadToken)?;
+        let vsa = next.vsas.remove(&vsa_id).ok_or(AdminStatus::NoSuchVsa)?;
         next.pending_zero.extend(vsa.extents);
+        if next.store_vsa == vsa_id {
+            next.store_vsa = 0;
+        }
         for vsic in &mut next.vsics {
             for slot in vsic.slots.iter_mut() {
                 if matches!(slot, Some(a) if a.vsa_id == vsa_id) {
@@ -410,39 +430,83 @@ impl Controller {
     fn vsa_extend(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
         let size = self.rounded_size(cmd.args[0])?;
         let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
-        let mut next = plane.state.clone();
-        let mut alloc = Allocator::build(&next);
-        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::BadToken)?;
-        if size <= vsa.size {
+        let current = plane.state.vsas.get(&vsa_id).ok_or(AdminStatus::BadToken)?.size;
+        if size <= current {
             return Err(AdminStatus::InvalidArgument.into());
         }
-        let have = vsa.extents.len();
-        let want = (size / self.config.extent_size) as usize;
-        let more = alloc.allocate(&vsa.stripe, have, want - have).map_err(|NoSpace| AdminStatus::NoSpace)?;
-        vsa.extents.extend(more);
-        vsa.size = size;
-        let changed_vsics = self.commit(plane, next)?;
-        Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
+        self.resize_vsa(plane, vsa_id, size)
     }
 
     fn vsa_shrink(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
-        let requested = cmd.args[0];
-        if requested != 0 && requested < self.config.extent_size {
-            return Err(AdminStatus::BelowMinimum.into());
-        }
-        let size = self.rounded_size(requested)?;
+        let size = self.shrink_size(cmd.args[0])?;
         let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
-        let mut next = plane.state.clone();
-        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::BadToken)?;
-        if size >= vsa.size {
+        let current = plane.state.vsas.get(&vsa_id).ok_or(AdminStatus::BadToken)?.size;
+        if size >= current {
             return Err(AdminStatus::InvalidArgument.into());
         }
-        let keep = (size / self.config.extent_size) as usize;
-        let freed = vsa.extents.split_off(keep);
+        self.resize_vsa(plane, vsa_id, size)
+    }
+
+    fn vsa_resize_by_id(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        let vsa_id = cmd.args[0];
+        let size = self.shrink_size(cmd.args[1])?;
+        if !plane.state.vsas.contains_key(&vsa_id) {
+            return Err(AdminStatus::NoSuchVsa.into());
+        }
+        self.resize_vsa(plane, vsa_id, size)
+    }
+
+    /// A requested size rounded up to whole extents, refusing a non-zero
+    /// size below one extent (BelowMinimum) as well as ZeroSize and TooLarge.
+    fn shrink_size(&self, requested: u64) -> Result<u64, AdminStatus> {
+        if requested != 0 && requested < self.config.extent_size {
+            return Err(AdminStatus::BelowMinimum);
+        }
+        self.rounded_size(requested)
+    }
+
+    /// Grows or shrinks VSA `vsa_id` to `size` (whole extents, checked by
+    /// the caller); the same size changes nothing. Shrunk extents are
+    /// queued for zeroing.
+    fn resize_vsa(&self, plane: &mut AdminPlane, vsa_id: u64, size: u64) -> Outcome {
+        let mut next = plane.state.clone();
+        let mut alloc = Allocator::build(&next);
+        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::NoSuchVsa)?;
+        let have = vsa.extents.len();
+        let want = (size / self.config.extent_size) as usize;
+        let freed = if want > have {
+            let more = alloc.allocate(&vsa.stripe, have, want - have).map_err(|NoSpace| AdminStatus::NoSpace)?;
+            vsa.extents.extend(more);
+            Vec::new()
+        } else {
+            vsa.extents.split_off(want)
+        };
         vsa.size = size;
         next.pending_zero.extend(freed);
         let changed_vsics = self.commit(plane, next)?;
         Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
+    }
+
+    /// Gives VSA arg0 the role arg1 (ROLE_NONE or ROLE_STORE). The store
+    /// role belongs to at most one VSA: RoleInUse while another has it.
+    fn vsa_set_role(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        let vsa_id = cmd.args[0];
+        let role = u32::try_from(cmd.args[1]).map_err(|_| AdminStatus::InvalidArgument)?;
+        if !plane.state.vsas.contains_key(&vsa_id) {
+            return Err(AdminStatus::NoSuchVsa.into());
+        }
+        let mut next = plane.state.clone();
+        match role {
+            ROLE_STORE if next.store_vsa != 0 && next.store_vsa != vsa_id => {
+                return Err(AdminStatus::RoleInUse.into())
+            }
+            ROLE_STORE => next.store_vsa = vsa_id,
+            ROLE_NONE if next.store_vsa == vsa_id => next.store_vsa = 0,
+            ROLE_NONE => {}
+            _ => return Err(AdminStatus::InvalidArgument.into()),
+        }
+        self.commit(plane, next)?;
+        Ok(Done { result0: vsa_id, result1: role as u64, ..Default::default() })
     }
 
     fn attach(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
@@ -538,6 +602,7 @@ impl Controller {
                 stripe: v.stripe.len() as u32,
                 live_tokens: v.live_tokens() as u32,
                 attachments: s.attachment_count(v.id) as u32,
+                role: if s.store_vsa == v.id { ROLE_STORE } else { ROLE_NONE },
             };
             out.extend_from_slice(&info.encode());
         }

@@ -41,8 +41,16 @@
 //! | 16 | generation (first commit = 1) | u64 |
 //! | 24 | body length | u64 |
 //! | 32 | pool id | 16 bytes |
-//! | 48 | reserved (0) | 48 bytes |
+//! | 48 | store VSA id (0 = none): the VSA with the capability-store role | u64 |
+//! | 56 | reserved (0) | 40 bytes |
 //! | 96 | SHA-256 of header bytes 0..96 followed by the body | 32 bytes |
+//!
+//! The store VSA id sits in bytes that earlier format-1 builds write as zero
+//! and ignore on reading; it is covered by the slot checksum like the body,
+//! so it is committed atomically with it. An older build loads such a pool
+//! (without the role) and its next commit clears the role: the store is then
+//! refused by `vsicctl store mount` until `store init`'s role is set again,
+//! never confused with another VSA.
 //! | 128 | body | body length |
 //!
 //! **Body** (one copy of the whole pool state; "runs" are `drive u32,
@@ -360,14 +368,14 @@ pub fn decode_body(b: &[u8], max_extents: u64) -> Result<PoolState, String> {
     if d.remaining() != 0 {
         return Err("metadata body has trailing bytes".into());
     }
-    let s = PoolState { extent_size, drives, next_vsa_id, vsas, vsics, pending_zero };
+    let s = PoolState { extent_size, drives, next_vsa_id, vsas, vsics, pending_zero, store_vsa: 0 };
     s.check()?;
     Ok(s)
 }
 
 // ------------------------------------------------------------- slot codec
 
-fn encode_slot(generation: u64, pool_id: &[u8; 16], body: &[u8]) -> Vec<u8> {
+fn encode_slot(generation: u64, pool_id: &[u8; 16], store_vsa: u64, body: &[u8]) -> Vec<u8> {
     let mut e = Encoder::new();
     e.bytes(SLOT_MAGIC);
     e.u32(FORMAT_VERSION);
@@ -375,7 +383,8 @@ fn encode_slot(generation: u64, pool_id: &[u8; 16], body: &[u8]) -> Vec<u8> {
     e.u64(generation);
     e.u64(body.len() as u64);
     e.bytes(pool_id);
-    e.bytes(&[0u8; 48]);
+    e.u64(store_vsa);
+    e.bytes(&[0u8; 40]);
     let mut b = e.finish();
     let sum = sha256(&[&b, body]);
     b.extend_from_slice(&sum);
@@ -383,8 +392,15 @@ fn encode_slot(generation: u64, pool_id: &[u8; 16], body: &[u8]) -> Vec<u8> {
     b
 }
 
+/// A valid commit read from a slot.
+struct SlotCommit {
+    generation: u64,
+    store_vsa: u64,
+    body: Vec<u8>,
+}
+
 /// Reads one slot; `None` when it holds no valid commit of this pool.
-fn read_slot(drive: &Drive, sb: &Superblock, slot: usize) -> Result<Option<(u64, Vec<u8>)>, String> {
+fn read_slot(drive: &Drive, sb: &Superblock, slot: usize) -> Result<Option<SlotCommit>, String> {
     let offset = sb.slot_offset(slot);
     let mut head = [0u8; SLOT_HEADER_LEN];
     drive
@@ -393,13 +409,13 @@ fn read_slot(drive: &Drive, sb: &Superblock, slot: usize) -> Result<Option<(u64,
     if &head[..8] != SLOT_MAGIC {
         return Ok(None);
     }
-    let mut d = Decoder::new(&head[8..48]);
+    let mut d = Decoder::new(&head[8..56]);
     let fields = (|| -> Result<_, Truncated> {
         let version = d.u32()?;
         d.u32()?;
-        Ok((version, d.u64()?, d.u64()?, d.array::<16>()?))
+        Ok((version, d.u64()?, d.u64()?, d.array::<16>()?, d.u64()?))
     })();
-    let Ok((version, generation, body_len, pool_id)) = fields else {
+    let Ok((version, generation, body_len, pool_id, store_vsa)) = fields else {
         return Ok(None);
     };
     if pool_id != sb.pool_id || body_len > sb.slot_len.saturating_sub(SLOT_HEADER_LEN as u64) {
@@ -418,7 +434,7 @@ fn read_slot(drive: &Drive, sb: &Superblock, slot: usize) -> Result<Option<(u64,
             drive.path().display()
         ));
     }
-    Ok(Some((generation, body)))
+    Ok(Some(SlotCommit { generation, store_vsa, body }))
 }
 
 // ------------------------------------------------------------- the store
@@ -480,7 +496,7 @@ impl MetaStore {
         }
         // Every drive of the pool carries the same pool id.
         let pool_id = self.superblocks.first().map(|s| s.pool_id).unwrap_or_default();
-        let bytes = encode_slot(generation, &pool_id, &body);
+        let bytes = encode_slot(generation, &pool_id, state.store_vsa, &body);
         let mut result = Ok(generation);
         #[cfg(test)]
         let failing = self.fail_on_drives.pop_front().unwrap_or_default();
@@ -675,33 +691,35 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
         }
     }
     let mut slot_gens = vec![[0u64; 2]; drives.len()];
-    let mut best: Option<(u64, usize, Vec<u8>)> = None;
+    let mut best: Option<(usize, SlotCommit)> = None;
     for (i, ((d, sb), gens)) in drives.iter().zip(&sbs).zip(slot_gens.iter_mut()).enumerate() {
         for (slot, slot_gen) in gens.iter_mut().enumerate() {
-            let Some((generation, body)) = read_slot(d, sb, slot)? else {
+            let Some(commit) = read_slot(d, sb, slot)? else {
                 log::info!("metadata slot {slot} of {} holds no valid commit (unused or torn)", d.path().display());
                 continue;
             };
-            *slot_gen = generation;
+            *slot_gen = commit.generation;
             let newer = match &best {
-                Some((g, _, _)) => generation > *g,
+                Some((_, b)) => commit.generation > b.generation,
                 None => true,
             };
             if newer {
-                best = Some((generation, i, body));
+                best = Some((i, commit));
             }
         }
     }
-    let Some((generation, drive, body)) = best else {
+    let Some((drive, SlotCommit { generation, store_vsa, body })) = best else {
         return Err(
             "no valid metadata on any drive: every slot is corrupted (or formatting was interrupted); refusing to open"
                 .into(),
         );
     };
     let pool_extents = sbs.iter().map(|s| s.extent_count).fold(0u64, |a, b| a.saturating_add(b));
-    let mut state = decode_body(&body, pool_extents).map_err(|e| {
-        format!("newest metadata (generation {generation} on {}) is inconsistent: {e}", drives[drive].path().display())
-    })?;
+    let inconsistent =
+        |e: String| format!("newest metadata (generation {generation} on {}) is inconsistent: {e}", drives[drive].path().display());
+    let mut state = decode_body(&body, pool_extents).map_err(inconsistent)?;
+    state.store_vsa = store_vsa;
+    state.check().map_err(inconsistent)?;
     let expected: Vec<DriveRecord> = sbs
         .iter()
         .map(|s| DriveRecord { first_data_extent: s.first_data_extent, extent_count: s.extent_count })

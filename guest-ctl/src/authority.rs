@@ -10,7 +10,7 @@ use vsic::admin::{AdminClient, AdminError};
 use vsic::hugepage::{physical_addresses, HUGE_PAGE_SIZE};
 use vsic_abi::virtio::Function;
 use vsic_abi::CapToken;
-use vsicctl::control::service::Authority;
+use vsicctl::control::service::{check_owner, Authority};
 use vsicctl::control::Refusal;
 
 use crate::failure::Failure;
@@ -31,12 +31,18 @@ impl GuestAuthority {
         }
     }
 
+    /// Runs `f` on the PF for `uid`, who must own VSIC `vsic` while the
+    /// lock is held: `vsicctl vsic bind` hands VSICs over under it, so a
+    /// request checked before a handover cannot land after it.
     fn with_pf<T>(
         &self,
+        uid: u32,
+        vsic: u32,
         f: impl FnOnce(&AdminClient) -> Result<T, AdminError>,
     ) -> Result<T, Refusal> {
         let _one_at_a_time = self.pf.lock().unwrap_or_else(|p| p.into_inner());
-        let _lock = crate::pf::lock("opening the PF").map_err(failure_refusal)?;
+        let _lock = crate::pf::tenant_lock("opening the PF").map_err(failure_refusal)?;
+        check_owner(self, uid, vsic)?;
         let client = crate::pf::open_in_guest(&self.funcs).map_err(failure_refusal)?;
         f(&client).map_err(admin_refusal)
     }
@@ -85,16 +91,17 @@ impl Authority for GuestAuthority {
 
     fn attach(
         &self,
+        uid: u32,
         vsic: u32,
         slot: u32,
         token: &CapToken,
         read_only: bool,
     ) -> Result<(), Refusal> {
-        self.with_pf(|pf| pf.attach(vsic, slot, token, read_only))
+        self.with_pf(uid, vsic, |pf| pf.attach(vsic, slot, token, read_only))
     }
 
-    fn detach(&self, vsic: u32, slot: u32) -> Result<(), Refusal> {
-        self.with_pf(|pf| pf.detach(vsic, slot))
+    fn detach(&self, uid: u32, vsic: u32, slot: u32) -> Result<(), Refusal> {
+        self.with_pf(uid, vsic, |pf| pf.detach(vsic, slot))
     }
 
     fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, u64, Vec<u64>), Refusal> {

@@ -107,6 +107,9 @@ pub trait Authority: Send + Sync {
     /// At least `bytes` of pinned memory: the file holding it, its page
     /// size, and the guest-physical address of each page.
     fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, u64, Vec<u64>), Refusal>;
+    /// Where the pages of the huge-page file `memory` (at most `max_bytes`
+    /// long) are now, in file order.
+    fn dma_addresses(&self, memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, Refusal>;
 }
 
 /// Who sent a request (from the kernel, not from the message).
@@ -210,7 +213,10 @@ impl<A: Authority> Service<A> {
         request: &Request,
         mut fds: Vec<OwnedFd>,
     ) -> Result<(Reply, Option<OwnedFd>), Refusal> {
-        let expected_fds = usize::from(matches!(request, Request::Attach { .. }));
+        let expected_fds = usize::from(matches!(
+            request,
+            Request::Attach { .. } | Request::DmaLocate
+        ));
         if fds.len() != expected_fds {
             return Err(refused(
                 "bad-request",
@@ -251,16 +257,16 @@ impl<A: Authority> Service<A> {
                 );
                 Ok((Reply::Detached, None))
             }
+            Request::DmaLocate => {
+                self.check_vsic_owner(peer)?;
+                let memory = fds
+                    .pop()
+                    .ok_or_else(|| refused("bad-request", "no memory file"))?;
+                let gpas = self.authority.dma_addresses(&memory, self.max_dma)?;
+                Ok((Reply::DmaPages { gpas }, None))
+            }
             Request::Dma { bytes } => {
-                if peer.uid != 0 && !self.authority.owns_a_vsic(peer.uid) {
-                    return Err(refused(
-                        "not-owner",
-                        format!(
-                            "uid {} owns no VSIC; DMA memory is for VSIC owners",
-                            peer.uid
-                        ),
-                    ));
-                }
+                self.check_vsic_owner(peer)?;
                 if bytes == 0 || bytes > self.max_dma {
                     return Err(refused(
                         "dma-limit",
@@ -280,6 +286,20 @@ impl<A: Authority> Service<A> {
                 Ok((Reply::Dma { page_size, gpas }, Some(fd)))
             }
         }
+    }
+
+    /// DMA memory is for users who own a VSIC (and root).
+    fn check_vsic_owner(&self, peer: Peer) -> Result<(), Refusal> {
+        if peer.uid != 0 && !self.authority.owns_a_vsic(peer.uid) {
+            return Err(refused(
+                "not-owner",
+                format!(
+                    "uid {} owns no VSIC; DMA memory is for VSIC owners",
+                    peer.uid
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn check_owner(&self, peer: Peer, vsic: u32) -> Result<(), Refusal> {
@@ -541,6 +561,18 @@ mod tests {
             self.calls.lock().unwrap().push(format!("dma {bytes}"));
             Ok((fd, page, (0..pages).map(|i| 0x10_0000 + i * page).collect()))
         }
+        fn dma_addresses(&self, memory: &OwnedFd, max: u64) -> Result<Vec<u64>, Refusal> {
+            let len = File::from(memory.try_clone().unwrap()).metadata().unwrap().len();
+            if len > max {
+                return Err(Refusal::new("dma-limit", "too large"));
+            }
+            // Page 0 "moved" when the file is 3 pages long.
+            let mut gpas: Vec<u64> = (0..len / 4096).map(|i| 0x10_0000 + i * 4096).collect();
+            if gpas.len() == 3 {
+                gpas[0] = 0x90_0000;
+            }
+            Ok(gpas)
+        }
     }
 
     fn cap_file(tag: &str, rights: Rights) -> (std::path::PathBuf, CapToken) {
@@ -710,6 +742,17 @@ mod tests {
         let (fd, gpas) = client.dma_memory(8192).unwrap();
         let source = vsic::DmaSource::provided(fd, gpas).unwrap();
         assert!(matches!(source, vsic::DmaSource::Provided(_)));
+        // After pinning, the library asks where the pages are now.
+        let (fd, gpas) = client.dma_memory(3 * 4096).unwrap();
+        let now = client.dma_locate(&fd).unwrap();
+        assert_eq!(now.len(), gpas.len());
+        assert_ne!(now[0], gpas[0], "the fake says page 0 moved");
+        assert_eq!(now[1..], gpas[1..]);
+        let source = client.dma_source(4096).unwrap();
+        assert!(matches!(source, vsic::DmaSource::Provided(_)));
+        // Its locator shares the connection: the service sees the hang-up
+        // once both are gone.
+        drop(source);
         drop(client);
         thread.join().unwrap();
     }

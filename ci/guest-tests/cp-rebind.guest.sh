@@ -43,13 +43,13 @@ chown 1001:1001 /home/alice/data.cap
 # 1. Alice -> bob: bob finds the slot empty; he cannot read her data.
 alice_writes 1 21
 vsicctl vsic bind --vsic 0 --vfio --user bob
-expect_empty "the rebind to bob"
 rc=0
 as_user 1002 "vsic-check verify vsic:0 --slot 1 --len 1M --seed 21" >/tmp/bob.out 2>&1 || rc=$?
 cat /tmp/bob.out
 [ $rc -ne 0 ] || fail "bob read alice's data at her slot after the rebind"
 [ $rc -eq 3 ] || fail "bob's read failed for another reason ($rc) than a refused request"
 echo "bob's read was refused by the device (exit $rc)"
+expect_empty "the rebind to bob"
 
 # 2. Alice -> the kernel: the disk (slot 0) is not alice's VSA any more.
 alice_writes 0 22

@@ -135,7 +135,8 @@ pub fn huge_page_addresses(memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>,
     .metadata()
     .map_err(|e| format!("fstat: {e}"))?
     .len();
-    if len == 0 || len > max_bytes.next_multiple_of(HUGE_PAGE_SIZE as u64) || len % HUGE_PAGE_SIZE as u64 != 0 {
+    let page = HUGE_PAGE_SIZE as u64;
+    if len == 0 || len > max_bytes.next_multiple_of(page) || len % page != 0 {
         return Err(format!(
             "a huge-page file of {len} bytes is not DMA memory this service hands out (at most {max_bytes} bytes)"
         ));

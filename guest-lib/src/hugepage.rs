@@ -681,7 +681,13 @@ mod tests {
         let p = ProvidedDma::new(memfd(2 * 4096), vec![0x9000, 0x1000]).unwrap();
         assert!(verify_pinned(&p, Ok(vec![0x1000, 0x9000])).is_ok());
         let r = verify_pinned(&p, Ok(vec![0x1000, 0xa000]));
-        assert!(matches!(r, Err(Error::DmaMoved { page: 0, recorded: 0x9000, now: 0xa000 })), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(Error::DmaMoved { page: 0, recorded: 0x9000, now: 0xa000 })
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -326,7 +326,10 @@ impl<A: Authority> Service<A> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                info!("uid {uid} (pid {pid}): no request carried out for {:?}; closing", self.limits.idle);
+                info!(
+                    "uid {uid} (pid {pid}): no request carried out for {:?}; closing",
+                    self.limits.idle
+                );
                 return;
             }
             // At least 1 ms: a zero timeout would mean none.

@@ -151,7 +151,11 @@ pub fn set_send_timeout(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::
     set_timeout(sock, libc::SO_SNDTIMEO, timeout)
 }
 
-fn set_timeout(sock: BorrowedFd<'_>, opt: libc::c_int, timeout: Option<Duration>) -> io::Result<()> {
+fn set_timeout(
+    sock: BorrowedFd<'_>,
+    opt: libc::c_int,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
     let tv = match timeout {
         Some(t) => libc::timeval {
             tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,

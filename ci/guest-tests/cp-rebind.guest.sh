@@ -12,7 +12,10 @@ set -eu
 
 add_user alice 1001
 add_user bob 1002
-start_service
+# The service logs what it does (start_service's, with info messages).
+RUST_LOG=info vsicctl serve >/tmp/serve.log 2>&1 &
+for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done
+[ -S /run/vsic/control.sock ] || fail "the control-plane service did not start"
 
 # attachments_of N: VSIC N's attachments as `vsicctl list` shows them ("-"
 # when none).
@@ -42,6 +45,9 @@ chown 1001:1001 /home/alice/data.cap
 
 # 1. Alice -> bob: bob finds the slot empty; he cannot read her data.
 alice_writes 1 21
+# Alice's library had the service say where her DMA pages were once pinned.
+grep -q "uid 1001 .*located [0-9]* page(s) of DMA memory after pinning" /tmp/serve.log ||
+    fail "alice's DMA memory was not checked after pinning"
 vsicctl vsic bind --vsic 0 --vfio --user bob
 rc=0
 as_user 1002 "vsic-check verify vsic:0 --slot 1 --len 1M --seed 21" >/tmp/bob.out 2>&1 || rc=$?

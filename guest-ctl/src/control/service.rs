@@ -263,6 +263,12 @@ impl<A: Authority> Service<A> {
                     .pop()
                     .ok_or_else(|| refused("bad-request", "no memory file"))?;
                 let gpas = self.authority.dma_addresses(&memory, self.max_dma)?;
+                info!(
+                    "uid {} (pid {}): located {} page(s) of DMA memory after pinning",
+                    peer.uid,
+                    peer.pid,
+                    gpas.len()
+                );
                 Ok((Reply::DmaPages { gpas }, None))
             }
             Request::Dma { bytes } => {

@@ -155,11 +155,7 @@ pub(crate) fn take_from_user(
             }
             Ok(())
         }
-        Some(_) => match funcs.disk(addr) {
-            Some((disk, _)) => funcs.disk_in_use(&disk).map_or(Ok(()), Err),
-            None => Ok(()),
-        },
-        None => Ok(()),
+        _ => leave_current_driver(funcs, addr, current),
     }
 }
 

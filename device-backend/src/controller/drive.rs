@@ -25,6 +25,41 @@ pub enum Origin {
     Existing,
 }
 
+/// What `Drive::open` was doing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenOp {
+    Open,
+    Create,
+    SizeNew,
+    Stat,
+    SizeBlockDevice,
+}
+
+impl std::fmt::Display for OpenOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OpenOp::Open => "open drive",
+            OpenOp::Create => "create drive",
+            OpenOp::SizeNew => "size new drive",
+            OpenOp::Stat => "stat drive",
+            OpenOp::SizeBlockDevice => "size block device",
+        })
+    }
+}
+
+/// Why a drive could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("drive {} does not exist and no size was given to create it", .0.display())]
+    Missing(PathBuf),
+    #[error("cannot {op} {}: {source}", .path.display())]
+    Io { op: OpenOp, path: PathBuf, source: io::Error },
+    #[error("drive {} is in use by another process (flock: {source})", .path.display())]
+    InUse { path: PathBuf, source: io::Error },
+    #[error("drive {} is neither a regular file nor a block device", .0.display())]
+    NotAFileOrBlockDevice(PathBuf),
+}
+
 #[derive(Debug)]
 pub struct Drive {
     path: PathBuf,
@@ -43,35 +78,33 @@ impl Drive {
     /// Opens (creating a sparse file of `create_size` bytes when missing) and
     /// takes an exclusive advisory lock so that two daemons cannot share it.
     /// `sync_writes` opens with O_DSYNC: every completed write is durable.
-    pub fn open(path: &Path, create_size: Option<u64>, sync_writes: bool) -> Result<Drive, String> {
-        let show = path.display();
+    pub fn open(path: &Path, create_size: Option<u64>, sync_writes: bool) -> Result<Drive, DriveError> {
         let flags = if sync_writes { libc::O_DSYNC } else { 0 };
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).custom_flags(flags);
+        let failed = |op: OpenOp| move |source: io::Error| DriveError::Io { op, path: path.to_path_buf(), source };
         let (file, origin) = match open_noatime(&opts, flags, path) {
             Ok(f) => (f, Origin::Existing),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let size = create_size
-                    .ok_or_else(|| format!("drive {show} does not exist and no size was given to create it"))?;
-                let f = open_noatime(opts.clone().create_new(true), flags, path)
-                    .map_err(|e| format!("cannot create drive {show}: {e}"))?;
-                f.set_len(size).map_err(|e| format!("cannot size new drive {show}: {e}"))?;
+                let size = create_size.ok_or_else(|| DriveError::Missing(path.to_path_buf()))?;
+                let f = open_noatime(opts.clone().create_new(true), flags, path).map_err(failed(OpenOp::Create))?;
+                f.set_len(size).map_err(failed(OpenOp::SizeNew))?;
                 (f, Origin::Created)
             }
-            Err(e) => return Err(format!("cannot open drive {show}: {e}")),
+            Err(e) => return Err(failed(OpenOp::Open)(e)),
         };
-        lock_exclusive(&file).map_err(|e| format!("drive {show} is in use by another process (flock: {e})"))?;
-        let meta = file.metadata().map_err(|e| format!("cannot stat drive {show}: {e}"))?;
+        lock_exclusive(&file).map_err(|source| DriveError::InUse { path: path.to_path_buf(), source })?;
+        let meta = file.metadata().map_err(failed(OpenOp::Stat))?;
         let block_device = meta.file_type().is_block_device();
         let (size, identity) = if block_device {
             (
-                block_device_size(&file).map_err(|e| format!("cannot size block device {show}: {e}"))?,
+                block_device_size(&file).map_err(failed(OpenOp::SizeBlockDevice))?,
                 (u64::MAX, std::os::unix::fs::MetadataExt::rdev(&meta)),
             )
         } else if meta.file_type().is_file() {
             (meta.len(), (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta)))
         } else {
-            return Err(format!("drive {show} is neither a regular file nor a block device"));
+            return Err(DriveError::NotAFileOrBlockDevice(path.to_path_buf()));
         };
         Ok(Drive {
             path: path.to_path_buf(),
@@ -343,9 +376,9 @@ mod tests {
     fn missing_without_size_and_double_open_fail() {
         let dir = TempDir::new("drive2");
         let path = dir.path().join("d0");
-        assert!(Drive::open(&path, None, false).err().unwrap().contains("does not exist"));
+        assert!(Drive::open(&path, None, false).err().unwrap().to_string().contains("does not exist"));
         let _held = Drive::open(&path, Some(4096), false).expect("create");
-        assert!(Drive::open(&path, None, false).err().unwrap().contains("in use"));
+        assert!(Drive::open(&path, None, false).err().unwrap().to_string().contains("in use"));
     }
 }
 

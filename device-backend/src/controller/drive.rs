@@ -197,9 +197,15 @@ impl Drive {
             let batch = &iov[first..end];
             let at = (offset + done as u64) as libc::off_t;
             let n = if write {
-                libc::pwritev(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at)
+                // SAFETY: the caller guarantees every iovec is valid for
+                // reads of its length; `batch` holds at most IOV_MAX of
+                // them and the descriptor is ours.
+                unsafe { libc::pwritev(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at) }
             } else {
-                libc::preadv(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at)
+                // SAFETY: the caller guarantees every iovec is valid for
+                // writes of its length; `batch` holds at most IOV_MAX of
+                // them and the descriptor is ours.
+                unsafe { libc::preadv(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at) }
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -221,7 +227,9 @@ impl Drive {
                     v.iov_len = 0;
                     first += 1;
                 } else {
-                    v.iov_base = (v.iov_base as *mut u8).add(left).cast();
+                    // SAFETY: `left < v.iov_len`, so the new base stays
+                    // inside the buffer the caller vouched for.
+                    v.iov_base = unsafe { (v.iov_base as *mut u8).add(left) }.cast();
                     v.iov_len -= left;
                     left = 0;
                 }
@@ -315,6 +323,26 @@ fn block_device_size(file: &File) -> io::Result<u64> {
     Ok(size)
 }
 
+/// Takes the drive's exclusive lock, waiting briefly for a holder that is
+/// going away: a previous vsicd still exiting, or a process that forked
+/// while this one had the drive open and has not yet exec'd (the lock lives
+/// on the open file description, which the child shares until exec).
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: plain flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || start.elapsed() >= PATIENCE {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +370,7 @@ mod tests {
             libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
             libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() },
         ];
+        // SAFETY: both iovecs point to live local arrays of their length.
         assert_eq!(unsafe { d.transfer_vectored(true, &mut iov, 10) }.unwrap(), 150);
         let mut back = [0u8; 150];
         d.read_exact_at(&mut back, 10).unwrap();
@@ -379,25 +408,5 @@ mod tests {
         assert!(Drive::open(&path, None, false).err().unwrap().to_string().contains("does not exist"));
         let _held = Drive::open(&path, Some(4096), false).expect("create");
         assert!(Drive::open(&path, None, false).err().unwrap().to_string().contains("in use"));
-    }
-}
-
-/// Takes the drive's exclusive lock, waiting briefly for a holder that is
-/// going away: a previous vsicd still exiting, or a process that forked
-/// while this one had the drive open and has not yet exec'd (the lock lives
-/// on the open file description, which the child shares until exec).
-fn lock_exclusive(file: &File) -> io::Result<()> {
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
-    let start = std::time::Instant::now();
-    loop {
-        // SAFETY: plain flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || start.elapsed() >= PATIENCE {
-            return Err(e);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

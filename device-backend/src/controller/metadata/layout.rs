@@ -345,6 +345,50 @@ mod tests {
         }
     }
 
+    /// A layout of a newer format version, with a valid checksum, is
+    /// refused as such rather than skipped as garbage.
+    #[test]
+    fn newer_versions_are_recognised() {
+        let sb = Superblock {
+            drive_index: 0,
+            drive_count: 1,
+            pool_id: [1; 16],
+            extent_size: 4096,
+            slot_len: 1 << 18,
+            first_data_extent: 130,
+            extent_count: 200,
+        };
+        let mut raw = RawSuperblock::read_from_bytes(&sb.encode()).unwrap();
+        raw.version = 2.into();
+        raw.checksum = sha256(&[&raw.as_bytes()[..CHECKED]]);
+        assert_eq!(
+            Superblock::decode(raw.as_bytes()),
+            Err(LayoutError::UnsupportedVersion { found: 2 })
+        );
+        let body = [7u8; 10];
+        let slot = SlotHeader::encode(3, &[1; 16], 0, &body);
+        let mut raw = RawSlotHeader::read_from_bytes(&slot[..SLOT_HEADER_LEN]).unwrap();
+        let header = SlotHeader::decode(raw.as_bytes()).unwrap();
+        assert_eq!((header.generation, header.body_len), (3, 10));
+        assert_eq!(header.verify(&body), Ok(()));
+        assert_eq!(
+            header.verify(&body[..9]),
+            Err(LayoutError::ChecksumMismatch)
+        );
+        raw.version = 2.into();
+        raw.checksum = sha256(&[&raw.as_bytes()[..CHECKED], &body]);
+        let header = SlotHeader::decode(raw.as_bytes()).unwrap();
+        assert_eq!(
+            header.verify(&body),
+            Err(LayoutError::UnsupportedVersion { found: 2 })
+        );
+        raw.magic[0] ^= 1;
+        assert_eq!(
+            SlotHeader::decode(raw.as_bytes()),
+            Err(LayoutError::BadMagic)
+        );
+    }
+
     #[test]
     fn superblock_round_trip_and_checksum() {
         let sb = Superblock {

@@ -233,29 +233,45 @@ struct SlotCommit {
     body: Vec<u8>,
 }
 
-/// Reads one slot; `None` when it holds no valid commit of this pool.
+/// Why a slot holds no valid commit of this pool (unused, torn, or left
+/// from an earlier pool on the drive): open skips it.
+#[derive(Debug, thiserror::Error)]
+enum NoCommit {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("written for another pool")]
+    OtherPool,
+    #[error("body length {0} exceeds the slot")]
+    BodyTooLong(u64),
+}
+
+/// Reads one slot: its commit, or why it holds none.
 fn read_slot(
     drive: &Drive,
     sb: &Superblock,
     slot: usize,
-) -> Result<Option<SlotCommit>, MetadataError> {
+) -> Result<Result<SlotCommit, NoCommit>, MetadataError> {
     let offset = sb.slot_offset(slot);
     let mut head = [0u8; SLOT_HEADER_LEN];
     drive
         .read_exact_at(&mut head, offset)
         .map_err(io_error(DriveOp::ReadSlot(slot), drive.path()))?;
-    let Ok(header) = SlotHeader::decode(&head) else {
-        return Ok(None);
+    let header = match SlotHeader::decode(&head) {
+        Ok(header) => header,
+        Err(e) => return Ok(Err(e.into())),
     };
-    if header.pool_id != sb.pool_id || header.body_len > sb.slot_capacity() {
-        return Ok(None);
+    if header.pool_id != sb.pool_id {
+        return Ok(Err(NoCommit::OtherPool));
+    }
+    if header.body_len > sb.slot_capacity() {
+        return Ok(Err(NoCommit::BodyTooLong(header.body_len)));
     }
     let mut body = vec![0u8; header.body_len as usize];
     drive
         .read_exact_at(&mut body, offset + SLOT_HEADER_LEN as u64)
         .map_err(io_error(DriveOp::ReadSlot(slot), drive.path()))?;
     match header.verify(&body) {
-        Ok(()) => Ok(Some(SlotCommit {
+        Ok(()) => Ok(Ok(SlotCommit {
             generation: header.generation,
             store_vsa: header.store_vsa,
             body,
@@ -264,7 +280,7 @@ fn read_slot(
             path: drive.path().to_path_buf(),
             found,
         }),
-        Err(_) => Ok(None),
+        Err(e) => Ok(Err(e.into())),
     }
 }
 
@@ -283,12 +299,15 @@ fn load_pool(
         .enumerate()
     {
         for (slot, slot_gen) in gens.iter_mut().enumerate() {
-            let Some(commit) = read_slot(d, sb, slot)? else {
-                log::info!(
-                    "metadata slot {slot} of {} holds no valid commit (unused or torn)",
-                    d.path().display()
-                );
-                continue;
+            let commit = match read_slot(d, sb, slot)? {
+                Ok(commit) => commit,
+                Err(why) => {
+                    log::info!(
+                        "metadata slot {slot} of {} holds no valid commit (unused or torn: {why})",
+                        d.path().display()
+                    );
+                    continue;
+                }
             };
             *slot_gen = commit.generation;
             let newer = match &best {

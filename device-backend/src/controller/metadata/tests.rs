@@ -205,4 +205,29 @@ mod golden {
         assert_eq!(opened.state, sample_state());
         assert_eq!(opened.store.generation(), GENERATION);
     }
+
+    /// The recorded superblock, rewritten as format version 2 (with a
+    /// valid checksum), makes open refuse the drive by name rather than
+    /// treat it as foreign data.
+    #[test]
+    fn newer_format_version_is_refused() {
+        use sha2::{Digest, Sha256};
+        let dir = crate::controller::testutil::TempDir::new("golden-v2");
+        let sb = sample_superblock();
+        let path = dir.path().join("d0");
+        let drive = Arc::new(
+            Drive::open(&path, Some(sb.extent_count * sb.extent_size), false).expect("create"),
+        );
+        let mut superblock = unhex(SUPERBLOCK);
+        superblock[8] = 2;
+        let sum: [u8; 32] = Sha256::digest(&superblock[..96]).into();
+        superblock[96..].copy_from_slice(&sum);
+        drive.write_all_at(&superblock, 0).unwrap();
+        let e = open_pool(&[drive], 1 << 20, 2).err().expect("refused");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("d0: pool format version 2 is not supported"),
+            "{shown}"
+        );
+    }
 }

@@ -55,6 +55,10 @@ pub trait Layout:
 ///     }
 /// }
 /// ```
+///
+/// Exported so that the device's on-drive layouts are declared the same
+/// way (the caller needs `zerocopy` with its `derive` feature).
+#[macro_export]
 macro_rules! wire_layout {
     (
         $(#[$meta:meta])*

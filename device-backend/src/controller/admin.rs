@@ -208,60 +208,21 @@ impl Controller {
     /// capacity changed. On failure nothing changes (status MetadataIo, or
     /// NoSpace when the metadata would not fit in its slot). A write that
     /// failed on some drive is settled one way or the other by
-    /// [`Self::settle_failed_commit`], so the reply always matches what
-    /// the next start loads.
+    /// [`MetaStore::commit_settled`](super::metadata::MetaStore::commit_settled),
+    /// so the reply always matches what the next start loads.
     pub(super) fn commit(&self, plane: &mut AdminPlane, next: PoolState) -> Result<Vec<u32>, AdminStatus> {
         if next == plane.state {
             return Ok(Vec::new());
         }
-        match plane.store.commit(&next) {
-            Ok(_) => {}
+        match plane.store.commit_settled(&plane.state, &next) {
+            Ok(()) => {}
             Err(CommitError::TooLarge) => return Err(AdminStatus::NoSpace),
-            Err(CommitError::Io(e)) => {
-                log::error!("metadata commit failed: {e}");
-                Self::settle_failed_commit(plane, &next)?;
-            }
+            Err(CommitError::Io(_)) => return Err(AdminStatus::MetadataIo),
         }
         let old = std::mem::replace(&mut plane.state, next);
         let changed = runtime::reconcile(&self.vsics, &mut plane.handles, Some(&old), &plane.state);
         self.zero_pending(plane);
         Ok(changed)
-    }
-
-    /// Decides the outcome of a commit of `next` that failed on some drive
-    /// and may have reached others (see "Failed commit" in `metadata`):
-    /// `Err(MetadataIo)` when the previous state is certain to stay,
-    /// `Ok` when `next` is (the caller then makes it current).
-    fn settle_failed_commit(plane: &mut AdminPlane, next: &PoolState) -> Result<(), AdminStatus> {
-        // A newer generation holding the previous state, on any one drive,
-        // keeps the failed change from coming back.
-        let current = plane.state.clone();
-        if Self::commit_landed(plane, &current, "re-committing the previous metadata") {
-            log::error!("the command is refused; the previous metadata stays");
-            return Err(AdminStatus::MetadataIo);
-        }
-        // No drive took the previous state: only going forward can decide.
-        if Self::commit_landed(plane, next, "committing the command's metadata again") {
-            log::warn!("the command's metadata reached the drives on a second attempt: it is done");
-            return Ok(());
-        }
-        log::error!(
-            "no drive accepts metadata writes: the command is refused, but the next start may load it; \
-             the next successful commit settles it"
-        );
-        Err(AdminStatus::MetadataIo)
-    }
-
-    /// Commits `state`; true when it reached at least one drive.
-    fn commit_landed(plane: &mut AdminPlane, state: &PoolState, what: &str) -> bool {
-        match plane.store.commit(state) {
-            Ok(_) => true,
-            Err(CommitError::Io(e)) => {
-                log::error!("{what} failed on some drive: {e}");
-                plane.store.newest_landed()
-            }
-            Err(CommitError::TooLarge) => false,
-        }
     }
 
     /// Zeroes the extents on the pending list, then commits them as free.

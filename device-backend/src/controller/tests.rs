@@ -599,7 +599,7 @@ fn failed_commit_rolls_back() {
     assert_eq!(create(&c, ES, 0).0, 2, "the refused create did not use up an id");
 }
 
-// Raw slot access for corruption tests (layout from metadata.rs).
+// Raw slot access for corruption tests (layout from metadata/layout.rs).
 fn slot_len(path: &Path) -> u64 {
     let raw = std::fs::read(path).unwrap();
     u64::from_le_bytes(raw[48..56].try_into().unwrap())
@@ -654,7 +654,7 @@ fn corrupted_newest_slot_falls_back_and_both_corrupted_refuses() {
         }
     }
     let e = Controller::open(pool.config()).err().expect("refused");
-    assert!(e.0.contains("no valid metadata"), "{e}");
+    assert!(e.to_string().contains("no valid metadata"), "{e}");
 }
 
 #[test]
@@ -701,22 +701,22 @@ fn drive_set_errors_are_clear() {
     let mut swapped = pool.paths.clone();
     swapped.swap(0, 1);
     let e = Controller::open(config_for(&swapped)).err().unwrap();
-    assert!(e.0.contains("original order"), "{e}");
+    assert!(e.to_string().contains("original order"), "{e}");
     let e = Controller::open(config_for(&pool.paths[..1])).err().unwrap();
-    assert!(e.0.contains("2 drives but 1"), "{e}");
+    assert!(e.to_string().contains("2 drives but 1"), "{e}");
     let mut extra = pool.paths.clone();
     extra.push(pool.paths[0].with_file_name("drive-new"));
     let e = Controller::open(config_for(&extra)).err().unwrap();
-    assert!(e.0.contains("blank"), "{e}");
+    assert!(e.to_string().contains("blank"), "{e}");
     let twice = vec![pool.paths[0].clone(), pool.paths[0].clone()];
     let e = Controller::open(config_for(&twice)).err().unwrap();
-    assert!(e.0.contains("twice") || e.0.contains("in use"), "{e}");
+    assert!(e.to_string().contains("twice") || e.to_string().contains("in use"), "{e}");
     // A drive from another pool.
     let other = Pool::new("drives-other", 1);
     drop(other.open());
     let mixed = vec![pool.paths[0].clone(), other.paths[0].clone()];
     let e = Controller::open(config_for(&mixed)).err().unwrap();
-    assert!(e.0.contains("different pool"), "{e}");
+    assert!(e.to_string().contains("different pool"), "{e}");
     // The pool still opens when given correctly.
     drop(pool.open());
 }
@@ -728,7 +728,7 @@ fn non_blank_drive_is_never_formatted() {
     junk[4000] = 1;
     std::fs::write(&pool.paths[0], &junk).unwrap();
     let e = Controller::open(pool.config()).err().unwrap();
-    assert!(e.0.contains("not blank"), "{e}");
+    assert!(e.to_string().contains("not blank"), "{e}");
     assert_eq!(std::fs::read(&pool.paths[0]).unwrap(), junk, "drive untouched");
     // An all-zero existing drive is blank: it is formatted.
     std::fs::write(&pool.paths[0], vec![0u8; DRIVE_SIZE as usize]).unwrap();

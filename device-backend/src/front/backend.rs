@@ -9,7 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,9 @@ use super::channel::{ConfigChannel, ConfigNotifiers};
 use super::config_space::{
     config_space, device_features, protocol_features, read_config, MAX_QUEUE_SIZE,
 };
-use super::device::Device;
+use super::device::{ConfigChangeSink, Device};
 use super::execute::{handle_chain, Context, RefusalLog, Scratch};
+use super::request::{DescWalk, Stream};
 use super::notify_watch::{StallWatch, WatchTimer, PERIOD};
 use super::poll::{PollPolicy, SpinWindow};
 
@@ -39,6 +40,13 @@ pub type Vring = VringRwLock<GuestMemory>;
 
 /// Requests served per hold of a queue's vring lock.
 const BATCH: usize = 64;
+/// Bytes moved per hold of a queue's vring lock, at most (a batch ends
+/// after the request that reaches it). With the maximum transfer this
+/// bounds how long a queue stop or a shutdown waits for a batch.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Longest a QoS wait sleeps before it checks whether the queue was
+/// stopped or the connection is ending.
+const THROTTLE_SLICE: Duration = Duration::from_millis(10);
 
 /// Longest a completed request waits for its interrupt while later ones of
 /// the same batch run. One interrupt covers the whole batch when requests
@@ -92,6 +100,8 @@ struct Session {
     exits: Mutex<Vec<EventNotifier>>,
     /// The PF's backend-request channel, held unused until disconnect.
     pf_channel: Mutex<Option<Backend>>,
+    /// Set when the workers are told to exit: a QoS wait ends early.
+    stopping: AtomicBool,
     /// Exit-event descriptors handed to the workers. vhost-user-backend
     /// 0.24 registers them with `into_raw_fd()` and never closes them, so
     /// every connection would leak one per queue; the session closes them
@@ -118,6 +128,9 @@ enum BatchEnd {
     Drained,
     /// The queue cannot be served (broken ring): stop until the next kick.
     Failed,
+    /// The VSIC's QoS budget is spent: the next request may be taken after
+    /// this long.
+    Throttled(Duration),
 }
 
 /// Watches one connection's session (see [`FunctionBackend::watch`]).
@@ -183,6 +196,7 @@ impl FunctionBackend {
                 mem,
                 workers,
                 exits: Mutex::new(Vec::new()),
+                stopping: AtomicBool::new(false),
                 pf_channel: Mutex::new(None),
                 exit_consumers: Mutex::new(Vec::new()),
             }),
@@ -196,6 +210,7 @@ impl FunctionBackend {
 
     /// Makes every worker thread of this connection exit.
     pub fn stop_workers(&self) {
+        self.session.stopping.store(true, Ordering::Release);
         for exit in self
             .session
             .exits
@@ -295,6 +310,15 @@ impl FunctionBackend {
                     served_any = true;
                     continue;
                 }
+                (served, BatchEnd::Throttled(wait)) => {
+                    served_any |= served > 0;
+                    // No lock is held here: a queue stop, a shutdown or a
+                    // disconnect proceeds while this queue waits.
+                    if !self.throttle(vring, wait) {
+                        return;
+                    }
+                    continue;
+                }
                 (served, BatchEnd::Drained) => {
                     if served > 0 && !served_any {
                         // First requests since the worker slept: was the
@@ -362,11 +386,15 @@ impl FunctionBackend {
             return (0, BatchEnd::Failed);
         }
         let mut served = 0;
+        let mut bytes = 0u64;
         // When the oldest completion not yet signalled was added.
         let mut unsignalled: Option<Instant> = None;
         let end = loop {
-            if served == BATCH {
+            if served == BATCH || bytes >= BATCH_BYTES {
                 break BatchEnd::Full;
+            }
+            if let Some(wait) = self.qos_wait(vring.get_queue(), &*mem) {
+                break BatchEnd::Throttled(wait);
             }
             // The queue is driven with this batch's memory guard throughout:
             // the vring's own helpers would load the memory map per call.
@@ -375,7 +403,10 @@ impl FunctionBackend {
             };
             served += 1;
             let head = chain.head_index();
-            let done = handle_chain(&*mem, chain, &ctx, scratch);
+            let queue_ref = vring.get_queue();
+            let descs = DescWalk::new(&*mem, queue_ref.desc_table(), queue_ref.size(), head);
+            let done = handle_chain(&*mem, descs, &ctx, scratch);
+            bytes += scratch.chain.len(Stream::Readable) + scratch.chain.len(Stream::Writable);
             if let Err(e) = vring.get_queue_mut().add_used(&*mem, head, done.used_len) {
                 warn!(
                     "{} queue {queue}: cannot complete a request: {e}",
@@ -393,6 +424,49 @@ impl FunctionBackend {
             self.interrupt(&mut vring, &*mem, queue);
         }
         (served, end)
+    }
+
+    /// How long the next request must wait for its VSIC's QoS budget;
+    /// `None` when it may go now or no request is waiting.
+    fn qos_wait<M: vm_memory::GuestMemory>(
+        &self,
+        queue: &virtio_queue::Queue,
+        mem: &M,
+    ) -> Option<Duration> {
+        let state = &self.session.state;
+        let Function::Vsic(vsic) = state.function else {
+            return None;
+        };
+        let waiting = queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|avail| avail.0 != queue.next_avail());
+        if !waiting {
+            return None;
+        }
+        Some(state.device.qos_wait(vsic)).filter(|w| !w.is_zero())
+    }
+
+    /// Sleeps `wait` for the QoS budget, holding no lock, in slices; false
+    /// as soon as the queue is stopped or disabled or the workers are told
+    /// to exit.
+    fn throttle(&self, vring: &Vring, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.session.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            {
+                let state = vring.get_ref();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    return false;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            std::thread::sleep(deadline.saturating_duration_since(now).min(THROTTLE_SLICE));
+        }
     }
 
     /// Signals the used ring if the driver wants it (EVENT_IDX used_event
@@ -497,6 +571,19 @@ impl VhostUserBackend for FunctionBackend {
 
     fn set_event_idx(&self, _enabled: bool) {
         // The library sets it on every vring; the queues act on it.
+    }
+
+    fn acked_features(&self, _features: u64) {
+        // SET_FEATURES begins every start of the device. A frontend such
+        // as QEMU ignores configuration changes while the device is
+        // stopped and keeps the configuration it read before, so one that
+        // happened meanwhile (attach, detach, resize) would stay invisible:
+        // announce a change on every start. The frontend handles it once
+        // the start is complete, re-reads the configuration and tells its
+        // driver if the capacity differs.
+        if let Function::Vsic(vsic) = self.session.state.function {
+            self.session.state.notifiers.config_changed(vsic);
+        }
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {

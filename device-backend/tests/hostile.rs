@@ -389,3 +389,52 @@ fn a_hostile_vsic_leaves_another_its_throughput() {
         "VSIC 1 saw none of it"
     );
 }
+
+/// A frontend may have missed configuration changes while the device was
+/// stopped (QEMU ignores them): every start announces one.
+#[test]
+fn every_start_announces_the_configuration() {
+    let d = daemon_with("start-announces", 4 * MIB, 0);
+    for round in 0..2 {
+        let dev = d.open_vsic(0, 1, CompletionMode::Polling);
+        let fd = dev
+            .config_interrupt_fd()
+            .expect("the vhost-user transport delivers configuration changes");
+        assert!(
+            eventfd_fired(fd, Duration::from_secs(2)),
+            "open {round}: no configuration change announced at start"
+        );
+        assert_eq!(dev.capacity().expect("capacity"), 4 * MIB);
+    }
+}
+
+/// Until the frontend has read the configuration announced at start, a
+/// GET_ID waits for it, but never long; once read, GET_ID answers at once.
+#[test]
+fn get_id_waits_briefly_for_the_announced_configuration() {
+    let d = daemon_with("get-id-settles", 4 * MIB, 0);
+    let get_id = |drv: &mut RawDriver| {
+        let id = drv.alloc(vsic_abi::virtio::SERIAL_LEN);
+        let buf = writable(&id, vsic_abi::virtio::SERIAL_LEN);
+        let sent = drv.send(vsic_abi::virtio::VIRTIO_BLK_T_GET_ID, 0, &[buf], true);
+        let done = drv.wait(&sent, Duration::from_secs(5)).expect("GET_ID completes");
+        assert_eq!(done.status, VIRTIO_BLK_S_OK);
+        assert_eq!(&id.as_slice()[..10], b"vsic-vsic0");
+        done.took
+    };
+    // This driver never reads the configuration: its GET_ID is let go.
+    let mut ignoring = RawDriver::open(&d.vsic_socket(0), 1 << 20, 16);
+    let took = get_id(&mut ignoring);
+    assert!(took < Duration::from_secs(1), "GET_ID took {took:?}");
+    drop(ignoring);
+    // This one reads it after starting the device: no wait.
+    let mut reading = RawDriver::open(&d.vsic_socket(0), 1 << 20, 16);
+    let mut capacity = [0u8; 8];
+    reading
+        .transport
+        .read_config(0, &mut capacity)
+        .expect("GET_CONFIG");
+    assert_eq!(u64::from_le_bytes(capacity), 4 * MIB / SECTOR_SIZE);
+    let took = get_id(&mut reading);
+    assert!(took < Duration::from_millis(300), "GET_ID took {took:?}");
+}

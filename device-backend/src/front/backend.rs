@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -29,7 +29,7 @@ use super::channel::{ConfigChannel, ConfigNotifiers};
 use super::config_space::{
     config_space, device_features, protocol_features, read_config, MAX_QUEUE_SIZE,
 };
-use super::device::{ConfigChangeSink, Device};
+use super::device::Device;
 use super::execute::{handle_chain, Context, RefusalLog, Scratch};
 use super::request::{DescWalk, Stream};
 use super::notify_watch::{StallWatch, WatchTimer, PERIOD};
@@ -47,6 +47,10 @@ const BATCH_BYTES: u64 = 64 << 20;
 /// Longest a QoS wait sleeps before it checks whether the queue was
 /// stopped or the connection is ending.
 const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+/// Longest a GET_ID waits for the frontend to re-read the configuration
+/// announced at start (a frontend that ignores the announcement costs its
+/// first GET_ID this much, once per start).
+const SETTLE_LIMIT: Duration = Duration::from_millis(500);
 
 /// Longest a completed request waits for its interrupt while later ones of
 /// the same batch run. One interrupt covers the whole batch when requests
@@ -102,6 +106,10 @@ struct Session {
     pf_channel: Mutex<Option<Backend>>,
     /// Set when the workers are told to exit: a QoS wait ends early.
     stopping: AtomicBool,
+    /// Until when a GET_ID waits for the frontend to read the
+    /// configuration announced at the last start; `None` once it did.
+    refresh: Mutex<Option<Instant>>,
+    refreshed: Condvar,
     /// Exit-event descriptors handed to the workers. vhost-user-backend
     /// 0.24 registers them with `into_raw_fd()` and never closes them, so
     /// every connection would leak one per queue; the session closes them
@@ -197,6 +205,8 @@ impl FunctionBackend {
                 workers,
                 exits: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
+                refresh: Mutex::new(None),
+                refreshed: Condvar::new(),
                 pf_channel: Mutex::new(None),
                 exit_consumers: Mutex::new(Vec::new()),
             }),
@@ -375,6 +385,7 @@ impl FunctionBackend {
             device: &*s.state.device,
             config_changes: &*s.state.notifiers,
             log: &s.state.log,
+            config_settled: &|| self.await_config_read(),
         };
         let mut vring = vring.get_mut();
         if !vring.get_queue().ready() {
@@ -444,6 +455,26 @@ impl FunctionBackend {
             return None;
         }
         Some(state.device.qos_wait(vsic)).filter(|w| !w.is_zero())
+    }
+
+    /// Waits until the frontend has read the configuration announced at
+    /// the last start (see `acked_features`), at most until the deadline
+    /// set then.
+    fn await_config_read(&self) {
+        let s = &*self.session;
+        let mut pending = s.refresh.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(deadline) = *pending {
+            let now = Instant::now();
+            if now >= deadline {
+                *pending = None;
+                break;
+            }
+            pending = s
+                .refreshed
+                .wait_timeout(pending, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Sleeps `wait` for the QoS budget, holding no lock, in slices; false
@@ -581,13 +612,30 @@ impl VhostUserBackend for FunctionBackend {
         // announce a change on every start. The frontend handles it once
         // the start is complete, re-reads the configuration and tells its
         // driver if the capacity differs.
+        //
+        // Until the frontend has read the configuration, a GET_ID waits
+        // (bounded): QEMU reads it with its big lock held, so a guest that
+        // identifies the device after starting it then reads the current
+        // capacity; the vsic library does so when it opens a device.
         if let Function::Vsic(vsic) = self.session.state.function {
-            self.session.state.notifiers.config_changed(vsic);
+            let s = &*self.session;
+            let mut pending = s.refresh.lock().unwrap_or_else(|e| e.into_inner());
+            *pending = Some(Instant::now() + SETTLE_LIMIT);
+            if !s.state.notifiers.notify(vsic) {
+                *pending = None;
+            }
         }
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let state = &self.session.state;
+        // Whatever the frontend asks, it now reads the current space.
+        *self
+            .session
+            .refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.session.refreshed.notify_all();
         let space = config_space(state.capacity(), state.num_queues);
         // An empty answer tells the frontend the read failed.
         read_config(&space, offset, size).unwrap_or_default()

@@ -68,6 +68,11 @@ pub struct Context<'a> {
     pub device: &'a dyn Device,
     pub config_changes: &'a dyn ConfigChangeSink,
     pub log: &'a RefusalLog,
+    /// Waits (bounded) until the frontend has re-read the configuration
+    /// announced when the device started; GET_ID calls it first, so a
+    /// driver that identifies the device after starting it then reads the
+    /// current capacity.
+    pub config_settled: &'a dyn Fn(),
 }
 
 impl Context<'_> {
@@ -217,6 +222,7 @@ fn execute<M: GuestMemoryBackend>(
             },
         },
         Request::GetId => {
+            (ctx.config_settled)();
             let serial = serial_for(ctx.function);
             let n = (serial.len() as u64).min(chain.data_in_len());
             let written = chain.write(mem, Stream::Writable, 0, &serial[..n as usize])

@@ -679,3 +679,77 @@ pub fn parse_bytes(data: &[u8]) -> Option<Result<Request, Refusal>> {
     let mut chain = Chain::new();
     Some(parse_chain(&mem, descs, function, &mut chain))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    const TABLE: u64 = 0x1000;
+
+    fn memory() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn put(mem: &GuestMemoryMmap<()>, table: u64, index: u16, desc: (u64, u32, u16, u16)) {
+        let (addr, len, flags, next) = desc;
+        let at = GuestAddress(table + u64::from(index) * 16);
+        mem.write_obj(Descriptor::new(addr, len, flags, next), at)
+            .unwrap();
+    }
+
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const INDIRECT: u16 = 4;
+
+    #[test]
+    fn a_chain_past_4_gib_is_walked_to_its_real_status_byte() {
+        let mem = memory();
+        put(&mem, TABLE, 0, (0x8000, 16, NEXT, 1));
+        // 65 writable descriptors of 64 MiB aliasing one buffer (the queue
+        // library's iterator would stop after 63 of them), then the status.
+        for i in 1..=65 {
+            put(&mem, TABLE, i, (0x10000, 64 << 20, NEXT | WRITE, i + 1));
+        }
+        put(&mem, TABLE, 66, (0x9000, 1, WRITE, 0));
+        let mut chain = Chain::new();
+        chain.gather(&mem, DescWalk::new(&mem, TABLE, 128, 0));
+        assert_eq!(chain.status_addr(), Some(GuestAddress(0x9000)));
+        assert_eq!(chain.len(Stream::Writable), 65 * (64 << 20) + 1);
+        assert!(chain.oversized());
+    }
+
+    #[test]
+    fn a_looping_chain_has_no_status_byte() {
+        let mem = memory();
+        put(&mem, TABLE, 0, (0x8000, 16, NEXT, 1));
+        put(&mem, TABLE, 1, (0x9000, 512, NEXT | WRITE, 0));
+        let mut chain = Chain::new();
+        let descs: Vec<_> = DescWalk::new(&mem, TABLE, 8, 0).collect();
+        assert_eq!(descs.len(), 8, "ends after as many descriptors as the table holds");
+        chain.gather(&mem, descs);
+        assert_eq!(chain.status_addr(), None);
+        // An index past the table ends the walk too.
+        put(&mem, TABLE, 1, (0x9000, 512, NEXT | WRITE, 9));
+        chain.gather(&mem, DescWalk::new(&mem, TABLE, 8, 0));
+        assert_eq!(chain.status_addr(), None);
+    }
+
+    #[test]
+    fn an_indirect_table_is_followed_once() {
+        let mem = memory();
+        let indirect = 0x4000;
+        put(&mem, TABLE, 0, (indirect, 3 * 16, INDIRECT, 0));
+        put(&mem, indirect, 0, (0x8000, 16, NEXT, 1));
+        put(&mem, indirect, 1, (0xa000, 512, NEXT | WRITE, 2));
+        put(&mem, indirect, 2, (0x9000, 1, WRITE, 0));
+        let mut chain = Chain::new();
+        chain.gather(&mem, DescWalk::new(&mem, TABLE, 8, 0));
+        assert_eq!(chain.status_addr(), Some(GuestAddress(0x9000)));
+        assert_eq!(chain.data_in_len(), 512);
+        // A nested indirect table is not followed: no end, no status.
+        put(&mem, indirect, 2, (indirect, 16, INDIRECT, 0));
+        chain.gather(&mem, DescWalk::new(&mem, TABLE, 8, 0));
+        assert_eq!(chain.status_addr(), None);
+    }
+}

@@ -202,7 +202,12 @@ fn descriptors_aliasing_one_buffer_are_refused_with_their_status_at_once() {
         } else {
             big.as_slice()[(64 << 20) - 1]
         };
-        assert_eq!(status, VIRTIO_BLK_S_IOERR, "separate status: {separate_status}: {done:?}; log:\n{}", d.log());
+        assert_eq!(
+            status,
+            VIRTIO_BLK_S_IOERR,
+            "separate status: {separate_status}: {done:?}; log:\n{}",
+            d.log()
+        );
         assert!(done.took < PROMPT, "refused after {:?}", done.took);
         assert_eq!(done.used.len, 0, "only the status byte was written");
     }
@@ -245,7 +250,10 @@ fn a_queue_stop_returns_at_once_while_a_throttled_request_waits() {
     let start = Instant::now();
     let base = drv.transport.stop_queue(0).expect("GET_VRING_BASE");
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(1), "the queue stop took {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the queue stop took {took:?}"
+    );
     let done = drv.wait(&first, Duration::ZERO);
     assert_eq!(
         u32::from(base),
@@ -381,7 +389,10 @@ fn a_hostile_vsic_leaves_another_its_throughput() {
     stop.store(true, Ordering::Relaxed);
     let ratio = beside / alone;
     println!("alone_mbps={alone:.1} hostile_mbps={beside:.1} ratio={ratio:.2}");
-    assert!(ratio > 0.1, "VSIC 1 fell from {alone:.1} to {beside:.1} MB/s");
+    assert!(
+        ratio > 0.1,
+        "VSIC 1 fell from {alone:.1} to {beside:.1} MB/s"
+    );
     let _ = hostile.join();
     assert_eq!(
         stats_of(&admin, 1).0.protection_violations,
@@ -417,7 +428,9 @@ fn get_id_waits_briefly_for_the_announced_configuration() {
         let id = drv.alloc(vsic_abi::virtio::SERIAL_LEN);
         let buf = writable(&id, vsic_abi::virtio::SERIAL_LEN);
         let sent = drv.send(vsic_abi::virtio::VIRTIO_BLK_T_GET_ID, 0, &[buf], true);
-        let done = drv.wait(&sent, Duration::from_secs(5)).expect("GET_ID completes");
+        let done = drv
+            .wait(&sent, Duration::from_secs(5))
+            .expect("GET_ID completes");
         assert_eq!(done.status, VIRTIO_BLK_S_OK);
         assert_eq!(&id.as_slice()[..10], b"vsic-vsic0");
         done.took

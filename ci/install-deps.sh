@@ -26,6 +26,8 @@ declare -A STABLE_PKGS=(
     [kmod]=/sbin/depmod
     [libc-bin]=/usr/bin/ldd
     [coreutils]=/usr/bin/timeout
+    # losetup: ci/test.sh runs the block-device tests on a loop device.
+    [mount]=/sbin/losetup
 )
 BACKPORTS_PKG=qemu-system-x86
 QEMU_SERIES=10.0

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
+use vsic_abi::records::ROLE_STORE;
 use vsic_abi::units::format_size;
 use vsic_abi::virtio::Function;
 use vsicctl::control::service::Service;
@@ -174,13 +175,17 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
             mountpoint.display()
         )));
     }
-    if let Some(disk) = store::find_store_disks(Path::new("/sys/block"), Path::new("/dev")).first()
-    {
+    let pf = pf::open(&pf::Route::Guest)?;
+    let vsas = pf
+        .client
+        .list_vsas()
+        .map_err(|e| Failure::admin(&context, e))?;
+    if let Some(v) = vsas.iter().find(|v| v.role == ROLE_STORE) {
         return Err(err(format!(
-            "a store already exists on /dev/{disk}; mount it with `vsicctl store mount`"
+            "a store already exists: VSA {} has the store role; mount it with `vsicctl store mount`",
+            v.vsa_id
         )));
     }
-    let pf = pf::open(&pf::Route::Guest)?;
     let funcs = Functions::system();
     let addr = pf::locate_vsic(&funcs, n)?;
     let vsics = pf
@@ -217,6 +222,10 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
             ),
         }
     };
+    // The role is what `store mount` trusts: only the PF owner can set it.
+    if let Err(e) = pf.client.vsa_set_role(created.vsa_id, ROLE_STORE) {
+        return Err(undo(Failure::admin(&context, e)));
+    }
     if let Err(e) = pf.client.attach(n, 0, &created.token, false) {
         return Err(undo(Failure::admin(&context, e)));
     }
@@ -278,12 +287,36 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
 pub fn store_mount(mountpoint: &Path) -> Result<Report, Failure> {
     let context = "mounting the capability store";
     let err = |e: String| Failure::local(context, "store", e);
-    let disks = store::find_store_disks(Path::new("/sys/block"), Path::new("/dev"));
-    let disk = match disks.as_slice() {
-        [one] => one.clone(),
-        [] => return Err(err("no kernel disk holds a capability store (label vsic-store); create one with `vsicctl store init`".into())),
-        many => return Err(err(format!("several disks hold a capability store: {}", many.join(", ")))),
+    // Where the controller says the store is: the VSA with the store role
+    // (only the PF owner sets it), at slot 0 of one VSIC. A disk's label
+    // proves nothing: a tenant can write any label into a VSA of their own.
+    let pf = pf::open(&pf::Route::Guest)?;
+    let vsas = pf
+        .client
+        .list_vsas()
+        .map_err(|e| Failure::admin(context, e))?;
+    let vsics = pf
+        .client
+        .list_vsics()
+        .map_err(|e| Failure::admin(context, e))?;
+    let (vsa, n) = store::locate(&vsas, &vsics).map_err(|e| err(e.to_string()))?;
+    let funcs = Functions::system();
+    let addr = pf::locate_vsic(&funcs, n)?;
+    let disk = match (funcs.driver(&addr).as_deref(), funcs.disk(&addr)) {
+        (Some(KERNEL_DRIVER), Some((disk, _))) => disk,
+        _ => {
+            return Err(err(format!(
+                "the store (VSA {vsa}) is at slot 0 of VSIC {n} ({addr}), which has no kernel disk; \
+                 hand it to the kernel with `vsicctl vsic bind --vsic {n} --kernel`"
+            )))
+        }
     };
+    if store::device_label(&Path::new("/dev").join(&disk)).as_deref() != Some(store::STORE_LABEL) {
+        return Err(err(format!(
+            "the store (VSA {vsa}) is /dev/{disk} (VSIC {n}), but it holds no ext4 file system labelled {}",
+            store::STORE_LABEL
+        )));
+    }
     let device = Path::new("/dev").join(&disk);
     let table = mounts();
     let human = match store::mounted_at(&table, &device) {
@@ -313,7 +346,7 @@ pub fn store_mount(mountpoint: &Path) -> Result<Report, Failure> {
     };
     Ok(Report::new(
         human,
-        json!({ "disk": disk, "mountpoint": mountpoint }),
+        json!({ "disk": disk, "mountpoint": mountpoint, "vsa": vsa, "vsic": n }),
     ))
 }
 

@@ -63,7 +63,7 @@ fn parse() -> Result<Args, String> {
 
 /// Byte counts accept suffixes: 4K, 1M, 2G.
 fn size(s: &str) -> Result<u64, String> {
-    vsic_abi::units::parse_size(s)
+    vsic_abi::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn num<T: std::str::FromStr>(s: &str) -> Result<T, String> {

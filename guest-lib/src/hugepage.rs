@@ -61,6 +61,7 @@ impl ProvidedDma {
         let bad = |why: String| Error::InvalidArgument(format!("provided DMA memory: {why}"));
         // SAFETY: fstat fills a plain struct for a valid fd.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable stat buffer and the fd is open.
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
             return Err(Error::system(
                 "fstat of provided DMA memory",

@@ -91,11 +91,12 @@ impl Controller {
         len: u64,
         f: impl FnOnce(Segments<'_>) -> std::io::Result<R>,
     ) -> Result<R, IoError> {
+        let (slot, within) = window::split(offset);
+        let slots = rt.slots();
+        // Checked under the slot lock, which DISABLE drains.
         if !rt.is_enabled() {
             return Err(IoError::VsicDisabled);
         }
-        let (slot, within) = window::split(offset);
-        let slots = rt.slots();
         let binding = usize::try_from(slot)
             .ok()
             .and_then(|s| slots.get(s))

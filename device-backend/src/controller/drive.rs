@@ -34,6 +34,9 @@ pub struct Drive {
     origin: Origin,
     /// (st_dev, st_ino) or st_rdev, to catch the same drive given twice.
     identity: (u64, u64),
+    /// Tests: successful syncs so far.
+    #[cfg(test)]
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl Drive {
@@ -70,7 +73,16 @@ impl Drive {
         } else {
             return Err(format!("drive {show} is neither a regular file nor a block device"));
         };
-        Ok(Drive { path: path.to_path_buf(), file, size, block_device, origin, identity })
+        Ok(Drive {
+            path: path.to_path_buf(),
+            file,
+            size,
+            block_device,
+            origin,
+            identity,
+            #[cfg(test)]
+            syncs: Default::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -228,10 +240,18 @@ impl Drive {
     pub fn sync(&self) -> io::Result<()> {
         // SAFETY: fdatasync on a descriptor we own.
         if unsafe { libc::fdatasync(self.fd()) } == 0 {
+            #[cfg(test)]
+            self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    /// Tests: how many syncs succeeded.
+    #[cfg(test)]
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn fd(&self) -> libc::c_int {

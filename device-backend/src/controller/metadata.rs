@@ -41,8 +41,16 @@
 //! | 16 | generation (first commit = 1) | u64 |
 //! | 24 | body length | u64 |
 //! | 32 | pool id | 16 bytes |
-//! | 48 | reserved (0) | 48 bytes |
+//! | 48 | store VSA id (0 = none): the VSA with the capability-store role | u64 |
+//! | 56 | reserved (0) | 40 bytes |
 //! | 96 | SHA-256 of header bytes 0..96 followed by the body | 32 bytes |
+//!
+//! The store VSA id sits in bytes that earlier format-1 builds write as zero
+//! and ignore on reading; it is covered by the slot checksum like the body,
+//! so it is committed atomically with it. An older build loads such a pool
+//! (without the role) and its next commit clears the role: the store is then
+//! refused by `vsicctl store mount` until `store init`'s role is set again,
+//! never confused with another VSA.
 //! | 128 | body | body length |
 //!
 //! **Body** (one copy of the whole pool state; "runs" are `drive u32,
@@ -70,11 +78,21 @@
 //! **Commit**: the whole body is written, with generation = previous + 1,
 //! into the slot holding the older (or an invalid) generation on every
 //! drive, each followed by fdatasync; the command completes only after
-//! every drive has it. **Open** reads both slots of every drive, ignores
-//! any whose magic, version, pool id or checksum is wrong, and takes the
-//! newest generation; a torn write therefore falls back to the previous
-//! generation. If a commit fails, the old state is re-committed under a
-//! newer generation (best effort) so the failed change cannot reappear.
+//! every drive has it (after a drive failure, see below). **Open** reads
+//! both slots of every drive, ignores any whose magic, version, pool id
+//! or checksum is wrong, and takes the newest generation; a torn write
+//! therefore falls back to the previous generation.
+//!
+//! **Failed commit**: open loads the highest generation that reached any
+//! one drive, so a commit that reached some drives but not all is decided
+//! by what is written next. The device re-commits the previous state under
+//! a newer generation: if that reaches at least one drive, the command is
+//! refused (metadata-io) and certainly not applied. If it reaches none, the
+//! device commits the command's state again, under a newer generation
+//! still: if that reaches a drive, the command is reported done. Only when
+//! no drive accepts either write is the outcome at the next start unknown
+//! (metadata-io, logged as such); the next successful commit, built on the
+//! previous state, settles it.
 //!
 //! A drive whose first MiB is all zero is blank and gets formatted
 //! (together with every other drive: all drives of a pool are formatted at
@@ -350,14 +368,14 @@ pub fn decode_body(b: &[u8], max_extents: u64) -> Result<PoolState, String> {
     if d.remaining() != 0 {
         return Err("metadata body has trailing bytes".into());
     }
-    let s = PoolState { extent_size, drives, next_vsa_id, vsas, vsics, pending_zero };
+    let s = PoolState { extent_size, drives, next_vsa_id, vsas, vsics, pending_zero, store_vsa: 0 };
     s.check()?;
     Ok(s)
 }
 
 // ------------------------------------------------------------- slot codec
 
-fn encode_slot(generation: u64, pool_id: &[u8; 16], body: &[u8]) -> Vec<u8> {
+fn encode_slot(generation: u64, pool_id: &[u8; 16], store_vsa: u64, body: &[u8]) -> Vec<u8> {
     let mut e = Encoder::new();
     e.bytes(SLOT_MAGIC);
     e.u32(FORMAT_VERSION);
@@ -365,7 +383,8 @@ fn encode_slot(generation: u64, pool_id: &[u8; 16], body: &[u8]) -> Vec<u8> {
     e.u64(generation);
     e.u64(body.len() as u64);
     e.bytes(pool_id);
-    e.bytes(&[0u8; 48]);
+    e.u64(store_vsa);
+    e.bytes(&[0u8; 40]);
     let mut b = e.finish();
     let sum = sha256(&[&b, body]);
     b.extend_from_slice(&sum);
@@ -373,8 +392,15 @@ fn encode_slot(generation: u64, pool_id: &[u8; 16], body: &[u8]) -> Vec<u8> {
     b
 }
 
+/// A valid commit read from a slot.
+struct SlotCommit {
+    generation: u64,
+    store_vsa: u64,
+    body: Vec<u8>,
+}
+
 /// Reads one slot; `None` when it holds no valid commit of this pool.
-fn read_slot(drive: &Drive, sb: &Superblock, slot: usize) -> Result<Option<(u64, Vec<u8>)>, String> {
+fn read_slot(drive: &Drive, sb: &Superblock, slot: usize) -> Result<Option<SlotCommit>, String> {
     let offset = sb.slot_offset(slot);
     let mut head = [0u8; SLOT_HEADER_LEN];
     drive
@@ -383,13 +409,13 @@ fn read_slot(drive: &Drive, sb: &Superblock, slot: usize) -> Result<Option<(u64,
     if &head[..8] != SLOT_MAGIC {
         return Ok(None);
     }
-    let mut d = Decoder::new(&head[8..48]);
+    let mut d = Decoder::new(&head[8..56]);
     let fields = (|| -> Result<_, Truncated> {
         let version = d.u32()?;
         d.u32()?;
-        Ok((version, d.u64()?, d.u64()?, d.array::<16>()?))
+        Ok((version, d.u64()?, d.u64()?, d.array::<16>()?, d.u64()?))
     })();
-    let Ok((version, generation, body_len, pool_id)) = fields else {
+    let Ok((version, generation, body_len, pool_id, store_vsa)) = fields else {
         return Ok(None);
     };
     if pool_id != sb.pool_id || body_len > sb.slot_len.saturating_sub(SLOT_HEADER_LEN as u64) {
@@ -408,7 +434,7 @@ fn read_slot(drive: &Drive, sb: &Superblock, slot: usize) -> Result<Option<(u64,
             drive.path().display()
         ));
     }
-    Ok(Some((generation, body)))
+    Ok(Some(SlotCommit { generation, store_vsa, body }))
 }
 
 // ------------------------------------------------------------- the store
@@ -431,12 +457,23 @@ pub struct MetaStore {
     /// Tests: how many upcoming commits fail as if a drive returned EIO.
     #[cfg(test)]
     pub fail_commits: u32,
+    /// Tests: for each upcoming commit, the drives (by index) whose write
+    /// fails as if they returned EIO; the other drives are written.
+    #[cfg(test)]
+    pub fail_on_drives: std::collections::VecDeque<Vec<usize>>,
 }
 
 impl MetaStore {
     /// Newest generation written (committed, or attempted and failed).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether the newest generation written reached at least one drive
+    /// (written and synced). If so, `open` loads it: it is the highest
+    /// generation that exists anywhere.
+    pub fn newest_landed(&self) -> bool {
+        self.slot_gens.iter().flatten().any(|&g| g == self.generation)
     }
 
     fn slot_capacity(&self) -> u64 {
@@ -459,15 +496,20 @@ impl MetaStore {
         }
         // Every drive of the pool carries the same pool id.
         let pool_id = self.superblocks.first().map(|s| s.pool_id).unwrap_or_default();
-        let bytes = encode_slot(generation, &pool_id, &body);
+        let bytes = encode_slot(generation, &pool_id, state.store_vsa, &body);
         let mut result = Ok(generation);
+        #[cfg(test)]
+        let failing = self.fail_on_drives.pop_front().unwrap_or_default();
         for (i, drive) in self.drives.iter().enumerate() {
             let (Some(sb), Some(gens)) = (self.superblocks.get(i), self.slot_gens.get_mut(i)) else {
                 continue;
             };
             let slot = if gens[0] <= gens[1] { 0 } else { 1 };
             gens[slot] = 0;
-            match drive.write_all_at(&bytes, sb.slot_offset(slot)).and_then(|_| drive.sync()) {
+            let write = || drive.write_all_at(&bytes, sb.slot_offset(slot)).and_then(|_| drive.sync());
+            #[cfg(test)]
+            let write = || if failing.contains(&i) { Err(std::io::Error::other("injected drive failure")) } else { write() };
+            match write() {
                 Ok(()) => gens[slot] = generation,
                 Err(e) => {
                     log::error!("metadata commit {generation} to {} failed: {e}", drive.path().display());
@@ -605,6 +647,8 @@ fn format_pool(drives: &[Arc<Drive>], extent_size: u64, vsics: usize) -> Result<
         generation: 0,
         #[cfg(test)]
         fail_commits: 0,
+        #[cfg(test)]
+        fail_on_drives: Default::default(),
     };
     store.commit(&state).map_err(|e| format!("cannot write the first metadata commit: {e:?}"))?;
     log::info!(
@@ -647,33 +691,35 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
         }
     }
     let mut slot_gens = vec![[0u64; 2]; drives.len()];
-    let mut best: Option<(u64, usize, Vec<u8>)> = None;
+    let mut best: Option<(usize, SlotCommit)> = None;
     for (i, ((d, sb), gens)) in drives.iter().zip(&sbs).zip(slot_gens.iter_mut()).enumerate() {
         for (slot, slot_gen) in gens.iter_mut().enumerate() {
-            let Some((generation, body)) = read_slot(d, sb, slot)? else {
+            let Some(commit) = read_slot(d, sb, slot)? else {
                 log::info!("metadata slot {slot} of {} holds no valid commit (unused or torn)", d.path().display());
                 continue;
             };
-            *slot_gen = generation;
+            *slot_gen = commit.generation;
             let newer = match &best {
-                Some((g, _, _)) => generation > *g,
+                Some((_, b)) => commit.generation > b.generation,
                 None => true,
             };
             if newer {
-                best = Some((generation, i, body));
+                best = Some((i, commit));
             }
         }
     }
-    let Some((generation, drive, body)) = best else {
+    let Some((drive, SlotCommit { generation, store_vsa, body })) = best else {
         return Err(
             "no valid metadata on any drive: every slot is corrupted (or formatting was interrupted); refusing to open"
                 .into(),
         );
     };
     let pool_extents = sbs.iter().map(|s| s.extent_count).fold(0u64, |a, b| a.saturating_add(b));
-    let mut state = decode_body(&body, pool_extents).map_err(|e| {
-        format!("newest metadata (generation {generation} on {}) is inconsistent: {e}", drives[drive].path().display())
-    })?;
+    let inconsistent =
+        |e: String| format!("newest metadata (generation {generation} on {}) is inconsistent: {e}", drives[drive].path().display());
+    let mut state = decode_body(&body, pool_extents).map_err(inconsistent)?;
+    state.store_vsa = store_vsa;
+    state.check().map_err(inconsistent)?;
     let expected: Vec<DriveRecord> = sbs
         .iter()
         .map(|s| DriveRecord { first_data_extent: s.first_data_extent, extent_count: s.extent_count })
@@ -692,6 +738,8 @@ fn load_pool(drives: &[Arc<Drive>], sbs: Vec<Superblock>, vsics: usize) -> Resul
         generation: max_gen,
         #[cfg(test)]
         fail_commits: 0,
+        #[cfg(test)]
+        fail_on_drives: Default::default(),
     };
     log::info!("loaded pool metadata generation {generation} from {}", drives[drive].path().display());
     Ok((state, store))

@@ -99,6 +99,9 @@ pub struct PoolState {
     /// Extents freed by delete/shrink that may still hold old data: they are
     /// zeroed before they become free again (also after a crash).
     pub pending_zero: Vec<PhysExtent>,
+    /// The VSA with the capability-store role (0: none). Only the PF sets it;
+    /// persisted in the metadata slot header, which format-1 readers ignore.
+    pub store_vsa: u64,
 }
 
 impl PoolState {
@@ -110,6 +113,7 @@ impl PoolState {
             vsas: BTreeMap::new(),
             vsics: vec![VsicRecord::default(); vsics],
             pending_zero: Vec::new(),
+            store_vsa: 0,
         }
     }
 
@@ -173,6 +177,9 @@ impl PoolState {
         for e in &self.pending_zero {
             claim(*e, "pending-zero list")?;
         }
+        if self.store_vsa != 0 && !self.vsas.contains_key(&self.store_vsa) {
+            return Err(format!("the store role names VSA {} which does not exist", self.store_vsa));
+        }
         for (n, vsic) in self.vsics.iter().enumerate() {
             for a in vsic.slots.iter().flatten() {
                 let ok = self.vsas.get(&a.vsa_id).and_then(|v| v.token(a.token_id)).is_some();
@@ -231,5 +238,10 @@ mod tests {
         let mut s = sample();
         s.vsas.get_mut(&1).unwrap().tokens[0].id = 5;
         assert!(s.check().is_err());
+        let mut s = sample();
+        s.store_vsa = 1;
+        s.check().unwrap();
+        s.store_vsa = 9;
+        assert!(s.check().unwrap_err().contains("store role"));
     }
 }

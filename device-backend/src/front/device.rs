@@ -26,6 +26,10 @@ pub trait Device: Send + Sync {
 
     fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError>;
 
+    /// Makes every completed write durable, whatever the VSICs' state
+    /// (clean shutdown).
+    fn sync_all(&self) -> std::io::Result<()>;
+
     fn discard(
         &self,
         vsic: u32,
@@ -66,6 +70,10 @@ impl Device for Controller {
 
     fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError> {
         Controller::flush(self, vsic, queue)
+    }
+
+    fn sync_all(&self) -> std::io::Result<()> {
+        Controller::sync_drives(self)
     }
 
     fn discard(

@@ -109,9 +109,10 @@ impl Front {
     /// then exits the process.
     pub fn shutdown(&self) {
         let held = self.quiesce.write().unwrap_or_else(|e| e.into_inner());
-        for vsic in 0..self.config.vsics {
-            // Best effort: a VSIC with nothing attached has nothing to flush.
-            let _ = self.device.flush(vsic, 0);
+        // The drives themselves, not a FLUSH per VSIC: a disabled VSIC
+        // would refuse it (and count a violation), leaving writes unsynced.
+        if let Err(e) = self.device.sync_all() {
+            error!("shutdown: completed writes may not be durable: {e}");
         }
         for function in self.config.functions() {
             let _ = std::fs::remove_file(self.config.socket_path(function));

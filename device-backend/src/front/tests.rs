@@ -101,6 +101,11 @@ impl Device for FakeDevice {
         Ok(())
     }
 
+    fn sync_all(&self) -> std::io::Result<()> {
+        self.calls.lock().unwrap().push("sync all".to_string());
+        Ok(())
+    }
+
     fn discard(
         &self,
         vsic: u32,

@@ -222,29 +222,6 @@ impl Daemon {
         self.spawn();
     }
 
-    /// Sends SIGTERM (a clean stop) and waits up to `limit` for the
-    /// daemon to exit; its exit status, or `None` if it is still running
-    /// (it is then killed when the handle drops).
-    pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_mut()?;
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(sent, "cannot send SIGTERM to vsicd");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// Whether the daemon process is still alive.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))

@@ -181,6 +181,7 @@ fn a_huge_read_of_an_unattached_slot_under_qos_fails_at_once() {
         .wait(&sent, Duration::from_secs(10))
         .expect("a 128 MiB read of nothing at 1 MB/s completes");
     assert_eq!(done.status, VIRTIO_BLK_S_IOERR);
+    println!("huge_read_refused_ms={:.3}", done.took.as_secs_f64() * 1e3);
     assert!(done.took < PROMPT, "refused after {:?}", done.took);
     assert_eq!(done.used.len, 0, "only the status byte was written");
     assert!(
@@ -210,6 +211,10 @@ fn descriptors_aliasing_one_buffer_are_refused_with_their_status_at_once() {
             VIRTIO_BLK_S_IOERR,
             "separate status: {separate_status}: {done:?}; log:\n{}",
             d.log()
+        );
+        println!(
+            "aliased_chain_refused_ms={:.3} separate_status={separate_status}",
+            done.took.as_secs_f64() * 1e3
         );
         assert!(done.took < PROMPT, "refused after {:?}", done.took);
         assert_eq!(done.used.len, 0, "only the status byte was written");
@@ -253,6 +258,7 @@ fn a_queue_stop_returns_at_once_while_a_throttled_request_waits() {
     let start = Instant::now();
     let base = drv.transport.stop_queue(0).expect("GET_VRING_BASE");
     let took = start.elapsed();
+    println!("queue_stop_ms={:.3}", took.as_secs_f64() * 1e3);
     assert!(
         took < Duration::from_secs(1),
         "the queue stop took {took:?}"
@@ -272,8 +278,10 @@ fn sigterm_with_a_throttled_request_in_flight_exits_promptly() {
     let (_first, _second, _bufs) = throttled_pair(&mut drv);
     thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
+    let stopped = d.stop(Duration::from_secs(5));
+    println!("sigterm_exit_ms={:.1}", start.elapsed().as_secs_f64() * 1e3);
     assert!(
-        d.stop(Duration::from_secs(5)),
+        stopped,
         "vsicd did not exit cleanly within 5 s of SIGTERM ({:?})",
         start.elapsed()
     );

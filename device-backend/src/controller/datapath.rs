@@ -229,8 +229,9 @@ impl Controller {
             bump(&q.requests, 1);
         }
         let what = if write_zeroes { "write-zeroes" } else { "discard" };
-        // Zeroing costs the drive like writing: charged by length.
-        self.model_service_time(len);
+        // The service-time model charges zeroing its latency only; QoS
+        // charges it by length (below).
+        self.model_service_time(0);
         let result = self.with_segments(rt, &Op::Zero, offset, len, |segments| {
             for seg in segments {
                 let drive = self

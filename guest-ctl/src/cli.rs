@@ -246,7 +246,8 @@ pub enum VsicCommand {
     },
     /// Hand a VSIC's PCI function to the kernel's virtio_blk driver
     /// (--kernel), or to vfio-pci with its /dev/vfio/G given to one user,
-    /// mode 0600 (--vfio --user U). Guest only.
+    /// mode 0600 (--vfio --user U). Guest only. A VSIC leaving a user (to
+    /// another user or the kernel) has every slot detached first.
     Bind {
         #[command(flatten)]
         vsic: VsicArg,
@@ -261,7 +262,8 @@ pub enum VsicCommand {
         user: Option<String>,
     },
     /// Take a VSIC's PCI function away from its driver (guest only).
-    /// Refused while its disk is mounted or its VFIO group is open.
+    /// Refused while its disk is mounted or its VFIO group is open; taken
+    /// from a user, it has every slot detached first.
     Unbind {
         #[command(flatten)]
         vsic: VsicArg,

@@ -87,15 +87,12 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
     let addr = pf::locate_vsic(&funcs, n)?;
     let pci = |e: String| Failure::local(&context, "pci", e);
     let current = funcs.driver(&addr);
+    take_from_user(&funcs, &addr, current.as_deref(), owner.map(|(uid, _)| uid), || {
+        detach_every_slot(&funcs, n)
+    })
+    .map_err(pci)?;
     if current.as_deref() != Some(target) {
-        leave_current_driver(&funcs, &addr, current.as_deref()).map_err(pci)?;
         funcs.bind(&addr, target).map_err(pci)?;
-    } else if current.as_deref() == Some(VFIO_DRIVER) && funcs.group_in_use(&addr).map_err(pci)? {
-        // Giving an open group to someone else would not take it from
-        // the process holding it.
-        return Err(pci(
-            "its VFIO group is open by a process; stop it first".to_string()
-        ));
     }
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {
         log::warn!("cannot update {}: {e}", funcs.map_path().display());
@@ -121,6 +118,68 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
             ))
         }
     }
+}
+
+/// Takes the function at `addr` from whoever may use it now, before it
+/// goes to `next` (a uid for vfio-pci; `None` for the kernel or no
+/// driver). Refuses while it is in use (a mounted disk, an open VFIO
+/// group). On vfio-pci, the group node becomes root's first, so the owner
+/// cannot reopen the group between the check and the handover; if the
+/// function leaves a user (the node belonged to a uid other than root and
+/// `next` is someone else), `detach_all` then empties every slot, while
+/// nobody but root can open the function. Attachments root made (on the
+/// kernel driver, no driver, or a group node of root's) stay.
+pub(crate) fn take_from_user(
+    funcs: &Functions,
+    addr: &str,
+    current: Option<&str>,
+    next: Option<u32>,
+    detach_all: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    match current {
+        Some(VFIO_DRIVER) => {
+            let before = funcs.revoke_group(addr)?;
+            let in_use = funcs.group_in_use(addr);
+            if !matches!(in_use, Ok(false)) {
+                if let Some(owner) = before {
+                    if let Err(e) = funcs.restore_group(addr, owner) {
+                        log::warn!("giving the VFIO group of {addr} back: {e}");
+                    }
+                }
+                in_use?;
+                return Err("its VFIO group is open by a process; stop it first".into());
+            }
+            // No node: nobody could open it, but who had it is unknown.
+            let leaves_user = before.is_none_or(|b| b.uid != 0 && Some(b.uid) != next);
+            if leaves_user {
+                detach_all()?;
+            }
+            Ok(())
+        }
+        _ => leave_current_driver(funcs, addr, current),
+    }
+}
+
+/// Detaches every VSA attached to VSIC `n`, through the PF (the caller
+/// holds the control-plane lock).
+fn detach_every_slot(funcs: &Functions, n: u32) -> Result<(), String> {
+    let pf = pf::open_in_guest(funcs).map_err(|f| format!("opening the PF: {}", f.message()))?;
+    let vsics = pf
+        .list_vsics()
+        .map_err(|e| format!("listing VSIC {n}'s attachments: {e}"))?;
+    let info = vsics
+        .iter()
+        .find(|v| v.vsic == n)
+        .ok_or_else(|| format!("the PF does not know VSIC {n}"))?;
+    for (slot, s) in info.slots.iter().enumerate() {
+        if s.is_attached() {
+            let slot = slot as u32;
+            pf.detach(n, slot)
+                .map_err(|e| format!("detaching VSA {} from slot {slot}: {e}", s.vsa_id))?;
+            log::info!("VSIC {n} left its user: detached VSA {} from slot {slot}", s.vsa_id);
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to take a function from under its users: a mounted disk, an
@@ -149,7 +208,10 @@ pub fn unbind(n: u32) -> Result<Report, Failure> {
     let addr = pf::locate_vsic(&funcs, n)?;
     let pci = |e: String| Failure::local(&context, "pci", e);
     let current = funcs.driver(&addr);
-    leave_current_driver(&funcs, &addr, current.as_deref()).map_err(pci)?;
+    take_from_user(&funcs, &addr, current.as_deref(), None, || {
+        detach_every_slot(&funcs, n)
+    })
+    .map_err(pci)?;
     funcs.unbind(&addr).map_err(pci)?;
     // Still VSIC n: keep it in the map, an unbound function cannot name itself.
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {

@@ -40,4 +40,4 @@ pub use blk::{Limits, Request, VsaHandle, VsaRange};
 pub use device::{Completion, CompletionMode, Device, OpenOptions, RawReply};
 pub use dma::{DmaBuffer, MemRange};
 pub use error::{Error, IoStatus};
-pub use hugepage::{DmaSource, ProvidedDma};
+pub use hugepage::{DmaSource, PageLocator, ProvidedDma};

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::warn;
+use log::{debug, warn};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
 use vsic_abi::virtio::{
     config, DiscardSegment, REQ_HEADER_LEN, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE,
@@ -355,7 +355,7 @@ impl Device {
         }
         transport.enable_queues(count)?;
 
-        Ok(Device {
+        let device = Device {
             transport,
             pool,
             queues,
@@ -364,7 +364,23 @@ impl Device {
             mode: opts.mode,
             sync_timeout: opts.sync_timeout,
             next_token: AtomicU64::new(1),
-        })
+        };
+        // A frontend may hold a configuration from before the device
+        // started (QEMU ignores changes while a vhost-user device is
+        // stopped); the VSIC device answers GET_ID once its frontend has
+        // the current one (docs/device-spec.md, section 2). Identify it
+        // now, so capacity() is current from the start. The answer itself
+        // does not matter: a device without GET_ID is still usable.
+        if let Err(e) = device.raw_request(
+            0,
+            vsic_abi::virtio::VIRTIO_BLK_T_GET_ID,
+            0,
+            &[],
+            &[vsic_abi::virtio::SERIAL_LEN],
+        ) {
+            debug!("GET_ID after start: {e}");
+        }
+        Ok(device)
     }
 
     /// Number of queues opened.

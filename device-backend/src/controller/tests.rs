@@ -478,13 +478,27 @@ fn qos_delays_but_never_fails() {
     ));
     let info = &vsic_list(&c)[3];
     assert_eq!((info.qos_bytes_per_sec, info.qos_iops), (1 << 20, 0));
-    let start = Instant::now();
+    assert!(c.qos_wait(3).is_zero());
     for i in 0..4 {
         write(&c, 3, i * 65536, &[1; 65536]).unwrap();
     }
-    // 256 KiB at 1 MiB/s with a 100 KiB burst: at least ~150 ms.
-    assert!(start.elapsed() >= Duration::from_millis(120), "{:?}", start.elapsed());
+    // 256 KiB at 1 MiB/s with a 100 KiB burst: the next request waits
+    // ~150 ms (the front sleeps that long before taking it).
+    let wait = c.qos_wait(3);
+    assert!(wait >= Duration::from_millis(120), "{wait:?}");
     assert!(vsic_stats(&c, 3).qos_delayed >= 1);
+    // Refused requests are not charged their bytes.
+    std::thread::sleep(wait);
+    assert!(matches!(read(&c, 3, 4 * ES, 65536), Err(IoError::OutOfBounds)));
+    assert!(c.qos_wait(3) < Duration::from_millis(20), "{:?}", c.qos_wait(3));
+    // DISCARD and WRITE_ZEROES are charged the length they zero.
+    c.discard(3, 0, 0, 4 * ES, false).unwrap();
+    let wait = c.qos_wait(3);
+    assert!(wait >= Duration::from_millis(120), "discard charged: {wait:?}");
+    std::thread::sleep(wait);
+    c.discard(3, 0, 0, 4 * ES, true).unwrap();
+    let wait = c.qos_wait(3);
+    assert!(wait >= Duration::from_millis(120), "write-zeroes charged: {wait:?}");
     ok(run(
         &c,
         Opcode::SetQos,
@@ -495,11 +509,11 @@ fn qos_delays_but_never_fails() {
         &[],
         0,
     ));
-    let start = Instant::now();
     for i in 0..4 {
         write(&c, 3, i * 65536, &[1; 65536]).unwrap();
     }
-    assert!(start.elapsed() < Duration::from_millis(100));
+    c.discard(3, 0, 0, 4 * ES, true).unwrap();
+    assert!(c.qos_wait(3).is_zero());
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! What the front needs from the controller, as a trait: the real
 //! [`Controller`] in the daemon, a small in-memory fake in tests.
 
+use std::time::Duration;
+
 use crate::controller::{AdminReply, Controller, IoError, IoKind};
 
 /// The controller operations the vhost-user front calls.
@@ -42,6 +44,11 @@ pub trait Device: Send + Sync {
 
     /// Counts a request refused before it reached the model.
     fn count_error(&self, vsic: u32, queue: u16);
+
+    /// How long VSIC `vsic`'s next request must wait for its QoS budget.
+    fn qos_wait(&self, _vsic: u32) -> Duration {
+        Duration::ZERO
+    }
 }
 
 impl Device for Controller {
@@ -86,6 +93,10 @@ impl Device for Controller {
 
     fn count_error(&self, vsic: u32, queue: u16) {
         Controller::count_error(self, vsic, queue)
+    }
+
+    fn qos_wait(&self, vsic: u32) -> Duration {
+        Controller::qos_wait(self, vsic)
     }
 }
 

@@ -231,6 +231,7 @@ impl Bench {
             device: &self.device,
             config_changes: &self.changes,
             log: &self.log,
+            config_settled: &|| {},
         };
         handle_chain(&self.mem, chain, &ctx, &mut self.scratch)
     }

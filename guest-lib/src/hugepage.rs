@@ -221,33 +221,64 @@ fn needs_privilege() -> Error {
     )
 }
 
+/// An open `/proc/self/pagemap`. Whether it shows physical addresses is
+/// decided when it is opened (by the opener's CAP_SYS_ADMIN), so a process
+/// that opens it before dropping its privileges keeps reading addresses,
+/// and can be the [`PageLocator`] of provided memory it handed itself.
+#[derive(Debug)]
+pub struct Pagemap(File);
+
+impl Pagemap {
+    pub fn open() -> Result<Pagemap, Error> {
+        File::open("/proc/self/pagemap").map(Pagemap).map_err(|e| match e.kind() {
+            // A process that dropped privileges cannot even open it.
+            std::io::ErrorKind::PermissionDenied => needs_privilege(),
+            _ => Error::system("opening /proc/self/pagemap", e),
+        })
+    }
+
+    /// Physical addresses of the pages of `[addr, addr + len)` of this
+    /// process, one per `page_size` bytes (the address of each page's first
+    /// byte).
+    pub fn addresses(&self, addr: usize, len: usize, page_size: usize) -> Result<Vec<u64>, Error> {
+        let base = base_page_size();
+        let mut out = Vec::with_capacity(len / page_size);
+        for page in (addr..addr.saturating_add(len)).step_by(page_size) {
+            let mut entry = [0u8; 8];
+            self.0
+                .read_exact_at(&mut entry, (page / base) as u64 * 8)
+                .map_err(|e| Error::system("reading /proc/self/pagemap", e))?;
+            match decode_pagemap(u64::from_ne_bytes(entry)) {
+                Ok(pfn) => out.push(pfn * base as u64 + (page % base) as u64),
+                Err(PagemapError::NotPresent) => {
+                    return Err(Error::transport(
+                        "pinning DMA memory",
+                        format!("page at {page:#x} is not resident"),
+                    ))
+                }
+                Err(PagemapError::Hidden) => return Err(needs_privilege()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where the pages of provided memory are now: maps its file (populated),
+/// reads each page's address, unmaps it again.
+impl PageLocator for Pagemap {
+    fn locate(&self, memory: &ProvidedDma) -> Result<Vec<u64>, Error> {
+        let len = memory.len();
+        let flags = libc::MAP_SHARED | libc::MAP_POPULATE;
+        let mapping = Mapping::new(len, flags, memory.fd().as_raw_fd())
+            .map_err(|e| Error::system("mapping provided DMA memory to locate it", e))?;
+        self.addresses(mapping.ptr.as_ptr() as usize, len, memory.page_size())
+    }
+}
+
 /// Physical addresses of the pages of `[addr, addr + len)` of this process,
 /// one per `page_size` bytes (the address of each page's first byte).
 pub fn physical_addresses(addr: usize, len: usize, page_size: usize) -> Result<Vec<u64>, Error> {
-    let pagemap = File::open("/proc/self/pagemap").map_err(|e| match e.kind() {
-        // A process that dropped privileges cannot even open it.
-        std::io::ErrorKind::PermissionDenied => needs_privilege(),
-        _ => Error::system("opening /proc/self/pagemap", e),
-    })?;
-    let base = base_page_size();
-    let mut out = Vec::with_capacity(len / page_size);
-    for page in (addr..addr.saturating_add(len)).step_by(page_size) {
-        let mut entry = [0u8; 8];
-        pagemap
-            .read_exact_at(&mut entry, (page / base) as u64 * 8)
-            .map_err(|e| Error::system("reading /proc/self/pagemap", e))?;
-        match decode_pagemap(u64::from_ne_bytes(entry)) {
-            Ok(pfn) => out.push(pfn * base as u64 + (page % base) as u64),
-            Err(PagemapError::NotPresent) => {
-                return Err(Error::transport(
-                    "pinning DMA memory",
-                    format!("page at {page:#x} is not resident"),
-                ))
-            }
-            Err(PagemapError::Hidden) => return Err(needs_privilege()),
-        }
-    }
-    Ok(out)
+    Pagemap::open()?.addresses(addr, len, page_size)
 }
 
 /// A mapping unmapped on drop unless handed over to a region.
@@ -558,6 +589,24 @@ mod tests {
             0
         );
         fd
+    }
+
+    /// A pagemap opened while privileged locates provided memory's pages
+    /// where they are (the locator an unprivileged process can carry).
+    /// CI runs as root; elsewhere, without CAP_SYS_ADMIN, addresses are
+    /// hidden and this test fails rather than pretend.
+    #[test]
+    fn a_pagemap_locates_the_pages_of_provided_memory() {
+        let page = 4096;
+        let fd = memfd(3 * page);
+        let pagemap = Pagemap::open().expect("open /proc/self/pagemap");
+        let mapping = Mapping::new(3 * page, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd()).unwrap();
+        let gpas = pagemap.addresses(mapping.ptr.as_ptr() as usize, 3 * page, page).expect("addresses (needs root)");
+        drop(mapping);
+        assert_eq!(gpas.len(), 3);
+        assert!(gpas.iter().all(|&a| a != 0 && a % page as u64 == 0));
+        let memory = ProvidedDma::new(fd, gpas.clone()).unwrap();
+        assert_eq!(pagemap.locate(&memory).unwrap(), gpas);
     }
 
     /// The control-plane path, with ordinary 4 KiB pages standing in for

@@ -26,6 +26,9 @@ declare -A STABLE_PKGS=(
     [kmod]=/sbin/depmod
     [libc-bin]=/usr/bin/ldd
     [coreutils]=/usr/bin/timeout
+    # mkfs.btrfs and mkfs.xfs for the guest image (the Figure 1 benchmark).
+    [btrfs-progs]=/sbin/mkfs.btrfs
+    [xfsprogs]=/sbin/mkfs.xfs
 )
 BACKPORTS_PKG=qemu-system-x86
 QEMU_SERIES=10.0

@@ -297,11 +297,24 @@ fn run(a: &Args) -> Result<String, String> {
                 CompletionMode::Hybrid => "hybrid",
             };
             let sync = if *flush { "flush" } else { "none" };
-            Ok(format!(
+            let mut line = format!(
                 "case=fig1 path=vsic mode={mode} sync={sync} cache={cache} bytes={} {}",
                 a.bytes,
                 summary(m)
-            ))
+            );
+            if mode == "hybrid" {
+                // How the waits ended (warm-up included).
+                let h = dev.hybrid_stats(0);
+                line += &format!(
+                    " hybrid_expected_us={:.1} waits_slept={} waits_first_look={} waits_polled={} waits_interrupted={}",
+                    h.expected.as_secs_f64() * 1e6,
+                    h.slept,
+                    h.first_look,
+                    h.polled,
+                    h.interrupted
+                );
+            }
+            Ok(line)
         }
     }
 }

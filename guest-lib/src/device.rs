@@ -471,6 +471,14 @@ impl Device {
         }
     }
 
+    /// What hybrid waits on `queue` did so far (all zero in other modes, or
+    /// for an unknown queue): how they ended and the current expectation.
+    pub fn hybrid_stats(&self, queue: u16) -> hybrid::HybridStats {
+        self.queue(queue)
+            .map(|q| q.hybrid.stats())
+            .unwrap_or_default()
+    }
+
     /// The eventfd the device signals for `queue` (interrupt mode), for use
     /// in an application's own event loop; call [`Device::ack_interrupt`]
     /// when it fires, then [`Device::poll`]. -1 for an unknown queue.

@@ -47,11 +47,27 @@ pub struct Plan {
     pub poll_until: Duration,
 }
 
+/// What a queue's hybrid waits did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HybridStats {
+    /// The current expectation of a wait's length.
+    pub expected: Duration,
+    /// Waits that began with a timer sleep.
+    pub slept: u64,
+    /// Waits that ended at the first look (after the sleep, if any).
+    pub first_look: u64,
+    /// Waits that ended while polling.
+    pub polled: u64,
+    /// Waits that ended on the interrupt.
+    pub interrupted: u64,
+}
+
 /// The adaptive state of one queue.
 #[derive(Debug, Clone, Default)]
 pub struct HybridState {
     /// Exponentially weighted mean wait, in nanoseconds; 0 = no history.
     expected_ns: u64,
+    stats: HybridStats,
 }
 
 impl HybridState {
@@ -62,6 +78,14 @@ impl HybridState {
     /// The current expectation of a wait's length.
     pub fn expected(&self) -> Duration {
         Duration::from_nanos(self.expected_ns)
+    }
+
+    /// Counters of the waits so far, and the expectation.
+    pub fn stats(&self) -> HybridStats {
+        HybridStats {
+            expected: self.expected(),
+            ..self.stats
+        }
     }
 
     /// The plan for the next wait.
@@ -86,6 +110,14 @@ impl HybridState {
     /// Learns from a finished wait that took `elapsed` and ended as `found`
     /// says.
     pub fn record(&mut self, elapsed: Duration, found: Found) {
+        if !self.plan().sleep.is_zero() {
+            self.stats.slept += 1;
+        }
+        match found {
+            Found::FirstLook => self.stats.first_look += 1,
+            Found::Polling => self.stats.polled += 1,
+            Found::Interrupt => self.stats.interrupted += 1,
+        }
         let sample = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         match found {
             Found::FirstLook if self.expected_ns > 0 => {

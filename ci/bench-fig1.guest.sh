@@ -67,7 +67,7 @@ case " $fs_list " in *" xfs "*) modprobe xfs || fail "modprobe xfs failed" ;; es
 
 mkfs_quiet() { # FS DEVICE
     case $1 in
-    ext2 | ext4) mke2fs -q -F -t "$1" "$2" ;;
+    ext2 | ext4) "mkfs.$1" -q -F "$2" ;;
     btrfs) mkfs.btrfs -q -f "$2" >/dev/null ;;
     xfs) mkfs.xfs -q -f "$2" ;;
     *) fail "unknown file system $1" ;;

@@ -118,7 +118,14 @@ impl HybridState {
             Found::Polling => self.stats.polled += 1,
             Found::Interrupt => self.stats.interrupted += 1,
         }
-        let sample = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let mut sample = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        if found == Found::Interrupt {
+            // The interrupt's own latency is in `elapsed`: learn only that
+            // the wait outlasted the plan, so the next one polls longer
+            // (at most twice as long) instead of sleeping far too long.
+            let cap = u64::try_from((self.plan().poll_until * 2).as_nanos()).unwrap_or(u64::MAX);
+            sample = sample.min(cap);
+        }
         match found {
             Found::FirstLook if self.expected_ns > 0 => {
                 // Slept too long (or the device was quicker than usual).
@@ -204,7 +211,22 @@ mod tests {
     #[test]
     fn polling_is_bounded_for_long_waits() {
         let mut s = HybridState::new();
-        s.record(Duration::from_millis(50), Found::Interrupt);
+        s.record(Duration::from_millis(50), Found::Polling);
+        let p = s.plan();
+        assert_eq!(p.poll_until - p.sleep, MAX_POLL);
+    }
+
+    #[test]
+    fn an_interrupt_wait_lengthens_the_poll_but_not_by_its_own_latency() {
+        let mut s = HybridState::new();
+        // No history: polls MIN_POLL, then the interrupt, which arrives
+        // 700 µs later. The next wait may not sleep 3/4 of 700 µs.
+        s.record(700 * US, Found::Interrupt);
+        assert_eq!(s.expected(), MIN_POLL * 2);
+        // Slow devices still teach, step by step.
+        for _ in 0..100 {
+            s.record(Duration::from_millis(5), Found::Interrupt);
+        }
         let p = s.plan();
         assert_eq!(p.poll_until - p.sleep, MAX_POLL);
     }

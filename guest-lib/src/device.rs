@@ -823,9 +823,13 @@ impl Device {
             deadline.map_or(t, |d| d.min(t))
         };
         hybrid::sleep(end_of(plan.sleep).saturating_duration_since(Instant::now()));
+        // A timer that woke late still leaves the planned polling time.
+        let woke = Instant::now();
+        let poll_end = end_of(plan.poll_until).max(woke + (plan.poll_until - plan.sleep));
+        let poll_end = deadline.map_or(poll_end, |d| d.min(poll_end));
         let found = if self.queue(queue)?.has_work() {
             Some(Found::FirstLook)
-        } else if self.spin(queue, Some(end_of(plan.poll_until)))? {
+        } else if self.spin(queue, Some(poll_end))? {
             Some(Found::Polling)
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
             None

@@ -11,6 +11,7 @@
 #                            [--syncs LIST] [--modes LIST] [--latencies LIST]
 #                            [--out FILE] [--svg PREFIX] [--no-build]
 #                            [--timeout SECS]
+#        ci/bench.sh --guest --plot FILE --svg PREFIX
 #
 #   --n          operations per case (default 1000; the paper used 10000)
 #   --bytes      write sizes, comma-separated (default 1024,4096,16384)
@@ -26,6 +27,7 @@
 #                from Debian when missing), e.g. --svg docs/fig1-guest
 #   --no-build   use the binaries and guest image already built
 #   --timeout    seconds per guest boot (default 3600)
+#   --plot FILE  only draw the figures from the results saved by --out FILE
 #
 # Each latency boots the guest twice: vsicd in write-back mode for the kernel
 # cases and the vsic write + FLUSH cases, then in write-through mode for the
@@ -57,6 +59,7 @@ out=
 svg=
 build=1
 timeout=3600
+plot=
 while [[ $# -gt 0 ]]; do
     case $1 in
     --n) n=${2:?--n needs a value}; shift ;;
@@ -70,6 +73,7 @@ while [[ $# -gt 0 ]]; do
     --svg) svg=${2:?--svg needs a value}; shift ;;
     --no-build) build=0 ;;
     --timeout) timeout=${2:?--timeout needs a value}; shift ;;
+    --plot) plot=${2:?--plot needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
@@ -81,7 +85,10 @@ for v in "$bytes" "$fs" "$media" "$syncs" "$modes" "$latencies"; do
     [[ $v =~ ^[A-Za-z0-9,]+$ ]] || { log "lists are comma-separated words: '$v'"; exit 2; }
 done
 
-timeout 900 bash ci/install-deps.sh
+if [[ -n $plot ]]; then
+    [[ -r $plot && -n $svg ]] || { log "--plot needs a readable FILE and --svg PREFIX"; exit 2; }
+fi
+[[ -n $plot ]] || timeout 900 bash ci/install-deps.sh
 if [[ -n $svg ]] && ! command -v gnuplot >/dev/null 2>&1; then
     log "gnuplot missing: installing gnuplot-nox"
     SUDO=
@@ -91,7 +98,7 @@ if [[ -n $svg ]] && ! command -v gnuplot >/dev/null 2>&1; then
     timeout 900 $SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends gnuplot-nox >/dev/null
     command -v gnuplot >/dev/null 2>&1 || die "gnuplot still missing"
 fi
-if [[ $build -eq 1 ]]; then
+if [[ $build -eq 1 && -z $plot ]]; then
     log "building vsicd and vsicctl (host) and the guest image"
     timeout 1800 cargo build --release -q -p vsicd -p vsicctl
     timeout 3600 bash images/build.sh
@@ -130,10 +137,15 @@ boot() {
     fi
 }
 
+if [[ -n $plot ]]; then
+    grep '^case=fig1 ' "$plot" >"$RESULTS" || true
+    latencies=$(sed -n 's/^case=fig1 service=\([^ ]*\) .*/\1/p' "$RESULTS" | awk '!seen[$0]++' | paste -sd,)
+else
 for latency in ${latencies//,/ }; do
     boot "$latency" writeback
     boot "$latency" writethrough
 done
+fi
 
 # Ratios: each kernel case's p50 over each vsic path's p50, per latency and
 # size; then the issue's targets at 1 KiB.
@@ -183,7 +195,7 @@ awk '
     }
 ' "$RESULTS" | tee "$WORK/ratios"
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$WORK/footer"
-[[ -n $out ]] && cat "$WORK/header" "$RESULTS" "$WORK/ratios" "$WORK/footer" >"$out"
+[[ -n $out && -z $plot ]] && cat "$WORK/header" "$RESULTS" "$WORK/ratios" "$WORK/footer" >"$out"
 
 # The figure: p50 by write size, the kernel cases (fsync) beside the vsic
 # paths, one SVG per service latency.
@@ -228,6 +240,9 @@ set ylabel "p50 latency per operation (µs, log scale)"
 set xlabel "bytes written per operation"
 set key outside right top
 set yrange [1:*]
+# 14 distinguishable colours: kernel cases first, then the vsic paths.
+colours = "#4b0082 #9370db #00688b #87ceeb #8b4500 #f4a460 #006400 #9acd32 #b22222 #ff6347 #ff8c00 #555555 #999999 #cccccc"
+do for [i=1:14] { set linetype i lc rgb word(colours, i) }
 plot for [i=2:$((cols + 1))] "$data" using i:xtic(1) title columnheader(i)
 EOF
         log "wrote $svg-$latency.svg"

@@ -2,9 +2,10 @@
 # Benchmarks. --guest: the paper's Figure 1 in a QEMU guest, kernel file
 # systems against the vsic library (ci/bench-guest.sh; `ci/bench.sh --guest
 # --help` lists its options). --host: vsicd against qemu-storage-daemon
-# (qsd), both serving a vhost-user-blk socket backed by a file of the same size on tmpfs, both
-# measured by the same program (guest-lib/examples/vsic-bench.rs) with two
-# clients: the vsic driver library and libblkio.
+# (qsd), both serving a vhost-user-blk socket backed by a file of the same
+# size on tmpfs, both measured by the same program
+# (guest-lib/examples/vsic-bench.rs) with two clients: the vsic driver
+# library and libblkio.
 #
 # Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--repeat N]
 #                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]

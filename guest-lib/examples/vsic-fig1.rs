@@ -306,8 +306,10 @@ fn run(a: &Args) -> Result<String, String> {
                 // How the waits ended (warm-up included).
                 let h = dev.hybrid_stats(0);
                 line += &format!(
-                    " hybrid_expected_us={:.1} waits_slept={} waits_first_look={} waits_polled={} waits_interrupted={}",
+                    " hybrid_expected_us={:.1} wake_late_us={:.1} waits_slept={} waits_first_look={} \
+waits_polled={} waits_interrupted={}",
                     h.expected.as_secs_f64() * 1e6,
+                    h.wake_late.as_secs_f64() * 1e6,
                     h.slept,
                     h.first_look,
                     h.polled,

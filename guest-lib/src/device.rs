@@ -822,9 +822,11 @@ impl Device {
             let t = start + phase;
             deadline.map_or(t, |d| d.min(t))
         };
-        hybrid::sleep(end_of(plan.sleep).saturating_duration_since(Instant::now()));
+        let asked = end_of(plan.sleep).saturating_duration_since(Instant::now());
+        hybrid::sleep(asked);
         // A timer that woke late still leaves the planned polling time.
         let woke = Instant::now();
+        let slept = (!asked.is_zero()).then(|| (asked, woke - start));
         let poll_end = end_of(plan.poll_until).max(woke + (plan.poll_until - plan.sleep));
         let poll_end = deadline.map_or(poll_end, |d| d.min(poll_end));
         let found = if self.queue(queue)?.has_work() {
@@ -840,6 +842,9 @@ impl Device {
         };
         let elapsed = start.elapsed();
         let mut q = self.queue(queue)?;
+        if let Some((asked, took)) = slept {
+            q.hybrid.record_sleep(asked, took);
+        }
         if let Some(found) = found {
             q.hybrid.record(elapsed, found);
         }

@@ -14,6 +14,12 @@
 //! that the sleep was too long: the expectation shrinks by one eighth, so
 //! the sleep settles where its end (including the timer's wake-up latency)
 //! meets the completion.
+//!
+//! The timer's lateness is learned too (a weighted mean of how much later
+//! than asked each sleep ended) and taken off the sleep, so the wake-up,
+//! not the request to wake, comes at 3/4 of the expected wait. Where the
+//! timer wakes later than that (a loaded host, an emulated guest), the wait
+//! does not sleep at all and polls.
 
 use std::time::Duration;
 
@@ -22,6 +28,8 @@ use std::time::Duration;
 pub const MIN_SLEEP: Duration = Duration::from_micros(10);
 /// The share of the expected wait spent sleeping on the timer, in 1/16.
 pub const SLEEP_SIXTEENTHS: u32 = 12;
+/// A timer found too late for sleeping is tried once in this many waits.
+pub const PROBE_EVERY: u64 = 64;
 /// Polling lasts at least this long after the sleep ...
 pub const MIN_POLL: Duration = Duration::from_micros(20);
 /// ... and at most this long, however long the expected wait.
@@ -60,6 +68,8 @@ pub struct HybridStats {
     pub polled: u64,
     /// Waits that ended on the interrupt.
     pub interrupted: u64,
+    /// How much later than asked a timer sleep ends (weighted mean).
+    pub wake_late: Duration,
 }
 
 /// The adaptive state of one queue.
@@ -67,6 +77,10 @@ pub struct HybridStats {
 pub struct HybridState {
     /// Exponentially weighted mean wait, in nanoseconds; 0 = no history.
     expected_ns: u64,
+    /// Weighted mean of how late timer sleeps end, in nanoseconds.
+    late_ns: u64,
+    /// Whether `late_ns` has a sample yet.
+    late_known: bool,
     stats: HybridStats,
 }
 
@@ -84,6 +98,7 @@ impl HybridState {
     pub fn stats(&self) -> HybridStats {
         HybridStats {
             expected: self.expected(),
+            wake_late: Duration::from_nanos(self.late_ns),
             ..self.stats
         }
     }
@@ -91,19 +106,44 @@ impl HybridState {
     /// The plan for the next wait.
     pub fn plan(&self) -> Plan {
         let expected = self.expected();
-        let sleep = if expected >= MIN_SLEEP {
+        let late = Duration::from_nanos(self.late_ns);
+        // Wake at 3/4 of the expectation: ask for that less the lateness.
+        let base = if expected >= MIN_SLEEP {
             expected * SLEEP_SIXTEENTHS / 16
         } else {
             Duration::ZERO
         };
+        let mut sleep = base.saturating_sub(late);
+        if sleep < MIN_SLEEP / 2 {
+            sleep = Duration::ZERO;
+            // Too late a timer is tried again now and then: it may have
+            // become punctual.
+            let waits = self.stats.first_look + self.stats.polled + self.stats.interrupted;
+            if !base.is_zero() && waits % PROBE_EVERY == 0 {
+                sleep = base;
+            }
+        }
+        let wake = if sleep.is_zero() { sleep } else { sleep + late };
         // Poll to twice the expectation, within [MIN_POLL, MAX_POLL] of
-        // polling after the sleep.
+        // polling after the expected wake-up.
         let poll = (expected * 2)
-            .saturating_sub(sleep)
+            .saturating_sub(wake)
             .clamp(MIN_POLL, MAX_POLL);
         Plan {
             sleep,
-            poll_until: sleep + poll,
+            poll_until: wake + poll,
+        }
+    }
+
+    /// Learns how late a timer sleep for `asked` ended (after `took`).
+    pub fn record_sleep(&mut self, asked: Duration, took: Duration) {
+        let late = u64::try_from(took.saturating_sub(asked).as_nanos()).unwrap_or(u64::MAX);
+        if !self.late_known {
+            self.late_ns = late;
+            self.late_known = true;
+        } else {
+            let l = self.late_ns as i128;
+            self.late_ns = (l + (late as i128 - l) / 8).clamp(0, u64::MAX as i128) as u64;
         }
     }
 
@@ -281,6 +321,38 @@ mod tests {
         let p = s.plan();
         assert!(p.sleep > 20 * US && p.sleep <= device, "{p:?}");
         assert!(s.expected() <= device, "{:?}", s.expected());
+    }
+
+    #[test]
+    fn a_late_timer_is_allowed_for_or_not_used() {
+        let mut s = HybridState::new();
+        for _ in 0..100 {
+            s.record(40 * US, Found::Polling);
+        }
+        // Asked for 30 µs, the timer woke after 40: sleep 10 µs less, so
+        // the wake-up still comes at 3/4 of the expected wait.
+        s.record_sleep(30 * US, 40 * US);
+        let p = s.plan();
+        assert!(p.sleep > 19 * US && p.sleep < 21 * US, "{p:?}");
+        assert_eq!(s.stats().wake_late, 10 * US);
+        // Polling still runs to about twice the expected wait.
+        assert!(p.poll_until > 79 * US && p.poll_until < 81 * US, "{p:?}");
+        // A timer that wakes later than the device answers is not used.
+        for _ in 0..50 {
+            s.record_sleep(20 * US, 90 * US);
+        }
+        let p = s.plan();
+        assert_eq!(p.sleep, Duration::ZERO, "{p:?}");
+        assert!(p.poll_until >= 79 * US, "{p:?}");
+        // ... except once in PROBE_EVERY waits, which measures it again.
+        let mut probes = 0;
+        for _ in 0..PROBE_EVERY {
+            if !s.plan().sleep.is_zero() {
+                probes += 1;
+            }
+            s.record(40 * US, Found::Polling);
+        }
+        assert_eq!(probes, 1);
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl HybridState {
             // Too late a timer is tried again now and then: it may have
             // become punctual.
             let waits = self.stats.first_look + self.stats.polled + self.stats.interrupted;
-            if !base.is_zero() && waits % PROBE_EVERY == 0 {
+            if !base.is_zero() && waits.is_multiple_of(PROBE_EVERY) {
                 sleep = base;
             }
         }

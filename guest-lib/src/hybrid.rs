@@ -137,7 +137,13 @@ impl HybridState {
 
     /// Learns how late a timer sleep for `asked` ended (after `took`).
     pub fn record_sleep(&mut self, asked: Duration, took: Duration) {
-        let late = u64::try_from(took.saturating_sub(asked).as_nanos()).unwrap_or(u64::MAX);
+        // A timer later than the whole expected wait is too late to sleep
+        // on, however much later: capping keeps one preempted sleep from
+        // disabling sleeping for many waits.
+        let cap = self.expected_ns.max(MIN_SLEEP.as_nanos() as u64);
+        let late = u64::try_from(took.saturating_sub(asked).as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(cap);
         if !self.late_known {
             self.late_ns = late;
             self.late_known = true;
@@ -344,6 +350,7 @@ mod tests {
         let p = s.plan();
         assert_eq!(p.sleep, Duration::ZERO, "{p:?}");
         assert!(p.poll_until >= 79 * US, "{p:?}");
+        assert!(s.stats().wake_late <= s.expected(), "{:?}", s.stats());
         // ... except once in PROBE_EVERY waits, which measures it again.
         let mut probes = 0;
         for _ in 0..PROBE_EVERY {
@@ -353,6 +360,21 @@ mod tests {
             s.record(40 * US, Found::Polling);
         }
         assert_eq!(probes, 1);
+    }
+
+    #[test]
+    fn one_very_late_timer_does_not_stop_sleeping_for_long() {
+        let mut s = HybridState::new();
+        for _ in 0..100 {
+            s.record(80 * US, Found::Polling);
+        }
+        s.record_sleep(20 * US, 25 * US);
+        // One sleep preempted for 5 ms.
+        s.record_sleep(20 * US, Duration::from_millis(5));
+        for _ in 0..8 {
+            s.record_sleep(20 * US, 25 * US);
+        }
+        assert!(!s.plan().sleep.is_zero(), "{:?} {:?}", s.plan(), s.stats());
     }
 
     #[test]

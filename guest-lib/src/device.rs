@@ -39,10 +39,11 @@ pub enum CompletionMode {
     /// used ring. Lowest latency, burns a core.
     Polling,
     /// [`Device::wait`] sleeps on a timer for part of the time the queue's
-    /// completions usually take, polls the used ring for a bounded time,
-    /// then enables the queue's interrupt and sleeps on it; the times adapt
-    /// per queue (see [`crate::hybrid`]). Close to polling's latency for a
-    /// fraction of its CPU. The waiting thread's timer slack is set to 1 µs.
+    /// completions usually take (not at all where the timer wakes too
+    /// late), polls the used ring for a bounded time, then enables the
+    /// queue's interrupt and sleeps on it; the times adapt per queue (see
+    /// [`crate::hybrid`]). Close to polling's latency for less of its CPU.
+    /// The waiting thread's timer slack is set to 1 µs.
     Hybrid,
 }
 

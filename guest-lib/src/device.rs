@@ -831,7 +831,11 @@ impl Device {
         let poll_end = end_of(plan.poll_until).max(woke + (plan.poll_until - plan.sleep));
         let poll_end = deadline.map_or(poll_end, |d| d.min(poll_end));
         let found = if self.queue(queue)?.has_work() {
-            Some(Found::FirstLook)
+            Some(if asked.is_zero() {
+                Found::AtOnce
+            } else {
+                Found::FirstLook
+            })
         } else if self.spin(queue, Some(poll_end))? {
             Some(Found::Polling)
         } else if deadline.is_some_and(|d| Instant::now() >= d) {

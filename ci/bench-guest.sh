@@ -111,6 +111,7 @@ RESULTS=$WORK/results
 failures=0
 {
     echo "# $(nproc) cores, kernel $(uname -r), $(qemu-system-x86_64 --version | head -n1)"
+    echo "# guest image: $(cat images/out/.stamp 2>/dev/null | cut -c1-12), tree $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (modified)')"
     echo "# n=$n bytes=$bytes fs=$fs media=$media syncs=$syncs modes=$modes latencies=$latencies"
     echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$WORK/header"

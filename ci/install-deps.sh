@@ -19,6 +19,9 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 
 # Packages taken from the default suite, and the command proving each present.
 declare -A STABLE_PKGS=(
+    # mkfs.btrfs and mkfs.xfs for the guest image (the Figure 1 benchmark).
+    [btrfs-progs]=/sbin/mkfs.btrfs
+    [xfsprogs]=/sbin/mkfs.xfs
     [busybox-static]=/bin/busybox
     [e2fsprogs]=/sbin/mke2fs
     [cpio]=/usr/bin/cpio

@@ -32,6 +32,7 @@ pub mod device;
 pub mod dma;
 pub mod error;
 pub mod hugepage;
+pub mod hybrid;
 mod mapping;
 pub mod transport;
 pub mod virtqueue;

@@ -64,7 +64,7 @@ impl VfioConfig {
         VfioConfig {
             mem_size: opts.mem_size,
             dma: opts.dma.clone(),
-            need_interrupts: opts.mode == CompletionMode::Interrupt,
+            need_interrupts: opts.mode != CompletionMode::Polling,
             mmap_bars: std::env::var_os(NO_MMAP_ENV).is_none(),
         }
     }

@@ -639,7 +639,7 @@ mod tests {
         };
         let take = |next: Option<u32>| {
             let mut seen = None;
-            crate::guest::take_from_user(f, addr, Some(VFIO_DRIVER), next, || {
+            crate::guest::handover::take_from_user(f, addr, Some(VFIO_DRIVER), next, || {
                 let meta = fs::metadata(&node).unwrap();
                 seen = Some((meta.uid(), meta.permissions().mode() & 0o777));
                 Ok(())
@@ -659,7 +659,7 @@ mod tests {
         assert_eq!(take(Some(1002)), Ok(None));
         // A failed detach leaves the node with root: nobody gets it.
         owned_by(1001);
-        let r = crate::guest::take_from_user(f, addr, Some(VFIO_DRIVER), Some(1002), || {
+        let r = crate::guest::handover::take_from_user(f, addr, Some(VFIO_DRIVER), Some(1002), || {
             Err("no PF".into())
         });
         assert_eq!(r, Err("no PF".to_string()));
@@ -668,7 +668,7 @@ mod tests {
         // disk is not taken.
         let mut called = false;
         let mut take_kernel = |addr| {
-            crate::guest::take_from_user(f, addr, Some(KERNEL_DRIVER), Some(1002), || {
+            crate::guest::handover::take_from_user(f, addr, Some(KERNEL_DRIVER), Some(1002), || {
                 called = true;
                 Ok(())
             })

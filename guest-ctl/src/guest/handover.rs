@@ -1,0 +1,88 @@
+//! A function changing hands: refusing while it is in use, taking its
+//! VFIO group node from its user, and emptying its slots when it leaves
+//! that user. Used by every command that moves a VSIC to another driver or
+//! user (bind, unbind, store init).
+
+use crate::functions::{Functions, VFIO_DRIVER};
+use crate::pf;
+
+/// Takes the function at `addr` from whoever may use it now, before it
+/// goes to `next` (a uid for vfio-pci; `None` for the kernel or no
+/// driver). Refuses while it is in use (a mounted disk, an open VFIO
+/// group). On vfio-pci, the group node becomes root's first, so the owner
+/// cannot reopen the group between the check and the handover; if the
+/// function leaves a user (the node belonged to a uid other than root and
+/// `next` is someone else), `detach_all` then empties every slot, while
+/// nobody but root can open the function. Attachments root made (on the
+/// kernel driver, no driver, or a group node of root's) stay.
+pub(crate) fn take_from_user(
+    funcs: &Functions,
+    addr: &str,
+    current: Option<&str>,
+    next: Option<u32>,
+    detach_all: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    match current {
+        Some(VFIO_DRIVER) => {
+            let before = funcs.revoke_group(addr)?;
+            let in_use = funcs.group_in_use(addr);
+            if !matches!(in_use, Ok(false)) {
+                if let Some(owner) = before {
+                    if let Err(e) = funcs.restore_group(addr, owner) {
+                        log::warn!("giving the VFIO group of {addr} back: {e}");
+                    }
+                }
+                in_use?;
+                return Err("its VFIO group is open by a process; stop it first".into());
+            }
+            // No node: nobody could open it, but who had it is unknown.
+            let leaves_user = before.is_none_or(|b| b.uid != 0 && Some(b.uid) != next);
+            if leaves_user {
+                detach_all()?;
+            }
+            Ok(())
+        }
+        _ => leave_current_driver(funcs, addr, current),
+    }
+}
+
+/// Detaches every VSA attached to VSIC `n`, through the PF (the caller
+/// holds the control-plane lock).
+pub(super) fn detach_every_slot(funcs: &Functions, n: u32) -> Result<(), String> {
+    let pf = pf::open_in_guest(funcs).map_err(|f| format!("opening the PF: {}", f.message()))?;
+    let vsics = pf
+        .list_vsics()
+        .map_err(|e| format!("listing VSIC {n}'s attachments: {e}"))?;
+    let info = vsics
+        .iter()
+        .find(|v| v.vsic == n)
+        .ok_or_else(|| format!("the PF does not know VSIC {n}"))?;
+    for (slot, s) in info.slots.iter().enumerate() {
+        if s.is_attached() {
+            let slot = slot as u32;
+            pf.detach(n, slot)
+                .map_err(|e| format!("detaching VSA {} from slot {slot}: {e}", s.vsa_id))?;
+            log::info!("VSIC {n} left its user: detached VSA {} from slot {slot}", s.vsa_id);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to take a function from under its users: a mounted disk, an
+/// open VFIO group.
+pub(super) fn leave_current_driver(
+    funcs: &Functions,
+    addr: &str,
+    current: Option<&str>,
+) -> Result<(), String> {
+    match current {
+        Some(VFIO_DRIVER) if funcs.group_in_use(addr)? => {
+            Err("its VFIO group is open by a process; stop it first".into())
+        }
+        Some(_) => match funcs.disk(addr) {
+            Some((disk, _)) => funcs.disk_in_use(&disk).map_or(Ok(()), Err),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
+}

@@ -678,6 +678,44 @@ mod tests {
         assert!(!called);
     }
 
+    /// `store init` on a VSIC that was a user's: the user loses the group
+    /// node first and the slots are emptied before slot 0 is attached, so
+    /// the user's VSAs do not stay with a function that becomes root's
+    /// (whose attachments survive a later bind to another user).
+    #[test]
+    fn a_function_leaving_its_user_for_the_store_is_revoked_then_emptied() {
+        let fake = Fake::new("store");
+        let f = &fake.funcs;
+        let addr = "0000:03:00.0";
+        let node = fake.root.join("dev/vfio/7");
+        let owned_by = |uid: u32| {
+            std::os::unix::fs::chown(&node, Some(uid), Some(uid)).unwrap();
+            fs::set_permissions(&node, fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let take = |addr| {
+            let mut seen = None;
+            crate::guest::handover::take_for_store(f, addr, || {
+                let meta = fs::metadata(&node).unwrap();
+                seen = Some((meta.uid(), meta.permissions().mode() & 0o777));
+                Ok(())
+            })
+            .map(|()| seen)
+        };
+        owned_by(1001);
+        assert_eq!(take(addr), Ok(Some((0, 0o600))));
+        assert_eq!(f.vfio_owner(addr), Ok(0));
+        // Root's function: its attachments stay.
+        owned_by(0);
+        assert_eq!(take(addr), Ok(None));
+        // Already the kernel's (even with a mounted disk): left as it is.
+        assert_eq!(take("0000:02:00.0"), Ok(None));
+        // A failed detach is the command's failure.
+        owned_by(1001);
+        let r = crate::guest::handover::take_for_store(f, addr, || Err("no PF".into()));
+        assert_eq!(r, Err("no PF".to_string()));
+        assert_eq!(f.vfio_owner(addr), Ok(0));
+    }
+
     #[test]
     fn users_by_name_or_number() {
         let dir = std::env::temp_dir().join(format!("vsicctl-passwd-{}", std::process::id()));

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::json;
 use vsic_abi::virtio::Function;
 
-use super::handover::{detach_every_slot, take_from_user};
+use super::handover::{open_pf_and_detach_every_slot, take_from_user};
 use crate::failure::Failure;
 use crate::functions::{lookup_user, Functions, Named, KERNEL_DRIVER, VFIO_DRIVER};
 use crate::pf;
@@ -80,7 +80,7 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
     let pci = |e: String| Failure::local(&context, "pci", e);
     let current = funcs.driver(&addr);
     take_from_user(&funcs, &addr, current.as_deref(), owner.map(|(uid, _)| uid), || {
-        detach_every_slot(&funcs, n)
+        open_pf_and_detach_every_slot(&funcs, n)
     })
     .map_err(pci)?;
     if current.as_deref() != Some(target) {
@@ -120,7 +120,7 @@ pub fn unbind(n: u32) -> Result<Report, Failure> {
     let pci = |e: String| Failure::local(&context, "pci", e);
     let current = funcs.driver(&addr);
     take_from_user(&funcs, &addr, current.as_deref(), None, || {
-        detach_every_slot(&funcs, n)
+        open_pf_and_detach_every_slot(&funcs, n)
     })
     .map_err(pci)?;
     funcs.unbind(&addr).map_err(pci)?;

@@ -3,7 +3,9 @@
 //! that user. Used by every command that moves a VSIC to another driver or
 //! user (bind, unbind, store init).
 
-use crate::functions::{Functions, VFIO_DRIVER};
+use vsic::admin::AdminClient;
+
+use crate::functions::{Functions, KERNEL_DRIVER, VFIO_DRIVER};
 use crate::pf;
 
 /// Takes the function at `addr` from whoever may use it now, before it
@@ -46,10 +48,32 @@ pub(crate) fn take_from_user(
     }
 }
 
-/// Detaches every VSA attached to VSIC `n`, through the PF (the caller
-/// holds the control-plane lock).
-pub(super) fn detach_every_slot(funcs: &Functions, n: u32) -> Result<(), String> {
+/// Takes the function at `addr` for the capability store, before its
+/// slot 0 is attached: the store is root's (on the kernel driver), so a
+/// function leaving a user is emptied first through `detach_all`, as
+/// [`take_from_user`] does. A function already on the kernel driver stays
+/// as it is.
+pub(crate) fn take_for_store(
+    funcs: &Functions,
+    addr: &str,
+    detach_all: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let current = funcs.driver(addr);
+    if current.as_deref() == Some(KERNEL_DRIVER) {
+        return Ok(());
+    }
+    take_from_user(funcs, addr, current.as_deref(), None, detach_all)
+}
+
+/// Opens the PF and empties every slot of VSIC `n` (the caller holds the
+/// control-plane lock and does not have the PF open).
+pub(super) fn open_pf_and_detach_every_slot(funcs: &Functions, n: u32) -> Result<(), String> {
     let pf = pf::open_in_guest(funcs).map_err(|f| format!("opening the PF: {}", f.message()))?;
+    detach_every_slot(&pf, n)
+}
+
+/// Detaches every VSA attached to VSIC `n`, through the open PF.
+pub(super) fn detach_every_slot(pf: &AdminClient, n: u32) -> Result<(), String> {
     let vsics = pf
         .list_vsics()
         .map_err(|e| format!("listing VSIC {n}'s attachments: {e}"))?;

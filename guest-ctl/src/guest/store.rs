@@ -9,7 +9,7 @@ use vsic_abi::records::ROLE_STORE;
 use vsic_abi::units::format_size;
 use vsic_abi::virtio::Function;
 
-use super::handover::leave_current_driver;
+use super::handover::{detach_every_slot, take_for_store};
 use crate::capfile::Reservation;
 use crate::failure::Failure;
 use crate::functions::{Functions, KERNEL_DRIVER};
@@ -58,6 +58,10 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
             "slot 0 of VSIC {n} already has a VSA attached"
         )));
     }
+    // A VSIC leaving a user keeps none of its attachments: root's VSICs
+    // keep theirs, and the next user of this one would inherit them.
+    take_for_store(&funcs, &addr, || detach_every_slot(&pf.client, n))
+        .map_err(|e| err(e))?;
     let created = pf
         .client
         .vsa_create(size, 1)
@@ -87,7 +91,6 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
     let disk = (|| {
         let current = funcs.driver(&addr);
         if current.as_deref() != Some(KERNEL_DRIVER) {
-            leave_current_driver(&funcs, &addr, current.as_deref())?;
             funcs.bind(&addr, KERNEL_DRIVER)?;
         }
         let disk = funcs.wait_for_disk(&addr, Function::Vsic(n))?;

@@ -119,8 +119,10 @@ impl Authority for GuestAuthority {
 /// the service hands out) are looked at.
 pub fn huge_page_addresses(memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, String> {
     const HUGETLBFS_MAGIC: libc::c_long = 0x9584_58f6;
-    // SAFETY: fstatfs fills a plain struct for a valid descriptor.
+    // SAFETY: statfs is plain C data, for which all-zero bytes are valid.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs fills the struct it is given for a valid descriptor
+    // (`memory` is open for the whole call).
     if unsafe { libc::fstatfs(memory.as_raw_fd(), &mut fs) } < 0 {
         return Err(format!("fstatfs: {}", std::io::Error::last_os_error()));
     }

@@ -160,7 +160,6 @@ pub fn ask_identity(addr: &str, dma: &DmaSource) -> Result<Option<Function>, Err
         queue_size: 16,
         sync_timeout: Some(Duration::from_secs(5)),
         dma: dma.clone(),
-        ..OpenOptions::default()
     };
     let transport = VfioTransport::open(addr, &vfio_config(&opts))?;
     let dev = Device::with_transport(Box::new(transport), &opts)?;

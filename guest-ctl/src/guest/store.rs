@@ -61,7 +61,7 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
     // A VSIC leaving a user keeps none of its attachments: root's VSICs
     // keep theirs, and the next user of this one would inherit them.
     take_for_store(&funcs, &addr, || detach_every_slot(&pf.client, n))
-        .map_err(|e| err(e))?;
+        .map_err(&err)?;
     let created = pf
         .client
         .vsa_create(size, 1)

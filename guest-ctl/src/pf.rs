@@ -99,7 +99,7 @@ pub fn open_in_guest(funcs: &Functions) -> Result<AdminClient, Failure> {
         }
         funcs
             .bind(&addr, VFIO_DRIVER)
-            .map_err(|e| Failure::local(&context, "pci", e))?;
+            .map_err(|e| Failure::local_error(&context, "pci", e))?;
     }
     if let Err(e) = funcs.record(Function::Pf, &addr) {
         log::warn!("cannot update {}: {e}", funcs.map_path().display());

@@ -3,10 +3,47 @@
 //! that user. Used by every command that moves a VSIC to another driver or
 //! user (bind, unbind, store init).
 
-use vsic::admin::AdminClient;
+use vsic::admin::{AdminClient, AdminError};
 
-use crate::functions::{Functions, KERNEL_DRIVER, VFIO_DRIVER};
+use crate::failure::Failure;
+use crate::functions::{Functions, PciError, KERNEL_DRIVER, VFIO_DRIVER};
 use crate::pf;
+
+/// Why a function could not change hands.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("its VFIO group is open by a process; stop it first")]
+    GroupOpen,
+    /// Its kernel disk is mounted or held (the reason says which).
+    #[error("{0}")]
+    DiskInUse(String),
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    #[error(transparent)]
+    Detach(#[from] DetachError),
+}
+
+/// Why the slots of a VSIC leaving its user could not all be emptied.
+#[derive(Debug, thiserror::Error)]
+pub enum DetachError {
+    #[error("opening the PF: {}", .0.message())]
+    OpenPf(#[source] Box<Failure>),
+    #[error("listing VSIC {n}'s attachments: {source}")]
+    List {
+        n: u32,
+        #[source]
+        source: AdminError,
+    },
+    #[error("the PF does not know VSIC {0}")]
+    UnknownVsic(u32),
+    #[error("detaching VSA {vsa} from slot {slot}: {source}")]
+    Detach {
+        vsa: u64,
+        slot: u32,
+        #[source]
+        source: AdminError,
+    },
+}
 
 /// Takes the function at `addr` from whoever may use it now, before it
 /// goes to `next` (a uid for vfio-pci; `None` for the kernel or no
@@ -22,8 +59,8 @@ pub(crate) fn take_from_user(
     addr: &str,
     current: Option<&str>,
     next: Option<u32>,
-    detach_all: impl FnOnce() -> Result<(), String>,
-) -> Result<(), String> {
+    detach_all: impl FnOnce() -> Result<(), DetachError>,
+) -> Result<(), HandoverError> {
     match current {
         Some(VFIO_DRIVER) => {
             let before = funcs.revoke_group(addr)?;
@@ -35,7 +72,7 @@ pub(crate) fn take_from_user(
                     }
                 }
                 in_use?;
-                return Err("its VFIO group is open by a process; stop it first".into());
+                return Err(HandoverError::GroupOpen);
             }
             // No node: nobody could open it, but who had it is unknown.
             let leaves_user = before.is_none_or(|b| b.uid != 0 && Some(b.uid) != next);
@@ -56,8 +93,8 @@ pub(crate) fn take_from_user(
 pub(crate) fn take_for_store(
     funcs: &Functions,
     addr: &str,
-    detach_all: impl FnOnce() -> Result<(), String>,
-) -> Result<(), String> {
+    detach_all: impl FnOnce() -> Result<(), DetachError>,
+) -> Result<(), HandoverError> {
     let current = funcs.driver(addr);
     if current.as_deref() == Some(KERNEL_DRIVER) {
         return Ok(());
@@ -67,25 +104,28 @@ pub(crate) fn take_for_store(
 
 /// Opens the PF and empties every slot of VSIC `n` (the caller holds the
 /// control-plane lock and does not have the PF open).
-pub(super) fn open_pf_and_detach_every_slot(funcs: &Functions, n: u32) -> Result<(), String> {
-    let pf = pf::open_in_guest(funcs).map_err(|f| format!("opening the PF: {}", f.message()))?;
+pub(super) fn open_pf_and_detach_every_slot(funcs: &Functions, n: u32) -> Result<(), DetachError> {
+    let pf = pf::open_in_guest(funcs).map_err(|f| DetachError::OpenPf(Box::new(f)))?;
     detach_every_slot(&pf, n)
 }
 
 /// Detaches every VSA attached to VSIC `n`, through the open PF.
-pub(super) fn detach_every_slot(pf: &AdminClient, n: u32) -> Result<(), String> {
+pub(super) fn detach_every_slot(pf: &AdminClient, n: u32) -> Result<(), DetachError> {
     let vsics = pf
         .list_vsics()
-        .map_err(|e| format!("listing VSIC {n}'s attachments: {e}"))?;
+        .map_err(|source| DetachError::List { n, source })?;
     let info = vsics
         .iter()
         .find(|v| v.vsic == n)
-        .ok_or_else(|| format!("the PF does not know VSIC {n}"))?;
+        .ok_or(DetachError::UnknownVsic(n))?;
     for (slot, s) in info.slots.iter().enumerate() {
         if s.is_attached() {
             let slot = slot as u32;
-            pf.detach(n, slot)
-                .map_err(|e| format!("detaching VSA {} from slot {slot}: {e}", s.vsa_id))?;
+            pf.detach(n, slot).map_err(|source| DetachError::Detach {
+                vsa: s.vsa_id,
+                slot,
+                source,
+            })?;
             log::info!("VSIC {n} left its user: detached VSA {} from slot {slot}", s.vsa_id);
         }
     }
@@ -98,13 +138,13 @@ pub(super) fn leave_current_driver(
     funcs: &Functions,
     addr: &str,
     current: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), HandoverError> {
     match current {
-        Some(VFIO_DRIVER) if funcs.group_in_use(addr)? => {
-            Err("its VFIO group is open by a process; stop it first".into())
-        }
+        Some(VFIO_DRIVER) if funcs.group_in_use(addr)? => Err(HandoverError::GroupOpen),
         Some(_) => match funcs.disk(addr) {
-            Some((disk, _)) => funcs.disk_in_use(&disk).map_or(Ok(()), Err),
+            Some((disk, _)) => funcs
+                .disk_in_use(&disk)
+                .map_or(Ok(()), |why| Err(HandoverError::DiskInUse(why))),
             None => Ok(()),
         },
         None => Ok(()),

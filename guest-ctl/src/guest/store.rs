@@ -12,10 +12,21 @@ use vsic_abi::virtio::Function;
 use super::handover::{detach_every_slot, take_for_store};
 use crate::capfile::Reservation;
 use crate::failure::Failure;
-use crate::functions::{Functions, KERNEL_DRIVER};
+use crate::functions::{Functions, PciError, KERNEL_DRIVER};
 use crate::pf;
 use crate::report::Report;
 use crate::store;
+
+/// Why the store's VSIC did not become a mounted file system.
+#[derive(Debug, thiserror::Error)]
+enum StoreDiskError {
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    #[error("/dev/{disk} did not grow to the store's {size} bytes")]
+    DidNotGrow { disk: String, size: u64 },
+    #[error(transparent)]
+    Fs(#[from] store::FsError),
+}
 
 fn mounts() -> String {
     std::fs::read_to_string("/proc/self/mounts").unwrap_or_default()
@@ -61,7 +72,7 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
     // A VSIC leaving a user keeps none of its attachments: root's VSICs
     // keep theirs, and the next user of this one would inherit them.
     take_for_store(&funcs, &addr, || detach_every_slot(&pf.client, n))
-        .map_err(&err)?;
+        .map_err(|e| Failure::local_error(&context, "store", e))?;
     let created = pf
         .client
         .vsa_create(size, 1)
@@ -103,17 +114,15 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 == Some(created.size / 512)
         })
-        .map_err(|_| {
-            format!(
-                "/dev/{disk} did not grow to the store's {} bytes",
-                created.size
-            )
+        .map_err(|_| StoreDiskError::DidNotGrow {
+            disk: disk.clone(),
+            size: created.size,
         })?;
         store::mkfs(&device)?;
         store::mount(&device, mountpoint)?;
         Ok(disk)
     })()
-    .map_err(|e: String| undo(err(e)))?;
+    .map_err(|e: StoreDiskError| undo(Failure::local_error(&context, "store", e)))?;
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {
         log::warn!("cannot update {}: {e}", funcs.map_path().display());
     }
@@ -157,7 +166,8 @@ pub fn store_mount(mountpoint: &Path) -> Result<Report, Failure> {
         .client
         .list_vsics()
         .map_err(|e| Failure::admin(context, e))?;
-    let (vsa, n) = store::locate(&vsas, &vsics).map_err(|e| err(e.to_string()))?;
+    let (vsa, n) = store::locate(&vsas, &vsics)
+        .map_err(|e| Failure::local_error(context, "store", e))?;
     let funcs = Functions::system();
     let addr = pf::locate_vsic(&funcs, n)?;
     let disk = match (funcs.driver(&addr).as_deref(), funcs.disk(&addr)) {
@@ -195,7 +205,8 @@ pub fn store_mount(mountpoint: &Path) -> Result<Report, Failure> {
                     mountpoint.display()
                 )));
             }
-            store::mount(&device, mountpoint).map_err(err)?;
+            store::mount(&device, mountpoint)
+                .map_err(|e| Failure::local_error(context, "store", e))?;
             format!(
                 "mounted the capability store /dev/{disk} on {}\n",
                 mountpoint.display()

@@ -529,6 +529,17 @@ mod tests {
     use crate::guest::handover::DetachError;
     use std::os::unix::fs::symlink;
 
+    /// Gives a group node to `uid` alone (mode 0600).
+    fn give_node(node: &Path, uid: u32) {
+        std::os::unix::fs::chown(node, Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(node, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn node_owner_and_mode(node: &Path) -> (u32, u32) {
+        let meta = fs::metadata(node).unwrap();
+        (meta.uid(), meta.permissions().mode() & 0o777)
+    }
+
     /// A result with its error as the user reads it.
     fn msg<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, String> {
         r.map_err(|e| e.to_string())
@@ -737,15 +748,11 @@ mod tests {
         let f = &fake.funcs;
         let addr = "0000:03:00.0";
         let node = fake.root.join("dev/vfio/7");
-        let owned_by = |uid: u32| {
-            std::os::unix::fs::chown(&node, Some(uid), Some(uid)).unwrap();
-            fs::set_permissions(&node, fs::Permissions::from_mode(0o600)).unwrap();
-        };
+        let owned_by = |uid: u32| give_node(&node, uid);
         let take = |next: Option<u32>| {
             let mut seen = None;
             crate::guest::handover::take_from_user(f, addr, Some(VFIO_DRIVER), next, || {
-                let meta = fs::metadata(&node).unwrap();
-                seen = Some((meta.uid(), meta.permissions().mode() & 0o777));
+                seen = Some(node_owner_and_mode(&node));
                 Ok(())
             })
             .map(|()| seen)
@@ -796,15 +803,11 @@ mod tests {
         let f = &fake.funcs;
         let addr = "0000:03:00.0";
         let node = fake.root.join("dev/vfio/7");
-        let owned_by = |uid: u32| {
-            std::os::unix::fs::chown(&node, Some(uid), Some(uid)).unwrap();
-            fs::set_permissions(&node, fs::Permissions::from_mode(0o600)).unwrap();
-        };
+        let owned_by = |uid: u32| give_node(&node, uid);
         let take = |addr| {
             let mut seen = None;
             crate::guest::handover::take_for_store(f, addr, || {
-                let meta = fs::metadata(&node).unwrap();
-                seen = Some((meta.uid(), meta.permissions().mode() & 0o777));
+                seen = Some(node_owner_and_mode(&node));
                 Ok(())
             })
             .map(|()| seen)

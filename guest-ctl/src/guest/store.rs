@@ -17,11 +17,9 @@ use crate::pf;
 use crate::report::Report;
 use crate::store;
 
-/// Why the store's VSIC did not become a mounted file system.
+/// Why the store's disk did not become a mounted file system.
 #[derive(Debug, thiserror::Error)]
 enum StoreDiskError {
-    #[error(transparent)]
-    Pci(#[from] PciError),
     #[error("/dev/{disk} did not grow to the store's {size} bytes")]
     DidNotGrow { disk: String, size: u64 },
     #[error(transparent)]
@@ -73,6 +71,16 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
     // keep theirs, and the next user of this one would inherit them.
     take_for_store(&funcs, &addr, || detach_every_slot(&pf.client, n))
         .map_err(|e| Failure::local_error(&context, "store", e))?;
+    // On the kernel driver before slot 0 is attached: the capacity change
+    // reaches virtio_blk only while a driver runs the function (a VSIC
+    // attached on vfio-pci or no driver came up as a 0-byte disk).
+    let disk = (|| {
+        if funcs.driver(&addr).as_deref() != Some(KERNEL_DRIVER) {
+            funcs.bind(&addr, KERNEL_DRIVER)?;
+        }
+        funcs.wait_for_disk(&addr, Function::Vsic(n))
+    })()
+    .map_err(|e: PciError| Failure::local_error(&context, "store", e))?;
     let created = pf
         .client
         .vsa_create(size, 1)
@@ -99,12 +107,7 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
     if let Err(e) = pf.client.attach(n, 0, &created.token, false) {
         return Err(undo(Failure::admin(&context, e)));
     }
-    let disk = (|| {
-        let current = funcs.driver(&addr);
-        if current.as_deref() != Some(KERNEL_DRIVER) {
-            funcs.bind(&addr, KERNEL_DRIVER)?;
-        }
-        let disk = funcs.wait_for_disk(&addr, Function::Vsic(n))?;
+    (|| {
         let device = Path::new("/dev").join(&disk);
         // The kernel learns the new capacity from the config-change interrupt.
         let sectors = Path::new("/sys/block").join(&disk).join("size");
@@ -120,7 +123,7 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
         })?;
         store::mkfs(&device)?;
         store::mount(&device, mountpoint)?;
-        Ok(disk)
+        Ok(())
     })()
     .map_err(|e: StoreDiskError| undo(Failure::local_error(&context, "store", e)))?;
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {

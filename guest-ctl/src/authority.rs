@@ -105,41 +105,72 @@ impl Authority for GuestAuthority {
     }
 
     fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, u64, Vec<u64>), Refusal> {
-        let (fd, gpas) = pinned_huge_pages(bytes).map_err(|e| Refusal::new("dma", e))?;
+        let (fd, gpas) =
+            pinned_huge_pages(bytes).map_err(|e| Refusal::new("dma", e.to_string()))?;
         Ok((fd, HUGE_PAGE_SIZE as u64, gpas))
     }
 
     fn dma_addresses(&self, memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, Refusal> {
-        huge_page_addresses(memory, max_bytes).map_err(|e| Refusal::new("dma", e))
+        huge_page_addresses(memory, max_bytes).map_err(|e| Refusal::new("dma", e.to_string()))
     }
+}
+
+/// Why DMA memory could not be handed out or located. The message goes to
+/// the application in the service's refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum DmaError {
+    #[error("fstatfs: {0}")]
+    Fstatfs(#[source] std::io::Error),
+    #[error("the descriptor is not a huge-page file")]
+    NotHugePages,
+    #[error("dup of the memory file: {0}")]
+    Dup(#[source] std::io::Error),
+    #[error("fstat: {0}")]
+    Fstat(#[source] std::io::Error),
+    #[error("a huge-page file of {len} bytes is not DMA memory this service hands out (at most {max_bytes} bytes)")]
+    BadSize { len: u64, max_bytes: u64 },
+    #[error("{pages} huge pages: {source} (reserve more in /proc/sys/vm/nr_hugepages)")]
+    Map {
+        pages: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Addresses(#[source] vsic::Error),
+    #[error("{0} bytes of DMA memory cannot be allocated")]
+    TooLarge(u64),
+    #[error("memfd_create of huge pages: {0}")]
+    Memfd(#[source] std::io::Error),
+    #[error("sizing the huge page file: {0}")]
+    Size(#[source] std::io::Error),
 }
 
 /// Where the pages of a huge-page file an application sent back are now,
 /// in file order. Only hugetlbfs files of at most `max_bytes` (the most
 /// the service hands out) are looked at.
-pub fn huge_page_addresses(memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, String> {
+pub fn huge_page_addresses(memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, DmaError> {
     const HUGETLBFS_MAGIC: libc::c_long = 0x9584_58f6;
-    // SAFETY: fstatfs fills a plain struct for a valid descriptor.
+    // SAFETY: statfs is plain C data, for which all-zero bytes are valid.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs fills the struct it is given for a valid descriptor
+    // (`memory` is open for the whole call).
     if unsafe { libc::fstatfs(memory.as_raw_fd(), &mut fs) } < 0 {
-        return Err(format!("fstatfs: {}", std::io::Error::last_os_error()));
+        return Err(DmaError::Fstatfs(std::io::Error::last_os_error()));
     }
     if fs.f_type as libc::c_long != HUGETLBFS_MAGIC {
-        return Err("the descriptor is not a huge-page file".into());
+        return Err(DmaError::NotHugePages);
     }
     let len = std::fs::File::from(
         memory
             .try_clone()
-            .map_err(|e| format!("dup of the memory file: {e}"))?,
+            .map_err(DmaError::Dup)?,
     )
     .metadata()
-    .map_err(|e| format!("fstat: {e}"))?
+    .map_err(DmaError::Fstat)?
     .len();
     let page = HUGE_PAGE_SIZE as u64;
     if len == 0 || len > max_bytes.next_multiple_of(page) || len % page != 0 {
-        return Err(format!(
-            "a huge-page file of {len} bytes is not DMA memory this service hands out (at most {max_bytes} bytes)"
-        ));
+        return Err(DmaError::BadSize { len, max_bytes });
     }
     page_addresses(memory, len as usize, libc::PROT_READ)
 }
@@ -147,7 +178,7 @@ pub fn huge_page_addresses(memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>,
 /// Maps `len` bytes of `fd` (populated), reads the guest-physical address
 /// of each huge page from our pagemap (which needs our CAP_SYS_ADMIN), and
 /// unmaps it again.
-fn page_addresses(fd: &OwnedFd, len: usize, prot: libc::c_int) -> Result<Vec<u64>, String> {
+fn page_addresses(fd: &OwnedFd, len: usize, prot: libc::c_int) -> Result<Vec<u64>, DmaError> {
     // SAFETY: a fresh shared mapping of the file at an address the kernel
     // picks; populated so every page is present now.
     let ptr = unsafe {
@@ -161,13 +192,12 @@ fn page_addresses(fd: &OwnedFd, len: usize, prot: libc::c_int) -> Result<Vec<u64
         )
     };
     if ptr == libc::MAP_FAILED {
-        return Err(format!(
-            "{} huge pages: {} (reserve more in /proc/sys/vm/nr_hugepages)",
-            len / HUGE_PAGE_SIZE,
-            std::io::Error::last_os_error()
-        ));
+        return Err(DmaError::Map {
+            pages: len / HUGE_PAGE_SIZE,
+            source: std::io::Error::last_os_error(),
+        });
     }
-    let gpas = physical_addresses(ptr as usize, len, HUGE_PAGE_SIZE).map_err(|e| e.to_string());
+    let gpas = physical_addresses(ptr as usize, len, HUGE_PAGE_SIZE).map_err(DmaError::Addresses);
     // SAFETY: unmapping the mapping made above; the pages stay in the file.
     unsafe { libc::munmap(ptr, len) };
     gpas
@@ -177,30 +207,24 @@ fn page_addresses(fd: &OwnedFd, len: usize, prot: libc::c_int) -> Result<Vec<u64
 /// reads their guest-physical addresses (which needs our CAP_SYS_ADMIN).
 /// The pages stay in the file after we unmap it; the application maps the
 /// file and VFIO pins the pages when it maps them for DMA.
-pub fn pinned_huge_pages(bytes: u64) -> Result<(OwnedFd, Vec<u64>), String> {
+pub fn pinned_huge_pages(bytes: u64) -> Result<(OwnedFd, Vec<u64>), DmaError> {
     let len = usize::try_from(bytes)
         .ok()
         .and_then(|b| b.checked_next_multiple_of(HUGE_PAGE_SIZE))
         .filter(|&l| l > 0)
-        .ok_or_else(|| format!("{bytes} bytes of DMA memory cannot be allocated"))?;
+        .ok_or(DmaError::TooLarge(bytes))?;
     let flags =
         libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB | libc::MFD_ALLOW_SEALING;
     // SAFETY: a valid name and flags.
     let raw = unsafe { libc::memfd_create(c"vsic-app-dma".as_ptr(), flags) };
     if raw < 0 {
-        return Err(format!(
-            "memfd_create of huge pages: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(DmaError::Memfd(std::io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: fd is a valid memfd.
     if unsafe { libc::ftruncate(raw, len as libc::off_t) } < 0 {
-        return Err(format!(
-            "sizing the huge page file: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(DmaError::Size(std::io::Error::last_os_error()));
     }
     // Populated writable, so every page is allocated now.
     let gpas = page_addresses(&fd, len, libc::PROT_READ | libc::PROT_WRITE)?;

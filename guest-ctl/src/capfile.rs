@@ -15,17 +15,30 @@ use vsic_abi::CapToken;
 const MAX_FILE_LEN: u64 = 4096;
 const PRIVATE_MODE: u32 = 0o600;
 
+/// Why a capability file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CapFileError {
+    #[error("{0}")]
+    Open(#[source] io::Error),
+    #[error("not a capability file: {0}")]
+    Read(#[source] io::Error),
+    #[error("not a capability file: too large")]
+    TooLarge,
+    #[error("{0}")]
+    Parse(#[source] vsic_abi::DecodeError),
+}
+
 /// Reads and parses a capability file.
-pub fn read(path: &Path) -> Result<CapToken, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+pub fn read(path: &Path) -> Result<CapToken, CapFileError> {
+    let file = File::open(path).map_err(CapFileError::Open)?;
     let mut text = String::new();
     file.take(MAX_FILE_LEN + 1)
         .read_to_string(&mut text)
-        .map_err(|e| format!("not a capability file: {e}"))?;
+        .map_err(CapFileError::Read)?;
     if text.len() as u64 > MAX_FILE_LEN {
-        return Err("not a capability file: too large".into());
+        return Err(CapFileError::TooLarge);
     }
-    CapToken::from_text(&text).map_err(|e| e.to_string())
+    CapToken::from_text(&text).map_err(CapFileError::Parse)
 }
 
 /// A capability file name claimed before the capability exists, so that a
@@ -217,7 +230,7 @@ mod tests {
         let dir = scratch_dir("garbage");
         let path = dir.join("cap");
         fs::write(&path, "hello").unwrap();
-        assert!(read(&path).unwrap_err().contains("not a capability file"));
+        assert!(read(&path).unwrap_err().to_string().contains("not a capability file"));
         fs::write(&path, vec![b'x'; 10_000]).unwrap();
         assert!(read(&path).is_err());
         assert!(read(&dir.join("missing")).is_err());

@@ -117,7 +117,8 @@ pub enum StoreCommand {
     /// controller, set only through the PF), attached to slot 0 of VSIC N,
     /// VSIC N handed to the kernel, ext4 (label vsic-store) made and
     /// mounted. The store's own root capability is kept inside it
-    /// (store.cap). Dedicate VSIC N to the store.
+    /// (store.cap). Dedicate VSIC N to the store. A VSIC taken from a user
+    /// has every slot detached first, as for `vsic bind`.
     Init {
         #[command(flatten)]
         vsic: VsicArg,

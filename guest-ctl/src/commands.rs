@@ -277,6 +277,8 @@ fn with_stop_signals_held<T>(f: impl FnOnce() -> T) -> T {
     // set (sigemptyset, handler, flags) before the structs are passed on.
     let (mut set, mut previous_mask): (libc::sigset_t, libc::sigset_t) =
         unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: sigaction is plain C data as well; its handler, flags and mask
+    // are set below before it is passed to sigaction(2).
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     let mut previous: [Option<libc::sigaction>; STOP_SIGNALS.len()] = [None; STOP_SIGNALS.len()];
     action.sa_sigaction = hold_signal as extern "C" fn(libc::c_int) as usize;

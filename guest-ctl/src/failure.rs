@@ -27,6 +27,8 @@ pub enum Cause {
     Local {
         status: &'static str,
         message: String,
+        /// The typed error the message came from, if any.
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 
@@ -44,6 +46,7 @@ impl Failure {
             cause: Cause::Local {
                 status: "file-error",
                 message: message.to_string(),
+                source: None,
             },
         }
     }
@@ -66,6 +69,24 @@ impl Failure {
             cause: Cause::Local {
                 status,
                 message: message.to_string(),
+                source: None,
+            },
+        }
+    }
+
+    /// A local problem of its own kind caused by a typed error: the
+    /// error's `Display` is the message, and the error stays the source.
+    pub fn local_error(
+        context: impl Into<String>,
+        status: &'static str,
+        err: impl std::error::Error + Send + Sync + 'static,
+    ) -> Failure {
+        Failure {
+            context: context.into(),
+            cause: Cause::Local {
+                status,
+                message: err.to_string(),
+                source: Some(Box::new(err)),
             },
         }
     }
@@ -76,6 +97,7 @@ impl Failure {
             cause: Cause::Local {
                 status: "usage",
                 message: message.into(),
+                source: None,
             },
         }
     }
@@ -136,6 +158,23 @@ impl Failure {
                 "context": self.context,
             }
         })
+    }
+}
+
+/// `CONTEXT: MESSAGE`, the stderr line without the prefix and status.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.context, self.message())
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.cause {
+            Cause::Admin(e) => Some(e),
+            Cause::Control(e) => Some(e),
+            Cause::Local { source, .. } => source.as_deref().map(|e| e as _),
+        }
     }
 }
 

@@ -45,6 +45,88 @@ pub struct FunctionState {
     pub vfio_owner: Option<u32>,
 }
 
+/// What can go wrong with a function's sysfs attributes or its VFIO group
+/// node. The messages are the user's (`vsicctl: CONTEXT: MESSAGE`).
+#[derive(Debug, thiserror::Error)]
+pub enum PciError {
+    #[error("{addr} has no IOMMU group (boot with intel_iommu=on)")]
+    NoIommuGroup { addr: String },
+    #[error("no PCI function {addr}")]
+    NoFunction { addr: String },
+    /// A group node could not be looked at or opened.
+    #[error("{}: {source}", path.display())]
+    Node {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} did not appear", path.display())]
+    NodeMissing { path: PathBuf },
+    #[error("chown {}: {source}", path.display())]
+    Chown {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("chmod {}: {source}", path.display())]
+    Chmod {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing '{value}' to {}: {source}", path.display())]
+    WriteAttr {
+        value: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{addr} did not bind to {driver} within {secs} s (driver now: {now}; is the module loaded?)"
+    )]
+    BindTimeout {
+        addr: String,
+        driver: String,
+        secs: u64,
+        now: String,
+    },
+    #[error("{addr} is still bound to a driver")]
+    StillBound { addr: String },
+    #[error("/dev/{disk} at {addr} names itself {named:?}, not {wanted:?}: the function map is stale")]
+    StaleMap {
+        disk: String,
+        addr: String,
+        named: Option<Function>,
+        wanted: Function,
+    },
+    #[error("no virtio_blk disk appeared for {addr}")]
+    NoDisk { addr: String },
+}
+
+/// A user named on the command line that this machine does not know.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no user '{user}' in {}", passwd.display())]
+pub struct NoSuchUser {
+    pub user: String,
+    pub passwd: PathBuf,
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), PciError> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| PciError::Chown {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn chmod(path: &Path, mode: u32) -> Result<(), PciError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        PciError::Chmod {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
 /// Who owned a VFIO group node, and its permission bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupOwner {
@@ -106,31 +188,33 @@ impl Functions {
     }
 
     /// `/dev/vfio/G` of the function's IOMMU group.
-    pub fn group_node(&self, addr: &str) -> Result<PathBuf, String> {
+    pub fn group_node(&self, addr: &str) -> Result<PathBuf, PciError> {
         let group = self
             .sysfs
             .iommu_group(addr)
-            .ok_or_else(|| format!("{addr} has no IOMMU group (boot with intel_iommu=on)"))?;
+            .ok_or_else(|| PciError::NoIommuGroup {
+                addr: addr.to_string(),
+            })?;
         Ok(self.dev_root.join("vfio").join(group.to_string()))
     }
 
     /// The uid owning the function's VFIO group node.
-    pub fn vfio_owner(&self, addr: &str) -> Result<u32, String> {
+    pub fn vfio_owner(&self, addr: &str) -> Result<u32, PciError> {
         let node = self.group_node(addr)?;
         fs::metadata(&node)
             .map(|m| m.uid())
-            .map_err(|e| format!("{}: {e}", node.display()))
+            .map_err(|source| PciError::Node { path: node, source })
     }
 
     /// Whether some process has the function's VFIO group open. Opening a
     /// group is exclusive, so a free group opens (and is closed at once).
-    pub fn group_in_use(&self, addr: &str) -> Result<bool, String> {
+    pub fn group_in_use(&self, addr: &str) -> Result<bool, PciError> {
         let node = self.group_node(addr)?;
         match fs::OpenOptions::new().read(true).write(true).open(&node) {
             Ok(_) => Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(format!("{}: {e}", node.display())),
+            Err(source) => Err(PciError::Node { path: node, source }),
         }
     }
 
@@ -270,17 +354,22 @@ impl Functions {
         result
     }
 
-    fn write_attr(&self, path: &Path, value: &str) -> Result<(), String> {
-        fs::write(path, value)
-            .map_err(|e| format!("writing '{}' to {}: {e}", value.trim(), path.display()))
+    fn write_attr(&self, path: &Path, value: &str) -> Result<(), PciError> {
+        fs::write(path, value).map_err(|source| PciError::WriteAttr {
+            value: value.trim().to_string(),
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Hands `addr` to `driver` (driver_override, unbind, reprobe) and
     /// waits until the driver has it.
-    pub fn bind(&self, addr: &str, driver: &str) -> Result<(), String> {
+    pub fn bind(&self, addr: &str, driver: &str) -> Result<(), PciError> {
         let dir = self.device_dir(addr);
         if !dir.exists() {
-            return Err(format!("no PCI function {addr}"));
+            return Err(PciError::NoFunction {
+                addr: addr.to_string(),
+            });
         }
         self.write_attr(&dir.join("driver_override"), &format!("{driver}\n"))?;
         let current = self.driver(addr);
@@ -292,39 +381,43 @@ impl Functions {
         }
         self.write_attr(&self.sys_root.join("bus/pci/drivers_probe"), addr)?;
         wait_until(SETTLE_TIMEOUT, || self.driver(addr).as_deref() == Some(driver)).map_err(|_| {
-            format!(
-                "{addr} did not bind to {driver} within {} s (driver now: {}; is the module loaded?)",
-                SETTLE_TIMEOUT.as_secs(),
-                self.driver(addr).unwrap_or_else(|| "none".into())
-            )
+            PciError::BindTimeout {
+                addr: addr.to_string(),
+                driver: driver.to_string(),
+                secs: SETTLE_TIMEOUT.as_secs(),
+                now: self.driver(addr).unwrap_or_else(|| "none".into()),
+            }
         })
     }
 
     /// Detaches `addr` from its driver and clears the override, leaving it
     /// with no driver.
-    pub fn unbind(&self, addr: &str) -> Result<(), String> {
+    pub fn unbind(&self, addr: &str) -> Result<(), PciError> {
         let dir = self.device_dir(addr);
         if !dir.exists() {
-            return Err(format!("no PCI function {addr}"));
+            return Err(PciError::NoFunction {
+                addr: addr.to_string(),
+            });
         }
         self.write_attr(&dir.join("driver_override"), "\n")?;
         if self.driver(addr).is_some() {
             self.write_attr(&dir.join("driver/unbind"), addr)?;
         }
-        wait_until(SETTLE_TIMEOUT, || self.driver(addr).is_none())
-            .map_err(|_| format!("{addr} is still bound to a driver"))
+        wait_until(SETTLE_TIMEOUT, || self.driver(addr).is_none()).map_err(|_| {
+            PciError::StillBound {
+                addr: addr.to_string(),
+            }
+        })
     }
 
     /// Waits for the VFIO group node of `addr` and gives it to `uid`/`gid`
     /// alone (mode 0600).
-    pub fn give_group(&self, addr: &str, uid: u32, gid: u32) -> Result<PathBuf, String> {
+    pub fn give_group(&self, addr: &str, uid: u32, gid: u32) -> Result<PathBuf, PciError> {
         let node = self.group_node(addr)?;
         wait_until(SETTLE_TIMEOUT, || node.exists())
-            .map_err(|_| format!("{} did not appear", node.display()))?;
-        std::os::unix::fs::chown(&node, Some(uid), Some(gid))
-            .map_err(|e| format!("chown {}: {e}", node.display()))?;
-        fs::set_permissions(&node, fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("chmod {}: {e}", node.display()))?;
+            .map_err(|_| PciError::NodeMissing { path: node.clone() })?;
+        chown(&node, uid, gid)?;
+        chmod(&node, 0o600)?;
         Ok(node)
     }
 
@@ -332,12 +425,12 @@ impl Functions {
     /// that nobody else can open the group from now on, and returns who
     /// owned it before (uid, gid, mode) for [`Functions::restore_group`].
     /// `None` when the function has no group node.
-    pub fn revoke_group(&self, addr: &str) -> Result<Option<GroupOwner>, String> {
+    pub fn revoke_group(&self, addr: &str) -> Result<Option<GroupOwner>, PciError> {
         let node = self.group_node(addr)?;
         let meta = match fs::metadata(&node) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", node.display())),
+            Err(source) => return Err(PciError::Node { path: node, source }),
         };
         let before = GroupOwner {
             uid: meta.uid(),
@@ -345,25 +438,21 @@ impl Functions {
             mode: meta.permissions().mode() & 0o7777,
         };
         // Permissions first: between the two calls nobody but root may open it.
-        fs::set_permissions(&node, fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("chmod {}: {e}", node.display()))?;
-        std::os::unix::fs::chown(&node, Some(0), Some(0))
-            .map_err(|e| format!("chown {}: {e}", node.display()))?;
+        chmod(&node, 0o600)?;
+        chown(&node, 0, 0)?;
         Ok(Some(before))
     }
 
     /// Gives the group node back to the owner [`Functions::revoke_group`]
     /// took it from.
-    pub fn restore_group(&self, addr: &str, owner: GroupOwner) -> Result<(), String> {
+    pub fn restore_group(&self, addr: &str, owner: GroupOwner) -> Result<(), PciError> {
         let node = self.group_node(addr)?;
-        std::os::unix::fs::chown(&node, Some(owner.uid), Some(owner.gid))
-            .map_err(|e| format!("chown {}: {e}", node.display()))?;
-        fs::set_permissions(&node, fs::Permissions::from_mode(owner.mode))
-            .map_err(|e| format!("chmod {}: {e}", node.display()))
+        chown(&node, owner.uid, owner.gid)?;
+        chmod(&node, owner.mode)
     }
 
     /// Waits until `addr` shows a virtio_blk disk naming `function`.
-    pub fn wait_for_disk(&self, addr: &str, function: Function) -> Result<String, String> {
+    pub fn wait_for_disk(&self, addr: &str, function: Function) -> Result<String, PciError> {
         let mut found = None;
         let named = wait_until(SETTLE_TIMEOUT, || {
             found = self.disk(addr);
@@ -371,10 +460,15 @@ impl Functions {
         });
         match (named, found) {
             (Ok(()), Some((disk, Some(f)))) if f == function => Ok(disk),
-            (Ok(()), Some((disk, other))) => Err(format!(
-                "/dev/{disk} at {addr} names itself {other:?}, not {function:?}: the function map is stale"
-            )),
-            _ => Err(format!("no virtio_blk disk appeared for {addr}")),
+            (Ok(()), Some((disk, named))) => Err(PciError::StaleMap {
+                disk,
+                addr: addr.to_string(),
+                named,
+                wanted: function,
+            }),
+            _ => Err(PciError::NoDisk {
+                addr: addr.to_string(),
+            }),
         }
     }
 }
@@ -404,7 +498,7 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<(
 
 /// A user named on the command line: a name from `/etc/passwd` or a
 /// number. Returns (uid, gid).
-pub fn lookup_user(user: &str, passwd: &Path) -> Result<(u32, u32), String> {
+pub fn lookup_user(user: &str, passwd: &Path) -> Result<(u32, u32), NoSuchUser> {
     let text = fs::read_to_string(passwd).unwrap_or_default();
     let entry = text.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
@@ -422,14 +516,34 @@ pub fn lookup_user(user: &str, passwd: &Path) -> Result<(u32, u32), String> {
         None => user
             .parse::<u32>()
             .map(|uid| (uid, uid))
-            .map_err(|_| format!("no user '{user}' in {}", passwd.display())),
+            .map_err(|_| NoSuchUser {
+                user: user.to_string(),
+                passwd: passwd.to_path_buf(),
+            }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::handover::DetachError;
     use std::os::unix::fs::symlink;
+
+    /// Gives a group node to `uid` alone (mode 0600).
+    fn give_node(node: &Path, uid: u32) {
+        std::os::unix::fs::chown(node, Some(uid), Some(uid)).unwrap();
+        fs::set_permissions(node, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn node_owner_and_mode(node: &Path) -> (u32, u32) {
+        let meta = fs::metadata(node).unwrap();
+        (meta.uid(), meta.permissions().mode() & 0o777)
+    }
+
+    /// A result with its error as the user reads it.
+    fn msg<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, String> {
+        r.map_err(|e| e.to_string())
+    }
 
     /// A fake machine: the PF and VSIC 0 on virtio-pci (disks vda, vdb),
     /// VSIC 1 on vfio-pci in group 7, one unnamed vfio-pci function.
@@ -595,7 +709,7 @@ mod tests {
             flip.join().unwrap();
             r
         };
-        assert_eq!(err, Ok(()));
+        assert_eq!(msg(err), Ok(()));
         assert_eq!(
             fs::read_to_string(dev.join("driver_override")).unwrap(),
             "vfio-pci\n"
@@ -606,10 +720,11 @@ mod tests {
         let probe = fake.root.join("sys/bus/pci/drivers_probe");
         assert_eq!(fs::read_to_string(probe).unwrap(), "0000:02:00.0");
         // Already bound: only the override is (re)written.
-        assert_eq!(f.bind("0000:02:00.0", VFIO_DRIVER), Ok(()));
+        assert_eq!(msg(f.bind("0000:02:00.0", VFIO_DRIVER)), Ok(()));
         assert!(f
             .bind("0000:09:00.0", VFIO_DRIVER)
             .unwrap_err()
+            .to_string()
             .contains("no PCI function"));
     }
 
@@ -622,7 +737,7 @@ mod tests {
             (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777),
             (1234, 1234, 0o600)
         );
-        assert_eq!(fake.funcs.vfio_owner("0000:03:00.0"), Ok(1234));
+        assert_eq!(msg(fake.funcs.vfio_owner("0000:03:00.0")), Ok(1234));
     }
 
     /// The old owner loses the group node before anything else happens;
@@ -633,24 +748,21 @@ mod tests {
         let f = &fake.funcs;
         let addr = "0000:03:00.0";
         let node = fake.root.join("dev/vfio/7");
-        let owned_by = |uid: u32| {
-            std::os::unix::fs::chown(&node, Some(uid), Some(uid)).unwrap();
-            fs::set_permissions(&node, fs::Permissions::from_mode(0o600)).unwrap();
-        };
+        let owned_by = |uid: u32| give_node(&node, uid);
         let take = |next: Option<u32>| {
             let mut seen = None;
-            crate::guest::take_from_user(f, addr, Some(VFIO_DRIVER), next, || {
-                let meta = fs::metadata(&node).unwrap();
-                seen = Some((meta.uid(), meta.permissions().mode() & 0o777));
+            crate::guest::handover::take_from_user(f, addr, Some(VFIO_DRIVER), next, || {
+                seen = Some(node_owner_and_mode(&node));
                 Ok(())
             })
             .map(|()| seen)
+            .map_err(|e| e.to_string())
         };
         for next in [Some(1002), None] {
             owned_by(1001);
             // While the slots are emptied, only root can open the group.
             assert_eq!(take(next), Ok(Some((0, 0o600))), "to {next:?}");
-            assert_eq!(f.vfio_owner(addr), Ok(0));
+            assert_eq!(msg(f.vfio_owner(addr)), Ok(0));
         }
         // The same user again, or a function of root's: nothing detached.
         owned_by(1001);
@@ -659,23 +771,61 @@ mod tests {
         assert_eq!(take(Some(1002)), Ok(None));
         // A failed detach leaves the node with root: nobody gets it.
         owned_by(1001);
-        let r = crate::guest::take_from_user(f, addr, Some(VFIO_DRIVER), Some(1002), || {
-            Err("no PF".into())
+        let r = crate::guest::handover::take_from_user(f, addr, Some(VFIO_DRIVER), Some(1002), || {
+            Err(DetachError::UnknownVsic(9))
         });
-        assert_eq!(r, Err("no PF".to_string()));
-        assert_eq!(f.vfio_owner(addr), Ok(0));
+        assert_eq!(msg(r), Err("the PF does not know VSIC 9".to_string()));
+        assert_eq!(msg(f.vfio_owner(addr)), Ok(0));
         // Off vfio-pci (the kernel's, no driver): root's already; a mounted
         // disk is not taken.
         let mut called = false;
         let mut take_kernel = |addr| {
-            crate::guest::take_from_user(f, addr, Some(KERNEL_DRIVER), Some(1002), || {
+            crate::guest::handover::take_from_user(f, addr, Some(KERNEL_DRIVER), Some(1002), || {
                 called = true;
                 Ok(())
             })
         };
-        assert_eq!(take_kernel("0000:01:00.0"), Ok(()));
-        assert!(take_kernel("0000:02:00.0").unwrap_err().contains("/mnt"));
+        assert_eq!(msg(take_kernel("0000:01:00.0")), Ok(()));
+        assert!(take_kernel("0000:02:00.0")
+            .unwrap_err()
+            .to_string()
+            .contains("/mnt"));
         assert!(!called);
+    }
+
+    /// `store init` on a VSIC that was a user's: the user loses the group
+    /// node first and the slots are emptied before slot 0 is attached, so
+    /// the user's VSAs do not stay with a function that becomes root's
+    /// (whose attachments survive a later bind to another user).
+    #[test]
+    fn a_function_leaving_its_user_for_the_store_is_revoked_then_emptied() {
+        let fake = Fake::new("store");
+        let f = &fake.funcs;
+        let addr = "0000:03:00.0";
+        let node = fake.root.join("dev/vfio/7");
+        let owned_by = |uid: u32| give_node(&node, uid);
+        let take = |addr| {
+            let mut seen = None;
+            crate::guest::handover::take_for_store(f, addr, || {
+                seen = Some(node_owner_and_mode(&node));
+                Ok(())
+            })
+            .map(|()| seen)
+            .map_err(|e| e.to_string())
+        };
+        owned_by(1001);
+        assert_eq!(take(addr), Ok(Some((0, 0o600))));
+        assert_eq!(msg(f.vfio_owner(addr)), Ok(0));
+        // Root's function: its attachments stay.
+        owned_by(0);
+        assert_eq!(take(addr), Ok(None));
+        // Already the kernel's (even with a mounted disk): left as it is.
+        assert_eq!(take("0000:02:00.0"), Ok(None));
+        // A failed detach is the command's failure.
+        owned_by(1001);
+        let r = crate::guest::handover::take_for_store(f, addr, || Err(DetachError::UnknownVsic(9)));
+        assert_eq!(msg(r), Err("the PF does not know VSIC 9".to_string()));
+        assert_eq!(msg(f.vfio_owner(addr)), Ok(0));
     }
 
     #[test]
@@ -693,6 +843,7 @@ mod tests {
         assert_eq!(lookup_user("2000", &passwd), Ok((2000, 2000)));
         assert!(lookup_user("mallory", &passwd)
             .unwrap_err()
+            .to_string()
             .contains("mallory"));
         fs::remove_dir_all(&dir).unwrap();
     }

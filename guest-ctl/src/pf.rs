@@ -3,13 +3,11 @@
 //! driver has it.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use vsic::admin::AdminClient;
-use vsic::{CompletionMode, Device, OpenOptions};
-use vsic_abi::virtio::{
-    function_from_serial, Function, SERIAL_LEN, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_GET_ID,
-};
+use vsic::discovery::{self, Until};
+use vsic::DmaSource;
+use vsic_abi::virtio::Function;
 
 use crate::failure::Failure;
 use crate::functions::{Functions, VFIO_DRIVER};
@@ -101,7 +99,7 @@ pub fn open_in_guest(funcs: &Functions) -> Result<AdminClient, Failure> {
         }
         funcs
             .bind(&addr, VFIO_DRIVER)
-            .map_err(|e| Failure::local(&context, "pci", e))?;
+            .map_err(|e| Failure::local_error(&context, "pci", e))?;
     }
     if let Err(e) = funcs.record(Function::Pf, &addr) {
         log::warn!("cannot update {}: {e}", funcs.map_path().display());
@@ -113,44 +111,30 @@ pub fn open_in_guest(funcs: &Functions) -> Result<AdminClient, Failure> {
 /// answers, and returns the address of `wanted` if one of them is it.
 /// Functions whose group another process holds are skipped.
 pub fn probe(funcs: &Functions, wanted: Function) -> Result<Option<String>, Failure> {
-    let mut found = None;
-    for addr in funcs.unnamed_vfio_functions() {
-        if funcs.group_in_use(&addr).unwrap_or(true) {
-            log::debug!("{addr}: VFIO group in use, not asked");
-            continue;
-        }
-        match ask_identity(&addr) {
+    let candidates: Vec<String> = funcs
+        .unnamed_vfio_functions()
+        .into_iter()
+        .filter(|addr| {
+            let in_use = funcs.group_in_use(addr).unwrap_or(true);
+            if in_use {
+                log::debug!("{addr}: VFIO group in use, not asked");
+            }
+            !in_use
+        })
+        .collect();
+    let probe = discovery::probe(&candidates, wanted, &DmaSource::default(), Until::AllAsked);
+    for (addr, answer) in &probe.answers {
+        match answer {
             Ok(Some(function)) => {
-                if let Err(e) = funcs.record(function, &addr) {
+                if let Err(e) = funcs.record(*function, addr) {
                     log::warn!("cannot update {}: {e}", funcs.map_path().display());
-                }
-                if function == wanted {
-                    found = Some(addr);
                 }
             }
             Ok(None) => log::debug!("{addr} does not name itself as a VSIC function"),
             Err(e) => log::debug!("{addr}: cannot ask for its identity: {e}"),
         }
     }
-    Ok(found)
-}
-
-/// Opens a vfio-pci function briefly and reads its GET_ID serial.
-fn ask_identity(addr: &str) -> Result<Option<Function>, vsic::Error> {
-    let opts = OpenOptions {
-        queues: Some(1),
-        mem_size: 2 << 20,
-        mode: CompletionMode::Polling,
-        queue_size: 16,
-        sync_timeout: Some(Duration::from_secs(5)),
-        ..OpenOptions::default()
-    };
-    let dev = Device::open(&format!("pci:{addr}"), &opts)?;
-    let reply = dev.raw_request(0, VIRTIO_BLK_T_GET_ID, 0, &[], &[SERIAL_LEN])?;
-    if reply.status != VIRTIO_BLK_S_OK {
-        return Ok(None);
-    }
-    Ok(reply.ins.first().and_then(|s| function_from_serial(s)))
+    Ok(probe.address)
 }
 
 /// The address of VSIC `n`: known from a serial or the map, or found by

@@ -150,32 +150,60 @@ fn unescape_mount_path(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Why the store's file system could not be made or mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("running mkfs.ext4: {0}")]
+    MkfsSpawn(#[source] io::Error),
+    #[error("mkfs.ext4 {} failed ({status}): {stderr}", device.display())]
+    Mkfs {
+        device: PathBuf,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("creating {}: {source}", dir.display())]
+    MountPoint {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("path holds a NUL byte")]
+    NulInPath,
+    #[error("mounting {} on {}: {source}", device.display(), dir.display())]
+    Mount {
+        device: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Makes ext4 labelled [`STORE_LABEL`] on `device`.
-pub fn mkfs(device: &Path) -> Result<(), String> {
+pub fn mkfs(device: &Path) -> Result<(), FsError> {
     let out = std::process::Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", STORE_LABEL])
         .arg(device)
         .output()
-        .map_err(|e| format!("running mkfs.ext4: {e}"))?;
+        .map_err(FsError::MkfsSpawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "mkfs.ext4 {} failed ({}): {}",
-            device.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(FsError::Mkfs {
+            device: device.to_path_buf(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// Mounts the ext4 file system on `device` at `dir` (created, mode 0755).
-pub fn mount(device: &Path, dir: &Path) -> Result<(), String> {
-    crate::functions::ensure_public_dir(dir)
-        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+pub fn mount(device: &Path, dir: &Path) -> Result<(), FsError> {
+    crate::functions::ensure_public_dir(dir).map_err(|source| FsError::MountPoint {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| "path holds a NUL byte".to_string())
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| FsError::NulInPath)
     };
     let (source, target) = (c(device)?, c(dir)?);
     // SAFETY: valid NUL-terminated strings; no data argument.
@@ -189,12 +217,11 @@ pub fn mount(device: &Path, dir: &Path) -> Result<(), String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "mounting {} on {}: {}",
-            device.display(),
-            dir.display(),
-            io::Error::last_os_error()
-        ));
+        return Err(FsError::Mount {
+            device: device.to_path_buf(),
+            dir: dir.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

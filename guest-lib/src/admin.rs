@@ -6,7 +6,6 @@
 //! module only moves bytes; every layout is encoded and decoded by
 //! `vsic_abi`.
 
-use std::fmt;
 
 use vsic_abi::admin::{ALL_VSICS, FLAG_READ_ONLY, MAX_PAYLOAD};
 use vsic_abi::records::{self, ExtentRun, Identify, QueueStats, VsaInfo, VsicInfo, VsicStats};
@@ -23,15 +22,19 @@ const ADMIN_QUEUE: u16 = 0;
 const LIST_CAPACITY: usize = 256 << 10;
 
 /// Why an admin command failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The device executed the command and refused it.
+    #[error("{} ({})", .0.message(), .0.name())]
     Device(AdminStatus),
     /// The device answered with a status code this build does not know.
+    #[error("the device reported status {0}, which this tool does not know")]
     UnknownStatus(u16),
     /// The request did not reach the device or its reply did not come back.
-    Transport(crate::Error),
+    #[error("cannot talk to the device: {0}")]
+    Transport(#[from] crate::Error),
     /// The device's reply does not follow the admin protocol.
+    #[error("malformed reply from the device: {0}")]
     Protocol(String),
 }
 
@@ -42,30 +45,6 @@ impl AdminError {
             AdminError::Device(s) => Some(*s),
             _ => None,
         }
-    }
-}
-
-impl fmt::Display for AdminError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AdminError::Device(s) => write!(f, "{} ({})", s.message(), s.name()),
-            AdminError::UnknownStatus(code) => {
-                write!(
-                    f,
-                    "the device reported status {code}, which this tool does not know"
-                )
-            }
-            AdminError::Transport(e) => write!(f, "cannot talk to the device: {e}"),
-            AdminError::Protocol(why) => write!(f, "malformed reply from the device: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for AdminError {}
-
-impl From<crate::Error> for AdminError {
-    fn from(e: crate::Error) -> Self {
-        AdminError::Transport(e)
     }
 }
 

@@ -25,7 +25,6 @@ use crate::dma::{DmaBuffer, DmaPool, BUFFER_ALIGN};
 use crate::error::{Error, IoStatus};
 use crate::hugepage::DmaSource;
 use crate::hybrid::{self, Found, HybridState};
-use crate::transport::vhost_user::VhostUserTransport;
 use crate::transport::Transport;
 use crate::virtqueue::{Buf, RingLayout, SplitQueue, MAX_QUEUE_SIZE};
 
@@ -269,26 +268,6 @@ pub struct Device {
 }
 
 impl Device {
-    /// Opens a function. `spec` is `vhost-user:PATH` (a vhost-user socket),
-    /// or, for the VFIO transport in a guest, `vsic:N` / `vsic:pf` (found
-    /// as [`crate::transport::pci`] describes) or a PCI address
-    /// (`0000:00:03.0`, `pci:0000:00:03.0`) of a function bound to vfio-pci.
-    pub fn open(spec: &str, opts: &OpenOptions) -> Result<Device, Error> {
-        if let Some(path) = spec.strip_prefix("vhost-user:") {
-            if path.is_empty() {
-                return Err(Error::BadSpec("vhost-user: needs a socket path".into()));
-            }
-            let transport = VhostUserTransport::connect(path, opts.mem_size, opts.sync_timeout)?;
-            return Device::with_transport(Box::new(transport), opts);
-        }
-        if spec.starts_with("vsic:") || spec.starts_with("pci:") || looks_like_pci_address(spec) {
-            return crate::transport::vfio::open_device(spec, opts);
-        }
-        Err(Error::BadSpec(format!(
-            "{spec:?}: expected vhost-user:PATH, vsic:N or a PCI address like 0000:00:03.0"
-        )))
-    }
-
     /// Drives a device over any transport: negotiates features and sets up
     /// and starts the queues.
     pub fn with_transport(
@@ -961,21 +940,6 @@ fn read_limits(t: &dyn Transport, features: u64, queue_size: u16) -> Limits {
     limits
 }
 
-/// `DDDD:BB:DD.F` or `BB:DD.F`.
-fn looks_like_pci_address(s: &str) -> bool {
-    let hex = |p: &str, n: usize| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit());
-    let parts: Vec<&str> = s.split(':').collect();
-    let (bus, devfn) = match parts.as_slice() {
-        [dom, bus, devfn] if hex(dom, 4) => (*bus, *devfn),
-        [bus, devfn] => (*bus, *devfn),
-        _ => return false,
-    };
-    match devfn.split_once('.') {
-        Some((dev, func)) => hex(bus, 2) && hex(dev, 2) && hex(func, 1),
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,45 +949,5 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Device>();
         assert_send_sync::<crate::DmaBuffer>();
-    }
-
-    #[test]
-    fn spec_parsing() {
-        let opts = OpenOptions::default();
-        // VFIO names reach the VFIO transport, which finds no such function
-        // here (or no VFIO at all) and says which.
-        for spec in ["vsic:0", "0000:1f:1f.7", "1f:1f.7", "pci:0000:1f:1f.7"] {
-            match Device::open(spec, &opts) {
-                Err(e @ Error::Connect { .. }) => {
-                    assert!(
-                        e.to_string().contains(spec.trim_start_matches("pci:")),
-                        "{e}"
-                    )
-                }
-                other => panic!("{spec}: {:?}", other.err()),
-            }
-        }
-        assert!(matches!(
-            Device::open("nonsense", &opts),
-            Err(Error::BadSpec(_))
-        ));
-        assert!(matches!(
-            Device::open("vhost-user:", &opts),
-            Err(Error::BadSpec(_))
-        ));
-        match Device::open("vhost-user:/nonexistent/x.sock", &opts) {
-            Err(e @ Error::Connect { .. }) => {
-                assert!(e.to_string().contains("/nonexistent/x.sock"))
-            }
-            other => panic!("{:?}", other.err()),
-        }
-    }
-
-    #[test]
-    fn pci_address_shapes() {
-        assert!(looks_like_pci_address("0000:00:03.0"));
-        assert!(looks_like_pci_address("00:1f.7"));
-        assert!(!looks_like_pci_address("00:1f"));
-        assert!(!looks_like_pci_address("/tmp/a:b.c"));
     }
 }

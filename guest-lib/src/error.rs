@@ -6,41 +6,63 @@ use std::io;
 use vsic_abi::virtio::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 
 /// Everything that can go wrong while opening or driving a function.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The device spec names something this build cannot open (yet).
+    #[error("not supported: {0}")]
     Unsupported(String),
     /// The device spec could not be parsed.
+    #[error("bad device name: {0}")]
     BadSpec(String),
     /// Could not connect to the device at all.
+    #[error("cannot connect to {path}: {reason}")]
     Connect { path: String, reason: String },
     /// The device broke the transport protocol or refused a setup step.
+    #[error("device setup failed at {step}: {reason}")]
     Transport { step: &'static str, reason: String },
     /// The device does not offer a feature this operation needs.
+    #[error("the device lacks feature {0}")]
     MissingFeature(&'static str),
     /// An argument is out of range or inconsistent.
+    #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The registered DMA region has no free block of the requested size.
+    #[error(
+        "DMA region exhausted: no free block of {requested} bytes in the {region}-byte region \
+         (open with a larger mem_size)"
+    )]
     DmaExhausted { requested: usize, region: usize },
     /// A memory range does not lie inside the registered DMA region.
+    #[error("memory range {iova:#x}+{len} is not inside the registered DMA region")]
     NotDmaMemory { iova: u64, len: usize },
     /// After pinning, a page of DMA memory is not at the address the device
     /// was given for it (pinning moved it): the device would reach other
     /// memory. `page` is the page's index in the memory as provided.
+    #[error(
+        "DMA page {page} is at {now:#x} after pinning, not at {recorded:#x} where the device \
+         would reach it; refused (reserve huge pages at boot: hugepages=N)"
+    )]
     DmaMoved { page: usize, recorded: u64, now: u64 },
     /// No such queue on this device (or it was not opened).
+    #[error("no queue {queue}: the device was opened with {queues} queue(s)")]
     NoSuchQueue { queue: u16, queues: u16 },
     /// The queue has too few free descriptors right now; poll and retry.
+    #[error("queue full: poll for completions and retry")]
     QueueFull,
     /// The request can never fit the queue, even when it is empty.
+    #[error("request needs {needed} descriptors but the queue only has {queue_size}: split it")]
     TooLarge { needed: usize, queue_size: u16 },
     /// A synchronous call or a wait ran out of time.
+    #[error("timed out waiting for the device")]
     Timeout,
     /// The device completed the request with an error status.
+    #[error("I/O error: {0}")]
     Io(IoStatus),
     /// An operating-system call failed.
+    #[error("{what} failed: {source}")]
     System {
         what: &'static str,
+        #[source]
         source: io::Error,
     },
 }
@@ -54,53 +76,6 @@ impl Error {
         Error::Transport {
             step,
             reason: reason.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Unsupported(what) => write!(f, "not supported: {what}"),
-            Error::BadSpec(why) => write!(f, "bad device name: {why}"),
-            Error::Connect { path, reason } => write!(f, "cannot connect to {path}: {reason}"),
-            Error::Transport { step, reason } => write!(f, "device setup failed at {step}: {reason}"),
-            Error::MissingFeature(name) => write!(f, "the device lacks feature {name}"),
-            Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
-            Error::DmaExhausted { requested, region } => write!(
-                f,
-                "DMA region exhausted: no free block of {requested} bytes in the {region}-byte region \
-                 (open with a larger mem_size)"
-            ),
-            Error::NotDmaMemory { iova, len } => write!(
-                f,
-                "memory range {iova:#x}+{len} is not inside the registered DMA region"
-            ),
-            Error::DmaMoved { page, recorded, now } => write!(
-                f,
-                "DMA page {page} is at {now:#x} after pinning, not at {recorded:#x} where the device \
-                 would reach it; refused (reserve huge pages at boot: hugepages=N)"
-            ),
-            Error::NoSuchQueue { queue, queues } => {
-                write!(f, "no queue {queue}: the device was opened with {queues} queue(s)")
-            }
-            Error::QueueFull => write!(f, "queue full: poll for completions and retry"),
-            Error::TooLarge { needed, queue_size } => write!(
-                f,
-                "request needs {needed} descriptors but the queue only has {queue_size}: split it"
-            ),
-            Error::Timeout => write!(f, "timed out waiting for the device"),
-            Error::Io(status) => write!(f, "I/O error: {status}"),
-            Error::System { what, source } => write!(f, "{what} failed: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::System { source, .. } => Some(source),
-            _ => None,
         }
     }
 }

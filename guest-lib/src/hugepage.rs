@@ -583,8 +583,9 @@ mod tests {
         // SAFETY: valid name and flags; the fd is ours.
         let fd =
             unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"t".as_ptr(), libc::MFD_CLOEXEC)) };
-        // SAFETY: a valid fd.
         assert_eq!(
+            // SAFETY: `fd` is a valid descriptor we own; ftruncate touches
+            // no memory of ours.
             unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
             0
         );

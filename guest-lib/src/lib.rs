@@ -19,16 +19,18 @@
 //!
 //! The same program runs on the host against a vhost-user socket
 //! (`vhost-user:PATH`) and in a guest against a function it owns through
-//! VFIO (`vsic:N` or a PCI address; see [`transport::vfio`]).
+//! VFIO (`vsic:N` or a PCI address; see [`discovery`] and [`transport::vfio`]).
 //!
 //! Layers, bottom up: [`transport`] (how the device is reached: vhost-user
 //! or virtio-pci over VFIO), [`dma`] (shared memory; [`hugepage`] pins it in
 //! a guest), [`virtqueue`] (split rings), [`blk`] (virtio-blk requests),
-//! [`device`] (the public driver).
+//! [`device`] (the public driver), [`discovery`] (opening a function by
+//! name: `vhost-user:PATH`, `vsic:N`, a PCI address).
 
 pub mod admin;
 pub mod blk;
 pub mod device;
+pub mod discovery;
 pub mod dma;
 pub mod error;
 pub mod hugepage;

@@ -366,13 +366,19 @@ pub(crate) mod tests {
         fn at(&self, iova: u64) -> *mut u8 {
             self.pool.region().host_at(iova, 1).unwrap()
         }
+        // SAFETY (rd16, wr16, wr32): `at` returns a pointer into the DMA
+        // pool's mapping, checked by host_at; ring fields are naturally
+        // aligned in it, and the device side is volatile as a device is.
         fn rd16(&self, iova: u64) -> u16 {
+            // SAFETY: see above.
             unsafe { std::ptr::read_volatile(self.at(iova).cast::<u16>()) }
         }
         fn wr16(&self, iova: u64, v: u16) {
+            // SAFETY: see above.
             unsafe { std::ptr::write_volatile(self.at(iova).cast::<u16>(), v) }
         }
         fn wr32(&self, iova: u64, v: u32) {
+            // SAFETY: see above.
             unsafe { std::ptr::write_volatile(self.at(iova).cast::<u32>(), v) }
         }
 
@@ -390,6 +396,8 @@ pub(crate) mod tests {
             loop {
                 let d = self.addrs.desc + 16 * idx as u64;
                 let p = self.at(d);
+                // SAFETY: a 16-byte descriptor inside the mapped, 16-byte
+                // aligned descriptor table (host_at checked the start).
                 let (addr, len, flags, next) = unsafe {
                     (
                         std::ptr::read_volatile(p.cast::<u64>()),

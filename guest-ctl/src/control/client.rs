@@ -7,35 +7,31 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::message::{Refusal, Reply, Request, MAX_MESSAGE};
+use super::message::{MessageError, Refusal, Reply, Request, MAX_MESSAGE};
 use super::socket;
 
 /// How long one request may take (an attach opens the PF).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The service could not be reached or the exchange broke.
-    Io { what: String, source: io::Error },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     /// The service (or the device behind it) said no.
+    #[error("refused: {0}")]
     Refused(Refusal),
     /// The reply does not follow the protocol.
+    #[error("malformed reply from the control service: {0}")]
     Protocol(String),
+    /// The reply is not a message of the protocol at all.
+    #[error("malformed reply from the control service: {0}")]
+    Malformed(#[source] MessageError),
 }
-
-impl fmt::Display for ControlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ControlError::Io { what, source } => write!(f, "{what}: {source}"),
-            ControlError::Refused(r) => write!(f, "refused: {r}"),
-            ControlError::Protocol(why) => {
-                write!(f, "malformed reply from the control service: {why}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ControlError {}
 
 impl ControlError {
     /// A short stable name: the refusal's status, or `transport`/`protocol`.
@@ -43,7 +39,7 @@ impl ControlError {
         match self {
             ControlError::Io { .. } => "transport",
             ControlError::Refused(r) => &r.status,
-            ControlError::Protocol(_) => "protocol",
+            ControlError::Protocol(_) | ControlError::Malformed(_) => "protocol",
         }
     }
 }
@@ -256,7 +252,7 @@ fn send_and_receive(
     match socket::recv(sock.as_fd(), &mut buf) {
         Ok(Some((n, got))) => {
             let reply = Reply::decode(buf.get(..n).unwrap_or_default())
-                .map_err(|e| Attempt::Failed(ControlError::Protocol(e)))?;
+                .map_err(|e| Attempt::Failed(ControlError::Malformed(e)))?;
             Ok((reply, got))
         }
         // The request may have been carried out: never retried.

@@ -72,24 +72,55 @@ pub enum Reply {
     Refused(Refusal),
 }
 
-fn field_u32(v: &Value, name: &str) -> Result<u32, String> {
+/// Why bytes received are not a message of the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("protocol version {0} (this side speaks {VERSION})")]
+    Version(u64),
+    #[error("no protocol version 'v'")]
+    NoVersion,
+    /// A field is missing or of the wrong kind.
+    #[error("'{name}' must {what}")]
+    Field { name: String, what: &'static str },
+    #[error("unknown operation '{0}'")]
+    UnknownOperation(String),
+    #[error("no operation 'op'")]
+    NoOperation,
+    #[error("unknown reply '{0}'")]
+    UnknownReply(String),
+    #[error("no 'reply'")]
+    NoReply,
+}
+
+fn bad_field(name: &str, what: &'static str) -> MessageError {
+    MessageError::Field {
+        name: name.to_string(),
+        what,
+    }
+}
+
+fn field_u32(v: &Value, name: &str) -> Result<u32, MessageError> {
+    // u32::MAX, spelt out: the message is a &'static str.
+    const WHAT: &str = "be a number from 0 to 4294967295";
     v.get(name)
         .and_then(Value::as_u64)
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| format!("'{name}' must be a number from 0 to {}", u32::MAX))
+        .ok_or_else(|| bad_field(name, WHAT))
 }
 
-fn parse_object(bytes: &[u8]) -> Result<Value, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+fn parse_object(bytes: &[u8]) -> Result<Value, MessageError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(MessageError::NotJson)?;
     if !v.is_object() {
-        return Err("not a JSON object".into());
+        return Err(MessageError::NotObject);
     }
     match v.get("v").and_then(Value::as_u64) {
         Some(VERSION) => Ok(v),
-        Some(other) => Err(format!(
-            "protocol version {other} (this side speaks {VERSION})"
-        )),
-        None => Err("no protocol version 'v'".into()),
+        Some(other) => Err(MessageError::Version(other)),
+        None => Err(MessageError::NoVersion),
     }
 }
 
@@ -112,7 +143,7 @@ impl Request {
         v.to_string().into_bytes()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Request, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Request, MessageError> {
         let v = parse_object(bytes)?;
         match v.get("op").and_then(Value::as_str) {
             Some("attach") => Ok(Request::Attach {
@@ -120,7 +151,9 @@ impl Request {
                 slot: field_u32(&v, "slot")?,
                 read_only: match v.get("read_only") {
                     None => false,
-                    Some(b) => b.as_bool().ok_or("'read_only' must be true or false")?,
+                    Some(b) => b
+                        .as_bool()
+                        .ok_or_else(|| bad_field("read_only", "be true or false"))?,
                 },
             }),
             Some("detach") => Ok(Request::Detach {
@@ -131,11 +164,11 @@ impl Request {
                 bytes: v
                     .get("bytes")
                     .and_then(Value::as_u64)
-                    .ok_or("'bytes' must be a number")?,
+                    .ok_or_else(|| bad_field("bytes", "be a number"))?,
             }),
             Some("dma-locate") => Ok(Request::DmaLocate),
-            Some(op) => Err(format!("unknown operation '{op}'")),
-            None => Err("no operation 'op'".into()),
+            Some(op) => Err(MessageError::UnknownOperation(op.to_string())),
+            None => Err(MessageError::NoOperation),
         }
     }
 }
@@ -156,20 +189,20 @@ impl Reply {
         v.to_string().into_bytes()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Reply, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Reply, MessageError> {
         let v = parse_object(bytes)?;
-        let text = |name: &str| -> Result<String, String> {
+        let text = |name: &str| -> Result<String, MessageError> {
             v.get(name)
                 .and_then(Value::as_str)
                 .map(str::to_string)
-                .ok_or_else(|| format!("'{name}' must be a string"))
+                .ok_or_else(|| bad_field(name, "be a string"))
         };
-        let gpas = || -> Result<Vec<u64>, String> {
+        let gpas = || -> Result<Vec<u64>, MessageError> {
             v.get("gpas")
                 .and_then(Value::as_array)
-                .ok_or("'gpas' must be an array")?
+                .ok_or_else(|| bad_field("gpas", "be an array"))?
                 .iter()
-                .map(|g| g.as_u64().ok_or_else(|| "'gpas' must hold numbers".to_string()))
+                .map(|g| g.as_u64().ok_or_else(|| bad_field("gpas", "hold numbers")))
                 .collect()
         };
         match v.get("reply").and_then(Value::as_str) {
@@ -179,7 +212,7 @@ impl Reply {
                 let page_size = v
                     .get("page_size")
                     .and_then(Value::as_u64)
-                    .ok_or("'page_size' must be a number")?;
+                    .ok_or_else(|| bad_field("page_size", "be a number"))?;
                 Ok(Reply::Dma {
                     page_size,
                     gpas: gpas()?,
@@ -190,8 +223,8 @@ impl Reply {
                 text("status")?,
                 text("message")?,
             ))),
-            Some(other) => Err(format!("unknown reply '{other}'")),
-            None => Err("no 'reply'".into()),
+            Some(other) => Err(MessageError::UnknownReply(other.to_string())),
+            None => Err(MessageError::NoReply),
         }
     }
 }
@@ -212,7 +245,7 @@ mod tests {
             Request::Dma { bytes: 4 << 20 },
             Request::DmaLocate,
         ] {
-            assert_eq!(Request::decode(&r.encode()), Ok(r));
+            assert_eq!(Request::decode(&r.encode()).map_err(|e| e.to_string()), Ok(r));
         }
     }
 
@@ -230,7 +263,7 @@ mod tests {
             },
             Reply::Refused(Refusal::new("not-owner", "VSIC 1 belongs to uid 1002")),
         ] {
-            assert_eq!(Reply::decode(&r.encode()), Ok(r));
+            assert_eq!(Reply::decode(&r.encode()).map_err(|e| e.to_string()), Ok(r));
         }
     }
 
@@ -256,7 +289,7 @@ mod tests {
             (r#"{"v":1,"op":"dma","bytes":"lots"}"#, "'bytes'"),
         ];
         for (text, expected) in cases {
-            let err = Request::decode(text.as_bytes()).unwrap_err();
+            let err = Request::decode(text.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
         }
         assert!(Request::decode(&[0xff, 0xfe]).is_err());

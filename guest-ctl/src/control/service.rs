@@ -192,7 +192,7 @@ impl<A: Authority> Service<A> {
                     "uid {} (pid {}): malformed request: {why}",
                     peer.uid, peer.pid
                 );
-                return (Reply::Refused(refused("bad-request", why)), None);
+                return (Reply::Refused(refused("bad-request", why.to_string())), None);
             }
         };
         match self.execute(peer, &request, fds) {

@@ -10,8 +10,8 @@
 //!    unprivileged applications; no device is touched.
 //! 2. Functions bound to virtio_blk name themselves in
 //!    `/sys/block/vdX/serial` (the GET_ID string `vsic-vsicN`).
-//! 3. Functions bound to vfio-pci must be asked: the transport opens each
-//!    unclaimed one in turn and sends GET_ID (needs the rights to open the
+//! 3. Functions bound to vfio-pci must be asked: [`crate::discovery`] opens
+//!    each unclaimed one in turn and sends GET_ID (needs the rights to open the
 //!    VFIO group and, without provided DMA memory, CAP_SYS_ADMIN).
 
 use std::fs;

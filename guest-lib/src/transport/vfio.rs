@@ -1,7 +1,7 @@
 //! virtio-pci over VFIO: the transport an application uses inside the
 //! guest, owning its VSIC function outright.
 //!
-//! Opening a function: find it ([`super::pci`]), take its IOMMU group into
+//! Opening a function: find it ([`crate::discovery`]), take its IOMMU group into
 //! a fresh type1v2 container, get the device fd, read the virtio
 //! capabilities from configuration space, enable memory decoding and bus
 //! mastering, map the BARs holding the virtio structures (or fall back to
@@ -24,13 +24,11 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vsic_abi::virtio::{function_from_serial, Function, SERIAL_LEN, VIRTIO_BLK_T_GET_ID};
 
-use super::pci::{self, Located, Sysfs, VirtioCaps};
+use super::pci::{self, Sysfs, VirtioCaps};
 use super::vfio_sys::{Container, Group, VfioDevice, PCI_CONFIG_REGION_INDEX, PCI_MSIX_IRQ_INDEX};
 use super::virtio_pci::{common, status, Bar, Window, NO_VECTOR};
 use super::{queue_slot, QueueAddrs, Transport};
-use crate::device::{CompletionMode, Device, OpenOptions};
 use crate::dma::DmaRegion;
 use crate::error::Error;
 use crate::hugepage::{self, DmaSource};
@@ -43,7 +41,8 @@ const PCI_COMMAND_MASTER: u16 = 1 << 2;
 /// Bytes of configuration space holding the capability list.
 const PCI_CONFIG_HEADER_AND_CAPS: usize = 256;
 
-/// What the transport needs from [`OpenOptions`].
+/// What the transport needs to open a function
+/// ([`crate::discovery::vfio_config`] derives it from [`crate::OpenOptions`]).
 #[derive(Debug, Clone)]
 pub struct VfioConfig {
     /// Bytes of DMA memory (rounded up to whole huge pages) when allocating.
@@ -58,89 +57,6 @@ pub struct VfioConfig {
 /// Set (to anything) to reach BARs through pread/pwrite even where VFIO
 /// allows mapping them: the fallback path, for testing and diagnosis.
 pub const NO_MMAP_ENV: &str = "VSIC_VFIO_NO_MMAP";
-
-impl VfioConfig {
-    pub fn from_options(opts: &OpenOptions) -> VfioConfig {
-        VfioConfig {
-            mem_size: opts.mem_size,
-            dma: opts.dma.clone(),
-            need_interrupts: opts.mode != CompletionMode::Polling,
-            mmap_bars: std::env::var_os(NO_MMAP_ENV).is_none(),
-        }
-    }
-}
-
-/// Opens the function `spec` names (`vsic:N`, `vsic:pf`, `pci:ADDR` or a
-/// PCI address) over VFIO and drives it as a [`Device`].
-pub fn open_device(spec: &str, opts: &OpenOptions) -> Result<Device, Error> {
-    let address = resolve(spec, opts)?;
-    let transport = VfioTransport::open(&address, &VfioConfig::from_options(opts))?;
-    Device::with_transport(Box::new(transport), opts)
-}
-
-/// The PCI address of the function `spec` names.
-pub fn resolve(spec: &str, opts: &OpenOptions) -> Result<String, Error> {
-    if let Some(addr) = pci::parse_address(spec) {
-        return Ok(addr);
-    }
-    let function = pci::parse_vsic_spec(spec).ok_or_else(|| {
-        Error::BadSpec(format!(
-            "{spec:?}: expected vsic:N, vsic:pf or a PCI address"
-        ))
-    })?;
-    let sys = Sysfs::default();
-    let (map_path, map) = pci::read_function_map();
-    match pci::locate(function, &map, &sys) {
-        Located::At(addr) => Ok(addr),
-        Located::Probe(candidates) => {
-            let mut asked = Vec::with_capacity(candidates.len());
-            for addr in &candidates {
-                match ask_function(addr, opts) {
-                    Ok(Some(f)) if f == function => return Ok(addr.clone()),
-                    Ok(Some(f)) => asked.push(format!("{addr} is {f:?}")),
-                    Ok(None) => asked.push(format!("{addr} has no VSIC serial")),
-                    Err(e) => asked.push(format!("{addr} could not be asked ({e})")),
-                }
-            }
-            Err(Error::Connect {
-                path: spec.to_string(),
-                reason: format!(
-                    "not in {} and no function serves it (virtio_blk serials checked; \
-                     vfio-pci functions: {})",
-                    map_path.display(),
-                    if asked.is_empty() {
-                        "none".to_string()
-                    } else {
-                        asked.join("; ")
-                    }
-                ),
-            })
-        }
-    }
-}
-
-/// Opens a vfio-pci function briefly and asks which function it is
-/// (GET_ID serial).
-fn ask_function(addr: &str, opts: &OpenOptions) -> Result<Option<Function>, Error> {
-    let probe = OpenOptions {
-        queues: Some(1),
-        mem_size: hugepage::HUGE_PAGE_SIZE,
-        mode: CompletionMode::Polling,
-        queue_size: 16,
-        sync_timeout: Some(Duration::from_secs(5)),
-        dma: opts.dma.clone(),
-    };
-    let config = VfioConfig {
-        need_interrupts: false,
-        ..VfioConfig::from_options(&probe)
-    };
-    let dev = Device::with_transport(Box::new(VfioTransport::open(addr, &config)?), &probe)?;
-    let reply = dev.raw_request(0, VIRTIO_BLK_T_GET_ID, 0, &[], &[SERIAL_LEN])?;
-    if reply.status != vsic_abi::virtio::VIRTIO_BLK_S_OK {
-        return Ok(None);
-    }
-    Ok(reply.ins.first().and_then(|s| function_from_serial(s)))
-}
 
 /// One VSIC (or PF) function owned through VFIO.
 pub struct VfioTransport {

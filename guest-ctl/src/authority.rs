@@ -160,14 +160,10 @@ pub fn huge_page_addresses(memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>,
     if fs.f_type as libc::c_long != HUGETLBFS_MAGIC {
         return Err(DmaError::NotHugePages);
     }
-    let len = std::fs::File::from(
-        memory
-            .try_clone()
-            .map_err(DmaError::Dup)?,
-    )
-    .metadata()
-    .map_err(DmaError::Fstat)?
-    .len();
+    let len = std::fs::File::from(memory.try_clone().map_err(DmaError::Dup)?)
+        .metadata()
+        .map_err(DmaError::Fstat)?
+        .len();
     let page = HUGE_PAGE_SIZE as u64;
     if len == 0 || len > max_bytes.next_multiple_of(page) || len % page != 0 {
         return Err(DmaError::BadSize { len, max_bytes });

@@ -230,7 +230,10 @@ mod tests {
         let dir = scratch_dir("garbage");
         let path = dir.join("cap");
         fs::write(&path, "hello").unwrap();
-        assert!(read(&path).unwrap_err().to_string().contains("not a capability file"));
+        assert!(read(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a capability file"));
         fs::write(&path, vec![b'x'; 10_000]).unwrap();
         assert!(read(&path).is_err());
         assert!(read(&dir.join("missing")).is_err());

@@ -414,7 +414,11 @@ mod tests {
             &["vsicctl", "vsa", "role", "--id", "3", "--role", "boss"],
             &["vsicctl", "vsa", "role", "--role", "store"],
         ] {
-            assert_eq!(Cli::try_parse_from(args).unwrap_err().exit_code(), 2, "{args:?}");
+            assert_eq!(
+                Cli::try_parse_from(args).unwrap_err().exit_code(),
+                2,
+                "{args:?}"
+            );
         }
     }
 

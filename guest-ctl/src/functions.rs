@@ -92,7 +92,9 @@ pub enum PciError {
     },
     #[error("{addr} is still bound to a driver")]
     StillBound { addr: String },
-    #[error("/dev/{disk} at {addr} names itself {named:?}, not {wanted:?}: the function map is stale")]
+    #[error(
+        "/dev/{disk} at {addr} names itself {named:?}, not {wanted:?}: the function map is stale"
+    )]
     StaleMap {
         disk: String,
         addr: String,
@@ -119,11 +121,9 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), PciError> {
 }
 
 fn chmod(path: &Path, mode: u32) -> Result<(), PciError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
-        PciError::Chmod {
-            path: path.to_path_buf(),
-            source,
-        }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| PciError::Chmod {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
@@ -380,13 +380,14 @@ impl Functions {
             self.write_attr(&dir.join("driver/unbind"), addr)?;
         }
         self.write_attr(&self.sys_root.join("bus/pci/drivers_probe"), addr)?;
-        wait_until(SETTLE_TIMEOUT, || self.driver(addr).as_deref() == Some(driver)).map_err(|_| {
-            PciError::BindTimeout {
-                addr: addr.to_string(),
-                driver: driver.to_string(),
-                secs: SETTLE_TIMEOUT.as_secs(),
-                now: self.driver(addr).unwrap_or_else(|| "none".into()),
-            }
+        wait_until(SETTLE_TIMEOUT, || {
+            self.driver(addr).as_deref() == Some(driver)
+        })
+        .map_err(|_| PciError::BindTimeout {
+            addr: addr.to_string(),
+            driver: driver.to_string(),
+            secs: SETTLE_TIMEOUT.as_secs(),
+            now: self.driver(addr).unwrap_or_else(|| "none".into()),
         })
     }
 
@@ -771,9 +772,10 @@ mod tests {
         assert_eq!(take(Some(1002)), Ok(None));
         // A failed detach leaves the node with root: nobody gets it.
         owned_by(1001);
-        let r = crate::guest::handover::take_from_user(f, addr, Some(VFIO_DRIVER), Some(1002), || {
-            Err(DetachError::UnknownVsic(9))
-        });
+        let r =
+            crate::guest::handover::take_from_user(f, addr, Some(VFIO_DRIVER), Some(1002), || {
+                Err(DetachError::UnknownVsic(9))
+            });
         assert_eq!(msg(r), Err("the PF does not know VSIC 9".to_string()));
         assert_eq!(msg(f.vfio_owner(addr)), Ok(0));
         // Off vfio-pci (the kernel's, no driver): root's already; a mounted
@@ -823,7 +825,8 @@ mod tests {
         assert_eq!(take("0000:02:00.0"), Ok(None));
         // A failed detach is the command's failure.
         owned_by(1001);
-        let r = crate::guest::handover::take_for_store(f, addr, || Err(DetachError::UnknownVsic(9)));
+        let r =
+            crate::guest::handover::take_for_store(f, addr, || Err(DetachError::UnknownVsic(9)));
         assert_eq!(msg(r), Err("the PF does not know VSIC 9".to_string()));
         assert_eq!(msg(f.vfio_owner(addr)), Ok(0));
     }

@@ -198,9 +198,15 @@ mod tests {
         for t in tenants {
             t.join().unwrap();
         }
-        eprintln!("root_waits_ms={:?}", waits.iter().map(|w| w.as_millis()).collect::<Vec<_>>());
+        eprintln!(
+            "root_waits_ms={:?}",
+            waits.iter().map(|w| w.as_millis()).collect::<Vec<_>>()
+        );
         // One tenant request (50 ms) at most, with generous slack.
-        assert!(waits.iter().all(|w| *w < Duration::from_secs(1)), "root waited {waits:?}");
+        assert!(
+            waits.iter().all(|w| *w < Duration::from_secs(1)),
+            "root waited {waits:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

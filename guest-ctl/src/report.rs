@@ -387,7 +387,11 @@ mod tests {
         assert_eq!(r.json["vsas"][0]["orphan"], false);
         assert_eq!(r.json["vsas"][1]["role"], "unknown-9");
         assert_eq!(r.json["vsas"][1]["orphan"], true);
-        assert!(r.human.contains("ROLE") && r.human.contains("store"), "{}", r.human);
+        assert!(
+            r.human.contains("ROLE") && r.human.contains("store"),
+            "{}",
+            r.human
+        );
         assert!(r.human.contains("0 (orphan)"), "{}", r.human);
         let att = &r.json["vsics"][0]["attachments"][0];
         assert_eq!(att["slot"], 2);

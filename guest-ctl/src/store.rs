@@ -202,9 +202,8 @@ pub fn mount(device: &Path, dir: &Path) -> Result<(), FsError> {
         dir: dir.to_path_buf(),
         source,
     })?;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| FsError::NulInPath)
-    };
+    let c =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| FsError::NulInPath);
     let (source, target) = (c(device)?, c(dir)?);
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
@@ -299,9 +298,15 @@ mod tests {
         );
         assert_eq!(
             locate(&vsas, &[vsic(0, 2), vsic(3, 2)]),
-            Err(LocateError::Ambiguous { vsa: 2, vsics: vec![0, 3] })
+            Err(LocateError::Ambiguous {
+                vsa: 2,
+                vsics: vec![0, 3]
+            })
         );
-        assert_eq!(locate(&[vsa(1, ROLE_NONE)], &[vsic(0, 1)]), Err(LocateError::NoStore));
+        assert_eq!(
+            locate(&[vsa(1, ROLE_NONE)], &[vsic(0, 1)]),
+            Err(LocateError::NoStore)
+        );
         assert!(LocateError::NoStore.to_string().contains("store init"));
     }
 

@@ -692,7 +692,10 @@ fn the_pf_owner_resizes_and_deletes_a_vsa_whose_capability_is_lost() {
     fs::remove_file(&cap).expect("lose the capability file");
 
     let grown = d.ctl_json(&["vsa", "resize", "--id", &id, "--size", "16M"]);
-    assert_eq!((grown["vsa"].as_u64(), grown["size"].as_u64()), (Some(vsa), Some(16 * MIB)));
+    assert_eq!(
+        (grown["vsa"].as_u64(), grown["size"].as_u64()),
+        (Some(vsa), Some(16 * MIB))
+    );
     let shrunk = d.ctl_json(&["vsa", "resize", "--id", &id, "--size", "4M"]);
     assert_eq!(shrunk["size"], 4 * MIB);
     let entry = listed_vsa(&d, vsa).expect("VSA listed");
@@ -709,20 +712,39 @@ fn the_pf_owner_resizes_and_deletes_a_vsa_whose_capability_is_lost() {
     assert_eq!(listed_vsa(&d, vsa).expect("VSA listed")["role"], "store");
     let (other, _) = create(&d, "1M", "other.cap");
     let other = read_token(&other).vsa_id.to_string();
-    assert_refused(&d, &["vsa", "role", "--id", &other, "--role", "store"], AdminStatus::RoleInUse);
+    assert_refused(
+        &d,
+        &["vsa", "role", "--id", &other, "--role", "store"],
+        AdminStatus::RoleInUse,
+    );
     d.ctl_json(&["vsa", "delete", "--id", &other]);
-    assert_refused(&d, &["vsa", "role", "--id", "77", "--role", "none"], AdminStatus::NoSuchVsa);
+    assert_refused(
+        &d,
+        &["vsa", "role", "--id", "77", "--role", "none"],
+        AdminStatus::NoSuchVsa,
+    );
 
     let deleted = d.ctl_json(&["vsa", "delete", "--id", &id]);
     assert_eq!(deleted["deleted"], true);
     assert!(listed_vsa(&d, vsa).is_none(), "the VSA is still listed");
-    assert!(attachments(&d, 1).is_empty(), "the deleted VSA is still attached");
+    assert!(
+        attachments(&d, 1).is_empty(),
+        "the deleted VSA is still attached"
+    );
     let id_info = d.ctl_json(&["identify"]);
     assert_eq!(id_info["free_extents"], id_info["total_extents"]);
 
     assert_refused(&d, &["vsa", "delete", "--id", &id], AdminStatus::NoSuchVsa);
-    assert_refused(&d, &["vsa", "resize", "--id", "77", "--size", "4M"], AdminStatus::NoSuchVsa);
-    assert_refused(&d, &["vsa", "resize", "--id", &id, "--size", "0"], AdminStatus::ZeroSize);
+    assert_refused(
+        &d,
+        &["vsa", "resize", "--id", "77", "--size", "4M"],
+        AdminStatus::NoSuchVsa,
+    );
+    assert_refused(
+        &d,
+        &["vsa", "resize", "--id", &id, "--size", "0"],
+        AdminStatus::ZeroSize,
+    );
     // Exactly one of --cap and --id.
     for args in [
         &["vsa", "delete"][..],
@@ -740,11 +762,23 @@ fn create_leaves_no_vsa_when_the_capability_file_cannot_be_written() {
     let d = start_daemon();
     // --force writes a temporary file next to the target, which procfs
     // refuses even to root: the VSA exists by then and must go again.
-    let out = d.ctl(&["vsa", "create", "--size", "4M", "--cap", "/proc/vsicctl-test.cap", "--force"]);
+    let out = d.ctl(&[
+        "vsa",
+        "create",
+        "--size",
+        "4M",
+        "--cap",
+        "/proc/vsicctl-test.cap",
+        "--force",
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(out.stderr.contains("was deleted again"), "{out:#?}");
     let list = d.ctl_json(&["list"]);
-    assert_eq!(list["vsas"].as_array().map(Vec::len), Some(0), "an orphan VSA was left: {list}");
+    assert_eq!(
+        list["vsas"].as_array().map(Vec::len),
+        Some(0),
+        "an orphan VSA was left: {list}"
+    );
     let id = d.ctl_json(&["identify"]);
     assert_eq!(id["free_extents"], id["total_extents"]);
 }
@@ -755,7 +789,15 @@ fn create_interrupted_at_any_instant_leaves_no_orphan_vsa() {
     let socket = d.pf_socket();
     let spawn = |cap: &Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_vsicctl"))
-            .args(["--vhost-user", path_str(&socket), "vsa", "create", "--size", "1M", "--cap"])
+            .args([
+                "--vhost-user",
+                path_str(&socket),
+                "vsa",
+                "create",
+                "--size",
+                "1M",
+                "--cap",
+            ])
             .arg(cap)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -804,5 +846,8 @@ fn create_interrupted_at_any_instant_leaves_no_orphan_vsa() {
         RUNS as usize + 1 - vsas.len()
     );
     assert_eq!(vsas, held, "capability files without a VSA");
-    assert!(vsas.len() <= RUNS as usize, "no create was interrupted: the test proved nothing");
+    assert!(
+        vsas.len() <= RUNS as usize,
+        "no create was interrupted: the test proved nothing"
+    );
 }

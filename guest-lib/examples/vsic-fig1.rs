@@ -110,9 +110,7 @@ fn parse() -> Result<Args, String> {
                     "interrupt" => CompletionMode::Interrupt,
                     "poll" => CompletionMode::Polling,
                     "hybrid" => CompletionMode::Hybrid,
-                    other => {
-                        return Err(format!("--mode: interrupt, poll or hybrid, not {other}"))
-                    }
+                    other => return Err(format!("--mode: interrupt, poll or hybrid, not {other}")),
                 })
             }
             "--no-flush" => flush = false,
@@ -126,7 +124,9 @@ fn parse() -> Result<Args, String> {
         }
     }
     if bytes == 0 || bytes % 512 != 0 {
-        return Err(format!("--bytes must be a positive multiple of 512, not {bytes}"));
+        return Err(format!(
+            "--bytes must be a positive multiple of 512, not {bytes}"
+        ));
     }
     if n == 0 {
         return Err("--n must be positive".into());

@@ -6,7 +6,6 @@
 //! module only moves bytes; every layout is encoded and decoded by
 //! `vsic_abi`.
 
-
 use vsic_abi::admin::{ALL_VSICS, FLAG_READ_ONLY, MAX_PAYLOAD};
 use vsic_abi::records::{self, ExtentRun, Identify, QueueStats, VsaInfo, VsicInfo, VsicStats};
 use vsic_abi::virtio::{VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_VSIC_ADMIN};

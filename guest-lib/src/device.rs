@@ -789,7 +789,7 @@ impl Device {
         let mut spins = 0u32;
         loop {
             if self.queue(queue)?.has_work() {
-        return Ok(true);
+                return Ok(true);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);

@@ -42,7 +42,11 @@ pub enum Error {
         "DMA page {page} is at {now:#x} after pinning, not at {recorded:#x} where the device \
          would reach it; refused (reserve huge pages at boot: hugepages=N)"
     )]
-    DmaMoved { page: usize, recorded: u64, now: u64 },
+    DmaMoved {
+        page: usize,
+        recorded: u64,
+        now: u64,
+    },
     /// No such queue on this device (or it was not opened).
     #[error("no queue {queue}: the device was opened with {queues} queue(s)")]
     NoSuchQueue { queue: u16, queues: u16 },

@@ -230,11 +230,13 @@ pub struct Pagemap(File);
 
 impl Pagemap {
     pub fn open() -> Result<Pagemap, Error> {
-        File::open("/proc/self/pagemap").map(Pagemap).map_err(|e| match e.kind() {
-            // A process that dropped privileges cannot even open it.
-            std::io::ErrorKind::PermissionDenied => needs_privilege(),
-            _ => Error::system("opening /proc/self/pagemap", e),
-        })
+        File::open("/proc/self/pagemap")
+            .map(Pagemap)
+            .map_err(|e| match e.kind() {
+                // A process that dropped privileges cannot even open it.
+                std::io::ErrorKind::PermissionDenied => needs_privilege(),
+                _ => Error::system("opening /proc/self/pagemap", e),
+            })
     }
 
     /// Physical addresses of the pages of `[addr, addr + len)` of this
@@ -472,7 +474,10 @@ fn verify_pinned(p: &ProvidedDma, own: Result<Vec<u64>, Error>) -> Result<(), Er
             if in_mapping_order.len() != pages {
                 return Err(Error::transport(
                     "checking DMA memory after pinning",
-                    format!("{} of {pages} pages found in the pagemap", in_mapping_order.len()),
+                    format!(
+                        "{} of {pages} pages found in the pagemap",
+                        in_mapping_order.len()
+                    ),
                 ));
             }
             now
@@ -496,7 +501,13 @@ fn verify_pinned(p: &ProvidedDma, own: Result<Vec<u64>, Error>) -> Result<(), Er
             format!("the provider located {} of {pages} pages", now.len()),
         ));
     }
-    match p.gpas.iter().zip(&now).enumerate().find(|(_, (g, n))| g != n) {
+    match p
+        .gpas
+        .iter()
+        .zip(&now)
+        .enumerate()
+        .find(|(_, (g, n))| g != n)
+    {
         Some((page, (&recorded, &now))) => Err(Error::DmaMoved {
             page,
             recorded,
@@ -601,8 +612,15 @@ mod tests {
         let page = 4096;
         let fd = memfd(3 * page);
         let pagemap = Pagemap::open().expect("open /proc/self/pagemap");
-        let mapping = Mapping::new(3 * page, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd()).unwrap();
-        let gpas = pagemap.addresses(mapping.ptr.as_ptr() as usize, 3 * page, page).expect("addresses (needs root)");
+        let mapping = Mapping::new(
+            3 * page,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+        )
+        .unwrap();
+        let gpas = pagemap
+            .addresses(mapping.ptr.as_ptr() as usize, 3 * page, page)
+            .expect("addresses (needs root)");
         drop(mapping);
         assert_eq!(gpas.len(), 3);
         assert!(gpas.iter().all(|&a| a != 0 && a % page as u64 == 0));
@@ -715,14 +733,24 @@ mod tests {
         // File page 1 moved: the device would write to 0x3000.
         let (_, r) = pinned(&given, &[0x7000, 0x5000, 0x8000]);
         match r {
-            Err(Error::DmaMoved { page, recorded, now }) => {
+            Err(Error::DmaMoved {
+                page,
+                recorded,
+                now,
+            }) => {
                 assert_eq!((page, recorded, now), (1, 0x3000, 0x5000))
             }
             other => panic!("{other:?}"),
         }
         // A locator that says too little is no answer.
         let (_, r) = pinned(&given, &[0x7000]);
-        assert!(matches!(r, Err(Error::DmaMoved { .. }) | Err(Error::Transport { .. })), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(Error::DmaMoved { .. }) | Err(Error::Transport { .. })
+            ),
+            "{r:?}"
+        );
         // Nobody can tell: refused, not trusted.
         let p = ProvidedDma::new(memfd(4096), vec![0x3000]).unwrap();
         let r = verify_pinned(&p, Err(needs_privilege()));
@@ -735,7 +763,11 @@ mod tests {
         assert!(
             matches!(
                 r,
-                Err(Error::DmaMoved { page: 0, recorded: 0x9000, now: 0xa000 })
+                Err(Error::DmaMoved {
+                    page: 0,
+                    recorded: 0x9000,
+                    now: 0xa000
+                })
             ),
             "{r:?}"
         );

@@ -189,8 +189,8 @@ fn sync_write_read_flush_in_every_mode() {
         CompletionMode::Polling,
         CompletionMode::Hybrid,
     ]
-        .into_iter()
-        .enumerate()
+    .into_iter()
+    .enumerate()
     {
         let dev = Device::open(&d.spec(), &opts(mode)).expect("open");
         assert_eq!(dev.num_queues(), 2);

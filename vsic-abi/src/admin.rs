@@ -220,15 +220,15 @@ impl AdminStatus {
             AdminStatus::BadVersion => "the command layout version is not supported by the device",
             AdminStatus::UnknownOpcode => "the device does not know this admin opcode",
             AdminStatus::BadCommandSize => "the admin command is not exactly 64 bytes",
-            AdminStatus::BadPayloadSize => {
-                "the payload size does not match what the command needs"
-            }
+            AdminStatus::BadPayloadSize => "the payload size does not match what the command needs",
             AdminStatus::InvalidArgument => "an argument of the command is out of range",
             AdminStatus::UnknownFlags => "the command sets flags the device does not know",
             AdminStatus::NoSuchVsic => "no VSIC with that number",
             AdminStatus::NoSuchSlot => "no attachment slot with that number",
             AdminStatus::NoSuchVsa => "no VSA with that id",
-            AdminStatus::BadToken => "the capability token is not valid (forged or for a deleted VSA)",
+            AdminStatus::BadToken => {
+                "the capability token is not valid (forged or for a deleted VSA)"
+            }
             AdminStatus::RevokedToken => "the capability token has been revoked",
             AdminStatus::PermissionDenied => "the capability does not grant this operation",
             AdminStatus::NoSpace => "not enough free extents on the drives",
@@ -287,7 +287,14 @@ impl AdminCommand {
     pub const LEN: usize = AdminCommandWire::LEN;
 
     pub fn new(opcode: Opcode) -> Self {
-        Self { opcode: opcode as u16, payload_len: 0, flags: 0, vsic: 0, slot: 0, args: [0; 4] }
+        Self {
+            opcode: opcode as u16,
+            payload_len: 0,
+            flags: 0,
+            vsic: 0,
+            slot: 0,
+            args: [0; 4],
+        }
     }
 
     pub fn opcode(&self) -> Option<Opcode> {
@@ -318,16 +325,25 @@ impl AdminCommand {
         let w = AdminCommandWire::read_exact(b)?;
         let magic = w.magic.get();
         if magic != COMMAND_MAGIC {
-            return Err(DecodeError::BadMagic { expected: COMMAND_MAGIC, got: magic });
+            return Err(DecodeError::BadMagic {
+                expected: COMMAND_MAGIC,
+                got: magic,
+            });
         }
         let version = w.version.get();
         if version != COMMAND_VERSION {
-            return Err(DecodeError::BadVersion { supported: COMMAND_VERSION, got: version });
+            return Err(DecodeError::BadVersion {
+                supported: COMMAND_VERSION,
+                got: version,
+            });
         }
         reserved_zero("reserved", w.reserved.get())?;
         let payload_len = w.payload_len.get();
         if payload_len as usize > MAX_PAYLOAD {
-            return Err(DecodeError::BadField { field: "payload_len", value: payload_len as u64 });
+            return Err(DecodeError::BadField {
+                field: "payload_len",
+                value: payload_len as u64,
+            });
         }
         Ok(Self {
             opcode: w.opcode.get(),
@@ -347,7 +363,10 @@ impl AdminCommand {
             }
             DecodeError::BadMagic { .. } => AdminStatus::BadMagic,
             DecodeError::BadVersion { .. } => AdminStatus::BadVersion,
-            DecodeError::BadField { field: "payload_len", .. } => AdminStatus::BadPayloadSize,
+            DecodeError::BadField {
+                field: "payload_len",
+                ..
+            } => AdminStatus::BadPayloadSize,
             DecodeError::BadField { .. } | DecodeError::BadText(_) => AdminStatus::InvalidArgument,
         }
     }
@@ -382,7 +401,12 @@ impl AdminCompletion {
     pub const LEN: usize = AdminCompletionWire::LEN;
 
     pub fn with_status(status: AdminStatus) -> Self {
-        Self { status: status as u16, payload_len: 0, result0: 0, result1: 0 }
+        Self {
+            status: status as u16,
+            payload_len: 0,
+            result0: 0,
+            result1: 0,
+        }
     }
 
     pub fn ok() -> Self {
@@ -409,9 +433,17 @@ impl AdminCompletion {
         let w = AdminCompletionWire::read_exact(b)?;
         let payload_len = w.payload_len.get();
         if payload_len as usize > MAX_PAYLOAD {
-            return Err(DecodeError::BadField { field: "payload_len", value: payload_len as u64 });
+            return Err(DecodeError::BadField {
+                field: "payload_len",
+                value: payload_len as u64,
+            });
         }
-        Ok(Self { status: w.status.get(), payload_len, result0: w.result0.get(), result1: w.result1.get() })
+        Ok(Self {
+            status: w.status.get(),
+            payload_len,
+            result0: w.result0.get(),
+            result1: w.result1.get(),
+        })
     }
 }
 
@@ -471,7 +503,12 @@ mod tests {
 
     #[test]
     fn completion_round_trip() {
-        let c = AdminCompletion { status: AdminStatus::NoSpace as u16, payload_len: 9, result0: 5, result1: 6 };
+        let c = AdminCompletion {
+            status: AdminStatus::NoSpace as u16,
+            payload_len: 9,
+            result0: 5,
+            result1: 6,
+        };
         assert_eq!(AdminCompletion::decode(&c.encode()).unwrap(), c);
         assert!(AdminCompletion::decode(&[0u8; 31]).is_err());
         assert!(AdminCompletion::decode(&[0u8; 33]).is_err());

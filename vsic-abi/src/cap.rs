@@ -48,7 +48,13 @@ impl Rights {
 impl fmt::Display for Rights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = |r: Rights, ch: char| if self.contains(r) { ch } else { '-' };
-        write!(f, "{}{}{}", c(Rights::READ, 'r'), c(Rights::WRITE, 'w'), c(Rights::ADMIN, 'a'))
+        write!(
+            f,
+            "{}{}{}",
+            c(Rights::READ, 'r'),
+            c(Rights::WRITE, 'w'),
+            c(Rights::ADMIN, 'a')
+        )
     }
 }
 
@@ -62,7 +68,11 @@ impl std::str::FromStr for Rights {
                 'w' => Rights::WRITE,
                 'a' => Rights::ADMIN,
                 '-' => Rights(0),
-                _ => return Err(DecodeError::BadText(format!("unknown right '{ch}' in '{s}'"))),
+                _ => {
+                    return Err(DecodeError::BadText(format!(
+                        "unknown right '{ch}' in '{s}'"
+                    )))
+                }
             });
         }
         Ok(r)
@@ -122,19 +132,33 @@ impl CapToken {
         let w = CapTokenWire::read_exact(b)?;
         let magic = w.magic.get();
         if magic != CAP_MAGIC {
-            return Err(DecodeError::BadMagic { expected: CAP_MAGIC, got: magic });
+            return Err(DecodeError::BadMagic {
+                expected: CAP_MAGIC,
+                got: magic,
+            });
         }
         let version = w.version.get();
         if version != CAP_VERSION {
-            return Err(DecodeError::BadVersion { supported: CAP_VERSION, got: version });
+            return Err(DecodeError::BadVersion {
+                supported: CAP_VERSION,
+                got: version,
+            });
         }
         reserved_zero("reserved", w.reserved.get().into())?;
         reserved_zero("reserved", w.reserved_2.get())?;
         let rights = Rights(w.rights.get());
         if !rights.is_valid() {
-            return Err(DecodeError::BadField { field: "rights", value: rights.0 as u64 });
+            return Err(DecodeError::BadField {
+                field: "rights",
+                value: rights.0 as u64,
+            });
         }
-        Ok(Self { vsa_id: w.vsa_id.get(), token_id: w.token_id.get(), rights, secret: w.secret })
+        Ok(Self {
+            vsa_id: w.vsa_id.get(),
+            token_id: w.token_id.get(),
+            rights,
+            secret: w.secret,
+        })
     }
 
     /// The one-line text form stored in capability files.
@@ -195,7 +219,12 @@ mod tests {
         for (i, b) in secret.iter_mut().enumerate() {
             *b = (i * 7 + 3) as u8;
         }
-        CapToken { vsa_id: 42, token_id: 3, rights: Rights::READ.union(Rights::WRITE), secret }
+        CapToken {
+            vsa_id: 42,
+            token_id: 3,
+            rights: Rights::READ.union(Rights::WRITE),
+            secret,
+        }
     }
 
     #[test]
@@ -212,10 +241,19 @@ mod tests {
         assert!(CapToken::decode(&b[..63]).is_err());
         let mut bad = b;
         bad[20] = 0xf0;
-        assert!(matches!(CapToken::decode(&bad), Err(DecodeError::BadField { field: "rights", .. })));
+        assert!(matches!(
+            CapToken::decode(&bad),
+            Err(DecodeError::BadField {
+                field: "rights",
+                ..
+            })
+        ));
         let mut bad = b;
         bad[1] = 0;
-        assert!(matches!(CapToken::decode(&bad), Err(DecodeError::BadMagic { .. })));
+        assert!(matches!(
+            CapToken::decode(&bad),
+            Err(DecodeError::BadMagic { .. })
+        ));
     }
 
     #[test]

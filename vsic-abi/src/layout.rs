@@ -37,7 +37,10 @@ pub trait Layout:
     /// Reads the layout from a buffer of exactly [`Layout::LEN`] bytes.
     fn read_exact(b: &[u8]) -> Result<Self, DecodeError> {
         exact(b, Self::LEN)?;
-        Self::read_from_bytes(b).map_err(|_| DecodeError::Truncated { need: Self::LEN, got: b.len() })
+        Self::read_from_bytes(b).map_err(|_| DecodeError::Truncated {
+            need: Self::LEN,
+            got: b.len(),
+        })
     }
 }
 

@@ -12,9 +12,9 @@
 //! views. All integers are little-endian. Decoders never panic: every
 //! malformed input is reported as a [`DecodeError`].
 
-pub mod layout;
 pub mod admin;
 pub mod cap;
+pub mod layout;
 pub mod records;
 pub mod units;
 pub mod virtio;

@@ -2,8 +2,8 @@
 //! extent map). Arrays are plain concatenations of records.
 
 use crate::layout::{wire_layout, Layout, U32, U64};
-use crate::wire::{at_least, records};
 use crate::window::SLOTS_PER_VSIC;
+use crate::wire::{at_least, records};
 use crate::DecodeError;
 
 /// Cache mode of the controller (brief decision 8).
@@ -424,9 +424,14 @@ pub fn decode_stats(mut b: &[u8]) -> Result<Vec<(VsicStats, Vec<QueueStats>)>, D
         b = &b[VsicStats::LEN..];
         let need = (v.queue_count as usize)
             .checked_mul(QueueStats::LEN)
-            .ok_or(DecodeError::BadField { field: "queue_count", value: v.queue_count as u64 })?;
+            .ok_or(DecodeError::BadField {
+                field: "queue_count",
+                value: v.queue_count as u64,
+            })?;
         at_least(b, need)?;
-        let qs = records(&b[..need], QueueStats::LEN)?.map(QueueStats::decode).collect::<Result<_, _>>()?;
+        let qs = records(&b[..need], QueueStats::LEN)?
+            .map(QueueStats::decode)
+            .collect::<Result<_, _>>()?;
         b = &b[need..];
         out.push((v, qs));
     }
@@ -464,7 +469,11 @@ impl ExtentRun {
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         let w = ExtentRunWire::read_exact(b)?;
-        Ok(Self { drive: w.drive.get(), count: w.count.get(), first_extent: w.first_extent.get() })
+        Ok(Self {
+            drive: w.drive.get(),
+            count: w.count.get(),
+            first_extent: w.first_extent.get(),
+        })
     }
 
     pub fn decode_array(b: &[u8]) -> Result<Vec<Self>, DecodeError> {
@@ -499,8 +508,19 @@ mod tests {
     #[test]
     fn vsic_info_round_trip() {
         let mut slots = [SlotInfo::default(); SLOTS_PER_VSIC as usize];
-        slots[3] = SlotInfo { vsa_id: 9, token_id: 2, flags: SlotInfo::FLAG_READ_ONLY };
-        let v = VsicInfo { vsic: 1, enabled: true, queues: 4, qos_bytes_per_sec: 5, qos_iops: 6, slots };
+        slots[3] = SlotInfo {
+            vsa_id: 9,
+            token_id: 2,
+            flags: SlotInfo::FLAG_READ_ONLY,
+        };
+        let v = VsicInfo {
+            vsic: 1,
+            enabled: true,
+            queues: 4,
+            qos_bytes_per_sec: 5,
+            qos_iops: 6,
+            slots,
+        };
         let two = [v.encode(), v.encode()].concat();
         let back = VsicInfo::decode_array(&two).unwrap();
         assert_eq!(back, vec![v, v]);
@@ -510,19 +530,52 @@ mod tests {
 
     #[test]
     fn vsa_info_and_extent_runs_round_trip() {
-        let v = VsaInfo { vsa_id: 1, size: 2 << 20, extents: 2, stripe: 2, live_tokens: 1, attachments: 0, role: ROLE_STORE };
+        let v = VsaInfo {
+            vsa_id: 1,
+            size: 2 << 20,
+            extents: 2,
+            stripe: 2,
+            live_tokens: 1,
+            attachments: 0,
+            role: ROLE_STORE,
+        };
         assert_eq!(VsaInfo::decode_array(&v.encode()).unwrap(), vec![v]);
-        assert_eq!(u32::from_le_bytes(v.encode()[32..36].try_into().unwrap()), ROLE_STORE);
-        assert_eq!((role_name(ROLE_NONE), role_name(ROLE_STORE), role_name(9)), (Some("none"), Some("store"), None));
-        let r = ExtentRun { drive: 1, count: 3, first_extent: 77 };
+        assert_eq!(
+            u32::from_le_bytes(v.encode()[32..36].try_into().unwrap()),
+            ROLE_STORE
+        );
+        assert_eq!(
+            (role_name(ROLE_NONE), role_name(ROLE_STORE), role_name(9)),
+            (Some("none"), Some("store"), None)
+        );
+        let r = ExtentRun {
+            drive: 1,
+            count: 3,
+            first_extent: 77,
+        };
         assert_eq!(ExtentRun::decode_array(&r.encode()).unwrap(), vec![r]);
         assert!(ExtentRun::decode_array(&[0u8; 17]).is_err());
     }
 
     #[test]
     fn stats_round_trip_and_truncation() {
-        let v = VsicStats { vsic: 2, reads: 10, protection_violations: 1, ..Default::default() };
-        let qs = vec![QueueStats { queue: 0, requests: 4, ..Default::default() }, QueueStats { queue: 1, ..Default::default() }];
+        let v = VsicStats {
+            vsic: 2,
+            reads: 10,
+            protection_violations: 1,
+            ..Default::default()
+        };
+        let qs = vec![
+            QueueStats {
+                queue: 0,
+                requests: 4,
+                ..Default::default()
+            },
+            QueueStats {
+                queue: 1,
+                ..Default::default()
+            },
+        ];
         let enc = encode_stats(&[(v, qs.clone())]);
         let dec = decode_stats(&enc).unwrap();
         assert_eq!(dec.len(), 1);

@@ -27,16 +27,28 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     if num.is_empty() {
         return Err(UnitError::NotASize(text.to_string()));
     }
-    let n: u64 = num.parse().map_err(|_| UnitError::SizeTooLarge(text.to_string()))?;
-    let shift = match suffix.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let n: u64 = num
+        .parse()
+        .map_err(|_| UnitError::SizeTooLarge(text.to_string()))?;
+    let shift = match suffix
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
         "G" => 30,
         "T" => 40,
-        _ => return Err(UnitError::SizeSuffix { text: text.to_string(), suffix: suffix.to_string() }),
+        _ => {
+            return Err(UnitError::SizeSuffix {
+                text: text.to_string(),
+                suffix: suffix.to_string(),
+            })
+        }
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| UnitError::SizeTooLarge(text.to_string()))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| UnitError::SizeTooLarge(text.to_string()))
 }
 
 /// Formats a byte count with the largest binary unit that divides it.
@@ -54,13 +66,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let t = text.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(digits_end);
-    let n: u64 = num.parse().map_err(|_| UnitError::NotADuration(text.to_string()))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| UnitError::NotADuration(text.to_string()))?;
     match suffix {
         "ns" => Ok(Duration::from_nanos(n)),
         "us" => Ok(Duration::from_micros(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        _ => Err(UnitError::DurationSuffix { text: text.to_string(), suffix: suffix.to_string() }),
+        _ => Err(UnitError::DurationSuffix {
+            text: text.to_string(),
+            suffix: suffix.to_string(),
+        }),
     }
 }
 
@@ -80,7 +97,10 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999T").is_err());
-        assert_eq!(parse_size("12X").unwrap_err().to_string(), "'12X': unknown size suffix 'X' (use K, M, G or T)");
+        assert_eq!(
+            parse_size("12X").unwrap_err().to_string(),
+            "'12X': unknown size suffix 'X' (use K, M, G or T)"
+        );
         assert_eq!(format_size(128 << 20), "128M");
         assert_eq!(format_size(1000), "1000");
     }

@@ -15,8 +15,8 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const SERIAL_LEN: usize = blk::VIRTIO_BLK_ID_BYTES as usize;
 
 pub use blk::{
-    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 /// Vendor-specific request type carrying one admin command (PF only).
 /// ASCII "VSA" in the top three bytes keeps it far from standard types.
@@ -29,8 +29,8 @@ pub const VIRTIO_BLK_S_UNSUPP: u8 = blk::VIRTIO_BLK_S_UNSUPP as u8;
 
 // Feature bits (bit numbers).
 pub use blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 pub use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -75,7 +75,8 @@ pub struct DiscardSegment {
 }
 
 // Our declared layout is virtio's segment struct.
-const _: () = assert!(size_of::<DiscardSegmentWire>() == size_of::<blk::virtio_blk_discard_write_zeroes>());
+const _: () =
+    assert!(size_of::<DiscardSegmentWire>() == size_of::<blk::virtio_blk_discard_write_zeroes>());
 
 impl DiscardSegment {
     pub const LEN: usize = <DiscardSegmentWire as crate::layout::Layout>::LEN;
@@ -84,7 +85,11 @@ impl DiscardSegment {
     pub fn decode(b: &[u8]) -> Result<Self, crate::DecodeError> {
         use crate::layout::Layout;
         let w = DiscardSegmentWire::read_exact(b)?;
-        Ok(Self { sector: w.sector.get(), num_sectors: w.num_sectors.get(), flags: w.flags.get() })
+        Ok(Self {
+            sector: w.sector.get(),
+            num_sectors: w.num_sectors.get(),
+            flags: w.flags.get(),
+        })
     }
 
     pub fn encode(&self) -> [u8; Self::LEN] {
@@ -116,7 +121,10 @@ pub fn function_from_serial(serial: &[u8]) -> Option<Function> {
     if s == "vsic-pf" {
         return Some(Function::Pf);
     }
-    s.strip_prefix("vsic-vsic")?.parse().ok().map(Function::Vsic)
+    s.strip_prefix("vsic-vsic")?
+        .parse()
+        .ok()
+        .map(Function::Vsic)
 }
 
 /// One PCI function of the controller.
@@ -140,7 +148,11 @@ mod tests {
 
     #[test]
     fn discard_segment_round_trip_and_sizes() {
-        let s = DiscardSegment { sector: 77, num_sectors: 8, flags: DiscardSegment::FLAG_UNMAP };
+        let s = DiscardSegment {
+            sector: 77,
+            num_sectors: 8,
+            flags: DiscardSegment::FLAG_UNMAP,
+        };
         assert_eq!(DiscardSegment::decode(&s.encode()).unwrap(), s);
         assert!(DiscardSegment::decode(&[0u8; 15]).is_err());
         assert!(DiscardSegment::decode(&[0u8; 17]).is_err());

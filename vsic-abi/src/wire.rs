@@ -26,9 +26,15 @@ pub enum DecodeError {
 /// Checks that `buf` has exactly `len` bytes.
 pub(crate) fn exact(buf: &[u8], len: usize) -> Result<(), DecodeError> {
     if buf.len() < len {
-        Err(DecodeError::Truncated { need: len, got: buf.len() })
+        Err(DecodeError::Truncated {
+            need: len,
+            got: buf.len(),
+        })
     } else if buf.len() > len {
-        Err(DecodeError::Oversized { max: len, got: buf.len() })
+        Err(DecodeError::Oversized {
+            max: len,
+            got: buf.len(),
+        })
     } else {
         Ok(())
     }
@@ -37,7 +43,10 @@ pub(crate) fn exact(buf: &[u8], len: usize) -> Result<(), DecodeError> {
 /// Checks that `buf` has at least `len` bytes.
 pub(crate) fn at_least(buf: &[u8], len: usize) -> Result<(), DecodeError> {
     if buf.len() < len {
-        Err(DecodeError::Truncated { need: len, got: buf.len() })
+        Err(DecodeError::Truncated {
+            need: len,
+            got: buf.len(),
+        })
     } else {
         Ok(())
     }
@@ -49,7 +58,10 @@ pub(crate) fn records<'a>(
     size: usize,
 ) -> Result<impl Iterator<Item = &'a [u8]>, DecodeError> {
     if buf.len() % size != 0 {
-        return Err(DecodeError::BadField { field: "record array length", value: buf.len() as u64 });
+        return Err(DecodeError::BadField {
+            field: "record array length",
+            value: buf.len() as u64,
+        });
     }
     Ok(buf.chunks_exact(size))
 }

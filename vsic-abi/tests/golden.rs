@@ -4,7 +4,9 @@
 
 use vsic_abi::admin::{AdminCommand, AdminCompletion, Opcode, FLAG_READ_ONLY};
 use vsic_abi::cap::{CapToken, Rights, SECRET_LEN};
-use vsic_abi::records::{encode_stats, ExtentRun, Identify, QueueStats, SlotInfo, VsaInfo, VsicInfo, VsicStats};
+use vsic_abi::records::{
+    encode_stats, ExtentRun, Identify, QueueStats, SlotInfo, VsaInfo, VsicInfo, VsicStats,
+};
 use vsic_abi::virtio::DiscardSegment;
 use vsic_abi::window::SLOTS_PER_VSIC;
 
@@ -18,13 +20,28 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
     cmd.flags = FLAG_READ_ONLY;
     cmd.vsic = 0x0102_0304;
     cmd.slot = 0x0506_0708;
-    cmd.args = [0x1111_2222_3333_4444, 0x5555_6666_7777_8888, 0x99aa_bbcc_ddee_ff00, 0x0123_4567_89ab_cdef];
-    let comp = AdminCompletion { status: 0x0a0b, payload_len: 0x0c0d_0e0f, result0: 0x1020_3040_5060_7080, result1: 0x90a0_b0c0_d0e0_f001 };
+    cmd.args = [
+        0x1111_2222_3333_4444,
+        0x5555_6666_7777_8888,
+        0x99aa_bbcc_ddee_ff00,
+        0x0123_4567_89ab_cdef,
+    ];
+    let comp = AdminCompletion {
+        status: 0x0a0b,
+        payload_len: 0x0c0d_0e0f,
+        result0: 0x1020_3040_5060_7080,
+        result1: 0x90a0_b0c0_d0e0_f001,
+    };
     let mut secret = [0u8; SECRET_LEN];
     for (i, b) in secret.iter_mut().enumerate() {
         *b = (i * 7 + 3) as u8;
     }
-    let cap = CapToken { vsa_id: 0x0102_0304_0506_0708, token_id: 0x090a_0b0c, rights: Rights::READ.union(Rights::ADMIN), secret };
+    let cap = CapToken {
+        vsa_id: 0x0102_0304_0506_0708,
+        token_id: 0x090a_0b0c,
+        rights: Rights::READ.union(Rights::ADMIN),
+        secret,
+    };
     let identify = Identify {
         abi_version: 1,
         vsics: 2,
@@ -39,12 +56,31 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         cache_mode: 11,
         metadata_generation: 12,
     };
-    let vsa = VsaInfo { vsa_id: 1, size: 2, extents: 3, stripe: 4, live_tokens: 5, attachments: 6, role: 0 };
+    let vsa = VsaInfo {
+        vsa_id: 1,
+        size: 2,
+        extents: 3,
+        stripe: 4,
+        live_tokens: 5,
+        attachments: 6,
+        role: 0,
+    };
     let mut slots = [SlotInfo::default(); SLOTS_PER_VSIC as usize];
     for (i, s) in slots.iter_mut().enumerate() {
-        *s = SlotInfo { vsa_id: 100 + i as u64, token_id: 200 + i as u32, flags: (i % 2) as u32 };
+        *s = SlotInfo {
+            vsa_id: 100 + i as u64,
+            token_id: 200 + i as u32,
+            flags: (i % 2) as u32,
+        };
     }
-    let vsic = VsicInfo { vsic: 7, enabled: true, queues: 4, qos_bytes_per_sec: 0x1234, qos_iops: 0x5678, slots };
+    let vsic = VsicInfo {
+        vsic: 7,
+        enabled: true,
+        queues: 4,
+        qos_bytes_per_sec: 0x1234,
+        qos_iops: 0x5678,
+        slots,
+    };
     let stats = VsicStats {
         vsic: 3,
         queue_count: 0,
@@ -60,11 +96,31 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         qos_delayed: 10,
     };
     let queues = vec![
-        QueueStats { queue: 0, requests: 11, bytes_read: 12, bytes_written: 13, errors: 14 },
-        QueueStats { queue: 1, requests: 15, bytes_read: 16, bytes_written: 17, errors: 18 },
+        QueueStats {
+            queue: 0,
+            requests: 11,
+            bytes_read: 12,
+            bytes_written: 13,
+            errors: 14,
+        },
+        QueueStats {
+            queue: 1,
+            requests: 15,
+            bytes_read: 16,
+            bytes_written: 17,
+            errors: 18,
+        },
     ];
-    let run = ExtentRun { drive: 0x0102_0304, count: 0x0506_0708, first_extent: 0x1122_3344_5566_7788 };
-    let seg = DiscardSegment { sector: 0x0102_0304_0506_0708, num_sectors: 0x0a0b_0c0d, flags: 1 };
+    let run = ExtentRun {
+        drive: 0x0102_0304,
+        count: 0x0506_0708,
+        first_extent: 0x1122_3344_5566_7788,
+    };
+    let seg = DiscardSegment {
+        sector: 0x0102_0304_0506_0708,
+        num_sectors: 0x0a0b_0c0d,
+        flags: 1,
+    };
     vec![
         ("admin command", cmd.encode().to_vec()),
         ("admin completion", comp.encode().to_vec()),

@@ -6,7 +6,8 @@ use vsic_abi::admin::{AdminCommandWire, AdminCompletionWire};
 use vsic_abi::cap::CapTokenWire;
 use vsic_abi::layout::{Field, Layout};
 use vsic_abi::records::{
-    ExtentRunWire, IdentifyWire, QueueStatsWire, SlotInfoWire, VsaInfoWire, VsicInfoWire, VsicStatsWire,
+    ExtentRunWire, IdentifyWire, QueueStatsWire, SlotInfoWire, VsaInfoWire, VsicInfoWire,
+    VsicStatsWire,
 };
 
 const SPEC: &str = include_str!("../../docs/device-spec.md");
@@ -14,8 +15,13 @@ const SPEC: &str = include_str!("../../docs/device-spec.md");
 /// The rows (offset, field name, size) of the first table after the heading
 /// that starts with `heading`.
 fn spec_table(heading: &str) -> Vec<(usize, String, usize)> {
-    let mut lines = SPEC.lines().skip_while(|l| !(l.starts_with('#') && l.trim_start_matches('#').trim().starts_with(heading)));
-    assert!(lines.next().is_some(), "docs/device-spec.md has no heading '{heading}'");
+    let mut lines = SPEC.lines().skip_while(|l| {
+        !(l.starts_with('#') && l.trim_start_matches('#').trim().starts_with(heading))
+    });
+    assert!(
+        lines.next().is_some(),
+        "docs/device-spec.md has no heading '{heading}'"
+    );
     let table: Vec<&str> = lines
         .skip_while(|l| !l.starts_with('|'))
         .take_while(|l| l.starts_with('|'))
@@ -26,9 +32,19 @@ fn spec_table(heading: &str) -> Vec<(usize, String, usize)> {
         .iter()
         .map(|row| {
             let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-            let offset = cells[0].parse().unwrap_or_else(|_| panic!("'{heading}': bad offset in {row}"));
-            let name = cells[1].split([' ', '(']).next().unwrap_or_default().to_string();
-            (offset, name, type_size(cells[2]).unwrap_or_else(|| panic!("'{heading}': bad type in {row}")))
+            let offset = cells[0]
+                .parse()
+                .unwrap_or_else(|_| panic!("'{heading}': bad offset in {row}"));
+            let name = cells[1]
+                .split([' ', '('])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            (
+                offset,
+                name,
+                type_size(cells[2]).unwrap_or_else(|| panic!("'{heading}': bad type in {row}")),
+            )
         })
         .collect()
 }
@@ -53,11 +69,20 @@ fn spec_name(f: &Field) -> &str {
 
 fn check<L: Layout>(heading: &str) {
     let rows = spec_table(heading);
-    let fields: Vec<(usize, String, usize)> = L::FIELDS.iter().map(|f| (f.offset, spec_name(f).to_string(), f.size)).collect();
-    assert_eq!(rows, fields, "docs/device-spec.md '{heading}' and the declared layout differ");
+    let fields: Vec<(usize, String, usize)> = L::FIELDS
+        .iter()
+        .map(|f| (f.offset, spec_name(f).to_string(), f.size))
+        .collect();
+    assert_eq!(
+        rows, fields,
+        "docs/device-spec.md '{heading}' and the declared layout differ"
+    );
     let covered: usize = L::FIELDS.iter().map(|f| f.size).sum();
     assert_eq!(covered, L::LEN, "{heading}: fields do not cover the layout");
-    assert!(heading.contains(&format!("({} bytes)", L::LEN)), "{heading}: size in the heading");
+    assert!(
+        heading.contains(&format!("({} bytes)", L::LEN)),
+        "{heading}: size in the heading"
+    );
 }
 
 #[test]

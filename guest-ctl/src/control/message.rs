@@ -68,7 +68,9 @@ pub enum Reply {
         gpas: Vec<u64>,
     },
     /// Page `i` of the file sent with the request is at `gpas[i]`.
-    DmaPages { gpas: Vec<u64> },
+    DmaPages {
+        gpas: Vec<u64>,
+    },
     Refused(Refusal),
 }
 
@@ -245,7 +247,10 @@ mod tests {
             Request::Dma { bytes: 4 << 20 },
             Request::DmaLocate,
         ] {
-            assert_eq!(Request::decode(&r.encode()).map_err(|e| e.to_string()), Ok(r));
+            assert_eq!(
+                Request::decode(&r.encode()).map_err(|e| e.to_string()),
+                Ok(r)
+            );
         }
     }
 

@@ -8,11 +8,11 @@
 //! * Detach: the peer must own the VSIC.
 //! * DMA memory: the peer must own some VSIC; each request is bounded.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -192,7 +192,10 @@ impl<A: Authority> Service<A> {
                     "uid {} (pid {}): malformed request: {why}",
                     peer.uid, peer.pid
                 );
-                return (Reply::Refused(refused("bad-request", why.to_string())), None);
+                return (
+                    Reply::Refused(refused("bad-request", why.to_string())),
+                    None,
+                );
             }
         };
         match self.execute(peer, &request, fds) {
@@ -571,7 +574,10 @@ mod tests {
             Ok((fd, page, (0..pages).map(|i| 0x10_0000 + i * page).collect()))
         }
         fn dma_addresses(&self, memory: &OwnedFd, max: u64) -> Result<Vec<u64>, Refusal> {
-            let len = File::from(memory.try_clone().unwrap()).metadata().unwrap().len();
+            let len = File::from(memory.try_clone().unwrap())
+                .metadata()
+                .unwrap()
+                .len();
             if len > max {
                 return Err(Refusal::new("dma-limit", "too large"));
             }
@@ -898,7 +904,10 @@ mod tests {
             }
         });
         let after = closed.expect("closed once it only sent garbage");
-        assert!(after > Duration::from_millis(1000), "an active client was closed after {after:?}");
+        assert!(
+            after > Duration::from_millis(1000),
+            "an active client was closed after {after:?}"
+        );
     }
 
     mod tempfile {

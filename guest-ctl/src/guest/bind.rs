@@ -71,26 +71,35 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
     let context = format!("handing VSIC {n} to {target}");
     let owner = match user {
         Some(u) => Some(
-            lookup_user(u, Path::new("/etc/passwd")).map_err(|e| Failure::usage(&context, e.to_string()))?,
+            lookup_user(u, Path::new("/etc/passwd"))
+                .map_err(|e| Failure::usage(&context, e.to_string()))?,
         ),
         None => None,
     };
     let _lock = pf::lock(&context)?;
     let addr = pf::locate_vsic(&funcs, n)?;
     let current = funcs.driver(&addr);
-    take_from_user(&funcs, &addr, current.as_deref(), owner.map(|(uid, _)| uid), || {
-        open_pf_and_detach_every_slot(&funcs, n)
-    })
+    take_from_user(
+        &funcs,
+        &addr,
+        current.as_deref(),
+        owner.map(|(uid, _)| uid),
+        || open_pf_and_detach_every_slot(&funcs, n),
+    )
     .map_err(|e| Failure::local_error(&context, "pci", e))?;
     if current.as_deref() != Some(target) {
-        funcs.bind(&addr, target).map_err(|e| Failure::local_error(&context, "pci", e))?;
+        funcs
+            .bind(&addr, target)
+            .map_err(|e| Failure::local_error(&context, "pci", e))?;
     }
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {
         log::warn!("cannot update {}: {e}", funcs.map_path().display());
     }
     match owner {
         Some((uid, gid)) => {
-            let node = funcs.give_group(&addr, uid, gid).map_err(|e| Failure::local_error(&context, "pci", e))?;
+            let node = funcs
+                .give_group(&addr, uid, gid)
+                .map_err(|e| Failure::local_error(&context, "pci", e))?;
             let human = format!(
                 "VSIC {n} ({addr}) is on vfio-pci; {} belongs to uid {uid} (mode 0600)\n",
                 node.display()
@@ -101,7 +110,9 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
             ))
         }
         None => {
-            let disk = funcs.wait_for_disk(&addr, Function::Vsic(n)).map_err(|e| Failure::local_error(&context, "pci", e))?;
+            let disk = funcs
+                .wait_for_disk(&addr, Function::Vsic(n))
+                .map_err(|e| Failure::local_error(&context, "pci", e))?;
             let human = format!("VSIC {n} ({addr}) is on virtio_blk as /dev/{disk}\n");
             Ok(Report::new(
                 human,
@@ -121,7 +132,9 @@ pub fn unbind(n: u32) -> Result<Report, Failure> {
         open_pf_and_detach_every_slot(&funcs, n)
     })
     .map_err(|e| Failure::local_error(&context, "pci", e))?;
-    funcs.unbind(&addr).map_err(|e| Failure::local_error(&context, "pci", e))?;
+    funcs
+        .unbind(&addr)
+        .map_err(|e| Failure::local_error(&context, "pci", e))?;
     // Still VSIC n: keep it in the map, an unbound function cannot name itself.
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {
         log::warn!("cannot update {}: {e}", funcs.map_path().display());

@@ -126,7 +126,10 @@ pub(super) fn detach_every_slot(pf: &AdminClient, n: u32) -> Result<(), DetachEr
                 slot,
                 source,
             })?;
-            log::info!("VSIC {n} left its user: detached VSA {} from slot {slot}", s.vsa_id);
+            log::info!(
+                "VSIC {n} left its user: detached VSA {} from slot {slot}",
+                s.vsa_id
+            );
         }
     }
     Ok(())

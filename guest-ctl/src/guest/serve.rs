@@ -31,8 +31,8 @@ pub fn serve(socket_path: &Path, max_dma: u64) -> Result<Report, Failure> {
         std::fs::remove_file(socket_path)
             .map_err(|e| err(format!("removing the old socket: {e}")))?;
     }
-    let listener = socket::listen(socket_path, 64)
-        .map_err(|e| Failure::local_error(&context, "serve", e))?;
+    let listener =
+        socket::listen(socket_path, 64).map_err(|e| Failure::local_error(&context, "serve", e))?;
     // Everyone may connect; every request is checked against its sender.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o666))

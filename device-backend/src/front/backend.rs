@@ -29,7 +29,7 @@ use super::channel::{ConfigChannel, ConfigNotifiers};
 use super::config_space::{
     config_space, device_features, protocol_features, read_config, MAX_QUEUE_SIZE,
 };
-use super::device::Device;
+use crate::controller::target::Target;
 use super::execute::{handle_chain, Context, RefusalLog, Scratch};
 use super::request::{DescWalk, Stream};
 use super::notify_watch::{StallWatch, WatchTimer, PERIOD};
@@ -62,7 +62,7 @@ const INTERRUPT_DELAY: Duration = Duration::from_micros(20);
 pub struct FunctionState {
     pub function: Function,
     pub num_queues: u16,
-    pub device: Arc<dyn Device>,
+    pub target: Arc<dyn Target>,
     pub notifiers: Arc<ConfigNotifiers>,
     /// Held for reading while a queue runs requests; shutdown takes it for
     /// writing so no request is cut in half.
@@ -83,7 +83,7 @@ impl FunctionState {
     fn capacity(&self) -> u64 {
         match self.function {
             Function::Pf => 0,
-            Function::Vsic(n) => self.device.capacity(n),
+            Function::Vsic(n) => self.target.capacity(n),
         }
     }
 }
@@ -382,7 +382,7 @@ impl FunctionBackend {
         let ctx = Context {
             function: s.state.function,
             queue,
-            device: &*s.state.device,
+            target: &*s.state.target,
             config_changes: &*s.state.notifiers,
             log: &s.state.log,
             config_settled: &|| self.await_config_read(),
@@ -454,7 +454,7 @@ impl FunctionBackend {
         if !waiting {
             return None;
         }
-        Some(state.device.qos_wait(vsic)).filter(|w| !w.is_zero())
+        Some(state.target.qos_wait(vsic)).filter(|w| !w.is_zero())
     }
 
     /// Waits until the frontend has read the configuration announced at
@@ -734,7 +734,7 @@ mod tests {
     use vm_memory::Bytes;
 
     use super::*;
-    use crate::front::tests::{FakeDevice, DISK_SIZE};
+    use crate::front::tests::{FakeTarget, DISK_SIZE};
 
     fn backend(function: Function, num_queues: u16) -> (FunctionBackend, GuestMemory) {
         backend_with(
@@ -754,7 +754,7 @@ mod tests {
         let state = Arc::new(FunctionState {
             function,
             num_queues,
-            device: Arc::new(FakeDevice::new()),
+            target: Arc::new(FakeTarget::new()),
             notifiers: Arc::new(ConfigNotifiers::new(2)),
             quiesce: Arc::new(RwLock::new(())),
             log: RefusalLog::default(),

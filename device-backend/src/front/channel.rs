@@ -19,7 +19,11 @@ use std::sync::Mutex;
 use log::{debug, warn};
 use vhost::vhost_user::Backend;
 
-use super::device::ConfigChangeSink;
+
+/// Receives "VSIC n's configuration changed" events from admin commands.
+pub trait ConfigChangeSink: Send + Sync {
+    fn config_changed(&self, vsic: u32);
+}
 
 /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
 const CONFIG_CHANGE_MSG: u32 = 2;

@@ -11,12 +11,13 @@
 //!   used length.
 //! * [`channel`]: configuration-change notifications to frontends.
 //! * [`config_space`]: advertised features, limits and config layout.
-//! * [`device`]: the controller operations the front needs, as a trait.
+//!
+//! The front reaches the model only through
+//! [`crate::controller::target::Target`].
 
 pub mod backend;
 pub mod channel;
 pub mod config_space;
-pub mod device;
 pub mod execute;
 pub mod notify_watch;
 pub mod poll;

@@ -18,7 +18,7 @@ use vsic_abi::virtio::Function;
 
 use super::backend::{FunctionBackend, FunctionState};
 use super::channel::ConfigNotifiers;
-use super::device::Device;
+use crate::controller::target::Target;
 use super::execute::RefusalLog;
 use super::poll::PollPolicy;
 
@@ -63,14 +63,14 @@ pub enum StartError {
 /// The running front: every function's listener thread.
 pub struct Front {
     config: FrontConfig,
-    device: Arc<dyn Device>,
+    target: Arc<dyn Target>,
     quiesce: Arc<RwLock<()>>,
 }
 
 impl Front {
     /// Binds every socket, then starts serving them. When this returns
     /// `Ok`, every socket accepts connections.
-    pub fn start(config: FrontConfig, device: Arc<dyn Device>) -> Result<Front, StartError> {
+    pub fn start(config: FrontConfig, target: Arc<dyn Target>) -> Result<Front, StartError> {
         if config.queues_per_vsic == 0 || config.queues_per_vsic > 64 {
             return Err(StartError::QueueCount(config.queues_per_vsic));
         }
@@ -100,7 +100,7 @@ impl Front {
                     Function::Pf => 1,
                     Function::Vsic(_) => config.queues_per_vsic,
                 },
-                device: Arc::clone(&device),
+                target: Arc::clone(&target),
                 notifiers: Arc::clone(&notifiers),
                 quiesce: Arc::clone(&quiesce),
                 log: RefusalLog::default(),
@@ -113,7 +113,7 @@ impl Front {
         }
         Ok(Front {
             config,
-            device,
+            target,
             quiesce,
         })
     }
@@ -125,7 +125,7 @@ impl Front {
         let held = self.quiesce.write().unwrap_or_else(|e| e.into_inner());
         // The drives themselves, not a FLUSH per VSIC: a disabled VSIC
         // would refuse it (and count a violation), leaving writes unsynced.
-        if let Err(e) = self.device.sync_all() {
+        if let Err(e) = self.target.sync_all() {
             error!("shutdown: completed writes may not be durable: {e}");
         }
         for function in self.config.functions() {
@@ -220,7 +220,7 @@ mod tests {
     use vhost::VhostBackend;
 
     use super::*;
-    use crate::front::tests::{FakeDevice, DISK_SIZE};
+    use crate::front::tests::{FakeTarget, DISK_SIZE};
 
     fn test_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vsicd-front-{name}-{}", std::process::id()));
@@ -264,7 +264,7 @@ mod tests {
             queues_per_vsic: 3,
             poll_max: Duration::from_micros(50),
         };
-        let front = Front::start(config.clone(), Arc::new(FakeDevice::new())).unwrap();
+        let front = Front::start(config.clone(), Arc::new(FakeTarget::new())).unwrap();
         for _round in 0..3 {
             assert_eq!(handshake(&config.socket_path(Function::Pf), 1), 0);
             assert_eq!(
@@ -274,7 +274,7 @@ mod tests {
             assert_eq!(handshake(&config.socket_path(Function::Vsic(1)), 3), 0);
         }
         // A second front on the same directory must not steal live sockets.
-        let err = Front::start(config.clone(), Arc::new(FakeDevice::new()))
+        let err = Front::start(config.clone(), Arc::new(FakeTarget::new()))
             .err()
             .unwrap();
         assert!(err.to_string().contains("another process"), "{err}");
@@ -413,7 +413,7 @@ mod tests {
             queues_per_vsic: 1,
             poll_max: Duration::ZERO,
         };
-        let front = Front::start(config.clone(), Arc::new(FakeDevice::new())).unwrap();
+        let front = Front::start(config.clone(), Arc::new(FakeTarget::new())).unwrap();
         let (_fe, mut queue, kick) = SharedQueue::start(&config.socket_path(Function::Vsic(0)));
         // A kicked request first: the worker is up and asleep afterwards.
         queue.publish_read(0);

@@ -20,7 +20,8 @@ use vsic_abi::admin::AdminCompletion;
 use vsic_abi::virtio::{self, serial_for, Function};
 
 use super::channel::ConfigChangeSink;
-use super::request::{check_segment, parse_chain, read_segment, Chain, Refusal, Request, Stream};
+use super::chain::{Chain, Stream};
+use super::request::{check_segment, parse_chain, read_segment, Refusal, Request};
 use crate::controller::target::{BufferStorage, IoBuffers, IoKind, Target};
 
 /// How a chain completed.

@@ -3,10 +3,13 @@
 //!
 //! * [`server`]: sockets, accepting frontends, reconnects, clean shutdown.
 //! * [`backend`]: the `VhostUserBackend` of a function: features, config
-//!   space, one worker thread per queue.
+//!   space, sessions, one worker thread per queue.
+//! * [`worker`]: a queue worker's loop: batches, QoS waits, interrupts.
 //! * [`poll`]: polling a queue's ring for a while before sleeping.
 //! * [`notify_watch`]: serving requests whose queue notification got lost.
-//! * [`request`]: pure parsing of virtio-blk descriptor chains.
+//! * [`chain`]: a descriptor chain in guest memory: walking it, its two
+//!   byte streams, reading and writing them.
+//! * [`request`]: pure parsing of a chain into a virtio-blk request.
 //! * [`execute`]: running a parsed request against the device, status and
 //!   used length.
 //! * [`channel`]: configuration-change notifications to frontends.
@@ -16,6 +19,7 @@
 //! [`crate::controller::target::Target`].
 
 pub mod backend;
+pub mod chain;
 pub mod channel;
 pub mod config_space;
 pub mod execute;
@@ -23,6 +27,7 @@ pub mod notify_watch;
 pub mod poll;
 pub mod request;
 pub mod server;
+pub mod worker;
 
 pub use server::{Front, FrontConfig};
 

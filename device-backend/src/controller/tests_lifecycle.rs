@@ -89,6 +89,7 @@ fn shutdown_syncs_the_drives_when_every_vsic_is_disabled() {
         vsics: 4,
         queues_per_vsic: 2,
         poll_max: Duration::ZERO,
+        workarounds: Default::default(),
     };
     let front = Front::start(
         config,

@@ -7,20 +7,19 @@
 //! vring lock and its own scratch space, so queues never wait on each other.
 //! What a worker does when woken is [`super::worker`]. A slow timer per
 //! worker serves requests whose kick never arrived (see
-//! [`super::notify_watch`]).
+//! [`super::lost_kick_watch`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Backend;
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
-use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -33,8 +32,9 @@ use super::config_space::{
 };
 use crate::controller::target::Target;
 use super::execute::RefusalLog;
-use super::notify_watch::{WatchTimer, PERIOD};
 use super::poll::PollPolicy;
+use super::exit_event_leak::AbandonedExitEvents;
+use super::server::Workarounds;
 use super::worker::QueueWorker;
 
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -57,6 +57,7 @@ pub struct FunctionState {
     pub log: RefusalLog,
     /// Polling before sleeping, shared by every function.
     pub poll: Arc<PollPolicy>,
+    pub workarounds: Workarounds,
 }
 
 impl FunctionState {
@@ -89,19 +90,18 @@ pub(super) struct Session {
     pub(super) workers: Vec<Mutex<QueueWorker>>,
     /// Notifiers of the worker threads' exit events.
     pub(super) exits: Mutex<Vec<EventNotifier>>,
-    /// The PF's backend-request channel, held unused until disconnect.
-    pub(super) pf_channel: Mutex<Option<Backend>>,
+    /// A backend-request channel held unused until disconnect: the PF's,
+    /// or any function's when the socket takeover is switched off.
+    pub(super) unused_channel: Mutex<Option<Backend>>,
     /// Set when the workers are told to exit: a QoS wait ends early.
     pub(super) stopping: AtomicBool,
     /// Until when a GET_ID waits for the frontend to read the
     /// configuration announced at the last start; `None` once it did.
     pub(super) refresh: Mutex<Option<Instant>>,
     pub(super) refreshed: Condvar,
-    /// Exit-event descriptors handed to the workers. vhost-user-backend
-    /// 0.24 registers them with `into_raw_fd()` and never closes them, so
-    /// every connection would leak one per queue; the session closes them
-    /// once the last worker (and with it the library's epoll) is gone.
-    pub(super) exit_consumers: Mutex<Vec<RawFd>>,
+    /// Exit-event descriptors handed to the workers, closed when the
+    /// session ends (see [`super::exit_event_leak`]).
+    pub(super) exit_consumers: AbandonedExitEvents,
 }
 
 /// Watches one connection's session (see [`FunctionBackend::watch`]).
@@ -123,33 +123,10 @@ impl SessionWatch {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        for fd in self
-            .exit_consumers
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            if is_eventfd(fd) {
-                // SAFETY: the descriptor was created by exit_event() and
-                // abandoned by the library; nothing else closes it.
-                unsafe { libc::close(fd) };
-            }
-        }
-    }
-}
-
-/// Whether `fd` is an open eventfd.
-fn is_eventfd(fd: RawFd) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{fd}"))
-        .map(|target| target.as_os_str() == "anon_inode:[eventfd]")
-        .unwrap_or(false)
-}
-
 impl FunctionBackend {
     /// A backend for a new connection, sharing `mem` with the daemon.
     pub fn new(state: Arc<FunctionState>, mem: GuestMemory) -> FunctionBackend {
+        let exit_events = AbandonedExitEvents::new(state.workarounds.close_abandoned_exit_events);
         let workers = (0..state.num_queues)
             .map(|_| {
                 Mutex::new(QueueWorker::new(state.poll.max()))
@@ -164,8 +141,8 @@ impl FunctionBackend {
                 stopping: AtomicBool::new(false),
                 refresh: Mutex::new(None),
                 refreshed: Condvar::new(),
-                pf_channel: Mutex::new(None),
-                exit_consumers: Mutex::new(Vec::new()),
+                unused_channel: Mutex::new(None),
+                exit_consumers: exit_events,
             }),
         }
     }
@@ -194,64 +171,6 @@ impl FunctionBackend {
         }
     }
 
-    /// Gives every queue worker (one per epoll handler, in queue order) a
-    /// timer that serves requests whose kick got lost.
-    pub fn watch_notifications(
-        &self,
-        handlers: &[Arc<VringEpollHandler<FunctionBackend>>],
-    ) -> io::Result<()> {
-        for (handler, worker) in handlers.iter().zip(&self.session.workers) {
-            let timer = WatchTimer::new(PERIOD)?;
-            handler.register_listener(timer.as_raw_fd(), EventSet::IN, self.watch_event())?;
-            worker.lock().unwrap_or_else(|e| e.into_inner()).timer = Some(timer);
-        }
-        Ok(())
-    }
-
-    /// The epoll token of the watch timers: the first one the library
-    /// leaves to backends (queues and its own events come before).
-    fn watch_event(&self) -> u64 {
-        u64::from(self.session.state.num_queues) + 1
-    }
-
-    /// A watch-timer tick: serves the queue if requests have waited a
-    /// whole period without a kick.
-    fn watch_tick(&self, vring: &Vring, queue: u16) {
-        let Some(worker) = self.session.workers.get(queue as usize) else {
-            return;
-        };
-        let stalled = {
-            let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(timer) = worker.timer.as_mut() {
-                timer.consume();
-            }
-            worker.stall.tick(self.unserved(vring))
-        };
-        if stalled {
-            if self.session.state.log.allow() {
-                warn!(
-                    "{} queue {queue}: requests waited {PERIOD:?} without a notification; serving them",
-                    self.session.state.name()
-                );
-            }
-            self.process_queue(vring, queue);
-        }
-    }
-
-    /// The queue's next_avail if its avail ring holds requests not taken
-    /// yet; `None` if it holds none or the queue is not running.
-    fn unserved(&self, vring: &Vring) -> Option<u16> {
-        let state = vring.get_ref();
-        let queue = state.get_queue();
-        if !state.is_enabled() || !queue.ready() {
-            return None;
-        }
-        let avail = queue
-            .avail_idx(&*self.session.mem.memory(), Ordering::Acquire)
-            .ok()?;
-        (avail.0 != queue.next_avail()).then_some(queue.next_avail())
-    }
-
     /// Waits until the frontend has read the configuration announced at
     /// the last start (see `acked_features`), at most until the deadline
     /// set then.
@@ -271,7 +190,6 @@ impl FunctionBackend {
                 .0;
         }
     }
-
 }
 
 impl VhostUserBackend for FunctionBackend {
@@ -353,16 +271,27 @@ impl VhostUserBackend for FunctionBackend {
 
     fn set_backend_req_fd(&self, backend: Backend) {
         let state = &self.session.state;
+        let keep = |backend| {
+            *self
+                .session
+                .unused_channel
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(backend);
+        };
         let Function::Vsic(vsic) = state.function else {
             // The PF's capacity never changes, but closing the channel would
             // look like a failure to the frontend: keep it open.
-            *self
-                .session
-                .pf_channel
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(backend);
+            keep(backend);
             return;
         };
+        if !state.workarounds.backend_socket_takeover {
+            info!(
+                "{}: backend-socket-takeover is off: capacity changes are not announced",
+                state.name()
+            );
+            keep(backend);
+            return;
+        }
         match ConfigChannel::adopt(backend) {
             Ok(channel) => state.notifiers.set(vsic, Some(channel)),
             Err(e) => warn!(
@@ -387,11 +316,7 @@ impl VhostUserBackend for FunctionBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(ours);
-        self.session
-            .exit_consumers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(consumer.as_raw_fd());
+        self.session.exit_consumers.record(consumer.as_raw_fd());
         Some((consumer, notifier))
     }
 

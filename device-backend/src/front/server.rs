@@ -31,6 +31,36 @@ pub struct FrontConfig {
     /// Longest a queue worker polls its ring after serving requests before
     /// it sleeps (adaptive, see [`super::poll`]); zero: never poll.
     pub poll_max: Duration,
+    /// Workarounds for peers' bugs, each on by default.
+    pub workarounds: Workarounds,
+}
+
+/// Workarounds for bugs of the front's peers (QEMU, the vhost crates).
+/// Each lives in a module named for what it works around, which documents
+/// the upstream behaviour; each can be switched off (`vsicd
+/// --disable-workaround NAME`), e.g. to check whether a peer still needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workarounds {
+    /// Serve requests whose kick QEMU's TCG lost, on a slow timer per
+    /// queue ([`super::lost_kick_watch`]).
+    pub lost_kick_watch: bool,
+    /// Close the exit-event descriptors vhost-user-backend abandons when
+    /// a connection ends ([`super::exit_event_leak`]).
+    pub close_abandoned_exit_events: bool,
+    /// Take over the backend-request socket vhost's `Backend` hides, to
+    /// send configuration changes ([`super::backend_socket_takeover`]).
+    /// Off: frontends are not told when a VSIC's capacity changes.
+    pub backend_socket_takeover: bool,
+}
+
+impl Default for Workarounds {
+    fn default() -> Self {
+        Workarounds {
+            lost_kick_watch: true,
+            close_abandoned_exit_events: true,
+            backend_socket_takeover: true,
+        }
+    }
 }
 
 impl FrontConfig {
@@ -105,6 +135,7 @@ impl Front {
                 quiesce: Arc::clone(&quiesce),
                 log: RefusalLog::default(),
                 poll: Arc::clone(&poll),
+                workarounds: config.workarounds,
             });
             thread::Builder::new()
                 .name(format!("{}-listen", state.name()))
@@ -178,9 +209,11 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
                 continue;
             }
         };
-        if let Err(e) = backend.watch_notifications(&daemon.get_epoll_handlers()) {
-            // Still usable: only a lost kick would no longer be recovered.
-            warn!("{name}: cannot watch for lost queue notifications: {e}");
+        if state.workarounds.lost_kick_watch {
+            if let Err(e) = backend.watch_notifications(&daemon.get_epoll_handlers()) {
+                // Still usable: only a lost kick would no longer be recovered.
+                warn!("{name}: cannot watch for lost queue notifications: {e}");
+            }
         }
         if let Err(e) = daemon.start(&mut listener) {
             warn!("{name}: accepting a frontend failed: {e}");
@@ -263,6 +296,7 @@ mod tests {
             vsics: 2,
             queues_per_vsic: 3,
             poll_max: Duration::from_micros(50),
+            workarounds: Default::default(),
         };
         let front = Front::start(config.clone(), Arc::new(FakeTarget::new())).unwrap();
         for _round in 0..3 {
@@ -412,6 +446,7 @@ mod tests {
             vsics: 1,
             queues_per_vsic: 1,
             poll_max: Duration::ZERO,
+            workarounds: Default::default(),
         };
         let front = Front::start(config.clone(), Arc::new(FakeTarget::new())).unwrap();
         let (_fe, mut queue, kick) = SharedQueue::start(&config.socket_path(Function::Vsic(0)));

@@ -20,7 +20,7 @@ use vsic_abi::virtio::Function;
 use super::backend::{FunctionBackend, GuestMemory, Vring};
 use super::chain::{DescWalk, Stream};
 use super::execute::{handle_chain, Context, Scratch};
-use super::notify_watch::{StallWatch, WatchTimer};
+use super::lost_kick_watch::{StallWatch, WatchTimer};
 use super::poll::SpinWindow;
 
 /// Requests served per hold of a queue's vring lock.
@@ -44,7 +44,7 @@ pub(super) struct QueueWorker {
     pub(super) window: SpinWindow,
     /// When the worker last went to sleep after serving requests.
     idle_since: Option<Instant>,
-    /// Requests left waiting without a kick (see [`super::notify_watch`]).
+    /// Requests left waiting without a kick (see [`super::lost_kick_watch`]).
     pub(super) stall: StallWatch,
     pub(super) timer: Option<WatchTimer>,
 }

@@ -1,10 +1,12 @@
 //! The backend through its `VhostUserBackend` face and its queue workers:
 //! serving, polling, the lost-kick watch, configuration, exit events.
 
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{VhostUserDaemon, VringT};
+use vm_memory::GuestAddressSpace;
 use vm_memory::Bytes;
 
 use super::*;
+use crate::front::exit_event_leak::is_eventfd;
 use crate::front::tests::{FakeTarget, DISK_SIZE};
 
 fn backend(function: Function, num_queues: u16) -> (FunctionBackend, GuestMemory) {
@@ -30,6 +32,7 @@ fn backend_with(
         quiesce: Arc::new(RwLock::new(())),
         log: RefusalLog::default(),
         poll: Arc::new(poll),
+        workarounds: Default::default(),
     });
     let mem = GuestMemoryAtomic::new(mem);
     (FunctionBackend::new(state, mem.clone()), mem)
@@ -354,7 +357,7 @@ fn a_session_closes_the_exit_events_the_library_abandons() {
     let (backend, mem) = backend(Function::Vsic(1), 2);
     let session = backend.watch();
     let daemon = VhostUserDaemon::new("test".into(), backend.clone(), mem).unwrap();
-    let fds = backend.session.exit_consumers.lock().unwrap().clone();
+    let fds = backend.session.exit_consumers.fds();
     assert_eq!(fds.len(), 2, "one exit event per queue worker");
     assert!(fds.iter().all(|&fd| is_eventfd(fd)));
     backend.stop_workers();
@@ -367,5 +370,39 @@ fn a_session_closes_the_exit_events_the_library_abandons() {
     assert!(
         fds.iter().all(|&fd| !is_eventfd(fd)),
         "exit events left open"
+    );
+}
+
+#[test]
+fn without_the_socket_takeover_the_channel_is_kept_unused() {
+    let _serial = crate::front::tests::SOCKET_TESTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let state = Arc::new(FunctionState {
+        function: Function::Vsic(1),
+        num_queues: 1,
+        target: Arc::new(FakeTarget::new()),
+        notifiers: Arc::new(ConfigNotifiers::new(2)),
+        quiesce: Arc::new(RwLock::new(())),
+        log: RefusalLog::default(),
+        poll: Arc::new(PollPolicy::off()),
+        workarounds: Workarounds {
+            backend_socket_takeover: false,
+            ..Workarounds::default()
+        },
+    });
+    let backend = FunctionBackend::new(
+        Arc::clone(&state),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    );
+    let (ours, _frontend) = std::os::unix::net::UnixStream::pair().unwrap();
+    backend.set_backend_req_fd(Backend::from_stream(ours));
+    assert!(
+        backend.session.unused_channel.lock().unwrap().is_some(),
+        "the channel is kept open"
+    );
+    assert!(
+        !state.notifiers.notify(1),
+        "no configuration-change channel was installed"
     );
 }

@@ -87,9 +87,13 @@ fn dup(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 fn inode_of(fd: RawFd) -> Option<u64> {
-    // SAFETY: fstat writes into a zeroed stat buffer; a stale fd just fails.
+    // SAFETY: `libc::stat` is plain integers, for which all zeroes is a
+    // valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    // SAFETY: fstat writes one `stat` into `st`, which we own; a stale or
+    // closed descriptor number just makes it fail.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    if r != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return None;
     }
     Some(st.st_ino)
@@ -130,9 +134,12 @@ fn unnamed_unix_streams() -> io::Result<Vec<(RawFd, u64)>> {
         {
             continue;
         }
-        // SAFETY: getsockname into a sockaddr_un of the declared length.
+        // SAFETY: `sockaddr_un` is plain integers and bytes, for which all
+        // zeroes is a valid value.
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: getsockname writes at most `len` bytes into `addr`, a
+        // sockaddr_un of exactly that length, and updates `len`.
         let r = unsafe {
             libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len)
         };

@@ -46,9 +46,15 @@ impl WatchTimer {
     pub fn new(period: Duration) -> io::Result<WatchTimer> {
         let mut timer = TimerFd::new()?;
         let fd = timer.as_raw_fd();
-        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; failures reported.
+        // SAFETY: F_GETFL on the timer's descriptor, which we own; a
+        // failure is reported.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: F_SETFL on the same descriptor, adding O_NONBLOCK to the
+        // flags it has; a failure is reported.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             return Err(io::Error::last_os_error());
         }
         timer.reset(period, Some(period))?;

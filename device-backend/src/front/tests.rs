@@ -307,7 +307,7 @@ fn discard_and_write_zeroes() {
     let n = segments(&b, DATA, &[(4, 1, DiscardSegment::FLAG_UNMAP)]);
     let c = b.run(
         VSIC0,
-        &[(HDR, 16 + 0, false), (DATA, n, false), (STATUS, 1, true)],
+        &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)],
     );
     assert_eq!(c.status, OK);
     assert_eq!(b.device.calls().last().unwrap(), "discard 2048 512 true");

@@ -75,8 +75,14 @@ pub trait IoTarget: Send + Sync {
 
     /// DISCARD (`zero == false`) or WRITE_ZEROES (`zero == true`) a byte
     /// range. Both leave the range reading as zeroes.
-    fn discard(&self, vsic: u32, queue: u16, offset: u64, len: u64, zero: bool)
-        -> Result<(), IoError>;
+    fn discard(
+        &self,
+        vsic: u32,
+        queue: u16,
+        offset: u64,
+        len: u64,
+        zero: bool,
+    ) -> Result<(), IoError>;
 
     /// Counts a request the front refused before it reached the model
     /// (malformed chain, unsupported type) in the VSIC's statistics.
@@ -99,8 +105,7 @@ pub trait AdminTarget: Send + Sync {
     /// payload, `payload_in_capacity` the room in the guest's response
     /// buffer. Never panics; every failure is an
     /// [`vsic_abi::AdminStatus`] in the completion.
-    fn admin(&self, command: &[u8], payload_out: &[u8], payload_in_capacity: usize)
-        -> AdminReply;
+    fn admin(&self, command: &[u8], payload_out: &[u8], payload_in_capacity: usize) -> AdminReply;
 }
 
 /// Everything the front needs: one model behind every function.

@@ -30,12 +30,12 @@ use super::channel::{ConfigChannel, ConfigNotifiers};
 use super::config_space::{
     config_space, device_features, protocol_features, read_config, MAX_QUEUE_SIZE,
 };
-use crate::controller::target::Target;
 use super::execute::RefusalLog;
-use super::poll::PollPolicy;
 use super::exit_event_leak::AbandonedExitEvents;
+use super::poll::PollPolicy;
 use super::server::Workarounds;
 use super::worker::QueueWorker;
+use crate::controller::target::Target;
 
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 pub type Vring = VringRwLock<GuestMemory>;
@@ -128,9 +128,7 @@ impl FunctionBackend {
     pub fn new(state: Arc<FunctionState>, mem: GuestMemory) -> FunctionBackend {
         let exit_events = AbandonedExitEvents::new(state.workarounds.close_abandoned_exit_events);
         let workers = (0..state.num_queues)
-            .map(|_| {
-                Mutex::new(QueueWorker::new(state.poll.max()))
-            })
+            .map(|_| Mutex::new(QueueWorker::new(state.poll.max())))
             .collect();
         FunctionBackend {
             session: Arc::new(Session {

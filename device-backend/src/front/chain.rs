@@ -447,7 +447,11 @@ mod tests {
         put(&mem, TABLE, 1, (0x9000, 512, NEXT | WRITE, 0));
         let mut chain = Chain::new();
         let descs: Vec<_> = DescWalk::new(&mem, TABLE, 8, 0).collect();
-        assert_eq!(descs.len(), 8, "ends after as many descriptors as the table holds");
+        assert_eq!(
+            descs.len(),
+            8,
+            "ends after as many descriptors as the table holds"
+        );
         chain.gather(&mem, descs);
         assert_eq!(chain.status_addr(), None);
         // An index past the table ends the walk too.

@@ -19,8 +19,8 @@ use vm_memory::GuestMemoryBackend;
 use vsic_abi::admin::AdminCompletion;
 use vsic_abi::virtio::{self, serial_for, Function};
 
-use super::channel::ConfigChangeSink;
 use super::chain::{Chain, Stream};
+use super::channel::ConfigChangeSink;
 use super::request::{check_segment, parse_chain, read_segment, Refusal, Request};
 use crate::controller::target::{BufferStorage, IoBuffers, IoKind, Target};
 

@@ -18,9 +18,9 @@ use vsic_abi::virtio::Function;
 
 use super::backend::{FunctionBackend, FunctionState};
 use super::channel::ConfigNotifiers;
-use crate::controller::target::Target;
 use super::execute::RefusalLog;
 use super::poll::PollPolicy;
+use crate::controller::target::Target;
 
 /// Where and how many functions to serve.
 #[derive(Debug, Clone)]

@@ -142,7 +142,11 @@ impl FunctionBackend {
                 }
                 Some(true) => {
                     // More arrived while notifications were off.
-                    phantom_rounds = if served_now == 0 { phantom_rounds + 1 } else { 0 };
+                    phantom_rounds = if served_now == 0 {
+                        phantom_rounds + 1
+                    } else {
+                        0
+                    };
                     continue;
                 }
                 Some(false) => break,

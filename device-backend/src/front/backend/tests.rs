@@ -2,8 +2,8 @@
 //! serving, polling, the lost-kick watch, configuration, exit events.
 
 use vhost_user_backend::{VhostUserDaemon, VringT};
-use vm_memory::GuestAddressSpace;
 use vm_memory::Bytes;
+use vm_memory::GuestAddressSpace;
 
 use super::*;
 use crate::front::exit_event_leak::is_eventfd;
@@ -163,8 +163,7 @@ fn guest_memory() -> GuestMemoryMmap<()> {
 #[test]
 fn serves_what_is_available_and_rearms_notifications() {
     for event_idx in [true, false] {
-        let (backend, mem) =
-            backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+        let (backend, mem) = backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
         let (vring, mut driver) = Driver::new(&mem, event_idx);
         let interrupts = interrupt_counter(&vring);
         assert!(driver.submit(event_idx), "a sleeping device wants kicks");
@@ -190,8 +189,7 @@ fn serves_what_is_available_and_rearms_notifications() {
 #[test]
 fn a_stopped_queue_is_left_alone() {
     for event_idx in [true, false] {
-        let (backend, mem) =
-            backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+        let (backend, mem) = backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
         let (vring, mut driver) = Driver::new(&mem, event_idx);
         driver.submit(event_idx);
         let avail_event = Driver::USED + 4 + u64::from(Driver::SIZE) * 8;
@@ -264,8 +262,7 @@ fn polls_for_requests_that_come_soon_after_a_batch_without_kicks() {
 #[test]
 fn an_avail_index_beyond_the_ring_does_not_keep_the_worker_spinning() {
     for event_idx in [true, false] {
-        let (backend, mem) =
-            backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+        let (backend, mem) = backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
         let (vring, mut driver) = Driver::new(&mem, event_idx);
         driver.submit(event_idx);
         backend.process_queue(&vring, 0);
@@ -283,15 +280,18 @@ fn an_avail_index_beyond_the_ring_does_not_keep_the_worker_spinning() {
             "the worker went back to sleep instead of spinning, event_idx={event_idx}"
         );
         let _ = worker.join();
-        assert_eq!(driver.used_idx(), 1, "nothing was made up from the bogus index");
+        assert_eq!(
+            driver.used_idx(),
+            1,
+            "nothing was made up from the bogus index"
+        );
     }
 }
 
 #[test]
 fn requests_whose_kick_was_lost_are_served_by_the_watch_timer() {
     for event_idx in [true, false] {
-        let (backend, mem) =
-            backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
+        let (backend, mem) = backend_with(Function::Vsic(0), 1, PollPolicy::off(), guest_memory());
         let (vring, mut driver) = Driver::new(&mem, event_idx);
         let interrupts = interrupt_counter(&vring);
         backend.watch_tick(&vring, 0);

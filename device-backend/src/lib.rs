@@ -4,7 +4,14 @@
 //! capabilities, QoS, statistics, persisted metadata) and knows nothing of
 //! vhost-user. `front` is the vhost-user glue: one socket per PCI function,
 //! virtio-blk request parsing, and moving data between guest memory and the
-//! controller.
+//! controller. The one seam between them is `controller::target`: the front
+//! calls the model only through its `Target` trait.
+
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
 
 pub mod controller;
 pub mod front;

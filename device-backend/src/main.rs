@@ -2,6 +2,12 @@
 //! serves the PF and every VSIC function on its own vhost-user socket
 //! until SIGTERM or SIGINT.
 
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +19,7 @@ use log::info;
 use vsic_abi::records::CacheMode;
 use vsic_abi::units::{parse_duration, parse_size};
 use vsicd::controller::{Controller, ControllerConfig, DriveSpec, ServiceModel};
-use vsicd::front::{Front, FrontConfig};
+use vsicd::front::{Front, FrontConfig, Workarounds};
 
 /// The VSIC storage controller: a vhost-user backend that plays one PCI
 /// admin function (PF) plus K VSIC functions for QEMU guests, each a
@@ -66,6 +72,28 @@ struct Cli {
     /// single CPU). 0 turns polling off.
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     poll_us: u64,
+
+    /// Switches off a workaround for a peer's bug (repeat for several).
+    /// Each is on by default; switching one off shows whether the peer
+    /// still needs it.
+    #[arg(long = "disable-workaround", value_name = "NAME", value_enum)]
+    disabled_workarounds: Vec<Workaround>,
+}
+
+/// The workarounds `--disable-workaround` can switch off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workaround {
+    /// Serving, on a 250 ms timer per queue, requests whose queue
+    /// notification QEMU's multi-threaded TCG lost. Off: such requests
+    /// wait for the queue's next notification.
+    LostKickWatch,
+    /// Closing the exit-event descriptors vhost-user-backend abandons when
+    /// a frontend disconnects. Off: every connection leaks one per queue.
+    ExitEventLeak,
+    /// Taking the backend-request socket out of vhost's Backend to send
+    /// configuration-change messages. Off: a connected guest is not told
+    /// when its VSIC's capacity changes.
+    BackendSocketTakeover,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,6 +122,15 @@ fn parse_drive(text: &str) -> Result<DriveSpec, String> {
 }
 
 impl Cli {
+    fn workarounds(&self) -> Workarounds {
+        let on = |w| !self.disabled_workarounds.contains(&w);
+        Workarounds {
+            lost_kick_watch: on(Workaround::LostKickWatch),
+            close_abandoned_exit_events: on(Workaround::ExitEventLeak),
+            backend_socket_takeover: on(Workaround::BackendSocketTakeover),
+        }
+    }
+
     fn controller_config(&self) -> ControllerConfig {
         let service_model = (self.service_latency.is_some() || self.service_bandwidth.is_some())
             .then(|| ServiceModel {
@@ -166,6 +203,7 @@ fn main() -> ExitCode {
         vsics: cli.vsics,
         queues_per_vsic: cli.queues,
         poll_max: Duration::from_micros(cli.poll_us),
+        workarounds: cli.workarounds(),
     };
     let front = match Front::start(front_config, Arc::clone(&controller) as Arc<_>) {
         Ok(f) => f,

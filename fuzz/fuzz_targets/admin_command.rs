@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use vsic_abi::records::CacheMode;
-use vsicd::controller::{Controller, ControllerConfig, DriveSpec};
+use vsicd::controller::{AdminTarget, Controller, ControllerConfig, DriveSpec};
 
 fn controller() -> &'static Arc<Controller> {
     static CONTROLLER: OnceLock<Arc<Controller>> = OnceLock::new();

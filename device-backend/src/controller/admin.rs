@@ -52,7 +52,8 @@ use super::caps;
 use super::metadata::{to_runs, CommitError};
 use super::runtime;
 use super::state::{Attachment, PoolState, VsaRecord};
-use super::{AdminPlane, AdminReply, Controller};
+use super::target::{AdminReply, AdminTarget};
+use super::{AdminPlane, Controller};
 
 /// What a successful command returns.
 #[derive(Default)]
@@ -156,8 +157,8 @@ fn fits(payload: Vec<u8>, records: usize, capacity: usize) -> Outcome {
     Ok(Done { result0: records as u64, payload, ..Default::default() })
 }
 
-impl Controller {
-    pub(super) fn execute_admin(&self, command: &[u8], payload_out: &[u8], capacity: usize) -> AdminReply {
+impl AdminTarget for Controller {
+    fn admin(&self, command: &[u8], payload_out: &[u8], capacity: usize) -> AdminReply {
         let cmd = match AdminCommand::decode(command) {
             Ok(c) => c,
             Err(e) => return reply(Err(AdminCommand::decode_status(&e).into())),
@@ -201,7 +202,9 @@ impl Controller {
         };
         reply(outcome)
     }
+}
 
+impl Controller {
     // ------------------------------------------------------------ commit
 
     /// Commits `next` and makes it current; returns the VSICs whose slot-0

@@ -1,4 +1,6 @@
-//! The data path: reads, writes, flushes and discards of one VSIC. Every
+//! The data path ([`IoTarget`] for the controller): reads, writes,
+//! flushes and discards of one VSIC, capacity, refusal counting, QoS waits
+//! and the shutdown sync. Every
 //! request is checked against the VSIC's attachments (enabled, attached,
 //! in bounds, writable) while holding the VSIC's slot read lock and the
 //! VSA's map read lock for the whole transfer; no controller-wide lock.
@@ -11,8 +13,9 @@ use vsic_abi::window;
 
 use super::runtime::VsicRuntime;
 use super::stats::bump;
-use super::vsa::{map_range, with_iov_slice, Segments};
-use super::{Controller, IoError, IoKind};
+use super::target::{IoBuffers, IoError, IoKind, IoTarget};
+use super::vsa::{map_range, Segments};
+use super::Controller;
 
 /// What a request does once it passed the protection checks.
 enum Op {
@@ -63,22 +66,6 @@ impl Controller {
             Err(e) => !is_violation(e),
         };
         rt.qos.charge(if accepted { bytes } else { 0 });
-    }
-
-    /// How long VSIC `vsic`'s next request must wait for its QoS budget.
-    /// The front waits that long, holding no lock, before it takes the
-    /// request from its queue; a wait counts in `qos_delayed`.
-    pub fn qos_wait(&self, vsic: u32) -> Duration {
-        let Ok(rt) = self.runtime(vsic) else {
-            return Duration::ZERO;
-        };
-        let wait = rt.qos.wait();
-        // Rounding may leave a debt of nanoseconds after a full wait.
-        if wait < Duration::from_micros(100) {
-            return Duration::ZERO;
-        }
-        bump(&rt.stats.qos_delayed, 1);
-        wait
     }
 
     /// Checks `[offset, offset + len)` against VSIC `rt`'s attachments and
@@ -136,48 +123,54 @@ impl Controller {
             }
         }
     }
+}
 
-    /// # Safety
-    /// See [`Controller::io`].
-    pub(super) unsafe fn transfer(
+impl IoTarget for Controller {
+    fn capacity(&self, vsic: u32) -> u64 {
+        let Some(rt) = self.vsics.get(vsic as usize) else {
+            return 0;
+        };
+        let slots = rt.slots();
+        slots[0].as_ref().map_or(0, |b| {
+            let layout = b.vsa.read();
+            if layout.deleted {
+                0
+            } else {
+                layout.size
+            }
+        })
+    }
+
+    fn io(
         &self,
         vsic: u32,
         queue: u16,
         kind: IoKind,
         offset: u64,
-        iov: &[libc::iovec],
+        bufs: &IoBuffers<'_>,
     ) -> Result<usize, IoError> {
         let rt = self.runtime(vsic)?;
         if let Some(q) = rt.stats.queue(queue) {
             bump(&q.requests, 1);
         }
-        let total = iov.iter().try_fold(0u64, |acc, v| acc.checked_add(v.iov_len as u64));
+        let len = bufs.len();
         let (op, what) = match kind {
             IoKind::Read => (Op::Read, "read"),
             IoKind::Write => (Op::Write, "write"),
         };
-        let result = match total {
-            None => Err(IoError::OutOfBounds),
-            Some(len) => {
-                self.model_service_time(len);
-                let result = self.with_segments(rt, &op, offset, len, |segments| {
-                    let mut done = 0usize;
-                    for seg in segments {
-                        let drive = self
-                            .drives
-                            .get(seg.drive as usize)
-                            .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))?;
-                        // SAFETY: `part` lies within `iov`, valid per this function's contract.
-                        done += with_iov_slice(iov, seg.request_offset, seg.len, |part| unsafe {
-                            drive.transfer_vectored(op.modifies(), part, seg.offset)
-                        })?;
-                    }
-                    Ok(done)
-                });
-                Self::charge(rt, len, result.as_ref().map(drop));
-                result
+        self.model_service_time(len);
+        let result = self.with_segments(rt, &op, offset, len, |segments| {
+            let mut done = 0usize;
+            for seg in segments {
+                let drive = self
+                    .drives
+                    .get(seg.drive as usize)
+                    .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))?;
+                done += drive.transfer(op.modifies(), bufs.range(seg.request_offset, seg.len), seg.offset)?;
             }
-        };
+            Ok(done)
+        });
+        Self::charge(rt, len, result.as_ref().map(drop));
         match &result {
             Ok(n) => {
                 let n = *n as u64;
@@ -196,7 +189,7 @@ impl Controller {
         result
     }
 
-    pub(super) fn flush_drives(&self, vsic: u32, queue: u16) -> Result<(), IoError> {
+    fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError> {
         let rt = self.runtime(vsic)?;
         if let Some(q) = rt.stats.queue(queue) {
             bump(&q.requests, 1);
@@ -216,14 +209,7 @@ impl Controller {
         result
     }
 
-    pub(super) fn zero_range(
-        &self,
-        vsic: u32,
-        queue: u16,
-        offset: u64,
-        len: u64,
-        write_zeroes: bool,
-    ) -> Result<(), IoError> {
+    fn discard(&self, vsic: u32, queue: u16, offset: u64, len: u64, write_zeroes: bool) -> Result<(), IoError> {
         let rt = self.runtime(vsic)?;
         if let Some(q) = rt.stats.queue(queue) {
             bump(&q.requests, 1);
@@ -249,6 +235,45 @@ impl Controller {
         match &result {
             Ok(()) => bump(if write_zeroes { &rt.stats.write_zeroes } else { &rt.stats.discards }, 1),
             Err(e) => self.record_failure(rt, vsic, queue, what, offset, e),
+        }
+        result
+    }
+
+    fn count_error(&self, vsic: u32, queue: u16) {
+        if let Some(rt) = self.vsics.get(vsic as usize) {
+            bump(&rt.stats.errors, 1);
+            if let Some(q) = rt.stats.queue(queue) {
+                bump(&q.requests, 1);
+                bump(&q.errors, 1);
+            }
+        }
+    }
+
+    /// A wait counts in `qos_delayed`.
+    fn qos_wait(&self, vsic: u32) -> Duration {
+        let Ok(rt) = self.runtime(vsic) else {
+            return Duration::ZERO;
+        };
+        let wait = rt.qos.wait();
+        // Rounding may leave a debt of nanoseconds after a full wait.
+        if wait < Duration::from_micros(100) {
+            return Duration::ZERO;
+        }
+        bump(&rt.stats.qos_delayed, 1);
+        wait
+    }
+
+    /// Tries every drive; the first failure is returned. Not a guest
+    /// request, so it counts in no VSIC's statistics.
+    fn sync_all(&self) -> std::io::Result<()> {
+        let mut result = Ok(());
+        for d in &self.drives {
+            if let Err(e) = d.sync() {
+                log::error!("cannot sync {}: {e}", d.path().display());
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
         }
         result
     }

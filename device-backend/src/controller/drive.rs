@@ -7,12 +7,19 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use super::buffers::Range;
+
 /// `_IOR(0x12, 114, size_t)`: size of a block device in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 /// `_IO(0x12, 127)`: zero a byte range of a block device (`[start, len]`).
 const BLKZEROOUT: libc::c_ulong = 0x127f;
 /// Linux limits one preadv/pwritev call to this many iovecs.
-pub const IOV_MAX: usize = 1024;
+const IOV_MAX: usize = 1024;
+/// Iovecs built per preadv/pwritev call, on the stack (4 KiB): room for
+/// a whole request of the front's seg_max (254) buffers, more only when
+/// buffers cross guest memory regions.
+pub const IOV_BATCH: usize = 256;
+const _: () = assert!(IOV_BATCH <= IOV_MAX);
 /// Buffer used when zeroes have to be written by hand.
 const ZERO_CHUNK: usize = 1 << 20;
 
@@ -179,33 +186,50 @@ impl Drive {
         Ok(())
     }
 
-    /// Transfers the whole of `iov` at `offset`, looping over short
-    /// transfers and the IOV_MAX limit. Reads past the end of a file fail.
+    /// Transfers the buffer pieces `pieces` (in order) at `offset`: reads
+    /// into them, or writes them (`write`). Loops over short transfers;
+    /// returns the bytes moved. Reads past the end of a file fail.
     ///
-    /// # Safety
-    /// Every iovec must be valid for reads (write) or writes (read) of its length.
-    pub unsafe fn transfer_vectored(&self, write: bool, iov: &mut [libc::iovec], offset: u64) -> io::Result<usize> {
-        let total: usize = iov.iter().map(|v| v.iov_len).sum();
-        let mut done = 0usize;
-        let mut first = 0usize;
-        while first < iov.len() {
-            if iov[first].iov_len == 0 {
-                first += 1;
-                continue;
+    /// This is the one place buffers become iovecs: at most [`IOV_BATCH`]
+    /// at a time, on the stack, for one `preadv`/`pwritev`.
+    pub(crate) fn transfer(&self, write: bool, pieces: Range<'_>, offset: u64) -> io::Result<usize> {
+        let total: u64 = pieces.clone().map(|p| p.len() as u64).sum();
+        let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let mut done = 0u64;
+        while done < total {
+            let mut iov = [empty; IOV_BATCH];
+            let mut count = 0usize;
+            let mut skip = done;
+            for p in pieces.clone() {
+                let plen = p.len() as u64;
+                if skip >= plen {
+                    skip -= plen;
+                    continue;
+                }
+                if count == IOV_BATCH {
+                    break;
+                }
+                let mut v = p.iovec();
+                // `skip < plen`: the shortened iovec stays inside the piece.
+                v.iov_base = (v.iov_base as *mut u8).wrapping_add(skip as usize).cast();
+                v.iov_len -= skip as usize;
+                skip = 0;
+                iov[count] = v;
+                count += 1;
             }
-            let end = iov.len().min(first + IOV_MAX);
-            let batch = &iov[first..end];
-            let at = (offset + done as u64) as libc::off_t;
+            let batch = &iov[..count];
+            let at = (offset + done) as libc::off_t;
             let n = if write {
-                // SAFETY: the caller guarantees every iovec is valid for
-                // reads of its length; `batch` holds at most IOV_MAX of
-                // them and the descriptor is ours.
-                unsafe { libc::pwritev(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at) }
+                // SAFETY: every iovec lies inside a piece of an `IoBuffers`,
+                // valid for reads of its length while the buffers are
+                // borrowed (its invariant), which outlasts this call;
+                // `batch` holds at most IOV_BATCH <= IOV_MAX of them and the
+                // descriptor is ours.
+                unsafe { libc::pwritev(self.fd(), batch.as_ptr(), count as libc::c_int, at) }
             } else {
-                // SAFETY: the caller guarantees every iovec is valid for
-                // writes of its length; `batch` holds at most IOV_MAX of
-                // them and the descriptor is ours.
-                unsafe { libc::preadv(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at) }
+                // SAFETY: as above, the memory is valid for writes of each
+                // iovec's length.
+                unsafe { libc::preadv(self.fd(), batch.as_ptr(), count as libc::c_int, at) }
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -217,26 +241,9 @@ impl Drive {
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "drive ended inside a mapped extent"));
             }
-            // Consume `n` bytes from the front of the iovec array.
-            let mut left = n as usize;
-            done += left;
-            while left > 0 && first < iov.len() {
-                let v = &mut iov[first];
-                if left >= v.iov_len {
-                    left -= v.iov_len;
-                    v.iov_len = 0;
-                    first += 1;
-                } else {
-                    // SAFETY: `left < v.iov_len`, so the new base stays
-                    // inside the buffer the caller vouched for.
-                    v.iov_base = unsafe { (v.iov_base as *mut u8).add(left) }.cast();
-                    v.iov_len -= left;
-                    left = 0;
-                }
-            }
+            done += n as u64;
         }
-        debug_assert_eq!(done, total);
-        Ok(done)
+        Ok(done as usize)
     }
 
     /// Makes the byte range read as zeroes: punches a hole in files (falling
@@ -346,6 +353,7 @@ fn lock_exclusive(file: &File) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::buffers::BufferStorage;
     use crate::controller::testutil::TempDir;
 
     #[test]
@@ -366,12 +374,11 @@ mod tests {
         // Vectored transfer across two buffers.
         let mut a = [1u8; 100];
         let mut c = [2u8; 50];
-        let mut iov = [
-            libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
-            libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() },
-        ];
-        // SAFETY: both iovecs point to live local arrays of their length.
-        assert_eq!(unsafe { d.transfer_vectored(true, &mut iov, 10) }.unwrap(), 150);
+        let mut storage = BufferStorage::default();
+        let mut bufs = storage.start();
+        bufs.push_bytes(&mut a);
+        bufs.push_bytes(&mut c);
+        assert_eq!(d.transfer(true, bufs.range(0, 150), 10).unwrap(), 150);
         let mut back = [0u8; 150];
         d.read_exact_at(&mut back, 10).unwrap();
         assert_eq!(&back[..100], &[1u8; 100][..]);

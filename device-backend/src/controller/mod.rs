@@ -1,6 +1,12 @@
-//! The controller model. Its public surface is what `front` calls.
+//! The controller model. The front calls it only through the traits of
+//! [`target`] (the seam); everything else here is the model's own.
 //!
 //! Modules, one job each:
+//! - `target`: the seam: [`Target`] = [`IoTarget`] + [`AdminTarget`], their
+//!   vocabulary (`IoKind`, `IoError`, `AdminReply`) and, for tests, an
+//!   in-memory double;
+//! - `buffers`: [`IoBuffers`], the memory a read or write moves data to or
+//!   from, as a safe type;
 //! - `drive`: positional I/O, zeroing and syncing on one backing file/device;
 //! - `state`: the persisted pool model (VSAs, extent maps, tokens, VSICs);
 //! - `metadata`: its on-drive format, atomic commit and recovery;
@@ -8,12 +14,13 @@
 //! - `caps`: capability minting, verification and revocation sets;
 //! - `runtime` / `vsa`: what the data plane reads (slot bindings, extent
 //!   maps behind read-write locks);
-//! - `admin`: admin command decoding and execution;
-//! - `datapath`: reads, writes, flushes and discards;
+//! - `admin`: admin command decoding and execution ([`AdminTarget`]);
+//! - `datapath`: reads, writes, flushes and discards ([`IoTarget`]);
 //! - `qos`, `stats`: token buckets, counters and log rate limiting.
 
 mod admin;
 mod alloc;
+mod buffers;
 mod caps;
 mod datapath;
 mod drive;
@@ -22,6 +29,7 @@ mod qos;
 mod runtime;
 mod state;
 mod stats;
+pub mod target;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -35,11 +43,11 @@ use std::time::Duration;
 
 use vsic_abi::records::CacheMode;
 use vsic_abi::window::WINDOW_SIZE;
-use vsic_abi::AdminCompletion;
 
 pub use drive::{DriveError, OpenOp};
 pub use metadata::{BodyError, CommitError, DriveOp, MetadataError};
 pub use state::{Owner, StateError};
+pub use target::{AdminReply, AdminTarget, IoBuffers, IoError, IoKind, IoTarget, Target};
 
 use drive::Drive;
 use metadata::MetaStore;
@@ -78,40 +86,6 @@ pub struct ControllerConfig {
     pub extent_size: u64,
     pub cache_mode: CacheMode,
     pub service_model: Option<ServiceModel>,
-}
-
-/// Direction of a data transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoKind {
-    Read,
-    Write,
-}
-
-/// Why a data-plane request failed. Every variant completes the request
-/// with VIRTIO_BLK_S_IOERR; the protection variants count as violations.
-#[derive(Debug)]
-pub enum IoError {
-    NoSuchVsic,
-    VsicDisabled,
-    /// Nothing attached in the addressed window slot.
-    NotAttached,
-    /// The range runs past the end of the attached VSA.
-    OutOfBounds,
-    /// Write to a read-only attachment.
-    ReadOnly,
-    /// The backing drive failed.
-    Device(std::io::Error),
-}
-
-/// What an admin command produced.
-#[derive(Debug)]
-pub struct AdminReply {
-    pub completion: AdminCompletion,
-    /// Payload-in bytes (never longer than the capacity passed in).
-    pub payload: Vec<u8>,
-    /// VSICs whose slot-0 capacity changed: the front raises their
-    /// config-change interrupt.
-    pub changed_vsics: Vec<u32>,
 }
 
 /// A configuration `Controller::open` refuses.
@@ -205,86 +179,6 @@ impl Controller {
 
     pub fn config(&self) -> &ControllerConfig {
         &self.config
-    }
-
-    /// Executes one admin command: `command` is the raw 64-byte command as
-    /// the guest sent it (possibly malformed), `payload_out` the raw payload,
-    /// `payload_in_capacity` the room in the guest's response buffer.
-    /// Never panics; every failure is an [`vsic_abi::AdminStatus`].
-    pub fn admin(&self, command: &[u8], payload_out: &[u8], payload_in_capacity: usize) -> AdminReply {
-        self.execute_admin(command, payload_out, payload_in_capacity)
-    }
-
-    /// Capacity in bytes that VSIC `vsic` reports (its slot-0 VSA; 0 when empty).
-    pub fn capacity(&self, vsic: u32) -> u64 {
-        let Some(rt) = self.vsics.get(vsic as usize) else {
-            return 0;
-        };
-        let slots = rt.slots();
-        slots[0].as_ref().map_or(0, |b| {
-            let layout = b.vsa.read();
-            if layout.deleted {
-                0
-            } else {
-                layout.size
-            }
-        })
-    }
-
-    /// Reads or writes `iov` at byte `offset` of VSIC `vsic`'s address space.
-    ///
-    /// # Safety
-    /// Every iovec must point to memory valid for reads and writes of its
-    /// length for the whole call (guest memory mapped by the front).
-    pub unsafe fn io(
-        &self,
-        vsic: u32,
-        queue: u16,
-        kind: IoKind,
-        offset: u64,
-        iov: &[libc::iovec],
-    ) -> Result<usize, IoError> {
-        self.transfer(vsic, queue, kind, offset, iov)
-    }
-
-    /// Makes every write completed before it durable.
-    pub fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError> {
-        self.flush_drives(vsic, queue)
-    }
-
-    /// Makes every completed write of every VSIC durable, whatever the
-    /// VSICs' state (a clean shutdown; not a guest request, so it counts in
-    /// no VSIC's statistics). Tries every drive; the first failure is
-    /// returned.
-    pub fn sync_drives(&self) -> std::io::Result<()> {
-        let mut result = Ok(());
-        for d in &self.drives {
-            if let Err(e) = d.sync() {
-                log::error!("cannot sync {}: {e}", d.path().display());
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-        result
-    }
-
-    /// DISCARD (`zero == false`) or WRITE_ZEROES (`zero == true`) a byte range.
-    /// Both leave the range reading as zeroes.
-    pub fn discard(&self, vsic: u32, queue: u16, offset: u64, len: u64, zero: bool) -> Result<(), IoError> {
-        self.zero_range(vsic, queue, offset, len, zero)
-    }
-
-    /// Counts a request the front refused before it reached the model
-    /// (malformed chain, unsupported type) in the VSIC's error statistics.
-    pub fn count_error(&self, vsic: u32, queue: u16) {
-        if let Some(rt) = self.vsics.get(vsic as usize) {
-            stats::bump(&rt.stats.errors, 1);
-            if let Some(q) = rt.stats.queue(queue) {
-                stats::bump(&q.requests, 1);
-                stats::bump(&q.errors, 1);
-            }
-        }
     }
 
     /// Newest metadata generation written to the drives.

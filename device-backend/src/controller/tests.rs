@@ -11,6 +11,7 @@ use vsic_abi::window::{slot_base, SLOTS_PER_VSIC, WINDOW_SIZE};
 use vsic_abi::{AdminCommand, AdminStatus, CapToken, Opcode, Rights};
 
 use super::testutil::TempDir;
+use super::target::{AdminTarget, BufferStorage, IoBuffers, IoTarget};
 use super::{AdminReply, Controller, ControllerConfig, DriveSpec, IoError, IoKind, ServiceModel};
 
 // The fuzz test's generator, shared with the end-to-end tests.
@@ -112,25 +113,26 @@ fn with_token(c: &Controller, op: Opcode, t: &CapToken, arg0: u64) -> AdminReply
     run(c, op, |m| m.args[0] = arg0, &t.encode(), 64)
 }
 
-/// Three iovecs of uneven sizes over `buf`.
-fn iovecs(buf: &mut [u8]) -> Vec<libc::iovec> {
+/// Three buffers of uneven sizes over `buf`.
+fn split3(buf: &mut [u8], storage: &mut BufferStorage, f: impl FnOnce(&IoBuffers<'_>) -> Result<usize, IoError>) -> Result<usize, IoError> {
     let n = buf.len();
-    let cuts = [0, n / 3, (2 * n / 3 + 7).min(n), n];
-    cuts.windows(2).map(|w| libc::iovec { iov_base: buf[w[0]..].as_mut_ptr().cast(), iov_len: w[1] - w[0] }).collect()
+    let (a, rest) = buf.split_at_mut(n / 3);
+    let (b, c) = rest.split_at_mut((2 * n / 3 + 7).min(n) - n / 3);
+    let mut bufs = storage.start();
+    bufs.push_bytes(a);
+    bufs.push_bytes(b);
+    bufs.push_bytes(c);
+    f(&bufs)
 }
 
 fn write(c: &Controller, vsic: u32, offset: u64, data: &[u8]) -> Result<usize, IoError> {
     let mut buf = data.to_vec();
-    let iov = iovecs(&mut buf);
-    // SAFETY: the iovecs cover `buf`, alive for the call.
-    unsafe { c.io(vsic, 0, IoKind::Write, offset, &iov) }
+    split3(&mut buf, &mut BufferStorage::default(), |bufs| c.io(vsic, 0, IoKind::Write, offset, bufs))
 }
 
 fn read(c: &Controller, vsic: u32, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
     let mut buf = vec![0xAAu8; len];
-    let iov = iovecs(&mut buf);
-    // SAFETY: as above.
-    let n = unsafe { c.io(vsic, 1, IoKind::Read, offset, &iov) }?;
+    let n = split3(&mut buf, &mut BufferStorage::default(), |bufs| c.io(vsic, 1, IoKind::Read, offset, bufs))?;
     assert_eq!(n, len);
     Ok(buf)
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::controller::Target;
 use crate::front::{Front, FrontConfig};
 
 fn enable(c: &Controller, vsic: u32, on: bool) {
@@ -41,14 +42,11 @@ fn disable_waits_for_writes_in_flight() {
                     pattern(LEN, round.wrapping_mul(2)),
                     pattern(LEN, round.wrapping_mul(2) + 1),
                 ];
+                let mut storage = BufferStorage::default();
                 for n in 0usize.. {
-                    let buf = &mut bufs[n % 2];
-                    let iov = [libc::iovec {
-                        iov_base: buf.as_mut_ptr().cast(),
-                        iov_len: buf.len(),
-                    }];
-                    // SAFETY: the iovec covers `buf`, alive for the call.
-                    match unsafe { c.io(0, 0, IoKind::Write, 0, &iov) } {
+                    let mut one = storage.start();
+                    one.push_bytes(&mut bufs[n % 2]);
+                    match c.io(0, 0, IoKind::Write, 0, &one) {
                         Ok(_) => started.store(true, Ordering::Release),
                         Err(IoError::VsicDisabled) => return n,
                         Err(e) => panic!("write failed: {e:?}"),
@@ -91,10 +89,11 @@ fn shutdown_syncs_the_drives_when_every_vsic_is_disabled() {
         vsics: 4,
         queues_per_vsic: 2,
         poll_max: Duration::ZERO,
+        workarounds: Default::default(),
     };
     let front = Front::start(
         config,
-        Arc::clone(&c) as Arc<dyn crate::front::device::Device>,
+        Arc::clone(&c) as Arc<dyn Target>,
     )
     .unwrap();
     front.shutdown();

@@ -102,62 +102,6 @@ impl Iterator for Segments<'_> {
     }
 }
 
-/// The iovecs covering bytes `[start, start + len)` of the buffer `iov`
-/// describes (no data is copied).
-#[cfg(test)]
-pub fn slice_iov(iov: &[libc::iovec], start: u64, len: u64) -> Vec<libc::iovec> {
-    IovSlice { iov: iov.iter(), skip: start, want: len }.collect()
-}
-
-/// Runs `f` on the iovecs of [`slice_iov`], kept on the stack when they
-/// are few (requests rarely have more than a couple of buffers).
-pub fn with_iov_slice<R>(iov: &[libc::iovec], start: u64, len: u64, f: impl FnOnce(&mut [libc::iovec]) -> R) -> R {
-    const ON_STACK: usize = 16;
-    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
-    let mut stack = [empty; ON_STACK];
-    let mut parts = IovSlice { iov: iov.iter(), skip: start, want: len };
-    for (n, slot) in stack.iter_mut().enumerate() {
-        match parts.next() {
-            Some(v) => *slot = v,
-            None => return f(&mut stack[..n]),
-        }
-    }
-    let mut heap = stack.to_vec();
-    heap.extend(parts);
-    f(&mut heap)
-}
-
-/// Iterator behind [`slice_iov`].
-struct IovSlice<'a> {
-    iov: std::slice::Iter<'a, libc::iovec>,
-    skip: u64,
-    want: u64,
-}
-
-impl Iterator for IovSlice<'_> {
-    type Item = libc::iovec;
-
-    fn next(&mut self) -> Option<libc::iovec> {
-        while self.want > 0 {
-            let v = self.iov.next()?;
-            let vlen = v.iov_len as u64;
-            if self.skip >= vlen {
-                self.skip -= vlen;
-                continue;
-            }
-            let take = (vlen - self.skip).min(self.want);
-            let part = libc::iovec {
-                iov_base: (v.iov_base as *mut u8).wrapping_add(self.skip as usize).cast(),
-                iov_len: take as usize,
-            };
-            self.want -= take;
-            self.skip = 0;
-            return Some(part);
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,43 +129,5 @@ mod tests {
         let short = VsaLayout { size: 300, extents: vec![e(0, 5), e(0, 6)], deleted: false };
         assert!(map_range(&short, 100, 150, 100).is_none());
         assert_eq!(map_range(&short, 100, 150, 50).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn slices_iovecs_without_copying() {
-        let mut a = [0u8; 10];
-        let mut b = [0u8; 20];
-        let iov = [
-            libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: 10 },
-            libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: 20 },
-        ];
-        let s = slice_iov(&iov, 5, 10);
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0].iov_base as usize, a.as_ptr() as usize + 5);
-        assert_eq!(s[0].iov_len, 5);
-        assert_eq!(s[1].iov_base as usize, b.as_ptr() as usize);
-        assert_eq!(s[1].iov_len, 5);
-        let s = slice_iov(&iov, 12, 18);
-        assert_eq!((s.len(), s[0].iov_len), (1, 18));
-        let whole = with_iov_slice(&iov, 5, 10, |part| {
-            part.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect::<Vec<_>>()
-        });
-        assert_eq!(whole, [(a.as_ptr() as usize + 5, 5), (b.as_ptr() as usize, 5)]);
-    }
-
-    #[test]
-    fn iov_slices_past_the_stack_buffer_are_complete() {
-        let mut buf = [0u8; 40];
-        let iov: Vec<libc::iovec> =
-            buf.chunks_mut(2).map(|c| libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() }).collect();
-        for (start, len) in [(0, 40), (1, 38), (0, 32), (3, 0)] {
-            let expect = slice_iov(&iov, start, len);
-            let got = with_iov_slice(&iov, start, len, |part| {
-                part.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect::<Vec<_>>()
-            });
-            let want: Vec<_> = expect.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect();
-            assert_eq!(got, want, "start {start} len {len}");
-            assert_eq!(got.iter().map(|p| p.1 as u64).sum::<u64>(), len);
-        }
     }
 }

@@ -14,13 +14,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
 use virtio_queue::desc::split::Descriptor;
+use vm_memory::bitmap::Bitmap;
 use vm_memory::GuestMemoryBackend;
 use vsic_abi::admin::AdminCompletion;
 use vsic_abi::virtio::{self, serial_for, Function};
 
-use super::device::{ConfigChangeSink, Device};
-use super::request::{check_segment, parse_chain, read_segment, Chain, Refusal, Request, Stream};
-use crate::controller::IoKind;
+use super::chain::{Chain, Stream};
+use super::channel::ConfigChangeSink;
+use super::request::{check_segment, parse_chain, read_segment, Refusal, Request};
+use crate::controller::target::{BufferStorage, IoBuffers, IoKind, Target};
 
 /// How a chain completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,19 +38,15 @@ pub struct Completion {
 /// not allocate.
 pub struct Scratch {
     pub chain: Chain,
-    iov: Vec<libc::iovec>,
+    buffers: BufferStorage,
     admin: Vec<u8>,
 }
-
-// SAFETY: `iov` only holds pointers while one request executes on the
-// owning thread; it is cleared before the request completes.
-unsafe impl Send for Scratch {}
 
 impl Scratch {
     pub fn new() -> Scratch {
         Scratch {
             chain: Chain::new(),
-            iov: Vec::with_capacity(256),
+            buffers: BufferStorage::with_capacity(256),
             admin: Vec::new(),
         }
     }
@@ -65,7 +63,7 @@ impl Default for Scratch {
 pub struct Context<'a> {
     pub function: Function,
     pub queue: u16,
-    pub device: &'a dyn Device,
+    pub target: &'a dyn Target,
     pub config_changes: &'a dyn ConfigChangeSink,
     pub log: &'a RefusalLog,
     /// Waits (bounded) until the frontend has re-read the configuration
@@ -112,7 +110,7 @@ pub fn handle_chain<M: GuestMemoryBackend>(
 
 fn refuse(ctx: &Context<'_>, refusal: &Refusal) {
     if let Some(vsic) = ctx.vsic() {
-        ctx.device.count_error(vsic, ctx.queue);
+        ctx.target.count_error(vsic, ctx.queue);
     }
     if ctx.log.allow() {
         warn!(
@@ -186,13 +184,11 @@ fn execute<M: GuestMemoryBackend>(
                     virtio::REQ_HEADER_LEN as u64,
                 ),
             };
-            if !map_iovecs(mem, chain, stream, start, len, &mut scratch.iov) {
+            let mut bufs = scratch.buffers.start();
+            if !map_buffers(mem, chain, stream, start, len, &mut bufs) {
                 return (IOERR, false);
             }
-            // SAFETY: the iovecs point into guest memory mappings that `mem`
-            // keeps alive until this function returns.
-            let result = unsafe { ctx.device.io(vsic, ctx.queue, kind, offset, &scratch.iov) };
-            scratch.iov.clear();
+            let result = ctx.target.io(vsic, ctx.queue, kind, offset, &bufs);
             match result {
                 Ok(n) if n as u64 == len => (OK, kind == IoKind::Read),
                 Ok(n) => {
@@ -213,7 +209,7 @@ fn execute<M: GuestMemoryBackend>(
         }
         Request::Flush => match ctx.vsic() {
             None => (OK, true),
-            Some(vsic) => match ctx.device.flush(vsic, ctx.queue) {
+            Some(vsic) => match ctx.target.flush(vsic, ctx.queue) {
                 Ok(()) => (OK, true),
                 Err(e) => {
                     debug!("vsic{vsic} queue {}: flush: {e:?}", ctx.queue);
@@ -250,7 +246,7 @@ fn execute<M: GuestMemoryBackend>(
                 if len == 0 {
                     continue;
                 }
-                if let Err(e) = ctx.device.discard(vsic, ctx.queue, offset, len, zero) {
+                if let Err(e) = ctx.target.discard(vsic, ctx.queue, offset, len, zero) {
                     debug!(
                         "vsic{vsic} queue {}: discard {offset:#x}+{len}: {e:?}",
                         ctx.queue
@@ -272,7 +268,7 @@ fn execute<M: GuestMemoryBackend>(
                 return (IOERR, false);
             }
             let (command, payload) = buf.split_at(command_len);
-            let reply = ctx.device.admin(command, payload, reply_capacity);
+            let reply = ctx.target.admin(command, payload, reply_capacity);
             let n = reply.payload.len().min(reply_capacity);
             let mut completion = reply.completion;
             completion.payload_len = completion.payload_len.min(n as u32);
@@ -292,33 +288,33 @@ fn execute<M: GuestMemoryBackend>(
     }
 }
 
-/// Builds iovecs for `len` bytes of `stream` from `start`, pointing straight
-/// into guest memory. False if any part is not mapped.
-fn map_iovecs<M: GuestMemoryBackend>(
-    mem: &M,
+/// Collects the guest memory of `len` bytes of `stream` from `start` into
+/// `bufs`, pointing straight into guest memory (nothing is copied). The
+/// device-writable stream is marked dirty, since a read may write all of
+/// it. False if any part is not mapped.
+fn map_buffers<'m, M: GuestMemoryBackend>(
+    mem: &'m M,
     chain: &Chain,
     stream: Stream,
     start: u64,
     len: u64,
-    iov: &mut Vec<libc::iovec>,
+    bufs: &mut IoBuffers<'m>,
 ) -> bool {
-    iov.clear();
-    let mut total = 0u64;
+    bufs.clear();
     for (addr, n) in chain.ranges(stream, start, len) {
         for slice in mem.get_slices(addr, n) {
             let Ok(slice) = slice else {
-                iov.clear();
+                bufs.clear();
                 return false;
             };
-            iov.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-            total += slice.len() as u64;
+            if stream == Stream::Writable {
+                slice.bitmap().mark_dirty(0, slice.len());
+            }
+            bufs.push(slice);
         }
     }
-    if total != len {
-        iov.clear();
+    if bufs.len() != len {
+        bufs.clear();
         return false;
     }
     true

@@ -18,9 +18,9 @@ use vsic_abi::virtio::Function;
 
 use super::backend::{FunctionBackend, FunctionState};
 use super::channel::ConfigNotifiers;
-use super::device::Device;
 use super::execute::RefusalLog;
 use super::poll::PollPolicy;
+use crate::controller::target::Target;
 
 /// Where and how many functions to serve.
 #[derive(Debug, Clone)]
@@ -31,6 +31,36 @@ pub struct FrontConfig {
     /// Longest a queue worker polls its ring after serving requests before
     /// it sleeps (adaptive, see [`super::poll`]); zero: never poll.
     pub poll_max: Duration,
+    /// Workarounds for peers' bugs, each on by default.
+    pub workarounds: Workarounds,
+}
+
+/// Workarounds for bugs of the front's peers (QEMU, the vhost crates).
+/// Each lives in a module named for what it works around, which documents
+/// the upstream behaviour; each can be switched off (`vsicd
+/// --disable-workaround NAME`), e.g. to check whether a peer still needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workarounds {
+    /// Serve requests whose kick QEMU's TCG lost, on a slow timer per
+    /// queue ([`super::lost_kick_watch`]).
+    pub lost_kick_watch: bool,
+    /// Close the exit-event descriptors vhost-user-backend abandons when
+    /// a connection ends ([`super::exit_event_leak`]).
+    pub close_abandoned_exit_events: bool,
+    /// Take over the backend-request socket vhost's `Backend` hides, to
+    /// send configuration changes ([`super::backend_socket_takeover`]).
+    /// Off: frontends are not told when a VSIC's capacity changes.
+    pub backend_socket_takeover: bool,
+}
+
+impl Default for Workarounds {
+    fn default() -> Self {
+        Workarounds {
+            lost_kick_watch: true,
+            close_abandoned_exit_events: true,
+            backend_socket_takeover: true,
+        }
+    }
 }
 
 impl FrontConfig {
@@ -63,14 +93,14 @@ pub enum StartError {
 /// The running front: every function's listener thread.
 pub struct Front {
     config: FrontConfig,
-    device: Arc<dyn Device>,
+    target: Arc<dyn Target>,
     quiesce: Arc<RwLock<()>>,
 }
 
 impl Front {
     /// Binds every socket, then starts serving them. When this returns
     /// `Ok`, every socket accepts connections.
-    pub fn start(config: FrontConfig, device: Arc<dyn Device>) -> Result<Front, StartError> {
+    pub fn start(config: FrontConfig, target: Arc<dyn Target>) -> Result<Front, StartError> {
         if config.queues_per_vsic == 0 || config.queues_per_vsic > 64 {
             return Err(StartError::QueueCount(config.queues_per_vsic));
         }
@@ -100,11 +130,12 @@ impl Front {
                     Function::Pf => 1,
                     Function::Vsic(_) => config.queues_per_vsic,
                 },
-                device: Arc::clone(&device),
+                target: Arc::clone(&target),
                 notifiers: Arc::clone(&notifiers),
                 quiesce: Arc::clone(&quiesce),
                 log: RefusalLog::default(),
                 poll: Arc::clone(&poll),
+                workarounds: config.workarounds,
             });
             thread::Builder::new()
                 .name(format!("{}-listen", state.name()))
@@ -113,7 +144,7 @@ impl Front {
         }
         Ok(Front {
             config,
-            device,
+            target,
             quiesce,
         })
     }
@@ -125,7 +156,7 @@ impl Front {
         let held = self.quiesce.write().unwrap_or_else(|e| e.into_inner());
         // The drives themselves, not a FLUSH per VSIC: a disabled VSIC
         // would refuse it (and count a violation), leaving writes unsynced.
-        if let Err(e) = self.device.sync_all() {
+        if let Err(e) = self.target.sync_all() {
             error!("shutdown: completed writes may not be durable: {e}");
         }
         for function in self.config.functions() {
@@ -178,9 +209,11 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
                 continue;
             }
         };
-        if let Err(e) = backend.watch_notifications(&daemon.get_epoll_handlers()) {
-            // Still usable: only a lost kick would no longer be recovered.
-            warn!("{name}: cannot watch for lost queue notifications: {e}");
+        if state.workarounds.lost_kick_watch {
+            if let Err(e) = backend.watch_notifications(&daemon.get_epoll_handlers()) {
+                // Still usable: only a lost kick would no longer be recovered.
+                warn!("{name}: cannot watch for lost queue notifications: {e}");
+            }
         }
         if let Err(e) = daemon.start(&mut listener) {
             warn!("{name}: accepting a frontend failed: {e}");
@@ -220,7 +253,7 @@ mod tests {
     use vhost::VhostBackend;
 
     use super::*;
-    use crate::front::tests::{FakeDevice, DISK_SIZE};
+    use crate::front::tests::{FakeTarget, DISK_SIZE};
 
     fn test_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vsicd-front-{name}-{}", std::process::id()));
@@ -263,8 +296,9 @@ mod tests {
             vsics: 2,
             queues_per_vsic: 3,
             poll_max: Duration::from_micros(50),
+            workarounds: Default::default(),
         };
-        let front = Front::start(config.clone(), Arc::new(FakeDevice::new())).unwrap();
+        let front = Front::start(config.clone(), Arc::new(FakeTarget::new())).unwrap();
         for _round in 0..3 {
             assert_eq!(handshake(&config.socket_path(Function::Pf), 1), 0);
             assert_eq!(
@@ -274,7 +308,7 @@ mod tests {
             assert_eq!(handshake(&config.socket_path(Function::Vsic(1)), 3), 0);
         }
         // A second front on the same directory must not steal live sockets.
-        let err = Front::start(config.clone(), Arc::new(FakeDevice::new()))
+        let err = Front::start(config.clone(), Arc::new(FakeTarget::new()))
             .err()
             .unwrap();
         assert!(err.to_string().contains("another process"), "{err}");
@@ -412,8 +446,9 @@ mod tests {
             vsics: 1,
             queues_per_vsic: 1,
             poll_max: Duration::ZERO,
+            workarounds: Default::default(),
         };
-        let front = Front::start(config.clone(), Arc::new(FakeDevice::new())).unwrap();
+        let front = Front::start(config.clone(), Arc::new(FakeTarget::new())).unwrap();
         let (_fe, mut queue, kick) = SharedQueue::start(&config.socket_path(Function::Vsic(0)));
         // A kicked request first: the worker is up and asleep afterwards.
         queue.publish_read(0);

@@ -1,7 +1,7 @@
 //! Request handling on crafted descriptor chains: every request type, the
 //! odd-but-legal layouts, and the malformed ones.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -11,10 +11,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vsic_abi::admin::{AdminCommand, AdminCompletion, AdminStatus, Opcode};
 use vsic_abi::virtio::{self, DiscardSegment, Function};
 
-use super::device::{ConfigChangeSink, Device};
+use super::channel::ConfigChangeSink;
 use super::execute::{handle_chain, Completion, Context, RefusalLog, Scratch};
 use super::request::{parse_bytes, Refusal};
-use crate::controller::{AdminReply, IoError, IoKind};
+pub(crate) use crate::controller::target::fake::{FakeTarget, DISK_SIZE};
 
 /// Held by tests that create or adopt unnamed Unix sockets: adoption looks
 /// at every such socket of the process, so they must not overlap.
@@ -23,135 +23,8 @@ pub(crate) static SOCKET_TESTS: Mutex<()> = Mutex::new(());
 const OK: Option<u8> = Some(virtio::VIRTIO_BLK_S_OK);
 const IOERR: Option<u8> = Some(virtio::VIRTIO_BLK_S_IOERR);
 const UNSUPP: Option<u8> = Some(virtio::VIRTIO_BLK_S_UNSUPP);
-pub(crate) const DISK_SIZE: usize = 1 << 20;
 const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_DESC_F_INDIRECT: u16 = 4;
-
-/// An in-memory stand-in for the controller: one 1 MiB disk behind VSIC 0.
-pub(crate) struct FakeDevice {
-    disk: Mutex<Vec<u8>>,
-    calls: Mutex<Vec<String>>,
-    errors: AtomicU32,
-}
-
-impl FakeDevice {
-    pub(crate) fn new() -> FakeDevice {
-        let disk = (0..DISK_SIZE).map(|i| (i % 251) as u8).collect();
-        FakeDevice {
-            disk: Mutex::new(disk),
-            calls: Mutex::new(Vec::new()),
-            errors: AtomicU32::new(0),
-        }
-    }
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
-    fn check(vsic: u32, offset: u64, len: u64) -> Result<usize, IoError> {
-        if vsic != 0 {
-            return Err(IoError::NoSuchVsic);
-        }
-        match offset.checked_add(len) {
-            Some(end) if end <= DISK_SIZE as u64 => Ok(offset as usize),
-            _ => Err(IoError::OutOfBounds),
-        }
-    }
-}
-
-impl Device for FakeDevice {
-    fn capacity(&self, vsic: u32) -> u64 {
-        if vsic == 0 {
-            DISK_SIZE as u64
-        } else {
-            0
-        }
-    }
-
-    unsafe fn io(
-        &self,
-        vsic: u32,
-        queue: u16,
-        kind: IoKind,
-        offset: u64,
-        iov: &[libc::iovec],
-    ) -> Result<usize, IoError> {
-        let len: usize = iov.iter().map(|v| v.iov_len).sum();
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("{kind:?} q{queue} {offset} {len} in {}", iov.len()));
-        let mut at = Self::check(vsic, offset, len as u64)?;
-        let mut disk = self.disk.lock().unwrap();
-        for v in iov {
-            // SAFETY: the caller guarantees every iovec is valid memory.
-            let buf = unsafe { std::slice::from_raw_parts_mut(v.iov_base as *mut u8, v.iov_len) };
-            match kind {
-                IoKind::Read => buf.copy_from_slice(&disk[at..at + v.iov_len]),
-                IoKind::Write => disk[at..at + v.iov_len].copy_from_slice(buf),
-            }
-            at += v.iov_len;
-        }
-        Ok(len)
-    }
-
-    fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("flush {vsic} q{queue}"));
-        Ok(())
-    }
-
-    fn sync_all(&self) -> std::io::Result<()> {
-        self.calls.lock().unwrap().push("sync all".to_string());
-        Ok(())
-    }
-
-    fn discard(
-        &self,
-        vsic: u32,
-        _queue: u16,
-        offset: u64,
-        len: u64,
-        zero: bool,
-    ) -> Result<(), IoError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("discard {offset} {len} {zero}"));
-        let at = Self::check(vsic, offset, len)?;
-        self.disk.lock().unwrap()[at..at + len as usize].fill(0);
-        Ok(())
-    }
-
-    fn admin(&self, command: &[u8], payload_out: &[u8], cap: usize) -> AdminReply {
-        self.calls.lock().unwrap().push(format!(
-            "admin {} {} {cap}",
-            command.len(),
-            payload_out.len()
-        ));
-        let Ok(cmd) = AdminCommand::decode(command) else {
-            return AdminReply {
-                completion: AdminCompletion::with_status(AdminStatus::BadCommandSize),
-                payload: Vec::new(),
-                changed_vsics: Vec::new(),
-            };
-        };
-        // Echo the payload back, reversed, and report VSIC `cmd.vsic` changed.
-        let payload: Vec<u8> = payload_out.iter().rev().copied().take(cap).collect();
-        let mut completion = AdminCompletion::ok();
-        completion.payload_len = payload.len() as u32;
-        completion.result0 = 77;
-        AdminReply {
-            completion,
-            payload,
-            changed_vsics: vec![cmd.vsic],
-        }
-    }
-
-    fn count_error(&self, _vsic: u32, _queue: u16) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 #[derive(Default)]
 struct Changes(Mutex<Vec<u32>>);
@@ -165,7 +38,7 @@ impl ConfigChangeSink for Changes {
 /// Guest memory, a mock queue and the fake device.
 struct Bench {
     mem: GuestMemoryMmap<()>,
-    device: FakeDevice,
+    device: FakeTarget,
     changes: Changes,
     log: RefusalLog,
     scratch: Scratch,
@@ -179,7 +52,7 @@ impl Bench {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         Bench {
             mem,
-            device: FakeDevice::new(),
+            device: FakeTarget::new(),
             changes: Changes::default(),
             log: RefusalLog::default(),
             scratch: Scratch::new(),
@@ -228,7 +101,7 @@ impl Bench {
         let ctx = Context {
             function,
             queue: 1,
-            device: &self.device,
+            target: &self.device,
             config_changes: &self.changes,
             log: &self.log,
             config_settled: &|| {},
@@ -434,7 +307,7 @@ fn discard_and_write_zeroes() {
     let n = segments(&b, DATA, &[(4, 1, DiscardSegment::FLAG_UNMAP)]);
     let c = b.run(
         VSIC0,
-        &[(HDR, 16 + 0, false), (DATA, n, false), (STATUS, 1, true)],
+        &[(HDR, 16, false), (DATA, n, false), (STATUS, 1, true)],
     );
     assert_eq!(c.status, OK);
     assert_eq!(b.device.calls().last().unwrap(), "discard 2048 512 true");

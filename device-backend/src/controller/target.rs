@@ -1,0 +1,117 @@
+//! The seam between the front and the model: what a function's requests
+//! run against.
+//!
+//! The front (vhost-user, virtio-blk parsing, guest memory) calls nothing
+//! of the controller but these traits; the controller implements them in
+//! the modules that do the work ([`IoTarget`] in `datapath`,
+//! [`AdminTarget`] in `admin`), and `fake` (tests only) is an in-memory
+//! double for front tests. The model knows nothing about virtio: requests
+//! arrive as a VSIC number, a queue number, byte offsets and
+//! [`IoBuffers`]; admin commands as raw bytes.
+
+use std::time::Duration;
+
+use vsic_abi::AdminCompletion;
+
+pub use super::buffers::{BufferStorage, IoBuffers};
+
+/// Direction of a data transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+}
+
+/// Why a data-plane request failed. Every variant completes the request
+/// with VIRTIO_BLK_S_IOERR; the protection variants count as violations.
+#[derive(Debug)]
+pub enum IoError {
+    NoSuchVsic,
+    VsicDisabled,
+    /// Nothing attached in the addressed window slot.
+    NotAttached,
+    /// The range runs past the end of the attached VSA.
+    OutOfBounds,
+    /// Write to a read-only attachment.
+    ReadOnly,
+    /// The backing drive failed.
+    Device(std::io::Error),
+}
+
+/// What an admin command produced.
+#[derive(Debug)]
+pub struct AdminReply {
+    pub completion: AdminCompletion,
+    /// Payload-in bytes (never longer than the capacity passed in).
+    pub payload: Vec<u8>,
+    /// VSICs whose slot-0 capacity changed: the front raises their
+    /// config-change interrupt.
+    pub changed_vsics: Vec<u32>,
+}
+
+/// The data plane of the VSICs: what a VSIC function's requests do.
+///
+/// `vsic` is the VSIC number, `queue` the queue the request came on (for
+/// statistics), offsets are bytes in the VSIC's address space (window slot
+/// in the high bits, see `vsic_abi::window`).
+pub trait IoTarget: Send + Sync {
+    /// Capacity in bytes VSIC `vsic` reports (its slot-0 VSA; 0 when empty
+    /// or unknown).
+    fn capacity(&self, vsic: u32) -> u64;
+
+    /// Reads into or writes from `bufs` at byte `offset`; returns the bytes
+    /// moved (all of `bufs` on success).
+    fn io(
+        &self,
+        vsic: u32,
+        queue: u16,
+        kind: IoKind,
+        offset: u64,
+        bufs: &IoBuffers<'_>,
+    ) -> Result<usize, IoError>;
+
+    /// Makes every write completed before it durable.
+    fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError>;
+
+    /// DISCARD (`zero == false`) or WRITE_ZEROES (`zero == true`) a byte
+    /// range. Both leave the range reading as zeroes.
+    fn discard(
+        &self,
+        vsic: u32,
+        queue: u16,
+        offset: u64,
+        len: u64,
+        zero: bool,
+    ) -> Result<(), IoError>;
+
+    /// Counts a request the front refused before it reached the model
+    /// (malformed chain, unsupported type) in the VSIC's statistics.
+    fn count_error(&self, vsic: u32, queue: u16);
+
+    /// How long VSIC `vsic`'s next request must wait for its QoS budget.
+    /// The front waits that long, holding no lock, before it takes the
+    /// request from its queue.
+    fn qos_wait(&self, vsic: u32) -> Duration;
+
+    /// Makes every completed write of every VSIC durable, whatever the
+    /// VSICs' state (a clean shutdown; not a guest request).
+    fn sync_all(&self) -> std::io::Result<()>;
+}
+
+/// The admin plane: what the PF's admin requests do.
+pub trait AdminTarget: Send + Sync {
+    /// Executes one admin command: `command` is the raw 64-byte command as
+    /// the guest sent it (possibly malformed), `payload_out` the raw
+    /// payload, `payload_in_capacity` the room in the guest's response
+    /// buffer. Never panics; every failure is an
+    /// [`vsic_abi::AdminStatus`] in the completion.
+    fn admin(&self, command: &[u8], payload_out: &[u8], payload_in_capacity: usize) -> AdminReply;
+}
+
+/// Everything the front needs: one model behind every function.
+pub trait Target: IoTarget + AdminTarget {}
+
+impl<T: IoTarget + AdminTarget + ?Sized> Target for T {}
+
+#[cfg(test)]
+pub(crate) mod fake;

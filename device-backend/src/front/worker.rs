@@ -1,0 +1,345 @@
+//! The queue worker loop: what one queue's worker thread does when it is
+//! woken (a kick, a poll hit, a watch-timer tick).
+//!
+//! It serves the queue in bounded batches (requests and bytes per hold of
+//! the vring lock), waits out the VSIC's QoS budget with no lock held,
+//! coalesces interrupts within a batch, and after serving may poll the
+//! avail ring for a while before it re-enables notifications and sleeps
+//! (see [`super::poll`]). The vhost-user side (features, configuration,
+//! sessions) is [`super::backend`].
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
+use vm_memory::GuestAddressSpace;
+use vsic_abi::virtio::Function;
+
+use super::backend::{FunctionBackend, GuestMemory, Vring};
+use super::chain::{DescWalk, Stream};
+use super::execute::{handle_chain, Context, Scratch};
+use super::lost_kick_watch::{StallWatch, WatchTimer};
+use super::poll::SpinWindow;
+
+/// Requests served per hold of a queue's vring lock.
+const BATCH: usize = 64;
+/// Bytes moved per hold of a queue's vring lock, at most (a batch ends
+/// after the request that reaches it). With the maximum transfer this
+/// bounds how long a queue stop or a shutdown waits for a batch.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Longest a QoS wait sleeps before it checks whether the queue was
+/// stopped or the connection is ending.
+const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+/// Longest a completed request waits for its interrupt while later ones of
+/// the same batch run. One interrupt covers the whole batch when requests
+/// are fast; a slow one (drive, QoS, service model) delays the interrupt of
+/// those before it by at most its own time.
+const INTERRUPT_DELAY: Duration = Duration::from_micros(20);
+
+/// What one queue's worker keeps between wake-ups.
+pub(super) struct QueueWorker {
+    scratch: Scratch,
+    pub(super) window: SpinWindow,
+    /// When the worker last went to sleep after serving requests.
+    idle_since: Option<Instant>,
+    /// Requests left waiting without a kick (see [`super::lost_kick_watch`]).
+    pub(super) stall: StallWatch,
+    pub(super) timer: Option<WatchTimer>,
+}
+
+impl QueueWorker {
+    pub(super) fn new(poll_max: Duration) -> QueueWorker {
+        QueueWorker {
+            scratch: Scratch::new(),
+            window: SpinWindow::new(poll_max),
+            idle_since: None,
+            stall: StallWatch::default(),
+            timer: None,
+        }
+    }
+}
+
+/// How serving one batch of requests ended.
+enum BatchEnd {
+    /// The batch limit was reached: more may be waiting.
+    Full,
+    /// The avail ring is empty (as far as this batch saw).
+    Drained,
+    /// The queue cannot be served (broken ring): stop until the next kick.
+    Failed,
+    /// The VSIC's QoS budget is spent: the next request may be taken after
+    /// this long.
+    Throttled(Duration),
+}
+
+impl FunctionBackend {
+    /// Serves every available request of one queue, in bounded batches: the
+    /// vring lock and the shutdown guard are let go between batches, so a
+    /// guest that never stops submitting cannot hold off a queue stop
+    /// (GET_VRING_BASE) or a clean shutdown.
+    ///
+    /// Driver notifications stay suppressed while the worker serves and
+    /// polls; they are re-enabled, and the ring checked once more, only
+    /// before the worker goes back to sleep, so no request is left behind.
+    pub(super) fn process_queue(&self, vring: &Vring, queue: u16) {
+        let Some(worker) = self.session.workers.get(queue as usize) else {
+            return;
+        };
+        let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
+        let worker = &mut *worker;
+        let woke = Instant::now();
+        let mut served_any = false;
+        // Rounds in a row in which the ring claimed requests but yielded none.
+        let mut phantom_rounds = 0;
+        loop {
+            let served_now = match self.run_batch(vring, queue, &mut worker.scratch) {
+                (_, BatchEnd::Failed) => return,
+                (_, BatchEnd::Full) => {
+                    served_any = true;
+                    continue;
+                }
+                (served, BatchEnd::Throttled(wait)) => {
+                    served_any |= served > 0;
+                    // No lock is held here: a queue stop, a shutdown or a
+                    // disconnect proceeds while this queue waits.
+                    if !self.throttle(vring, wait) {
+                        return;
+                    }
+                    continue;
+                }
+                (served, BatchEnd::Drained) => {
+                    if served > 0 && !served_any {
+                        // First requests since the worker slept: was the
+                        // gap short enough to have been polled across?
+                        if let Some(since) = worker.idle_since.take() {
+                            worker
+                                .window
+                                .after_sleep(woke.saturating_duration_since(since));
+                        }
+                    }
+                    served_any |= served > 0;
+                    served
+                }
+            };
+            if served_any && self.poll_for_more(vring, worker.window.current()) {
+                continue;
+            }
+            match self.enable_notification(vring, queue) {
+                Some(true) if served_now == 0 && phantom_rounds > 0 => {
+                    // Twice the ring said requests were waiting and twice
+                    // none could be taken: the driver put its avail index
+                    // further ahead than the ring is long. Sleep until its
+                    // next kick instead of spinning on a broken ring.
+                    if self.session.state.log.allow() {
+                        warn!(
+                            "{} queue {queue}: the driver's avail index runs ahead of the ring; waiting for its next kick",
+                            self.session.state.name()
+                        );
+                    }
+                    break;
+                }
+                Some(true) => {
+                    // More arrived while notifications were off.
+                    phantom_rounds = if served_now == 0 {
+                        phantom_rounds + 1
+                    } else {
+                        0
+                    };
+                    continue;
+                }
+                Some(false) => break,
+                None => return,
+            }
+        }
+        if served_any {
+            worker.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Serves up to [`BATCH`] requests with driver notifications off.
+    fn run_batch(&self, vring: &Vring, queue: u16, scratch: &mut Scratch) -> (usize, BatchEnd) {
+        let s = &*self.session;
+        let _running = s.state.quiesce.read().unwrap_or_else(|e| e.into_inner());
+        let mem = s.mem.memory();
+        let ctx = Context {
+            function: s.state.function,
+            queue,
+            target: &*s.state.target,
+            config_changes: &*s.state.notifiers,
+            log: &s.state.log,
+            config_settled: &|| self.await_config_read(),
+        };
+        let mut vring = vring.get_mut();
+        if !vring.get_queue().ready() {
+            // Stopped (GET_VRING_BASE) since the kick: leave its rings alone.
+            return (0, BatchEnd::Drained);
+        }
+        if let Err(e) = vring.disable_notification() {
+            warn!("{} queue {queue}: {e}", s.state.name());
+            return (0, BatchEnd::Failed);
+        }
+        let mut served = 0;
+        let mut bytes = 0u64;
+        // When the oldest completion not yet signalled was added.
+        let mut unsignalled: Option<Instant> = None;
+        let end = loop {
+            if served == BATCH || bytes >= BATCH_BYTES {
+                break BatchEnd::Full;
+            }
+            if let Some(wait) = self.qos_wait(vring.get_queue(), &*mem) {
+                break BatchEnd::Throttled(wait);
+            }
+            // The queue is driven with this batch's memory guard throughout:
+            // the vring's own helpers would load the memory map per call.
+            let Some(chain) = vring.get_queue_mut().pop_descriptor_chain(&*mem) else {
+                break BatchEnd::Drained;
+            };
+            served += 1;
+            let head = chain.head_index();
+            let queue_ref = vring.get_queue();
+            let descs = DescWalk::new(&*mem, queue_ref.desc_table(), queue_ref.size(), head);
+            let done = handle_chain(&*mem, descs, &ctx, scratch);
+            bytes += scratch.chain.len(Stream::Readable) + scratch.chain.len(Stream::Writable);
+            if let Err(e) = vring.get_queue_mut().add_used(&*mem, head, done.used_len) {
+                warn!(
+                    "{} queue {queue}: cannot complete a request: {e}",
+                    s.state.name()
+                );
+                break BatchEnd::Failed;
+            }
+            let oldest = *unsignalled.get_or_insert_with(Instant::now);
+            if oldest.elapsed() >= INTERRUPT_DELAY {
+                self.interrupt(&mut vring, &*mem, queue);
+                unsignalled = None;
+            }
+        };
+        if unsignalled.is_some() {
+            self.interrupt(&mut vring, &*mem, queue);
+        }
+        (served, end)
+    }
+
+    /// How long the next request must wait for its VSIC's QoS budget;
+    /// `None` when it may go now or no request is waiting.
+    fn qos_wait<M: vm_memory::GuestMemory>(
+        &self,
+        queue: &virtio_queue::Queue,
+        mem: &M,
+    ) -> Option<Duration> {
+        let state = &self.session.state;
+        let Function::Vsic(vsic) = state.function else {
+            return None;
+        };
+        let waiting = queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|avail| avail.0 != queue.next_avail());
+        if !waiting {
+            return None;
+        }
+        Some(state.target.qos_wait(vsic)).filter(|w| !w.is_zero())
+    }
+
+    /// Sleeps `wait` for the QoS budget, holding no lock, in slices; false
+    /// as soon as the queue is stopped or disabled or the workers are told
+    /// to exit.
+    fn throttle(&self, vring: &Vring, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.session.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            {
+                let state = vring.get_ref();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    return false;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            std::thread::sleep(deadline.saturating_duration_since(now).min(THROTTLE_SLICE));
+        }
+    }
+
+    /// Signals the used ring if the driver wants it (EVENT_IDX used_event
+    /// or the NO_INTERRUPT flag, both read by `needs_notification`).
+    fn interrupt<M: vm_memory::GuestMemory>(
+        &self,
+        vring: &mut vhost_user_backend::VringState<GuestMemory>,
+        mem: &M,
+        queue: u16,
+    ) {
+        let name = || self.session.state.name();
+        match vring.get_queue_mut().needs_notification(mem) {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    debug!("{} queue {queue}: interrupt: {e}", name());
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!("{} queue {queue}: {e}", name()),
+        }
+    }
+
+    /// Re-enables driver notifications; `Some(true)` if requests arrived
+    /// meanwhile, `None` if the ring is unusable.
+    fn enable_notification(&self, vring: &Vring, queue: u16) -> Option<bool> {
+        let mut vring = vring.get_mut();
+        if !vring.get_queue().ready() {
+            // Stopped while the worker polled: the ring is no longer ours.
+            return Some(false);
+        }
+        match vring.enable_notification() {
+            Ok(more) => Some(more),
+            Err(e) => {
+                warn!("{} queue {queue}: {e}", self.session.state.name());
+                None
+            }
+        }
+    }
+
+    /// Watches the avail ring for up to `window`, if the poll policy lets
+    /// this worker spin now. True when a request showed up.
+    fn poll_for_more(&self, vring: &Vring, window: Duration) -> bool {
+        if window.is_zero() {
+            return false;
+        }
+        let policy = &self.session.state.poll;
+        let Some(slot) = policy.try_spin() else {
+            return false;
+        };
+        let mem = self.session.mem.memory();
+        let mut last = Instant::now();
+        let deadline = last + window;
+        loop {
+            {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                if !state.is_enabled() || !queue.ready() {
+                    return false;
+                }
+                match queue.avail_idx(&*mem, Ordering::Acquire) {
+                    Ok(idx) if idx.0 != queue.next_avail() => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+            let now = Instant::now();
+            if now.saturating_duration_since(last) > policy.late_look() {
+                // Another thread had this core: sleeping serves better now.
+                slot.preempted();
+                return false;
+            }
+            if now >= deadline {
+                return false;
+            }
+            last = now;
+            // Poll politely: a driver thread woken meanwhile runs first.
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+}

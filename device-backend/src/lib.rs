@@ -7,11 +7,5 @@
 //! controller. The one seam between them is `controller::target`: the front
 //! calls the model only through its `Target` trait.
 
-#![deny(
-    unsafe_op_in_unsafe_fn,
-    clippy::undocumented_unsafe_blocks,
-    clippy::missing_safety_doc
-)]
-
 pub mod controller;
 pub mod front;

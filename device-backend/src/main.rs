@@ -2,12 +2,6 @@
 //! serves the PF and every VSIC function on its own vhost-user socket
 //! until SIGTERM or SIGINT.
 
-#![deny(
-    unsafe_op_in_unsafe_fn,
-    clippy::undocumented_unsafe_blocks,
-    clippy::missing_safety_doc
-)]
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -28,7 +28,8 @@ struct BlkioClient {
 
 impl BlkioClient {
     fn connect(socket: &Path, queues: i32) -> BlkioClient {
-        BlkioClient::try_connect(socket, queues).unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
+        BlkioClient::try_connect(socket, queues)
+            .unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
     }
 
     /// Connects on a helper thread: blkio's handshake has no timeout of its
@@ -50,7 +51,9 @@ impl BlkioClient {
             .set_str("path", socket.to_str().ok_or("non-UTF-8 path")?)
             .map_err(step("set path"))?;
         blkio.connect().map_err(step("connect"))?;
-        blkio.set_i32("num-queues", queues).map_err(step("set num-queues"))?;
+        blkio
+            .set_i32("num-queues", queues)
+            .map_err(step("set num-queues"))?;
         let started = blkio.start().map_err(step("start"))?;
         let align = blkio
             .get_u64("mem-region-alignment")
@@ -116,8 +119,12 @@ fn blkio_reads_and_writes_what_vsic_sees() {
     let admin = d.admin();
     let v = admin.vsa_create(4 * MIB, 0).expect("create");
     // The same VSA in slot 0 of two VSICs: blkio on one, vsic on the other.
-    admin.attach(0, 0, &v.token, false).expect("attach to VSIC 0");
-    admin.attach(1, 0, &v.token, false).expect("attach to VSIC 1");
+    admin
+        .attach(0, 0, &v.token, false)
+        .expect("attach to VSIC 0");
+    admin
+        .attach(1, 0, &v.token, false)
+        .expect("attach to VSIC 1");
     let dev = d.open_vsic(1, 1, CompletionMode::Interrupt);
 
     let mut blk = BlkioClient::connect(&d.vsic_socket(0), 2);
@@ -151,7 +158,11 @@ fn blkio_reads_and_writes_what_vsic_sees() {
     dev.write_at(0, SLOT0, MIB, &theirs).expect("vsic write");
     blk.mem(0, 128 << 10).fill(0xee);
     assert_eq!(blk.read(1, MIB, 0, 128 << 10), 0, "blkio read");
-    assert_same(blk.mem(0, 128 << 10), theirs.as_slice(), "blkio reads vsic's write");
+    assert_same(
+        blk.mem(0, 128 << 10),
+        theirs.as_slice(),
+        "blkio reads vsic's write",
+    );
 
     // Past the end: refused, nothing returned.
     blk.mem(0, 4096).fill(0xee);
@@ -160,7 +171,10 @@ fn blkio_reads_and_writes_what_vsic_sees() {
     let across = blk.read(1, 4 * MIB - 4096, 0, 8192);
     assert!(across < 0, "blkio read across the end returned {across}");
     let before = stats_of(&admin, 0).0.protection_violations;
-    assert!(before >= 2, "refused blkio reads count as violations ({before})");
+    assert!(
+        before >= 2,
+        "refused blkio reads count as violations ({before})"
+    );
 
     // blkio as the client of a socket that vsic used before it.
     drop(blk);
@@ -170,7 +184,8 @@ fn blkio_reads_and_writes_what_vsic_sees() {
         again = BlkioClient::try_connect(&d.vsic_socket(1), 1);
         again.is_ok()
     });
-    let mut blk = again.unwrap_or_else(|e| panic!("blkio on VSIC 1 after vsic left ({connected}): {e}"));
+    let mut blk =
+        again.unwrap_or_else(|e| panic!("blkio on VSIC 1 after vsic left ({connected}): {e}"));
     assert_eq!(blk.read(0, MIB, 0, 128 << 10), 0, "blkio read on VSIC 1");
     assert_same(
         blk.mem(0, 128 << 10),

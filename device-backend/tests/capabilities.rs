@@ -26,7 +26,9 @@ fn a_read_only_attachment_reads_but_refuses_writes() {
     let d = Daemon::start("read-only");
     let admin = d.admin();
     let v = admin.vsa_create(2 * MIB, 0).expect("create");
-    admin.attach(0, 0, &v.token, false).expect("attach read-write");
+    admin
+        .attach(0, 0, &v.token, false)
+        .expect("attach read-write");
     let writer = d.open_vsic(0, 1, CompletionMode::Interrupt);
     let data = filled(&writer, 0x0d0d, 64 << 10);
     writer.write_at(0, SLOT0, 0, &data).expect("write");
@@ -92,7 +94,11 @@ fn a_read_only_attachment_reads_but_refuses_writes() {
         is_ioerr(&writer.write_at(0, SLOT0, 0, &other)),
         "write through the read-only root attachment"
     );
-    assert_same(&read_back(&writer, 0, 0, 64 << 10), data.as_slice(), "unchanged");
+    assert_same(
+        &read_back(&writer, 0, 0, 64 << 10),
+        data.as_slice(),
+        "unchanged",
+    );
 }
 
 #[test]
@@ -100,14 +106,21 @@ fn revoked_tokens_cannot_attach_and_revoking_detaches() {
     let d = Daemon::start("revoke");
     let admin = d.admin();
     let v = admin.vsa_create(2 * MIB, 0).expect("create");
-    let child = admin.cap_derive(&v.token, false).expect("derive read-write");
-    let grandchild = admin.cap_derive(&child, true).expect("derive read-only from the child");
+    let child = admin
+        .cap_derive(&v.token, false)
+        .expect("derive read-write");
+    let grandchild = admin
+        .cap_derive(&child, true)
+        .expect("derive read-only from the child");
     admin.attach(0, 0, &child, false).expect("attach the child");
-    admin.attach(1, 0, &grandchild, true).expect("attach the grandchild");
+    admin
+        .attach(1, 0, &grandchild, true)
+        .expect("attach the grandchild");
     let dev0 = d.open_vsic(0, 1, CompletionMode::Interrupt);
     let dev1 = d.open_vsic(1, 1, CompletionMode::Interrupt);
     let data = filled(&dev0, 0x4e40, 32 << 10);
-    dev0.write_at(0, SLOT0, 0, &data).expect("write through the child");
+    dev0.write_at(0, SLOT0, 0, &data)
+        .expect("write through the child");
     assert_same(
         &read_back(&dev1, 0, 0, 32 << 10),
         data.as_slice(),
@@ -115,18 +128,31 @@ fn revoked_tokens_cannot_attach_and_revoking_detaches() {
     );
 
     assert!(
-        admin.cap_revoke(&child).expect("revoke the child").is_none(),
+        admin
+            .cap_revoke(&child)
+            .expect("revoke the child")
+            .is_none(),
         "only a root revoke re-keys"
     );
     // Both attachments made with the revoked tokens are gone.
     let mut buf = dev0.alloc_dma(4096).expect("alloc");
-    assert!(is_ioerr(&dev0.read_at(0, SLOT0, 0, &mut buf)), "read after revoke");
-    assert!(is_ioerr(&dev0.write_at(0, SLOT0, 0, &buf)), "write after revoke");
+    assert!(
+        is_ioerr(&dev0.read_at(0, SLOT0, 0, &mut buf)),
+        "read after revoke"
+    );
+    assert!(
+        is_ioerr(&dev0.write_at(0, SLOT0, 0, &buf)),
+        "write after revoke"
+    );
     assert!(
         is_ioerr(&dev1.read_at(0, SLOT0, 0, &mut buf)),
         "read through a revoked descendant"
     );
-    assert_eq!(dev0.capacity().expect("capacity"), 0, "slot 0 is empty after revoke");
+    assert_eq!(
+        dev0.capacity().expect("capacity"),
+        0,
+        "slot 0 is empty after revoke"
+    );
     let vsics = admin.list_vsics().expect("list");
     for n in [0usize, 1] {
         assert!(
@@ -145,12 +171,21 @@ fn revoked_tokens_cannot_attach_and_revoking_detaches() {
         AdminStatus::RevokedToken,
         "attach a revoked descendant",
     );
-    assert!(admin.cap_derive(&child, true).is_err(), "derive from a revoked token");
+    assert!(
+        admin.cap_derive(&child, true).is_err(),
+        "derive from a revoked token"
+    );
 
     // The root still works and the data survived.
-    admin.attach(2, 0, &v.token, false).expect("attach the root");
+    admin
+        .attach(2, 0, &v.token, false)
+        .expect("attach the root");
     let dev2 = d.open_vsic(2, 1, CompletionMode::Polling);
-    assert_same(&read_back(&dev2, 0, 0, 32 << 10), data.as_slice(), "data after revoke");
+    assert_same(
+        &read_back(&dev2, 0, 0, 32 << 10),
+        data.as_slice(),
+        "data after revoke",
+    );
 
     // Revoking the root re-keys it and drops its attachments too.
     let new_root = admin
@@ -173,7 +208,9 @@ fn revoked_tokens_cannot_attach_and_revoking_detaches() {
         AdminStatus::RevokedToken,
         "delete with the old root",
     );
-    admin.attach(2, 0, &new_root, false).expect("attach the new root");
+    admin
+        .attach(2, 0, &new_root, false)
+        .expect("attach the new root");
     assert_same(
         &read_back(&dev2, 0, 0, 32 << 10),
         data.as_slice(),

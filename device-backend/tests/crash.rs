@@ -84,7 +84,9 @@ impl Ledger {
                     },
                 );
             }
-            InFlight::Resize { vsa, to, .. } => self.vsas.get_mut(&vsa).expect("resized VSA").size = to,
+            InFlight::Resize { vsa, to, .. } => {
+                self.vsas.get_mut(&vsa).expect("resized VSA").size = to
+            }
             InFlight::Delete { vsa } => {
                 self.vsas.remove(&vsa);
                 self.deleted.push(vsa);
@@ -120,10 +122,12 @@ fn admin_loop(admin: &AdminClient, ledger: &Mutex<Ledger>, rng: &mut Rng) {
                     }
                     InFlight::Resize { vsa, from, to }
                 }
-                (2, Some(vsa)) if !l.attached(vsa) => match (0..ADMIN_SLOTS).find(|s| !l.slots.contains_key(s)) {
-                    Some(slot) => InFlight::Attach { slot, vsa },
-                    None => continue,
-                },
+                (2, Some(vsa)) if !l.attached(vsa) => {
+                    match (0..ADMIN_SLOTS).find(|s| !l.slots.contains_key(s)) {
+                        Some(slot) => InFlight::Attach { slot, vsa },
+                        None => continue,
+                    }
+                }
                 (3, Some(_)) if !l.slots.is_empty() => {
                     let (&slot, &vsa) = l
                         .slots
@@ -286,12 +290,17 @@ fn check_admin_state(admin: &AdminClient, ledger: &mut Ledger, data_vsa: u64, ro
         kept
     });
     for id in &ledger.deleted {
-        assert!(!listed.contains_key(id), "round {round}: deleted VSA {id} came back");
+        assert!(
+            !listed.contains_key(id),
+            "round {round}: deleted VSA {id} came back"
+        );
     }
     let unknown: Vec<u64> = listed
         .keys()
         .copied()
-        .filter(|id| *id != data_vsa && !ledger.vsas.contains_key(id) && !ledger.orphans.contains(id))
+        .filter(|id| {
+            *id != data_vsa && !ledger.vsas.contains_key(id) && !ledger.orphans.contains(id)
+        })
         .collect();
     match (unknown.as_slice(), in_flight) {
         ([], _) => {}
@@ -301,7 +310,10 @@ fn check_admin_state(admin: &AdminClient, ledger: &mut Ledger, data_vsa: u64, ro
 
     let vsics = admin.list_vsics().expect("list VSICs");
     let data_slot = vsics[DATA_VSIC as usize].slots[0];
-    assert_eq!(data_slot.vsa_id, data_vsa, "round {round}: the data VSA stays attached");
+    assert_eq!(
+        data_slot.vsa_id, data_vsa,
+        "round {round}: the data VSA stays attached"
+    );
     let slots = &vsics[ADMIN_VSIC as usize].slots;
     for slot in 0..ADMIN_SLOTS {
         let got = slots[slot as usize]
@@ -382,7 +394,9 @@ fn completed_commands_and_flushed_writes_survive_sigkill() {
     let mut d = Daemon::start_with("crash", setup);
     let data_vsa = {
         let admin = d.admin();
-        let v = admin.vsa_create(DATA_VSA_SIZE, 2).expect("create the data VSA");
+        let v = admin
+            .vsa_create(DATA_VSA_SIZE, 2)
+            .expect("create the data VSA");
         admin
             .attach(DATA_VSIC, 0, &v.token, false)
             .expect("attach the data VSA");
@@ -398,7 +412,10 @@ fn completed_commands_and_flushed_writes_survive_sigkill() {
         let dev = Device::open(&d.vsic_spec(DATA_VSIC), &data_options())
             .unwrap_or_else(|e| panic!("open the data VSIC: {e}; log:\n{}", d.log()));
         let killed = AtomicBool::new(false);
-        let (admin_before, flushes_before) = (ledger.lock().unwrap().completed, data.lock().unwrap().flushes);
+        let (admin_before, flushes_before) = (
+            ledger.lock().unwrap().completed,
+            data.lock().unwrap().flushes,
+        );
         let kill_after = Duration::from_millis(100 + rng.below(500));
         let mut admin_rng = Rng(rng.next_u64() | 1);
         thread::scope(|s| {
@@ -408,14 +425,19 @@ fn completed_commands_and_flushed_writes_survive_sigkill() {
             // A slow drive sync can hold both threads up: kill only once
             // each has completed something this round, so every kill lands
             // among running operations.
-            let progressed =
-                || ledger.lock().unwrap().completed > admin_before && data.lock().unwrap().flushes > flushes_before;
+            let progressed = || {
+                ledger.lock().unwrap().completed > admin_before
+                    && data.lock().unwrap().flushes > flushes_before
+            };
             wait_until(IO_TIMEOUT, progressed);
             d.kill();
             killed.store(true, Ordering::Release);
         });
         drop((admin, dev));
-        let (admin_done, flushes) = (ledger.lock().unwrap().completed, data.lock().unwrap().flushes);
+        let (admin_done, flushes) = (
+            ledger.lock().unwrap().completed,
+            data.lock().unwrap().flushes,
+        );
         eprintln!(
             "round {round} at {:?}: killed after {kill_after:?}; {} admin commands, {} flushes completed; in flight: {:?}",
             started.elapsed(),
@@ -430,11 +452,18 @@ fn completed_commands_and_flushed_writes_survive_sigkill() {
         d.restart();
         let admin = open_admin(&d);
         check_admin_state(&admin, &mut ledger.lock().unwrap(), data_vsa, round);
-        let dev = Device::open(&d.vsic_spec(DATA_VSIC), &data_options()).expect("reopen the data VSIC");
+        let dev =
+            Device::open(&d.vsic_spec(DATA_VSIC), &data_options()).expect("reopen the data VSIC");
         check_durable_blocks(&dev, &data.lock().unwrap().durable, round);
     }
-    eprintln!("VSAs whose create reply was lost: {:?}", ledger.lock().unwrap().orphans);
-    assert_eq!(busy_rounds, ROUNDS, "every kill must hit both threads mid-work");
+    eprintln!(
+        "VSAs whose create reply was lost: {:?}",
+        ledger.lock().unwrap().orphans
+    );
+    assert_eq!(
+        busy_rounds, ROUNDS,
+        "every kill must hit both threads mid-work"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",
@@ -454,5 +483,8 @@ fn open_admin(d: &Daemon) -> AdminClient {
         ..OpenOptions::default()
     };
     let spec = format!("vhost-user:{}", d.pf_socket().display());
-    AdminClient::new(Device::open(&spec, &opts).unwrap_or_else(|e| panic!("open the PF: {e}; log:\n{}", d.log())))
+    AdminClient::new(
+        Device::open(&spec, &opts)
+            .unwrap_or_else(|e| panic!("open the PF: {e}; log:\n{}", d.log())),
+    )
 }

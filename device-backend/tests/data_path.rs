@@ -11,8 +11,9 @@ use std::time::Duration;
 use common::*;
 use vsic::{CompletionMode, Device, Error, IoStatus, Request, VsaHandle, VsaRange};
 use vsic_abi::virtio::{
-    self, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_VSIC_ADMIN,
+    self, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_VSIC_ADMIN,
 };
 use vsic_abi::window::slot_base;
 use vsic_abi::{AdminCommand, Opcode};
@@ -40,7 +41,10 @@ fn exercise_all_queues(dev: &Device, seed: u64, vsa_size: u64) -> Vec<u8> {
         let workers: Vec<_> = (0..queues)
             .map(|q| s.spawn(move || one_queue(dev, q, seed, u64::from(q) * per_queue, requests)))
             .collect();
-        workers.into_iter().map(|w| w.join().expect("queue worker")).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("queue worker"))
+            .collect()
     });
     for (offset, bytes) in results.into_iter().flatten() {
         image[offset as usize..offset as usize + bytes.len()].copy_from_slice(&bytes);
@@ -49,7 +53,13 @@ fn exercise_all_queues(dev: &Device, seed: u64, vsa_size: u64) -> Vec<u8> {
 }
 
 /// The work of one queue; returns (VSA offset, bytes) of everything written.
-fn one_queue(dev: &Device, queue: u16, seed: u64, start: u64, requests: usize) -> Vec<(u64, Vec<u8>)> {
+fn one_queue(
+    dev: &Device,
+    queue: u16,
+    seed: u64,
+    start: u64,
+    requests: usize,
+) -> Vec<(u64, Vec<u8>)> {
     let tag = seed ^ (u64::from(queue) << 32);
     // Memory split 12 KiB + 20 KiB: the split falls inside the second VSA
     // range, so memory and VSA ranges do not line up one to one.
@@ -64,7 +74,10 @@ fn one_queue(dev: &Device, queue: u16, seed: u64, start: u64, requests: usize) -
     let ranges: Vec<Vec<VsaRange>> = (0..requests)
         .map(|k| {
             let base = start + k as u64 * STRIDE;
-            SCATTER.iter().map(|&(o, l)| VsaRange::new(base + o, l)).collect()
+            SCATTER
+                .iter()
+                .map(|&(o, l)| VsaRange::new(base + o, l))
+                .collect()
         })
         .collect();
     for (k, (a, b)) in sources.iter().enumerate() {
@@ -75,7 +88,11 @@ fn one_queue(dev: &Device, queue: u16, seed: u64, start: u64, requests: usize) -
     let mut done = collect(dev, queue, requests);
     done.sort_by_key(|c| c.user_data);
     for (k, c) in done.iter().enumerate() {
-        assert_eq!((c.user_data, c.result), (k as u64, Ok(())), "queue {queue}: write {k}");
+        assert_eq!(
+            (c.user_data, c.result),
+            (k as u64, Ok(())),
+            "queue {queue}: write {k}"
+        );
     }
 
     // Read back into one contiguous buffer per request.
@@ -85,8 +102,12 @@ fn one_queue(dev: &Device, queue: u16, seed: u64, start: u64, requests: usize) -
     for (k, sink) in sinks.iter_mut().enumerate() {
         sink.as_mut_slice().fill(0xee);
         let mem = [sink.mem()];
-        dev.submit(queue, Request::read(SLOT0, &mem, &ranges[k]), 100 + k as u64)
-            .unwrap_or_else(|e| panic!("queue {queue}: submit read {k}: {e}"));
+        dev.submit(
+            queue,
+            Request::read(SLOT0, &mem, &ranges[k]),
+            100 + k as u64,
+        )
+        .unwrap_or_else(|e| panic!("queue {queue}: submit read {k}: {e}"));
     }
     for c in collect(dev, queue, requests) {
         assert_eq!(c.result, Ok(()), "queue {queue}: read {}", c.user_data);
@@ -94,7 +115,11 @@ fn one_queue(dev: &Device, queue: u16, seed: u64, start: u64, requests: usize) -
     let mut written = Vec::new();
     for (k, ((a, b), sink)) in sources.iter().zip(&sinks).enumerate() {
         let want: Vec<u8> = a.as_slice().iter().chain(b.as_slice()).copied().collect();
-        assert_same(sink.as_slice(), &want, &format!("queue {queue} request {k}"));
+        assert_same(
+            sink.as_slice(),
+            &want,
+            &format!("queue {queue} request {k}"),
+        );
         let mut at = 0usize;
         for r in &ranges[k] {
             written.push((r.offset, want[at..at + r.len as usize].to_vec()));
@@ -112,8 +137,12 @@ fn two_vsas_on_two_vsics_read_back_on_every_queue_in_both_modes() {
     // B is striped over both drives.
     let b = admin.vsa_create(8 * MIB, 2).expect("create B");
     assert_ne!(a.vsa_id, b.vsa_id);
-    admin.attach(0, 0, &a.token, false).expect("attach A to VSIC 0 slot 0");
-    admin.attach(1, 0, &b.token, false).expect("attach B to VSIC 1 slot 0");
+    admin
+        .attach(0, 0, &a.token, false)
+        .expect("attach A to VSIC 0 slot 0");
+    admin
+        .attach(1, 0, &b.token, false)
+        .expect("attach B to VSIC 1 slot 0");
 
     let dev_a = d.open_vsic(0, 4, CompletionMode::Interrupt);
     let dev_b = d.open_vsic(1, 4, CompletionMode::Polling);
@@ -136,7 +165,10 @@ fn two_vsas_on_two_vsics_read_back_on_every_queue_in_both_modes() {
     let (stats_a, queues_a) = stats_of(&admin, 0);
     assert_eq!(stats_a.errors, 0);
     assert_eq!(stats_a.protection_violations, 0);
-    assert_eq!(stats_a.bytes_written, 8 * MIB / STRIDE * SCATTER_BYTES as u64);
+    assert_eq!(
+        stats_a.bytes_written,
+        8 * MIB / STRIDE * SCATTER_BYTES as u64
+    );
     assert!(
         queues_a.iter().all(|q| q.bytes_written > 0),
         "every queue carried writes: {queues_a:?}"
@@ -150,7 +182,9 @@ fn a_vsa_in_slot_1_lives_at_its_window() {
     let a = admin.vsa_create(4 * MIB, 0).expect("create A");
     let c = admin.vsa_create(2 * MIB, 0).expect("create C");
     admin.attach(2, 0, &a.token, false).expect("attach A");
-    admin.attach(2, 1, &c.token, false).expect("attach C in slot 1");
+    admin
+        .attach(2, 1, &c.token, false)
+        .expect("attach C in slot 1");
     let dev = d.open_vsic(2, 1, CompletionMode::Interrupt);
     // The config space shows slot 0 only.
     assert_eq!(dev.capacity().expect("capacity"), 4 * MIB);
@@ -158,7 +192,8 @@ fn a_vsa_in_slot_1_lives_at_its_window() {
     let in_a = filled(&dev, 0xa1, 64 << 10);
     let in_c = filled(&dev, 0xc1, 64 << 10);
     dev.write_at(0, SLOT0, 0, &in_a).expect("write A");
-    dev.write_at(0, VsaHandle::new(1), 0, &in_c).expect("write C");
+    dev.write_at(0, VsaHandle::new(1), 0, &in_c)
+        .expect("write C");
 
     // Raw device offsets: slot 1's VSA starts at slot_base(1).
     let sector = slot_base(1) / SECTOR_SIZE;
@@ -166,7 +201,11 @@ fn a_vsa_in_slot_1_lives_at_its_window() {
         .raw_request(0, VIRTIO_BLK_T_IN, sector, &[], &[64 << 10])
         .expect("raw read");
     assert_eq!(reply.status, VIRTIO_BLK_S_OK);
-    assert_same(&reply.ins[0], in_c.as_slice(), "slot 1 read at slot_base(1)");
+    assert_same(
+        &reply.ins[0],
+        in_c.as_slice(),
+        "slot 1 read at slot_base(1)",
+    );
     let raw_data = pattern(0xc2, 4096);
     let reply = dev
         .raw_request(0, VIRTIO_BLK_T_OUT, sector + 256, &[&raw_data], &[])
@@ -188,7 +227,8 @@ fn a_vsa_in_slot_1_lives_at_its_window() {
         dev.read_at(0, VsaHandle::new(1), 2 * MIB, &mut buf),
         Err(Error::Io(IoStatus::IoError))
     ));
-    dev.read_at(0, SLOT0, 2 * MIB, &mut buf).expect("A is larger than C");
+    dev.read_at(0, SLOT0, 2 * MIB, &mut buf)
+        .expect("A is larger than C");
 }
 
 #[test]
@@ -219,11 +259,20 @@ fn a_vsic_cannot_reach_beyond_its_attachments() {
         refused += 1;
     };
     // Unattached slots: B is attached elsewhere, never here.
-    expect_refused("read slot 1", dev0.read_at(0, VsaHandle::new(1), 0, &mut buf));
+    expect_refused(
+        "read slot 1",
+        dev0.read_at(0, VsaHandle::new(1), 0, &mut buf),
+    );
     expect_refused("write slot 1", dev0.write_at(1, VsaHandle::new(1), 0, &buf));
-    expect_refused("read slot 15", dev0.read_at(1, VsaHandle::new(15), 0, &mut buf));
+    expect_refused(
+        "read slot 15",
+        dev0.read_at(1, VsaHandle::new(15), 0, &mut buf),
+    );
     // Past the end of A, and straddling it.
-    expect_refused("read at the end of A", dev0.read_at(0, SLOT0, 4 * MIB, &mut buf));
+    expect_refused(
+        "read at the end of A",
+        dev0.read_at(0, SLOT0, 4 * MIB, &mut buf),
+    );
     expect_refused(
         "read across the end of A",
         dev0.read_at(0, SLOT0, 4 * MIB - 4096, &mut buf),
@@ -261,7 +310,10 @@ fn a_vsic_cannot_reach_beyond_its_attachments() {
         .raw_request(0, VIRTIO_BLK_T_IN, u64::MAX / SECTOR_SIZE, &[], &[512])
         .expect("raw read");
     assert_eq!(reply.status, VIRTIO_BLK_S_IOERR);
-    assert!(reply.ins[0].iter().all(|&b| b == 0), "a refused read returns no data");
+    assert!(
+        reply.ins[0].iter().all(|&b| b == 0),
+        "a refused read returns no data"
+    );
 
     // Nothing leaked into or out of either VSA, and VSIC 1 saw no violation.
     assert_same(
@@ -293,7 +345,10 @@ fn shrink_then_extend_reads_zeroes_not_old_data() {
         Err(Error::Io(IoStatus::IoError))
     ));
 
-    assert_eq!(admin.vsa_resize(&v.token, 4 * MIB).expect("extend"), 4 * MIB);
+    assert_eq!(
+        admin.vsa_resize(&v.token, 4 * MIB).expect("extend"),
+        4 * MIB
+    );
     assert_eq!(dev.capacity().expect("capacity"), 4 * MIB);
     let now = read_back(&dev, 0, 0, (4 * MIB) as usize);
     assert_same(
@@ -320,7 +375,9 @@ fn delete_then_create_on_the_same_drive_space_reads_zeroes() {
     let size = id.free_extents * id.extent_size;
     assert!(size >= 4 * MIB, "room for a VSA: {id:?}");
 
-    let first = admin.vsa_create(size, 0).expect("create a VSA over all free space");
+    let first = admin
+        .vsa_create(size, 0)
+        .expect("create a VSA over all free space");
     let first_map = admin.extent_map(first.vsa_id).expect("extent map");
     admin.attach(0, 0, &first.token, false).expect("attach");
     let dev = d.open_vsic(0, 1, CompletionMode::Polling);
@@ -346,7 +403,9 @@ fn delete_then_create_on_the_same_drive_space_reads_zeroes() {
         extents(&second_map),
         "the new VSA sits on the old one's extents"
     );
-    admin.attach(0, 0, &second.token, false).expect("attach the new VSA");
+    admin
+        .attach(0, 0, &second.token, false)
+        .expect("attach the new VSA");
     let now = read_back(&dev, 0, 0, size as usize);
     assert!(
         now.iter().all(|&b| b == 0),
@@ -396,7 +455,11 @@ fn a_connected_client_sees_capacity_changes_and_is_notified() {
     let tail = filled(&dev, 0x7a11, 4096);
     dev.write_at(0, SLOT0, 3 * MIB - 4096, &tail)
         .expect("write the last block");
-    assert_same(&read_back(&dev, 0, 3 * MIB - 4096, 4096), tail.as_slice(), "last block");
+    assert_same(
+        &read_back(&dev, 0, 3 * MIB - 4096, 4096),
+        tail.as_slice(),
+        "last block",
+    );
 }
 
 #[test]
@@ -439,7 +502,10 @@ fn malformed_requests_get_their_status_and_the_daemon_keeps_serving() {
     );
     let identify = AdminCommand::new(Opcode::Identify).encode();
     let admin_on_vsic = raw(VIRTIO_BLK_T_VSIC_ADMIN, &[&identify], &[32, 64]);
-    assert_eq!(admin_on_vsic.status, VIRTIO_BLK_S_UNSUPP, "admin request on a VSIC");
+    assert_eq!(
+        admin_on_vsic.status, VIRTIO_BLK_S_UNSUPP,
+        "admin request on a VSIC"
+    );
     assert!(
         admin_on_vsic.ins.iter().flatten().all(|&b| b == 0),
         "no completion written on a VSIC"

@@ -21,7 +21,8 @@ fn keep_busy(dev: &Device, stop: &AtomicBool, done: &AtomicU64) {
     let mut buf = dev.alloc_dma(64 << 10).expect("alloc");
     while !stop.load(Ordering::Acquire) {
         let offset = (round % 32) * (64 << 10);
-        buf.as_mut_slice().copy_from_slice(&pattern(0xb0b0 + round, 64 << 10));
+        buf.as_mut_slice()
+            .copy_from_slice(&pattern(0xb0b0 + round, 64 << 10));
         dev.write_at(0, SLOT0, offset, &buf)
             .unwrap_or_else(|e| panic!("background write {round}: {e}"));
         let got = read_back(dev, 0, offset, 64 << 10);
@@ -67,7 +68,8 @@ fn fresh_client_works(d: &Daemon, seed: u64) {
     };
     assert_eq!(dev.capacity().expect("capacity"), 4 * MIB);
     let data = filled(&dev, seed, 256 << 10);
-    dev.write_at(1, SLOT0, 3 * MIB, &data).expect("write after reconnect");
+    dev.write_at(1, SLOT0, 3 * MIB, &data)
+        .expect("write after reconnect");
     assert_same(
         &read_back(&dev, 0, 3 * MIB, 256 << 10),
         data.as_slice(),

@@ -162,8 +162,9 @@ fn parse() -> Result<Args, String> {
 
 /// CPU time (user, system) of this process so far.
 fn cpu_times() -> (Duration, Duration) {
-    // SAFETY: getrusage fills the struct it is given.
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given, which lives here.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     (tv(ru.ru_utime), tv(ru.ru_stime))

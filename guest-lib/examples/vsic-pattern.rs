@@ -91,10 +91,10 @@ fn parse() -> Result<Args, String> {
         Some(_) => false,
         None => return Err("missing SPEC and write|verify".into()),
     };
-    if args.depth == 0 || args.chunk == 0 || args.chunk % 512 != 0 {
+    if args.depth == 0 || args.chunk == 0 || !args.chunk.is_multiple_of(512) {
         return Err("--depth must be positive, --chunk a positive multiple of 512".into());
     }
-    if args.len % 512 != 0 || args.offset % 512 != 0 {
+    if !args.len.is_multiple_of(512) || !args.offset.is_multiple_of(512) {
         return Err("--offset and --len must be multiples of 512".into());
     }
     Ok(args)

@@ -215,12 +215,12 @@ impl Drop for DmaRegion {
 }
 
 fn check_layout(len: usize, iova: u64) -> Result<(), Error> {
-    if len == 0 || len % BUFFER_ALIGN != 0 {
+    if len == 0 || !len.is_multiple_of(BUFFER_ALIGN) {
         return Err(Error::InvalidArgument(format!(
             "DMA region size {len} must be a non-zero multiple of {BUFFER_ALIGN}"
         )));
     }
-    if iova % BUFFER_ALIGN as u64 != 0 || iova.checked_add(len as u64).is_none() {
+    if !iova.is_multiple_of(BUFFER_ALIGN as u64) || iova.checked_add(len as u64).is_none() {
         return Err(Error::InvalidArgument(format!(
             "DMA region address {iova:#x} is not usable"
         )));

@@ -53,11 +53,8 @@ pub(crate) fn at_least(buf: &[u8], len: usize) -> Result<(), DecodeError> {
 }
 
 /// Splits a buffer holding a whole number of fixed-size records.
-pub(crate) fn records<'a>(
-    buf: &'a [u8],
-    size: usize,
-) -> Result<impl Iterator<Item = &'a [u8]>, DecodeError> {
-    if buf.len() % size != 0 {
+pub(crate) fn records(buf: &[u8], size: usize) -> Result<impl Iterator<Item = &[u8]>, DecodeError> {
+    if !buf.len().is_multiple_of(size) {
         return Err(DecodeError::BadField {
             field: "record array length",
             value: buf.len() as u64,

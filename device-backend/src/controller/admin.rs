@@ -43,7 +43,9 @@
 //! | ExtentMap | runs | VSA size | runs |
 
 use vsic_abi::admin::{ALL_VSICS, FLAGS_KNOWN, FLAG_READ_ONLY};
-use vsic_abi::records::{encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo, ROLE_NONE, ROLE_STORE};
+use vsic_abi::records::{
+    encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo, ROLE_NONE, ROLE_STORE,
+};
 use vsic_abi::window::{SLOTS_PER_VSIC, WINDOW_SHIFT, WINDOW_SIZE};
 use vsic_abi::{AdminCommand, AdminCompletion, AdminStatus, CapToken, Opcode, Rights};
 
@@ -140,7 +142,11 @@ struct Refusal {
 
 impl From<AdminStatus> for Refusal {
     fn from(status: AdminStatus) -> Self {
-        Refusal { status, result0: 0, result1: 0 }
+        Refusal {
+            status,
+            result0: 0,
+            result1: 0,
+        }
     }
 }
 
@@ -154,7 +160,11 @@ fn fits(payload: Vec<u8>, records: usize, capacity: usize) -> Outcome {
             result1: payload.len() as u64,
         });
     }
-    Ok(Done { result0: records as u64, payload, ..Default::default() })
+    Ok(Done {
+        result0: records as u64,
+        payload,
+        ..Default::default()
+    })
 }
 
 impl AdminTarget for Controller {
@@ -172,7 +182,8 @@ impl AdminTarget for Controller {
         if cmd.flags & !allowed_flags(op) != 0 {
             return reply(Err(AdminStatus::UnknownFlags.into()));
         }
-        if payload_out.len() != cmd.payload_len as usize || payload_out.len() != payload_out_len(op) {
+        if payload_out.len() != cmd.payload_len as usize || payload_out.len() != payload_out_len(op)
+        {
             return reply(Err(AdminStatus::BadPayloadSize.into()));
         }
         if capacity < fixed_reply_len(op) {
@@ -213,7 +224,11 @@ impl Controller {
     /// failed on some drive is settled one way or the other by
     /// [`MetaStore::commit_settled`](super::metadata::MetaStore::commit_settled),
     /// so the reply always matches what the next start loads.
-    pub(super) fn commit(&self, plane: &mut AdminPlane, next: PoolState) -> Result<Vec<u32>, AdminStatus> {
+    pub(super) fn commit(
+        &self,
+        plane: &mut AdminPlane,
+        next: PoolState,
+    ) -> Result<Vec<u32>, AdminStatus> {
         if next == plane.state {
             return Ok(Vec::new());
         }
@@ -248,7 +263,10 @@ impl Controller {
                 .ok_or_else(|| std::io::Error::other("extent offset overflow"))
                 .and_then(|(offset, len)| drive.zero_range(offset, len));
             if let Err(e) = zeroed {
-                log::error!("cannot zero freed extents on {}: {e}; they stay reserved", drive.path().display());
+                log::error!(
+                    "cannot zero freed extents on {}: {e}; they stay reserved",
+                    drive.path().display()
+                );
                 return;
             }
             if !touched.contains(&first.drive) {
@@ -265,7 +283,9 @@ impl Controller {
         next.pending_zero.clear();
         match plane.store.commit(&next) {
             Ok(_) => plane.state = next,
-            Err(e) => log::error!("cannot commit zeroed extents as free: {e:?}; they stay reserved"),
+            Err(e) => {
+                log::error!("cannot commit zeroed extents as free: {e:?}; they stay reserved")
+            }
         }
     }
 
@@ -330,7 +350,10 @@ impl Controller {
             cache_mode: self.config.cache_mode as u32,
             metadata_generation: plane.store.generation(),
         };
-        Done { payload: id.encode().to_vec(), ..Default::default() }
+        Done {
+            payload: id.encode().to_vec(),
+            ..Default::default()
+        }
     }
 
     fn set_enabled(&self, plane: &mut AdminPlane, cmd: &AdminCommand, enabled: bool) -> Outcome {
@@ -350,16 +373,32 @@ impl Controller {
         };
         let mut next = plane.state.clone();
         let mut alloc = Allocator::build(&next);
-        let stripe = alloc.choose_stripe(width).ok_or(AdminStatus::InvalidArgument)?;
+        let stripe = alloc
+            .choose_stripe(width)
+            .ok_or(AdminStatus::InvalidArgument)?;
         let count = (size / next.extent_size) as usize;
-        let extents = alloc.allocate(&stripe, 0, count).map_err(|NoSpace| AdminStatus::NoSpace)?;
+        let extents = alloc
+            .allocate(&stripe, 0, count)
+            .map_err(|NoSpace| AdminStatus::NoSpace)?;
         let id = next.next_vsa_id;
         next.next_vsa_id = id.checked_add(1).ok_or(AdminStatus::NoSpace)?;
-        let mut vsa = VsaRecord { id, size, stripe, extents, tokens: Vec::new(), next_token_id: 1 };
+        let mut vsa = VsaRecord {
+            id,
+            size,
+            stripe,
+            extents,
+            tokens: Vec::new(),
+            next_token_id: 1,
+        };
         let root = caps::mint(&mut vsa, 0, Rights::ALL)?;
         next.vsas.insert(id, vsa);
         self.commit(plane, next)?;
-        Ok(Done { result0: id, result1: size, payload: root.encode().to_vec(), ..Default::default() })
+        Ok(Done {
+            result0: id,
+            result1: size,
+            payload: root.encode().to_vec(),
+            ..Default::default()
+        })
     }
 
     fn vsa_delete(&self, plane: &mut AdminPlane, token: &[u8]) -> Outcome {
@@ -388,13 +427,22 @@ impl Controller {
             }
         }
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done { result0: vsa_id, changed_vsics, ..Default::default() })
+        Ok(Done {
+            result0: vsa_id,
+            changed_vsics,
+            ..Default::default()
+        })
     }
 
     fn vsa_extend(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
         let size = self.rounded_size(cmd.args[0])?;
         let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
-        let current = plane.state.vsas.get(&vsa_id).ok_or(AdminStatus::BadToken)?.size;
+        let current = plane
+            .state
+            .vsas
+            .get(&vsa_id)
+            .ok_or(AdminStatus::BadToken)?
+            .size;
         if size <= current {
             return Err(AdminStatus::InvalidArgument.into());
         }
@@ -404,7 +452,12 @@ impl Controller {
     fn vsa_shrink(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
         let size = self.shrink_size(cmd.args[0])?;
         let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
-        let current = plane.state.vsas.get(&vsa_id).ok_or(AdminStatus::BadToken)?.size;
+        let current = plane
+            .state
+            .vsas
+            .get(&vsa_id)
+            .ok_or(AdminStatus::BadToken)?
+            .size;
         if size >= current {
             return Err(AdminStatus::InvalidArgument.into());
         }
@@ -439,7 +492,9 @@ impl Controller {
         let have = vsa.extents.len();
         let want = (size / self.config.extent_size) as usize;
         let freed = if want > have {
-            let more = alloc.allocate(&vsa.stripe, have, want - have).map_err(|NoSpace| AdminStatus::NoSpace)?;
+            let more = alloc
+                .allocate(&vsa.stripe, have, want - have)
+                .map_err(|NoSpace| AdminStatus::NoSpace)?;
             vsa.extents.extend(more);
             Vec::new()
         } else {
@@ -448,7 +503,12 @@ impl Controller {
         vsa.size = size;
         next.pending_zero.extend(freed);
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
+        Ok(Done {
+            result0: vsa_id,
+            result1: size,
+            changed_vsics,
+            ..Default::default()
+        })
     }
 
     /// Gives VSA arg0 the role arg1 (ROLE_NONE or ROLE_STORE). The store
@@ -470,33 +530,56 @@ impl Controller {
             _ => return Err(AdminStatus::InvalidArgument.into()),
         }
         self.commit(plane, next)?;
-        Ok(Done { result0: vsa_id, result1: role as u64, ..Default::default() })
+        Ok(Done {
+            result0: vsa_id,
+            result1: role as u64,
+            ..Default::default()
+        })
     }
 
     fn attach(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
         let n = self.vsic_index(cmd.vsic)?;
         let slot = Self::slot_index(cmd.slot)?;
         let read_only = cmd.flags & FLAG_READ_ONLY != 0;
-        let needed = if read_only { Rights::READ } else { Rights::READ.union(Rights::WRITE) };
+        let needed = if read_only {
+            Rights::READ
+        } else {
+            Rights::READ.union(Rights::WRITE)
+        };
         let (vsa_id, rec) = Self::authorize(&plane.state, token, needed)?;
         let mut next = plane.state.clone();
         let target = &mut vsic_mut(&mut next, n)?.slots[slot];
         if target.is_some() {
             return Err(AdminStatus::SlotBusy.into());
         }
-        *target = Some(Attachment { vsa_id, token_id: rec.id, read_only });
+        *target = Some(Attachment {
+            vsa_id,
+            token_id: rec.id,
+            read_only,
+        });
         let size = next.vsas.get(&vsa_id).map_or(0, |v| v.size);
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
+        Ok(Done {
+            result0: vsa_id,
+            result1: size,
+            changed_vsics,
+            ..Default::default()
+        })
     }
 
     fn detach(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
         let n = self.vsic_index(cmd.vsic)?;
         let slot = Self::slot_index(cmd.slot)?;
         let mut next = plane.state.clone();
-        let gone = vsic_mut(&mut next, n)?.slots[slot].take().ok_or(AdminStatus::SlotEmpty)?;
+        let gone = vsic_mut(&mut next, n)?.slots[slot]
+            .take()
+            .ok_or(AdminStatus::SlotEmpty)?;
         let changed_vsics = self.commit(plane, next)?;
-        Ok(Done { result0: gone.vsa_id, changed_vsics, ..Default::default() })
+        Ok(Done {
+            result0: gone.vsa_id,
+            changed_vsics,
+            ..Default::default()
+        })
     }
 
     fn set_qos(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
@@ -540,7 +623,11 @@ impl Controller {
         for t in vsa.tokens.iter_mut().filter(|t| revoked.contains(&t.id)) {
             t.revoked = true;
         }
-        let new_root = if rec.is_root() { Some(caps::mint(vsa, 0, Rights::ALL)?) } else { None };
+        let new_root = if rec.is_root() {
+            Some(caps::mint(vsa, 0, Rights::ALL)?)
+        } else {
+            None
+        };
         let mut detached = 0u64;
         for vsic in &mut next.vsics {
             for slot in vsic.slots.iter_mut() {
@@ -552,7 +639,12 @@ impl Controller {
         }
         let changed_vsics = self.commit(plane, next)?;
         let payload = new_root.map(|t| t.encode().to_vec()).unwrap_or_default();
-        Ok(Done { result0: revoked.len() as u64, result1: detached, payload, changed_vsics })
+        Ok(Done {
+            result0: revoked.len() as u64,
+            result1: detached,
+            payload,
+            changed_vsics,
+        })
     }
 
     fn list_vsas(&self, plane: &AdminPlane, capacity: usize) -> Outcome {
@@ -566,7 +658,11 @@ impl Controller {
                 stripe: v.stripe.len() as u32,
                 live_tokens: v.live_tokens() as u32,
                 attachments: s.attachment_count(v.id) as u32,
-                role: if s.store_vsa == v.id { ROLE_STORE } else { ROLE_NONE },
+                role: if s.store_vsa == v.id {
+                    ROLE_STORE
+                } else {
+                    ROLE_NONE
+                },
             };
             out.extend_from_slice(&info.encode());
         }
@@ -581,7 +677,11 @@ impl Controller {
                 a.map_or(SlotInfo::default(), |a| SlotInfo {
                     vsa_id: a.vsa_id,
                     token_id: a.token_id,
-                    flags: if a.read_only { SlotInfo::FLAG_READ_ONLY } else { 0 },
+                    flags: if a.read_only {
+                        SlotInfo::FLAG_READ_ONLY
+                    } else {
+                        0
+                    },
                 })
             });
             let info = VsicInfo {
@@ -599,7 +699,11 @@ impl Controller {
 
     fn stats(&self, cmd: &AdminCommand, capacity: usize) -> Outcome {
         let entries: Vec<_> = if cmd.vsic == ALL_VSICS {
-            self.vsics.iter().enumerate().map(|(n, rt)| rt.stats.snapshot(n as u32)).collect()
+            self.vsics
+                .iter()
+                .enumerate()
+                .map(|(n, rt)| rt.stats.snapshot(n as u32))
+                .collect()
         } else {
             let n = self.vsic_index(cmd.vsic)?;
             let rt = self.vsics.get(n).ok_or(AdminStatus::NoSuchVsic)?;
@@ -609,11 +713,22 @@ impl Controller {
     }
 
     fn extent_map(&self, plane: &AdminPlane, cmd: &AdminCommand, capacity: usize) -> Outcome {
-        let vsa = plane.state.vsas.get(&cmd.args[0]).ok_or(AdminStatus::NoSuchVsa)?;
+        let vsa = plane
+            .state
+            .vsas
+            .get(&cmd.args[0])
+            .ok_or(AdminStatus::NoSuchVsa)?;
         let runs = to_runs(&vsa.extents);
         let mut out = Vec::with_capacity(runs.len() * ExtentRun::LEN);
         for (first, count) in &runs {
-            out.extend_from_slice(&ExtentRun { drive: first.drive, count: *count, first_extent: first.index }.encode());
+            out.extend_from_slice(
+                &ExtentRun {
+                    drive: first.drive,
+                    count: *count,
+                    first_extent: first.index,
+                }
+                .encode(),
+            );
         }
         let mut done = fits(out, runs.len(), capacity)?;
         done.result1 = vsa.size;

@@ -25,13 +25,23 @@ impl Allocator {
                 v
             })
             .collect();
-        let taken = state.vsas.values().flat_map(|v| v.extents.iter()).chain(state.pending_zero.iter());
+        let taken = state
+            .vsas
+            .values()
+            .flat_map(|v| v.extents.iter())
+            .chain(state.pending_zero.iter());
         for e in taken {
-            if let Some(slot) = used.get_mut(e.drive as usize).and_then(|d| d.get_mut(e.index as usize)) {
+            if let Some(slot) = used
+                .get_mut(e.drive as usize)
+                .and_then(|d| d.get_mut(e.index as usize))
+            {
                 *slot = true;
             }
         }
-        let free = used.iter().map(|d| d.iter().filter(|u| !**u).count() as u64).collect();
+        let free = used
+            .iter()
+            .map(|d| d.iter().filter(|u| !**u).count() as u64)
+            .collect();
         Self { used, free }
     }
 
@@ -55,7 +65,12 @@ impl Allocator {
     /// Allocates logical extents `first_logical .. first_logical + count` of
     /// a VSA striped over `stripe` (logical i → stripe[i % len]); all or
     /// nothing.
-    pub fn allocate(&mut self, stripe: &[u32], first_logical: usize, count: usize) -> Result<Vec<PhysExtent>, NoSpace> {
+    pub fn allocate(
+        &mut self,
+        stripe: &[u32],
+        first_logical: usize,
+        count: usize,
+    ) -> Result<Vec<PhysExtent>, NoSpace> {
         if stripe.is_empty() {
             return Err(NoSpace);
         }
@@ -77,7 +92,10 @@ impl Allocator {
             map[index] = true;
             cursor[d] = index + 1;
             self.free[d] -= 1;
-            out.push(PhysExtent { drive: d as u32, index: index as u64 });
+            out.push(PhysExtent {
+                drive: d as u32,
+                index: index as u64,
+            });
         }
         Ok(out)
     }
@@ -89,7 +107,17 @@ mod tests {
     use crate::controller::state::{DriveRecord, VsaRecord};
 
     fn pool(sizes: &[u64]) -> PoolState {
-        PoolState::new(4096, sizes.iter().map(|&n| DriveRecord { first_data_extent: 2, extent_count: n }).collect(), 1)
+        PoolState::new(
+            4096,
+            sizes
+                .iter()
+                .map(|&n| DriveRecord {
+                    first_data_extent: 2,
+                    extent_count: n,
+                })
+                .collect(),
+            1,
+        )
     }
 
     #[test]
@@ -98,7 +126,10 @@ mod tests {
         let mut a = Allocator::build(&s);
         assert_eq!(a.free_total(), 8);
         let got = a.allocate(&[0], 0, 3).unwrap();
-        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         assert_eq!(a.free_total(), 5);
         assert_eq!(a.allocate(&[0], 3, 6), Err(NoSpace));
         assert_eq!(a.free_total(), 5, "a failed allocation takes nothing");
@@ -124,7 +155,13 @@ mod tests {
         let mut a = Allocator::build(&s);
         assert_eq!(a.free_total(), 2);
         let got = a.allocate(&[0], 0, 2).unwrap();
-        assert_eq!(got, vec![PhysExtent { drive: 0, index: 3 }, PhysExtent { drive: 0, index: 5 }]);
+        assert_eq!(
+            got,
+            vec![
+                PhysExtent { drive: 0, index: 3 },
+                PhysExtent { drive: 0, index: 5 }
+            ]
+        );
     }
 
     #[test]

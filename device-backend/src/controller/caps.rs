@@ -38,7 +38,10 @@ pub fn digest(vsa_id: u64, token_id: u32, secret: &[u8; SECRET_LEN]) -> [u8; 32]
 
 /// Equality whose running time does not depend on where the inputs differ.
 pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     // black_box keeps the optimiser from turning the fold into an early exit.
     std::hint::black_box(diff) == 0
 }
@@ -52,8 +55,19 @@ pub fn mint(vsa: &mut VsaRecord, parent: u32, rights: Rights) -> Result<CapToken
         log::error!("getrandom failed: {e}");
         AdminStatus::MetadataIo
     })?;
-    vsa.tokens.push(TokenRecord { id, parent, rights, revoked: false, digest: digest(vsa.id, id, &secret) });
-    Ok(CapToken { vsa_id: vsa.id, token_id: id, rights, secret })
+    vsa.tokens.push(TokenRecord {
+        id,
+        parent,
+        rights,
+        revoked: false,
+        digest: digest(vsa.id, id, &secret),
+    });
+    Ok(CapToken {
+        vsa_id: vsa.id,
+        token_id: id,
+        rights,
+        secret,
+    })
 }
 
 /// Checks a presented token: wire form, VSA, token id and secret must all
@@ -93,10 +107,24 @@ mod tests {
     use crate::controller::state::DriveRecord;
 
     fn pool_with_vsa() -> PoolState {
-        let mut s = PoolState::new(4096, vec![DriveRecord { first_data_extent: 1, extent_count: 8 }], 1);
+        let mut s = PoolState::new(
+            4096,
+            vec![DriveRecord {
+                first_data_extent: 1,
+                extent_count: 8,
+            }],
+            1,
+        );
         s.vsas.insert(
             7,
-            VsaRecord { id: 7, size: 0, stripe: vec![0], extents: vec![], tokens: vec![], next_token_id: 1 },
+            VsaRecord {
+                id: 7,
+                size: 0,
+                stripe: vec![0],
+                extents: vec![],
+                tokens: vec![],
+                next_token_id: 1,
+            },
         );
         s
     }

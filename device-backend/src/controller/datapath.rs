@@ -48,7 +48,8 @@ impl Controller {
             let transfer = if model.bytes_per_sec == 0 {
                 Duration::ZERO
             } else {
-                Duration::try_from_secs_f64(bytes as f64 / model.bytes_per_sec as f64).unwrap_or(Duration::MAX)
+                Duration::try_from_secs_f64(bytes as f64 / model.bytes_per_sec as f64)
+                    .unwrap_or(Duration::MAX)
             };
             let total = model.latency.saturating_add(transfer);
             if !total.is_zero() {
@@ -100,11 +101,20 @@ impl Controller {
         if end > layout.size {
             return Err(IoError::OutOfBounds);
         }
-        let segments = map_range(&layout, self.config.extent_size, within, len).ok_or(IoError::OutOfBounds)?;
+        let segments =
+            map_range(&layout, self.config.extent_size, within, len).ok_or(IoError::OutOfBounds)?;
         f(segments).map_err(IoError::Device)
     }
 
-    fn record_failure(&self, rt: &VsicRuntime, vsic: u32, queue: u16, what: &str, offset: u64, e: &IoError) {
+    fn record_failure(
+        &self,
+        rt: &VsicRuntime,
+        vsic: u32,
+        queue: u16,
+        what: &str,
+        offset: u64,
+        e: &IoError,
+    ) {
         bump(&rt.stats.errors, 1);
         if let Some(q) = rt.stats.queue(queue) {
             bump(&q.errors, 1);
@@ -115,7 +125,11 @@ impl Controller {
         }
         // A misbehaving guest or a failing drive must not flood the log.
         if let Some(suppressed) = rt.failure_log.allow() {
-            let more = if suppressed > 0 { format!(" ({suppressed} similar lines suppressed)") } else { String::new() };
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} similar lines suppressed)")
+            } else {
+                String::new()
+            };
             if violation {
                 log::warn!("VSIC {vsic} queue {queue}: {what} at {offset:#x} refused: {e:?}{more}");
             } else {
@@ -166,7 +180,11 @@ impl IoTarget for Controller {
                     .drives
                     .get(seg.drive as usize)
                     .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))?;
-                done += drive.transfer(op.modifies(), bufs.range(seg.request_offset, seg.len), seg.offset)?;
+                done += drive.transfer(
+                    op.modifies(),
+                    bufs.range(seg.request_offset, seg.len),
+                    seg.offset,
+                )?;
             }
             Ok(done)
         });
@@ -181,7 +199,14 @@ impl IoTarget for Controller {
                 bump(count, 1);
                 bump(bytes, n);
                 if let Some(q) = rt.stats.queue(queue) {
-                    bump(if op.modifies() { &q.bytes_written } else { &q.bytes_read }, n);
+                    bump(
+                        if op.modifies() {
+                            &q.bytes_written
+                        } else {
+                            &q.bytes_read
+                        },
+                        n,
+                    );
                 }
             }
             Err(e) => self.record_failure(rt, vsic, queue, what, offset, e),
@@ -200,7 +225,10 @@ impl IoTarget for Controller {
             // Every completed write already reached the medium (O_DSYNC).
             Ok(())
         } else {
-            self.drives.iter().try_for_each(|d| d.sync()).map_err(IoError::Device)
+            self.drives
+                .iter()
+                .try_for_each(|d| d.sync())
+                .map_err(IoError::Device)
         };
         match &result {
             Ok(()) => bump(&rt.stats.flushes, 1),
@@ -209,12 +237,23 @@ impl IoTarget for Controller {
         result
     }
 
-    fn discard(&self, vsic: u32, queue: u16, offset: u64, len: u64, write_zeroes: bool) -> Result<(), IoError> {
+    fn discard(
+        &self,
+        vsic: u32,
+        queue: u16,
+        offset: u64,
+        len: u64,
+        write_zeroes: bool,
+    ) -> Result<(), IoError> {
         let rt = self.runtime(vsic)?;
         if let Some(q) = rt.stats.queue(queue) {
             bump(&q.requests, 1);
         }
-        let what = if write_zeroes { "write-zeroes" } else { "discard" };
+        let what = if write_zeroes {
+            "write-zeroes"
+        } else {
+            "discard"
+        };
         // The service-time model charges zeroing its latency only; QoS
         // charges it by length (below).
         self.model_service_time(0);
@@ -233,7 +272,14 @@ impl IoTarget for Controller {
         });
         Self::charge(rt, len, result.as_ref().copied());
         match &result {
-            Ok(()) => bump(if write_zeroes { &rt.stats.write_zeroes } else { &rt.stats.discards }, 1),
+            Ok(()) => bump(
+                if write_zeroes {
+                    &rt.stats.write_zeroes
+                } else {
+                    &rt.stats.discards
+                },
+                1,
+            ),
             Err(e) => self.record_failure(rt, vsic, queue, what, offset, e),
         }
         result

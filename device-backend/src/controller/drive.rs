@@ -60,7 +60,11 @@ pub enum DriveError {
     #[error("drive {} does not exist and no size was given to create it", .0.display())]
     Missing(PathBuf),
     #[error("cannot {op} {}: {source}", .path.display())]
-    Io { op: OpenOp, path: PathBuf, source: io::Error },
+    Io {
+        op: OpenOp,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("drive {} is in use by another process (flock: {source})", .path.display())]
     InUse { path: PathBuf, source: io::Error },
     #[error("drive {} is neither a regular file nor a block device", .0.display())]
@@ -85,22 +89,36 @@ impl Drive {
     /// Opens (creating a sparse file of `create_size` bytes when missing) and
     /// takes an exclusive advisory lock so that two daemons cannot share it.
     /// `sync_writes` opens with O_DSYNC: every completed write is durable.
-    pub fn open(path: &Path, create_size: Option<u64>, sync_writes: bool) -> Result<Drive, DriveError> {
+    pub fn open(
+        path: &Path,
+        create_size: Option<u64>,
+        sync_writes: bool,
+    ) -> Result<Drive, DriveError> {
         let flags = if sync_writes { libc::O_DSYNC } else { 0 };
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).custom_flags(flags);
-        let failed = |op: OpenOp| move |source: io::Error| DriveError::Io { op, path: path.to_path_buf(), source };
+        let failed = |op: OpenOp| {
+            move |source: io::Error| DriveError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
         let (file, origin) = match open_noatime(&opts, flags, path) {
             Ok(f) => (f, Origin::Existing),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let size = create_size.ok_or_else(|| DriveError::Missing(path.to_path_buf()))?;
-                let f = open_noatime(opts.clone().create_new(true), flags, path).map_err(failed(OpenOp::Create))?;
+                let f = open_noatime(opts.clone().create_new(true), flags, path)
+                    .map_err(failed(OpenOp::Create))?;
                 f.set_len(size).map_err(failed(OpenOp::SizeNew))?;
                 (f, Origin::Created)
             }
             Err(e) => return Err(failed(OpenOp::Open)(e)),
         };
-        lock_exclusive(&file).map_err(|source| DriveError::InUse { path: path.to_path_buf(), source })?;
+        lock_exclusive(&file).map_err(|source| DriveError::InUse {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let meta = file.metadata().map_err(failed(OpenOp::Stat))?;
         let block_device = meta.file_type().is_block_device();
         let (size, identity) = if block_device {
@@ -109,7 +127,13 @@ impl Drive {
                 (u64::MAX, std::os::unix::fs::MetadataExt::rdev(&meta)),
             )
         } else if meta.file_type().is_file() {
-            (meta.len(), (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta)))
+            (
+                meta.len(),
+                (
+                    std::os::unix::fs::MetadataExt::dev(&meta),
+                    std::os::unix::fs::MetadataExt::ino(&meta),
+                ),
+            )
         } else {
             return Err(DriveError::NotAFileOrBlockDevice(path.to_path_buf()));
         };
@@ -145,7 +169,14 @@ impl Drive {
             let at = offset + done as u64;
             let rest = &mut buf[done..];
             // SAFETY: `rest` is a valid, writable buffer of its length.
-            let n = unsafe { libc::pread(self.fd(), rest.as_mut_ptr().cast(), rest.len(), at as libc::off_t) };
+            let n = unsafe {
+                libc::pread(
+                    self.fd(),
+                    rest.as_mut_ptr().cast(),
+                    rest.len(),
+                    at as libc::off_t,
+                )
+            };
             match n {
                 n if n > 0 => done += n as usize,
                 0 => {
@@ -170,12 +201,20 @@ impl Drive {
             let rest = &buf[done..];
             // SAFETY: `rest` is a valid buffer of its length.
             let n = unsafe {
-                libc::pwrite(self.fd(), rest.as_ptr().cast(), rest.len(), (offset + done as u64) as libc::off_t)
+                libc::pwrite(
+                    self.fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    (offset + done as u64) as libc::off_t,
+                )
             };
             if n > 0 {
                 done += n as usize;
             } else if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "drive accepted no bytes"));
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "drive accepted no bytes",
+                ));
             } else {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -192,9 +231,17 @@ impl Drive {
     ///
     /// This is the one place buffers become iovecs: at most [`IOV_BATCH`]
     /// at a time, on the stack, for one `preadv`/`pwritev`.
-    pub(crate) fn transfer(&self, write: bool, pieces: Range<'_>, offset: u64) -> io::Result<usize> {
+    pub(crate) fn transfer(
+        &self,
+        write: bool,
+        pieces: Range<'_>,
+        offset: u64,
+    ) -> io::Result<usize> {
         let total: u64 = pieces.clone().map(|p| p.len() as u64).sum();
-        let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
         let mut done = 0u64;
         while done < total {
             let mut iov = [empty; IOV_BATCH];
@@ -239,7 +286,10 @@ impl Drive {
                 return Err(e);
             }
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "drive ended inside a mapped extent"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "drive ended inside a mapped extent",
+                ));
             }
             done += n as u64;
         }
@@ -263,11 +313,17 @@ impl Drive {
         } else {
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             // SAFETY: fallocate on a descriptor we own.
-            if unsafe { libc::fallocate(self.fd(), mode, offset as libc::off_t, len as libc::off_t) } == 0 {
+            if unsafe {
+                libc::fallocate(self.fd(), mode, offset as libc::off_t, len as libc::off_t)
+            } == 0
+            {
                 return Ok(());
             }
             let e = io::Error::last_os_error();
-            if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)) {
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
+            ) {
                 return Err(e);
             }
         }
@@ -289,7 +345,8 @@ impl Drive {
         // SAFETY: fdatasync on a descriptor we own.
         if unsafe { libc::fdatasync(self.fd()) } == 0 {
             #[cfg(test)]
-            self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         } else {
             Err(io::Error::last_os_error())
@@ -412,8 +469,16 @@ mod tests {
     fn missing_without_size_and_double_open_fail() {
         let dir = TempDir::new("drive2");
         let path = dir.path().join("d0");
-        assert!(Drive::open(&path, None, false).err().unwrap().to_string().contains("does not exist"));
+        assert!(Drive::open(&path, None, false)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("does not exist"));
         let _held = Drive::open(&path, Some(4096), false).expect("create");
-        assert!(Drive::open(&path, None, false).err().unwrap().to_string().contains("in use"));
+        assert!(Drive::open(&path, None, false)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("in use"));
     }
 }

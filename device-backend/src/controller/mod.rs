@@ -149,7 +149,10 @@ impl Controller {
         }
         let opened = metadata::open_pool(&drives, config.extent_size, config.vsics as usize)?;
         if !opened.formatted {
-            log::info!("opened an existing pool with {} VSAs", opened.state.vsas.len());
+            log::info!(
+                "opened an existing pool with {} VSAs",
+                opened.state.vsas.len()
+            );
         }
         if opened.state.extent_size != config.extent_size {
             log::warn!(
@@ -159,15 +162,20 @@ impl Controller {
             );
             config.extent_size = opened.state.extent_size;
         }
-        let vsics: Vec<VsicRuntime> =
-            (0..config.vsics).map(|_| VsicRuntime::new(config.queues_per_vsic as usize)).collect();
+        let vsics: Vec<VsicRuntime> = (0..config.vsics)
+            .map(|_| VsicRuntime::new(config.queues_per_vsic as usize))
+            .collect();
         let mut handles = BTreeMap::new();
         runtime::reconcile(&vsics, &mut handles, None, &opened.state);
         let controller = Controller {
             config,
             drives,
             vsics,
-            admin: Mutex::new(AdminPlane { state: opened.state, store: opened.store, handles }),
+            admin: Mutex::new(AdminPlane {
+                state: opened.state,
+                store: opened.store,
+                handles,
+            }),
         };
         // Finish zeroing extents a previous run freed but did not zero yet.
         {
@@ -198,7 +206,10 @@ fn check_config(c: &ControllerConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::NoDrives);
     }
     let es = c.extent_size;
-    if !es.is_power_of_two() || !(MIN_EXTENT_SIZE..=MAX_EXTENT_SIZE).contains(&es) || es > WINDOW_SIZE {
+    if !es.is_power_of_two()
+        || !(MIN_EXTENT_SIZE..=MAX_EXTENT_SIZE).contains(&es)
+        || es > WINDOW_SIZE
+    {
         return Err(ConfigError::ExtentSize(es));
     }
     if c.queues_per_vsic == 0 {

@@ -22,7 +22,11 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u64, now: Instant) -> Self {
-        let mut b = Bucket { rate, level: 0.0, last: now };
+        let mut b = Bucket {
+            rate,
+            level: 0.0,
+            last: now,
+        };
         b.level = b.burst();
         b
     }
@@ -81,7 +85,8 @@ impl Qos {
         let now = Instant::now();
         *self.buckets.lock().unwrap_or_else(|e| e.into_inner()) =
             (Bucket::new(bytes_per_sec, now), Bucket::new(iops, now));
-        self.limited.store(bytes_per_sec != 0 || iops != 0, Ordering::Release);
+        self.limited
+            .store(bytes_per_sec != 0 || iops != 0, Ordering::Release);
     }
 
     /// Charges one accepted request that moved (or zeroed) `bytes`.
@@ -128,7 +133,10 @@ mod tests {
         assert_eq!(q.wait(), Duration::ZERO);
         q.charge(1_000_000);
         let d = q.wait();
-        assert!(d > Duration::from_millis(900) && d < Duration::from_millis(1100), "{d:?}");
+        assert!(
+            d > Duration::from_millis(900) && d < Duration::from_millis(1100),
+            "{d:?}"
+        );
         q.set(0, 0);
         q.charge(1_000_000);
         assert_eq!(q.wait(), Duration::ZERO);

@@ -61,7 +61,11 @@ impl VsicRuntime {
 }
 
 fn layout_of(state: &PoolState, id: u64) -> Option<VsaLayout> {
-    state.vsas.get(&id).map(|v| VsaLayout { size: v.size, extents: v.extents.clone(), deleted: false })
+    state.vsas.get(&id).map(|v| VsaLayout {
+        size: v.size,
+        extents: v.extents.clone(),
+        deleted: false,
+    })
 }
 
 /// (VSA id, size) in slot 0 of VSIC `n`: what the guest sees as capacity.
@@ -98,25 +102,39 @@ pub fn reconcile(
             }
         }
     }
-    let gone: Vec<u64> = handles.keys().copied().filter(|id| !new.vsas.contains_key(id)).collect();
+    let gone: Vec<u64> = handles
+        .keys()
+        .copied()
+        .filter(|id| !new.vsas.contains_key(id))
+        .collect();
     for id in gone {
         if let Some(h) = handles.remove(&id) {
-            *h.write() = VsaLayout { deleted: true, ..Default::default() };
+            *h.write() = VsaLayout {
+                deleted: true,
+                ..Default::default()
+            };
         }
     }
     let mut changed = Vec::new();
     for (n, rt) in vsics.iter().enumerate() {
-        let Some(rec) = new.vsics.get(n) else { continue };
+        let Some(rec) = new.vsics.get(n) else {
+            continue;
+        };
         let before = old.and_then(|o| o.vsics.get(n));
         if before.map(|b| &b.slots) != Some(&rec.slots) {
             let bindings: Bindings = std::array::from_fn(|i| {
                 let a = rec.slots[i]?;
-                Some(SlotBinding { vsa: handles.get(&a.vsa_id)?.clone(), read_only: a.read_only })
+                Some(SlotBinding {
+                    vsa: handles.get(&a.vsa_id)?.clone(),
+                    read_only: a.read_only,
+                })
             });
             *rt.slots.write().unwrap_or_else(|e| e.into_inner()) = bindings;
         }
         rt.set_enabled(rec.enabled);
-        if before.map(|b| (b.qos_bytes_per_sec, b.qos_iops)) != Some((rec.qos_bytes_per_sec, rec.qos_iops)) {
+        if before.map(|b| (b.qos_bytes_per_sec, b.qos_iops))
+            != Some((rec.qos_bytes_per_sec, rec.qos_iops))
+        {
             rt.qos.set(rec.qos_bytes_per_sec, rec.qos_iops);
         }
         if old.map(|o| slot0(o, n)) != Some(slot0(new, n)) && old.is_some() {

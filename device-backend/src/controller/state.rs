@@ -76,7 +76,12 @@ impl Default for VsicRecord {
     /// VSICs start enabled with nothing attached, like a VF that exists
     /// but has no namespace yet.
     fn default() -> Self {
-        Self { enabled: true, qos_bytes_per_sec: 0, qos_iops: 0, slots: [None; SLOTS] }
+        Self {
+            enabled: true,
+            qos_bytes_per_sec: 0,
+            qos_iops: 0,
+            slots: [None; SLOTS],
+        }
     }
 }
 
@@ -118,12 +123,19 @@ impl PoolState {
     }
 
     pub fn total_extents(&self) -> u64 {
-        self.drives.iter().map(|d| d.extent_count.saturating_sub(d.first_data_extent)).sum()
+        self.drives
+            .iter()
+            .map(|d| d.extent_count.saturating_sub(d.first_data_extent))
+            .sum()
     }
 
     /// Number of slots (over all VSICs) holding `vsa_id`.
     pub fn attachment_count(&self, vsa_id: u64) -> usize {
-        self.vsics.iter().flat_map(|v| v.slots.iter()).filter(|s| matches!(s, Some(a) if a.vsa_id == vsa_id)).count()
+        self.vsics
+            .iter()
+            .flat_map(|v| v.slots.iter())
+            .filter(|s| matches!(s, Some(a) if a.vsa_id == vsa_id))
+            .count()
     }
 
     /// Checks every invariant a decoded state must hold, so that corrupted
@@ -135,7 +147,10 @@ impl PoolState {
         }
         let mut used: HashSet<PhysExtent> = HashSet::new();
         let mut claim = |e: PhysExtent, owner: Owner| -> Result<(), StateError> {
-            let d = self.drives.get(e.drive as usize).ok_or(StateError::UnknownDrive { owner, extent: e })?;
+            let d = self
+                .drives
+                .get(e.drive as usize)
+                .ok_or(StateError::UnknownDrive { owner, extent: e })?;
             if e.index < d.first_data_extent || e.index >= d.extent_count {
                 return Err(StateError::OutsideDataArea { owner, extent: e });
             }
@@ -148,8 +163,15 @@ impl PoolState {
             if id != v.id || id == 0 || id >= self.next_vsa_id {
                 return Err(StateError::VsaId(id));
             }
-            if v.extents.is_empty() || v.size != (v.extents.len() as u64).saturating_mul(es) || v.size > WINDOW_SIZE {
-                return Err(StateError::VsaSize { vsa: id, size: v.size, extents: v.extents.len() });
+            if v.extents.is_empty()
+                || v.size != (v.extents.len() as u64).saturating_mul(es)
+                || v.size > WINDOW_SIZE
+            {
+                return Err(StateError::VsaSize {
+                    vsa: id,
+                    size: v.size,
+                    extents: v.extents.len(),
+                });
             }
             if v.stripe.is_empty() || v.stripe.iter().any(|&d| d as usize >= self.drives.len()) {
                 return Err(StateError::Stripe(id));
@@ -162,11 +184,18 @@ impl PoolState {
             }
             let mut ids = HashSet::new();
             for t in &v.tokens {
-                if t.id == 0 || t.id >= v.next_token_id || !ids.insert(t.id) || !t.rights.is_valid() {
-                    return Err(StateError::Token { vsa: id, token: t.id });
+                if t.id == 0 || t.id >= v.next_token_id || !ids.insert(t.id) || !t.rights.is_valid()
+                {
+                    return Err(StateError::Token {
+                        vsa: id,
+                        token: t.id,
+                    });
                 }
                 if !t.is_root() && v.token(t.parent).is_none() {
-                    return Err(StateError::TokenParent { vsa: id, token: t.id });
+                    return Err(StateError::TokenParent {
+                        vsa: id,
+                        token: t.id,
+                    });
                 }
             }
         }
@@ -178,9 +207,17 @@ impl PoolState {
         }
         for (n, vsic) in self.vsics.iter().enumerate() {
             for a in vsic.slots.iter().flatten() {
-                let ok = self.vsas.get(&a.vsa_id).and_then(|v| v.token(a.token_id)).is_some();
+                let ok = self
+                    .vsas
+                    .get(&a.vsa_id)
+                    .and_then(|v| v.token(a.token_id))
+                    .is_some();
                 if !ok {
-                    return Err(StateError::Attachment { vsic: n, vsa: a.vsa_id, token: a.token_id });
+                    return Err(StateError::Attachment {
+                        vsic: n,
+                        vsa: a.vsa_id,
+                        token: a.token_id,
+                    });
                 }
             }
         }
@@ -238,20 +275,40 @@ mod tests {
     use super::*;
 
     fn sample() -> PoolState {
-        let mut s = PoolState::new(4096, vec![DriveRecord { first_data_extent: 2, extent_count: 10 }], 2);
+        let mut s = PoolState::new(
+            4096,
+            vec![DriveRecord {
+                first_data_extent: 2,
+                extent_count: 10,
+            }],
+            2,
+        );
         s.vsas.insert(
             1,
             VsaRecord {
                 id: 1,
                 size: 8192,
                 stripe: vec![0],
-                extents: vec![PhysExtent { drive: 0, index: 2 }, PhysExtent { drive: 0, index: 3 }],
-                tokens: vec![TokenRecord { id: 1, parent: 0, rights: Rights::ALL, revoked: false, digest: [0; 32] }],
+                extents: vec![
+                    PhysExtent { drive: 0, index: 2 },
+                    PhysExtent { drive: 0, index: 3 },
+                ],
+                tokens: vec![TokenRecord {
+                    id: 1,
+                    parent: 0,
+                    rights: Rights::ALL,
+                    revoked: false,
+                    digest: [0; 32],
+                }],
                 next_token_id: 2,
             },
         );
         s.next_vsa_id = 2;
-        s.vsics[1].slots[0] = Some(Attachment { vsa_id: 1, token_id: 1, read_only: false });
+        s.vsics[1].slots[0] = Some(Attachment {
+            vsa_id: 1,
+            token_id: 1,
+            read_only: false,
+        });
         s
     }
 
@@ -274,7 +331,11 @@ mod tests {
         s.vsas.get_mut(&1).unwrap().size = 4096;
         assert!(s.check().is_err());
         let mut s = sample();
-        s.vsics[0].slots[3] = Some(Attachment { vsa_id: 9, token_id: 1, read_only: true });
+        s.vsics[0].slots[3] = Some(Attachment {
+            vsa_id: 9,
+            token_id: 1,
+            read_only: true,
+        });
         assert!(s.check().unwrap_err().to_string().contains("unknown VSA"));
         let mut s = sample();
         s.vsas.get_mut(&1).unwrap().tokens[0].id = 5;

@@ -35,7 +35,10 @@ pub fn bump(c: &AtomicU64, by: u64) {
 
 impl VsicCounters {
     pub fn new(queues: usize) -> Self {
-        Self { queues: (0..queues).map(|_| QueueCounters::default()).collect(), ..Default::default() }
+        Self {
+            queues: (0..queues).map(|_| QueueCounters::default()).collect(),
+            ..Default::default()
+        }
     }
 
     /// A queue index the front passes that is out of range is not counted
@@ -86,7 +89,11 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
-        Self { epoch: Instant::now(), last: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+        Self {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
     }
 }
 
@@ -95,7 +102,12 @@ impl RateLimit {
     pub fn allow(&self) -> Option<u64> {
         let now = self.epoch.elapsed().as_secs() + 1;
         let last = self.last.load(Relaxed);
-        if last != now && self.last.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+        if last != now
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
             return Some(self.suppressed.swap(0, Relaxed));
         }
         self.suppressed.fetch_add(1, Relaxed);

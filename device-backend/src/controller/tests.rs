@@ -10,8 +10,8 @@ use vsic_abi::records::{decode_stats, CacheMode, ExtentRun, Identify, VsaInfo, V
 use vsic_abi::window::{slot_base, SLOTS_PER_VSIC, WINDOW_SIZE};
 use vsic_abi::{AdminCommand, AdminStatus, CapToken, Opcode, Rights};
 
-use super::testutil::TempDir;
 use super::target::{AdminTarget, BufferStorage, IoBuffers, IoTarget};
+use super::testutil::TempDir;
 use super::{AdminReply, Controller, ControllerConfig, DriveSpec, IoError, IoKind, ServiceModel};
 
 // The fuzz test's generator, shared with the end-to-end tests.
@@ -38,7 +38,9 @@ struct Pool {
 impl Pool {
     fn new(tag: &str, drives: usize) -> Pool {
         let dir = TempDir::new(tag);
-        let paths = (0..drives).map(|i| dir.path().join(format!("drive{i}"))).collect();
+        let paths = (0..drives)
+            .map(|i| dir.path().join(format!("drive{i}")))
+            .collect();
         Pool { _dir: dir, paths }
     }
 
@@ -53,7 +55,13 @@ impl Pool {
 
 fn config_for(paths: &[PathBuf]) -> ControllerConfig {
     ControllerConfig {
-        drives: paths.iter().map(|p| DriveSpec { path: p.clone(), size: Some(DRIVE_SIZE) }).collect(),
+        drives: paths
+            .iter()
+            .map(|p| DriveSpec {
+                path: p.clone(),
+                size: Some(DRIVE_SIZE),
+            })
+            .collect(),
         vsics: 4,
         queues_per_vsic: 2,
         extent_size: ES,
@@ -67,7 +75,13 @@ fn status(r: &AdminReply) -> AdminStatus {
 }
 
 /// Sends `op` with fields set by `set`, `payload` as payload out.
-fn run(c: &Controller, op: Opcode, set: impl FnOnce(&mut AdminCommand), payload: &[u8], capacity: usize) -> AdminReply {
+fn run(
+    c: &Controller,
+    op: Opcode,
+    set: impl FnOnce(&mut AdminCommand),
+    payload: &[u8],
+    capacity: usize,
+) -> AdminReply {
     let mut cmd = AdminCommand::new(op);
     cmd.payload_len = payload.len() as u32;
     set(&mut cmd);
@@ -83,7 +97,13 @@ fn ok(r: AdminReply) -> AdminReply {
 }
 
 fn create(c: &Controller, size: u64, stripe: u64) -> (u64, CapToken) {
-    let r = ok(run(c, Opcode::VsaCreate, |m| m.args = [size, stripe, 0, 0], &[], 64));
+    let r = ok(run(
+        c,
+        Opcode::VsaCreate,
+        |m| m.args = [size, stripe, 0, 0],
+        &[],
+        64,
+    ));
     let t = CapToken::decode(&r.payload).expect("root token");
     assert_eq!(t.vsa_id, r.completion.result0);
     assert_eq!(t.rights, Rights::ALL);
@@ -105,7 +125,13 @@ fn attach(c: &Controller, vsic: u32, slot: u32, t: &CapToken, read_only: bool) -
 }
 
 fn derive(c: &Controller, t: &CapToken, read_only: bool) -> CapToken {
-    let r = ok(run(c, Opcode::CapDerive, |m| m.flags = if read_only { FLAG_READ_ONLY } else { 0 }, &t.encode(), 64));
+    let r = ok(run(
+        c,
+        Opcode::CapDerive,
+        |m| m.flags = if read_only { FLAG_READ_ONLY } else { 0 },
+        &t.encode(),
+        64,
+    ));
     CapToken::decode(&r.payload).expect("derived token")
 }
 
@@ -114,7 +140,11 @@ fn with_token(c: &Controller, op: Opcode, t: &CapToken, arg0: u64) -> AdminReply
 }
 
 /// Three buffers of uneven sizes over `buf`.
-fn split3(buf: &mut [u8], storage: &mut BufferStorage, f: impl FnOnce(&IoBuffers<'_>) -> Result<usize, IoError>) -> Result<usize, IoError> {
+fn split3(
+    buf: &mut [u8],
+    storage: &mut BufferStorage,
+    f: impl FnOnce(&IoBuffers<'_>) -> Result<usize, IoError>,
+) -> Result<usize, IoError> {
     let n = buf.len();
     let (a, rest) = buf.split_at_mut(n / 3);
     let (b, c) = rest.split_at_mut((2 * n / 3 + 7).min(n) - n / 3);
@@ -127,18 +157,24 @@ fn split3(buf: &mut [u8], storage: &mut BufferStorage, f: impl FnOnce(&IoBuffers
 
 fn write(c: &Controller, vsic: u32, offset: u64, data: &[u8]) -> Result<usize, IoError> {
     let mut buf = data.to_vec();
-    split3(&mut buf, &mut BufferStorage::default(), |bufs| c.io(vsic, 0, IoKind::Write, offset, bufs))
+    split3(&mut buf, &mut BufferStorage::default(), |bufs| {
+        c.io(vsic, 0, IoKind::Write, offset, bufs)
+    })
 }
 
 fn read(c: &Controller, vsic: u32, offset: u64, len: usize) -> Result<Vec<u8>, IoError> {
     let mut buf = vec![0xAAu8; len];
-    let n = split3(&mut buf, &mut BufferStorage::default(), |bufs| c.io(vsic, 1, IoKind::Read, offset, bufs))?;
+    let n = split3(&mut buf, &mut BufferStorage::default(), |bufs| {
+        c.io(vsic, 1, IoKind::Read, offset, bufs)
+    })?;
     assert_eq!(n, len);
     Ok(buf)
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
 }
 
 fn vsa_list(c: &Controller) -> Vec<VsaInfo> {
@@ -150,7 +186,10 @@ fn vsic_list(c: &Controller) -> Vec<VsicInfo> {
 }
 
 fn extent_map(c: &Controller, vsa: u64) -> Vec<ExtentRun> {
-    ExtentRun::decode_array(&ok(run(c, Opcode::ExtentMap, |m| m.args[0] = vsa, &[], 1 << 16)).payload).unwrap()
+    ExtentRun::decode_array(
+        &ok(run(c, Opcode::ExtentMap, |m| m.args[0] = vsa, &[], 1 << 16)).payload,
+    )
+    .unwrap()
 }
 
 fn identify(c: &Controller) -> Identify {
@@ -184,7 +223,9 @@ fn create_rounds_up_and_ids_are_never_reused() {
     assert_eq!((a, b), (1, 2));
     let list = vsa_list(&c);
     assert_eq!(
-        list.iter().map(|v| (v.vsa_id, v.size, v.extents)).collect::<Vec<_>>(),
+        list.iter()
+            .map(|v| (v.vsa_id, v.size, v.extents))
+            .collect::<Vec<_>>(),
         vec![(1, ES, 1), (2, 2 * ES, 2)]
     );
     assert_eq!(identify(&c).free_extents, before.free_extents - 3);
@@ -204,18 +245,45 @@ fn resize_checks_and_rounding() {
     assert_eq!((r.completion.result0, r.completion.result1), (id, 4 * ES));
     assert_eq!(r.changed_vsics, vec![1]);
     assert_eq!(c.capacity(1), 4 * ES);
-    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, 4 * ES)), AdminStatus::InvalidArgument);
-    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, ES)), AdminStatus::InvalidArgument);
-    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, 0)), AdminStatus::ZeroSize);
-    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, WINDOW_SIZE + 1)), AdminStatus::TooLarge);
-    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, WINDOW_SIZE)), AdminStatus::NoSpace);
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaExtend, &t, 4 * ES)),
+        AdminStatus::InvalidArgument
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaExtend, &t, ES)),
+        AdminStatus::InvalidArgument
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaExtend, &t, 0)),
+        AdminStatus::ZeroSize
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaExtend, &t, WINDOW_SIZE + 1)),
+        AdminStatus::TooLarge
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaExtend, &t, WINDOW_SIZE)),
+        AdminStatus::NoSpace
+    );
     let r = ok(with_token(&c, Opcode::VsaShrink, &t, ES + 1));
     assert_eq!(r.completion.result1, 2 * ES);
     assert_eq!(c.capacity(1), 2 * ES);
-    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &t, ES - 1)), AdminStatus::BelowMinimum);
-    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &t, 0)), AdminStatus::ZeroSize);
-    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &t, 2 * ES)), AdminStatus::InvalidArgument);
-    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &t, WINDOW_SIZE + 1)), AdminStatus::TooLarge);
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaShrink, &t, ES - 1)),
+        AdminStatus::BelowMinimum
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaShrink, &t, 0)),
+        AdminStatus::ZeroSize
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaShrink, &t, 2 * ES)),
+        AdminStatus::InvalidArgument
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaShrink, &t, WINDOW_SIZE + 1)),
+        AdminStatus::TooLarge
+    );
     ok(with_token(&c, Opcode::VsaShrink, &t, ES));
     assert_eq!(vsa_list(&c)[0].extents, 1);
     // Freed extents are free again once zeroed.
@@ -230,18 +298,42 @@ fn allocation_runs_out_and_stripes_across_drives() {
     let total = identify(&c).total_extents;
     let (id, t) = create(&c, 6 * ES, 2);
     let runs = extent_map(&c, id);
-    assert_eq!(runs.iter().map(|r| r.drive).collect::<Vec<_>>(), vec![0, 1, 0, 1, 0, 1]);
+    assert_eq!(
+        runs.iter().map(|r| r.drive).collect::<Vec<_>>(),
+        vec![0, 1, 0, 1, 0, 1]
+    );
     assert!(runs.iter().all(|r| r.count == 1));
     assert_eq!(vsa_list(&c)[0].stripe, 2);
-    assert_eq!(status(&run(&c, Opcode::VsaCreate, |m| m.args = [ES, 3, 0, 0], &[], 64)), AdminStatus::InvalidArgument);
-    assert_eq!(status(&run(&c, Opcode::VsaCreate, |m| m.args = [total * ES, 0, 0, 0], &[], 64)), AdminStatus::NoSpace);
+    assert_eq!(
+        status(&run(
+            &c,
+            Opcode::VsaCreate,
+            |m| m.args = [ES, 3, 0, 0],
+            &[],
+            64
+        )),
+        AdminStatus::InvalidArgument
+    );
+    assert_eq!(
+        status(&run(
+            &c,
+            Opcode::VsaCreate,
+            |m| m.args = [total * ES, 0, 0, 0],
+            &[],
+            64
+        )),
+        AdminStatus::NoSpace
+    );
     // Both drives have the same free count now: a one-drive VSA filling
     // the rest of a drive goes to the lower index, drive 0.
     let per_drive = total / 2 - 3;
     let (fill, _) = create(&c, per_drive * ES, 1);
     assert_eq!(extent_map(&c, fill)[0].drive, 0);
     // Drive 0 is full: extending the striped VSA needs room on both.
-    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &t, 8 * ES)), AdminStatus::NoSpace);
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaExtend, &t, 8 * ES)),
+        AdminStatus::NoSpace
+    );
     // A one-drive VSA lands on the drive with free extents.
     let (solo, _) = create(&c, ES, 1);
     assert_eq!(extent_map(&c, solo)[0].drive, 1);
@@ -261,29 +353,60 @@ fn capability_checks() {
     let (_, other) = create(&c, ES, 0);
     let mut forged = root.clone();
     forged.secret[7] ^= 0x40;
-    assert_eq!(status(&attach(&c, 0, 0, &forged, false)), AdminStatus::BadToken);
+    assert_eq!(
+        status(&attach(&c, 0, 0, &forged, false)),
+        AdminStatus::BadToken
+    );
     let mut wrong_vsa = root.clone();
     wrong_vsa.vsa_id = other.vsa_id;
-    assert_eq!(status(&attach(&c, 0, 0, &wrong_vsa, false)), AdminStatus::BadToken);
+    assert_eq!(
+        status(&attach(&c, 0, 0, &wrong_vsa, false)),
+        AdminStatus::BadToken
+    );
     let mut unknown_vsa = root.clone();
     unknown_vsa.vsa_id = 99;
-    assert_eq!(status(&with_token(&c, Opcode::VsaDelete, &unknown_vsa, 0)), AdminStatus::BadToken);
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaDelete, &unknown_vsa, 0)),
+        AdminStatus::BadToken
+    );
     let mut unknown_token = root.clone();
     unknown_token.token_id = 42;
-    assert_eq!(status(&attach(&c, 0, 0, &unknown_token, false)), AdminStatus::BadToken);
+    assert_eq!(
+        status(&attach(&c, 0, 0, &unknown_token, false)),
+        AdminStatus::BadToken
+    );
     let mut garbage = root.encode();
     garbage[0] = 0;
-    assert_eq!(status(&run(&c, Opcode::Attach, |_| {}, &garbage, 0)), AdminStatus::BadToken);
+    assert_eq!(
+        status(&run(&c, Opcode::Attach, |_| {}, &garbage, 0)),
+        AdminStatus::BadToken
+    );
 
     let rw = derive(&c, &root, false);
     assert_eq!(rw.rights, Rights::READ.union(Rights::WRITE));
     let ro = derive(&c, &rw, true);
     assert_eq!(ro.rights, Rights::READ);
-    assert_eq!(derive(&c, &ro, false).rights, Rights::READ, "derivation never widens rights");
-    assert_eq!(status(&attach(&c, 0, 0, &ro, false)), AdminStatus::PermissionDenied);
-    assert_eq!(status(&with_token(&c, Opcode::VsaDelete, &rw, 0)), AdminStatus::PermissionDenied);
-    assert_eq!(status(&with_token(&c, Opcode::VsaExtend, &rw, 4 * ES)), AdminStatus::PermissionDenied);
-    assert_eq!(status(&with_token(&c, Opcode::VsaShrink, &ro, ES)), AdminStatus::PermissionDenied);
+    assert_eq!(
+        derive(&c, &ro, false).rights,
+        Rights::READ,
+        "derivation never widens rights"
+    );
+    assert_eq!(
+        status(&attach(&c, 0, 0, &ro, false)),
+        AdminStatus::PermissionDenied
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaDelete, &rw, 0)),
+        AdminStatus::PermissionDenied
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaExtend, &rw, 4 * ES)),
+        AdminStatus::PermissionDenied
+    );
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaShrink, &ro, ES)),
+        AdminStatus::PermissionDenied
+    );
     let r = ok(attach(&c, 0, 0, &ro, true));
     assert_eq!(r.changed_vsics, vec![0]);
     ok(attach(&c, 1, 2, &rw, false));
@@ -299,33 +422,59 @@ fn capability_checks() {
     assert!(r.payload.is_empty());
     assert_eq!(c.capacity(0), 0);
     assert_eq!(c.capacity(2), 2 * ES, "the root's attachment stays");
-    assert_eq!(status(&attach(&c, 3, 0, &ro, true)), AdminStatus::RevokedToken);
-    assert_eq!(status(&run(&c, Opcode::CapDerive, |_| {}, &rw.encode(), 64)), AdminStatus::RevokedToken);
-    assert_eq!(status(&run(&c, Opcode::CapRevoke, |_| {}, &rw.encode(), 64)), AdminStatus::RevokedToken);
+    assert_eq!(
+        status(&attach(&c, 3, 0, &ro, true)),
+        AdminStatus::RevokedToken
+    );
+    assert_eq!(
+        status(&run(&c, Opcode::CapDerive, |_| {}, &rw.encode(), 64)),
+        AdminStatus::RevokedToken
+    );
+    assert_eq!(
+        status(&run(&c, Opcode::CapRevoke, |_| {}, &rw.encode(), 64)),
+        AdminStatus::RevokedToken
+    );
     // A forger does not even learn that a token id was revoked.
     let mut forged_revoked = ro.clone();
     forged_revoked.secret[0] ^= 1;
-    assert_eq!(status(&attach(&c, 3, 0, &forged_revoked, true)), AdminStatus::BadToken);
+    assert_eq!(
+        status(&attach(&c, 3, 0, &forged_revoked, true)),
+        AdminStatus::BadToken
+    );
 
     // Root revoke needs room for the new root, then re-keys.
     let kid = derive(&c, &root, true);
-    assert_eq!(status(&run(&c, Opcode::CapRevoke, |_| {}, &root.encode(), 63)), AdminStatus::ResponseTooSmall);
+    assert_eq!(
+        status(&run(&c, Opcode::CapRevoke, |_| {}, &root.encode(), 63)),
+        AdminStatus::ResponseTooSmall
+    );
     assert_eq!(c.capacity(2), 2 * ES, "a refused revoke changes nothing");
     let r = ok(run(&c, Opcode::CapRevoke, |_| {}, &root.encode(), 64));
     assert_eq!(r.changed_vsics, vec![2]);
     let new_root = CapToken::decode(&r.payload).unwrap();
     assert_eq!((new_root.vsa_id, new_root.rights), (id, Rights::ALL));
     assert_ne!(new_root.secret, root.secret);
-    assert_eq!(status(&attach(&c, 2, 0, &root, false)), AdminStatus::RevokedToken);
-    assert_eq!(status(&attach(&c, 2, 0, &kid, true)), AdminStatus::RevokedToken);
+    assert_eq!(
+        status(&attach(&c, 2, 0, &root, false)),
+        AdminStatus::RevokedToken
+    );
+    assert_eq!(
+        status(&attach(&c, 2, 0, &kid, true)),
+        AdminStatus::RevokedToken
+    );
     ok(attach(&c, 2, 0, &new_root, false));
     assert_eq!(vsa_list(&c)[0].live_tokens, 1);
     // Delete detaches everywhere.
     ok(attach(&c, 3, 5, &new_root, true));
     let r = ok(with_token(&c, Opcode::VsaDelete, &new_root, 0));
     assert_eq!(r.changed_vsics, vec![2]);
-    assert!(vsic_list(&c).iter().all(|v| v.slots.iter().all(|s| !s.is_attached())));
-    assert_eq!(status(&attach(&c, 0, 0, &new_root, false)), AdminStatus::BadToken);
+    assert!(vsic_list(&c)
+        .iter()
+        .all(|v| v.slots.iter().all(|s| !s.is_attached())));
+    assert_eq!(
+        status(&attach(&c, 0, 0, &new_root, false)),
+        AdminStatus::BadToken
+    );
 }
 
 // ------------------------------------------------------------ data path
@@ -353,8 +502,12 @@ fn io_round_trip_across_extents_and_drives() {
     c.flush(1, 0).unwrap();
     let s = vsic_stats(&c, 1);
     assert_eq!((s.reads, s.writes, s.flushes), (2, 1, 1));
-    assert_eq!((s.bytes_written, s.bytes_read), (data.len() as u64, 2 * data.len() as u64));
-    let all = decode_stats(&ok(run(&c, Opcode::Stats, |m| m.vsic = ALL_VSICS, &[], 4096)).payload).unwrap();
+    assert_eq!(
+        (s.bytes_written, s.bytes_read),
+        (data.len() as u64, 2 * data.len() as u64)
+    );
+    let all = decode_stats(&ok(run(&c, Opcode::Stats, |m| m.vsic = ALL_VSICS, &[], 4096)).payload)
+        .unwrap();
     assert_eq!(all.len(), 4);
     assert_eq!(all[1].1[0].bytes_written, data.len() as u64);
     assert_eq!(all[1].1[1].bytes_read, 2 * data.len() as u64);
@@ -369,14 +522,30 @@ fn protection_violations_are_refused_and_counted() {
     let ro = derive(&c, &t, true);
     ok(attach(&c, 0, 1, &ro, true));
     assert_eq!(read(&c, 0, 0, 4096).unwrap(), vec![0; 4096]);
-    is_err(write(&c, 0, 0, &[1; 512]), |e| matches!(e, IoError::ReadOnly));
-    is_err(c.discard(0, 0, 0, 512, false), |e| matches!(e, IoError::ReadOnly));
-    is_err(read(&c, 0, 2 * ES - 511, 512), |e| matches!(e, IoError::OutOfBounds));
-    is_err(read(&c, 0, 2 * ES, 512), |e| matches!(e, IoError::OutOfBounds));
-    is_err(read(&c, 0, WINDOW_SIZE - 512, 1024), |e| matches!(e, IoError::OutOfBounds));
-    is_err(read(&c, 0, slot_base(2), 512), |e| matches!(e, IoError::NotAttached));
-    is_err(read(&c, 0, slot_base(SLOTS_PER_VSIC), 512), |e| matches!(e, IoError::NotAttached));
-    is_err(read(&c, 0, u64::MAX - 10, 512), |e| matches!(e, IoError::NotAttached));
+    is_err(write(&c, 0, 0, &[1; 512]), |e| {
+        matches!(e, IoError::ReadOnly)
+    });
+    is_err(c.discard(0, 0, 0, 512, false), |e| {
+        matches!(e, IoError::ReadOnly)
+    });
+    is_err(read(&c, 0, 2 * ES - 511, 512), |e| {
+        matches!(e, IoError::OutOfBounds)
+    });
+    is_err(read(&c, 0, 2 * ES, 512), |e| {
+        matches!(e, IoError::OutOfBounds)
+    });
+    is_err(read(&c, 0, WINDOW_SIZE - 512, 1024), |e| {
+        matches!(e, IoError::OutOfBounds)
+    });
+    is_err(read(&c, 0, slot_base(2), 512), |e| {
+        matches!(e, IoError::NotAttached)
+    });
+    is_err(read(&c, 0, slot_base(SLOTS_PER_VSIC), 512), |e| {
+        matches!(e, IoError::NotAttached)
+    });
+    is_err(read(&c, 0, u64::MAX - 10, 512), |e| {
+        matches!(e, IoError::NotAttached)
+    });
     is_err(read(&c, 9, 0, 512), |e| matches!(e, IoError::NoSuchVsic));
     let s = vsic_stats(&c, 0);
     assert_eq!((s.protection_violations, s.errors, s.reads), (8, 8, 1));
@@ -413,14 +582,20 @@ fn freed_extents_never_leak_old_data() {
     ok(with_token(&c, Opcode::VsaExtend, &t, 4 * ES));
     let back = read(&c, 0, 0, 4 * ES as usize).unwrap();
     assert_eq!(&back[..ES as usize], &data[..ES as usize]);
-    assert!(back[ES as usize..].iter().all(|&b| b == 0), "extend after shrink reads zeroes");
+    assert!(
+        back[ES as usize..].iter().all(|&b| b == 0),
+        "extend after shrink reads zeroes"
+    );
     // Delete, then a new VSA reusing the extents reads zeroes too.
     write(&c, 0, 0, &data).unwrap();
     ok(with_token(&c, Opcode::VsaDelete, &t, 0));
     assert_eq!(c.capacity(0), 0);
     let (_, t2) = create(&c, 4 * ES, 0);
     ok(attach(&c, 0, 0, &t2, false));
-    assert!(read(&c, 0, 0, 4 * ES as usize).unwrap().iter().all(|&b| b == 0));
+    assert!(read(&c, 0, 0, 4 * ES as usize)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
 }
 
 #[test]
@@ -436,11 +611,21 @@ fn discard_and_write_zeroes_read_back_zeroes() {
     let back = read(&c, 2, 0, 4 * ES as usize).unwrap();
     assert_eq!(&back[..512], &data[..512]);
     assert!(back[512..512 + ES as usize].iter().all(|&b| b == 0));
-    assert_eq!(&back[512 + ES as usize..3 * ES as usize], &data[512 + ES as usize..3 * ES as usize]);
-    assert!(back[3 * ES as usize..3 * ES as usize + 4096].iter().all(|&b| b == 0));
-    is_err(c.discard(2, 0, 4 * ES - 512, 1024, true), |e| matches!(e, IoError::OutOfBounds));
+    assert_eq!(
+        &back[512 + ES as usize..3 * ES as usize],
+        &data[512 + ES as usize..3 * ES as usize]
+    );
+    assert!(back[3 * ES as usize..3 * ES as usize + 4096]
+        .iter()
+        .all(|&b| b == 0));
+    is_err(c.discard(2, 0, 4 * ES - 512, 1024, true), |e| {
+        matches!(e, IoError::OutOfBounds)
+    });
     let s = vsic_stats(&c, 2);
-    assert_eq!((s.discards, s.write_zeroes, s.protection_violations), (1, 1, 1));
+    assert_eq!(
+        (s.discards, s.write_zeroes, s.protection_violations),
+        (1, 1, 1)
+    );
 }
 
 #[test]
@@ -448,7 +633,10 @@ fn write_through_mode_and_service_model() {
     let pool = Pool::new("wt", 1);
     let mut cfg = pool.config();
     cfg.cache_mode = CacheMode::WriteThrough;
-    cfg.service_model = Some(ServiceModel { latency: Duration::from_millis(20), bytes_per_sec: 0 });
+    cfg.service_model = Some(ServiceModel {
+        latency: Duration::from_millis(20),
+        bytes_per_sec: 0,
+    });
     let c = Controller::open(cfg).unwrap();
     assert_eq!(identify(&c).cache_mode, CacheMode::WriteThrough as u32);
     let (_, t) = create(&c, ES, 0);
@@ -491,16 +679,29 @@ fn qos_delays_but_never_fails() {
     assert!(vsic_stats(&c, 3).qos_delayed >= 1);
     // Refused requests are not charged their bytes.
     std::thread::sleep(wait);
-    assert!(matches!(read(&c, 3, 4 * ES, 65536), Err(IoError::OutOfBounds)));
-    assert!(c.qos_wait(3) < Duration::from_millis(20), "{:?}", c.qos_wait(3));
+    assert!(matches!(
+        read(&c, 3, 4 * ES, 65536),
+        Err(IoError::OutOfBounds)
+    ));
+    assert!(
+        c.qos_wait(3) < Duration::from_millis(20),
+        "{:?}",
+        c.qos_wait(3)
+    );
     // DISCARD and WRITE_ZEROES are charged the length they zero.
     c.discard(3, 0, 0, 4 * ES, false).unwrap();
     let wait = c.qos_wait(3);
-    assert!(wait >= Duration::from_millis(120), "discard charged: {wait:?}");
+    assert!(
+        wait >= Duration::from_millis(120),
+        "discard charged: {wait:?}"
+    );
     std::thread::sleep(wait);
     c.discard(3, 0, 0, 4 * ES, true).unwrap();
     let wait = c.qos_wait(3);
-    assert!(wait >= Duration::from_millis(120), "write-zeroes charged: {wait:?}");
+    assert!(
+        wait >= Duration::from_millis(120),
+        "write-zeroes charged: {wait:?}"
+    );
     ok(run(
         &c,
         Opcode::SetQos,
@@ -587,7 +788,10 @@ fn reopen_restores_everything() {
     assert_eq!(extent_map(&c, lists[0].vsa_id), map);
     assert_eq!(c.capacity(0), 3 * ES);
     assert_eq!(read(&c, 0, 0, data.len()).unwrap(), data);
-    assert_eq!(read(&c, 2, slot_base(7), 512).unwrap(), data[..512].to_vec());
+    assert_eq!(
+        read(&c, 2, slot_base(7), 512).unwrap(),
+        data[..512].to_vec()
+    );
     // Tokens minted before the restart still work; ids continue.
     ok(attach(&c, 1, 0, &ro, true));
     assert_eq!(create(&c, ES, 0).0, 3);
@@ -601,18 +805,34 @@ fn failed_commit_rolls_back() {
     let (_, t) = create(&c, ES, 0);
     let before = (vsa_list(&c), vsic_list(&c), identify(&c).free_extents);
     c.plane().store.fail_commits = 1;
-    assert_eq!(status(&attach(&c, 0, 0, &t, false)), AdminStatus::MetadataIo);
+    assert_eq!(
+        status(&attach(&c, 0, 0, &t, false)),
+        AdminStatus::MetadataIo
+    );
     c.plane().store.fail_commits = 1;
-    assert_eq!(status(&run(&c, Opcode::VsaCreate, |m| m.args[0] = ES, &[], 64)), AdminStatus::MetadataIo);
+    assert_eq!(
+        status(&run(&c, Opcode::VsaCreate, |m| m.args[0] = ES, &[], 64)),
+        AdminStatus::MetadataIo
+    );
     c.plane().store.fail_commits = 1;
-    assert_eq!(status(&with_token(&c, Opcode::VsaDelete, &t, 0)), AdminStatus::MetadataIo);
-    assert_eq!((vsa_list(&c), vsic_list(&c), identify(&c).free_extents), before);
+    assert_eq!(
+        status(&with_token(&c, Opcode::VsaDelete, &t, 0)),
+        AdminStatus::MetadataIo
+    );
+    assert_eq!(
+        (vsa_list(&c), vsic_list(&c), identify(&c).free_extents),
+        before
+    );
     assert_eq!(c.capacity(0), 0);
     drop(c);
     let c = pool.open();
     assert_eq!((vsa_list(&c), vsic_list(&c)), (before.0, before.1));
     ok(attach(&c, 0, 0, &t, false));
-    assert_eq!(create(&c, ES, 0).0, 2, "the refused create did not use up an id");
+    assert_eq!(
+        create(&c, ES, 0).0,
+        2,
+        "the refused create did not use up an id"
+    );
 }
 
 // Raw slot access for corruption tests (layout from metadata/layout.rs).
@@ -656,7 +876,11 @@ fn corrupted_newest_slot_falls_back_and_both_corrupted_refuses() {
     {
         let c = pool.open();
         let list = vsa_list(&c);
-        assert_eq!(list.len(), 1, "fell back to the generation before the second create");
+        assert_eq!(
+            list.len(),
+            1,
+            "fell back to the generation before the second create"
+        );
         assert_eq!(list[0].size, ES);
         // The next commit overwrites the corrupted slot.
         create(&c, 3 * ES, 0);
@@ -680,12 +904,20 @@ fn torn_commit_yields_old_or_new_state() {
         let c = pool.open();
         create(&c, ES, 0);
     }
-    let before: Vec<Vec<u8>> = pool.paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let before: Vec<Vec<u8>> = pool
+        .paths
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
     {
         let c = pool.open();
         create(&c, 2 * ES, 0);
     }
-    let after: Vec<Vec<u8>> = pool.paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let after: Vec<Vec<u8>> = pool
+        .paths
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
     let p0 = &pool.paths[0];
     let slot = newest_slot(p0);
     let start = (8192 + slot * slot_len(p0)) as usize;
@@ -698,7 +930,8 @@ fn torn_commit_yields_old_or_new_state() {
         std::fs::write(&pool.paths[1], &before[1]).unwrap();
         let c = pool.open();
         let n = vsa_list(&c).len();
-        let body_len = u64::from_le_bytes(after[0][start + 24..start + 32].try_into().unwrap()) as usize;
+        let body_len =
+            u64::from_le_bytes(after[0][start + 24..start + 32].try_into().unwrap()) as usize;
         let written = start + 128 + body_len;
         let complete = after[0][start..written] == image[start..written];
         assert_eq!(n, if complete { 2 } else { 1 }, "cut {cut}");
@@ -718,7 +951,9 @@ fn drive_set_errors_are_clear() {
     swapped.swap(0, 1);
     let e = Controller::open(config_for(&swapped)).err().unwrap();
     assert!(e.to_string().contains("original order"), "{e}");
-    let e = Controller::open(config_for(&pool.paths[..1])).err().unwrap();
+    let e = Controller::open(config_for(&pool.paths[..1]))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("2 drives but 1"), "{e}");
     let mut extra = pool.paths.clone();
     extra.push(pool.paths[0].with_file_name("drive-new"));
@@ -726,7 +961,10 @@ fn drive_set_errors_are_clear() {
     assert!(e.to_string().contains("blank"), "{e}");
     let twice = vec![pool.paths[0].clone(), pool.paths[0].clone()];
     let e = Controller::open(config_for(&twice)).err().unwrap();
-    assert!(e.to_string().contains("twice") || e.to_string().contains("in use"), "{e}");
+    assert!(
+        e.to_string().contains("twice") || e.to_string().contains("in use"),
+        "{e}"
+    );
     // A drive from another pool.
     let other = Pool::new("drives-other", 1);
     drop(other.open());
@@ -745,7 +983,11 @@ fn non_blank_drive_is_never_formatted() {
     std::fs::write(&pool.paths[0], &junk).unwrap();
     let e = Controller::open(pool.config()).err().unwrap();
     assert!(e.to_string().contains("not blank"), "{e}");
-    assert_eq!(std::fs::read(&pool.paths[0]).unwrap(), junk, "drive untouched");
+    assert_eq!(
+        std::fs::read(&pool.paths[0]).unwrap(),
+        junk,
+        "drive untouched"
+    );
     // An all-zero existing drive is blank: it is formatted.
     std::fs::write(&pool.paths[0], vec![0u8; DRIVE_SIZE as usize]).unwrap();
     let c = pool.open();
@@ -805,8 +1047,14 @@ fn every_admin_status_is_reachable() {
     assert_eq!(raw(&b), AdminStatus::UnknownOpcode);
     let checks: Vec<(AdminStatus, AdminReply)> = vec![
         (AdminStatus::Ok, run(&c, Opcode::Identify, |_| {}, &[], 64)),
-        (AdminStatus::BadPayloadSize, run(&c, Opcode::Identify, |_| {}, &[0; 8], 64)),
-        (AdminStatus::BadPayloadSize, run(&c, Opcode::Attach, |_| {}, &[0; 63], 64)),
+        (
+            AdminStatus::BadPayloadSize,
+            run(&c, Opcode::Identify, |_| {}, &[0; 8], 64),
+        ),
+        (
+            AdminStatus::BadPayloadSize,
+            run(&c, Opcode::Attach, |_| {}, &[0; 63], 64),
+        ),
         (
             AdminStatus::BadPayloadSize,
             c.admin(
@@ -820,35 +1068,113 @@ fn every_admin_status_is_reachable() {
                 0,
             ),
         ),
-        (AdminStatus::InvalidArgument, run(&c, Opcode::VsaCreate, |m| m.args = [ES, 2, 0, 0], &[], 64)),
-        (AdminStatus::UnknownFlags, run(&c, Opcode::Attach, |m| m.flags = 2, &root.encode(), 0)),
-        (AdminStatus::UnknownFlags, run(&c, Opcode::Detach, |m| m.flags = FLAG_READ_ONLY, &[], 0)),
-        (AdminStatus::NoSuchVsic, run(&c, Opcode::VsicEnable, |m| m.vsic = 4, &[], 0)),
-        (AdminStatus::NoSuchVsic, run(&c, Opcode::Stats, |m| m.vsic = 17, &[], 4096)),
-        (AdminStatus::NoSuchSlot, run(&c, Opcode::Attach, |m| m.slot = SLOTS_PER_VSIC, &root.encode(), 0)),
-        (AdminStatus::NoSuchVsa, run(&c, Opcode::ExtentMap, |m| m.args[0] = 77, &[], 4096)),
-        (AdminStatus::BadToken, run(&c, Opcode::Attach, |_| {}, &forged.encode(), 0)),
-        (AdminStatus::RevokedToken, run(&c, Opcode::Attach, |_| {}, &gone.encode(), 0)),
-        (AdminStatus::PermissionDenied, run(&c, Opcode::VsaDelete, |_| {}, &ro.encode(), 0)),
-        (AdminStatus::NoSpace, run(&c, Opcode::VsaCreate, |m| m.args[0] = WINDOW_SIZE, &[], 64)),
-        (AdminStatus::Ok, run(&c, Opcode::Attach, |_| {}, &root.encode(), 0)),
-        (AdminStatus::SlotBusy, run(&c, Opcode::Attach, |_| {}, &root.encode(), 0)),
-        (AdminStatus::SlotEmpty, run(&c, Opcode::Detach, |m| m.slot = 1, &[], 0)),
-        (AdminStatus::ZeroSize, run(&c, Opcode::VsaCreate, |_| {}, &[], 64)),
-        (AdminStatus::BelowMinimum, run(&c, Opcode::VsaShrink, |m| m.args[0] = 1, &root.encode(), 0)),
-        (AdminStatus::TooLarge, run(&c, Opcode::VsaCreate, |m| m.args[0] = WINDOW_SIZE + 1, &[], 64)),
-        (AdminStatus::ResponseTooSmall, run(&c, Opcode::Identify, |_| {}, &[], 63)),
-        (AdminStatus::ResponseTooSmall, run(&c, Opcode::VsaCreate, |m| m.args[0] = ES, &[], 0)),
-        (AdminStatus::ResponseTooSmall, run(&c, Opcode::ListVsics, |_| {}, &[], 100)),
+        (
+            AdminStatus::InvalidArgument,
+            run(&c, Opcode::VsaCreate, |m| m.args = [ES, 2, 0, 0], &[], 64),
+        ),
+        (
+            AdminStatus::UnknownFlags,
+            run(&c, Opcode::Attach, |m| m.flags = 2, &root.encode(), 0),
+        ),
+        (
+            AdminStatus::UnknownFlags,
+            run(&c, Opcode::Detach, |m| m.flags = FLAG_READ_ONLY, &[], 0),
+        ),
+        (
+            AdminStatus::NoSuchVsic,
+            run(&c, Opcode::VsicEnable, |m| m.vsic = 4, &[], 0),
+        ),
+        (
+            AdminStatus::NoSuchVsic,
+            run(&c, Opcode::Stats, |m| m.vsic = 17, &[], 4096),
+        ),
+        (
+            AdminStatus::NoSuchSlot,
+            run(
+                &c,
+                Opcode::Attach,
+                |m| m.slot = SLOTS_PER_VSIC,
+                &root.encode(),
+                0,
+            ),
+        ),
+        (
+            AdminStatus::NoSuchVsa,
+            run(&c, Opcode::ExtentMap, |m| m.args[0] = 77, &[], 4096),
+        ),
+        (
+            AdminStatus::BadToken,
+            run(&c, Opcode::Attach, |_| {}, &forged.encode(), 0),
+        ),
+        (
+            AdminStatus::RevokedToken,
+            run(&c, Opcode::Attach, |_| {}, &gone.encode(), 0),
+        ),
+        (
+            AdminStatus::PermissionDenied,
+            run(&c, Opcode::VsaDelete, |_| {}, &ro.encode(), 0),
+        ),
+        (
+            AdminStatus::NoSpace,
+            run(&c, Opcode::VsaCreate, |m| m.args[0] = WINDOW_SIZE, &[], 64),
+        ),
+        (
+            AdminStatus::Ok,
+            run(&c, Opcode::Attach, |_| {}, &root.encode(), 0),
+        ),
+        (
+            AdminStatus::SlotBusy,
+            run(&c, Opcode::Attach, |_| {}, &root.encode(), 0),
+        ),
+        (
+            AdminStatus::SlotEmpty,
+            run(&c, Opcode::Detach, |m| m.slot = 1, &[], 0),
+        ),
+        (
+            AdminStatus::ZeroSize,
+            run(&c, Opcode::VsaCreate, |_| {}, &[], 64),
+        ),
+        (
+            AdminStatus::BelowMinimum,
+            run(&c, Opcode::VsaShrink, |m| m.args[0] = 1, &root.encode(), 0),
+        ),
+        (
+            AdminStatus::TooLarge,
+            run(
+                &c,
+                Opcode::VsaCreate,
+                |m| m.args[0] = WINDOW_SIZE + 1,
+                &[],
+                64,
+            ),
+        ),
+        (
+            AdminStatus::ResponseTooSmall,
+            run(&c, Opcode::Identify, |_| {}, &[], 63),
+        ),
+        (
+            AdminStatus::ResponseTooSmall,
+            run(&c, Opcode::VsaCreate, |m| m.args[0] = ES, &[], 0),
+        ),
+        (
+            AdminStatus::ResponseTooSmall,
+            run(&c, Opcode::ListVsics, |_| {}, &[], 100),
+        ),
     ];
     for (i, (want, r)) in checks.iter().enumerate() {
         assert_eq!(status(r), *want, "check {i}");
     }
     // ResponseTooSmall on a list says how much room is needed.
     let r = run(&c, Opcode::ListVsics, |_| {}, &[], 100);
-    assert_eq!((r.completion.result0, r.completion.result1), (4, 4 * VsicInfo::LEN as u64));
+    assert_eq!(
+        (r.completion.result0, r.completion.result1),
+        (4, 4 * VsicInfo::LEN as u64)
+    );
     c.plane().store.fail_commits = 1;
-    assert_eq!(status(&run(&c, Opcode::VsicDisable, |_| {}, &[], 0)), AdminStatus::MetadataIo);
+    assert_eq!(
+        status(&run(&c, Opcode::VsicDisable, |_| {}, &[], 0)),
+        AdminStatus::MetadataIo
+    );
 }
 
 #[test]
@@ -883,7 +1209,18 @@ fn admin_never_panics_on_garbage() {
     let c = pool.open();
     let (_, mut root) = create(&c, 2 * ES, 0);
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let interesting = [0u64, 1, ES - 1, ES, ES + 1, 3 * ES, WINDOW_SIZE - 1, WINDOW_SIZE, WINDOW_SIZE + 1, u64::MAX];
+    let interesting = [
+        0u64,
+        1,
+        ES - 1,
+        ES,
+        ES + 1,
+        3 * ES,
+        WINDOW_SIZE - 1,
+        WINDOW_SIZE,
+        WINDOW_SIZE + 1,
+        u64::MAX,
+    ];
     for round in 0..6000 {
         let op = Opcode::ALL[rng.below(Opcode::ALL.len() as u64) as usize];
         let mut cmd = AdminCommand::new(op);
@@ -894,7 +1231,11 @@ fn admin_never_panics_on_garbage() {
         cmd.vsic = [0, 3, 4, u32::MAX, rng.next_u64() as u32][rng.below(5) as usize];
         cmd.slot = [0, 15, 16, rng.next_u64() as u32][rng.below(4) as usize];
         for a in cmd.args.iter_mut() {
-            *a = if rng.below(2) == 0 { interesting[rng.below(interesting.len() as u64) as usize] } else { rng.next_u64() };
+            *a = if rng.below(2) == 0 {
+                interesting[rng.below(interesting.len() as u64) as usize]
+            } else {
+                rng.next_u64()
+            };
         }
         let payload = match rng.below(5) {
             0 => Vec::new(),
@@ -911,7 +1252,11 @@ fn admin_never_panics_on_garbage() {
                 rng.bytes(n)
             }
         };
-        cmd.payload_len = if rng.below(10) == 0 { rng.next_u64() as u32 } else { payload.len() as u32 };
+        cmd.payload_len = if rng.below(10) == 0 {
+            rng.next_u64() as u32
+        } else {
+            payload.len() as u32
+        };
         let mut bytes = cmd.encode().to_vec();
         match rng.below(10) {
             0 => bytes.truncate(rng.below(64) as usize),
@@ -929,7 +1274,10 @@ fn admin_never_panics_on_garbage() {
         let r = c.admin(&bytes, &payload, capacity);
         assert!(r.payload.len() <= capacity, "round {round}");
         assert!(AdminStatus::from_u16(r.completion.status).is_some());
-        if status(&r) == AdminStatus::Ok && cmd.opcode == Opcode::CapRevoke as u16 && r.payload.len() == 64 {
+        if status(&r) == AdminStatus::Ok
+            && cmd.opcode == Opcode::CapRevoke as u16
+            && r.payload.len() == 64
+        {
             // The fuzzer revoked the root: keep going with the new one.
             let new_root = CapToken::decode(&r.payload).unwrap();
             assert_eq!(new_root.vsa_id, root.vsa_id, "round {round}");
@@ -952,10 +1300,18 @@ fn admin_never_panics_on_garbage() {
 /// (see `tests/common/block_device.rs`).
 #[test]
 fn block_device_pool() {
-    let Some(dev) = block_device::test_block_device() else { return };
+    let Some(dev) = block_device::test_block_device() else {
+        return;
+    };
     // Start blank, as a fresh disk would be.
     block_device::wipe_start(&dev);
-    let cfg = || ControllerConfig { drives: vec![DriveSpec { path: dev.clone(), size: None }], ..config_for(&[]) };
+    let cfg = || ControllerConfig {
+        drives: vec![DriveSpec {
+            path: dev.clone(),
+            size: None,
+        }],
+        ..config_for(&[])
+    };
     {
         let c = Controller::open(cfg()).unwrap();
         assert!(identify(&c).total_extents > 4);
@@ -981,13 +1337,25 @@ fn block_device_pool() {
 #[test]
 #[ignore]
 fn crash_child() {
-    let Some(dir) = std::env::var_os("VSICD_CRASH_DIR") else { return };
-    let paths: Vec<PathBuf> = (0..2).map(|i| Path::new(&dir).join(format!("drive{i}"))).collect();
+    let Some(dir) = std::env::var_os("VSICD_CRASH_DIR") else {
+        return;
+    };
+    let paths: Vec<PathBuf> = (0..2)
+        .map(|i| Path::new(&dir).join(format!("drive{i}")))
+        .collect();
     let c = Controller::open(config_for(&paths)).unwrap();
     let mut live: Vec<CapToken> = Vec::new();
     // A store left by the previous child loses its role to the next VSA.
-    for v in vsa_list(&c).iter().filter(|v| v.role == vsic_abi::records::ROLE_STORE) {
-        ok(by_id(&c, Opcode::VsaSetRole, v.vsa_id, vsic_abi::records::ROLE_NONE as u64));
+    for v in vsa_list(&c)
+        .iter()
+        .filter(|v| v.role == vsic_abi::records::ROLE_STORE)
+    {
+        ok(by_id(
+            &c,
+            Opcode::VsaSetRole,
+            v.vsa_id,
+            vsic_abi::records::ROLE_NONE as u64,
+        ));
     }
     loop {
         let (id, t) = create(&c, 2 * ES, 1 + (live.len() as u64 % 2));
@@ -997,9 +1365,19 @@ fn crash_child() {
         println!("sized {id} {}", 2 * ES);
         // The store role moves to the newest VSA (PF privilege, by id).
         if let Some(prev) = live.last() {
-            ok(by_id(&c, Opcode::VsaSetRole, prev.vsa_id, vsic_abi::records::ROLE_NONE as u64));
+            ok(by_id(
+                &c,
+                Opcode::VsaSetRole,
+                prev.vsa_id,
+                vsic_abi::records::ROLE_NONE as u64,
+            ));
         }
-        ok(by_id(&c, Opcode::VsaSetRole, id, vsic_abi::records::ROLE_STORE as u64));
+        ok(by_id(
+            &c,
+            Opcode::VsaSetRole,
+            id,
+            vsic_abi::records::ROLE_STORE as u64,
+        ));
         println!("store {id}");
         live.push(t);
         if live.len() > 6 {
@@ -1032,15 +1410,25 @@ fn kill_at_any_instant_loses_no_commit() {
     let mut store = None;
     for round in 0..8 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "controller::tests::crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "controller::tests::crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("VSICD_CRASH_DIR", pool.paths[0].parent().unwrap())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let reader =
-            std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>());
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        });
         std::thread::sleep(Duration::from_millis(50 + rng.below(250)));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -1072,28 +1460,48 @@ fn kill_at_any_instant_loses_no_commit() {
         }
         for (id, want) in &done {
             match want {
-                None => assert!(!vsas.contains_key(id), "round {round}: deleted VSA {id} came back"),
+                None => assert!(
+                    !vsas.contains_key(id),
+                    "round {round}: deleted VSA {id} came back"
+                ),
                 // A later shrink/extend may have committed without being reported.
                 Some(size) => {
                     let got = vsas.get(id).copied();
                     assert!(got.is_some(), "round {round}: VSA {id} was lost");
-                    assert!(got >= Some(ES), "round {round}: VSA {id} has size {got:?} (reported {size})");
+                    assert!(
+                        got >= Some(ES),
+                        "round {round}: VSA {id} has size {got:?} (reported {size})"
+                    );
                 }
             }
         }
         // At most one store, and none older than the last reported one
         // (the role was moving to a newer VSA when the child died).
-        let stores: Vec<u64> = vsa_list(&c).iter().filter(|v| v.role == vsic_abi::records::ROLE_STORE).map(|v| v.vsa_id).collect();
-        assert!(stores.len() <= 1, "round {round}: several stores {stores:?}");
+        let stores: Vec<u64> = vsa_list(&c)
+            .iter()
+            .filter(|v| v.role == vsic_abi::records::ROLE_STORE)
+            .map(|v| v.vsa_id)
+            .collect();
+        assert!(
+            stores.len() <= 1,
+            "round {round}: several stores {stores:?}"
+        );
         if let (Some(&got), Some(reported)) = (stores.first(), store) {
-            assert!(got >= reported, "round {round}: the store role went back from VSA {reported} to {got}");
+            assert!(
+                got >= reported,
+                "round {round}: the store role went back from VSA {reported} to {got}"
+            );
         }
         // Nothing leaked: every extent is mapped, free or about to be zeroed.
         let used: u64 = vsas.values().map(|s| s / ES).sum();
         let id = identify(&c);
         assert_eq!(id.free_extents + used, id.total_extents, "round {round}");
     }
-    assert!(done.len() > 5, "the child completed too few commands: {}", done.len());
+    assert!(
+        done.len() > 5,
+        "the child completed too few commands: {}",
+        done.len()
+    );
 }
 
 // ------------------------------------------------- PF privileged VSA admin
@@ -1122,16 +1530,58 @@ fn pf_deletes_and_resizes_a_vsa_whose_capability_is_lost() {
     let r = ok(by_id(&c, Opcode::VsaResizeById, id, ES));
     assert_eq!(r.completion.result1, ES);
     assert!(r.changed_vsics.is_empty());
-    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, id, 0)), AdminStatus::ZeroSize);
-    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, id, ES - 1)), AdminStatus::BelowMinimum);
-    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, id, WINDOW_SIZE + 1)), AdminStatus::TooLarge);
-    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, id, WINDOW_SIZE)), AdminStatus::NoSpace);
-    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, 99, ES)), AdminStatus::NoSuchVsa);
-    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, 0, ES)), AdminStatus::NoSuchVsa);
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaResizeById, id, 0)),
+        AdminStatus::ZeroSize
+    );
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaResizeById, id, ES - 1)),
+        AdminStatus::BelowMinimum
+    );
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaResizeById, id, WINDOW_SIZE + 1)),
+        AdminStatus::TooLarge
+    );
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaResizeById, id, WINDOW_SIZE)),
+        AdminStatus::NoSpace
+    );
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaResizeById, 99, ES)),
+        AdminStatus::NoSuchVsa
+    );
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaResizeById, 0, ES)),
+        AdminStatus::NoSuchVsa
+    );
     // Delete by id detaches everywhere and frees every extent.
-    assert_eq!(status(&by_id(&c, Opcode::VsaDeleteById, 99, 0)), AdminStatus::NoSuchVsa);
-    assert_eq!(status(&run(&c, Opcode::VsaDeleteById, |m| m.args[0] = id, &lost.encode(), 0)), AdminStatus::BadPayloadSize);
-    assert_eq!(status(&run(&c, Opcode::VsaDeleteById, |m| { m.args[0] = id; m.flags = FLAG_READ_ONLY }, &[], 0)), AdminStatus::UnknownFlags);
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaDeleteById, 99, 0)),
+        AdminStatus::NoSuchVsa
+    );
+    assert_eq!(
+        status(&run(
+            &c,
+            Opcode::VsaDeleteById,
+            |m| m.args[0] = id,
+            &lost.encode(),
+            0
+        )),
+        AdminStatus::BadPayloadSize
+    );
+    assert_eq!(
+        status(&run(
+            &c,
+            Opcode::VsaDeleteById,
+            |m| {
+                m.args[0] = id;
+                m.flags = FLAG_READ_ONLY
+            },
+            &[],
+            0
+        )),
+        AdminStatus::UnknownFlags
+    );
     let r = ok(by_id(&c, Opcode::VsaDeleteById, id, 0));
     assert_eq!(r.completion.result0, id);
     assert_eq!(r.changed_vsics, vec![1]);
@@ -1139,8 +1589,14 @@ fn pf_deletes_and_resizes_a_vsa_whose_capability_is_lost() {
     assert!(vsa_list(&c).is_empty());
     assert!(!vsic_list(&c)[1].slots[0].is_attached());
     assert_eq!(identify(&c).free_extents, free);
-    assert_eq!(status(&attach(&c, 1, 0, &lost, false)), AdminStatus::BadToken);
-    assert_eq!(status(&by_id(&c, Opcode::VsaDeleteById, id, 0)), AdminStatus::NoSuchVsa);
+    assert_eq!(
+        status(&attach(&c, 1, 0, &lost, false)),
+        AdminStatus::BadToken
+    );
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaDeleteById, id, 0)),
+        AdminStatus::NoSuchVsa
+    );
     // Survives a restart: the VSA stays gone.
     drop(c);
     let c = pool.open();
@@ -1159,11 +1615,33 @@ fn roles_are_set_by_the_pf_listed_and_persisted() {
     ok(by_id(&c, Opcode::VsaSetRole, store, ROLE_STORE as u64));
     // Setting it again is a no-op; a second store is refused.
     ok(by_id(&c, Opcode::VsaSetRole, store, ROLE_STORE as u64));
-    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, tenant, ROLE_STORE as u64)), AdminStatus::RoleInUse);
-    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, tenant, 7)), AdminStatus::InvalidArgument);
-    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, tenant, 1 << 32 | ROLE_STORE as u64)), AdminStatus::InvalidArgument);
-    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, 99, ROLE_STORE as u64)), AdminStatus::NoSuchVsa);
-    let roles = |c: &Controller| vsa_list(c).iter().map(|v| (v.vsa_id, v.role)).collect::<Vec<_>>();
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaSetRole, tenant, ROLE_STORE as u64)),
+        AdminStatus::RoleInUse
+    );
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaSetRole, tenant, 7)),
+        AdminStatus::InvalidArgument
+    );
+    assert_eq!(
+        status(&by_id(
+            &c,
+            Opcode::VsaSetRole,
+            tenant,
+            1 << 32 | ROLE_STORE as u64
+        )),
+        AdminStatus::InvalidArgument
+    );
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaSetRole, 99, ROLE_STORE as u64)),
+        AdminStatus::NoSuchVsa
+    );
+    let roles = |c: &Controller| {
+        vsa_list(c)
+            .iter()
+            .map(|v| (v.vsa_id, v.role))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(roles(&c), vec![(store, ROLE_STORE), (tenant, ROLE_NONE)]);
     // The role is controller metadata: it survives a restart.
     drop(c);
@@ -1171,7 +1649,10 @@ fn roles_are_set_by_the_pf_listed_and_persisted() {
     assert_eq!(roles(&c), vec![(store, ROLE_STORE), (tenant, ROLE_NONE)]);
     // A failed commit leaves the role as it was.
     c.plane().store.fail_commits = 1;
-    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, store, ROLE_NONE as u64)), AdminStatus::MetadataIo);
+    assert_eq!(
+        status(&by_id(&c, Opcode::VsaSetRole, store, ROLE_NONE as u64)),
+        AdminStatus::MetadataIo
+    );
     assert_eq!(roles(&c), vec![(store, ROLE_STORE), (tenant, ROLE_NONE)]);
     // Cleared, the role can move; deleting the store VSA clears it too.
     ok(by_id(&c, Opcode::VsaSetRole, store, ROLE_NONE as u64));

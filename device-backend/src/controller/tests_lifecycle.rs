@@ -91,11 +91,7 @@ fn shutdown_syncs_the_drives_when_every_vsic_is_disabled() {
         poll_max: Duration::ZERO,
         workarounds: Default::default(),
     };
-    let front = Front::start(
-        config,
-        Arc::clone(&c) as Arc<dyn Target>,
-    )
-    .unwrap();
+    let front = Front::start(config, Arc::clone(&c) as Arc<dyn Target>).unwrap();
     front.shutdown();
     for (n, d) in c.drives.iter().enumerate() {
         assert!(

@@ -21,7 +21,9 @@ pub struct VsaHandle {
 
 impl VsaHandle {
     pub fn new(layout: VsaLayout) -> Self {
-        Self { layout: RwLock::new(layout) }
+        Self {
+            layout: RwLock::new(layout),
+        }
     }
     // A poisoned lock only means a thread panicked while holding it; the
     // layout itself is always replaced whole, so it is still consistent.
@@ -49,7 +51,12 @@ pub struct Segment {
 /// byte of the range lies outside the map (callers check bounds first).
 /// The whole range is checked before anything is yielded; the ranges
 /// themselves are computed as they are taken, so nothing is allocated.
-pub fn map_range(layout: &VsaLayout, extent_size: u64, offset: u64, len: u64) -> Option<Segments<'_>> {
+pub fn map_range(
+    layout: &VsaLayout,
+    extent_size: u64,
+    offset: u64,
+    len: u64,
+) -> Option<Segments<'_>> {
     let end = offset.checked_add(len)?;
     if end > layout.size || extent_size == 0 {
         return None;
@@ -57,10 +64,18 @@ pub fn map_range(layout: &VsaLayout, extent_size: u64, offset: u64, len: u64) ->
     if len > 0 {
         for logical in offset / extent_size..=(end - 1) / extent_size {
             let ext = layout.extents.get(usize::try_from(logical).ok()?)?;
-            ext.index.checked_mul(extent_size)?.checked_add(extent_size)?;
+            ext.index
+                .checked_mul(extent_size)?
+                .checked_add(extent_size)?;
         }
     }
-    Some(Segments { extents: &layout.extents, extent_size, start: offset, pos: offset, end })
+    Some(Segments {
+        extents: &layout.extents,
+        extent_size,
+        start: offset,
+        pos: offset,
+        end,
+    })
 }
 
 /// The drive ranges of a VSA range (see [`map_range`]).
@@ -82,10 +97,17 @@ impl Iterator for Segments<'_> {
             let within = self.pos % self.extent_size;
             let piece = (self.extent_size - within).min(self.end - self.pos);
             // Checked by map_range: a failure here ends the iteration early.
-            let ext = self.extents.get(usize::try_from(self.pos / self.extent_size).ok()?)?;
-            let drive_offset = ext.index.checked_mul(self.extent_size)?.checked_add(within)?;
+            let ext = self
+                .extents
+                .get(usize::try_from(self.pos / self.extent_size).ok()?)?;
+            let drive_offset = ext
+                .index
+                .checked_mul(self.extent_size)?
+                .checked_add(within)?;
             match &mut seg {
-                Some(s) if s.drive == ext.drive && s.offset + s.len == drive_offset => s.len += piece,
+                Some(s) if s.drive == ext.drive && s.offset + s.len == drive_offset => {
+                    s.len += piece
+                }
                 Some(_) => break,
                 None => {
                     seg = Some(Segment {
@@ -112,21 +134,44 @@ mod tests {
 
     #[test]
     fn maps_and_merges_contiguous_extents() {
-        let l = VsaLayout { size: 4 * 100, extents: vec![e(0, 5), e(0, 6), e(1, 2), e(0, 9)], deleted: false };
+        let l = VsaLayout {
+            size: 4 * 100,
+            extents: vec![e(0, 5), e(0, 6), e(1, 2), e(0, 9)],
+            deleted: false,
+        };
         let segs: Vec<Segment> = map_range(&l, 100, 50, 300).unwrap().collect();
         assert_eq!(
             segs,
             vec![
-                Segment { drive: 0, offset: 550, len: 150, request_offset: 0 },
-                Segment { drive: 1, offset: 200, len: 100, request_offset: 150 },
-                Segment { drive: 0, offset: 900, len: 50, request_offset: 250 },
+                Segment {
+                    drive: 0,
+                    offset: 550,
+                    len: 150,
+                    request_offset: 0
+                },
+                Segment {
+                    drive: 1,
+                    offset: 200,
+                    len: 100,
+                    request_offset: 150
+                },
+                Segment {
+                    drive: 0,
+                    offset: 900,
+                    len: 50,
+                    request_offset: 250
+                },
             ]
         );
         assert!(map_range(&l, 100, 399, 2).is_none());
         assert!(map_range(&l, 100, u64::MAX, 2).is_none());
         assert_eq!(map_range(&l, 100, 400, 0).unwrap().count(), 0);
         // A map shorter than the VSA's size: refused before any range is yielded.
-        let short = VsaLayout { size: 300, extents: vec![e(0, 5), e(0, 6)], deleted: false };
+        let short = VsaLayout {
+            size: 300,
+            extents: vec![e(0, 5), e(0, 6)],
+            deleted: false,
+        };
         assert!(map_range(&short, 100, 150, 100).is_none());
         assert_eq!(map_range(&short, 100, 150, 50).unwrap().count(), 1);
     }

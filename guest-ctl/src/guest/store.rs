@@ -175,10 +175,12 @@ pub fn store_mount(mountpoint: &Path) -> Result<Report, Failure> {
     let addr = pf::locate_vsic(&funcs, n)?;
     let disk = match (funcs.driver(&addr).as_deref(), funcs.disk(&addr)) {
         (Some(KERNEL_DRIVER), Some((disk, _))) => disk,
-        _ => return Err(err(format!(
+        _ => {
+            return Err(err(format!(
             "the store (VSA {vsa}) is at slot 0 of VSIC {n} ({addr}), which has no kernel disk; \
                  hand it to the kernel with `vsicctl vsic bind --vsic {n} --kernel`"
-        ))),
+        )))
+        }
     };
     if store::device_label(&Path::new("/dev").join(&disk)).as_deref() != Some(store::STORE_LABEL) {
         return Err(err(format!(

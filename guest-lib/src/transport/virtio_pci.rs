@@ -176,7 +176,7 @@ fn map_region(device: &VfioDevice, offset: u64, size: u64) -> std::io::Result<No
 /// aligned (MMIO registers are accessed at their own width).
 fn check_access(at: u64, width: usize, len: u64) -> Result<(), Error> {
     let w = width as u64;
-    let fits = at % w == 0 && at.checked_add(w).is_some_and(|end| end <= len);
+    let fits = at.is_multiple_of(w) && at.checked_add(w).is_some_and(|end| end <= len);
     if !fits {
         return Err(Error::transport(
             "device register access",
@@ -263,10 +263,10 @@ impl Window {
         while pos < buf.len() {
             let at = off + pos as u64;
             let left = buf.len() - pos;
-            let n = if at % 4 == 0 && left >= 4 {
+            let n = if at.is_multiple_of(4) && left >= 4 {
                 buf[pos..pos + 4].copy_from_slice(&self.read32(at)?.to_le_bytes());
                 4
-            } else if at % 2 == 0 && left >= 2 {
+            } else if at.is_multiple_of(2) && left >= 2 {
                 buf[pos..pos + 2].copy_from_slice(&self.read16(at)?.to_le_bytes());
                 2
             } else {

@@ -4,8 +4,9 @@
 #
 # Usage: ci/test.sh
 # The last line of output is exactly "N passed, N failed", counting every
-# cargo test (from cargo's "test result:" lines), every guest test, and each
-# build step that failed; the exit status is non-zero on any failure.
+# cargo test (from cargo's "test result:" lines), every guest test, the
+# formatting and clippy checks, and each build step that failed; the exit
+# status is non-zero on any failure.
 set -uo pipefail
 # The whole body is one brace group, read before it runs, so editing this
 # file while it runs cannot change what the running instance does.
@@ -96,6 +97,12 @@ step() {
 total_start=$(now)
 
 step "host dependencies (ci/install-deps.sh)" bash ci/install-deps.sh
+# check NAME COMMAND...: a step that counts as one test, passed or failed.
+check() {
+    if step "$@"; then passed=$((passed + 1)); fi
+}
+check "cargo fmt --check" cargo fmt --all -- --check
+check "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --workspace" cargo build --workspace
 # Examples too: host-side checks of the guest tests run them.
 step "cargo build --workspace --release" cargo build --workspace --release --bins --examples

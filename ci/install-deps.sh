@@ -26,6 +26,10 @@ declare -A STABLE_PKGS=(
     [kmod]=/sbin/depmod
     [libc-bin]=/usr/bin/ldd
     [coreutils]=/usr/bin/timeout
+    # vsic-kv's tests: redis-cli and redis-benchmark drive it, and the same
+    # session against a real redis-server is the reference.
+    [redis-server]=/usr/bin/redis-server
+    [redis-tools]=/usr/bin/redis-cli
 )
 BACKPORTS_PKG=qemu-system-x86
 QEMU_SERIES=10.0

@@ -33,7 +33,7 @@ pub const MAX_VALUE: usize = 4 << 20;
 const BATCH_BYTES: usize = 1 << 20;
 /// Compaction writes snapshot records of about this size, this many per step.
 const COMPACT_RECORD: usize = 64 << 10;
-const COMPACT_STEP: usize = 1 << 20;
+const COMPACT_STEP: usize = 256 << 10;
 /// Recovery reads the log in windows of this many blocks.
 const READ_WINDOW: u64 = 256;
 

@@ -49,7 +49,7 @@ impl Backend {
             Setup {
                 vsics: 1,
                 queues: 1,
-                drives: vec!["128M"],
+                drives: vec!["256M"],
                 ..Setup::default()
             },
         );

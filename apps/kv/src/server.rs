@@ -357,7 +357,7 @@ impl Conn {
             match parse_i64(v) {
                 None => return o.error("ERR Protocol version is not an integer or out of range"),
                 Some(2) => {}
-                Some(_) => return o.error("NOPROTO sorry, this protocol version is not supported"),
+                Some(_) => return o.error("NOPROTO unsupported protocol version"),
             }
             let mut i = 2;
             while i < args.len() {

@@ -84,15 +84,18 @@ impl Index {
     /// buckets), filtered by `pattern`, and the next cursor (0 at the end).
     pub fn scan(&self, cursor: u64, count: usize, pattern: Option<&[u8]>) -> (u64, Vec<Vec<u8>>) {
         let mut out = Vec::new();
-        let mut visited = 0usize;
         let mut last_hash = None;
-        for ((h, k), _) in self.map.range((Bound::Included((cursor, Vec::new())), Bound::Unbounded)) {
+        let from = (Bound::Included((cursor, Vec::new())), Bound::Unbounded);
+        for (visited, ((h, k), _)) in self.map.range(from).enumerate() {
             if visited >= count.max(1) && last_hash != Some(*h) {
                 return (*h, out);
             }
-            visited += 1;
             last_hash = Some(*h);
-            if pattern.map_or(true, |p| glob_match(p, k)) {
+            let wanted = match pattern {
+                None => true,
+                Some(p) => glob_match(p, k),
+            };
+            if wanted {
                 out.push(k.clone());
             }
         }

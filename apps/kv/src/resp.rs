@@ -14,10 +14,13 @@ pub const MAX_INLINE: usize = 64 << 10;
 #[error("Protocol error: {0}")]
 pub struct ProtocolError(pub &'static str);
 
+/// One parsed request and the bytes it took, or None: more bytes needed.
+pub type Parsed = Option<(Vec<Vec<u8>>, usize)>;
+
 /// Parses one request from the front of `buf`: `Ok(Some((args, used)))`,
 /// `Ok(None)` when more bytes are needed. An empty inline line gives an
 /// empty `args`.
-pub fn parse(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+pub fn parse(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -73,7 +76,7 @@ fn line_int(buf: &[u8], at: usize, what: &'static str) -> Result<Option<(i64, us
     Ok(Some((n, at + nl + 1)))
 }
 
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_INLINE {
             return Err(ProtocolError("too big inline request"));

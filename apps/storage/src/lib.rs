@@ -263,6 +263,7 @@ pub fn open(spec: &str, opts: &OpenOptions) -> Result<Box<dyn BlockDevice>> {
 }
 
 /// Checks that a request lies inside the device and is block-aligned.
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than the MSRV
 pub(crate) fn check_range(offset: u64, len: usize, capacity: u64, block: u32) -> Result<()> {
     let b = u64::from(block);
     let ok = offset % b == 0

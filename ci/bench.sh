@@ -8,6 +8,7 @@
 #                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]
 #                           [--no-build] [--vsicd-arg ARG]...
 #        ci/bench.sh --table FILE
+#        ci/bench.sh --apps --host [...]   (ci/bench-apps.sh: vsic-kv vs redis)
 #
 #   --host      run on the host over vhost-user sockets (the only mode so far)
 #   --seconds   measured seconds per run (default 3)
@@ -32,6 +33,11 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+# --apps: the application benchmark (vsic-kv vs redis), ci/bench-apps.sh.
+if [[ ${1:-} == --apps ]]; then
+    shift
+    exec bash "$REPO/ci/bench-apps.sh" "$@"
+fi
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() {
     log "$*"

@@ -59,9 +59,17 @@ fn stale_records_past_a_torn_tail_are_never_replayed() {
 }
 
 #[test]
-fn values_larger_than_a_block_and_every_command_survive_reopen() {
-    let b = Backend::file("big", 32 << 20);
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+fn values_larger_than_a_block_and_every_command_survive_reopen_on_file() {
+    every_command_survives_reopen(&Backend::file("big", 32 << 20));
+}
+
+#[test]
+fn values_larger_than_a_block_and_every_command_survive_reopen_on_vsa() {
+    every_command_survives_reopen(&Backend::vsa("kv-big", 32 << 20));
+}
+
+fn every_command_survives_reopen(b: &Backend) {
+    let big: Vec<u8> = (0..vsic_kv::engine::MAX_VALUE as u32).map(|i| (i % 251) as u8).collect();
     {
         let s = b.open();
         set(&s, "big", &big);

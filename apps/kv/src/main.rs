@@ -17,8 +17,12 @@ struct Cli {
     /// Where the store lives: vhost-user:PATH or vsic:N (the VSA in slot 0
     /// of that VSIC, through the vsic library), or file:PATH (a file or
     /// block device through the kernel; a new file gets 256 MiB).
-    #[arg(long, value_name = "DEV")]
-    dev: String,
+    #[arg(long, value_name = "DEV", required_unless_present = "connect")]
+    dev: Option<String>,
+    /// put-seq only: put through a running server at ADDR (RESP, pipelined)
+    /// instead of opening DEV; `ack k<i>` follows each +OK.
+    #[arg(long, value_name = "ADDR", conflicts_with = "dev")]
+    connect: Option<String>,
     /// VSA devices: poll the completion ring instead of sleeping on an
     /// interrupt (lowest latency, burns a core).
     #[arg(long)]
@@ -70,11 +74,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Some(addr) = &cli.connect {
+        let Cmd::PutSeq { n } = cli.cmd else {
+            return Err("--connect works with put-seq only".into());
+        };
+        return put_seq_remote(addr, n);
+    }
+    let dev_spec = cli.dev.clone().expect("clap requires --dev without --connect");
     let opts = vsic_storage::OpenOptions {
         polling: cli.poll,
         ..vsic_storage::OpenOptions::default()
     };
-    let dev = vsic_storage::open(&cli.dev, &opts)?;
+    let dev = vsic_storage::open(&dev_spec, &opts)?;
     let store = Store::open(
         dev,
         StoreOptions {
@@ -85,7 +96,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.cmd {
         Cmd::Serve { listen } => {
             let listener = TcpListener::bind(&listen)?;
-            eprintln!("vsic-kv: serving {} on {}", cli.dev, listener.local_addr()?);
+            eprintln!("vsic-kv: serving {dev_spec} on {}", listener.local_addr()?);
             vsic_kv::server::serve(Arc::new(store), listener)?;
         }
         Cmd::PutSeq { n } => {
@@ -172,5 +183,40 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             writeln!(out, "before_blocks={} after_blocks={} generation={}", r.before_blocks, r.after_blocks, r.generation)?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// put-seq through a server: SETs pipelined 64 deep, an ack per +OK in
+/// order; stops at the first other reply or when the server goes away.
+fn put_seq_remote(addr: &str, n: u64) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use std::io::{BufRead, BufReader};
+    const WINDOW: u64 = 64;
+    let sock = std::net::TcpStream::connect(addr)?;
+    sock.set_nodelay(true)?;
+    let mut w = std::io::BufWriter::new(sock.try_clone()?);
+    let mut r = BufReader::new(sock);
+    let mut out = std::io::stdout().lock();
+    let (mut acked, mut sent) = (0u64, 0u64);
+    let mut line = String::new();
+    while acked < n {
+        while sent < n && sent - acked < WINDOW {
+            let key = format!("k{sent}");
+            let val = seq_value(sent);
+            write!(w, "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n", key.len(), val.len())?;
+            w.write_all(&val)?;
+            w.write_all(b"\r\n")?;
+            sent += 1;
+        }
+        w.flush()?;
+        line.clear();
+        if r.read_line(&mut line)? == 0 || line != "+OK\r\n" {
+            writeln!(out, "acked={acked}")?;
+            eprintln!("vsic-kv: put k{acked}: {:?}", line.trim_end());
+            return Ok(ExitCode::FAILURE);
+        }
+        writeln!(out, "ack k{acked}")?;
+        acked += 1;
+    }
+    writeln!(out, "acked={acked}")?;
     Ok(ExitCode::SUCCESS)
 }

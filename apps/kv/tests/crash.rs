@@ -94,3 +94,43 @@ fn kill_serve_under_load_on_file() {
 fn kill_serve_under_load_on_vsa() {
     serve_kill(&Backend::vsa("kv-serve", 8 << 20));
 }
+
+/// `put-seq --connect` against `serve`, the server SIGKILLed mid-stream:
+/// verify-seq over what put-seq saw acknowledged (the guest test's check).
+fn serve_kill_put_seq_connect(b: &Backend) {
+    let server = b.serve();
+    let mut child = std::process::Command::new(common::KV)
+        .args(["--connect", &server.addr.to_string(), "put-seq", "10000000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn put-seq --connect");
+    let mut server = server;
+    let out = child.stdout.take().unwrap();
+    let mut acked = 0u64;
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.unwrap();
+        if let Some(i) = line.strip_prefix("ack k") {
+            assert_eq!(i.parse::<u64>().unwrap(), acked);
+            acked += 1;
+            if acked == 2000 {
+                server.kill();
+            }
+        }
+    }
+    let _ = child.wait();
+    assert!(acked >= 2000);
+    let o = b.kv(&["verify-seq", &acked.to_string()]);
+    assert_eq!(stdout(&o), format!("present={acked} missing=0 corrupt=0\n"));
+}
+
+#[test]
+fn kill_serve_under_put_seq_connect_on_file() {
+    serve_kill_put_seq_connect(&Backend::file("serve-connect", 64 << 20));
+}
+
+#[test]
+fn kill_serve_under_put_seq_connect_on_vsa() {
+    serve_kill_put_seq_connect(&Backend::vsa("kv-serve-connect", 64 << 20));
+}

@@ -6,15 +6,17 @@
 # SET and GET with 1 KiB values, 1 client (latency) and 32 clients
 # (throughput), all on loopback.
 #
-# Usage: ci/bench-apps.sh --host [--requests N] [--dir DIR] [--no-build] [--out FILE]
-#        (also reached as: ci/bench.sh --apps --host ...)
+# Usage: ci/bench-apps.sh [--host] [--requests N] [--dir DIR] [--no-build] [--out FILE]
+#        (also reached as: ci/bench.sh --apps ...)
 #
-#   --host      on the host: vsicd serves the VSA over vhost-user from a
-#               drive file in DIR; the file of (2) and redis's AOF are in DIR
-#               too (same file system). The guest variant (VSIC over VFIO,
-#               ext4 on a kernel-bound VSIC) is not written yet.
-#   --requests  requests per case for 32 clients (default 20000; 1 client
-#               gets a quarter)
+#   (default)   in one guest (launch.sh; ci/bench-apps.guest.sh): (1) on the
+#               VSA of a VSIC through vsic over VFIO, (2) a file on ext4 on
+#               a kernel-bound VSIC, (3) redis's AOF on that ext4
+#   --host      on the host instead: vsicd serves the VSA over vhost-user
+#               from a drive file in DIR; the file of (2) and redis's AOF
+#               are in DIR too (same file system)
+#   --requests  requests per case for 32 clients (default 20000 on the
+#               host, 10000 in the guest; 1 client gets a quarter)
 #   --dir       where the drive, the store file and the AOF live
 #               (default: a fresh directory under /var/tmp)
 #   --no-build  use target/release binaries as they are
@@ -32,7 +34,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 log() { printf 'bench-apps: %s\n' "$*" >&2; }
 
 host=0
-requests=20000
+requests=
 dir=
 build=1
 out=
@@ -48,10 +50,44 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+
+# ratios FILE: one line per (test, clients, engine) against redis (aof).
+ratios() {
+    awk '
+        /^case=/ {
+            delete f
+            for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+            k = f["case"] " " f["clients"]
+            if (!(k in seen)) { seen[k] = 1; order[n++] = k }
+            rps[k, f["engine"]] = f["rps"]; p50[k, f["engine"]] = f["p50_ms"]
+        }
+        END {
+            for (i = 0; i < n; i++) {
+                split(order[i], a, " ")
+                for (j = 1; j <= 2; j++) {
+                    e = (j == 1) ? "vsic" : "file"
+                    r0 = rps[order[i], "aof"]; l0 = p50[order[i], "aof"]
+                    if (r0 == "" || rps[order[i], e] == "") continue
+                    printf "ratio case=%s clients=%s engine=%s/aof rps=%.2f p50=%.2f\n", a[1], a[2], e,
+                        rps[order[i], e] / r0, (l0 > 0 ? p50[order[i], e] / l0 : 0)
+                }
+            }
+        }' "$1"
+}
+
 if [[ $host -ne 1 ]]; then
-    log "only --host is implemented (the in-guest run is not written yet)"
-    exit 2
+    requests=${requests:-10000}
+    results=$(mktemp)
+    trap 'rm -f "$results"' EXIT
+    log "booting a guest (this takes a while under TCG)"
+    "$REPO/qemu-configs/launch.sh" --vsics 2 --queues 1 --drive-size 2G --timeout 1800 \
+        --append "vsic.requests=$requests" --run "$REPO/ci/bench-apps.guest.sh" \
+        --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest)' >"$results" || true
+    grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }
+    { cat "$results"; ratios "$results"; } | tee ${out:+"$out"}
+    exit 0
 fi
+requests=${requests:-20000}
 for tool in redis-server redis-benchmark; do
     command -v $tool >/dev/null || { log "$tool missing: run ci/install-deps.sh"; exit 1; }
 done
@@ -68,7 +104,8 @@ pids=()
 cleanup() {
     local p
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    # (the servers were disowned: no job notices)
+    sleep 0.2
     rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -88,6 +125,7 @@ wait_port() {
 "$VSICD" --socket-dir "$dir/sockets" --drive "$dir/drive0.img,size=1G" --vsics 1 --queues 1 \
     >"$dir/vsicd.log" 2>&1 &
 pids+=($!)
+disown
 for i in $(seq 200); do grep -q "vsicd: listening on" "$dir/vsicd.log" && break; sleep 0.05; done
 "$CTL" --vhost-user "$dir/sockets/pf.sock" vsa create --size 512M --cap "$dir/vsa.cap" >/dev/null
 "$CTL" --vhost-user "$dir/sockets/pf.sock" vsic attach --vsic 0 --slot 0 --cap "$dir/vsa.cap" >/dev/null
@@ -96,21 +134,23 @@ declare -A port
 port[vsic]=$(free_port)
 "$KV" --dev "vhost-user:$dir/sockets/vsic0.sock" serve --listen "127.0.0.1:${port[vsic]}" 2>"$dir/kv-vsic.log" &
 pids+=($!)
+disown
 truncate -s 512M "$dir/kv.img"
 port[file]=$(free_port)
 "$KV" --dev "file:$dir/kv.img" serve --listen "127.0.0.1:${port[file]}" 2>"$dir/kv-file.log" &
 pids+=($!)
+disown
 port[aof]=$(free_port)
 mkdir -p "$dir/redis"
 redis-server --bind 127.0.0.1 --port "${port[aof]}" --save "" --appendonly yes --appendfsync always \
     --dir "$dir/redis" --daemonize no >"$dir/redis.log" 2>&1 &
 pids+=($!)
+disown
 for e in vsic file aof; do wait_port "${port[$e]}"; done
 
 printf '# host=%s cores=%s load=%s redis=%s\n' "$(uname -n)" "$(nproc)" \
     "$(cut -d' ' -f1-3 /proc/loadavg)" "$(redis-server --version | awk '{print $3}')" | tee ${out:+"$out"}
 
-declare -A rps p50
 for clients in 1 32; do
     n=$requests
     [[ $clients -eq 1 ]] && n=$((requests / 4))
@@ -123,19 +163,8 @@ for clients in 1 32; do
                 -d 1024 -r 100000 --csv | grep -i "^\"$test\"" | tr -d '"')
             IFS=, read -r _ r _ _ p50v _ p99v _ <<<"$line"
             res="case=kv-$test server=$server engine=$e clients=$clients rps=$r p50_ms=$p50v p99_ms=$p99v"
-            echo "$res" | tee -a ${out:+"$out"}
-            rps[$test,$clients,$e]=$r
-            p50[$test,$clients,$e]=$p50v
+            echo "$res" | tee -a "$dir/results" ${out:+"$out"}
         done
     done
 done
-for clients in 1 32; do
-    for test in set get; do
-        for e in vsic file; do
-            awk -v t="$test" -v c="$clients" -v e="$e" -v r1="${rps[$test,$clients,$e]}" -v r0="${rps[$test,$clients,aof]}" \
-                -v l1="${p50[$test,$clients,$e]}" -v l0="${p50[$test,$clients,aof]}" \
-                'BEGIN { printf "ratio case=kv-%s clients=%s engine=%s/aof rps=%.2f p50=%.2f\n", t, c, e, r1 / r0, (l0 > 0 ? l1 / l0 : 0) }' |
-                tee -a ${out:+"$out"}
-        done
-    done
-done
+ratios "$dir/results" | tee -a ${out:+"$out"}

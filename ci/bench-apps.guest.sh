@@ -1,0 +1,56 @@
+#!/bin/sh
+# Guest half of `ci/bench.sh --apps` (ci/bench-apps.sh copies it in and runs
+# it with launch.sh --run). In one guest, one run, redis-benchmark drives
+#   (1) vsic-kv on the VSA of VSIC 0 through vsic (VFIO)          engine=vsic
+#   (2) vsic-kv on a file on ext4 on VSIC 1 (kernel virtio_blk)   engine=file
+#   (3) redis-server, appendonly yes, appendfsync always, AOF on
+#       that ext4                                                  engine=aof
+# SET and GET, 1 KiB values, 1 and 32 clients, on loopback. Prints one
+# "case=..." line per case; vsic.requests=N sets requests for 32 clients.
+set -eu
+# shellcheck source=ci/guest-tests/lib.sh
+. /vsic/lib.sh
+
+n=${VSIC_REQUESTS:-10000}
+vsicctl vsa create --size 512M --cap /root/kv.cap >/dev/null
+vsicctl vsic attach --vsic 0 --cap /root/kv.cap --slot 0 >/dev/null
+vsicctl vsic bind --vsic 0 --vfio --user root >/dev/null
+vsicctl vsa create --size 1G --cap /root/fs.cap >/dev/null
+out=$(vsicctl vsic bind --vsic 1 --kernel --json)
+disk=$(bound_disk "$out")
+[ -n "$disk" ] || fail "no disk in: $out"
+vsicctl vsic attach --vsic 1 --cap /root/fs.cap --slot 0 >/dev/null
+wait_size "$disk" $((1 << 21))
+mkfs.ext4 -q -F /dev/"$disk" || fail "mkfs.ext4"
+mkdir -p /mnt/fs
+mount -t ext4 /dev/"$disk" /mnt/fs || fail "mount"
+mkdir -p /mnt/fs/redis
+truncate -s 512M /mnt/fs/kv.img
+
+vsic-kv --dev vsic:0 serve --listen 127.0.0.1:6380 2>/tmp/kv-vsic.log &
+vsic-kv --dev file:/mnt/fs/kv.img serve --listen 127.0.0.1:6381 2>/tmp/kv-file.log &
+redis-server --bind 127.0.0.1 --port 6382 --save "" --appendonly yes --appendfsync always \
+    --dir /mnt/fs/redis >/tmp/redis.log 2>&1 &
+for port in 6380 6381 6382; do
+    for _ in $(seq 300); do redis-cli -p $port PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    [ "$(redis-cli -p $port PING)" = PONG ] || { cat /tmp/kv-*.log /tmp/redis.log; fail "nothing on port $port"; }
+done
+echo "# guest: $(nproc) cpus, kernel $(uname -r), ext4 on /dev/$disk, redis $(redis-server --version | cut -d' ' -f3)"
+
+for clients in 1 32; do
+    reqs=$n
+    [ $clients -eq 1 ] && reqs=$((n / 4))
+    for test in set get; do
+        for e in vsic:6380 file:6381 aof:6382; do
+            engine=${e%%:*}
+            port=${e##*:}
+            server=vsic-kv
+            [ $engine = aof ] && server=redis
+            # --csv: "test","rps","avg","min","p50","p95","p99","max"
+            line=$(redis-benchmark -p "$port" -t $test -n $reqs -c $clients -d 1024 -r 100000 --csv |
+                grep -i "^\"$test\"" | tr -d '"')
+            echo "$line" | awk -F, -v t=$test -v s=$server -v e=$engine -v c=$clients \
+                '{ printf "case=kv-%s server=%s engine=%s clients=%s rps=%s p50_ms=%s p99_ms=%s\n", t, s, e, c, $2, $5, $7 }'
+        done
+    done
+done

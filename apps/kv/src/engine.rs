@@ -179,7 +179,58 @@ impl Default for StoreOptions {
     }
 }
 
-/// An open store.
+/// The store without a thread of its own: for an event loop that owns it
+/// (the RESP server). Reads go through [`Engine::index`].
+pub struct Engine {
+    log: Log,
+    index: Arc<RwLock<Index>>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl Engine {
+    /// Recovers the store on `dev` (formatting a device that holds none).
+    pub fn open(dev: Box<dyn BlockDevice>, opts: StoreOptions) -> Result<Engine, KvError> {
+        let index = Arc::new(RwLock::new(Index::default()));
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let log = Log::recover(dev, index.clone(), stats.clone(), opts)?;
+        Ok(Engine { log, index, stats })
+    }
+
+    /// The durable state, for reads.
+    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evaluates `cmds` in order, makes them durable with one write and
+    /// one flush, publishes them; one answer per command.
+    pub fn commit(&mut self, cmds: Vec<WriteCmd>) -> Vec<Reply> {
+        self.log.commit(cmds)
+    }
+
+    /// One step of background work (compaction); true while more remains.
+    pub fn background(&mut self) -> bool {
+        self.log.background()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats_with(&self.index())
+    }
+
+    /// [`Engine::stats`] for a caller already holding the index.
+    pub fn stats_with(&self, ix: &Index) -> Stats {
+        stats_snapshot(&self.stats, ix)
+    }
+}
+
+fn stats_snapshot(stats: &Mutex<Stats>, ix: &Index) -> Stats {
+    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    s.keys = ix.len() as u64;
+    s.data_bytes = ix.bytes();
+    s
+}
+
+/// An open store with its own log thread: updates are submitted from any
+/// thread and answered through channels.
 pub struct Store {
     tx: Sender<Msg>,
     index: Arc<RwLock<Index>>,
@@ -191,9 +242,7 @@ impl Store {
     /// Recovers the store on `dev` (formatting a device that holds none)
     /// and starts its log thread.
     pub fn open(dev: Box<dyn BlockDevice>, opts: StoreOptions) -> Result<Store, KvError> {
-        let index = Arc::new(RwLock::new(Index::default()));
-        let stats = Arc::new(Mutex::new(Stats::default()));
-        let log = Log::recover(dev, index.clone(), stats.clone(), opts)?;
+        let Engine { log, index, stats } = Engine::open(dev, opts)?;
         let (tx, rx) = channel();
         let worker = std::thread::Builder::new()
             .name("kv-log".into())
@@ -245,11 +294,7 @@ impl Store {
     }
 
     pub fn stats(&self) -> Stats {
-        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let ix = self.read();
-        s.keys = ix.len() as u64;
-        s.data_bytes = ix.bytes();
-        s
+        stats_snapshot(&self.stats, &self.read())
     }
 }
 
@@ -464,7 +509,7 @@ impl Log {
                         }
                     }
                     Msg::Stop => {
-                        self.commit(std::mem::take(&mut batch));
+                        self.commit_and_answer(std::mem::take(&mut batch));
                         return;
                     }
                 }
@@ -473,13 +518,9 @@ impl Log {
                 }
             }
             if !batch.is_empty() {
-                self.commit(batch);
+                self.commit_and_answer(batch);
             }
-            if self.compaction.is_some() {
-                self.compact_step();
-            } else if self.opts.auto_compact && self.worth_compacting() {
-                self.start_compaction();
-            }
+            self.background();
         }
     }
 
@@ -488,16 +529,14 @@ impl Log {
         self.failed.is_none() && self.end > self.sb.region_blocks / 2 && live * 4 < self.end
     }
 
-    /// Evaluates, logs, flushes, publishes and answers one batch.
-    fn commit(&mut self, batch: Vec<(WriteCmd, Sender<Reply>)>) {
+    /// Evaluates, logs and flushes one batch, then publishes it to the
+    /// index; returns one answer per command, in order.
+    fn commit(&mut self, batch: Vec<WriteCmd>) -> Vec<Reply> {
         if batch.is_empty() {
-            return;
+            return Vec::new();
         }
         if let Some(why) = &self.failed {
-            for (_, r) in batch {
-                let _ = r.send(Reply::Err(CmdError::Storage(why.clone())));
-            }
-            return;
+            return batch.iter().map(|_| Reply::Err(CmdError::Storage(why.clone()))).collect();
         }
         // Evaluate in order against the index plus this batch's changes.
         let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
@@ -513,7 +552,7 @@ impl Log {
                     None => index.get(k).cloned(),
                 }
             };
-            for (cmd, reply) in batch {
+            for cmd in batch {
                 let (ops, answer) = evaluate(cmd, |k| view(&overlay, cleared, k));
                 for op in &ops {
                     match op {
@@ -532,7 +571,7 @@ impl Log {
                 if !ops.is_empty() {
                     records.push(ops);
                 }
-                replies.push((reply, answer));
+                replies.push(answer);
             }
         }
         if !records.is_empty() {
@@ -541,10 +580,7 @@ impl Log {
                     AppendError::Full => CmdError::Full,
                     AppendError::Io(why) => CmdError::Storage(why),
                 };
-                for (r, _) in replies {
-                    let _ = r.send(Reply::Err(err.clone()));
-                }
-                return;
+                return replies.iter().map(|_| Reply::Err(err.clone())).collect();
             }
             let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             for rec in &records {
@@ -559,10 +595,27 @@ impl Log {
             self.counters.batches += 1;
             self.counters.records += records.len() as u64;
         }
-        for (r, answer) in replies {
+        self.publish_stats();
+        replies
+    }
+
+    /// Answers a batch of queued updates through their channels.
+    fn commit_and_answer(&mut self, batch: Vec<(WriteCmd, Sender<Reply>)>) {
+        let (cmds, senders): (Vec<WriteCmd>, Vec<Sender<Reply>>) = batch.into_iter().unzip();
+        for (r, answer) in senders.into_iter().zip(self.commit(cmds)) {
             let _ = r.send(answer);
         }
-        self.publish_stats();
+    }
+
+    /// Background work between batches: the next compaction step, or an
+    /// automatic start. True while a compaction is in progress.
+    fn background(&mut self) -> bool {
+        if self.compaction.is_some() {
+            self.compact_step();
+        } else if self.opts.auto_compact && self.worth_compacting() {
+            self.start_compaction();
+        }
+        self.compaction.is_some()
     }
 
     /// Writes `records` at the end of the active log and flushes. Makes

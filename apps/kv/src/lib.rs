@@ -8,7 +8,7 @@ pub mod layout;
 pub mod resp;
 pub mod server;
 
-pub use engine::{CmdError, CompactReport, KvError, Reply, SetCond, Stats, Store, StoreOptions, WriteCmd};
+pub use engine::{CmdError, CompactReport, Engine, KvError, Reply, SetCond, Stats, Store, StoreOptions, WriteCmd};
 
 /// The value `put-seq` stores under `k<i>` (and `verify-seq` expects):
 /// derived from the key, of varying length; every 50th is larger than a

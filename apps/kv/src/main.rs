@@ -4,10 +4,9 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::mpsc::channel;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use vsic_kv::{seq_value, Reply, SetCond, Store, StoreOptions, WriteCmd};
+use vsic_kv::{seq_value, Engine, Reply, SetCond, Store, StoreOptions, WriteCmd};
 
 /// A persistent key-value store on a VSA that speaks the Redis protocol.
 /// Every update is durable before it is acknowledged.
@@ -86,19 +85,20 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ..vsic_storage::OpenOptions::default()
     };
     let dev = vsic_storage::open(&dev_spec, &opts)?;
-    let store = Store::open(
-        dev,
-        StoreOptions {
-            auto_compact: !cli.no_auto_compact,
-        },
-    )?;
+    let store_opts = StoreOptions {
+        auto_compact: !cli.no_auto_compact,
+    };
+    if let Cmd::Serve { listen } = &cli.cmd {
+        let engine = Engine::open(dev, store_opts)?;
+        let listener = TcpListener::bind(listen)?;
+        eprintln!("vsic-kv: serving {dev_spec} on {}", listener.local_addr()?);
+        vsic_kv::server::serve(engine, listener)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = Store::open(dev, store_opts)?;
     let mut out = std::io::stdout().lock();
     match cli.cmd {
-        Cmd::Serve { listen } => {
-            let listener = TcpListener::bind(&listen)?;
-            eprintln!("vsic-kv: serving {dev_spec} on {}", listener.local_addr()?);
-            vsic_kv::server::serve(Arc::new(store), listener)?;
-        }
+        Cmd::Serve { .. } => unreachable!("handled above"),
         Cmd::PutSeq { n } => {
             const WINDOW: u64 = 256;
             let (tx, rx) = channel();

@@ -1,237 +1,305 @@
-//! The Redis-protocol server: one thread per connection, pipelining, the
-//! commands redis-benchmark and redis-cli use, Redis's own error replies.
+//! The Redis-protocol server: one event loop (epoll) that owns the store,
+//! as Redis has one; pipelining, many clients, the commands
+//! redis-benchmark and redis-cli use, Redis's own error replies.
 //!
-//! Updates of a pipeline are all submitted before the first answer is
-//! awaited, so they join one group commit; a read waits for the
-//! connection's earlier updates first (it must see them).
+//! Each round of the loop reads what every ready connection sent, answers
+//! reads at once, and collects the updates of all connections; then one
+//! [`Engine::commit`] makes them durable together (group commit: one
+//! write, one flush) and every answer goes out. A read that follows an
+//! update of the same connection waits for the next round, so it sees that
+//! update. Between rounds, compaction proceeds step by step.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, RawFd};
 
-use crate::engine::{parse_i64, CmdError, Reply, SetCond, Store, WriteCmd};
+use crate::engine::{parse_i64, CmdError, Engine, Reply, SetCond, Stats, WriteCmd};
+use crate::index::Index;
 use crate::resp::{self, Out};
 
 /// Version reported to clients (HELLO, INFO): the Redis command set we
 /// follow.
 pub const REDIS_VERSION: &str = "7.0.0";
 
-/// Serves `store` on `listener` until the process ends.
-pub fn serve(store: Arc<Store>, listener: TcpListener) -> std::io::Result<()> {
-    let ids = Arc::new(AtomicU64::new(1));
-    for conn in listener.incoming() {
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::warn!("accept: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
+const LISTENER: u64 = 0;
+/// Bytes read from one connection per round, so one client cannot starve
+/// the others.
+const READ_PER_ROUND: usize = 1 << 20;
+
+/// Serves the store on `listener` until the process ends.
+pub fn serve(mut engine: Engine, listener: TcpListener) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let ep = Epoll::new()?;
+    ep.add(listener.as_raw_fd(), LISTENER, libc::EPOLLIN as u32)?;
+    let mut conns: HashMap<u64, Conn> = HashMap::new();
+    let mut next_id = 1u64;
+    // Connections with input left to parse (stopped at a read after an
+    // update, or at the per-round limit).
+    let mut backlog: HashSet<u64> = HashSet::new();
+    let mut background = false;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let timeout = if background || !backlog.is_empty() { 0 } else { 1000 };
+        let n = ep.wait(&mut events, timeout)?;
+        let mut touched: Vec<u64> = backlog.drain().collect();
+        for ev in &events[..n] {
+            let (token, flags) = (ev.u64, ev.events);
+            if token == LISTENER {
+                accept_all(&listener, &ep, &mut conns, &mut next_id);
                 continue;
             }
-        };
-        let store = store.clone();
-        let id = ids.fetch_add(1, Ordering::Relaxed);
-        std::thread::Builder::new()
-            .name(format!("conn-{id}"))
-            .spawn(move || {
-                if let Err(e) = Conn::new(store, id).run(conn) {
-                    log::debug!("connection {id}: {e}");
+            let Some(c) = conns.get_mut(&token) else { continue };
+            if flags & libc::EPOLLOUT as u32 != 0 {
+                c.flush_out(&ep);
+            }
+            if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                c.read_in(&mut chunk);
+                touched.push(token);
+            }
+        }
+        // Parse: answer reads, collect updates.
+        let mut cmds: Vec<WriteCmd> = Vec::new();
+        {
+            let ix = engine.index();
+            for id in &touched {
+                if let Some(c) = conns.get_mut(id) {
+                    if c.parse(&ix, &engine, &mut cmds) {
+                        backlog.insert(*id);
+                    }
                 }
-            })?;
+            }
+        }
+        // One group commit for every update of this round.
+        let replies = engine.commit(cmds);
+        for id in touched {
+            let Some(c) = conns.get_mut(&id) else { continue };
+            c.render(&replies);
+            c.flush_out(&ep);
+            let answered = c.out.is_empty() && !backlog.contains(&id);
+            if c.dead || (c.closing && c.out.is_empty()) || (c.eof && answered) {
+                let _ = ep.del(c.sock.as_raw_fd());
+                conns.remove(&id);
+                backlog.remove(&id);
+            }
+        }
+        background = engine.background();
     }
-    Ok(())
 }
 
-/// What a queued answer still needs.
+fn accept_all(listener: &TcpListener, ep: &Epoll, conns: &mut HashMap<u64, Conn>, next_id: &mut u64) {
+    loop {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                let id = *next_id;
+                *next_id += 1;
+                if sock.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let _ = sock.set_nodelay(true);
+                if ep.add(sock.as_raw_fd(), id, libc::EPOLLIN as u32).is_err() {
+                    continue;
+                }
+                conns.insert(id, Conn::new(sock, id));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // Out of descriptors and the like: try again next round.
+                log::warn!("accept: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// An answer in a connection's order.
 enum Piece {
     Bytes(Vec<u8>),
-    /// The durable answer of an update, arriving on the connection's channel.
-    Update,
+    /// The answer to update number N of this round's commit.
+    Update(usize),
 }
 
 struct Conn {
-    store: Arc<Store>,
+    sock: TcpStream,
     id: u64,
     name: Option<Vec<u8>>,
-    tx: Sender<Reply>,
-    rx: Receiver<Reply>,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
     queue: VecDeque<Piece>,
-    quit: bool,
+    /// Close once `out` is written (QUIT, protocol error).
+    closing: bool,
+    /// The peer shut its side: close once everything is answered.
+    eof: bool,
+    /// The socket failed: drop the connection now.
+    dead: bool,
+    /// EPOLLOUT is armed.
+    want_out: bool,
 }
 
 impl Conn {
-    fn new(store: Arc<Store>, id: u64) -> Conn {
-        let (tx, rx) = channel();
+    fn new(sock: TcpStream, id: u64) -> Conn {
         Conn {
-            store,
+            sock,
             id,
             name: None,
-            tx,
-            rx,
+            inbuf: Vec::new(),
+            out: Vec::new(),
             queue: VecDeque::new(),
-            quit: false,
+            closing: false,
+            eof: false,
+            dead: false,
+            want_out: false,
         }
     }
 
-    fn run(mut self, mut sock: TcpStream) -> std::io::Result<()> {
-        let _ = sock.set_nodelay(true);
-        let mut inbuf: Vec<u8> = Vec::with_capacity(16 << 10);
-        let mut start = 0usize;
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut out = Vec::with_capacity(16 << 10);
-        loop {
-            let n = sock.read(&mut chunk)?;
-            if n == 0 {
-                return Ok(());
-            }
-            inbuf.extend_from_slice(&chunk[..n]);
-            loop {
-                match resp::parse(&inbuf[start..]) {
-                    Ok(Some((args, used))) => {
-                        start += used;
-                        if !args.is_empty() {
-                            self.command(args, &mut out);
-                        }
-                        if self.quit {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.resolve(&mut out);
-                        Out(&mut out).error(&format!("ERR {e}"));
-                        sock.write_all(&out)?;
-                        return Ok(());
-                    }
+    fn read_in(&mut self, chunk: &mut [u8]) {
+        let mut total = 0;
+        while total < READ_PER_ROUND {
+            match self.sock.read(chunk) {
+                Ok(0) => {
+                    // The peer is done sending; answer what it sent, then close.
+                    self.eof = true;
+                    return;
+                }
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                    total += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.dead = true;
+                    return;
                 }
             }
-            inbuf.drain(..start);
-            start = 0;
-            self.resolve(&mut out);
-            if !out.is_empty() {
-                sock.write_all(&out)?;
-                out.clear();
-            }
-            if self.quit {
-                return Ok(());
-            }
         }
     }
 
-    /// Waits for every queued update answer and appends all answers, in
-    /// order, to `out`.
-    fn resolve(&mut self, out: &mut Vec<u8>) {
+    /// Handles the complete requests in `inbuf`; true if some are left
+    /// for the next round (a read after an update of this round).
+    fn parse(&mut self, ix: &Index, engine: &Engine, cmds: &mut Vec<WriteCmd>) -> bool {
+        let mut start = 0;
+        let mut updates = false;
+        let mut left = false;
+        while !self.closing {
+            match resp::parse(&self.inbuf[start..]) {
+                Ok(Some((args, used))) => {
+                    if args.is_empty() {
+                        start += used;
+                        continue;
+                    }
+                    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+                    let spec = COMMANDS.iter().find(|(n, _, _)| *n == name).copied();
+                    let writes = spec.is_some_and(|(_, _, w)| w);
+                    if updates && !writes {
+                        left = true;
+                        break;
+                    }
+                    start += used;
+                    match self.command(args, spec, ix, engine) {
+                        Handled::Now(b) => self.queue.push_back(Piece::Bytes(b)),
+                        Handled::Update(cmd) => {
+                            self.queue.push_back(Piece::Update(cmds.len()));
+                            cmds.push(cmd);
+                            updates = true;
+                        }
+                    }
+                    if self.closing {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let mut b = Vec::new();
+                    Out(&mut b).error(&format!("ERR {e}"));
+                    self.queue.push_back(Piece::Bytes(b));
+                    self.closing = true;
+                    start = self.inbuf.len();
+                    break;
+                }
+            }
+        }
+        self.inbuf.drain(..start);
+        left
+    }
+
+    fn render(&mut self, replies: &[Reply]) {
         while let Some(p) = self.queue.pop_front() {
             match p {
-                Piece::Bytes(b) => out.extend_from_slice(&b),
-                Piece::Update => {
-                    let reply = self
-                        .rx
-                        .recv()
-                        .unwrap_or_else(|_| Reply::Err(CmdError::Storage("the log thread has stopped".into())));
-                    write_reply(&mut Out(out), &reply);
+                Piece::Bytes(b) => self.out.extend_from_slice(&b),
+                Piece::Update(i) => {
+                    let r = replies
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| Reply::Err(CmdError::Storage("no answer".into())));
+                    write_reply(&mut Out(&mut self.out), &r);
                 }
             }
         }
     }
 
-    fn update(&mut self, cmd: WriteCmd) {
-        self.store.submit(cmd, self.tx.clone());
-        self.queue.push_back(Piece::Update);
+    fn flush_out(&mut self, ep: &Epoll) {
+        let mut done = 0;
+        while done < self.out.len() {
+            match self.sock.write(&self.out[done..]) {
+                Ok(0) => {
+                    self.dead = true;
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.dead = true;
+                    break;
+                }
+            }
+        }
+        self.out.drain(..done);
+        let want = !self.out.is_empty() && !self.dead;
+        if want != self.want_out {
+            let flags = libc::EPOLLIN as u32 | if want { libc::EPOLLOUT as u32 } else { 0 };
+            if ep.modify(self.sock.as_raw_fd(), self.id, flags).is_err() {
+                self.dead = true;
+            }
+            self.want_out = want;
+        }
     }
 
-    fn command(&mut self, args: Vec<Vec<u8>>, out: &mut Vec<u8>) {
-        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-        let Some(&(canonical, arity, writes)) = COMMANDS.iter().find(|(n, _, _)| *n == name) else {
-            self.immediate(out, |o| o.error(&unknown_command(&args)));
-            return;
+    fn command(&mut self, mut args: Vec<Vec<u8>>, spec: Option<(&'static str, i32, bool)>, ix: &Index, engine: &Engine) -> Handled {
+        let mut b = Vec::new();
+        let o = &mut Out(&mut b);
+        let Some((name, arity, writes)) = spec else {
+            o.error(&unknown_command(&args));
+            return Handled::Now(b);
         };
         let argc = args.len() as i32;
         if (arity > 0 && argc != arity) || (arity < 0 && argc < -arity) {
-            self.immediate(out, |o| o.error(&format!("ERR wrong number of arguments for '{canonical}' command")));
-            return;
+            o.error(&format!("ERR wrong number of arguments for '{name}' command"));
+            return Handled::Now(b);
         }
         if writes {
-            self.write_command(canonical, args, out);
-        } else {
-            // Reads see this connection's earlier updates.
-            self.resolve(out);
-            self.read_command(canonical, &args, &mut Out(out));
+            return match write_command(name, &mut args) {
+                Ok(cmd) => Handled::Update(cmd),
+                Err(msg) => {
+                    o.error(msg);
+                    Handled::Now(b)
+                }
+            };
         }
-    }
-
-    /// Appends an answer that needs nothing from the log, keeping order.
-    fn immediate(&mut self, out: &mut Vec<u8>, f: impl FnOnce(&mut Out)) {
-        if self.queue.is_empty() {
-            f(&mut Out(out));
-        } else {
-            let mut b = Vec::new();
-            f(&mut Out(&mut b));
-            self.queue.push_back(Piece::Bytes(b));
-        }
-    }
-
-    fn write_command(&mut self, name: &str, mut args: Vec<Vec<u8>>, out: &mut Vec<u8>) {
-        let cmd = match name {
-            "set" => {
-                let mut cond = SetCond::Always;
-                for opt in &args[3..] {
-                    match (opt.to_ascii_lowercase().as_slice(), cond) {
-                        (b"nx", SetCond::Always) => cond = SetCond::Nx,
-                        (b"xx", SetCond::Always) => cond = SetCond::Xx,
-                        _ => return self.immediate(out, |o| o.error("ERR syntax error")),
-                    }
-                }
-                let value = args.swap_remove(2);
-                let key = args.swap_remove(1);
-                WriteCmd::Set { key, value, cond }
-            }
-            "del" => WriteCmd::Del(args.split_off(1)),
-            "mset" => {
-                if args.len() % 2 != 1 {
-                    return self.immediate(out, |o| o.error("ERR wrong number of arguments for 'mset' command"));
-                }
-                let rest = args.split_off(1);
-                let mut pairs = Vec::with_capacity(rest.len() / 2);
-                let mut it = rest.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    pairs.push((k, v));
-                }
-                WriteCmd::MSet(pairs)
-            }
-            "incr" => WriteCmd::IncrBy(args.swap_remove(1), 1),
-            "decr" => WriteCmd::IncrBy(args.swap_remove(1), -1),
-            "append" => {
-                let v = args.swap_remove(2);
-                WriteCmd::Append(args.swap_remove(1), v)
-            }
-            "flushall" => {
-                if args.len() > 2 || args.get(1).is_some_and(|a| !matches!(a.to_ascii_lowercase().as_slice(), b"sync" | b"async")) {
-                    return self.immediate(out, |o| o.error("ERR syntax error"));
-                }
-                WriteCmd::FlushAll
-            }
-            _ => unreachable!("every writing command is handled"),
-        };
-        self.update(cmd);
-    }
-
-    fn read_command(&mut self, name: &str, args: &[Vec<u8>], o: &mut Out) {
         match name {
             "ping" => match args.get(1) {
                 Some(m) => o.bulk(m),
                 None => o.simple("PONG"),
             },
             "echo" => o.bulk(&args[1]),
-            "get" => match self.store.get(&args[1]) {
-                Some(v) => o.bulk(&v),
+            "get" => match ix.get(&args[1]) {
+                Some(v) => o.bulk(v),
                 None => o.nil(),
             },
             "mget" => {
-                let ix = self.store.read();
                 o.array(args.len() - 1);
                 for k in &args[1..] {
                     match ix.get(k) {
@@ -240,23 +308,20 @@ impl Conn {
                     }
                 }
             }
-            "exists" => {
-                let ix = self.store.read();
-                o.int(args[1..].iter().filter(|k| ix.contains(k)).count() as i64)
-            }
-            "strlen" => o.int(self.store.read().get(&args[1]).map_or(0, |v| v.len()) as i64),
-            "dbsize" => o.int(self.store.read().len() as i64),
+            "exists" => o.int(args[1..].iter().filter(|k| ix.contains(k)).count() as i64),
+            "strlen" => o.int(ix.get(&args[1]).map_or(0, |v| v.len()) as i64),
+            "dbsize" => o.int(ix.len() as i64),
             "keys" => {
-                let keys = self.store.read().keys(&args[1]);
+                let keys = ix.keys(&args[1]);
                 o.array(keys.len());
                 keys.iter().for_each(|k| o.bulk(k));
             }
-            "scan" => self.scan(args, o),
-            "info" => self.info(args, o),
-            "config" => config(args, o),
-            "command" => command(args, o),
-            "hello" => self.hello(args, o),
-            "client" => self.client(args, o),
+            "scan" => scan(ix, &args, o),
+            "info" => info(&engine.stats_with(ix), &args, o),
+            "config" => config(&args, o),
+            "command" => command(&args, o),
+            "hello" => self.hello(&args, o),
+            "client" => self.client(&args, o),
             "select" => match parse_i64(&args[1]) {
                 None => o.error("ERR value is not an integer or out of range"),
                 Some(0) => o.simple("OK"),
@@ -264,92 +329,11 @@ impl Conn {
             },
             "quit" => {
                 o.simple("OK");
-                self.quit = true;
+                self.closing = true;
             }
             _ => unreachable!("every reading command is handled"),
         }
-    }
-
-    fn scan(&self, args: &[Vec<u8>], o: &mut Out) {
-        let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|s| s.parse::<u64>().ok()) else {
-            return o.error("ERR invalid cursor");
-        };
-        let mut count = 10usize;
-        let mut pattern: Option<&[u8]> = None;
-        let mut i = 2;
-        while i < args.len() {
-            let opt = args[i].to_ascii_lowercase();
-            let Some(val) = args.get(i + 1) else {
-                return o.error("ERR syntax error");
-            };
-            match opt.as_slice() {
-                b"count" => match parse_i64(val) {
-                    None => return o.error("ERR value is not an integer or out of range"),
-                    Some(n) if n < 1 => return o.error("ERR syntax error"),
-                    Some(n) => count = n as usize,
-                },
-                b"match" => pattern = Some(val),
-                // Every key is a string.
-                b"type" if val.eq_ignore_ascii_case(b"string") => {}
-                b"type" => {
-                    o.array(2);
-                    o.bulk(b"0");
-                    o.array(0);
-                    return;
-                }
-                _ => return o.error("ERR syntax error"),
-            }
-            i += 2;
-        }
-        let (next, keys) = self.store.read().scan(cursor, count, pattern);
-        o.array(2);
-        o.bulk(next.to_string().as_bytes());
-        o.array(keys.len());
-        keys.iter().for_each(|k| o.bulk(k));
-    }
-
-    fn info(&self, args: &[Vec<u8>], o: &mut Out) {
-        let s = self.store.stats();
-        let section = args.get(1).map(|a| String::from_utf8_lossy(a).to_ascii_lowercase());
-        let want = |name: &str| matches!(section.as_deref(), None | Some("all") | Some("everything") | Some("default")) || section.as_deref() == Some(name);
-        let mut text = String::new();
-        if want("server") {
-            text += &format!(
-                "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nvsic_kv_version:{}\r\nprocess_id:{}\r\n\r\n",
-                env!("CARGO_PKG_VERSION"),
-                std::process::id()
-            );
-        }
-        if want("persistence") {
-            text += &format!(
-                "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\n\
-                 aof_enabled:1\r\naof_rewrite_in_progress:{}\r\naof_last_write_status:{}\r\n\
-                 vsic_kv_device:{}\r\nvsic_kv_durability:every update flushed before its reply\r\n\
-                 vsic_kv_region_blocks:{}\r\nvsic_kv_used_blocks:{}\r\nvsic_kv_active_region:{}\r\nvsic_kv_generation:{}\r\n\
-                 vsic_kv_epoch:{}\r\nvsic_kv_group_commits:{}\r\nvsic_kv_records:{}\r\nvsic_kv_compactions:{}\r\n\
-                 vsic_kv_recovered_records:{}\r\n\r\n",
-                u8::from(s.compacting),
-                if s.failed { "err" } else { "ok" },
-                s.device,
-                s.region_blocks,
-                s.used_blocks,
-                s.active_region,
-                s.generation,
-                s.epoch,
-                s.batches,
-                s.records,
-                s.compactions,
-                s.recovered_records
-            );
-        }
-        if want("keyspace") {
-            text += "# Keyspace\r\n";
-            if s.keys > 0 {
-                text += &format!("db0:keys={},expires=0,avg_ttl=0\r\n", s.keys);
-            }
-            text += "\r\n";
-        }
-        o.bulk(text.trim_end_matches("\r\n").as_bytes());
+        Handled::Now(b)
     }
 
     fn hello(&mut self, args: &[Vec<u8>], o: &mut Out) {
@@ -387,7 +371,6 @@ impl Conn {
         o.bulk(b"modules");
         o.array(0);
     }
-
     fn client(&mut self, args: &[Vec<u8>], o: &mut Out) {
         let sub = args[1].to_ascii_lowercase();
         match (sub.as_slice(), args.len()) {
@@ -413,6 +396,193 @@ impl Conn {
                 String::from_utf8_lossy(&args[1])
             )),
         }
+    }
+}
+
+enum Handled {
+    Now(Vec<u8>),
+    Update(WriteCmd),
+}
+
+/// The update an updating command asks for, or its syntax error.
+fn write_command(name: &str, args: &mut Vec<Vec<u8>>) -> Result<WriteCmd, &'static str> {
+    Ok(match name {
+        "set" => {
+            let mut cond = SetCond::Always;
+            for opt in &args[3..] {
+                match (opt.to_ascii_lowercase().as_slice(), cond) {
+                    (b"nx", SetCond::Always) => cond = SetCond::Nx,
+                    (b"xx", SetCond::Always) => cond = SetCond::Xx,
+                    _ => return Err("ERR syntax error"),
+                }
+            }
+            let value = args.swap_remove(2);
+            let key = args.swap_remove(1);
+            WriteCmd::Set { key, value, cond }
+        }
+        "del" => WriteCmd::Del(args.split_off(1)),
+        "mset" => {
+            if args.len() % 2 != 1 {
+                return Err("ERR wrong number of arguments for 'mset' command");
+            }
+            let rest = args.split_off(1);
+            let mut pairs = Vec::with_capacity(rest.len() / 2);
+            let mut it = rest.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            WriteCmd::MSet(pairs)
+        }
+        "incr" => WriteCmd::IncrBy(args.swap_remove(1), 1),
+        "decr" => WriteCmd::IncrBy(args.swap_remove(1), -1),
+        "append" => {
+            let v = args.swap_remove(2);
+            WriteCmd::Append(args.swap_remove(1), v)
+        }
+        "flushall" => {
+            if args.len() > 2 || args.get(1).is_some_and(|a| !matches!(a.to_ascii_lowercase().as_slice(), b"sync" | b"async")) {
+                return Err("ERR syntax error");
+            }
+            WriteCmd::FlushAll
+        }
+        _ => unreachable!("every updating command is handled"),
+    })
+}
+
+fn scan(ix: &Index, args: &[Vec<u8>], o: &mut Out) {
+    let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|s| s.parse::<u64>().ok()) else {
+        return o.error("ERR invalid cursor");
+    };
+    let mut count = 10usize;
+    let mut pattern: Option<&[u8]> = None;
+    let mut i = 2;
+    while i < args.len() {
+        let opt = args[i].to_ascii_lowercase();
+        let Some(val) = args.get(i + 1) else {
+            return o.error("ERR syntax error");
+        };
+        match opt.as_slice() {
+            b"count" => match parse_i64(val) {
+                None => return o.error("ERR value is not an integer or out of range"),
+                Some(n) if n < 1 => return o.error("ERR syntax error"),
+                Some(n) => count = n as usize,
+            },
+            b"match" => pattern = Some(val),
+            // Every key is a string.
+            b"type" if val.eq_ignore_ascii_case(b"string") => {}
+            b"type" => {
+                o.array(2);
+                o.bulk(b"0");
+                o.array(0);
+                return;
+            }
+            _ => return o.error("ERR syntax error"),
+        }
+        i += 2;
+    }
+    let (next, keys) = ix.scan(cursor, count, pattern);
+    o.array(2);
+    o.bulk(next.to_string().as_bytes());
+    o.array(keys.len());
+    keys.iter().for_each(|k| o.bulk(k));
+}
+
+fn info(s: &Stats, args: &[Vec<u8>], o: &mut Out) {
+    let section = args.get(1).map(|a| String::from_utf8_lossy(a).to_ascii_lowercase());
+    let want = |name: &str| matches!(section.as_deref(), None | Some("all") | Some("everything") | Some("default")) || section.as_deref() == Some(name);
+    let mut text = String::new();
+    if want("server") {
+        text += &format!(
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nvsic_kv_version:{}\r\nprocess_id:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        );
+    }
+    if want("persistence") {
+        text += &format!(
+            "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\n\
+             aof_enabled:1\r\naof_rewrite_in_progress:{}\r\naof_last_write_status:{}\r\n\
+             vsic_kv_device:{}\r\nvsic_kv_durability:every update flushed before its reply\r\n\
+             vsic_kv_region_blocks:{}\r\nvsic_kv_used_blocks:{}\r\nvsic_kv_active_region:{}\r\nvsic_kv_generation:{}\r\n\
+             vsic_kv_epoch:{}\r\nvsic_kv_group_commits:{}\r\nvsic_kv_records:{}\r\nvsic_kv_compactions:{}\r\n\
+             vsic_kv_recovered_records:{}\r\n\r\n",
+            u8::from(s.compacting),
+            if s.failed { "err" } else { "ok" },
+            s.device,
+            s.region_blocks,
+            s.used_blocks,
+            s.active_region,
+            s.generation,
+            s.epoch,
+            s.batches,
+            s.records,
+            s.compactions,
+            s.recovered_records
+        );
+    }
+    if want("keyspace") {
+        text += "# Keyspace\r\n";
+        if s.keys > 0 {
+            text += &format!("db0:keys={},expires=0,avg_ttl=0\r\n", s.keys);
+        }
+        text += "\r\n";
+    }
+    o.bulk(text.trim_end_matches("\r\n").as_bytes());
+}
+
+/// The few epoll calls the loop needs.
+struct Epoll(RawFd);
+
+impl Epoll {
+    fn new() -> std::io::Result<Epoll> {
+        // SAFETY: plain system call.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Epoll(fd))
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, token: u64, flags: u32) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event { events: flags, u64: token };
+        // SAFETY: valid epoll fd and event.
+        if unsafe { libc::epoll_ctl(self.0, op, fd, &mut ev) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn add(&self, fd: RawFd, token: u64, flags: u32) -> std::io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, flags)
+    }
+
+    fn modify(&self, fd: RawFd, token: u64, flags: u32) -> std::io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, flags)
+    }
+
+    fn del(&self, fd: RawFd) -> std::io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> std::io::Result<usize> {
+        loop {
+            // SAFETY: the buffer holds events.len() entries.
+            let n = unsafe { libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as i32, timeout_ms) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.0) };
     }
 }
 

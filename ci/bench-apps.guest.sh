@@ -5,6 +5,7 @@
 #   (2) vsic-kv on a file on ext4 on VSIC 1 (kernel virtio_blk)   engine=file
 #   (3) redis-server, appendonly yes, appendfsync always, AOF on
 #       that ext4                                                  engine=aof
+#   (1') as (1), completions polled (--poll), VSIC 2            engine=vsic-poll
 # SET and GET, 1 KiB values, 1 and 32 clients, on loopback. Prints one
 # "case=..." line per case; vsic.requests=N sets requests for 32 clients.
 set -eu
@@ -15,6 +16,9 @@ n=${VSIC_REQUESTS:-10000}
 vsicctl vsa create --size 512M --cap /root/kv.cap >/dev/null
 vsicctl vsic attach --vsic 0 --cap /root/kv.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 0 --vfio --user root >/dev/null
+vsicctl vsa create --size 512M --cap /root/kvp.cap >/dev/null
+vsicctl vsic attach --vsic 2 --cap /root/kvp.cap --slot 0 >/dev/null
+vsicctl vsic bind --vsic 2 --vfio --user root >/dev/null
 vsicctl vsa create --size 1G --cap /root/fs.cap >/dev/null
 out=$(vsicctl vsic bind --vsic 1 --kernel --json)
 disk=$(bound_disk "$out")
@@ -28,10 +32,11 @@ mkdir -p /mnt/fs/redis
 truncate -s 512M /mnt/fs/kv.img
 
 vsic-kv --dev vsic:0 serve --listen 127.0.0.1:6380 2>/tmp/kv-vsic.log &
+vsic-kv --dev vsic:2 --poll serve --listen 127.0.0.1:6383 2>/tmp/kv-vsic-poll.log &
 vsic-kv --dev file:/mnt/fs/kv.img serve --listen 127.0.0.1:6381 2>/tmp/kv-file.log &
 redis-server --bind 127.0.0.1 --port 6382 --save "" --appendonly yes --appendfsync always \
     --dir /mnt/fs/redis >/tmp/redis.log 2>&1 &
-for port in 6380 6381 6382; do
+for port in 6380 6381 6382 6383; do
     for _ in $(seq 300); do redis-cli -p $port PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
     [ "$(redis-cli -p $port PING)" = PONG ] || { cat /tmp/kv-*.log /tmp/redis.log; fail "nothing on port $port"; }
 done
@@ -41,7 +46,7 @@ for clients in 1 32; do
     reqs=$n
     [ $clients -eq 1 ] && reqs=$((n / 4))
     for test in set get; do
-        for e in vsic:6380 file:6381 aof:6382; do
+        for e in vsic:6380 vsic-poll:6383 file:6381 aof:6382; do
             engine=${e%%:*}
             port=${e##*:}
             server=vsic-kv

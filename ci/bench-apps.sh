@@ -3,6 +3,8 @@
 #   (1) vsic-kv on a VSA through the vsic library   (engine=vsic)
 #   (2) vsic-kv on a file through the kernel        (engine=file)
 #   (3) redis-server, appendonly yes, appendfsync always, on a file (engine=aof)
+# and, in the guest, (1) with completions polled instead of interrupts
+# (engine=vsic-poll).
 # SET and GET with 1 KiB values, 1 client (latency) and 32 clients
 # (throughput), all on loopback.
 #
@@ -64,8 +66,9 @@ ratios() {
         END {
             for (i = 0; i < n; i++) {
                 split(order[i], a, " ")
-                for (j = 1; j <= 2; j++) {
-                    e = (j == 1) ? "vsic" : "file"
+                split("vsic vsic-poll file", engines, " ")
+                for (j = 1; j <= 3; j++) {
+                    e = engines[j]
                     r0 = rps[order[i], "aof"]; l0 = p50[order[i], "aof"]
                     if (r0 == "" || rps[order[i], e] == "") continue
                     printf "ratio case=%s clients=%s engine=%s/aof rps=%.2f p50=%.2f\n", a[1], a[2], e,
@@ -80,7 +83,7 @@ if [[ $host -ne 1 ]]; then
     results=$(mktemp)
     trap 'rm -f "$results"' EXIT
     log "booting a guest (this takes a while under TCG)"
-    "$REPO/qemu-configs/launch.sh" --vsics 2 --queues 1 --drive-size 2G --timeout 1800 \
+    "$REPO/qemu-configs/launch.sh" --vsics 3 --queues 1 --drive-size 2G --timeout 1800 \
         --append "vsic.requests=$requests" --run "$REPO/ci/bench-apps.guest.sh" \
         --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }

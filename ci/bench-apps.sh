@@ -85,7 +85,7 @@ if [[ $host -ne 1 ]]; then
     log "booting a guest (this takes a while under TCG)"
     "$REPO/qemu-configs/launch.sh" --vsics 3 --queues 1 --drive-size 2G --timeout 1800 \
         --append "vsic.requests=$requests" --run "$REPO/ci/bench-apps.guest.sh" \
-        --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest)' >"$results" || true
+        --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest|# after-set)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }
     { cat "$results"; ratios "$results"; } | tee ${out:+"$out"}
     exit 0

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vsic_storage::{BlockDevice, Op, StorageError};
 
@@ -115,6 +115,11 @@ pub struct Stats {
     pub compacting: bool,
     pub recovered_records: u64,
     pub failed: bool,
+    /// Time spent waiting for log writes and for flushes, and in whole
+    /// commits (evaluate, encode, write, flush, publish), in microseconds.
+    pub write_us: u64,
+    pub flush_us: u64,
+    pub commit_us: u64,
 }
 
 /// What one compaction did.
@@ -535,6 +540,14 @@ impl Log {
         if batch.is_empty() {
             return Vec::new();
         }
+        let started = Instant::now();
+        let replies = self.commit_timed(batch);
+        self.counters.commit_us += started.elapsed().as_micros() as u64;
+        self.publish_stats();
+        replies
+    }
+
+    fn commit_timed(&mut self, batch: Vec<WriteCmd>) -> Vec<Reply> {
         if let Some(why) = &self.failed {
             return batch.iter().map(|_| Reply::Err(CmdError::Storage(why.clone()))).collect();
         }
@@ -595,7 +608,6 @@ impl Log {
             self.counters.batches += 1;
             self.counters.records += records.len() as u64;
         }
-        self.publish_stats();
         replies
     }
 
@@ -659,7 +671,7 @@ impl Log {
     /// One write of consecutive records at byte `at` (lsns from `lsn`),
     /// then a flush if asked.
     fn write_records(
-        &self,
+        &mut self,
         records: &[Vec<LogOp>],
         generation: u64,
         epoch: u64,
@@ -676,10 +688,14 @@ impl Log {
             encode_record(r, generation, epoch, lsn + i as u64, &mut buf.as_mut_slice()[p..p + len]);
             p += len;
         }
+        let t = Instant::now();
         self.dev.run(Op::Write { offset: at, buf })?;
+        self.counters.write_us += t.elapsed().as_micros() as u64;
         if flush {
+            let t = Instant::now();
             self.dev.run(Op::Flush)?;
-            // Counted for INFO; a Cell is not worth it on this thread.
+            self.counters.flush_us += t.elapsed().as_micros() as u64;
+            self.counters.flushes += 1;
         }
         Ok(())
     }
@@ -831,7 +847,6 @@ impl Log {
             epoch: self.sb.epoch,
             compacting: self.compaction.is_some(),
             failed: self.failed.is_some(),
-            flushes: self.counters.batches,
             ..self.counters.clone()
         };
     }

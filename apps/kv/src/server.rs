@@ -505,7 +505,8 @@ fn info(s: &Stats, args: &[Vec<u8>], o: &mut Out) {
              vsic_kv_device:{}\r\nvsic_kv_durability:every update flushed before its reply\r\n\
              vsic_kv_region_blocks:{}\r\nvsic_kv_used_blocks:{}\r\nvsic_kv_active_region:{}\r\nvsic_kv_generation:{}\r\n\
              vsic_kv_epoch:{}\r\nvsic_kv_group_commits:{}\r\nvsic_kv_records:{}\r\nvsic_kv_compactions:{}\r\n\
-             vsic_kv_recovered_records:{}\r\n\r\n",
+             vsic_kv_recovered_records:{}\r\nvsic_kv_flushes:{}\r\nvsic_kv_write_us:{}\r\nvsic_kv_flush_us:{}\r\n\
+             vsic_kv_commit_us:{}\r\n\r\n",
             u8::from(s.compacting),
             if s.failed { "err" } else { "ok" },
             s.device,
@@ -517,7 +518,11 @@ fn info(s: &Stats, args: &[Vec<u8>], o: &mut Out) {
             s.batches,
             s.records,
             s.compactions,
-            s.recovered_records
+            s.recovered_records,
+            s.flushes,
+            s.write_us,
+            s.flush_us,
+            s.commit_us
         );
     }
     if want("keyspace") {

@@ -201,3 +201,24 @@ fn redis_benchmark_runs_against_vsic_kv_without_errors() {
     }
     assert!(!out.contains("ERR"), "{out}");
 }
+
+/// In one pipeline, every read sees the updates sent before it on the same
+/// connection, and the answers come back in order.
+#[test]
+fn a_pipeline_reads_its_own_updates_in_order() {
+    use std::io::{Read, Write};
+    let b = Backend::file("pipeline", 16 << 20);
+    let kv = b.serve();
+    let mut s = std::net::TcpStream::connect(kv.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let script = "SET k v1\r\nGET k\r\nINCR n\r\nINCR n\r\nGET n\r\nSET k v2\r\nAPPEND k x\r\nGET k\r\nDEL k\r\nEXISTS k\r\nPING\r\n";
+    let want = "+OK\r\n$2\r\nv1\r\n:1\r\n:2\r\n$1\r\n2\r\n+OK\r\n:3\r\n$3\r\nv2x\r\n:1\r\n:0\r\n+PONG\r\n";
+    for round in 0..20 {
+        let (a, b) = (2 * round + 1, 2 * round + 2);
+        let want = want.replace(":1\r\n:2\r\n$1\r\n2", &format!(":{a}\r\n:{b}\r\n${}\r\n{b}", b.to_string().len()));
+        s.write_all(script.as_bytes()).unwrap();
+        let mut got = vec![0u8; want.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want, "round {round}");
+    }
+}

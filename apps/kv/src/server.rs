@@ -26,8 +26,6 @@ const LISTENER: u64 = 0;
 /// Bytes read from one connection per round, so one client cannot starve
 /// the others.
 const READ_PER_ROUND: usize = 1 << 20;
-/// The most a commit waits for more connections' updates (see `serve`).
-const GATHER_MS: i32 = 1;
 
 /// Serves the store on `listener` until the process ends.
 pub fn serve(mut engine: Engine, listener: TcpListener) -> std::io::Result<()> {
@@ -42,60 +40,36 @@ pub fn serve(mut engine: Engine, listener: TcpListener) -> std::io::Result<()> {
     let mut background = false;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut chunk = vec![0u8; 64 << 10];
-    // Connections that had an update in the last commit.
-    let mut last_writers = 0usize;
     loop {
-        let mut timeout = if background || !backlog.is_empty() { 0 } else { 1000 };
-        let mut touched: Vec<u64> = Vec::new();
-        let mut touched_set: HashSet<u64> = HashSet::new();
-        let mut cmds: Vec<WriteCmd> = Vec::new();
-        let mut gathered_more = false;
-        // Connections with input left from the last round go first.
-        let mut fresh: Vec<u64> = backlog.drain().collect();
-        loop {
-            let n = ep.wait(&mut events, timeout)?;
-            for ev in &events[..n] {
-                let (token, flags) = (ev.u64, ev.events);
-                if token == LISTENER {
-                    accept_all(&listener, &ep, &mut conns, &mut next_id);
-                    continue;
-                }
-                let Some(c) = conns.get_mut(&token) else { continue };
-                if flags & libc::EPOLLOUT as u32 != 0 {
-                    c.flush_out(&ep);
-                }
-                if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-                    c.read_in(&mut chunk);
-                    fresh.push(token);
-                }
+        let timeout = if background || !backlog.is_empty() { 0 } else { 1000 };
+        let n = ep.wait(&mut events, timeout)?;
+        let mut touched: Vec<u64> = backlog.drain().collect();
+        for ev in &events[..n] {
+            let (token, flags) = (ev.u64, ev.events);
+            if token == LISTENER {
+                accept_all(&listener, &ep, &mut conns, &mut next_id);
+                continue;
             }
-            // Parse: answer reads, collect updates.
-            {
-                let ix = engine.index();
-                for id in &fresh {
-                    if let Some(c) = conns.get_mut(id) {
-                        if c.parse(&ix, &engine, &mut cmds) {
-                            backlog.insert(*id);
-                        }
+            let Some(c) = conns.get_mut(&token) else { continue };
+            if flags & libc::EPOLLOUT as u32 != 0 {
+                c.flush_out(&ep);
+            }
+            if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                c.read_in(&mut chunk);
+                touched.push(token);
+            }
+        }
+        // Parse: answer reads, collect updates.
+        let mut cmds: Vec<WriteCmd> = Vec::new();
+        {
+            let ix = engine.index();
+            for id in &touched {
+                if let Some(c) = conns.get_mut(id) {
+                    if c.parse(&ix, &engine, &mut cmds) {
+                        backlog.insert(*id);
                     }
                 }
             }
-            for id in fresh.drain(..) {
-                if touched_set.insert(id) {
-                    touched.push(id);
-                }
-            }
-            // Group-commit delay: when many connections wrote in the last
-            // commit and only a few have written now, give the others one
-            // short wait to join (their requests are usually on the way).
-            let writers = touched.iter().filter(|id| conns.get(id).is_some_and(|c| c.has_update)).count();
-            if !gathered_more && writers > 0 && last_writers >= 4 && writers * 2 <= last_writers {
-                gathered_more = true;
-                timeout = GATHER_MS;
-                continue;
-            }
-            last_writers = writers;
-            break;
         }
         // One group commit for every update of this round.
         let replies = engine.commit(cmds);
@@ -162,9 +136,6 @@ struct Conn {
     dead: bool,
     /// EPOLLOUT is armed.
     want_out: bool,
-    /// An update of this connection is in the round's commit: its later
-    /// reads wait for the next round.
-    has_update: bool,
 }
 
 impl Conn {
@@ -180,7 +151,6 @@ impl Conn {
             eof: false,
             dead: false,
             want_out: false,
-            has_update: false,
         }
     }
 
@@ -211,6 +181,7 @@ impl Conn {
     /// for the next round (a read after an update of this round).
     fn parse(&mut self, ix: &Index, engine: &Engine, cmds: &mut Vec<WriteCmd>) -> bool {
         let mut start = 0;
+        let mut updates = false;
         let mut left = false;
         while !self.closing {
             match resp::parse(&self.inbuf[start..]) {
@@ -222,7 +193,7 @@ impl Conn {
                     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
                     let spec = COMMANDS.iter().find(|(n, _, _)| *n == name).copied();
                     let writes = spec.is_some_and(|(_, _, w)| w);
-                    if self.has_update && !writes {
+                    if updates && !writes {
                         left = true;
                         break;
                     }
@@ -232,7 +203,7 @@ impl Conn {
                         Handled::Update(cmd) => {
                             self.queue.push_back(Piece::Update(cmds.len()));
                             cmds.push(cmd);
-                            self.has_update = true;
+                            updates = true;
                         }
                     }
                     if self.closing {
@@ -255,7 +226,6 @@ impl Conn {
     }
 
     fn render(&mut self, replies: &[Reply]) {
-        self.has_update = false;
         while let Some(p) = self.queue.pop_front() {
             match p {
                 Piece::Bytes(b) => self.out.extend_from_slice(&b),

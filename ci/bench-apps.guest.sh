@@ -57,16 +57,23 @@ for clients in 1 32; do
             echo "$line" | awk -F, -v t=$test -v s=$server -v e=$engine -v c=$clients \
                 '{ printf "case=kv-%s server=%s engine=%s clients=%s rps=%s p50_ms=%s p99_ms=%s\n", t, s, e, c, $2, $5, $7 }'
         done
-        # Where vsic-kv's SET time went (cumulative counters of its INFO).
+        # Where vsic-kv's SET time went in this case: its INFO counters,
+        # less what they were after the previous SET case.
         [ $test = set ] || continue
         for e in vsic:6380 vsic-poll:6383 file:6381; do
-            redis-cli -p "${e##*:}" INFO persistence | tr -d '\r' | awk -F: -v e="${e%%:*}" -v c=$clients '
-                { v[$1] = $2 }
+            engine=${e%%:*}
+            redis-cli -p "${e##*:}" INFO persistence | tr -d '\r' |
+                awk -F: '/^vsic_kv_(group_commits|records|write_us|flush_us|commit_us):/ { print $1, $2 }' >/tmp/now-$engine
+            [ -s /tmp/prev-$engine ] || sed 's/ .*/ 0/' /tmp/now-$engine >/tmp/prev-$engine
+            awk -v e=$engine -v c=$clients '
+                FNR == NR { prev[$1] = $2; next }
+                { d[$1] = $2 - prev[$1] }
                 END {
-                    n = v["vsic_kv_group_commits"]; if (n == 0) n = 1
-                    printf "# after-set clients=%s engine=%s group_commits=%s records=%s write_us_avg=%.0f flush_us_avg=%.0f commit_us_avg=%.0f\n",
-                        c, e, v["vsic_kv_group_commits"], v["vsic_kv_records"], v["vsic_kv_write_us"] / n, v["vsic_kv_flush_us"] / n, v["vsic_kv_commit_us"] / n
-                }'
+                    n = d["vsic_kv_group_commits"]; if (n == 0) n = 1
+                    printf "# after-set clients=%s engine=%s group_commits=%d records=%d write_us_avg=%.0f flush_us_avg=%.0f commit_us_avg=%.0f\n",
+                        c, e, d["vsic_kv_group_commits"], d["vsic_kv_records"], d["vsic_kv_write_us"] / n, d["vsic_kv_flush_us"] / n, d["vsic_kv_commit_us"] / n
+                }' /tmp/prev-$engine /tmp/now-$engine
+            mv /tmp/now-$engine /tmp/prev-$engine
         done
     done
 done

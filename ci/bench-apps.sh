@@ -8,7 +8,7 @@
 # SET and GET with 1 KiB values, 1 client (latency) and 32 clients
 # (throughput), all on loopback.
 #
-# Usage: ci/bench-apps.sh [--host] [--requests N] [--dir DIR] [--no-build] [--out FILE]
+# Usage: ci/bench-apps.sh [--host] [--requests N] [--repeat N] [--dir DIR] [--no-build] [--out FILE]
 #        (also reached as: ci/bench.sh --apps ...)
 #
 #   (default)   in one guest (launch.sh; ci/bench-apps.guest.sh): (1) on the
@@ -21,6 +21,8 @@
 #               host, 10000 in the guest; 1 client gets a quarter)
 #   --dir       where the drive, the store file and the AOF live
 #               (default: a fresh directory under /var/tmp)
+#   --repeat    guest: runs per case, servers in rotation; the median run
+#               (by rps) is reported (default 3)
 #   --no-build  use target/release binaries as they are
 #   --out       also write the result lines to FILE
 #
@@ -37,6 +39,7 @@ log() { printf 'bench-apps: %s\n' "$*" >&2; }
 
 host=0
 requests=
+repeat=3
 dir=
 build=1
 out=
@@ -44,6 +47,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
     --host) host=1 ;;
     --requests) requests=${2:?}; shift ;;
+    --repeat) repeat=${2:?}; shift ;;
     --dir) dir=${2:?}; shift ;;
     --no-build) build=0 ;;
     --out) out=${2:?}; shift ;;
@@ -84,7 +88,7 @@ if [[ $host -ne 1 ]]; then
     trap 'rm -f "$results"' EXIT
     log "booting a guest (this takes a while under TCG)"
     "$REPO/qemu-configs/launch.sh" --vsics 3 --queues 1 --drive-size 2G --timeout 1800 \
-        --append "vsic.requests=$requests" --run "$REPO/ci/bench-apps.guest.sh" \
+        --append "vsic.requests=$requests vsic.repeat=$repeat" --run "$REPO/ci/bench-apps.guest.sh" \
         --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest|# after-set)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }
     { cat "$results"; ratios "$results"; } | tee ${out:+"$out"}

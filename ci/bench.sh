@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Host benchmark: vsicd against qemu-storage-daemon (qsd), both serving a
-# vhost-user-blk socket backed by a file of the same size on tmpfs, both
-# measured by the same program (guest-lib/examples/vsic-bench.rs) with two
-# clients: the vsic driver library and libblkio.
+# Benchmarks. --guest: the paper's Figure 1 in a QEMU guest, kernel file
+# systems against the vsic library (ci/bench-guest.sh; `ci/bench.sh --guest
+# --help` lists its options). --host: vsicd against qemu-storage-daemon
+# (qsd), both serving a vhost-user-blk socket backed by a file of the same
+# size on tmpfs, both measured by the same program
+# (guest-lib/examples/vsic-bench.rs) with two clients: the vsic driver
+# library and libblkio.
 #
 # Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--repeat N]
 #                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]
 #                           [--no-build] [--vsicd-arg ARG]...
 #        ci/bench.sh --table FILE
-#        ci/bench.sh --apps --host [...]   (ci/bench-apps.sh: vsic-kv vs redis)
+#        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
+#        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis)
 #
-#   --host      run on the host over vhost-user sockets (the only mode so far)
+#   --host      run on the host over vhost-user sockets
 #   --seconds   measured seconds per run (default 3)
 #   --warmup    unmeasured seconds before each run (default 0.5)
 #   --repeat    runs per point; the one with the median IOPS is reported
@@ -31,6 +35,10 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+if [[ ${1:-} == --guest ]]; then
+    shift
+    exec bash "$REPO/ci/bench-guest.sh" "$@"
+fi
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 # --apps: the application benchmark (vsic-kv vs redis), ci/bench-apps.sh.

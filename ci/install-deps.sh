@@ -19,6 +19,9 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 
 # Packages taken from the default suite, and the command proving each present.
 declare -A STABLE_PKGS=(
+    # mkfs.btrfs and mkfs.xfs for the guest image (the Figure 1 benchmark).
+    [btrfs-progs]=/sbin/mkfs.btrfs
+    [xfsprogs]=/sbin/mkfs.xfs
     [busybox-static]=/bin/busybox
     [e2fsprogs]=/sbin/mke2fs
     [cpio]=/usr/bin/cpio
@@ -26,6 +29,8 @@ declare -A STABLE_PKGS=(
     [kmod]=/sbin/depmod
     [libc-bin]=/usr/bin/ldd
     [coreutils]=/usr/bin/timeout
+    # losetup: ci/test.sh runs the block-device tests on a loop device.
+    [mount]=/sbin/losetup
     # vsic-kv's tests: redis-cli and redis-benchmark drive it, and the same
     # session against a real redis-server is the reference.
     [redis-server]=/usr/bin/redis-server

@@ -4,9 +4,11 @@
 # The kernel is Debian's cloud kernel as shipped (the package behind the
 # linux-image-cloud-amd64 metapackage, resolved with apt-cache at build time
 # and downloaded into a cache directory outside the repository). The
-# initramfs holds busybox, mke2fs with its libraries, the modules the
-# controller needs (with their dependencies), our statically linked guest
-# binaries and images/init. Nothing is rebuilt when no input changed.
+# initramfs holds busybox, mke2fs, mkfs.btrfs and mkfs.xfs with their
+# libraries, the modules the controller needs (with their dependencies,
+# loaded at boot), the brd, btrfs and xfs modules (with theirs, loaded on
+# demand with modprobe, e.g. by the Figure 1 benchmark), our statically
+# linked guest binaries and images/init. Nothing is rebuilt when no input changed.
 #
 # Usage: images/build.sh [--no-cargo] [--force]
 #   --no-cargo   do not run cargo; use the guest binaries already built
@@ -29,6 +31,9 @@ GUEST_TRIPLE=x86_64-unknown-linux-gnu
 GUEST_BIN_DIR=$TARGET_DIR/$GUEST_TRIPLE/release
 # Modules loaded at boot; their dependencies are added from modules.dep.
 MODULES=(virtio_pci virtio_blk vfio vfio_iommu_type1 vfio-pci)
+# Modules in the image but loaded only on demand (modprobe NAME): a RAM disk
+# and the file systems the kernel does not build in (ext2/ext4 are built in).
+ON_DEMAND_MODULES=(brd btrfs xfs)
 # Cargo packages whose binaries and examples go into the guest.
 GUEST_PACKAGES=(vsicctl vsic vsic-kv)
 
@@ -157,6 +162,10 @@ busybox=$(command -v busybox || true)
 is_static "$busybox" || die "$busybox is not the static busybox (install busybox-static)"
 mke2fs=$(command -v mke2fs || echo /sbin/mke2fs)
 [[ -x $mke2fs ]] || die "mke2fs not found (install e2fsprogs)"
+mkfs_btrfs=$(command -v mkfs.btrfs || echo /sbin/mkfs.btrfs)
+[[ -x $mkfs_btrfs ]] || die "mkfs.btrfs not found (install btrfs-progs: ci/install-deps.sh)"
+mkfs_xfs=$(command -v mkfs.xfs || echo /sbin/mkfs.xfs)
+[[ -x $mkfs_xfs ]] || die "mkfs.xfs not found (install xfsprogs: ci/install-deps.sh)"
 
 # Shared libraries (and the loader) a dynamic executable needs, as absolute paths.
 shared_libs() {
@@ -165,7 +174,7 @@ shared_libs() {
         $1 ~ /^\// { print $1 }
     '
 }
-host_libs=$(shared_libs "$mke2fs" | sort -u)
+host_libs=$( (shared_libs "$mke2fs" && shared_libs "$mkfs_btrfs" && shared_libs "$mkfs_xfs") | sort -u)
 
 # --- vsic-kv (issue 10): Debian's redis-server and redis-tools -------------
 # Redis is the peer vsic-kv is measured against, and redis-cli and
@@ -197,7 +206,13 @@ add_module() {
     done
     module_order+=("$rel")
 }
-for m in "${MODULES[@]}"; do
+for m in "${MODULES[@]}" - "${ON_DEMAND_MODULES[@]}"; do
+    # Modules after the "-" (and their dependencies not needed at boot) are
+    # copied but not loaded at boot.
+    if [[ $m == - ]]; then
+        boot_module_count=${#module_order[@]}
+        continue
+    fi
     # modules.dep names files; module names may use - or _ interchangeably.
     pattern="${m//[-_]/[-_]}"
     rel=$(grep -E "/${pattern}\.ko(\.[a-z]+)?:" "$moddep" | head -n1 | cut -d: -f1 || true)
@@ -215,7 +230,7 @@ done
 stamp_inputs() {
     {
         echo "kernel $(basename "$kernel_deb") modules ${module_order[*]}"
-        sha256sum "${BASH_SOURCE[0]}" "$REPO/images/init" "$busybox" "$mke2fs" $host_libs \
+        sha256sum "${BASH_SOURCE[0]}" "$REPO/images/init" "$busybox" "$mke2fs" "$mkfs_btrfs" "$mkfs_xfs" $host_libs \
             ${redis_bins[@]+$(printf '%s\n' "${redis_bins[@]}" | cut -d: -f1)} \
             ${guest_bins[@]+"${guest_bins[@]}"}
     } | sha256sum | cut -d' ' -f1
@@ -242,6 +257,8 @@ install -m 0755 "$busybox" "$stage/bin/busybox"
 install -m 0755 "$mke2fs" "$stage/sbin/mke2fs"
 for l in mkfs.ext4 mkfs.ext3 mkfs.ext2; do ln -s mke2fs "$stage/sbin/$l"; done
 [[ -r /etc/mke2fs.conf ]] && install -m 0644 /etc/mke2fs.conf "$stage/etc/mke2fs.conf"
+install -m 0755 "$mkfs_btrfs" "$stage/sbin/mkfs.btrfs"
+install -m 0755 "$mkfs_xfs" "$stage/sbin/mkfs.xfs"
 for lib in $host_libs; do
     mkdir -p "$stage$(dirname "$lib")"
     cp -L "$lib" "$stage$lib"
@@ -275,10 +292,13 @@ done < <("$busybox" --list-full)
 kmods=$stage/lib/modules/$kver
 mkdir -p "$kmods"
 : >"$stage/etc/vsic/modules"
-for rel in "${module_order[@]}"; do
+for i in "${!module_order[@]}"; do
+    rel=${module_order[i]}
     mkdir -p "$kmods/$(dirname "$rel")"
     cp "$kroot/lib/modules/$kver/$rel" "$kmods/$rel"
-    echo "/lib/modules/$kver/$rel" >>"$stage/etc/vsic/modules"
+    if ((i < boot_module_count)); then
+        echo "/lib/modules/$kver/$rel" >>"$stage/etc/vsic/modules"
+    fi
 done
 cp "$kroot/lib/modules/$kver/modules.builtin" "$kroot/lib/modules/$kver/modules.order" "$kmods/"
 [[ -r $kroot/lib/modules/$kver/modules.builtin.modinfo ]] &&

@@ -35,6 +35,8 @@
 #   --backend KIND     vsicd (default); external (sockets already served in
 #                      STATE/sock by someone else); qsd (qemu-storage-daemon
 #                      stand-in serving plain disks, for testing the image)
+#   --vsicd-arg ARG    one more vsicd option (repeatable), e.g.
+#                      --vsicd-arg --cache=write-through
 #   --host-hook CMD    run "CMD pre" once the backend is up, before the guest
 #                      boots, and "CMD post" after the guest powered off,
 #                      with the backend still up (env: VSIC_STATE_DIR,
@@ -85,6 +87,7 @@ rebuild=0
 print_qemu=0
 run_script=
 run_with=()
+vsicd_args=()
 
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "option $1 needs a value (try --help)"; }
 while [[ $# -gt 0 ]]; do
@@ -101,6 +104,7 @@ while [[ $# -gt 0 ]]; do
     --accel) need_value "$@"; accel=$2; shift ;;
     --backend) need_value "$@"; backend=$2; shift ;;
     --host-hook) need_value "$@"; host_hook=$2; shift ;;
+    --vsicd-arg) need_value "$@"; vsicd_args+=("$2"); shift ;;
     --append) need_value "$@"; append+=" $2"; shift ;;
     --run) need_value "$@"; run_script=$2; shift ;;
     --run-with) need_value "$@"; run_with+=("$2"); shift ;;
@@ -281,7 +285,7 @@ start_vsicd() {
     RUST_LOG=${RUST_LOG:-info} "$bin_dir/vsicd" --socket-dir "$sock_dir" \
         --drive "$state_dir/drive0.img,size=$drive_size" \
         --drive "$state_dir/drive1.img,size=$drive_size" \
-        --vsics "$vsics" --queues "$queues" >"$state_dir/vsicd.log" 2>&1 &
+        --vsics "$vsics" --queues "$queues" ${vsicd_args[@]+"${vsicd_args[@]}"} >"$state_dir/vsicd.log" 2>&1 &
     backend_pid=$!
 }
 

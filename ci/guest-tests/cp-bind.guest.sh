@@ -36,7 +36,9 @@ echo "refused while in use; the application finished: $(cat /tmp/app.out)"
 out=$(vsicctl vsic bind --vsic 0 --kernel --json)
 disk=$(bound_disk "$out")
 [ "$(driver_of "$addr")" = virtio-pci ] && [ -n "$disk" ] || fail "VSIC 0 did not go to virtio_blk: $out"
-vsicctl vsic detach --vsic 0 --slot 1
+# It left alice: nothing stays attached (see cp-rebind).
+left=$(vsicctl list | awk '$1 == 0 && ($2 == "enabled" || $2 == "disabled") { print $NF }')
+[ "$left" = - ] || fail "VSIC 0 kept $left when it left alice"
 vsicctl vsic attach --vsic 0 --cap /root/vsa.cap --slot 0
 mkfs.ext4 -q /dev/"$disk"
 mkdir -p /mnt/v && mount -t ext4 /dev/"$disk" /mnt/v

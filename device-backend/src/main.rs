@@ -83,7 +83,7 @@ fn parse_drive(text: &str) -> Result<DriveSpec, String> {
     let mut size = None;
     for option in parts {
         match option.split_once('=') {
-            Some(("size", value)) => size = Some(parse_size(value)?),
+            Some(("size", value)) => size = Some(parse_size(value).map_err(|e| e.to_string())?),
             _ => return Err(format!("unknown drive option '{option}' (only size=SIZE)")),
         }
     }

@@ -84,7 +84,7 @@ struct Args {
     polling: bool,
 }
 
-fn size(s: &str) -> Result<u64, String> {
+fn size(s: &str) -> Result<u64, vsic_abi::units::UnitError> {
     vsic_abi::units::parse_size(s)
 }
 

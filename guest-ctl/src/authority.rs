@@ -10,7 +10,7 @@ use vsic::admin::{AdminClient, AdminError};
 use vsic::hugepage::{physical_addresses, HUGE_PAGE_SIZE};
 use vsic_abi::virtio::Function;
 use vsic_abi::CapToken;
-use vsicctl::control::service::Authority;
+use vsicctl::control::service::{check_owner, Authority};
 use vsicctl::control::Refusal;
 
 use crate::failure::Failure;
@@ -31,12 +31,18 @@ impl GuestAuthority {
         }
     }
 
+    /// Runs `f` on the PF for `uid`, who must own VSIC `vsic` while the
+    /// lock is held: `vsicctl vsic bind` hands VSICs over under it, so a
+    /// request checked before a handover cannot land after it.
     fn with_pf<T>(
         &self,
+        uid: u32,
+        vsic: u32,
         f: impl FnOnce(&AdminClient) -> Result<T, AdminError>,
     ) -> Result<T, Refusal> {
         let _one_at_a_time = self.pf.lock().unwrap_or_else(|p| p.into_inner());
-        let _lock = crate::pf::lock("opening the PF").map_err(failure_refusal)?;
+        let _lock = crate::pf::tenant_lock("opening the PF").map_err(failure_refusal)?;
+        check_owner(self, uid, vsic)?;
         let client = crate::pf::open_in_guest(&self.funcs).map_err(failure_refusal)?;
         f(&client).map_err(admin_refusal)
     }
@@ -85,22 +91,86 @@ impl Authority for GuestAuthority {
 
     fn attach(
         &self,
+        uid: u32,
         vsic: u32,
         slot: u32,
         token: &CapToken,
         read_only: bool,
     ) -> Result<(), Refusal> {
-        self.with_pf(|pf| pf.attach(vsic, slot, token, read_only))
+        self.with_pf(uid, vsic, |pf| pf.attach(vsic, slot, token, read_only))
     }
 
-    fn detach(&self, vsic: u32, slot: u32) -> Result<(), Refusal> {
-        self.with_pf(|pf| pf.detach(vsic, slot))
+    fn detach(&self, uid: u32, vsic: u32, slot: u32) -> Result<(), Refusal> {
+        self.with_pf(uid, vsic, |pf| pf.detach(vsic, slot))
     }
 
     fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, u64, Vec<u64>), Refusal> {
         let (fd, gpas) = pinned_huge_pages(bytes).map_err(|e| Refusal::new("dma", e))?;
         Ok((fd, HUGE_PAGE_SIZE as u64, gpas))
     }
+
+    fn dma_addresses(&self, memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, Refusal> {
+        huge_page_addresses(memory, max_bytes).map_err(|e| Refusal::new("dma", e))
+    }
+}
+
+/// Where the pages of a huge-page file an application sent back are now,
+/// in file order. Only hugetlbfs files of at most `max_bytes` (the most
+/// the service hands out) are looked at.
+pub fn huge_page_addresses(memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, String> {
+    const HUGETLBFS_MAGIC: libc::c_long = 0x9584_58f6;
+    // SAFETY: fstatfs fills a plain struct for a valid descriptor.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(memory.as_raw_fd(), &mut fs) } < 0 {
+        return Err(format!("fstatfs: {}", std::io::Error::last_os_error()));
+    }
+    if fs.f_type as libc::c_long != HUGETLBFS_MAGIC {
+        return Err("the descriptor is not a huge-page file".into());
+    }
+    let len = std::fs::File::from(
+        memory
+            .try_clone()
+            .map_err(|e| format!("dup of the memory file: {e}"))?,
+    )
+    .metadata()
+    .map_err(|e| format!("fstat: {e}"))?
+    .len();
+    let page = HUGE_PAGE_SIZE as u64;
+    if len == 0 || len > max_bytes.next_multiple_of(page) || len % page != 0 {
+        return Err(format!(
+            "a huge-page file of {len} bytes is not DMA memory this service hands out (at most {max_bytes} bytes)"
+        ));
+    }
+    page_addresses(memory, len as usize, libc::PROT_READ)
+}
+
+/// Maps `len` bytes of `fd` (populated), reads the guest-physical address
+/// of each huge page from our pagemap (which needs our CAP_SYS_ADMIN), and
+/// unmaps it again.
+fn page_addresses(fd: &OwnedFd, len: usize, prot: libc::c_int) -> Result<Vec<u64>, String> {
+    // SAFETY: a fresh shared mapping of the file at an address the kernel
+    // picks; populated so every page is present now.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(format!(
+            "{} huge pages: {} (reserve more in /proc/sys/vm/nr_hugepages)",
+            len / HUGE_PAGE_SIZE,
+            std::io::Error::last_os_error()
+        ));
+    }
+    let gpas = physical_addresses(ptr as usize, len, HUGE_PAGE_SIZE).map_err(|e| e.to_string());
+    // SAFETY: unmapping the mapping made above; the pages stay in the file.
+    unsafe { libc::munmap(ptr, len) };
+    gpas
 }
 
 /// Allocates at least `bytes` of 2 MiB huge pages in a sealed memfd and
@@ -132,29 +202,8 @@ pub fn pinned_huge_pages(bytes: u64) -> Result<(OwnedFd, Vec<u64>), String> {
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: a fresh shared mapping of our memfd at an address the kernel
-    // picks; populated so every page is allocated now.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(format!(
-            "{} huge pages: {} (reserve more in /proc/sys/vm/nr_hugepages)",
-            len / HUGE_PAGE_SIZE,
-            std::io::Error::last_os_error()
-        ));
-    }
-    let gpas = physical_addresses(ptr as usize, len, HUGE_PAGE_SIZE).map_err(|e| e.to_string());
-    // SAFETY: unmapping the mapping made above; the pages stay in the file.
-    unsafe { libc::munmap(ptr, len) };
-    let gpas = gpas?;
+    // Populated writable, so every page is allocated now.
+    let gpas = page_addresses(&fd, len, libc::PROT_READ | libc::PROT_WRITE)?;
     // Neither side may shrink the file under the other's mappings.
     // SAFETY: fcntl on our descriptor.
     let sealed = unsafe {

@@ -48,7 +48,8 @@ pub enum Command {
     /// Derive, revoke and inspect capability files.
     #[command(subcommand)]
     Cap(CapCommand),
-    /// List every VSA and every VSIC with its attachments.
+    /// List every VSA (size, live tokens, attachments, role; "orphan" when
+    /// no live token remains) and every VSIC with its attachments.
     List,
     /// Show I/O counters per VSIC and per queue.
     Stats {
@@ -112,10 +113,11 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
-    /// Create the store: a new VSA attached to slot 0 of VSIC N, VSIC N
-    /// handed to the kernel, ext4 (label vsic-store) made and mounted. The
-    /// store's own root capability is kept inside it (store.cap). Dedicate
-    /// VSIC N to the store.
+    /// Create the store: a new VSA given the store role (kept by the
+    /// controller, set only through the PF), attached to slot 0 of VSIC N,
+    /// VSIC N handed to the kernel, ext4 (label vsic-store) made and
+    /// mounted. The store's own root capability is kept inside it
+    /// (store.cap). Dedicate VSIC N to the store.
     Init {
         #[command(flatten)]
         vsic: VsicArg,
@@ -126,8 +128,9 @@ pub enum StoreCommand {
         #[arg(long, value_name = "DIR", default_value = crate::store::DEFAULT_MOUNTPOINT)]
         mountpoint: PathBuf,
     },
-    /// Mount an existing store (after a reboot): the kernel disk whose ext4
-    /// label is vsic-store. Needs no PF.
+    /// Mount an existing store (after a reboot): asks the PF which VSA has
+    /// the store role and where it is attached, and mounts that VSIC's
+    /// kernel disk; a label alone is never trusted.
     Mount {
         /// Where to mount it.
         #[arg(long, value_name = "DIR", default_value = crate::store::DEFAULT_MOUNTPOINT)]
@@ -154,20 +157,59 @@ pub enum VsaCommand {
     },
     /// Grow or shrink a VSA (in whole extents; never below one extent).
     Resize {
-        /// Capability file with admin rights on the VSA.
-        #[arg(long, value_name = "FILE")]
-        cap: PathBuf,
+        #[command(flatten)]
+        target: VsaTarget,
         /// New size (e.g. 256M).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         size: u64,
     },
-    /// Delete a VSA and free its extents. The capability file is left in
-    /// place (it no longer grants anything).
+    /// Delete a VSA, detach it everywhere and free its extents. A
+    /// capability file is left in place (it no longer grants anything).
     Delete {
-        /// Capability file with admin rights on the VSA.
-        #[arg(long, value_name = "FILE")]
-        cap: PathBuf,
+        #[command(flatten)]
+        target: VsaTarget,
     },
+    /// Give a VSA a role kept by the controller (PF owner only): `store`
+    /// marks the capability store `store mount` trusts (at most one VSA),
+    /// `none` clears it. `store init` sets it itself; use this to mark a
+    /// store made before roles existed.
+    Role {
+        /// VSA id (as `vsicctl list` shows it).
+        #[arg(long, value_name = "ID")]
+        id: u64,
+        /// The role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+/// Roles `vsa role` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    None,
+    Store,
+}
+
+impl RoleArg {
+    pub fn code(self) -> u32 {
+        match self {
+            RoleArg::None => vsic_abi::records::ROLE_NONE,
+            RoleArg::Store => vsic_abi::records::ROLE_STORE,
+        }
+    }
+}
+
+/// Which VSA: by a capability, or by id with the PF owner's privilege.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct VsaTarget {
+    /// Capability file with admin rights on the VSA.
+    #[arg(long, value_name = "FILE")]
+    pub cap: Option<PathBuf>,
+    /// VSA id (as `vsicctl list` shows it), without a capability: the PF
+    /// owner's privilege, for a VSA whose capability is lost.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,7 +246,8 @@ pub enum VsicCommand {
     },
     /// Hand a VSIC's PCI function to the kernel's virtio_blk driver
     /// (--kernel), or to vfio-pci with its /dev/vfio/G given to one user,
-    /// mode 0600 (--vfio --user U). Guest only.
+    /// mode 0600 (--vfio --user U). Guest only. A VSIC leaving a user (to
+    /// another user or the kernel) has every slot detached first.
     Bind {
         #[command(flatten)]
         vsic: VsicArg,
@@ -219,7 +262,8 @@ pub enum VsicCommand {
         user: Option<String>,
     },
     /// Take a VSIC's PCI function away from its driver (guest only).
-    /// Refused while its disk is mounted or its VFIO group is open.
+    /// Refused while its disk is mounted or its VFIO group is open; taken
+    /// from a user, it has every slot detached first.
     Unbind {
         #[command(flatten)]
         vsic: VsicArg,
@@ -300,7 +344,7 @@ pub enum CapCommand {
     },
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
+fn parse_size(text: &str) -> Result<u64, vsic_abi::units::UnitError> {
     vsic_abi::units::parse_size(text)
 }
 
@@ -347,6 +391,30 @@ mod tests {
         let err = Cli::try_parse_from(["vsicctl", "vsa", "create", "--size", "12X", "--cap", "f"])
             .unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn vsa_resize_and_delete_take_a_capability_or_an_id() {
+        for args in [
+            &["vsicctl", "vsa", "delete", "--cap", "f"][..],
+            &["vsicctl", "vsa", "delete", "--id", "3"],
+            &["vsicctl", "vsa", "resize", "--cap", "f", "--size", "1M"],
+            &["vsicctl", "vsa", "resize", "--id", "3", "--size", "1M"],
+            &["vsicctl", "vsa", "role", "--id", "3", "--role", "store"],
+            &["vsicctl", "vsa", "role", "--id", "3", "--role", "none"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        for args in [
+            &["vsicctl", "vsa", "delete"][..],
+            &["vsicctl", "vsa", "delete", "--cap", "f", "--id", "3"],
+            &["vsicctl", "vsa", "resize", "--size", "1M"],
+            &["vsicctl", "vsa", "delete", "--id", "x"],
+            &["vsicctl", "vsa", "role", "--id", "3", "--role", "boss"],
+            &["vsicctl", "vsa", "role", "--role", "store"],
+        ] {
+            assert_eq!(Cli::try_parse_from(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
     }
 
     #[test]

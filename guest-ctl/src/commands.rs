@@ -1,14 +1,16 @@
 //! Carrying out each subcommand against the PF.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use serde_json::json;
 use vsic::admin::AdminClient;
+use vsic_abi::records::role_name;
 use vsic_abi::units::format_size;
 use vsic_abi::CapToken;
 
 use crate::capfile::{self, Reservation};
-use crate::cli::{CapCommand, Cli, Command, StoreCommand, VsaCommand, VsicCommand};
+use crate::cli::{CapCommand, Cli, Command, StoreCommand, VsaCommand, VsaTarget, VsicCommand};
 use crate::failure::Failure;
 use crate::guest;
 use crate::pf::{self, Route};
@@ -160,21 +162,29 @@ fn vsa(client: &AdminClient, cmd: &VsaCommand) -> Result<Report, Failure> {
             force,
         } => {
             // Claim the file first: a VSA whose capability cannot be stored
-            // would be unreachable.
-            let reservation = claim(cap, *force)?;
-            let created = client.vsa_create(*size, *stripe).map_err(|e| {
-                Failure::admin(format!("creating a VSA of {}", format_size(*size)), e)
+            // would be unreachable. From the claim to the stored file (or
+            // the undo), the signals that usually stop a tool wait.
+            let created = with_stop_signals_held(|| {
+                let reservation = claim(cap, *force)?;
+                let created = client.vsa_create(*size, *stripe).map_err(|e| {
+                    Failure::admin(format!("creating a VSA of {}", format_size(*size)), e)
+                })?;
+                if let Err(e) = reservation.store(&created.token) {
+                    // By id: the PF's privilege needs no token.
+                    let undo = match client.vsa_delete_by_id(created.vsa_id) {
+                        Ok(()) => "the VSA was deleted again".to_string(),
+                        Err(d) => format!(
+                            "the VSA {} could not be deleted again ({d}); delete it with `vsicctl vsa delete --id {}`",
+                            created.vsa_id, created.vsa_id
+                        ),
+                    };
+                    return Err(Failure::file(
+                        format!("writing capability file {}", cap.display()),
+                        format!("{e}; {undo}"),
+                    ));
+                }
+                Ok(created)
             })?;
-            if let Err(e) = reservation.store(&created.token) {
-                let undo = match client.vsa_delete(&created.token) {
-                    Ok(()) => "the VSA was deleted again".to_string(),
-                    Err(d) => format!("the VSA {} could not be deleted again: {d}", created.vsa_id),
-                };
-                return Err(Failure::file(
-                    format!("writing capability file {}", cap.display()),
-                    format!("{e}; {undo}"),
-                ));
-            }
             let human = format!(
                 "created VSA {} of {} ({} bytes); root capability in {}\n",
                 created.vsa_id,
@@ -187,33 +197,123 @@ fn vsa(client: &AdminClient, cmd: &VsaCommand) -> Result<Report, Failure> {
             json["cap"] = json!(cap.display().to_string());
             Ok(Report::new(human, json))
         }
-        VsaCommand::Resize { cap, size } => {
-            let token = read_cap(cap)?;
-            let context = format!("resizing VSA {} to {}", token.vsa_id, format_size(*size));
-            let new_size = client
-                .vsa_resize(&token, *size)
-                .map_err(|e| Failure::admin(context, e))?;
+        VsaCommand::Resize { target, size } => {
+            let (vsa_id, token) = vsa_target(target)?;
+            let context = format!("resizing VSA {vsa_id} to {}", format_size(*size));
+            let new_size = match &token {
+                Some(token) => client.vsa_resize(token, *size),
+                None => client.vsa_resize_by_id(vsa_id, *size),
+            }
+            .map_err(|e| Failure::admin(context, e))?;
             let human = format!(
-                "VSA {} is now {} ({new_size} bytes)\n",
-                token.vsa_id,
+                "VSA {vsa_id} is now {} ({new_size} bytes)\n",
                 format_size(new_size)
             );
             Ok(Report::new(
                 human,
-                json!({ "vsa": token.vsa_id, "size": new_size }),
+                json!({ "vsa": vsa_id, "size": new_size }),
             ))
         }
-        VsaCommand::Delete { cap } => {
-            let token = read_cap(cap)?;
-            client
-                .vsa_delete(&token)
-                .map_err(|e| Failure::admin(format!("deleting VSA {}", token.vsa_id), e))?;
+        VsaCommand::Delete { target } => {
+            let (vsa_id, token) = vsa_target(target)?;
+            match &token {
+                Some(token) => client.vsa_delete(token),
+                None => client.vsa_delete_by_id(vsa_id),
+            }
+            .map_err(|e| Failure::admin(format!("deleting VSA {vsa_id}"), e))?;
             Ok(Report::new(
-                format!("deleted VSA {}\n", token.vsa_id),
-                json!({ "vsa": token.vsa_id, "deleted": true }),
+                format!("deleted VSA {vsa_id}\n"),
+                json!({ "vsa": vsa_id, "deleted": true }),
+            ))
+        }
+        VsaCommand::Role { id, role } => {
+            let name = role_name(role.code()).unwrap_or("?");
+            client
+                .vsa_set_role(*id, role.code())
+                .map_err(|e| Failure::admin(format!("giving VSA {id} the role {name}"), e))?;
+            Ok(Report::new(
+                format!("VSA {id} has the role {name}\n"),
+                json!({ "vsa": id, "role": name }),
             ))
         }
     }
+}
+
+/// The VSA a resize or delete names, with its token when named by a
+/// capability file (`None`: by id, the PF owner's privilege).
+fn vsa_target(target: &VsaTarget) -> Result<(u64, Option<CapToken>), Failure> {
+    match (&target.cap, target.id) {
+        (Some(cap), _) => {
+            let token = read_cap(cap)?;
+            Ok((token.vsa_id, Some(token)))
+        }
+        (None, Some(id)) => Ok((id, None)),
+        (None, None) => Err(Failure::usage(
+            "naming the VSA",
+            "give --cap FILE or --id ID",
+        )),
+    }
+}
+
+/// The signals that usually stop a tool (Ctrl-C, kill, a closed terminal).
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// A stop signal that arrived while held (0: none).
+static HELD_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn hold_signal(sig: libc::c_int) {
+    HELD_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
+/// Runs `f` with the stop signals held back, so that they cannot stop the
+/// process between two steps that must both happen (a created VSA and its
+/// capability file). The calling thread blocks them, so none of its system
+/// calls is interrupted, and a handler records one that reaches another
+/// thread (the transport has its own). Once `f` returns, the previous
+/// dispositions come back and a held signal is raised again: it then does
+/// what it would have done.
+fn with_stop_signals_held<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t and sigaction are plain C data; every field used is
+    // set (sigemptyset, handler, flags) before the structs are passed on.
+    let (mut set, mut previous_mask): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    let mut previous: [Option<libc::sigaction>; STOP_SIGNALS.len()] = [None; STOP_SIGNALS.len()];
+    action.sa_sigaction = hold_signal as extern "C" fn(libc::c_int) as usize;
+    action.sa_flags = libc::SA_RESTART;
+    HELD_SIGNAL.store(0, Ordering::SeqCst);
+    // SAFETY: valid pointers to the structs above; the handler only stores
+    // into an atomic, which is async-signal-safe.
+    let blocked = unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigemptyset(&mut set);
+        for (sig, old) in STOP_SIGNALS.iter().zip(previous.iter_mut()) {
+            libc::sigaddset(&mut set, *sig);
+            let mut saved: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(*sig, &action, &mut saved) == 0 {
+                *old = Some(saved);
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous_mask) == 0
+    };
+    let result = f();
+    // SAFETY: restores what was saved above. A signal still pending on this
+    // thread is delivered to the restored disposition on unblocking.
+    unsafe {
+        for (sig, old) in STOP_SIGNALS.iter().zip(previous.iter()) {
+            if let Some(old) = old {
+                libc::sigaction(*sig, old, std::ptr::null_mut());
+            }
+        }
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &previous_mask, std::ptr::null_mut());
+        }
+        let held = HELD_SIGNAL.swap(0, Ordering::SeqCst);
+        if held != 0 {
+            libc::raise(held);
+        }
+    }
+    result
 }
 
 fn vsic(client: &AdminClient, cmd: &VsicCommand) -> Result<Report, Failure> {

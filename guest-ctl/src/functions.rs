@@ -45,6 +45,14 @@ pub struct FunctionState {
     pub vfio_owner: Option<u32>,
 }
 
+/// Who owned a VFIO group node, and its permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
 /// The PCI functions of one machine (or of a fake tree in tests).
 #[derive(Debug, Clone)]
 pub struct Functions {
@@ -320,6 +328,40 @@ impl Functions {
         Ok(node)
     }
 
+    /// Makes the function's VFIO group node root's alone (mode 0600), so
+    /// that nobody else can open the group from now on, and returns who
+    /// owned it before (uid, gid, mode) for [`Functions::restore_group`].
+    /// `None` when the function has no group node.
+    pub fn revoke_group(&self, addr: &str) -> Result<Option<GroupOwner>, String> {
+        let node = self.group_node(addr)?;
+        let meta = match fs::metadata(&node) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", node.display())),
+        };
+        let before = GroupOwner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.permissions().mode() & 0o7777,
+        };
+        // Permissions first: between the two calls nobody but root may open it.
+        fs::set_permissions(&node, fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod {}: {e}", node.display()))?;
+        std::os::unix::fs::chown(&node, Some(0), Some(0))
+            .map_err(|e| format!("chown {}: {e}", node.display()))?;
+        Ok(Some(before))
+    }
+
+    /// Gives the group node back to the owner [`Functions::revoke_group`]
+    /// took it from.
+    pub fn restore_group(&self, addr: &str, owner: GroupOwner) -> Result<(), String> {
+        let node = self.group_node(addr)?;
+        std::os::unix::fs::chown(&node, Some(owner.uid), Some(owner.gid))
+            .map_err(|e| format!("chown {}: {e}", node.display()))?;
+        fs::set_permissions(&node, fs::Permissions::from_mode(owner.mode))
+            .map_err(|e| format!("chmod {}: {e}", node.display()))
+    }
+
     /// Waits until `addr` shows a virtio_blk disk naming `function`.
     pub fn wait_for_disk(&self, addr: &str, function: Function) -> Result<String, String> {
         let mut found = None;
@@ -581,6 +623,59 @@ mod tests {
             (1234, 1234, 0o600)
         );
         assert_eq!(fake.funcs.vfio_owner("0000:03:00.0"), Ok(1234));
+    }
+
+    /// The old owner loses the group node before anything else happens;
+    /// the slots are emptied only when the function leaves a user.
+    #[test]
+    fn a_function_leaving_its_user_is_revoked_then_emptied() {
+        let fake = Fake::new("take");
+        let f = &fake.funcs;
+        let addr = "0000:03:00.0";
+        let node = fake.root.join("dev/vfio/7");
+        let owned_by = |uid: u32| {
+            std::os::unix::fs::chown(&node, Some(uid), Some(uid)).unwrap();
+            fs::set_permissions(&node, fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let take = |next: Option<u32>| {
+            let mut seen = None;
+            crate::guest::take_from_user(f, addr, Some(VFIO_DRIVER), next, || {
+                let meta = fs::metadata(&node).unwrap();
+                seen = Some((meta.uid(), meta.permissions().mode() & 0o777));
+                Ok(())
+            })
+            .map(|()| seen)
+        };
+        for next in [Some(1002), None] {
+            owned_by(1001);
+            // While the slots are emptied, only root can open the group.
+            assert_eq!(take(next), Ok(Some((0, 0o600))), "to {next:?}");
+            assert_eq!(f.vfio_owner(addr), Ok(0));
+        }
+        // The same user again, or a function of root's: nothing detached.
+        owned_by(1001);
+        assert_eq!(take(Some(1001)), Ok(None));
+        owned_by(0);
+        assert_eq!(take(Some(1002)), Ok(None));
+        // A failed detach leaves the node with root: nobody gets it.
+        owned_by(1001);
+        let r = crate::guest::take_from_user(f, addr, Some(VFIO_DRIVER), Some(1002), || {
+            Err("no PF".into())
+        });
+        assert_eq!(r, Err("no PF".to_string()));
+        assert_eq!(f.vfio_owner(addr), Ok(0));
+        // Off vfio-pci (the kernel's, no driver): root's already; a mounted
+        // disk is not taken.
+        let mut called = false;
+        let mut take_kernel = |addr| {
+            crate::guest::take_from_user(f, addr, Some(KERNEL_DRIVER), Some(1002), || {
+                called = true;
+                Ok(())
+            })
+        };
+        assert_eq!(take_kernel("0000:01:00.0"), Ok(()));
+        assert!(take_kernel("0000:02:00.0").unwrap_err().contains("/mnt"));
+        assert!(!called);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
+use vsic_abi::records::ROLE_STORE;
 use vsic_abi::units::format_size;
 use vsic_abi::virtio::Function;
 use vsicctl::control::service::Service;
@@ -86,15 +87,12 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
     let addr = pf::locate_vsic(&funcs, n)?;
     let pci = |e: String| Failure::local(&context, "pci", e);
     let current = funcs.driver(&addr);
+    take_from_user(&funcs, &addr, current.as_deref(), owner.map(|(uid, _)| uid), || {
+        detach_every_slot(&funcs, n)
+    })
+    .map_err(pci)?;
     if current.as_deref() != Some(target) {
-        leave_current_driver(&funcs, &addr, current.as_deref()).map_err(pci)?;
         funcs.bind(&addr, target).map_err(pci)?;
-    } else if current.as_deref() == Some(VFIO_DRIVER) && funcs.group_in_use(&addr).map_err(pci)? {
-        // Giving an open group to someone else would not take it from
-        // the process holding it.
-        return Err(pci(
-            "its VFIO group is open by a process; stop it first".to_string()
-        ));
     }
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {
         log::warn!("cannot update {}: {e}", funcs.map_path().display());
@@ -120,6 +118,68 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
             ))
         }
     }
+}
+
+/// Takes the function at `addr` from whoever may use it now, before it
+/// goes to `next` (a uid for vfio-pci; `None` for the kernel or no
+/// driver). Refuses while it is in use (a mounted disk, an open VFIO
+/// group). On vfio-pci, the group node becomes root's first, so the owner
+/// cannot reopen the group between the check and the handover; if the
+/// function leaves a user (the node belonged to a uid other than root and
+/// `next` is someone else), `detach_all` then empties every slot, while
+/// nobody but root can open the function. Attachments root made (on the
+/// kernel driver, no driver, or a group node of root's) stay.
+pub(crate) fn take_from_user(
+    funcs: &Functions,
+    addr: &str,
+    current: Option<&str>,
+    next: Option<u32>,
+    detach_all: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    match current {
+        Some(VFIO_DRIVER) => {
+            let before = funcs.revoke_group(addr)?;
+            let in_use = funcs.group_in_use(addr);
+            if !matches!(in_use, Ok(false)) {
+                if let Some(owner) = before {
+                    if let Err(e) = funcs.restore_group(addr, owner) {
+                        log::warn!("giving the VFIO group of {addr} back: {e}");
+                    }
+                }
+                in_use?;
+                return Err("its VFIO group is open by a process; stop it first".into());
+            }
+            // No node: nobody could open it, but who had it is unknown.
+            let leaves_user = before.is_none_or(|b| b.uid != 0 && Some(b.uid) != next);
+            if leaves_user {
+                detach_all()?;
+            }
+            Ok(())
+        }
+        _ => leave_current_driver(funcs, addr, current),
+    }
+}
+
+/// Detaches every VSA attached to VSIC `n`, through the PF (the caller
+/// holds the control-plane lock).
+fn detach_every_slot(funcs: &Functions, n: u32) -> Result<(), String> {
+    let pf = pf::open_in_guest(funcs).map_err(|f| format!("opening the PF: {}", f.message()))?;
+    let vsics = pf
+        .list_vsics()
+        .map_err(|e| format!("listing VSIC {n}'s attachments: {e}"))?;
+    let info = vsics
+        .iter()
+        .find(|v| v.vsic == n)
+        .ok_or_else(|| format!("the PF does not know VSIC {n}"))?;
+    for (slot, s) in info.slots.iter().enumerate() {
+        if s.is_attached() {
+            let slot = slot as u32;
+            pf.detach(n, slot)
+                .map_err(|e| format!("detaching VSA {} from slot {slot}: {e}", s.vsa_id))?;
+            log::info!("VSIC {n} left its user: detached VSA {} from slot {slot}", s.vsa_id);
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to take a function from under its users: a mounted disk, an
@@ -148,7 +208,10 @@ pub fn unbind(n: u32) -> Result<Report, Failure> {
     let addr = pf::locate_vsic(&funcs, n)?;
     let pci = |e: String| Failure::local(&context, "pci", e);
     let current = funcs.driver(&addr);
-    leave_current_driver(&funcs, &addr, current.as_deref()).map_err(pci)?;
+    take_from_user(&funcs, &addr, current.as_deref(), None, || {
+        detach_every_slot(&funcs, n)
+    })
+    .map_err(pci)?;
     funcs.unbind(&addr).map_err(pci)?;
     // Still VSIC n: keep it in the map, an unbound function cannot name itself.
     if let Err(e) = funcs.record(Function::Vsic(n), &addr) {
@@ -174,13 +237,17 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
             mountpoint.display()
         )));
     }
-    if let Some(disk) = store::find_store_disks(Path::new("/sys/block"), Path::new("/dev")).first()
-    {
+    let pf = pf::open(&pf::Route::Guest)?;
+    let vsas = pf
+        .client
+        .list_vsas()
+        .map_err(|e| Failure::admin(&context, e))?;
+    if let Some(v) = vsas.iter().find(|v| v.role == ROLE_STORE) {
         return Err(err(format!(
-            "a store already exists on /dev/{disk}; mount it with `vsicctl store mount`"
+            "a store already exists: VSA {} has the store role; mount it with `vsicctl store mount`",
+            v.vsa_id
         )));
     }
-    let pf = pf::open(&pf::Route::Guest)?;
     let funcs = Functions::system();
     let addr = pf::locate_vsic(&funcs, n)?;
     let vsics = pf
@@ -217,6 +284,10 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
             ),
         }
     };
+    // The role is what `store mount` trusts: only the PF owner can set it.
+    if let Err(e) = pf.client.vsa_set_role(created.vsa_id, ROLE_STORE) {
+        return Err(undo(Failure::admin(&context, e)));
+    }
     if let Err(e) = pf.client.attach(n, 0, &created.token, false) {
         return Err(undo(Failure::admin(&context, e)));
     }
@@ -278,12 +349,36 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
 pub fn store_mount(mountpoint: &Path) -> Result<Report, Failure> {
     let context = "mounting the capability store";
     let err = |e: String| Failure::local(context, "store", e);
-    let disks = store::find_store_disks(Path::new("/sys/block"), Path::new("/dev"));
-    let disk = match disks.as_slice() {
-        [one] => one.clone(),
-        [] => return Err(err("no kernel disk holds a capability store (label vsic-store); create one with `vsicctl store init`".into())),
-        many => return Err(err(format!("several disks hold a capability store: {}", many.join(", ")))),
+    // Where the controller says the store is: the VSA with the store role
+    // (only the PF owner sets it), at slot 0 of one VSIC. A disk's label
+    // proves nothing: a tenant can write any label into a VSA of their own.
+    let pf = pf::open(&pf::Route::Guest)?;
+    let vsas = pf
+        .client
+        .list_vsas()
+        .map_err(|e| Failure::admin(context, e))?;
+    let vsics = pf
+        .client
+        .list_vsics()
+        .map_err(|e| Failure::admin(context, e))?;
+    let (vsa, n) = store::locate(&vsas, &vsics).map_err(|e| err(e.to_string()))?;
+    let funcs = Functions::system();
+    let addr = pf::locate_vsic(&funcs, n)?;
+    let disk = match (funcs.driver(&addr).as_deref(), funcs.disk(&addr)) {
+        (Some(KERNEL_DRIVER), Some((disk, _))) => disk,
+        _ => {
+            return Err(err(format!(
+                "the store (VSA {vsa}) is at slot 0 of VSIC {n} ({addr}), which has no kernel disk; \
+                 hand it to the kernel with `vsicctl vsic bind --vsic {n} --kernel`"
+            )))
+        }
     };
+    if store::device_label(&Path::new("/dev").join(&disk)).as_deref() != Some(store::STORE_LABEL) {
+        return Err(err(format!(
+            "the store (VSA {vsa}) is /dev/{disk} (VSIC {n}), but it holds no ext4 file system labelled {}",
+            store::STORE_LABEL
+        )));
+    }
     let device = Path::new("/dev").join(&disk);
     let table = mounts();
     let human = match store::mounted_at(&table, &device) {
@@ -313,7 +408,7 @@ pub fn store_mount(mountpoint: &Path) -> Result<Report, Failure> {
     };
     Ok(Report::new(
         human,
-        json!({ "disk": disk, "mountpoint": mountpoint }),
+        json!({ "disk": disk, "mountpoint": mountpoint, "vsa": vsa, "vsic": n }),
     ))
 }
 

@@ -29,13 +29,25 @@ pub struct Pf {
     _lock: Option<ControlLock>,
 }
 
-/// Takes the control-plane lock (guest only; the host needs none).
+/// Takes the control-plane lock (guest only; the host needs none), ahead
+/// of the service's requests for tenants.
 pub fn lock(context: &str) -> Result<ControlLock, Failure> {
-    ControlLock::acquire(LOCK_PATH.as_ref(), LOCK_TIMEOUT).map_err(|e| match e {
+    ControlLock::acquire(LOCK_PATH.as_ref(), LOCK_TIMEOUT).map_err(|e| lock_failure(context, e))
+}
+
+/// Takes the control-plane lock for the service's request on a tenant's
+/// behalf: after every administrator's command that waits for it.
+pub fn tenant_lock(context: &str) -> Result<ControlLock, Failure> {
+    ControlLock::acquire_for_tenant(LOCK_PATH.as_ref(), LOCK_TIMEOUT)
+        .map_err(|e| lock_failure(context, e))
+}
+
+fn lock_failure(context: &str, e: LockError) -> Failure {
+    match e {
         LockError::Busy(m) => Failure::local(context, "busy", m),
         // Typically not root: the control plane is root's.
         LockError::Unusable(m) => Failure::local(context, "permission", m),
-    })
+    }
 }
 
 pub fn open(route: &Route) -> Result<Pf, Failure> {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use vsic::admin::StatsEntry;
-use vsic_abi::records::{CacheMode, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo};
+use vsic_abi::records::{role_name, CacheMode, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo};
 use vsic_abi::units::format_size;
 use vsic_abi::window;
 use vsic_abi::CapToken;
@@ -112,15 +112,23 @@ fn attached_slots(info: &VsicInfo) -> impl Iterator<Item = (usize, &SlotInfo)> {
 }
 
 pub fn list(vsas: &[VsaInfo], vsics: &[VsicInfo]) -> Report {
-    let mut vsa_table = Table::new(&["VSA", "SIZE", "EXTENTS", "STRIPE", "TOKENS", "ATTACHED"]);
+    let mut vsa_table = Table::new(&[
+        "VSA", "SIZE", "EXTENTS", "STRIPE", "TOKENS", "ATTACHED", "ROLE",
+    ]);
     for v in vsas {
+        let tokens = if is_orphan(v) {
+            "0 (orphan)".to_string()
+        } else {
+            v.live_tokens.to_string()
+        };
         vsa_table.row(vec![
             v.vsa_id.to_string(),
             format_size(v.size),
             v.extents.to_string(),
             v.stripe.to_string(),
-            v.live_tokens.to_string(),
+            tokens,
             v.attachments.to_string(),
+            role_text(v.role),
         ]);
     }
     let mut vsic_table = Table::new(&[
@@ -174,6 +182,16 @@ fn limit_text(value: u64, show: impl Fn(u64) -> String) -> String {
     }
 }
 
+/// A VSA no live token grants anything on: only the PF owner can still
+/// resize or delete it (`vsa resize --id`, `vsa delete --id`).
+fn is_orphan(v: &VsaInfo) -> bool {
+    v.live_tokens == 0
+}
+
+fn role_text(role: u32) -> String {
+    role_name(role).map_or_else(|| format!("unknown-{role}"), str::to_string)
+}
+
 fn vsa_json(v: &VsaInfo) -> Value {
     json!({
         "vsa": v.vsa_id,
@@ -181,7 +199,9 @@ fn vsa_json(v: &VsaInfo) -> Value {
         "extents": v.extents,
         "stripe": v.stripe,
         "live_tokens": v.live_tokens,
+        "orphan": is_orphan(v),
         "attachments": v.attachments,
+        "role": role_text(v.role),
     })
 }
 
@@ -324,14 +344,26 @@ mod tests {
 
     #[test]
     fn list_shows_attachments_and_json_matches() {
-        let vsas = [VsaInfo {
-            vsa_id: 3,
-            size: 8 << 20,
-            extents: 8,
-            stripe: 1,
-            live_tokens: 2,
-            attachments: 1,
-        }];
+        let vsas = [
+            VsaInfo {
+                vsa_id: 3,
+                size: 8 << 20,
+                extents: 8,
+                stripe: 1,
+                live_tokens: 2,
+                attachments: 1,
+                role: vsic_abi::records::ROLE_STORE,
+            },
+            VsaInfo {
+                vsa_id: 4,
+                size: 1 << 20,
+                extents: 1,
+                stripe: 1,
+                live_tokens: 0,
+                attachments: 0,
+                role: 9,
+            },
+        ];
         let mut slots = [SlotInfo::default(); SLOTS_PER_VSIC as usize];
         slots[2] = SlotInfo {
             vsa_id: 3,
@@ -351,6 +383,12 @@ mod tests {
         assert!(r.human.contains("8M"));
         assert!(r.human.contains("unlimited"));
         assert_eq!(r.json["vsas"][0]["size"], 8 << 20);
+        assert_eq!(r.json["vsas"][0]["role"], "store");
+        assert_eq!(r.json["vsas"][0]["orphan"], false);
+        assert_eq!(r.json["vsas"][1]["role"], "unknown-9");
+        assert_eq!(r.json["vsas"][1]["orphan"], true);
+        assert!(r.human.contains("ROLE") && r.human.contains("store"), "{}", r.human);
+        assert!(r.human.contains("0 (orphan)"), "{}", r.human);
         let att = &r.json["vsics"][0]["attachments"][0];
         assert_eq!(att["slot"], 2);
         assert_eq!(att["read_only"], true);

@@ -2,17 +2,23 @@
 //! mounts, so that capability files keep their owners and permissions and
 //! survive a guest reboot.
 //!
-//! `store init` creates a VSA, attaches it to slot 0 of a VSIC handed to
-//! virtio_blk, makes ext4 on the disk with the label [`STORE_LABEL`] and
-//! mounts it. After a reboot the controller still has the VSA attached
-//! (attachments are device metadata), every function starts on virtio_blk,
-//! and `store mount` finds the disk by its label.
+//! `store init` creates a VSA, gives it the store role through the PF,
+//! attaches it to slot 0 of a VSIC handed to virtio_blk, makes ext4 on the
+//! disk with the label [`STORE_LABEL`] and mounts it. After a reboot the
+//! controller still has the VSA, its role and its attachment (all device
+//! metadata), every function starts on virtio_blk, and `store mount` asks
+//! the PF which VSA has the store role and at which VSIC's slot 0 it is
+//! ([`locate`]), then mounts that VSIC's disk. A label alone proves nothing:
+//! any VSIC owner can write an ext4 labelled vsic-store into a VSA of
+//! their own, but only the PF owner can set a role.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use vsic_abi::records::{VsaInfo, VsicInfo, ROLE_STORE};
 
 pub const STORE_LABEL: &str = "vsic-store";
 pub const DEFAULT_MOUNTPOINT: &str = "/var/lib/vsic";
@@ -47,18 +53,59 @@ pub fn device_label(device: &Path) -> Option<String> {
     ext_label(&sb)
 }
 
-/// Kernel disks (`vdX`, from `sys_block`) whose file system is the store.
-pub fn find_store_disks(sys_block: &Path, dev: &Path) -> Vec<String> {
-    let mut disks: Vec<String> = std::fs::read_dir(sys_block)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.starts_with("vd"))
-        .filter(|name| device_label(&dev.join(name)).as_deref() == Some(STORE_LABEL))
+/// Why the controller's lists name no single place for the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocateError {
+    /// No VSA has the store role.
+    NoStore,
+    /// The store VSA is not at slot 0 of any VSIC.
+    NotAttached { vsa: u64 },
+    /// The store VSA is at slot 0 of several VSICs.
+    Ambiguous { vsa: u64, vsics: Vec<u32> },
+}
+
+impl std::fmt::Display for LocateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocateError::NoStore => write!(
+                f,
+                "no VSA has the store role (the controller knows of no capability store); \
+                 create one with `vsicctl store init`, or mark a store made before roles \
+                 existed with `vsicctl vsa role --id ID --role store`"
+            ),
+            LocateError::NotAttached { vsa } => write!(
+                f,
+                "the store is VSA {vsa}, but it is not attached at slot 0 of any VSIC"
+            ),
+            LocateError::Ambiguous { vsa, vsics } => write!(
+                f,
+                "the store, VSA {vsa}, is attached at slot 0 of several VSICs ({}): refusing to choose",
+                vsics.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LocateError {}
+
+/// The store's VSA id and the VSIC whose slot 0 holds it, from the
+/// controller's lists: found by the role only the PF can set.
+pub fn locate(vsas: &[VsaInfo], vsics: &[VsicInfo]) -> Result<(u64, u32), LocateError> {
+    let vsa = vsas
+        .iter()
+        .find(|v| v.role == ROLE_STORE)
+        .ok_or(LocateError::NoStore)?
+        .vsa_id;
+    let at: Vec<u32> = vsics
+        .iter()
+        .filter(|v| v.slots.first().is_some_and(|s| s.vsa_id == vsa))
+        .map(|v| v.vsic)
         .collect();
-    disks.sort();
-    disks
+    match at.as_slice() {
+        [] => Err(LocateError::NotAttached { vsa }),
+        [n] => Ok((vsa, *n)),
+        _ => Err(LocateError::Ambiguous { vsa, vsics: at }),
+    }
 }
 
 /// The mount point of `device` if it is mounted, from a mounts table.
@@ -181,27 +228,54 @@ mod tests {
         assert_eq!(ext_label(&[0u8; 10]), None);
     }
 
-    #[test]
-    fn store_disks_are_found_by_label() {
-        let root = std::env::temp_dir().join(format!("vsicctl-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let (sys_block, dev) = (root.join("sys/block"), root.join("dev"));
-        std::fs::create_dir_all(&dev).unwrap();
-        for (name, label) in [
-            ("vda", Some(&b"other"[..])),
-            ("vdb", Some(b"vsic-store")),
-            ("vdc", None),
-            ("sda", Some(b"vsic-store")),
-        ] {
-            std::fs::create_dir_all(sys_block.join(name)).unwrap();
-            let mut image = vec![0u8; SUPERBLOCK_OFFSET as usize];
-            if let Some(l) = label {
-                image.extend(superblock(l));
-            }
-            std::fs::write(dev.join(name), image).unwrap();
+    fn vsa(vsa_id: u64, role: u32) -> VsaInfo {
+        VsaInfo {
+            vsa_id,
+            size: 1 << 20,
+            extents: 1,
+            stripe: 1,
+            live_tokens: 1,
+            attachments: 1,
+            role,
         }
-        assert_eq!(find_store_disks(&sys_block, &dev), vec!["vdb"]);
-        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn vsic(n: u32, slot0: u64) -> VsicInfo {
+        let mut slots = [vsic_abi::records::SlotInfo::default(); 16];
+        slots[0].vsa_id = slot0;
+        slots[1].vsa_id = 9;
+        VsicInfo {
+            vsic: n,
+            enabled: true,
+            queues: 1,
+            qos_bytes_per_sec: 0,
+            qos_iops: 0,
+            slots,
+        }
+    }
+
+    #[test]
+    fn the_store_is_found_by_its_role_not_its_label() {
+        use vsic_abi::records::ROLE_NONE;
+        // VSA 1 is a tenant's (its file system may carry any label); VSA 2
+        // has the store role.
+        let vsas = [vsa(1, ROLE_NONE), vsa(2, ROLE_STORE)];
+        assert_eq!(locate(&vsas, &[vsic(0, 1), vsic(2, 2)]), Ok((2, 2)));
+        assert_eq!(
+            locate(&vsas, &[vsic(0, 1), vsic(1, 0)]),
+            Err(LocateError::NotAttached { vsa: 2 })
+        );
+        // At slot 1 only (VSA 9 everywhere there) is not the store's place.
+        assert_eq!(
+            locate(&[vsa(9, ROLE_STORE)], &[vsic(0, 1)]),
+            Err(LocateError::NotAttached { vsa: 9 })
+        );
+        assert_eq!(
+            locate(&vsas, &[vsic(0, 2), vsic(3, 2)]),
+            Err(LocateError::Ambiguous { vsa: 2, vsics: vec![0, 3] })
+        );
+        assert_eq!(locate(&[vsa(1, ROLE_NONE)], &[vsic(0, 1)]), Err(LocateError::NoStore));
+        assert!(LocateError::NoStore.to_string().contains("store init"));
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //!
 //! usage: vsic-io SPEC [--slot N] [--offset BYTES] [--len BYTES]   (BYTES: 4096, 4K, 1M)
 //!                     [--queue Q] [--polling] [--flush]
+//!        vsic-io SPEC --capacity
 //!
 //! SPEC is e.g. vhost-user:/run/vsic/vsic0.sock. Prints one line and exits 0
-//! when the data read back matches, 1 otherwise.
+//! when the data read back matches, 1 otherwise. With --capacity it only
+//! opens the device and prints "capacity N bytes", as read right after the
+//! open.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -19,6 +22,7 @@ struct Args {
     queue: u16,
     polling: bool,
     flush: bool,
+    capacity_only: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -31,6 +35,7 @@ fn parse() -> Result<Args, String> {
         queue: 0,
         polling: false,
         flush: false,
+        capacity_only: false,
     };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -44,6 +49,7 @@ fn parse() -> Result<Args, String> {
             "--queue" => args.queue = num(&value("--queue")?)?,
             "--polling" => args.polling = true,
             "--flush" => args.flush = true,
+            "--capacity" => args.capacity_only = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s => args.spec = s.to_string(),
@@ -57,7 +63,7 @@ fn parse() -> Result<Args, String> {
 
 /// Byte counts accept suffixes: 4K, 1M, 2G.
 fn size(s: &str) -> Result<u64, String> {
-    vsic_abi::units::parse_size(s)
+    vsic_abi::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
@@ -75,6 +81,10 @@ fn run(a: &Args) -> Result<bool, vsic::Error> {
         ..OpenOptions::default()
     };
     let dev = Device::open(&a.spec, &opts)?;
+    if a.capacity_only {
+        println!("capacity {} bytes", dev.capacity()?);
+        return Ok(true);
+    }
     let vsa = VsaHandle::new(a.slot);
     let mut out = dev.alloc_dma(a.len)?;
     let mut back = dev.alloc_dma(a.len)?;
@@ -127,7 +137,7 @@ fn main() -> ExitCode {
                 eprintln!("vsic-io: {msg}");
             }
             eprintln!(
-                "usage: vsic-io SPEC [--slot N] [--offset BYTES] [--len BYTES] [--queue Q] [--polling] [--flush]"
+                "usage: vsic-io SPEC [--slot N] [--offset BYTES] [--len BYTES] [--queue Q] [--polling] [--flush] | SPEC --capacity"
             );
             return ExitCode::from(2);
         }

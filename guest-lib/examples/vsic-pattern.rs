@@ -123,7 +123,10 @@ fn pattern_byte(seed: u64, pos: u64) -> u8 {
 }
 
 /// Huge pages of our own, offered as if a control plane had provided them.
+/// Their addresses are checked after pinning through a pagemap opened now,
+/// while we may still read addresses (before `--user` drops privileges).
 fn provided_dma(bytes: usize) -> Result<DmaSource, vsic::Error> {
+    let pagemap = std::sync::Arc::new(vsic::hugepage::Pagemap::open()?);
     let page = vsic::hugepage::HUGE_PAGE_SIZE;
     let len = bytes.next_multiple_of(page);
     let sys = |what: &'static str| vsic::Error::System {
@@ -154,10 +157,10 @@ fn provided_dma(bytes: usize) -> Result<DmaSource, vsic::Error> {
         if p == libc::MAP_FAILED {
             return Err(sys("mmap of huge pages"));
         }
-        let gpas = vsic::hugepage::physical_addresses(p as usize, len, page);
+        let gpas = pagemap.addresses(p as usize, len, page);
         // The pages stay allocated in the file after the mapping goes.
         libc::munmap(p, len);
-        DmaSource::provided(fd, gpas?)
+        DmaSource::provided_with_locator(fd, gpas?, pagemap)
     }
 }
 

@@ -282,6 +282,31 @@ impl AdminClient {
         Ok(completion.result1)
     }
 
+    /// Deletes VSA `vsa_id` without a capability (the PF's privilege: for a
+    /// VSA whose capability is lost). Detaches it everywhere.
+    pub fn vsa_delete_by_id(&self, vsa_id: u64) -> Result<(), AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::VsaDeleteById);
+        cmd.args[0] = vsa_id;
+        self.simple(cmd).map(drop)
+    }
+
+    /// Resizes VSA `vsa_id` to `new_size` bytes without a capability (the
+    /// PF's privilege) and returns its new size; the same size changes
+    /// nothing.
+    pub fn vsa_resize_by_id(&self, vsa_id: u64, new_size: u64) -> Result<u64, AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::VsaResizeById);
+        cmd.args = [vsa_id, new_size, 0, 0];
+        Ok(self.simple(cmd)?.result1)
+    }
+
+    /// Gives VSA `vsa_id` a role ([`vsic_abi::records::ROLE_NONE`] or
+    /// [`vsic_abi::records::ROLE_STORE`]); only the PF can.
+    pub fn vsa_set_role(&self, vsa_id: u64, role: u32) -> Result<(), AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::VsaSetRole);
+        cmd.args = [vsa_id, role as u64, 0, 0];
+        self.simple(cmd).map(drop)
+    }
+
     /// Attaches the VSA of `token` to `slot` of `vsic`.
     pub fn attach(
         &self,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::warn;
+use log::{debug, warn};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
 use vsic_abi::virtio::{
     config, DiscardSegment, REQ_HEADER_LEN, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE,
@@ -24,6 +24,7 @@ use crate::blk::{self, Limits, Part, Request, VsaHandle, VsaRange};
 use crate::dma::{DmaBuffer, DmaPool, BUFFER_ALIGN};
 use crate::error::{Error, IoStatus};
 use crate::hugepage::DmaSource;
+use crate::hybrid::{self, Found, HybridState};
 use crate::transport::vhost_user::VhostUserTransport;
 use crate::transport::Transport;
 use crate::virtqueue::{Buf, RingLayout, SplitQueue, MAX_QUEUE_SIZE};
@@ -37,6 +38,13 @@ pub enum CompletionMode {
     /// The device is asked not to signal; [`Device::wait`] spins on the
     /// used ring. Lowest latency, burns a core.
     Polling,
+    /// [`Device::wait`] sleeps on a timer for part of the time the queue's
+    /// completions usually take (not at all where the timer wakes too
+    /// late), polls the used ring for a bounded time, then enables the
+    /// queue's interrupt and sleeps on it; the times adapt per queue (see
+    /// [`crate::hybrid`]). Close to polling's latency for less of its CPU.
+    /// The waiting thread's timer slack is set to 1 µs.
+    Hybrid,
 }
 
 /// How to open a function.
@@ -159,6 +167,8 @@ struct QueueState {
     sync_done: Vec<(u64, SyncDone)>,
     /// Synchronous calls that timed out; their completions are dropped.
     abandoned: HashSet<u64>,
+    /// What hybrid waits on this queue learned.
+    hybrid: HybridState,
 }
 
 impl QueueState {
@@ -180,7 +190,9 @@ impl QueueState {
                 self.complete_part(used.head, used.len);
             }
             match mode {
-                CompletionMode::Polling => {
+                // A hybrid queue signals only while a waiter sleeps on the
+                // interrupt; that waiter enables it (Device::wait_step).
+                CompletionMode::Polling | CompletionMode::Hybrid => {
                     self.vq.disable_interrupts();
                     return;
                 }
@@ -334,7 +346,7 @@ impl Device {
             let ring = pool.alloc(RingLayout::new(size).total, BUFFER_ALIGN)?;
             let mut vq = SplitQueue::new(ring, size, has(VIRTIO_RING_F_EVENT_IDX))?;
             match opts.mode {
-                CompletionMode::Polling => vq.disable_interrupts(),
+                CompletionMode::Polling | CompletionMode::Hybrid => vq.disable_interrupts(),
                 CompletionMode::Interrupt => {
                     vq.enable_interrupts();
                 }
@@ -351,11 +363,12 @@ impl Device {
                 spare: VecDeque::with_capacity(size as usize),
                 sync_done: Vec::new(),
                 abandoned: HashSet::new(),
+                hybrid: HybridState::new(),
             }));
         }
         transport.enable_queues(count)?;
 
-        Ok(Device {
+        let device = Device {
             transport,
             pool,
             queues,
@@ -364,7 +377,23 @@ impl Device {
             mode: opts.mode,
             sync_timeout: opts.sync_timeout,
             next_token: AtomicU64::new(1),
-        })
+        };
+        // A frontend may hold a configuration from before the device
+        // started (QEMU ignores changes while a vhost-user device is
+        // stopped); the VSIC device answers GET_ID once its frontend has
+        // the current one (docs/device-spec.md, section 2). Identify it
+        // now, so capacity() is current from the start. The answer itself
+        // does not matter: a device without GET_ID is still usable.
+        if let Err(e) = device.raw_request(
+            0,
+            vsic_abi::virtio::VIRTIO_BLK_T_GET_ID,
+            0,
+            &[],
+            &[vsic_abi::virtio::SERIAL_LEN],
+        ) {
+            debug!("GET_ID after start: {e}");
+        }
+        Ok(device)
     }
 
     /// Number of queues opened.
@@ -445,7 +474,8 @@ impl Device {
 
     /// Blocks until `queue` has completions to poll, or the timeout passes
     /// ([`Error::Timeout`]). Interrupt mode sleeps on the queue's eventfd;
-    /// polling mode spins.
+    /// polling mode spins; hybrid mode sleeps, spins, then sleeps on the
+    /// eventfd ([`CompletionMode::Hybrid`]).
     pub fn wait(&self, queue: u16, timeout: Option<Duration>) -> Result<(), Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -456,6 +486,14 @@ impl Device {
                 return Err(Error::Timeout);
             }
         }
+    }
+
+    /// What hybrid waits on `queue` did so far (all zero in other modes, or
+    /// for an unknown queue): how they ended and the current expectation.
+    pub fn hybrid_stats(&self, queue: u16) -> hybrid::HybridStats {
+        self.queue(queue)
+            .map(|q| q.hybrid.stats())
+            .unwrap_or_default()
     }
 
     /// The eventfd the device signals for `queue` (interrupt mode), for use
@@ -720,62 +758,120 @@ impl Device {
     /// One bounded wait for work on `queue`; true when there is some.
     fn wait_step(&self, queue: u16, deadline: Option<Instant>) -> Result<bool, Error> {
         match self.mode {
-            CompletionMode::Interrupt => {
-                {
-                    let mut q = self.queue(queue)?;
-                    if q.has_work() || q.vq.enable_interrupts() {
-                        return Ok(true);
-                    }
-                }
-                let fd = self
-                    .transport
-                    .queue_interrupt(queue)
-                    .ok_or(Error::MissingFeature("queue interrupts"))?;
-                let ms = match deadline {
-                    None => -1,
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now());
-                        // Round up so a short timeout still sleeps.
-                        left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-                    }
-                };
-                let mut pfd = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-                if r < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(Error::system("poll on the queue interrupt", e));
-                    }
-                }
-                if r > 0 {
-                    let _ = fd.read();
-                }
-                Ok(self.queue(queue)?.has_work())
-            }
-            CompletionMode::Polling => {
-                let mut spins = 0u32;
-                loop {
-                    if self.queue(queue)?.has_work() {
-                        return Ok(true);
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(false);
-                    }
-                    spins += 1;
-                    if spins & 63 == 0 {
-                        // Let a device thread on the same core run.
-                        std::thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
-                    }
-                }
+            CompletionMode::Interrupt => self.sleep_on_interrupt(queue, deadline),
+            CompletionMode::Polling => self.spin(queue, deadline),
+            CompletionMode::Hybrid => self.hybrid_wait(queue, deadline),
+        }
+    }
+
+    /// Enables `queue`'s interrupt and sleeps on it until it fires or the
+    /// deadline passes; true when there is work.
+    fn sleep_on_interrupt(&self, queue: u16, deadline: Option<Instant>) -> Result<bool, Error> {
+        {
+            let mut q = self.queue(queue)?;
+            if q.has_work() || q.vq.enable_interrupts() {
+                return Ok(true);
             }
         }
+        let fd = self
+            .transport
+            .queue_interrupt(queue)
+            .ok_or(Error::MissingFeature("queue interrupts"))?;
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so a short timeout still sleeps.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::system("poll on the queue interrupt", e));
+            }
+        }
+        if r > 0 {
+            let _ = fd.read();
+        }
+        Ok(self.queue(queue)?.has_work())
+    }
+
+    /// Spins on `queue`'s used ring until there is work (true) or the
+    /// deadline passes (false).
+    fn spin(&self, queue: u16, deadline: Option<Instant>) -> Result<bool, Error> {
+        let mut spins = 0u32;
+        loop {
+            if self.queue(queue)?.has_work() {
+        return Ok(true);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            spins += 1;
+            if spins & 63 == 0 {
+                // Let a device thread on the same core run.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// One hybrid wait: timer sleep, bounded spin, then the interrupt.
+    fn hybrid_wait(&self, queue: u16, deadline: Option<Instant>) -> Result<bool, Error> {
+        let start = Instant::now();
+        let plan = {
+            let q = self.queue(queue)?;
+            if q.has_work() {
+                return Ok(true);
+            }
+            q.hybrid.plan()
+        };
+        let end_of = |phase: Duration| {
+            let t = start + phase;
+            deadline.map_or(t, |d| d.min(t))
+        };
+        let asked = end_of(plan.sleep).saturating_duration_since(Instant::now());
+        hybrid::sleep(asked);
+        // A timer that woke late still leaves the planned polling time.
+        let woke = Instant::now();
+        let slept = (!asked.is_zero()).then(|| (asked, woke - start));
+        let poll_end = end_of(plan.poll_until).max(woke + (plan.poll_until - plan.sleep));
+        let poll_end = deadline.map_or(poll_end, |d| d.min(poll_end));
+        let found = if self.queue(queue)?.has_work() {
+            Some(if asked.is_zero() {
+                Found::AtOnce
+            } else {
+                Found::FirstLook
+            })
+        } else if self.spin(queue, Some(poll_end))? {
+            Some(Found::Polling)
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            None
+        } else if self.sleep_on_interrupt(queue, deadline)? {
+            Some(Found::Interrupt)
+        } else {
+            None
+        };
+        let elapsed = start.elapsed();
+        let mut q = self.queue(queue)?;
+        if let Some((asked, took)) = slept {
+            q.hybrid.record_sleep(asked, took);
+        }
+        if let Some(found) = found {
+            q.hybrid.record(elapsed, found);
+        }
+        // Interrupts stay off between waits (harvest keeps them off too).
+        q.vq.disable_interrupts();
+        Ok(found.is_some() || q.has_work())
     }
 
     fn run_sync_request(&self, queue: u16, req: &Request<'_>) -> Result<(), Error> {

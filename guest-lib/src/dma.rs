@@ -47,6 +47,7 @@ pub struct DmaRegion {
 // pointers whose users synchronise among themselves (queue locks, buffer
 // ownership).
 unsafe impl Send for DmaRegion {}
+// SAFETY: as for Send.
 unsafe impl Sync for DmaRegion {}
 
 impl DmaRegion {

@@ -24,6 +24,10 @@ pub enum Error {
     DmaExhausted { requested: usize, region: usize },
     /// A memory range does not lie inside the registered DMA region.
     NotDmaMemory { iova: u64, len: usize },
+    /// After pinning, a page of DMA memory is not at the address the device
+    /// was given for it (pinning moved it): the device would reach other
+    /// memory. `page` is the page's index in the memory as provided.
+    DmaMoved { page: usize, recorded: u64, now: u64 },
     /// No such queue on this device (or it was not opened).
     NoSuchQueue { queue: u16, queues: u16 },
     /// The queue has too few free descriptors right now; poll and retry.
@@ -71,6 +75,11 @@ impl fmt::Display for Error {
             Error::NotDmaMemory { iova, len } => write!(
                 f,
                 "memory range {iova:#x}+{len} is not inside the registered DMA region"
+            ),
+            Error::DmaMoved { page, recorded, now } => write!(
+                f,
+                "DMA page {page} is at {now:#x} after pinning, not at {recorded:#x} where the device \
+                 would reach it; refused (reserve huge pages at boot: hugepages=N)"
             ),
             Error::NoSuchQueue { queue, queues } => {
                 write!(f, "no queue {queue}: the device was opened with {queues} queue(s)")

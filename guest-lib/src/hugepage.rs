@@ -10,8 +10,9 @@
 //! memory from the control plane as a hugetlbfs file descriptor plus the
 //! address of each of its pages ([`DmaSource::Provided`]).
 
+use std::fmt;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -38,10 +39,33 @@ pub enum DmaSource {
 
 impl DmaSource {
     /// Memory in `fd` (a hugetlbfs or memfd file) whose page `i` sits at
-    /// guest-physical address `gpas[i]`. See [`ProvidedDma::new`].
+    /// guest-physical address `gpas[i]`. See [`ProvidedDma::new`]. Opening
+    /// a device with it needs CAP_SYS_ADMIN to check the addresses after
+    /// pinning; without it use [`DmaSource::provided_with_locator`].
     pub fn provided(fd: OwnedFd, gpas: Vec<u64>) -> Result<DmaSource, Error> {
         Ok(DmaSource::Provided(Arc::new(ProvidedDma::new(fd, gpas)?)))
     }
+
+    /// As [`DmaSource::provided`], with someone to ask where the pages are
+    /// after pinning (the provider; an unprivileged process cannot read
+    /// physical addresses).
+    pub fn provided_with_locator(
+        fd: OwnedFd,
+        gpas: Vec<u64>,
+        locator: Arc<dyn PageLocator>,
+    ) -> Result<DmaSource, Error> {
+        let mut p = ProvidedDma::new(fd, gpas)?;
+        p.locator = Some(locator);
+        Ok(DmaSource::Provided(Arc::new(p)))
+    }
+}
+
+/// Tells where the pages of provided DMA memory are now. Asked once the
+/// memory is pinned for the device: pinning may move a page (out of
+/// movable memory), and then the addresses given before are stale.
+pub trait PageLocator: Send + Sync + fmt::Debug {
+    /// The physical address of each page of `memory`'s file, in file order.
+    fn locate(&self, memory: &ProvidedDma) -> Result<Vec<u64>, Error>;
 }
 
 /// Pinned memory received from someone who could read its addresses.
@@ -50,6 +74,7 @@ pub struct ProvidedDma {
     fd: OwnedFd,
     page_size: usize,
     gpas: Vec<u64>,
+    locator: Option<Arc<dyn PageLocator>>,
 }
 
 impl ProvidedDma {
@@ -61,6 +86,7 @@ impl ProvidedDma {
         let bad = |why: String| Error::InvalidArgument(format!("provided DMA memory: {why}"));
         // SAFETY: fstat fills a plain struct for a valid fd.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable stat buffer and the fd is open.
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
             return Err(Error::system(
                 "fstat of provided DMA memory",
@@ -102,7 +128,13 @@ impl ProvidedDma {
             fd,
             page_size,
             gpas,
+            locator: None,
         })
+    }
+
+    /// The file holding the memory.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     pub fn page_size(&self) -> usize {
@@ -189,33 +221,64 @@ fn needs_privilege() -> Error {
     )
 }
 
+/// An open `/proc/self/pagemap`. Whether it shows physical addresses is
+/// decided when it is opened (by the opener's CAP_SYS_ADMIN), so a process
+/// that opens it before dropping its privileges keeps reading addresses,
+/// and can be the [`PageLocator`] of provided memory it handed itself.
+#[derive(Debug)]
+pub struct Pagemap(File);
+
+impl Pagemap {
+    pub fn open() -> Result<Pagemap, Error> {
+        File::open("/proc/self/pagemap").map(Pagemap).map_err(|e| match e.kind() {
+            // A process that dropped privileges cannot even open it.
+            std::io::ErrorKind::PermissionDenied => needs_privilege(),
+            _ => Error::system("opening /proc/self/pagemap", e),
+        })
+    }
+
+    /// Physical addresses of the pages of `[addr, addr + len)` of this
+    /// process, one per `page_size` bytes (the address of each page's first
+    /// byte).
+    pub fn addresses(&self, addr: usize, len: usize, page_size: usize) -> Result<Vec<u64>, Error> {
+        let base = base_page_size();
+        let mut out = Vec::with_capacity(len / page_size);
+        for page in (addr..addr.saturating_add(len)).step_by(page_size) {
+            let mut entry = [0u8; 8];
+            self.0
+                .read_exact_at(&mut entry, (page / base) as u64 * 8)
+                .map_err(|e| Error::system("reading /proc/self/pagemap", e))?;
+            match decode_pagemap(u64::from_ne_bytes(entry)) {
+                Ok(pfn) => out.push(pfn * base as u64 + (page % base) as u64),
+                Err(PagemapError::NotPresent) => {
+                    return Err(Error::transport(
+                        "pinning DMA memory",
+                        format!("page at {page:#x} is not resident"),
+                    ))
+                }
+                Err(PagemapError::Hidden) => return Err(needs_privilege()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where the pages of provided memory are now: maps its file (populated),
+/// reads each page's address, unmaps it again.
+impl PageLocator for Pagemap {
+    fn locate(&self, memory: &ProvidedDma) -> Result<Vec<u64>, Error> {
+        let len = memory.len();
+        let flags = libc::MAP_SHARED | libc::MAP_POPULATE;
+        let mapping = Mapping::new(len, flags, memory.fd().as_raw_fd())
+            .map_err(|e| Error::system("mapping provided DMA memory to locate it", e))?;
+        self.addresses(mapping.ptr.as_ptr() as usize, len, memory.page_size())
+    }
+}
+
 /// Physical addresses of the pages of `[addr, addr + len)` of this process,
 /// one per `page_size` bytes (the address of each page's first byte).
 pub fn physical_addresses(addr: usize, len: usize, page_size: usize) -> Result<Vec<u64>, Error> {
-    let pagemap = File::open("/proc/self/pagemap").map_err(|e| match e.kind() {
-        // A process that dropped privileges cannot even open it.
-        std::io::ErrorKind::PermissionDenied => needs_privilege(),
-        _ => Error::system("opening /proc/self/pagemap", e),
-    })?;
-    let base = base_page_size();
-    let mut out = Vec::with_capacity(len / page_size);
-    for page in (addr..addr.saturating_add(len)).step_by(page_size) {
-        let mut entry = [0u8; 8];
-        pagemap
-            .read_exact_at(&mut entry, (page / base) as u64 * 8)
-            .map_err(|e| Error::system("reading /proc/self/pagemap", e))?;
-        match decode_pagemap(u64::from_ne_bytes(entry)) {
-            Ok(pfn) => out.push(pfn * base as u64 + (page % base) as u64),
-            Err(PagemapError::NotPresent) => {
-                return Err(Error::transport(
-                    "pinning DMA memory",
-                    format!("page at {page:#x} is not resident"),
-                ))
-            }
-            Err(PagemapError::Hidden) => return Err(needs_privilege()),
-        }
-    }
-    Ok(out)
+    Pagemap::open()?.addresses(addr, len, page_size)
 }
 
 /// A mapping unmapped on drop unless handed over to a region.
@@ -386,6 +449,66 @@ pub fn map_provided(p: &ProvidedDma) -> Result<DmaRegion, Error> {
     map.into_region(page_chunks(p.page_size, &gpas), Some(fd))
 }
 
+/// Checks, once `region` (mapped from `p` by [`map_provided`]) is pinned,
+/// that every page is still at the address the device uses for it: read
+/// from our own pagemap when we may, else from `p`'s locator. Refuses with
+/// [`Error::DmaMoved`] otherwise, and when nobody can tell.
+pub fn verify_provided(p: &ProvidedDma, region: &DmaRegion) -> Result<(), Error> {
+    let own = physical_addresses(region.host_ptr() as usize, region.len(), p.page_size);
+    verify_pinned(p, own)
+}
+
+/// [`verify_provided`] with what our own pagemap says about the region's
+/// pages, in mapping order (or why it cannot say).
+fn verify_pinned(p: &ProvidedDma, own: Result<Vec<u64>, Error>) -> Result<(), Error> {
+    let pages = p.gpas.len();
+    let now = match own {
+        Ok(in_mapping_order) => {
+            // Slot i of the mapping shows file page order[i].
+            let mut now = vec![0u64; pages];
+            for (&page, &gpa) in physical_order(&p.gpas).iter().zip(&in_mapping_order) {
+                now[page] = gpa;
+            }
+            if in_mapping_order.len() != pages {
+                return Err(Error::transport(
+                    "checking DMA memory after pinning",
+                    format!("{} of {pages} pages found in the pagemap", in_mapping_order.len()),
+                ));
+            }
+            now
+        }
+        // Unprivileged: ask whoever provided the memory.
+        Err(Error::Unsupported(_)) => match &p.locator {
+            Some(locator) => locator.locate(p)?,
+            None => {
+                return Err(Error::Unsupported(
+                    "provided DMA memory cannot be checked after pinning: reading its \
+                     addresses needs CAP_SYS_ADMIN, and its provider gave no PageLocator"
+                        .into(),
+                ))
+            }
+        },
+        Err(e) => return Err(e),
+    };
+    if now.len() != pages {
+        return Err(Error::transport(
+            "checking DMA memory after pinning",
+            format!("the provider located {} of {pages} pages", now.len()),
+        ));
+    }
+    match p.gpas.iter().zip(&now).enumerate().find(|(_, (g, n))| g != n) {
+        Some((page, (&recorded, &now))) => Err(Error::DmaMoved {
+            page,
+            recorded,
+            now,
+        }),
+        None => {
+            debug!("{pages} provided DMA page(s) are where the device reaches them");
+            Ok(())
+        }
+    }
+}
+
 /// Whether every chunk of `region` still starts at the physical address
 /// recorded as its IOVA (pinning may migrate pages out of movable memory
 /// before pinning them; this catches that).
@@ -468,6 +591,24 @@ mod tests {
         fd
     }
 
+    /// A pagemap opened while privileged locates provided memory's pages
+    /// where they are (the locator an unprivileged process can carry).
+    /// CI runs as root; elsewhere, without CAP_SYS_ADMIN, addresses are
+    /// hidden and this test fails rather than pretend.
+    #[test]
+    fn a_pagemap_locates_the_pages_of_provided_memory() {
+        let page = 4096;
+        let fd = memfd(3 * page);
+        let pagemap = Pagemap::open().expect("open /proc/self/pagemap");
+        let mapping = Mapping::new(3 * page, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd()).unwrap();
+        let gpas = pagemap.addresses(mapping.ptr.as_ptr() as usize, 3 * page, page).expect("addresses (needs root)");
+        drop(mapping);
+        assert_eq!(gpas.len(), 3);
+        assert!(gpas.iter().all(|&a| a != 0 && a % page as u64 == 0));
+        let memory = ProvidedDma::new(fd, gpas.clone()).unwrap();
+        assert_eq!(pagemap.locate(&memory).unwrap(), gpas);
+    }
+
     /// The control-plane path, with ordinary 4 KiB pages standing in for
     /// huge pages: the region maps the file and translates each page to the
     /// address the provider gave.
@@ -532,6 +673,71 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Stands in for the control plane: says the pages are at `now`.
+    #[derive(Debug)]
+    struct FakeLocator {
+        now: Vec<u64>,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl PageLocator for FakeLocator {
+        fn locate(&self, memory: &ProvidedDma) -> Result<Vec<u64>, Error> {
+            assert!(memory.fd().as_raw_fd() >= 0);
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(self.now.clone())
+        }
+    }
+
+    /// Provided memory whose pages (file order) were given as `given` and
+    /// are at `now` after pinning, checked by its locator.
+    fn pinned(given: &[u64], now: &[u64]) -> (Arc<FakeLocator>, Result<(), Error>) {
+        let locator = Arc::new(FakeLocator {
+            now: now.to_vec(),
+            asked: Default::default(),
+        });
+        let fd = memfd(given.len() * 4096);
+        let src = DmaSource::provided_with_locator(fd, given.to_vec(), locator.clone()).unwrap();
+        let DmaSource::Provided(p) = src else {
+            panic!()
+        };
+        (locator, verify_pinned(&p, Err(needs_privilege())))
+    }
+
+    #[test]
+    fn provided_memory_that_moved_while_pinned_is_refused() {
+        let given = [0x7000, 0x3000, 0x8000];
+        let (locator, r) = pinned(&given, &given);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(locator.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // File page 1 moved: the device would write to 0x3000.
+        let (_, r) = pinned(&given, &[0x7000, 0x5000, 0x8000]);
+        match r {
+            Err(Error::DmaMoved { page, recorded, now }) => {
+                assert_eq!((page, recorded, now), (1, 0x3000, 0x5000))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A locator that says too little is no answer.
+        let (_, r) = pinned(&given, &[0x7000]);
+        assert!(matches!(r, Err(Error::DmaMoved { .. }) | Err(Error::Transport { .. })), "{r:?}");
+        // Nobody can tell: refused, not trusted.
+        let p = ProvidedDma::new(memfd(4096), vec![0x3000]).unwrap();
+        let r = verify_pinned(&p, Err(needs_privilege()));
+        assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+        // Our own pagemap, when readable, is asked first (mapping order:
+        // the region maps the pages sorted by address).
+        let p = ProvidedDma::new(memfd(2 * 4096), vec![0x9000, 0x1000]).unwrap();
+        assert!(verify_pinned(&p, Ok(vec![0x1000, 0x9000])).is_ok());
+        let r = verify_pinned(&p, Ok(vec![0x1000, 0xa000]));
+        assert!(
+            matches!(
+                r,
+                Err(Error::DmaMoved { page: 0, recorded: 0x9000, now: 0xa000 })
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -182,9 +182,13 @@ fn collect(dev: &Device, queue: u16, n: usize) -> Vec<Completion> {
 }
 
 #[test]
-fn sync_write_read_flush_in_both_modes() {
+fn sync_write_read_flush_in_every_mode() {
     let Some(d) = Daemon::start(2) else { return };
-    for (round, mode) in [CompletionMode::Interrupt, CompletionMode::Polling]
+    for (round, mode) in [
+        CompletionMode::Interrupt,
+        CompletionMode::Polling,
+        CompletionMode::Hybrid,
+    ]
         .into_iter()
         .enumerate()
     {
@@ -225,7 +229,11 @@ fn reads_see_data_written_behind_the_device() {
 #[test]
 fn many_requests_in_flight_on_two_queues_from_two_threads() {
     let Some(d) = Daemon::start(2) else { return };
-    for mode in [CompletionMode::Interrupt, CompletionMode::Polling] {
+    for mode in [
+        CompletionMode::Interrupt,
+        CompletionMode::Polling,
+        CompletionMode::Hybrid,
+    ] {
         let dev = Device::open(&d.spec(), &opts(mode)).expect("open");
         std::thread::scope(|s| {
             for queue in 0..2u16 {

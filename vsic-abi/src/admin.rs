@@ -15,7 +15,8 @@
 //! The virtio status is OK whenever a completion was written; the outcome of
 //! the command itself is the completion's [`AdminStatus`].
 
-use crate::wire::{exact, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
+use crate::layout::{wire_layout, Layout, U16, U32, U64};
+use crate::wire::reserved_zero;
 use crate::DecodeError;
 use std::fmt;
 
@@ -55,6 +56,18 @@ pub enum Opcode {
     /// arg0 = new size (must be smaller, at least one extent). payload out:
     /// token. result1 = size.
     VsaShrink = 0x23,
+    /// PF privilege, no token: arg0 = VSA id. Deletes it like
+    /// [`Opcode::VsaDelete`] (for a VSA whose capability is lost).
+    /// result0 = VSA id.
+    VsaDeleteById = 0x24,
+    /// PF privilege, no token: arg0 = VSA id, arg1 = new size (rounded up to
+    /// whole extents; larger extends, smaller shrinks, equal changes
+    /// nothing). result0 = VSA id, result1 = size.
+    VsaResizeById = 0x25,
+    /// PF privilege: arg0 = VSA id, arg1 = role ([`crate::records::ROLE_NONE`]
+    /// or [`crate::records::ROLE_STORE`]; at most one VSA holds the store
+    /// role). Shown in [`crate::records::VsaInfo::role`].
+    VsaSetRole = 0x26,
     /// `vsic`, `slot`, flags may hold [`FLAG_READ_ONLY`]. payload out: token.
     Attach = 0x30,
     /// `vsic`, `slot`.
@@ -80,7 +93,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    pub const ALL: [Opcode; 16] = [
+    pub const ALL: [Opcode; 19] = [
         Opcode::Identify,
         Opcode::VsicEnable,
         Opcode::VsicDisable,
@@ -88,6 +101,9 @@ impl Opcode {
         Opcode::VsaDelete,
         Opcode::VsaExtend,
         Opcode::VsaShrink,
+        Opcode::VsaDeleteById,
+        Opcode::VsaResizeById,
+        Opcode::VsaSetRole,
         Opcode::Attach,
         Opcode::Detach,
         Opcode::SetQos,
@@ -131,10 +147,11 @@ pub enum AdminStatus {
     ResponseTooSmall = 20,
     NotPf = 21,
     MetadataIo = 22,
+    RoleInUse = 23,
 }
 
 impl AdminStatus {
-    pub const ALL: [AdminStatus; 23] = [
+    pub const ALL: [AdminStatus; 24] = [
         AdminStatus::Ok,
         AdminStatus::BadMagic,
         AdminStatus::BadVersion,
@@ -158,6 +175,7 @@ impl AdminStatus {
         AdminStatus::ResponseTooSmall,
         AdminStatus::NotPf,
         AdminStatus::MetadataIo,
+        AdminStatus::RoleInUse,
     ];
 
     pub fn from_u16(v: u16) -> Option<AdminStatus> {
@@ -190,6 +208,7 @@ impl AdminStatus {
             AdminStatus::ResponseTooSmall => "response-too-small",
             AdminStatus::NotPf => "not-pf",
             AdminStatus::MetadataIo => "metadata-io",
+            AdminStatus::RoleInUse => "role-in-use",
         }
     }
 
@@ -221,6 +240,7 @@ impl AdminStatus {
             AdminStatus::ResponseTooSmall => "the response buffer is too small for the reply",
             AdminStatus::NotPf => "admin commands are only accepted on the PF",
             AdminStatus::MetadataIo => "the device could not commit its metadata to the drives",
+            AdminStatus::RoleInUse => "another VSA already has that role (clear it there first)",
         }
     }
 }
@@ -231,19 +251,26 @@ impl fmt::Display for AdminStatus {
     }
 }
 
-/// The fixed 64-byte admin command.
-///
-/// | offset | field | type |
-/// |---|---|---|
-/// | 0 | magic ("VSIC") | u32 |
-/// | 4 | version | u16 |
-/// | 6 | opcode | u16 |
-/// | 8 | payload_len | u32 |
-/// | 12 | flags | u32 |
-/// | 16 | vsic | u32 |
-/// | 20 | slot | u32 |
-/// | 24..56 | arg0..arg3 | u64 × 4 |
-/// | 56 | reserved (zero) | u64 |
+wire_layout! {
+    /// The fixed 64-byte admin command as it travels (see [`AdminCommand`]).
+    pub struct AdminCommandWire(64 bytes) {
+        0 => magic: U32,
+        4 => version: U16,
+        6 => opcode: U16,
+        8 => payload_len: U32,
+        12 => flags: U32,
+        16 => vsic: U32,
+        20 => slot: U32,
+        24 => arg0: U64,
+        32 => arg1: U64,
+        40 => arg2: U64,
+        48 => arg3: U64,
+        56 => reserved: U64,
+    }
+}
+
+/// The fixed 64-byte admin command, decoded; its layout is
+/// [`AdminCommandWire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdminCommand {
     /// Raw opcode: kept raw so that unknown ones reach the device and get
@@ -257,7 +284,7 @@ pub struct AdminCommand {
 }
 
 impl AdminCommand {
-    pub const LEN: usize = 64;
+    pub const LEN: usize = AdminCommandWire::LEN;
 
     pub fn new(opcode: Opcode) -> Self {
         Self { opcode: opcode as u16, payload_len: 0, flags: 0, vsic: 0, slot: 0, args: [0; 4] }
@@ -268,47 +295,47 @@ impl AdminCommand {
     }
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u32(&mut b, 0, COMMAND_MAGIC);
-        put_u16(&mut b, 4, COMMAND_VERSION);
-        put_u16(&mut b, 6, self.opcode);
-        put_u32(&mut b, 8, self.payload_len);
-        put_u32(&mut b, 12, self.flags);
-        put_u32(&mut b, 16, self.vsic);
-        put_u32(&mut b, 20, self.slot);
-        for (i, a) in self.args.iter().enumerate() {
-            put_u64(&mut b, 24 + 8 * i, *a);
-        }
-        b
+        let [arg0, arg1, arg2, arg3] = self.args.map(U64::new);
+        zerocopy::transmute!(AdminCommandWire {
+            magic: COMMAND_MAGIC.into(),
+            version: COMMAND_VERSION.into(),
+            opcode: self.opcode.into(),
+            payload_len: self.payload_len.into(),
+            flags: self.flags.into(),
+            vsic: self.vsic.into(),
+            slot: self.slot.into(),
+            arg0,
+            arg1,
+            arg2,
+            arg3,
+            reserved: U64::ZERO,
+        })
     }
 
     /// Decodes a command, checking size, magic, version and reserved bytes.
     /// The opcode is not checked here (see [`AdminCommand::opcode`]).
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
-        let magic = get_u32(b, 0);
+        let w = AdminCommandWire::read_exact(b)?;
+        let magic = w.magic.get();
         if magic != COMMAND_MAGIC {
             return Err(DecodeError::BadMagic { expected: COMMAND_MAGIC, got: magic });
         }
-        let version = get_u16(b, 4);
+        let version = w.version.get();
         if version != COMMAND_VERSION {
             return Err(DecodeError::BadVersion { supported: COMMAND_VERSION, got: version });
         }
-        let reserved = get_u64(b, 56);
-        if reserved != 0 {
-            return Err(DecodeError::BadField { field: "reserved", value: reserved });
-        }
-        let payload_len = get_u32(b, 8);
+        reserved_zero("reserved", w.reserved.get())?;
+        let payload_len = w.payload_len.get();
         if payload_len as usize > MAX_PAYLOAD {
             return Err(DecodeError::BadField { field: "payload_len", value: payload_len as u64 });
         }
         Ok(Self {
-            opcode: get_u16(b, 6),
+            opcode: w.opcode.get(),
             payload_len,
-            flags: get_u32(b, 12),
-            vsic: get_u32(b, 16),
-            slot: get_u32(b, 20),
-            args: [get_u64(b, 24), get_u64(b, 32), get_u64(b, 40), get_u64(b, 48)],
+            flags: w.flags.get(),
+            vsic: w.vsic.get(),
+            slot: w.slot.get(),
+            args: [w.arg0, w.arg1, w.arg2, w.arg3].map(U64::get),
         })
     }
 
@@ -326,27 +353,33 @@ impl AdminCommand {
     }
 }
 
-/// The fixed 32-byte admin completion.
-///
-/// | offset | field | type |
-/// |---|---|---|
-/// | 0 | status ([`AdminStatus`]) | u16 |
-/// | 2 | reserved | u16 |
-/// | 4 | payload_len (bytes written to the payload-in buffer) | u32 |
-/// | 8 | result0 | u64 |
-/// | 16 | result1 | u64 |
-/// | 24 | reserved | u64 |
+wire_layout! {
+    /// The fixed 32-byte admin completion as it travels (see
+    /// [`AdminCompletion`]).
+    pub struct AdminCompletionWire(32 bytes) {
+        0 => status: U16,
+        2 => reserved: U16,
+        4 => payload_len: U32,
+        8 => result0: U64,
+        16 => result1: U64,
+        24 => reserved_2: U64,
+    }
+}
+
+/// The fixed 32-byte admin completion, decoded; its layout is
+/// [`AdminCompletionWire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdminCompletion {
     /// Raw status: a newer device may report codes this build does not know.
     pub status: u16,
+    /// Bytes written to the payload-in buffer.
     pub payload_len: u32,
     pub result0: u64,
     pub result1: u64,
 }
 
 impl AdminCompletion {
-    pub const LEN: usize = 32;
+    pub const LEN: usize = AdminCompletionWire::LEN;
 
     pub fn with_status(status: AdminStatus) -> Self {
         Self { status: status as u16, payload_len: 0, result0: 0, result1: 0 }
@@ -361,26 +394,24 @@ impl AdminCompletion {
     }
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u16(&mut b, 0, self.status);
-        put_u32(&mut b, 4, self.payload_len);
-        put_u64(&mut b, 8, self.result0);
-        put_u64(&mut b, 16, self.result1);
-        b
+        zerocopy::transmute!(AdminCompletionWire {
+            status: self.status.into(),
+            payload_len: self.payload_len.into(),
+            result0: self.result0.into(),
+            result1: self.result1.into(),
+            ..Default::default()
+        })
     }
 
+    /// Decodes a completion. The reserved fields are ignored: a newer device
+    /// may use them.
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
-        let payload_len = get_u32(b, 4);
+        let w = AdminCompletionWire::read_exact(b)?;
+        let payload_len = w.payload_len.get();
         if payload_len as usize > MAX_PAYLOAD {
             return Err(DecodeError::BadField { field: "payload_len", value: payload_len as u64 });
         }
-        Ok(Self {
-            status: get_u16(b, 0),
-            payload_len,
-            result0: get_u64(b, 8),
-            result1: get_u64(b, 16),
-        })
+        Ok(Self { status: w.status.get(), payload_len, result0: w.result0.get(), result1: w.result1.get() })
     }
 }
 

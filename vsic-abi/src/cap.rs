@@ -4,23 +4,13 @@
 //! ones. A token carries 256 random bits; the device keeps only a digest of
 //! them, so a token cannot be forged from the device's metadata.
 //!
-//! Wire form (64 bytes):
-//!
-//! | offset | field | type |
-//! |---|---|---|
-//! | 0 | magic ("VCAP") | u32 |
-//! | 4 | version (1) | u16 |
-//! | 6 | reserved (zero) | u16 |
-//! | 8 | vsa_id | u64 |
-//! | 16 | token_id | u32 |
-//! | 20 | rights ([`Rights`] bits) | u32 |
-//! | 24 | reserved (zero) | u64 |
-//! | 32 | secret | 32 bytes |
+//! Wire form (64 bytes): [`CapTokenWire`]; reserved fields are zero.
 //!
 //! File form (one line, what `vsicctl` writes into capability files):
 //! `vsic-cap v1 vsa=ID token=ID rights=rwa secret=64HEX`.
 
-use crate::wire::{exact, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
+use crate::layout::{wire_layout, Layout, U16, U32, U64};
+use crate::wire::reserved_zero;
 use crate::DecodeError;
 use std::fmt;
 
@@ -99,42 +89,52 @@ impl fmt::Debug for CapToken {
     }
 }
 
+wire_layout! {
+    /// A capability token as it travels (see [`CapToken`]).
+    pub struct CapTokenWire(64 bytes) {
+        0 => magic: U32,
+        4 => version: U16,
+        6 => reserved: U16,
+        8 => vsa_id: U64,
+        16 => token_id: U32,
+        20 => rights: U32,
+        24 => reserved_2: U64,
+        32 => secret: [u8; SECRET_LEN],
+    }
+}
+
 impl CapToken {
-    pub const LEN: usize = 64;
+    pub const LEN: usize = CapTokenWire::LEN;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u32(&mut b, 0, CAP_MAGIC);
-        put_u16(&mut b, 4, CAP_VERSION);
-        put_u64(&mut b, 8, self.vsa_id);
-        put_u32(&mut b, 16, self.token_id);
-        put_u32(&mut b, 20, self.rights.0);
-        b[32..].copy_from_slice(&self.secret);
-        b
+        zerocopy::transmute!(CapTokenWire {
+            magic: CAP_MAGIC.into(),
+            version: CAP_VERSION.into(),
+            vsa_id: self.vsa_id.into(),
+            token_id: self.token_id.into(),
+            rights: self.rights.0.into(),
+            secret: self.secret,
+            ..Default::default()
+        })
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
-        let magic = get_u32(b, 0);
+        let w = CapTokenWire::read_exact(b)?;
+        let magic = w.magic.get();
         if magic != CAP_MAGIC {
             return Err(DecodeError::BadMagic { expected: CAP_MAGIC, got: magic });
         }
-        let version = get_u16(b, 4);
+        let version = w.version.get();
         if version != CAP_VERSION {
             return Err(DecodeError::BadVersion { supported: CAP_VERSION, got: version });
         }
-        for (field, value) in [("reserved", get_u16(b, 6) as u64), ("reserved", get_u64(b, 24))] {
-            if value != 0 {
-                return Err(DecodeError::BadField { field, value });
-            }
-        }
-        let rights = Rights(get_u32(b, 20));
+        reserved_zero("reserved", w.reserved.get().into())?;
+        reserved_zero("reserved", w.reserved_2.get())?;
+        let rights = Rights(w.rights.get());
         if !rights.is_valid() {
             return Err(DecodeError::BadField { field: "rights", value: rights.0 as u64 });
         }
-        let mut secret = [0u8; SECRET_LEN];
-        secret.copy_from_slice(&b[32..64]);
-        Ok(Self { vsa_id: get_u64(b, 8), token_id: get_u32(b, 16), rights, secret })
+        Ok(Self { vsa_id: w.vsa_id.get(), token_id: w.token_id.get(), rights, secret: w.secret })
     }
 
     /// The one-line text form stored in capability files.

@@ -7,9 +7,12 @@
 //! guest side (library and control tool) use it; `docs/device-spec.md`
 //! describes the same layouts in prose.
 //!
-//! All integers are little-endian. Decoders never panic: every malformed
-//! input is reported as a [`DecodeError`].
+//! Every fixed layout is declared once, as a `#[repr(C)]` struct of
+//! little-endian fields (see [`layout`]); the public types are their decoded
+//! views. All integers are little-endian. Decoders never panic: every
+//! malformed input is reported as a [`DecodeError`].
 
+pub mod layout;
 pub mod admin;
 pub mod cap;
 pub mod records;

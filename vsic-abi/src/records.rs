@@ -1,7 +1,8 @@
 //! Fixed-size records returned as admin payloads (identify, list, stats,
 //! extent map). Arrays are plain concatenations of records.
 
-use crate::wire::{at_least, exact, get_u32, get_u64, put_u32, put_u64, records};
+use crate::layout::{wire_layout, Layout, U32, U64};
+use crate::wire::{at_least, records};
 use crate::window::SLOTS_PER_VSIC;
 use crate::DecodeError;
 
@@ -31,7 +32,25 @@ impl CacheMode {
     }
 }
 
-/// Reply to IDENTIFY (64 bytes).
+wire_layout! {
+    /// Reply to IDENTIFY as it travels (see [`Identify`]).
+    pub struct IdentifyWire(64 bytes) {
+        0 => abi_version: U32,
+        4 => vsics: U32,
+        8 => queues_per_vsic: U32,
+        12 => slots_per_vsic: U32,
+        16 => extent_size: U64,
+        24 => window_shift: U32,
+        28 => drives: U32,
+        32 => total_extents: U64,
+        40 => free_extents: U64,
+        48 => vsa_count: U32,
+        52 => cache_mode: U32,
+        56 => metadata_generation: U64,
+    }
+}
+
+/// Reply to IDENTIFY, decoded ([`IdentifyWire`], 64 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identify {
     pub abi_version: u32,
@@ -49,45 +68,74 @@ pub struct Identify {
 }
 
 impl Identify {
-    pub const LEN: usize = 64;
+    pub const LEN: usize = IdentifyWire::LEN;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u32(&mut b, 0, self.abi_version);
-        put_u32(&mut b, 4, self.vsics);
-        put_u32(&mut b, 8, self.queues_per_vsic);
-        put_u32(&mut b, 12, self.slots_per_vsic);
-        put_u64(&mut b, 16, self.extent_size);
-        put_u32(&mut b, 24, self.window_shift);
-        put_u32(&mut b, 28, self.drives);
-        put_u64(&mut b, 32, self.total_extents);
-        put_u64(&mut b, 40, self.free_extents);
-        put_u32(&mut b, 48, self.vsa_count);
-        put_u32(&mut b, 52, self.cache_mode);
-        put_u64(&mut b, 56, self.metadata_generation);
-        b
+        zerocopy::transmute!(IdentifyWire {
+            abi_version: self.abi_version.into(),
+            vsics: self.vsics.into(),
+            queues_per_vsic: self.queues_per_vsic.into(),
+            slots_per_vsic: self.slots_per_vsic.into(),
+            extent_size: self.extent_size.into(),
+            window_shift: self.window_shift.into(),
+            drives: self.drives.into(),
+            total_extents: self.total_extents.into(),
+            free_extents: self.free_extents.into(),
+            vsa_count: self.vsa_count.into(),
+            cache_mode: self.cache_mode.into(),
+            metadata_generation: self.metadata_generation.into(),
+        })
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
+        let w = IdentifyWire::read_exact(b)?;
         Ok(Self {
-            abi_version: get_u32(b, 0),
-            vsics: get_u32(b, 4),
-            queues_per_vsic: get_u32(b, 8),
-            slots_per_vsic: get_u32(b, 12),
-            extent_size: get_u64(b, 16),
-            window_shift: get_u32(b, 24),
-            drives: get_u32(b, 28),
-            total_extents: get_u64(b, 32),
-            free_extents: get_u64(b, 40),
-            vsa_count: get_u32(b, 48),
-            cache_mode: get_u32(b, 52),
-            metadata_generation: get_u64(b, 56),
+            abi_version: w.abi_version.get(),
+            vsics: w.vsics.get(),
+            queues_per_vsic: w.queues_per_vsic.get(),
+            slots_per_vsic: w.slots_per_vsic.get(),
+            extent_size: w.extent_size.get(),
+            window_shift: w.window_shift.get(),
+            drives: w.drives.get(),
+            total_extents: w.total_extents.get(),
+            free_extents: w.free_extents.get(),
+            vsa_count: w.vsa_count.get(),
+            cache_mode: w.cache_mode.get(),
+            metadata_generation: w.metadata_generation.get(),
         })
     }
 }
 
-/// One VSA in a LIST_VSAS reply (48 bytes).
+/// [`VsaInfo::role`]: an ordinary VSA.
+pub const ROLE_NONE: u32 = 0;
+/// [`VsaInfo::role`]: the control plane's capability store. Only the PF
+/// sets it (VSA_SET_ROLE); at most one VSA of a controller has it.
+pub const ROLE_STORE: u32 = 1;
+
+/// Name of a role for listings; `None` for a value this build does not know.
+pub fn role_name(role: u32) -> Option<&'static str> {
+    match role {
+        ROLE_NONE => Some("none"),
+        ROLE_STORE => Some("store"),
+        _ => None,
+    }
+}
+
+wire_layout! {
+    /// One VSA in a LIST_VSAS reply as it travels (see [`VsaInfo`]).
+    pub struct VsaInfoWire(48 bytes) {
+        0 => vsa_id: U64,
+        8 => size: U64,
+        16 => extents: U32,
+        20 => stripe: U32,
+        24 => live_tokens: U32,
+        28 => attachments: U32,
+        32 => role: U32,
+        36 => reserved: [u8; 12],
+    }
+}
+
+/// One VSA in a LIST_VSAS reply, decoded ([`VsaInfoWire`], 48 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VsaInfo {
     pub vsa_id: u64,
@@ -96,31 +144,36 @@ pub struct VsaInfo {
     pub stripe: u32,
     pub live_tokens: u32,
     pub attachments: u32,
+    /// [`ROLE_NONE`] or [`ROLE_STORE`] (offset 32; older devices send 0).
+    pub role: u32,
 }
 
 impl VsaInfo {
-    pub const LEN: usize = 48;
+    pub const LEN: usize = VsaInfoWire::LEN;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u64(&mut b, 0, self.vsa_id);
-        put_u64(&mut b, 8, self.size);
-        put_u32(&mut b, 16, self.extents);
-        put_u32(&mut b, 20, self.stripe);
-        put_u32(&mut b, 24, self.live_tokens);
-        put_u32(&mut b, 28, self.attachments);
-        b
+        zerocopy::transmute!(VsaInfoWire {
+            vsa_id: self.vsa_id.into(),
+            size: self.size.into(),
+            extents: self.extents.into(),
+            stripe: self.stripe.into(),
+            live_tokens: self.live_tokens.into(),
+            attachments: self.attachments.into(),
+            role: self.role.into(),
+            ..Default::default()
+        })
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
+        let w = VsaInfoWire::read_exact(b)?;
         Ok(Self {
-            vsa_id: get_u64(b, 0),
-            size: get_u64(b, 8),
-            extents: get_u32(b, 16),
-            stripe: get_u32(b, 20),
-            live_tokens: get_u32(b, 24),
-            attachments: get_u32(b, 28),
+            vsa_id: w.vsa_id.get(),
+            size: w.size.get(),
+            extents: w.extents.get(),
+            stripe: w.stripe.get(),
+            live_tokens: w.live_tokens.get(),
+            attachments: w.attachments.get(),
+            role: w.role.get(),
         })
     }
 
@@ -129,7 +182,17 @@ impl VsaInfo {
     }
 }
 
-/// One attachment slot inside a [`VsicInfo`] (16 bytes).
+wire_layout! {
+    /// One attachment slot inside a [`VsicInfoWire`] (see [`SlotInfo`]).
+    pub struct SlotInfoWire(16 bytes) {
+        0 => vsa_id: U64,
+        8 => token_id: U32,
+        12 => flags: U32,
+    }
+}
+
+/// One attachment slot inside a [`VsicInfo`], decoded ([`SlotInfoWire`],
+/// 16 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SlotInfo {
     /// 0 when the slot is empty (VSA ids start at 1).
@@ -139,7 +202,7 @@ pub struct SlotInfo {
 }
 
 impl SlotInfo {
-    pub const LEN: usize = 16;
+    pub const LEN: usize = SlotInfoWire::LEN;
     pub const FLAG_READ_ONLY: u32 = 1;
 
     pub fn is_attached(&self) -> bool {
@@ -150,7 +213,21 @@ impl SlotInfo {
     }
 }
 
-/// One VSIC in a LIST_VSICS reply (32 + 16 × 16 = 288 bytes).
+wire_layout! {
+    /// One VSIC in a LIST_VSICS reply as it travels (see [`VsicInfo`]).
+    pub struct VsicInfoWire(288 bytes) {
+        0 => vsic: U32,
+        4 => enabled: U32,
+        8 => queues: U32,
+        12 => reserved: U32,
+        16 => qos_bytes_per_sec: U64,
+        24 => qos_iops: U64,
+        32 => slots: [SlotInfoWire; SLOTS_PER_VSIC as usize],
+    }
+}
+
+/// One VSIC in a LIST_VSICS reply, decoded ([`VsicInfoWire`],
+/// 32 + 16 × 16 = 288 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VsicInfo {
     pub vsic: u32,
@@ -162,38 +239,37 @@ pub struct VsicInfo {
 }
 
 impl VsicInfo {
-    pub const LEN: usize = 32 + SlotInfo::LEN * SLOTS_PER_VSIC as usize;
+    pub const LEN: usize = VsicInfoWire::LEN;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u32(&mut b, 0, self.vsic);
-        put_u32(&mut b, 4, self.enabled as u32);
-        put_u32(&mut b, 8, self.queues);
-        put_u64(&mut b, 16, self.qos_bytes_per_sec);
-        put_u64(&mut b, 24, self.qos_iops);
-        for (i, s) in self.slots.iter().enumerate() {
-            let o = 32 + i * SlotInfo::LEN;
-            put_u64(&mut b, o, s.vsa_id);
-            put_u32(&mut b, o + 8, s.token_id);
-            put_u32(&mut b, o + 12, s.flags);
-        }
-        b
+        zerocopy::transmute!(VsicInfoWire {
+            vsic: self.vsic.into(),
+            enabled: u32::from(self.enabled).into(),
+            queues: self.queues.into(),
+            reserved: U32::ZERO,
+            qos_bytes_per_sec: self.qos_bytes_per_sec.into(),
+            qos_iops: self.qos_iops.into(),
+            slots: self.slots.map(|s| SlotInfoWire {
+                vsa_id: s.vsa_id.into(),
+                token_id: s.token_id.into(),
+                flags: s.flags.into(),
+            }),
+        })
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
-        let mut slots = [SlotInfo::default(); SLOTS_PER_VSIC as usize];
-        for (i, s) in slots.iter_mut().enumerate() {
-            let o = 32 + i * SlotInfo::LEN;
-            *s = SlotInfo { vsa_id: get_u64(b, o), token_id: get_u32(b, o + 8), flags: get_u32(b, o + 12) };
-        }
+        let w = VsicInfoWire::read_exact(b)?;
         Ok(Self {
-            vsic: get_u32(b, 0),
-            enabled: get_u32(b, 4) != 0,
-            queues: get_u32(b, 8),
-            qos_bytes_per_sec: get_u64(b, 16),
-            qos_iops: get_u64(b, 24),
-            slots,
+            vsic: w.vsic.get(),
+            enabled: w.enabled.get() != 0,
+            queues: w.queues.get(),
+            qos_bytes_per_sec: w.qos_bytes_per_sec.get(),
+            qos_iops: w.qos_iops.get(),
+            slots: w.slots.map(|s| SlotInfo {
+                vsa_id: s.vsa_id.get(),
+                token_id: s.token_id.get(),
+                flags: s.flags.get(),
+            }),
         })
     }
 
@@ -202,8 +278,26 @@ impl VsicInfo {
     }
 }
 
-/// Counters of one VSIC (8 + 10 × 8 = 88 bytes), followed in a STATS reply
-/// by `queue_count` [`QueueStats`] records.
+wire_layout! {
+    /// Counters of one VSIC as they travel (see [`VsicStats`]).
+    pub struct VsicStatsWire(88 bytes) {
+        0 => vsic: U32,
+        4 => queue_count: U32,
+        8 => reads: U64,
+        16 => writes: U64,
+        24 => flushes: U64,
+        32 => discards: U64,
+        40 => write_zeroes: U64,
+        48 => bytes_read: U64,
+        56 => bytes_written: U64,
+        64 => errors: U64,
+        72 => protection_violations: U64,
+        80 => qos_delayed: U64,
+    }
+}
+
+/// Counters of one VSIC, decoded ([`VsicStatsWire`], 88 bytes), followed in
+/// a STATS reply by `queue_count` [`QueueStats`] records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VsicStats {
     pub vsic: u32,
@@ -221,51 +315,57 @@ pub struct VsicStats {
 }
 
 impl VsicStats {
-    pub const LEN: usize = 88;
+    pub const LEN: usize = VsicStatsWire::LEN;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u32(&mut b, 0, self.vsic);
-        put_u32(&mut b, 4, self.queue_count);
-        let c = [
-            self.reads,
-            self.writes,
-            self.flushes,
-            self.discards,
-            self.write_zeroes,
-            self.bytes_read,
-            self.bytes_written,
-            self.errors,
-            self.protection_violations,
-            self.qos_delayed,
-        ];
-        for (i, v) in c.iter().enumerate() {
-            put_u64(&mut b, 8 + 8 * i, *v);
-        }
-        b
+        zerocopy::transmute!(VsicStatsWire {
+            vsic: self.vsic.into(),
+            queue_count: self.queue_count.into(),
+            reads: self.reads.into(),
+            writes: self.writes.into(),
+            flushes: self.flushes.into(),
+            discards: self.discards.into(),
+            write_zeroes: self.write_zeroes.into(),
+            bytes_read: self.bytes_read.into(),
+            bytes_written: self.bytes_written.into(),
+            errors: self.errors.into(),
+            protection_violations: self.protection_violations.into(),
+            qos_delayed: self.qos_delayed.into(),
+        })
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
-        let c = |i: usize| get_u64(b, 8 + 8 * i);
+        let w = VsicStatsWire::read_exact(b)?;
         Ok(Self {
-            vsic: get_u32(b, 0),
-            queue_count: get_u32(b, 4),
-            reads: c(0),
-            writes: c(1),
-            flushes: c(2),
-            discards: c(3),
-            write_zeroes: c(4),
-            bytes_read: c(5),
-            bytes_written: c(6),
-            errors: c(7),
-            protection_violations: c(8),
-            qos_delayed: c(9),
+            vsic: w.vsic.get(),
+            queue_count: w.queue_count.get(),
+            reads: w.reads.get(),
+            writes: w.writes.get(),
+            flushes: w.flushes.get(),
+            discards: w.discards.get(),
+            write_zeroes: w.write_zeroes.get(),
+            bytes_read: w.bytes_read.get(),
+            bytes_written: w.bytes_written.get(),
+            errors: w.errors.get(),
+            protection_violations: w.protection_violations.get(),
+            qos_delayed: w.qos_delayed.get(),
         })
     }
 }
 
-/// Counters of one queue of a VSIC (40 bytes).
+wire_layout! {
+    /// Counters of one queue as they travel (see [`QueueStats`]).
+    pub struct QueueStatsWire(40 bytes) {
+        0 => queue: U32,
+        4 => reserved: U32,
+        8 => requests: U64,
+        16 => bytes_read: U64,
+        24 => bytes_written: U64,
+        32 => errors: U64,
+    }
+}
+
+/// Counters of one queue of a VSIC, decoded ([`QueueStatsWire`], 40 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueStats {
     pub queue: u32,
@@ -276,26 +376,27 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
-    pub const LEN: usize = 40;
+    pub const LEN: usize = QueueStatsWire::LEN;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u32(&mut b, 0, self.queue);
-        put_u64(&mut b, 8, self.requests);
-        put_u64(&mut b, 16, self.bytes_read);
-        put_u64(&mut b, 24, self.bytes_written);
-        put_u64(&mut b, 32, self.errors);
-        b
+        zerocopy::transmute!(QueueStatsWire {
+            queue: self.queue.into(),
+            reserved: U32::ZERO,
+            requests: self.requests.into(),
+            bytes_read: self.bytes_read.into(),
+            bytes_written: self.bytes_written.into(),
+            errors: self.errors.into(),
+        })
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
+        let w = QueueStatsWire::read_exact(b)?;
         Ok(Self {
-            queue: get_u32(b, 0),
-            requests: get_u64(b, 8),
-            bytes_read: get_u64(b, 16),
-            bytes_written: get_u64(b, 24),
-            errors: get_u64(b, 32),
+            queue: w.queue.get(),
+            requests: w.requests.get(),
+            bytes_read: w.bytes_read.get(),
+            bytes_written: w.bytes_written.get(),
+            errors: w.errors.get(),
         })
     }
 }
@@ -332,8 +433,17 @@ pub fn decode_stats(mut b: &[u8]) -> Result<Vec<(VsicStats, Vec<QueueStats>)>, D
     Ok(out)
 }
 
+wire_layout! {
+    /// One run of an EXTENT_MAP reply as it travels (see [`ExtentRun`]).
+    pub struct ExtentRunWire(16 bytes) {
+        0 => drive: U32,
+        4 => count: U32,
+        8 => first_extent: U64,
+    }
+}
+
 /// A run of physically consecutive extents on one drive, in the VSA's
-/// logical order (16 bytes).
+/// logical order, decoded ([`ExtentRunWire`], 16 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExtentRun {
     pub drive: u32,
@@ -342,19 +452,19 @@ pub struct ExtentRun {
 }
 
 impl ExtentRun {
-    pub const LEN: usize = 16;
+    pub const LEN: usize = ExtentRunWire::LEN;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        put_u32(&mut b, 0, self.drive);
-        put_u32(&mut b, 4, self.count);
-        put_u64(&mut b, 8, self.first_extent);
-        b
+        zerocopy::transmute!(ExtentRunWire {
+            drive: self.drive.into(),
+            count: self.count.into(),
+            first_extent: self.first_extent.into(),
+        })
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        exact(b, Self::LEN)?;
-        Ok(Self { drive: get_u32(b, 0), count: get_u32(b, 4), first_extent: get_u64(b, 8) })
+        let w = ExtentRunWire::read_exact(b)?;
+        Ok(Self { drive: w.drive.get(), count: w.count.get(), first_extent: w.first_extent.get() })
     }
 
     pub fn decode_array(b: &[u8]) -> Result<Vec<Self>, DecodeError> {
@@ -400,8 +510,10 @@ mod tests {
 
     #[test]
     fn vsa_info_and_extent_runs_round_trip() {
-        let v = VsaInfo { vsa_id: 1, size: 2 << 20, extents: 2, stripe: 2, live_tokens: 1, attachments: 0 };
+        let v = VsaInfo { vsa_id: 1, size: 2 << 20, extents: 2, stripe: 2, live_tokens: 1, attachments: 0, role: ROLE_STORE };
         assert_eq!(VsaInfo::decode_array(&v.encode()).unwrap(), vec![v]);
+        assert_eq!(u32::from_le_bytes(v.encode()[32..36].try_into().unwrap()), ROLE_STORE);
+        assert_eq!((role_name(ROLE_NONE), role_name(ROLE_STORE), role_name(9)), (Some("none"), Some("store"), None));
         let r = ExtentRun { drive: 1, count: 3, first_extent: 77 };
         assert_eq!(ExtentRun::decode_array(&r.encode()).unwrap(), vec![r]);
         assert!(ExtentRun::decode_array(&[0u8; 17]).is_err());

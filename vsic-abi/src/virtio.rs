@@ -4,58 +4,69 @@
 //! the standard request types; the PF additionally accepts
 //! [`VIRTIO_BLK_T_VSIC_ADMIN`].
 
+use core::mem::{offset_of, size_of};
+use virtio_bindings::virtio_blk as blk;
+
 /// Size of the virtio-blk request header (type, reserved, sector).
-pub const REQ_HEADER_LEN: usize = 16;
+pub const REQ_HEADER_LEN: usize = size_of::<blk::virtio_blk_outhdr>();
 /// Sector size used by the `sector` field of a request.
 pub const SECTOR_SIZE: u64 = 512;
 /// Length of the GET_ID serial string.
-pub const SERIAL_LEN: usize = 20;
+pub const SERIAL_LEN: usize = blk::VIRTIO_BLK_ID_BYTES as usize;
 
-pub const VIRTIO_BLK_T_IN: u32 = 0;
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
-pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
-pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+pub use blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
+};
 /// Vendor-specific request type carrying one admin command (PF only).
 /// ASCII "VSA" in the top three bytes keeps it far from standard types.
 pub const VIRTIO_BLK_T_VSIC_ADMIN: u32 = 0x5653_4100;
 
-pub const VIRTIO_BLK_S_OK: u8 = 0;
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+// The status byte is one byte on the wire.
+pub const VIRTIO_BLK_S_OK: u8 = blk::VIRTIO_BLK_S_OK as u8;
+pub const VIRTIO_BLK_S_IOERR: u8 = blk::VIRTIO_BLK_S_IOERR as u8;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = blk::VIRTIO_BLK_S_UNSUPP as u8;
 
 // Feature bits (bit numbers).
-pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
-pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
-pub const VIRTIO_BLK_F_CONFIG_WCE: u32 = 11;
-pub const VIRTIO_BLK_F_MQ: u32 = 12;
-pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
-pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
-pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
-pub const VIRTIO_F_VERSION_1: u32 = 32;
+pub use blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+pub use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-/// Byte offsets into the virtio-blk configuration space.
+/// Byte offsets into the virtio-blk configuration space (the layout of
+/// `struct virtio_blk_config`).
 pub mod config {
-    pub const CAPACITY: usize = 0; // u64, in 512-byte sectors
-    pub const SIZE_MAX: usize = 8; // u32
-    pub const SEG_MAX: usize = 12; // u32
-    pub const BLK_SIZE: usize = 20; // u32
-    pub const NUM_QUEUES: usize = 34; // u16
-    pub const MAX_DISCARD_SECTORS: usize = 36; // u32
-    pub const MAX_DISCARD_SEG: usize = 40; // u32
-    pub const DISCARD_SECTOR_ALIGNMENT: usize = 44; // u32
-    pub const MAX_WRITE_ZEROES_SECTORS: usize = 48; // u32
-    pub const MAX_WRITE_ZEROES_SEG: usize = 52; // u32
-    pub const WRITE_ZEROES_MAY_UNMAP: usize = 56; // u8
-    /// Length of the configuration space the device exposes.
-    pub const LEN: usize = 60;
+    use super::{blk::virtio_blk_config as Config, offset_of};
+
+    pub const CAPACITY: usize = offset_of!(Config, capacity); // u64, in 512-byte sectors
+    pub const SIZE_MAX: usize = offset_of!(Config, size_max); // u32
+    pub const SEG_MAX: usize = offset_of!(Config, seg_max); // u32
+    pub const BLK_SIZE: usize = offset_of!(Config, blk_size); // u32
+    pub const NUM_QUEUES: usize = offset_of!(Config, num_queues); // u16
+    pub const MAX_DISCARD_SECTORS: usize = offset_of!(Config, max_discard_sectors); // u32
+    pub const MAX_DISCARD_SEG: usize = offset_of!(Config, max_discard_seg); // u32
+    pub const DISCARD_SECTOR_ALIGNMENT: usize = offset_of!(Config, discard_sector_alignment); // u32
+    pub const MAX_WRITE_ZEROES_SECTORS: usize = offset_of!(Config, max_write_zeroes_sectors); // u32
+    pub const MAX_WRITE_ZEROES_SEG: usize = offset_of!(Config, max_write_zeroes_seg); // u32
+    pub const WRITE_ZEROES_MAY_UNMAP: usize = offset_of!(Config, write_zeroes_may_unmap); // u8
+    /// Length of the configuration space the device exposes: everything up
+    /// to the secure-erase fields, which it does not offer.
+    pub const LEN: usize = offset_of!(Config, max_secure_erase_sectors);
 }
 
-/// One DISCARD / WRITE_ZEROES segment (virtio 1.3, 5.2.6): 16 bytes.
+crate::layout::wire_layout! {
+    /// One DISCARD / WRITE_ZEROES segment as it travels (virtio 1.3, 5.2.6).
+    pub struct DiscardSegmentWire(16 bytes) {
+        0 => sector: crate::layout::U64,
+        8 => num_sectors: crate::layout::U32,
+        12 => flags: crate::layout::U32,
+    }
+}
+
+/// One DISCARD / WRITE_ZEROES segment, decoded: 16 bytes on the wire
+/// ([`DiscardSegmentWire`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiscardSegment {
     pub sector: u64,
@@ -63,25 +74,25 @@ pub struct DiscardSegment {
     pub flags: u32,
 }
 
+// Our declared layout is virtio's segment struct.
+const _: () = assert!(size_of::<DiscardSegmentWire>() == size_of::<blk::virtio_blk_discard_write_zeroes>());
+
 impl DiscardSegment {
-    pub const LEN: usize = 16;
+    pub const LEN: usize = <DiscardSegmentWire as crate::layout::Layout>::LEN;
     pub const FLAG_UNMAP: u32 = 1;
 
     pub fn decode(b: &[u8]) -> Result<Self, crate::DecodeError> {
-        crate::wire::exact(b, Self::LEN)?;
-        Ok(Self {
-            sector: crate::wire::get_u64(b, 0),
-            num_sectors: crate::wire::get_u32(b, 8),
-            flags: crate::wire::get_u32(b, 12),
-        })
+        use crate::layout::Layout;
+        let w = DiscardSegmentWire::read_exact(b)?;
+        Ok(Self { sector: w.sector.get(), num_sectors: w.num_sectors.get(), flags: w.flags.get() })
     }
 
     pub fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        crate::wire::put_u64(&mut b, 0, self.sector);
-        crate::wire::put_u32(&mut b, 8, self.num_sectors);
-        crate::wire::put_u32(&mut b, 12, self.flags);
-        b
+        zerocopy::transmute!(DiscardSegmentWire {
+            sector: self.sector.into(),
+            num_sectors: self.num_sectors.into(),
+            flags: self.flags.into(),
+        })
     }
 }
 

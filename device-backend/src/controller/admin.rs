@@ -1,14 +1,19 @@
 //! Admin commands: decoding, validation in a fixed order (command, opcode,
-//! flags, payload size, response capacity, arguments), execution and
-//! commit. A state-changing command builds the new pool state on a copy,
-//! commits it, and only then makes it current: a failed commit leaves the
-//! controller exactly as it was (status MetadataIo).
+//! reserved arguments, flags, payload size, response capacity, arguments),
+//! execution and commit. A state-changing command builds the new pool
+//! state on a copy, commits it, and only then makes it current: a refused
+//! commit leaves the controller exactly as it was (status MetadataIo); a
+//! commit that failed on some drive is settled as done or as certainly not
+//! applied.
 //!
 //! Conventions the device follows:
 //! - `payload_len` must equal the payload-out bytes received, and both must
 //!   be what the opcode takes (64 for a token, else 0): BadPayloadSize.
+//! - The reserved fields (arg2, arg3, and the u64 at offset 56, checked by
+//!   the decoder) must be zero: InvalidArgument.
 //! - FLAG_READ_ONLY is accepted by Attach and CapDerive only; any flag on
-//!   another opcode is UnknownFlags. Fields an opcode does not use are ignored.
+//!   another opcode is UnknownFlags. Other fields an opcode does not use
+//!   (vsic, slot, arg0, arg1) are ignored.
 //! - Sizes are rounded up to whole extents: 0 is ZeroSize, above the window
 //!   size TooLarge. Extend must grow and shrink must shrink the rounded size
 //!   (else InvalidArgument); a shrink to a non-zero size below one extent is
@@ -17,15 +22,19 @@
 //!   secret or rights do not match is BadToken; only a genuine revoked token
 //!   gets RevokedToken.
 //! - VSICs start enabled with empty slots. Detach needs no token (the PF is
-//!   the privileged control plane).
+//!   the privileged control plane), and neither do VsaDeleteById,
+//!   VsaResizeById and VsaSetRole: the PF owner manages every VSA by id, as
+//!   an NVMe namespace-management owner does (a VSA whose capability is lost
+//!   is never stuck). An unknown id is NoSuchVsa.
 //! - A list reply that does not fit gets ResponseTooSmall with result0 =
 //!   records and result1 = bytes needed.
 //!
 //! | opcode | result0 | result1 | payload in |
 //! |---|---|---|---|
 //! | VsaCreate | VSA id | size | root token |
-//! | VsaDelete | VSA id | - | - |
-//! | VsaExtend, VsaShrink | VSA id | new size | - |
+//! | VsaDelete, VsaDeleteById | VSA id | - | - |
+//! | VsaExtend, VsaShrink, VsaResizeById | VSA id | new size | - |
+//! | VsaSetRole | VSA id | role | - |
 //! | Attach | VSA id | VSA size | - |
 //! | Detach | VSA id that was attached | - | - |
 //! | CapDerive | VSA id | new token id | derived token |
@@ -34,7 +43,7 @@
 //! | ExtentMap | runs | VSA size | runs |
 
 use vsic_abi::admin::{ALL_VSICS, FLAGS_KNOWN, FLAG_READ_ONLY};
-use vsic_abi::records::{encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo};
+use vsic_abi::records::{encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo, ROLE_NONE, ROLE_STORE};
 use vsic_abi::window::{SLOTS_PER_VSIC, WINDOW_SHIFT, WINDOW_SIZE};
 use vsic_abi::{AdminCommand, AdminCompletion, AdminStatus, CapToken, Opcode, Rights};
 
@@ -55,6 +64,9 @@ struct Done {
 }
 
 type Outcome = Result<Done, Refusal>;
+
+/// Arguments no opcode uses (arg2, arg3): reserved, must be zero.
+const RESERVED_ARGS: std::ops::RangeFrom<usize> = 2..;
 
 /// Flags each opcode accepts.
 fn allowed_flags(op: Opcode) -> u32 {
@@ -153,6 +165,9 @@ impl Controller {
         let Some(op) = cmd.opcode() else {
             return reply(Err(AdminStatus::UnknownOpcode.into()));
         };
+        if cmd.args[RESERVED_ARGS].iter().any(|&a| a != 0) {
+            return reply(Err(AdminStatus::InvalidArgument.into()));
+        }
         if cmd.flags & !allowed_flags(op) != 0 {
             return reply(Err(AdminStatus::UnknownFlags.into()));
         }
@@ -171,6 +186,9 @@ impl Controller {
             Opcode::VsaDelete => self.vsa_delete(&mut plane, payload_out),
             Opcode::VsaExtend => self.vsa_extend(&mut plane, &cmd, payload_out),
             Opcode::VsaShrink => self.vsa_shrink(&mut plane, &cmd, payload_out),
+            Opcode::VsaDeleteById => self.vsa_delete_by_id(&mut plane, &cmd),
+            Opcode::VsaResizeById => self.vsa_resize_by_id(&mut plane, &cmd),
+            Opcode::VsaSetRole => self.vsa_set_role(&mut plane, &cmd),
             Opcode::Attach => self.attach(&mut plane, &cmd, payload_out),
             Opcode::Detach => self.detach(&mut plane, &cmd),
             Opcode::SetQos => self.set_qos(&mut plane, &cmd),
@@ -188,24 +206,18 @@ impl Controller {
 
     /// Commits `next` and makes it current; returns the VSICs whose slot-0
     /// capacity changed. On failure nothing changes (status MetadataIo, or
-    /// NoSpace when the metadata would not fit in its slot).
+    /// NoSpace when the metadata would not fit in its slot). A write that
+    /// failed on some drive is settled one way or the other by
+    /// [`MetaStore::commit_settled`](super::metadata::MetaStore::commit_settled),
+    /// so the reply always matches what the next start loads.
     pub(super) fn commit(&self, plane: &mut AdminPlane, next: PoolState) -> Result<Vec<u32>, AdminStatus> {
         if next == plane.state {
             return Ok(Vec::new());
         }
-        match plane.store.commit(&next) {
-            Ok(_) => {}
+        match plane.store.commit_settled(&plane.state, &next) {
+            Ok(()) => {}
             Err(CommitError::TooLarge) => return Err(AdminStatus::NoSpace),
-            Err(CommitError::Io(e)) => {
-                log::error!("metadata commit failed: {e}; the command is refused");
-                // Some drives may now hold the refused state: write the old
-                // one again under a newer generation so it cannot come back.
-                let current = plane.state.clone();
-                if let Err(e) = plane.store.commit(&current) {
-                    log::error!("re-committing the previous metadata failed too: {e:?}");
-                }
-                return Err(AdminStatus::MetadataIo);
-            }
+            Err(CommitError::Io(_)) => return Err(AdminStatus::MetadataIo),
         }
         let old = std::mem::replace(&mut plane.state, next);
         let changed = runtime::reconcile(&self.vsics, &mut plane.handles, Some(&old), &plane.state);
@@ -349,9 +361,22 @@ impl Controller {
 
     fn vsa_delete(&self, plane: &mut AdminPlane, token: &[u8]) -> Outcome {
         let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
+        self.delete_vsa(plane, vsa_id)
+    }
+
+    fn vsa_delete_by_id(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        self.delete_vsa(plane, cmd.args[0])
+    }
+
+    /// Deletes VSA `vsa_id` (NoSuchVsa if there is none): detaches it
+    /// everywhere, drops its role, and queues its extents for zeroing.
+    fn delete_vsa(&self, plane: &mut AdminPlane, vsa_id: u64) -> Outcome {
         let mut next = plane.state.clone();
-        let vsa = next.vsas.remove(&vsa_id).ok_or(AdminStatus::BadToken)?;
+        let vsa = next.vsas.remove(&vsa_id).ok_or(AdminStatus::NoSuchVsa)?;
         next.pending_zero.extend(vsa.extents);
+        if next.store_vsa == vsa_id {
+            next.store_vsa = 0;
+        }
         for vsic in &mut next.vsics {
             for slot in vsic.slots.iter_mut() {
                 if matches!(slot, Some(a) if a.vsa_id == vsa_id) {
@@ -366,39 +391,83 @@ impl Controller {
     fn vsa_extend(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
         let size = self.rounded_size(cmd.args[0])?;
         let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
-        let mut next = plane.state.clone();
-        let mut alloc = Allocator::build(&next);
-        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::BadToken)?;
-        if size <= vsa.size {
+        let current = plane.state.vsas.get(&vsa_id).ok_or(AdminStatus::BadToken)?.size;
+        if size <= current {
             return Err(AdminStatus::InvalidArgument.into());
         }
-        let have = vsa.extents.len();
-        let want = (size / self.config.extent_size) as usize;
-        let more = alloc.allocate(&vsa.stripe, have, want - have).map_err(|NoSpace| AdminStatus::NoSpace)?;
-        vsa.extents.extend(more);
-        vsa.size = size;
-        let changed_vsics = self.commit(plane, next)?;
-        Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
+        self.resize_vsa(plane, vsa_id, size)
     }
 
     fn vsa_shrink(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
-        let requested = cmd.args[0];
-        if requested != 0 && requested < self.config.extent_size {
-            return Err(AdminStatus::BelowMinimum.into());
-        }
-        let size = self.rounded_size(requested)?;
+        let size = self.shrink_size(cmd.args[0])?;
         let (vsa_id, _) = Self::authorize(&plane.state, token, Rights::ADMIN)?;
-        let mut next = plane.state.clone();
-        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::BadToken)?;
-        if size >= vsa.size {
+        let current = plane.state.vsas.get(&vsa_id).ok_or(AdminStatus::BadToken)?.size;
+        if size >= current {
             return Err(AdminStatus::InvalidArgument.into());
         }
-        let keep = (size / self.config.extent_size) as usize;
-        let freed = vsa.extents.split_off(keep);
+        self.resize_vsa(plane, vsa_id, size)
+    }
+
+    fn vsa_resize_by_id(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        let vsa_id = cmd.args[0];
+        let size = self.shrink_size(cmd.args[1])?;
+        if !plane.state.vsas.contains_key(&vsa_id) {
+            return Err(AdminStatus::NoSuchVsa.into());
+        }
+        self.resize_vsa(plane, vsa_id, size)
+    }
+
+    /// A requested size rounded up to whole extents, refusing a non-zero
+    /// size below one extent (BelowMinimum) as well as ZeroSize and TooLarge.
+    fn shrink_size(&self, requested: u64) -> Result<u64, AdminStatus> {
+        if requested != 0 && requested < self.config.extent_size {
+            return Err(AdminStatus::BelowMinimum);
+        }
+        self.rounded_size(requested)
+    }
+
+    /// Grows or shrinks VSA `vsa_id` to `size` (whole extents, checked by
+    /// the caller); the same size changes nothing. Shrunk extents are
+    /// queued for zeroing.
+    fn resize_vsa(&self, plane: &mut AdminPlane, vsa_id: u64, size: u64) -> Outcome {
+        let mut next = plane.state.clone();
+        let mut alloc = Allocator::build(&next);
+        let vsa = next.vsas.get_mut(&vsa_id).ok_or(AdminStatus::NoSuchVsa)?;
+        let have = vsa.extents.len();
+        let want = (size / self.config.extent_size) as usize;
+        let freed = if want > have {
+            let more = alloc.allocate(&vsa.stripe, have, want - have).map_err(|NoSpace| AdminStatus::NoSpace)?;
+            vsa.extents.extend(more);
+            Vec::new()
+        } else {
+            vsa.extents.split_off(want)
+        };
         vsa.size = size;
         next.pending_zero.extend(freed);
         let changed_vsics = self.commit(plane, next)?;
         Ok(Done { result0: vsa_id, result1: size, changed_vsics, ..Default::default() })
+    }
+
+    /// Gives VSA arg0 the role arg1 (ROLE_NONE or ROLE_STORE). The store
+    /// role belongs to at most one VSA: RoleInUse while another has it.
+    fn vsa_set_role(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        let vsa_id = cmd.args[0];
+        let role = u32::try_from(cmd.args[1]).map_err(|_| AdminStatus::InvalidArgument)?;
+        if !plane.state.vsas.contains_key(&vsa_id) {
+            return Err(AdminStatus::NoSuchVsa.into());
+        }
+        let mut next = plane.state.clone();
+        match role {
+            ROLE_STORE if next.store_vsa != 0 && next.store_vsa != vsa_id => {
+                return Err(AdminStatus::RoleInUse.into())
+            }
+            ROLE_STORE => next.store_vsa = vsa_id,
+            ROLE_NONE if next.store_vsa == vsa_id => next.store_vsa = 0,
+            ROLE_NONE => {}
+            _ => return Err(AdminStatus::InvalidArgument.into()),
+        }
+        self.commit(plane, next)?;
+        Ok(Done { result0: vsa_id, result1: role as u64, ..Default::default() })
     }
 
     fn attach(&self, plane: &mut AdminPlane, cmd: &AdminCommand, token: &[u8]) -> Outcome {
@@ -494,6 +563,7 @@ impl Controller {
                 stripe: v.stripe.len() as u32,
                 live_tokens: v.live_tokens() as u32,
                 attachments: s.attachment_count(v.id) as u32,
+                role: if s.store_vsa == v.id { ROLE_STORE } else { ROLE_NONE },
             };
             out.extend_from_slice(&info.encode());
         }

@@ -37,14 +37,10 @@ impl Controller {
         self.vsics.get(vsic as usize).ok_or(IoError::NoSuchVsic)
     }
 
-    /// Sleeps as QoS and the service-time model demand (before any lock is
-    /// taken, so a throttled VSIC never holds up admin commands).
-    fn pace(&self, rt: &VsicRuntime, bytes: u64) {
-        let delay = rt.qos.delay(bytes);
-        if !delay.is_zero() {
-            bump(&rt.stats.qos_delayed, 1);
-            sleep(delay);
-        }
+    /// Sleeps as the service-time model demands (before any lock is taken,
+    /// so a modelled slow device never holds up admin commands). Bounded:
+    /// the front refuses requests larger than its maximum transfer.
+    fn model_service_time(&self, bytes: u64) {
         if let Some(model) = self.config.service_model {
             let transfer = if model.bytes_per_sec == 0 {
                 Duration::ZERO
@@ -58,6 +54,33 @@ impl Controller {
         }
     }
 
+    /// Charges a finished request to the VSIC's QoS buckets: the bytes of
+    /// an accepted request (also when the drive then failed it), none of
+    /// a refused one; every request counts as one I/O.
+    fn charge(rt: &VsicRuntime, bytes: u64, result: Result<(), &IoError>) {
+        let accepted = match result {
+            Ok(()) => true,
+            Err(e) => !is_violation(e),
+        };
+        rt.qos.charge(if accepted { bytes } else { 0 });
+    }
+
+    /// How long VSIC `vsic`'s next request must wait for its QoS budget.
+    /// The front waits that long, holding no lock, before it takes the
+    /// request from its queue; a wait counts in `qos_delayed`.
+    pub fn qos_wait(&self, vsic: u32) -> Duration {
+        let Ok(rt) = self.runtime(vsic) else {
+            return Duration::ZERO;
+        };
+        let wait = rt.qos.wait();
+        // Rounding may leave a debt of nanoseconds after a full wait.
+        if wait < Duration::from_micros(100) {
+            return Duration::ZERO;
+        }
+        bump(&rt.stats.qos_delayed, 1);
+        wait
+    }
+
     /// Checks `[offset, offset + len)` against VSIC `rt`'s attachments and
     /// runs `f` on its drive segments with the locks held.
     fn with_segments<R>(
@@ -68,11 +91,12 @@ impl Controller {
         len: u64,
         f: impl FnOnce(Segments<'_>) -> std::io::Result<R>,
     ) -> Result<R, IoError> {
+        let (slot, within) = window::split(offset);
+        let slots = rt.slots();
+        // Checked under the slot lock, which DISABLE drains.
         if !rt.is_enabled() {
             return Err(IoError::VsicDisabled);
         }
-        let (slot, within) = window::split(offset);
-        let slots = rt.slots();
         let binding = usize::try_from(slot)
             .ok()
             .and_then(|s| slots.get(s))
@@ -135,8 +159,8 @@ impl Controller {
         let result = match total {
             None => Err(IoError::OutOfBounds),
             Some(len) => {
-                self.pace(rt, len);
-                self.with_segments(rt, &op, offset, len, |segments| {
+                self.model_service_time(len);
+                let result = self.with_segments(rt, &op, offset, len, |segments| {
                     let mut done = 0usize;
                     for seg in segments {
                         let drive = self
@@ -149,7 +173,9 @@ impl Controller {
                         })?;
                     }
                     Ok(done)
-                })
+                });
+                Self::charge(rt, len, result.as_ref().map(drop));
+                result
             }
         };
         match &result {
@@ -203,7 +229,9 @@ impl Controller {
             bump(&q.requests, 1);
         }
         let what = if write_zeroes { "write-zeroes" } else { "discard" };
-        self.pace(rt, 0);
+        // The service-time model charges zeroing its latency only; QoS
+        // charges it by length (below).
+        self.model_service_time(0);
         let result = self.with_segments(rt, &Op::Zero, offset, len, |segments| {
             for seg in segments {
                 let drive = self
@@ -217,6 +245,7 @@ impl Controller {
             }
             Ok(())
         });
+        Self::charge(rt, len, result.as_ref().copied());
         match &result {
             Ok(()) => bump(if write_zeroes { &rt.stats.write_zeroes } else { &rt.stats.discards }, 1),
             Err(e) => self.record_failure(rt, vsic, queue, what, offset, e),

@@ -25,6 +25,41 @@ pub enum Origin {
     Existing,
 }
 
+/// What `Drive::open` was doing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenOp {
+    Open,
+    Create,
+    SizeNew,
+    Stat,
+    SizeBlockDevice,
+}
+
+impl std::fmt::Display for OpenOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OpenOp::Open => "open drive",
+            OpenOp::Create => "create drive",
+            OpenOp::SizeNew => "size new drive",
+            OpenOp::Stat => "stat drive",
+            OpenOp::SizeBlockDevice => "size block device",
+        })
+    }
+}
+
+/// Why a drive could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("drive {} does not exist and no size was given to create it", .0.display())]
+    Missing(PathBuf),
+    #[error("cannot {op} {}: {source}", .path.display())]
+    Io { op: OpenOp, path: PathBuf, source: io::Error },
+    #[error("drive {} is in use by another process (flock: {source})", .path.display())]
+    InUse { path: PathBuf, source: io::Error },
+    #[error("drive {} is neither a regular file nor a block device", .0.display())]
+    NotAFileOrBlockDevice(PathBuf),
+}
+
 #[derive(Debug)]
 pub struct Drive {
     path: PathBuf,
@@ -34,43 +69,53 @@ pub struct Drive {
     origin: Origin,
     /// (st_dev, st_ino) or st_rdev, to catch the same drive given twice.
     identity: (u64, u64),
+    /// Tests: successful syncs so far.
+    #[cfg(test)]
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl Drive {
     /// Opens (creating a sparse file of `create_size` bytes when missing) and
     /// takes an exclusive advisory lock so that two daemons cannot share it.
     /// `sync_writes` opens with O_DSYNC: every completed write is durable.
-    pub fn open(path: &Path, create_size: Option<u64>, sync_writes: bool) -> Result<Drive, String> {
-        let show = path.display();
+    pub fn open(path: &Path, create_size: Option<u64>, sync_writes: bool) -> Result<Drive, DriveError> {
         let flags = if sync_writes { libc::O_DSYNC } else { 0 };
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).custom_flags(flags);
+        let failed = |op: OpenOp| move |source: io::Error| DriveError::Io { op, path: path.to_path_buf(), source };
         let (file, origin) = match open_noatime(&opts, flags, path) {
             Ok(f) => (f, Origin::Existing),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let size = create_size
-                    .ok_or_else(|| format!("drive {show} does not exist and no size was given to create it"))?;
-                let f = open_noatime(opts.clone().create_new(true), flags, path)
-                    .map_err(|e| format!("cannot create drive {show}: {e}"))?;
-                f.set_len(size).map_err(|e| format!("cannot size new drive {show}: {e}"))?;
+                let size = create_size.ok_or_else(|| DriveError::Missing(path.to_path_buf()))?;
+                let f = open_noatime(opts.clone().create_new(true), flags, path).map_err(failed(OpenOp::Create))?;
+                f.set_len(size).map_err(failed(OpenOp::SizeNew))?;
                 (f, Origin::Created)
             }
-            Err(e) => return Err(format!("cannot open drive {show}: {e}")),
+            Err(e) => return Err(failed(OpenOp::Open)(e)),
         };
-        lock_exclusive(&file).map_err(|e| format!("drive {show} is in use by another process (flock: {e})"))?;
-        let meta = file.metadata().map_err(|e| format!("cannot stat drive {show}: {e}"))?;
+        lock_exclusive(&file).map_err(|source| DriveError::InUse { path: path.to_path_buf(), source })?;
+        let meta = file.metadata().map_err(failed(OpenOp::Stat))?;
         let block_device = meta.file_type().is_block_device();
         let (size, identity) = if block_device {
             (
-                block_device_size(&file).map_err(|e| format!("cannot size block device {show}: {e}"))?,
+                block_device_size(&file).map_err(failed(OpenOp::SizeBlockDevice))?,
                 (u64::MAX, std::os::unix::fs::MetadataExt::rdev(&meta)),
             )
         } else if meta.file_type().is_file() {
             (meta.len(), (std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta)))
         } else {
-            return Err(format!("drive {show} is neither a regular file nor a block device"));
+            return Err(DriveError::NotAFileOrBlockDevice(path.to_path_buf()));
         };
-        Ok(Drive { path: path.to_path_buf(), file, size, block_device, origin, identity })
+        Ok(Drive {
+            path: path.to_path_buf(),
+            file,
+            size,
+            block_device,
+            origin,
+            identity,
+            #[cfg(test)]
+            syncs: Default::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -152,9 +197,15 @@ impl Drive {
             let batch = &iov[first..end];
             let at = (offset + done as u64) as libc::off_t;
             let n = if write {
-                libc::pwritev(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at)
+                // SAFETY: the caller guarantees every iovec is valid for
+                // reads of its length; `batch` holds at most IOV_MAX of
+                // them and the descriptor is ours.
+                unsafe { libc::pwritev(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at) }
             } else {
-                libc::preadv(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at)
+                // SAFETY: the caller guarantees every iovec is valid for
+                // writes of its length; `batch` holds at most IOV_MAX of
+                // them and the descriptor is ours.
+                unsafe { libc::preadv(self.fd(), batch.as_ptr(), batch.len() as libc::c_int, at) }
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -176,7 +227,9 @@ impl Drive {
                     v.iov_len = 0;
                     first += 1;
                 } else {
-                    v.iov_base = (v.iov_base as *mut u8).add(left).cast();
+                    // SAFETY: `left < v.iov_len`, so the new base stays
+                    // inside the buffer the caller vouched for.
+                    v.iov_base = unsafe { (v.iov_base as *mut u8).add(left) }.cast();
                     v.iov_len -= left;
                     left = 0;
                 }
@@ -228,10 +281,18 @@ impl Drive {
     pub fn sync(&self) -> io::Result<()> {
         // SAFETY: fdatasync on a descriptor we own.
         if unsafe { libc::fdatasync(self.fd()) } == 0 {
+            #[cfg(test)]
+            self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    /// Tests: how many syncs succeeded.
+    #[cfg(test)]
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn fd(&self) -> libc::c_int {
@@ -262,6 +323,26 @@ fn block_device_size(file: &File) -> io::Result<u64> {
     Ok(size)
 }
 
+/// Takes the drive's exclusive lock, waiting briefly for a holder that is
+/// going away: a previous vsicd still exiting, or a process that forked
+/// while this one had the drive open and has not yet exec'd (the lock lives
+/// on the open file description, which the child shares until exec).
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: plain flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || start.elapsed() >= PATIENCE {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +370,7 @@ mod tests {
             libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
             libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() },
         ];
+        // SAFETY: both iovecs point to live local arrays of their length.
         assert_eq!(unsafe { d.transfer_vectored(true, &mut iov, 10) }.unwrap(), 150);
         let mut back = [0u8; 150];
         d.read_exact_at(&mut back, 10).unwrap();
@@ -323,28 +405,8 @@ mod tests {
     fn missing_without_size_and_double_open_fail() {
         let dir = TempDir::new("drive2");
         let path = dir.path().join("d0");
-        assert!(Drive::open(&path, None, false).err().unwrap().contains("does not exist"));
+        assert!(Drive::open(&path, None, false).err().unwrap().to_string().contains("does not exist"));
         let _held = Drive::open(&path, Some(4096), false).expect("create");
-        assert!(Drive::open(&path, None, false).err().unwrap().contains("in use"));
-    }
-}
-
-/// Takes the drive's exclusive lock, waiting briefly for a holder that is
-/// going away: a previous vsicd still exiting, or a process that forked
-/// while this one had the drive open and has not yet exec'd (the lock lives
-/// on the open file description, which the child shares until exec).
-fn lock_exclusive(file: &File) -> io::Result<()> {
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
-    let start = std::time::Instant::now();
-    loop {
-        // SAFETY: plain flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || start.elapsed() >= PATIENCE {
-            return Err(e);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(Drive::open(&path, None, false).err().unwrap().to_string().contains("in use"));
     }
 }

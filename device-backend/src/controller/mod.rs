@@ -15,7 +15,6 @@
 mod admin;
 mod alloc;
 mod caps;
-mod codec;
 mod datapath;
 mod drive;
 mod metadata;
@@ -37,6 +36,10 @@ use std::time::Duration;
 use vsic_abi::records::CacheMode;
 use vsic_abi::window::WINDOW_SIZE;
 use vsic_abi::AdminCompletion;
+
+pub use drive::{DriveError, OpenOp};
+pub use metadata::{BodyError, CommitError, DriveOp, MetadataError};
+pub use state::{Owner, StateError};
 
 use drive::Drive;
 use metadata::MetaStore;
@@ -111,16 +114,29 @@ pub struct AdminReply {
     pub changed_vsics: Vec<u32>,
 }
 
-/// Errors opening the controller (bad drives, corrupted metadata, ...).
-#[derive(Debug)]
-pub struct OpenError(pub String);
-
-impl std::fmt::Display for OpenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A configuration `Controller::open` refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("at least one drive is needed")]
+    NoDrives,
+    #[error("extent size {0} must be a power of two between {MIN_EXTENT_SIZE} and {MAX_EXTENT_SIZE} bytes")]
+    ExtentSize(u64),
+    #[error("every VSIC needs at least one queue")]
+    NoQueues,
 }
-impl std::error::Error for OpenError {}
+
+/// Errors opening the controller (bad drives, corrupted metadata, ...).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Drive(#[from] DriveError),
+    #[error("drive {} is given twice", .0.display())]
+    DriveTwice(PathBuf),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
 
 /// The controller: shared by every function's queue threads.
 ///
@@ -146,18 +162,18 @@ impl Controller {
     /// Opens (or formats) the drives and loads the newest committed metadata.
     pub fn open(config: ControllerConfig) -> Result<Arc<Controller>, OpenError> {
         let mut config = config;
-        check_config(&config).map_err(OpenError)?;
+        check_config(&config)?;
         let sync_writes = config.cache_mode == CacheMode::WriteThrough;
         let mut drives = Vec::new();
         let mut seen = HashSet::new();
         for spec in &config.drives {
-            let d = Drive::open(&spec.path, spec.size, sync_writes).map_err(OpenError)?;
+            let d = Drive::open(&spec.path, spec.size, sync_writes)?;
             if !seen.insert(d.identity()) {
-                return Err(OpenError(format!("drive {} is given twice", spec.path.display())));
+                return Err(OpenError::DriveTwice(spec.path.clone()));
             }
             drives.push(Arc::new(d));
         }
-        let opened = metadata::open_pool(&drives, config.extent_size, config.vsics as usize).map_err(OpenError)?;
+        let opened = metadata::open_pool(&drives, config.extent_size, config.vsics as usize)?;
         if !opened.formatted {
             log::info!("opened an existing pool with {} VSAs", opened.state.vsas.len());
         }
@@ -236,6 +252,23 @@ impl Controller {
         self.flush_drives(vsic, queue)
     }
 
+    /// Makes every completed write of every VSIC durable, whatever the
+    /// VSICs' state (a clean shutdown; not a guest request, so it counts in
+    /// no VSIC's statistics). Tries every drive; the first failure is
+    /// returned.
+    pub fn sync_drives(&self) -> std::io::Result<()> {
+        let mut result = Ok(());
+        for d in &self.drives {
+            if let Err(e) = d.sync() {
+                log::error!("cannot sync {}: {e}", d.path().display());
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
     /// DISCARD (`zero == false`) or WRITE_ZEROES (`zero == true`) a byte range.
     /// Both leave the range reading as zeroes.
     pub fn discard(&self, vsic: u32, queue: u16, offset: u64, len: u64, zero: bool) -> Result<(), IoError> {
@@ -266,18 +299,16 @@ impl Controller {
     }
 }
 
-fn check_config(c: &ControllerConfig) -> Result<(), String> {
+fn check_config(c: &ControllerConfig) -> Result<(), ConfigError> {
     if c.drives.is_empty() {
-        return Err("at least one drive is needed".into());
+        return Err(ConfigError::NoDrives);
     }
     let es = c.extent_size;
     if !es.is_power_of_two() || !(MIN_EXTENT_SIZE..=MAX_EXTENT_SIZE).contains(&es) || es > WINDOW_SIZE {
-        return Err(format!(
-            "extent size {es} must be a power of two between {MIN_EXTENT_SIZE} and {MAX_EXTENT_SIZE} bytes"
-        ));
+        return Err(ConfigError::ExtentSize(es));
     }
     if c.queues_per_vsic == 0 {
-        return Err("every VSIC needs at least one queue".into());
+        return Err(ConfigError::NoQueues);
     }
     Ok(())
 }

@@ -1,5 +1,10 @@
 //! Per-VSIC QoS: token buckets for bytes/s and I/Os per second. A request
-//! over budget is delayed (the queue thread sleeps), never failed.
+//! is charged once it has been accepted, for the bytes it moved; a VSIC
+//! whose buckets are in debt has its next request wait until the debt is
+//! paid back. Requests are delayed, never failed, and the wait happens
+//! before a request is taken from its queue, with no lock held (see
+//! `front::backend`), so a throttled VSIC never holds up a queue stop, a
+//! shutdown or another VSIC.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -27,14 +32,27 @@ impl Bucket {
         (self.rate as f64 / 10.0).max(1.0)
     }
 
-    fn take(&mut self, now: Instant, amount: u64) -> Duration {
-        if self.rate == 0 {
-            return Duration::ZERO;
-        }
+    /// Brings the level up to `now`.
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.level = (self.level + elapsed * self.rate as f64).min(self.burst());
+    }
+
+    fn take(&mut self, now: Instant, amount: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.refill(now);
         self.level -= amount as f64;
+    }
+
+    /// How long until the level is back at zero.
+    fn debt(&mut self, now: Instant) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
+        self.refill(now);
         if self.level >= 0.0 {
             Duration::ZERO
         } else {
@@ -66,19 +84,26 @@ impl Qos {
         self.limited.store(bytes_per_sec != 0 || iops != 0, Ordering::Release);
     }
 
-    /// How long a request of `bytes` has to wait before it may start.
-    pub fn delay(&self, bytes: u64) -> Duration {
+    /// Charges one accepted request that moved (or zeroed) `bytes`.
+    pub fn charge(&self, bytes: u64) {
+        if !self.limited.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        b.0.take(now, bytes);
+        b.1.take(now, 1);
+    }
+
+    /// How long the VSIC's next request has to wait: until the debt of
+    /// the requests charged so far is paid back.
+    pub fn wait(&self) -> Duration {
         if !self.limited.load(Ordering::Acquire) {
             return Duration::ZERO;
         }
         let now = Instant::now();
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if b.0.rate == 0 && b.1.rate == 0 {
-            return Duration::ZERO;
-        }
-        let by_bytes = b.0.take(now, bytes);
-        let by_ops = b.1.take(now, 1);
-        by_bytes.max(by_ops)
+        b.0.debt(now).max(b.1.debt(now))
     }
 }
 
@@ -90,7 +115,8 @@ mod tests {
     fn unlimited_never_delays() {
         let q = Qos::new(0, 0);
         for _ in 0..1000 {
-            assert_eq!(q.delay(1 << 30), Duration::ZERO);
+            q.charge(1 << 30);
+            assert_eq!(q.wait(), Duration::ZERO);
         }
     }
 
@@ -98,19 +124,35 @@ mod tests {
     fn byte_rate_delays_proportionally() {
         let q = Qos::new(1_000_000, 0);
         // The burst (100 kB) passes, then 1 MB of debt costs about a second.
-        assert_eq!(q.delay(100_000), Duration::ZERO);
-        let d = q.delay(1_000_000);
+        q.charge(100_000);
+        assert_eq!(q.wait(), Duration::ZERO);
+        q.charge(1_000_000);
+        let d = q.wait();
         assert!(d > Duration::from_millis(900) && d < Duration::from_millis(1100), "{d:?}");
         q.set(0, 0);
-        assert_eq!(q.delay(1_000_000), Duration::ZERO);
+        q.charge(1_000_000);
+        assert_eq!(q.wait(), Duration::ZERO);
     }
 
     #[test]
     fn iops_limit_spaces_requests() {
         let q = Qos::new(0, 100);
-        let delays: Vec<Duration> = (0..30).map(|_| q.delay(512)).collect();
-        assert!(delays[0].is_zero());
-        // 30 back-to-back requests at 100/s: the last waits roughly 0.2-0.3 s.
-        assert!(delays[29] > Duration::from_millis(150), "{:?}", delays[29]);
+        assert!(q.wait().is_zero());
+        for _ in 0..30 {
+            q.charge(512);
+        }
+        // 30 back-to-back requests at 100/s: the next waits roughly 0.2-0.3 s.
+        assert!(q.wait() > Duration::from_millis(150), "{:?}", q.wait());
+    }
+
+    #[test]
+    fn waiting_does_not_charge() {
+        let q = Qos::new(1_000_000, 0);
+        q.charge(1_100_000);
+        let first = q.wait();
+        assert!(first > Duration::from_millis(900), "{first:?}");
+        for _ in 0..100 {
+            assert!(q.wait() <= first, "asking again must not add debt");
+        }
     }
 }

@@ -46,6 +46,18 @@ impl VsicRuntime {
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }
+
+    /// Enables or disables the VSIC. Disabling returns only once every
+    /// request that saw the VSIC enabled has finished: requests check the
+    /// flag while holding the slot read lock, and hold it for their whole
+    /// transfer, so taking the write lock once drains them (as a detach
+    /// does).
+    fn set_enabled(&self, enabled: bool) {
+        let was = self.enabled.swap(enabled, Ordering::AcqRel);
+        if was && !enabled {
+            drop(self.slots.write().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
 }
 
 fn layout_of(state: &PoolState, id: u64) -> Option<VsaLayout> {
@@ -103,7 +115,7 @@ pub fn reconcile(
             });
             *rt.slots.write().unwrap_or_else(|e| e.into_inner()) = bindings;
         }
-        rt.enabled.store(rec.enabled, Ordering::Release);
+        rt.set_enabled(rec.enabled);
         if before.map(|b| (b.qos_bytes_per_sec, b.qos_iops)) != Some((rec.qos_bytes_per_sec, rec.qos_iops)) {
             rt.qos.set(rec.qos_bytes_per_sec, rec.qos_iops);
         }

@@ -99,6 +99,9 @@ pub struct PoolState {
     /// Extents freed by delete/shrink that may still hold old data: they are
     /// zeroed before they become free again (also after a crash).
     pub pending_zero: Vec<PhysExtent>,
+    /// The VSA with the capability-store role (0: none). Only the PF sets it;
+    /// persisted in the metadata slot header, which format-1 readers ignore.
+    pub store_vsa: u64,
 }
 
 impl PoolState {
@@ -110,6 +113,7 @@ impl PoolState {
             vsas: BTreeMap::new(),
             vsics: vec![VsicRecord::default(); vsics],
             pending_zero: Vec::new(),
+            store_vsa: 0,
         }
     }
 
@@ -124,65 +128,109 @@ impl PoolState {
 
     /// Checks every invariant a decoded state must hold, so that corrupted
     /// (or hand-edited) metadata with a valid checksum is still refused.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), StateError> {
         let es = self.extent_size;
         if !es.is_power_of_two() {
-            return Err(format!("extent size {es} is not a power of two"));
+            return Err(StateError::ExtentSize(es));
         }
         let mut used: HashSet<PhysExtent> = HashSet::new();
-        let mut claim = |e: PhysExtent, what: &str| -> Result<(), String> {
-            let d = self
-                .drives
-                .get(e.drive as usize)
-                .ok_or_else(|| format!("{what} names drive {} which is not in the pool", e.drive))?;
+        let mut claim = |e: PhysExtent, owner: Owner| -> Result<(), StateError> {
+            let d = self.drives.get(e.drive as usize).ok_or(StateError::UnknownDrive { owner, extent: e })?;
             if e.index < d.first_data_extent || e.index >= d.extent_count {
-                return Err(format!("{what} uses extent {} of drive {} outside its data area", e.index, e.drive));
+                return Err(StateError::OutsideDataArea { owner, extent: e });
             }
             if !used.insert(e) {
-                return Err(format!("extent {} of drive {} is used twice", e.index, e.drive));
+                return Err(StateError::UsedTwice(e));
             }
             Ok(())
         };
         for (&id, v) in &self.vsas {
             if id != v.id || id == 0 || id >= self.next_vsa_id {
-                return Err(format!("VSA id {id} is inconsistent"));
+                return Err(StateError::VsaId(id));
             }
-            let what = format!("VSA {id}");
             if v.extents.is_empty() || v.size != (v.extents.len() as u64).saturating_mul(es) || v.size > WINDOW_SIZE {
-                return Err(format!("{what} has size {} for {} extents", v.size, v.extents.len()));
+                return Err(StateError::VsaSize { vsa: id, size: v.size, extents: v.extents.len() });
             }
             if v.stripe.is_empty() || v.stripe.iter().any(|&d| d as usize >= self.drives.len()) {
-                return Err(format!("{what} has a bad stripe set"));
+                return Err(StateError::Stripe(id));
             }
             for (i, e) in v.extents.iter().enumerate() {
                 if v.stripe.get(i % v.stripe.len()) != Some(&e.drive) {
-                    return Err(format!("{what} extent {i} is off its stripe"));
+                    return Err(StateError::OffStripe { vsa: id, extent: i });
                 }
-                claim(*e, &what)?;
+                claim(*e, Owner::Vsa(id))?;
             }
             let mut ids = HashSet::new();
             for t in &v.tokens {
                 if t.id == 0 || t.id >= v.next_token_id || !ids.insert(t.id) || !t.rights.is_valid() {
-                    return Err(format!("{what} has a bad token record {}", t.id));
+                    return Err(StateError::Token { vsa: id, token: t.id });
                 }
                 if !t.is_root() && v.token(t.parent).is_none() {
-                    return Err(format!("{what} token {} has an unknown parent", t.id));
+                    return Err(StateError::TokenParent { vsa: id, token: t.id });
                 }
             }
         }
         for e in &self.pending_zero {
-            claim(*e, "pending-zero list")?;
+            claim(*e, Owner::PendingZero)?;
+        }
+        if self.store_vsa != 0 && !self.vsas.contains_key(&self.store_vsa) {
+            return Err(StateError::StoreRole(self.store_vsa));
         }
         for (n, vsic) in self.vsics.iter().enumerate() {
             for a in vsic.slots.iter().flatten() {
                 let ok = self.vsas.get(&a.vsa_id).and_then(|v| v.token(a.token_id)).is_some();
                 if !ok {
-                    return Err(format!("VSIC {n} is attached to an unknown VSA {} or token {}", a.vsa_id, a.token_id));
+                    return Err(StateError::Attachment { vsic: n, vsa: a.vsa_id, token: a.token_id });
                 }
             }
         }
         Ok(())
     }
+}
+
+/// What holds an extent in a pool state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Vsa(u64),
+    PendingZero,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Vsa(id) => write!(f, "VSA {id}"),
+            Owner::PendingZero => f.write_str("pending-zero list"),
+        }
+    }
+}
+
+/// An invariant a pool state breaks ([`PoolState::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("extent size {0} is not a power of two")]
+    ExtentSize(u64),
+    #[error("{owner} names drive {} which is not in the pool", .extent.drive)]
+    UnknownDrive { owner: Owner, extent: PhysExtent },
+    #[error("{owner} uses extent {} of drive {} outside its data area", .extent.index, .extent.drive)]
+    OutsideDataArea { owner: Owner, extent: PhysExtent },
+    #[error("extent {} of drive {} is used twice", .0.index, .0.drive)]
+    UsedTwice(PhysExtent),
+    #[error("VSA id {0} is inconsistent")]
+    VsaId(u64),
+    #[error("VSA {vsa} has size {size} for {extents} extents")]
+    VsaSize { vsa: u64, size: u64, extents: usize },
+    #[error("VSA {0} has a bad stripe set")]
+    Stripe(u64),
+    #[error("VSA {vsa} extent {extent} is off its stripe")]
+    OffStripe { vsa: u64, extent: usize },
+    #[error("VSA {vsa} has a bad token record {token}")]
+    Token { vsa: u64, token: u32 },
+    #[error("VSA {vsa} token {token} has an unknown parent")]
+    TokenParent { vsa: u64, token: u32 },
+    #[error("the store role names VSA {0} which does not exist")]
+    StoreRole(u64),
+    #[error("VSIC {vsic} is attached to an unknown VSA {vsa} or token {token}")]
+    Attachment { vsic: usize, vsa: u64, token: u32 },
 }
 
 #[cfg(test)]
@@ -218,18 +266,23 @@ mod tests {
     fn check_refuses_inconsistencies() {
         let mut s = sample();
         s.pending_zero.push(PhysExtent { drive: 0, index: 3 });
-        assert!(s.check().unwrap_err().contains("used twice"));
+        assert!(s.check().unwrap_err().to_string().contains("used twice"));
         let mut s = sample();
         s.vsas.get_mut(&1).unwrap().extents[0].index = 1;
-        assert!(s.check().unwrap_err().contains("outside"));
+        assert!(s.check().unwrap_err().to_string().contains("outside"));
         let mut s = sample();
         s.vsas.get_mut(&1).unwrap().size = 4096;
         assert!(s.check().is_err());
         let mut s = sample();
         s.vsics[0].slots[3] = Some(Attachment { vsa_id: 9, token_id: 1, read_only: true });
-        assert!(s.check().unwrap_err().contains("unknown VSA"));
+        assert!(s.check().unwrap_err().to_string().contains("unknown VSA"));
         let mut s = sample();
         s.vsas.get_mut(&1).unwrap().tokens[0].id = 5;
         assert!(s.check().is_err());
+        let mut s = sample();
+        s.store_vsa = 1;
+        s.check().unwrap();
+        s.store_vsa = 9;
+        assert!(s.check().unwrap_err().to_string().contains("store role"));
     }
 }

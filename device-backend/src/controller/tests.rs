@@ -18,6 +18,14 @@ use super::{AdminReply, Controller, ControllerConfig, DriveSpec, IoError, IoKind
 mod rng;
 use rng::Rng;
 
+#[path = "tests_lifecycle.rs"]
+mod lifecycle;
+
+// Which block device the block-device test may destroy, shared with the
+// end-to-end tests.
+#[path = "../../tests/common/block_device.rs"]
+mod block_device;
+
 const ES: u64 = 64 << 10;
 const DRIVE_SIZE: u64 = 8 << 20;
 
@@ -470,13 +478,27 @@ fn qos_delays_but_never_fails() {
     ));
     let info = &vsic_list(&c)[3];
     assert_eq!((info.qos_bytes_per_sec, info.qos_iops), (1 << 20, 0));
-    let start = Instant::now();
+    assert!(c.qos_wait(3).is_zero());
     for i in 0..4 {
         write(&c, 3, i * 65536, &[1; 65536]).unwrap();
     }
-    // 256 KiB at 1 MiB/s with a 100 KiB burst: at least ~150 ms.
-    assert!(start.elapsed() >= Duration::from_millis(120), "{:?}", start.elapsed());
+    // 256 KiB at 1 MiB/s with a 100 KiB burst: the next request waits
+    // ~150 ms (the front sleeps that long before taking it).
+    let wait = c.qos_wait(3);
+    assert!(wait >= Duration::from_millis(120), "{wait:?}");
     assert!(vsic_stats(&c, 3).qos_delayed >= 1);
+    // Refused requests are not charged their bytes.
+    std::thread::sleep(wait);
+    assert!(matches!(read(&c, 3, 4 * ES, 65536), Err(IoError::OutOfBounds)));
+    assert!(c.qos_wait(3) < Duration::from_millis(20), "{:?}", c.qos_wait(3));
+    // DISCARD and WRITE_ZEROES are charged the length they zero.
+    c.discard(3, 0, 0, 4 * ES, false).unwrap();
+    let wait = c.qos_wait(3);
+    assert!(wait >= Duration::from_millis(120), "discard charged: {wait:?}");
+    std::thread::sleep(wait);
+    c.discard(3, 0, 0, 4 * ES, true).unwrap();
+    let wait = c.qos_wait(3);
+    assert!(wait >= Duration::from_millis(120), "write-zeroes charged: {wait:?}");
     ok(run(
         &c,
         Opcode::SetQos,
@@ -487,11 +509,11 @@ fn qos_delays_but_never_fails() {
         &[],
         0,
     ));
-    let start = Instant::now();
     for i in 0..4 {
         write(&c, 3, i * 65536, &[1; 65536]).unwrap();
     }
-    assert!(start.elapsed() < Duration::from_millis(100));
+    c.discard(3, 0, 0, 4 * ES, true).unwrap();
+    assert!(c.qos_wait(3).is_zero());
 }
 
 #[test]
@@ -591,7 +613,7 @@ fn failed_commit_rolls_back() {
     assert_eq!(create(&c, ES, 0).0, 2, "the refused create did not use up an id");
 }
 
-// Raw slot access for corruption tests (layout from metadata.rs).
+// Raw slot access for corruption tests (layout from metadata/layout.rs).
 fn slot_len(path: &Path) -> u64 {
     let raw = std::fs::read(path).unwrap();
     u64::from_le_bytes(raw[48..56].try_into().unwrap())
@@ -646,7 +668,7 @@ fn corrupted_newest_slot_falls_back_and_both_corrupted_refuses() {
         }
     }
     let e = Controller::open(pool.config()).err().expect("refused");
-    assert!(e.0.contains("no valid metadata"), "{e}");
+    assert!(e.to_string().contains("no valid metadata"), "{e}");
 }
 
 #[test]
@@ -693,22 +715,22 @@ fn drive_set_errors_are_clear() {
     let mut swapped = pool.paths.clone();
     swapped.swap(0, 1);
     let e = Controller::open(config_for(&swapped)).err().unwrap();
-    assert!(e.0.contains("original order"), "{e}");
+    assert!(e.to_string().contains("original order"), "{e}");
     let e = Controller::open(config_for(&pool.paths[..1])).err().unwrap();
-    assert!(e.0.contains("2 drives but 1"), "{e}");
+    assert!(e.to_string().contains("2 drives but 1"), "{e}");
     let mut extra = pool.paths.clone();
     extra.push(pool.paths[0].with_file_name("drive-new"));
     let e = Controller::open(config_for(&extra)).err().unwrap();
-    assert!(e.0.contains("blank"), "{e}");
+    assert!(e.to_string().contains("blank"), "{e}");
     let twice = vec![pool.paths[0].clone(), pool.paths[0].clone()];
     let e = Controller::open(config_for(&twice)).err().unwrap();
-    assert!(e.0.contains("twice") || e.0.contains("in use"), "{e}");
+    assert!(e.to_string().contains("twice") || e.to_string().contains("in use"), "{e}");
     // A drive from another pool.
     let other = Pool::new("drives-other", 1);
     drop(other.open());
     let mixed = vec![pool.paths[0].clone(), other.paths[0].clone()];
     let e = Controller::open(config_for(&mixed)).err().unwrap();
-    assert!(e.0.contains("different pool"), "{e}");
+    assert!(e.to_string().contains("different pool"), "{e}");
     // The pool still opens when given correctly.
     drop(pool.open());
 }
@@ -720,7 +742,7 @@ fn non_blank_drive_is_never_formatted() {
     junk[4000] = 1;
     std::fs::write(&pool.paths[0], &junk).unwrap();
     let e = Controller::open(pool.config()).err().unwrap();
-    assert!(e.0.contains("not blank"), "{e}");
+    assert!(e.to_string().contains("not blank"), "{e}");
     assert_eq!(std::fs::read(&pool.paths[0]).unwrap(), junk, "drive untouched");
     // An all-zero existing drive is blank: it is formatted.
     std::fs::write(&pool.paths[0], vec![0u8; DRIVE_SIZE as usize]).unwrap();
@@ -923,16 +945,14 @@ fn admin_never_panics_on_garbage() {
 }
 
 /// Runs the controller on a real block device (BLKGETSIZE64, BLKZEROOUT).
-/// Destroys the device's contents, so it only runs when asked:
-/// `VSICD_TEST_BLOCK_DEVICE=/dev/loopN cargo test -p vsicd -- --ignored block_device`.
+/// Destroys the device's contents: ci/test.sh gives it a loop device;
+/// elsewhere `VSICD_TEST_BLOCK_DEVICE=/dev/loopN cargo test -p vsicd block_device`
+/// (see `tests/common/block_device.rs`).
 #[test]
-#[ignore]
 fn block_device_pool() {
-    let Some(dev) = std::env::var_os("VSICD_TEST_BLOCK_DEVICE") else { return };
-    let dev = PathBuf::from(dev);
+    let Some(dev) = block_device::test_block_device() else { return };
     // Start blank, as a fresh disk would be.
-    let zero = vec![0u8; 1 << 20];
-    std::fs::write(&dev, &zero).unwrap();
+    block_device::wipe_start(&dev);
     let cfg = || ControllerConfig { drives: vec![DriveSpec { path: dev.clone(), size: None }], ..config_for(&[]) };
     {
         let c = Controller::open(cfg()).unwrap();
@@ -963,17 +983,31 @@ fn crash_child() {
     let paths: Vec<PathBuf> = (0..2).map(|i| Path::new(&dir).join(format!("drive{i}"))).collect();
     let c = Controller::open(config_for(&paths)).unwrap();
     let mut live: Vec<CapToken> = Vec::new();
+    // A store left by the previous child loses its role to the next VSA.
+    for v in vsa_list(&c).iter().filter(|v| v.role == vsic_abi::records::ROLE_STORE) {
+        ok(by_id(&c, Opcode::VsaSetRole, v.vsa_id, vsic_abi::records::ROLE_NONE as u64));
+    }
     loop {
         let (id, t) = create(&c, 2 * ES, 1 + (live.len() as u64 % 2));
         println!("created {id}");
         ok(with_token(&c, Opcode::VsaShrink, &t, ES));
         ok(with_token(&c, Opcode::VsaExtend, &t, 2 * ES));
         println!("sized {id} {}", 2 * ES);
+        // The store role moves to the newest VSA (PF privilege, by id).
+        if let Some(prev) = live.last() {
+            ok(by_id(&c, Opcode::VsaSetRole, prev.vsa_id, vsic_abi::records::ROLE_NONE as u64));
+        }
+        ok(by_id(&c, Opcode::VsaSetRole, id, vsic_abi::records::ROLE_STORE as u64));
+        println!("store {id}");
         live.push(t);
         if live.len() > 6 {
             let old = live.remove(0);
             println!("deleting {}", old.vsa_id);
-            ok(with_token(&c, Opcode::VsaDelete, &old, 0));
+            if old.vsa_id.is_multiple_of(2) {
+                ok(by_id(&c, Opcode::VsaDeleteById, old.vsa_id, 0));
+            } else {
+                ok(with_token(&c, Opcode::VsaDelete, &old, 0));
+            }
             println!("deleted {}", old.vsa_id);
         }
     }
@@ -992,6 +1026,8 @@ fn kill_at_any_instant_loses_no_commit() {
     let mut done: BTreeMap<u64, Option<u64>> = BTreeMap::new();
     // A delete the child started: it may or may not have committed.
     let mut maybe_deleted = None;
+    // The last VSA the child reported as given the store role.
+    let mut store = None;
     for round in 0..8 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "controller::tests::crash_child", "--nocapture", "--test-threads=1"])
@@ -1015,6 +1051,7 @@ fn kill_at_any_instant_loses_no_commit() {
                 ["sized", id, size] => {
                     done.insert(id.parse().unwrap(), Some(size.parse().unwrap()));
                 }
+                ["store", id] => store = Some(id.parse::<u64>().unwrap()),
                 ["deleting", id] => maybe_deleted = Some(id.parse::<u64>().unwrap()),
                 ["deleted", id] => {
                     done.insert(id.parse().unwrap(), None);
@@ -1042,10 +1079,105 @@ fn kill_at_any_instant_loses_no_commit() {
                 }
             }
         }
+        // At most one store, and none older than the last reported one
+        // (the role was moving to a newer VSA when the child died).
+        let stores: Vec<u64> = vsa_list(&c).iter().filter(|v| v.role == vsic_abi::records::ROLE_STORE).map(|v| v.vsa_id).collect();
+        assert!(stores.len() <= 1, "round {round}: several stores {stores:?}");
+        if let (Some(&got), Some(reported)) = (stores.first(), store) {
+            assert!(got >= reported, "round {round}: the store role went back from VSA {reported} to {got}");
+        }
         // Nothing leaked: every extent is mapped, free or about to be zeroed.
         let used: u64 = vsas.values().map(|s| s / ES).sum();
         let id = identify(&c);
         assert_eq!(id.free_extents + used, id.total_extents, "round {round}");
     }
     assert!(done.len() > 5, "the child completed too few commands: {}", done.len());
+}
+
+// ------------------------------------------------- PF privileged VSA admin
+
+fn by_id(c: &Controller, op: Opcode, vsa: u64, arg1: u64) -> AdminReply {
+    run(c, op, |m| m.args = [vsa, arg1, 0, 0], &[], 0)
+}
+
+#[test]
+fn pf_deletes_and_resizes_a_vsa_whose_capability_is_lost() {
+    let pool = Pool::new("by-id", 1);
+    let c = pool.open();
+    let free = identify(&c).free_extents;
+    // The root token is dropped: nobody holds a capability for the VSA.
+    let (id, lost) = create(&c, 2 * ES, 0);
+    ok(attach(&c, 1, 0, &lost, false));
+    write(&c, 1, 0, &pattern(512, 3)).unwrap();
+    let r = ok(by_id(&c, Opcode::VsaResizeById, id, 3 * ES + 1));
+    assert_eq!((r.completion.result0, r.completion.result1), (id, 4 * ES));
+    assert_eq!(r.changed_vsics, vec![1]);
+    assert_eq!(c.capacity(1), 4 * ES);
+    let r = ok(by_id(&c, Opcode::VsaResizeById, id, ES));
+    assert_eq!(r.completion.result1, ES);
+    assert_eq!(c.capacity(1), ES);
+    // The same size changes nothing.
+    let r = ok(by_id(&c, Opcode::VsaResizeById, id, ES));
+    assert_eq!(r.completion.result1, ES);
+    assert!(r.changed_vsics.is_empty());
+    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, id, 0)), AdminStatus::ZeroSize);
+    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, id, ES - 1)), AdminStatus::BelowMinimum);
+    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, id, WINDOW_SIZE + 1)), AdminStatus::TooLarge);
+    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, id, WINDOW_SIZE)), AdminStatus::NoSpace);
+    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, 99, ES)), AdminStatus::NoSuchVsa);
+    assert_eq!(status(&by_id(&c, Opcode::VsaResizeById, 0, ES)), AdminStatus::NoSuchVsa);
+    // Delete by id detaches everywhere and frees every extent.
+    assert_eq!(status(&by_id(&c, Opcode::VsaDeleteById, 99, 0)), AdminStatus::NoSuchVsa);
+    assert_eq!(status(&run(&c, Opcode::VsaDeleteById, |m| m.args[0] = id, &lost.encode(), 0)), AdminStatus::BadPayloadSize);
+    assert_eq!(status(&run(&c, Opcode::VsaDeleteById, |m| { m.args[0] = id; m.flags = FLAG_READ_ONLY }, &[], 0)), AdminStatus::UnknownFlags);
+    let r = ok(by_id(&c, Opcode::VsaDeleteById, id, 0));
+    assert_eq!(r.completion.result0, id);
+    assert_eq!(r.changed_vsics, vec![1]);
+    assert_eq!(c.capacity(1), 0);
+    assert!(vsa_list(&c).is_empty());
+    assert!(!vsic_list(&c)[1].slots[0].is_attached());
+    assert_eq!(identify(&c).free_extents, free);
+    assert_eq!(status(&attach(&c, 1, 0, &lost, false)), AdminStatus::BadToken);
+    assert_eq!(status(&by_id(&c, Opcode::VsaDeleteById, id, 0)), AdminStatus::NoSuchVsa);
+    // Survives a restart: the VSA stays gone.
+    drop(c);
+    let c = pool.open();
+    assert!(vsa_list(&c).is_empty());
+    assert_eq!(identify(&c).free_extents, free);
+}
+
+#[test]
+fn roles_are_set_by_the_pf_listed_and_persisted() {
+    use vsic_abi::records::{ROLE_NONE, ROLE_STORE};
+    let pool = Pool::new("roles", 1);
+    let c = pool.open();
+    let (store, _) = create(&c, ES, 0);
+    let (tenant, _) = create(&c, ES, 0);
+    assert!(vsa_list(&c).iter().all(|v| v.role == ROLE_NONE));
+    ok(by_id(&c, Opcode::VsaSetRole, store, ROLE_STORE as u64));
+    // Setting it again is a no-op; a second store is refused.
+    ok(by_id(&c, Opcode::VsaSetRole, store, ROLE_STORE as u64));
+    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, tenant, ROLE_STORE as u64)), AdminStatus::RoleInUse);
+    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, tenant, 7)), AdminStatus::InvalidArgument);
+    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, tenant, 1 << 32 | ROLE_STORE as u64)), AdminStatus::InvalidArgument);
+    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, 99, ROLE_STORE as u64)), AdminStatus::NoSuchVsa);
+    let roles = |c: &Controller| vsa_list(c).iter().map(|v| (v.vsa_id, v.role)).collect::<Vec<_>>();
+    assert_eq!(roles(&c), vec![(store, ROLE_STORE), (tenant, ROLE_NONE)]);
+    // The role is controller metadata: it survives a restart.
+    drop(c);
+    let c = pool.open();
+    assert_eq!(roles(&c), vec![(store, ROLE_STORE), (tenant, ROLE_NONE)]);
+    // A failed commit leaves the role as it was.
+    c.plane().store.fail_commits = 1;
+    assert_eq!(status(&by_id(&c, Opcode::VsaSetRole, store, ROLE_NONE as u64)), AdminStatus::MetadataIo);
+    assert_eq!(roles(&c), vec![(store, ROLE_STORE), (tenant, ROLE_NONE)]);
+    // Cleared, the role can move; deleting the store VSA clears it too.
+    ok(by_id(&c, Opcode::VsaSetRole, store, ROLE_NONE as u64));
+    ok(by_id(&c, Opcode::VsaSetRole, tenant, ROLE_STORE as u64));
+    ok(by_id(&c, Opcode::VsaDeleteById, tenant, 0));
+    assert_eq!(roles(&c), vec![(store, ROLE_NONE)]);
+    ok(by_id(&c, Opcode::VsaSetRole, store, ROLE_STORE as u64));
+    drop(c);
+    let c = pool.open();
+    assert_eq!(roles(&c), vec![(store, ROLE_STORE)]);
 }

@@ -9,8 +9,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -31,6 +31,7 @@ use super::config_space::{
 };
 use super::device::Device;
 use super::execute::{handle_chain, Context, RefusalLog, Scratch};
+use super::request::{DescWalk, Stream};
 use super::notify_watch::{StallWatch, WatchTimer, PERIOD};
 use super::poll::{PollPolicy, SpinWindow};
 
@@ -39,6 +40,17 @@ pub type Vring = VringRwLock<GuestMemory>;
 
 /// Requests served per hold of a queue's vring lock.
 const BATCH: usize = 64;
+/// Bytes moved per hold of a queue's vring lock, at most (a batch ends
+/// after the request that reaches it). With the maximum transfer this
+/// bounds how long a queue stop or a shutdown waits for a batch.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Longest a QoS wait sleeps before it checks whether the queue was
+/// stopped or the connection is ending.
+const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+/// Longest a GET_ID waits for the frontend to re-read the configuration
+/// announced at start (a frontend that ignores the announcement costs its
+/// first GET_ID this much, once per start).
+const SETTLE_LIMIT: Duration = Duration::from_millis(500);
 
 /// Longest a completed request waits for its interrupt while later ones of
 /// the same batch run. One interrupt covers the whole batch when requests
@@ -92,6 +104,12 @@ struct Session {
     exits: Mutex<Vec<EventNotifier>>,
     /// The PF's backend-request channel, held unused until disconnect.
     pf_channel: Mutex<Option<Backend>>,
+    /// Set when the workers are told to exit: a QoS wait ends early.
+    stopping: AtomicBool,
+    /// Until when a GET_ID waits for the frontend to read the
+    /// configuration announced at the last start; `None` once it did.
+    refresh: Mutex<Option<Instant>>,
+    refreshed: Condvar,
     /// Exit-event descriptors handed to the workers. vhost-user-backend
     /// 0.24 registers them with `into_raw_fd()` and never closes them, so
     /// every connection would leak one per queue; the session closes them
@@ -118,6 +136,9 @@ enum BatchEnd {
     Drained,
     /// The queue cannot be served (broken ring): stop until the next kick.
     Failed,
+    /// The VSIC's QoS budget is spent: the next request may be taken after
+    /// this long.
+    Throttled(Duration),
 }
 
 /// Watches one connection's session (see [`FunctionBackend::watch`]).
@@ -183,6 +204,9 @@ impl FunctionBackend {
                 mem,
                 workers,
                 exits: Mutex::new(Vec::new()),
+                stopping: AtomicBool::new(false),
+                refresh: Mutex::new(None),
+                refreshed: Condvar::new(),
                 pf_channel: Mutex::new(None),
                 exit_consumers: Mutex::new(Vec::new()),
             }),
@@ -196,6 +220,7 @@ impl FunctionBackend {
 
     /// Makes every worker thread of this connection exit.
     pub fn stop_workers(&self) {
+        self.session.stopping.store(true, Ordering::Release);
         for exit in self
             .session
             .exits
@@ -295,6 +320,15 @@ impl FunctionBackend {
                     served_any = true;
                     continue;
                 }
+                (served, BatchEnd::Throttled(wait)) => {
+                    served_any |= served > 0;
+                    // No lock is held here: a queue stop, a shutdown or a
+                    // disconnect proceeds while this queue waits.
+                    if !self.throttle(vring, wait) {
+                        return;
+                    }
+                    continue;
+                }
                 (served, BatchEnd::Drained) => {
                     if served > 0 && !served_any {
                         // First requests since the worker slept: was the
@@ -351,6 +385,7 @@ impl FunctionBackend {
             device: &*s.state.device,
             config_changes: &*s.state.notifiers,
             log: &s.state.log,
+            config_settled: &|| self.await_config_read(),
         };
         let mut vring = vring.get_mut();
         if !vring.get_queue().ready() {
@@ -362,11 +397,15 @@ impl FunctionBackend {
             return (0, BatchEnd::Failed);
         }
         let mut served = 0;
+        let mut bytes = 0u64;
         // When the oldest completion not yet signalled was added.
         let mut unsignalled: Option<Instant> = None;
         let end = loop {
-            if served == BATCH {
+            if served == BATCH || bytes >= BATCH_BYTES {
                 break BatchEnd::Full;
+            }
+            if let Some(wait) = self.qos_wait(vring.get_queue(), &*mem) {
+                break BatchEnd::Throttled(wait);
             }
             // The queue is driven with this batch's memory guard throughout:
             // the vring's own helpers would load the memory map per call.
@@ -375,7 +414,10 @@ impl FunctionBackend {
             };
             served += 1;
             let head = chain.head_index();
-            let done = handle_chain(&*mem, chain, &ctx, scratch);
+            let queue_ref = vring.get_queue();
+            let descs = DescWalk::new(&*mem, queue_ref.desc_table(), queue_ref.size(), head);
+            let done = handle_chain(&*mem, descs, &ctx, scratch);
+            bytes += scratch.chain.len(Stream::Readable) + scratch.chain.len(Stream::Writable);
             if let Err(e) = vring.get_queue_mut().add_used(&*mem, head, done.used_len) {
                 warn!(
                     "{} queue {queue}: cannot complete a request: {e}",
@@ -393,6 +435,69 @@ impl FunctionBackend {
             self.interrupt(&mut vring, &*mem, queue);
         }
         (served, end)
+    }
+
+    /// How long the next request must wait for its VSIC's QoS budget;
+    /// `None` when it may go now or no request is waiting.
+    fn qos_wait<M: vm_memory::GuestMemory>(
+        &self,
+        queue: &virtio_queue::Queue,
+        mem: &M,
+    ) -> Option<Duration> {
+        let state = &self.session.state;
+        let Function::Vsic(vsic) = state.function else {
+            return None;
+        };
+        let waiting = queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|avail| avail.0 != queue.next_avail());
+        if !waiting {
+            return None;
+        }
+        Some(state.device.qos_wait(vsic)).filter(|w| !w.is_zero())
+    }
+
+    /// Waits until the frontend has read the configuration announced at
+    /// the last start (see `acked_features`), at most until the deadline
+    /// set then.
+    fn await_config_read(&self) {
+        let s = &*self.session;
+        let mut pending = s.refresh.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(deadline) = *pending {
+            let now = Instant::now();
+            if now >= deadline {
+                *pending = None;
+                break;
+            }
+            pending = s
+                .refreshed
+                .wait_timeout(pending, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Sleeps `wait` for the QoS budget, holding no lock, in slices; false
+    /// as soon as the queue is stopped or disabled or the workers are told
+    /// to exit.
+    fn throttle(&self, vring: &Vring, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.session.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            {
+                let state = vring.get_ref();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    return false;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            std::thread::sleep(deadline.saturating_duration_since(now).min(THROTTLE_SLICE));
+        }
     }
 
     /// Signals the used ring if the driver wants it (EVENT_IDX used_event
@@ -499,8 +604,38 @@ impl VhostUserBackend for FunctionBackend {
         // The library sets it on every vring; the queues act on it.
     }
 
+    fn acked_features(&self, _features: u64) {
+        // SET_FEATURES begins every start of the device. A frontend such
+        // as QEMU ignores configuration changes while the device is
+        // stopped and keeps the configuration it read before, so one that
+        // happened meanwhile (attach, detach, resize) would stay invisible:
+        // announce a change on every start. The frontend handles it once
+        // the start is complete, re-reads the configuration and tells its
+        // driver if the capacity differs.
+        //
+        // Until the frontend has read the configuration, a GET_ID waits
+        // (bounded): QEMU reads it with its big lock held, so a guest that
+        // identifies the device after starting it then reads the current
+        // capacity; the vsic library does so when it opens a device.
+        if let Function::Vsic(vsic) = self.session.state.function {
+            let s = &*self.session;
+            let mut pending = s.refresh.lock().unwrap_or_else(|e| e.into_inner());
+            *pending = Some(Instant::now() + SETTLE_LIMIT);
+            if !s.state.notifiers.notify(vsic) {
+                *pending = None;
+            }
+        }
+    }
+
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let state = &self.session.state;
+        // Whatever the frontend asks, it now reads the current space.
+        *self
+            .session
+            .refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.session.refreshed.notify_all();
         let space = config_space(state.capacity(), state.num_queues);
         // An empty answer tells the frontend the read failed.
         read_config(&space, offset, size).unwrap_or_default()

@@ -182,20 +182,35 @@ impl ConfigNotifiers {
     }
 }
 
-impl ConfigChangeSink for ConfigNotifiers {
-    fn config_changed(&self, vsic: u32) {
+impl ConfigNotifiers {
+    /// Tells VSIC `vsic`'s frontend that its configuration changed; true
+    /// if the message went out.
+    pub fn notify(&self, vsic: u32) -> bool {
         let Some(slot) = self.slots.get(vsic as usize) else {
-            return;
+            return false;
         };
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref().map(ConfigChannel::send_config_change) {
-            None => debug!("vsic{vsic}: configuration changed, no frontend to tell"),
-            Some(Ok(())) => debug!("vsic{vsic}: configuration change sent"),
+            None => {
+                debug!("vsic{vsic}: configuration changed, no frontend to tell");
+                false
+            }
+            Some(Ok(())) => {
+                debug!("vsic{vsic}: configuration change sent");
+                true
+            }
             Some(Err(e)) => {
                 warn!("vsic{vsic}: cannot send the configuration change: {e}");
                 *slot = None;
+                false
             }
         }
+    }
+}
+
+impl ConfigChangeSink for ConfigNotifiers {
+    fn config_changed(&self, vsic: u32) {
+        self.notify(vsic);
     }
 }
 

@@ -9,6 +9,15 @@ pub const MAX_QUEUE_SIZE: u16 = 1024;
 /// Data segments per request (`seg_max`); a chain also carries a header and
 /// a status, and admin chains a few more parts.
 pub const SEG_MAX: u32 = 254;
+/// Largest data segment (`size_max`, VIRTIO_BLK_F_SIZE_MAX).
+pub const SIZE_MAX: u32 = 128 << 10;
+/// Largest IN or OUT transfer: `seg_max` segments of `size_max` bytes,
+/// the most a driver honouring both limits can ask for in one request.
+/// Larger requests are refused before any data moves.
+pub const MAX_TRANSFER: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+/// Descriptors an IN or OUT chain may have: the data segments plus one for
+/// the header and one for the status byte.
+pub const MAX_IO_DESCRIPTORS: usize = SEG_MAX as usize + 2;
 /// Descriptors the parser keeps per chain. Longer chains are refused.
 pub const MAX_CHAIN_DESCRIPTORS: usize = 1024;
 /// Logical block size reported in `blk_size`.
@@ -26,6 +35,7 @@ pub fn device_features() -> u64 {
         virtio::VIRTIO_F_VERSION_1,
         virtio::VIRTIO_RING_F_INDIRECT_DESC,
         virtio::VIRTIO_RING_F_EVENT_IDX,
+        virtio::VIRTIO_BLK_F_SIZE_MAX,
         virtio::VIRTIO_BLK_F_SEG_MAX,
         virtio::VIRTIO_BLK_F_BLK_SIZE,
         virtio::VIRTIO_BLK_F_FLUSH,
@@ -59,6 +69,7 @@ pub fn config_space(capacity_bytes: u64, num_queues: u16) -> [u8; config::LEN] {
         config::CAPACITY,
         &(capacity_bytes / virtio::SECTOR_SIZE).to_le_bytes(),
     );
+    put(&mut c, config::SIZE_MAX, &SIZE_MAX.to_le_bytes());
     put(&mut c, config::SEG_MAX, &SEG_MAX.to_le_bytes());
     put(&mut c, config::BLK_SIZE, &BLOCK_SIZE.to_le_bytes());
     put(&mut c, config::NUM_QUEUES, &num_queues.to_le_bytes());
@@ -134,6 +145,8 @@ mod tests {
             (64 << 20) / 512
         );
         assert_eq!(u32_at(&c, config::SEG_MAX), SEG_MAX);
+        assert_eq!(u32_at(&c, config::SIZE_MAX), SIZE_MAX);
+        assert_eq!(MAX_TRANSFER, 254 * 128 * 1024);
         assert_eq!(u32_at(&c, config::BLK_SIZE), 512);
         assert_eq!(u16::from_le_bytes([c[34], c[35]]), 4);
         assert_eq!(u32_at(&c, config::MAX_DISCARD_SEG), MAX_DISCARD_SEG);
@@ -160,7 +173,7 @@ mod tests {
     #[test]
     fn features_include_the_essentials() {
         let f = device_features();
-        for bit in [32, 28, 29, 9, 12, 13, 14, 2, 6, 30] {
+        for bit in [32, 28, 29, 9, 12, 13, 14, 1, 2, 6, 30] {
             assert_ne!(f & (1 << bit), 0, "bit {bit}");
         }
         assert!(protocol_features().contains(VhostUserProtocolFeatures::BACKEND_REQ));

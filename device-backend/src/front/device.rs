@@ -1,6 +1,8 @@
 //! What the front needs from the controller, as a trait: the real
 //! [`Controller`] in the daemon, a small in-memory fake in tests.
 
+use std::time::Duration;
+
 use crate::controller::{AdminReply, Controller, IoError, IoKind};
 
 /// The controller operations the vhost-user front calls.
@@ -24,6 +26,10 @@ pub trait Device: Send + Sync {
 
     fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError>;
 
+    /// Makes every completed write durable, whatever the VSICs' state
+    /// (clean shutdown).
+    fn sync_all(&self) -> std::io::Result<()>;
+
     fn discard(
         &self,
         vsic: u32,
@@ -38,6 +44,11 @@ pub trait Device: Send + Sync {
 
     /// Counts a request refused before it reached the model.
     fn count_error(&self, vsic: u32, queue: u16);
+
+    /// How long VSIC `vsic`'s next request must wait for its QoS budget.
+    fn qos_wait(&self, _vsic: u32) -> Duration {
+        Duration::ZERO
+    }
 }
 
 impl Device for Controller {
@@ -61,6 +72,10 @@ impl Device for Controller {
         Controller::flush(self, vsic, queue)
     }
 
+    fn sync_all(&self) -> std::io::Result<()> {
+        Controller::sync_drives(self)
+    }
+
     fn discard(
         &self,
         vsic: u32,
@@ -78,6 +93,10 @@ impl Device for Controller {
 
     fn count_error(&self, vsic: u32, queue: u16) {
         Controller::count_error(self, vsic, queue)
+    }
+
+    fn qos_wait(&self, vsic: u32) -> Duration {
+        Controller::qos_wait(self, vsic)
     }
 }
 

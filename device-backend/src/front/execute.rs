@@ -5,7 +5,9 @@
 //! used.len rule: when a status byte is written, every byte of the
 //! writable stream has been written too (data on success, zeroes on
 //! failure, zero padding after short replies), so used.len is the whole
-//! writable length. When no status byte can be written it is 0.
+//! writable length. When no status byte can be written it is 0, and it is
+//! 0 too for a chain refused as oversized (see [`Chain::oversized`]), of
+//! which only the status byte is written.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -66,6 +68,11 @@ pub struct Context<'a> {
     pub device: &'a dyn Device,
     pub config_changes: &'a dyn ConfigChangeSink,
     pub log: &'a RefusalLog,
+    /// Waits (bounded) until the frontend has re-read the configuration
+    /// announced when the device started; GET_ID calls it first, so a
+    /// driver that identifies the device after starting it then reads the
+    /// current capacity.
+    pub config_settled: &'a dyn Fn(),
 }
 
 impl Context<'_> {
@@ -125,8 +132,10 @@ fn finish<M: GuestMemoryBackend>(
     status: u8,
     data_in_written: bool,
 ) -> Completion {
-    let data_in_written =
-        data_in_written || chain.zero(mem, Stream::Writable, 0, chain.data_in_len());
+    // An oversized chain's buffers are left alone: only the status byte
+    // is written, so refusing it costs the same whatever it claims.
+    let data_in_written = data_in_written
+        || (!chain.oversized() && chain.zero(mem, Stream::Writable, 0, chain.data_in_len()));
     let Some(addr) = chain.status_addr() else {
         return Completion {
             status: None,
@@ -166,9 +175,9 @@ fn execute<M: GuestMemoryBackend>(
             let Some(vsic) = ctx.vsic() else {
                 return (IOERR, false);
             };
-            if len == 0 {
-                return (OK, true);
-            }
+            // A zero-length request is checked like any other (enabled
+            // VSIC, attached slot, offset within the VSA): it reaches the
+            // device with no buffers.
             let (kind, stream, start) = match request {
                 Request::Read { .. } => (IoKind::Read, Stream::Writable, 0),
                 _ => (
@@ -213,6 +222,7 @@ fn execute<M: GuestMemoryBackend>(
             },
         },
         Request::GetId => {
+            (ctx.config_settled)();
             let serial = serial_for(ctx.function);
             let n = (serial.len() as u64).min(chain.data_in_len());
             let written = chain.write(mem, Stream::Writable, 0, &serial[..n as usize])

@@ -17,11 +17,84 @@ use vsic_abi::admin::{AdminCommand, AdminCompletion, MAX_PAYLOAD};
 use vsic_abi::virtio::{self, DiscardSegment, Function};
 
 use super::config_space::{MAX_CHAIN_DESCRIPTORS, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
+use super::config_space::{MAX_IO_DESCRIPTORS, MAX_TRANSFER};
 use super::config_space::{MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG};
 
 /// Descriptors walked before a chain is declared endless. The queue's own
 /// chain iterator is bounded too; this bounds any other descriptor source.
 const WALK_LIMIT: usize = 1 << 17;
+
+/// Longest stream of any chain: the largest transfer plus room for the
+/// header, the status byte and an admin command. A longer chain is refused
+/// with its status byte alone; nothing else of it is read or written.
+const STREAM_LIMIT: u64 = MAX_TRANSFER + 4096;
+
+/// The descriptors of one split-ring chain, read from guest memory:
+/// direct ones from the queue's table, then at most one indirect table.
+///
+/// The queue library's own chain iterator ends a chain silently once it
+/// passes 2^32 bytes, which would make the device take a data byte for the
+/// status byte; this walk has no such limit, so the last descriptor is
+/// always the driver's. It ends after as many descriptors as the table
+/// holds; a chain still pointing on then (a loop, a bad index, unreadable
+/// memory) ends with a descriptor whose NEXT flag is set, which
+/// [`Chain::gather`] treats as a chain without an end.
+pub struct DescWalk<'m, M> {
+    mem: &'m M,
+    table: u64,
+    entries: u32,
+    next: Option<u32>,
+    indirect: bool,
+    ttl: u32,
+}
+
+impl<'m, M: GuestMemoryBackend> DescWalk<'m, M> {
+    /// The chain whose head is `head` in the descriptor table at `table`
+    /// of a queue of `size` entries.
+    pub fn new(mem: &'m M, table: u64, size: u16, head: u16) -> Self {
+        DescWalk {
+            mem,
+            table,
+            entries: u32::from(size),
+            next: Some(u32::from(head)),
+            indirect: false,
+            ttl: u32::from(size),
+        }
+    }
+}
+
+impl<M: GuestMemoryBackend> Iterator for DescWalk<'_, M> {
+    type Item = Descriptor;
+
+    fn next(&mut self) -> Option<Descriptor> {
+        let index = self.next.take()?;
+        if index >= self.entries || self.ttl == 0 {
+            return None;
+        }
+        self.ttl -= 1;
+        let at = self.table.checked_add(u64::from(index) * 16)?;
+        let desc: Descriptor = self.mem.read_obj(GuestAddress(at)).ok()?;
+        if desc.refers_to_indirect_table() {
+            let len = desc.len();
+            // One level only, a whole number of descriptors (virtio 1.3,
+            // 2.7.5.3.1).
+            #[allow(clippy::manual_is_multiple_of)]
+            if self.indirect || len == 0 || len % 16 != 0 {
+                return Some(desc);
+            }
+            self.indirect = true;
+            self.table = desc.addr().0;
+            self.entries = len / 16;
+            self.ttl = self.entries;
+            self.next = Some(0);
+            return self.next();
+        }
+        if desc.has_next() {
+            self.next = Some(u32::from(desc.next()));
+        }
+        Some(desc)
+    }
+}
 
 /// One guest-memory buffer of a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +122,8 @@ pub struct Chain {
     writable: Vec<Segment>,
     readable_len: u64,
     writable_len: u64,
+    /// Non-empty descriptors walked, stored or not.
+    descriptors: usize,
     /// Guest address of the status byte: the last byte of the last
     /// non-empty device-writable descriptor, if guest memory backs it.
     status: Option<GuestAddress>,
@@ -76,22 +151,28 @@ impl Chain {
         self.writable.clear();
         self.readable_len = 0;
         self.writable_len = 0;
+        self.descriptors = 0;
         self.status = None;
         self.defect = None;
         let mut last_writable: Option<Segment> = None;
         let mut count = 0usize;
         let mut region = RegionHint::default();
+        let mut open_end = false;
         for desc in descs {
             count += 1;
             if count > WALK_LIMIT {
                 // No end in sight: the status byte cannot be located.
-                last_writable = None;
-                self.note("descriptor chain does not end");
+                open_end = true;
                 break;
             }
+            // Still set on the last descriptor only if the walk was cut
+            // short, or for an indirect descriptor that could not be
+            // followed.
+            open_end = desc.has_next() || desc.refers_to_indirect_table();
             if desc.len() == 0 {
                 continue;
             }
+            self.descriptors += 1;
             let seg = Segment {
                 addr: desc.addr().0,
                 len: desc.len(),
@@ -120,6 +201,11 @@ impl Chain {
                 }
             }
         }
+        if open_end {
+            // The end, and with it the status byte, cannot be located.
+            last_writable = None;
+            self.note("descriptor chain does not end");
+        }
         self.status = last_writable.and_then(|seg| {
             let addr = seg.addr.checked_add(u64::from(seg.len) - 1)?;
             region.check(mem, addr, 1).then_some(GuestAddress(addr))
@@ -141,6 +227,12 @@ impl Chain {
             Stream::Readable => self.readable_len,
             Stream::Writable => self.writable_len,
         }
+    }
+
+    /// Whether a stream is longer than any request may be: the device
+    /// then writes nothing but the status byte.
+    pub fn oversized(&self) -> bool {
+        self.readable_len > STREAM_LIMIT || self.writable_len > STREAM_LIMIT
     }
 
     /// Bytes of data-in: the writable stream without the status byte.
@@ -383,6 +475,11 @@ pub fn parse_chain<M: GuestMemoryBackend>(
     if let Some(defect) = chain.defect {
         return Err(Refusal::IoError(defect));
     }
+    if chain.oversized() {
+        return Err(Refusal::IoError(
+            "request larger than the maximum transfer (seg_max x size_max)",
+        ));
+    }
     let mut header = [0u8; virtio::REQ_HEADER_LEN];
     if !chain.read(mem, Stream::Readable, 0, &mut header) {
         return Err(Refusal::IoError("request header missing"));
@@ -405,6 +502,16 @@ pub fn parse_chain<M: GuestMemoryBackend>(
             };
             if stray != 0 {
                 return Err(Refusal::IoError("data buffer in the wrong direction"));
+            }
+            // The advertised limits come first: a request beyond them is
+            // refused before any of its data is looked at or charged.
+            if chain.descriptors > MAX_IO_DESCRIPTORS {
+                return Err(Refusal::IoError("more data segments than seg_max"));
+            }
+            if len > MAX_TRANSFER {
+                return Err(Refusal::IoError(
+                    "request larger than the maximum transfer (seg_max x size_max)",
+                ));
             }
             #[allow(clippy::manual_is_multiple_of)] // is_multiple_of is newer than rust-version
             if len % virtio::SECTOR_SIZE != 0 {
@@ -571,4 +678,78 @@ pub fn parse_bytes(data: &[u8]) -> Option<Result<Request, Refusal>> {
     };
     let mut chain = Chain::new();
     Some(parse_chain(&mem, descs, function, &mut chain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    const TABLE: u64 = 0x1000;
+
+    fn memory() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn put(mem: &GuestMemoryMmap<()>, table: u64, index: u16, desc: (u64, u32, u16, u16)) {
+        let (addr, len, flags, next) = desc;
+        let at = GuestAddress(table + u64::from(index) * 16);
+        mem.write_obj(Descriptor::new(addr, len, flags, next), at)
+            .unwrap();
+    }
+
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const INDIRECT: u16 = 4;
+
+    #[test]
+    fn a_chain_past_4_gib_is_walked_to_its_real_status_byte() {
+        let mem = memory();
+        put(&mem, TABLE, 0, (0x8000, 16, NEXT, 1));
+        // 65 writable descriptors of 64 MiB aliasing one buffer (the queue
+        // library's iterator would stop after 63 of them), then the status.
+        for i in 1..=65 {
+            put(&mem, TABLE, i, (0x10000, 64 << 20, NEXT | WRITE, i + 1));
+        }
+        put(&mem, TABLE, 66, (0x9000, 1, WRITE, 0));
+        let mut chain = Chain::new();
+        chain.gather(&mem, DescWalk::new(&mem, TABLE, 128, 0));
+        assert_eq!(chain.status_addr(), Some(GuestAddress(0x9000)));
+        assert_eq!(chain.len(Stream::Writable), 65 * (64 << 20) + 1);
+        assert!(chain.oversized());
+    }
+
+    #[test]
+    fn a_looping_chain_has_no_status_byte() {
+        let mem = memory();
+        put(&mem, TABLE, 0, (0x8000, 16, NEXT, 1));
+        put(&mem, TABLE, 1, (0x9000, 512, NEXT | WRITE, 0));
+        let mut chain = Chain::new();
+        let descs: Vec<_> = DescWalk::new(&mem, TABLE, 8, 0).collect();
+        assert_eq!(descs.len(), 8, "ends after as many descriptors as the table holds");
+        chain.gather(&mem, descs);
+        assert_eq!(chain.status_addr(), None);
+        // An index past the table ends the walk too.
+        put(&mem, TABLE, 1, (0x9000, 512, NEXT | WRITE, 9));
+        chain.gather(&mem, DescWalk::new(&mem, TABLE, 8, 0));
+        assert_eq!(chain.status_addr(), None);
+    }
+
+    #[test]
+    fn an_indirect_table_is_followed_once() {
+        let mem = memory();
+        let indirect = 0x4000;
+        put(&mem, TABLE, 0, (indirect, 3 * 16, INDIRECT, 0));
+        put(&mem, indirect, 0, (0x8000, 16, NEXT, 1));
+        put(&mem, indirect, 1, (0xa000, 512, NEXT | WRITE, 2));
+        put(&mem, indirect, 2, (0x9000, 1, WRITE, 0));
+        let mut chain = Chain::new();
+        chain.gather(&mem, DescWalk::new(&mem, TABLE, 8, 0));
+        assert_eq!(chain.status_addr(), Some(GuestAddress(0x9000)));
+        assert_eq!(chain.data_in_len(), 512);
+        // A nested indirect table is not followed: no end, no status.
+        put(&mem, indirect, 2, (indirect, 16, INDIRECT, 0));
+        chain.gather(&mem, DescWalk::new(&mem, TABLE, 8, 0));
+        assert_eq!(chain.status_addr(), None);
+    }
 }

@@ -47,6 +47,19 @@ impl FrontConfig {
     }
 }
 
+/// Why [`Front::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0} queues per VSIC: must be 1 to 64")]
+    QueueCount(u16),
+    #[error("cannot create {}: {source}", .dir.display())]
+    SocketDir { dir: PathBuf, source: io::Error },
+    #[error("cannot listen on {}: {source}", .path.display())]
+    Listen { path: PathBuf, source: io::Error },
+    #[error("cannot start a listener thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
 /// The running front: every function's listener thread.
 pub struct Front {
     config: FrontConfig,
@@ -57,20 +70,21 @@ pub struct Front {
 impl Front {
     /// Binds every socket, then starts serving them. When this returns
     /// `Ok`, every socket accepts connections.
-    pub fn start(config: FrontConfig, device: Arc<dyn Device>) -> Result<Front, String> {
+    pub fn start(config: FrontConfig, device: Arc<dyn Device>) -> Result<Front, StartError> {
         if config.queues_per_vsic == 0 || config.queues_per_vsic > 64 {
-            return Err(format!(
-                "{} queues per VSIC: must be 1 to 64",
-                config.queues_per_vsic
-            ));
+            return Err(StartError::QueueCount(config.queues_per_vsic));
         }
-        std::fs::create_dir_all(&config.socket_dir)
-            .map_err(|e| format!("cannot create {}: {e}", config.socket_dir.display()))?;
+        std::fs::create_dir_all(&config.socket_dir).map_err(|source| StartError::SocketDir {
+            dir: config.socket_dir.clone(),
+            source,
+        })?;
         let mut listeners = Vec::new();
         for function in config.functions() {
             let path = config.socket_path(function);
-            let listener =
-                bind(&path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+            let listener = bind(&path).map_err(|source| StartError::Listen {
+                path: path.clone(),
+                source,
+            })?;
             listeners.push((function, listener));
         }
         let notifiers = Arc::new(ConfigNotifiers::new(config.vsics));
@@ -95,7 +109,7 @@ impl Front {
             thread::Builder::new()
                 .name(format!("{}-listen", state.name()))
                 .spawn(move || serve_function(listener, state))
-                .map_err(|e| format!("cannot start a listener thread: {e}"))?;
+                .map_err(StartError::Thread)?;
         }
         Ok(Front {
             config,
@@ -109,9 +123,10 @@ impl Front {
     /// then exits the process.
     pub fn shutdown(&self) {
         let held = self.quiesce.write().unwrap_or_else(|e| e.into_inner());
-        for vsic in 0..self.config.vsics {
-            // Best effort: a VSIC with nothing attached has nothing to flush.
-            let _ = self.device.flush(vsic, 0);
+        // The drives themselves, not a FLUSH per VSIC: a disabled VSIC
+        // would refuse it (and count a violation), leaving writes unsynced.
+        if let Err(e) = self.device.sync_all() {
+            error!("shutdown: completed writes may not be durable: {e}");
         }
         for function in self.config.functions() {
             let _ = std::fs::remove_file(self.config.socket_path(function));
@@ -262,7 +277,7 @@ mod tests {
         let err = Front::start(config.clone(), Arc::new(FakeDevice::new()))
             .err()
             .unwrap();
-        assert!(err.contains("another process"), "{err}");
+        assert!(err.to_string().contains("another process"), "{err}");
         front.shutdown();
         assert!(!config.socket_path(Function::Pf).exists());
         let _ = std::fs::remove_dir_all(&dir);

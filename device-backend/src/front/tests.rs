@@ -101,6 +101,11 @@ impl Device for FakeDevice {
         Ok(())
     }
 
+    fn sync_all(&self) -> std::io::Result<()> {
+        self.calls.lock().unwrap().push("sync all".to_string());
+        Ok(())
+    }
+
     fn discard(
         &self,
         vsic: u32,
@@ -226,6 +231,7 @@ impl Bench {
             device: &self.device,
             config_changes: &self.changes,
             log: &self.log,
+            config_settled: &|| {},
         };
         handle_chain(&self.mem, chain, &ctx, &mut self.scratch)
     }

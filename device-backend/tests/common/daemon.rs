@@ -2,8 +2,9 @@
 //! on scratch drive files, its sockets and logs. Every wait is bounded and
 //! every daemon is killed when its handle drops.
 //!
-//! vsicctl's tests include this file by path, so it uses std only; what a
-//! test suite adds on top (clients, command runs) lives in its own harness.
+//! vsicctl's tests include this file by path, so it uses std and libc only
+//! (both packages depend on libc); what a test suite adds on top (clients,
+//! command runs) lives in its own harness.
 
 #![allow(dead_code)] // each test suite uses a different part of the harness
 
@@ -55,6 +56,9 @@ pub struct Setup {
     pub queues: u16,
     /// Size of each drive file, one entry per drive.
     pub drives: Vec<&'static str>,
+    /// Existing drives (block devices) given by path; when not empty they
+    /// replace the drive files of `drives`.
+    pub devices: Vec<PathBuf>,
     pub extent_size: &'static str,
     pub write_through: bool,
 }
@@ -65,6 +69,7 @@ impl Default for Setup {
             vsics: 4,
             queues: 4,
             drives: vec!["64M", "64M"],
+            devices: Vec::new(),
             extent_size: "1M",
             write_through: false,
         }
@@ -131,11 +136,16 @@ impl Daemon {
         let log = fs::File::create(&log_path).expect("create daemon log");
         let mut cmd = Command::new(vsicd_binary());
         cmd.arg("--socket-dir").arg(self.dir.path("sockets"));
-        for (n, size) in self.setup.drives.iter().enumerate() {
-            cmd.arg("--drive").arg(format!(
-                "{},size={size}",
-                self.dir.path(&format!("drive{n}.img")).display()
-            ));
+        if self.setup.devices.is_empty() {
+            for (n, size) in self.setup.drives.iter().enumerate() {
+                cmd.arg("--drive").arg(format!(
+                    "{},size={size}",
+                    self.dir.path(&format!("drive{n}.img")).display()
+                ));
+            }
+        }
+        for device in &self.setup.devices {
+            cmd.arg("--drive").arg(device);
         }
         cmd.args([
             "--vsics",
@@ -184,8 +194,29 @@ impl Daemon {
         }
     }
 
+    /// Clean stop: SIGTERM, then waits (at most `timeout`) for the exit.
+    /// Returns whether the daemon exited with status 0 in time.
+    pub fn stop(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) } == 0;
+        let deadline = Instant::now() + timeout;
+        while sent && Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// Kills the daemon (if running) and starts it again on the same
-    /// drives, as after a crash.
+    /// drives, as after a crash (or after [`Daemon::stop`]).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unused_imports)] // each test file uses a different part of the harness
 
+mod block_device;
 mod daemon;
 mod rng;
 
@@ -13,6 +14,7 @@ use vsic::admin::AdminClient;
 use vsic::{CompletionMode, Device, DmaBuffer, OpenOptions};
 use vsic_abi::records::{QueueStats, VsicStats};
 
+pub use block_device::{test_block_device, wipe_start};
 pub use daemon::{Daemon, ScratchDir, Setup};
 pub use rng::Rng;
 

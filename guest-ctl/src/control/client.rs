@@ -112,11 +112,33 @@ impl ControlClient {
         }
     }
 
+    /// Where the pages of the huge-page file `memory` are now, in file
+    /// order.
+    pub fn dma_locate(&self, memory: &impl AsFd) -> Result<Vec<u64>, ControlError> {
+        match self.exchange(&Request::DmaLocate, Some(memory))? {
+            (Reply::DmaPages { gpas }, _) => Ok(gpas),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
     /// [`ControlClient::dma_memory`] in the form `vsic::OpenOptions::dma`
-    /// takes.
+    /// takes. Once the library has pinned the memory it asks the service
+    /// (over a connection of its own, or this one's socket when it has no
+    /// path) where the pages are, and refuses them if pinning moved one.
     pub fn dma_source(&self, bytes: u64) -> Result<vsic::DmaSource, ControlError> {
         let (fd, gpas) = self.dma_memory(bytes)?;
-        vsic::DmaSource::provided(fd, gpas)
+        let locator = match &self.path {
+            Some(path) => ServiceLocator::Path(path.clone()),
+            None => {
+                let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+                let dup = sock.try_clone().map_err(|source| ControlError::Io {
+                    what: "duplicating the control socket".into(),
+                    source,
+                })?;
+                ServiceLocator::Shared(ControlClient::from_socket(dup))
+            }
+        };
+        vsic::DmaSource::provided_with_locator(fd, gpas, std::sync::Arc::new(locator))
             .map_err(|e| ControlError::Protocol(format!("unusable DMA memory: {e}")))
     }
 
@@ -153,6 +175,38 @@ impl ControlClient {
             Reply::Refused(r) => Err(ControlError::Refused(r)),
             reply => Ok((reply, got.pop())),
         }
+    }
+}
+
+/// Asks the service where provided DMA memory is after pinning.
+enum ServiceLocator {
+    /// A connection made when asked (the application may open its device
+    /// long after it got the memory).
+    Path(PathBuf),
+    Shared(ControlClient),
+}
+
+impl fmt::Debug for ServiceLocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceLocator::Path(p) => write!(f, "ServiceLocator({})", p.display()),
+            ServiceLocator::Shared(_) => write!(f, "ServiceLocator(socket)"),
+        }
+    }
+}
+
+impl vsic::PageLocator for ServiceLocator {
+    fn locate(&self, memory: &vsic::ProvidedDma) -> Result<Vec<u64>, vsic::Error> {
+        let located = match self {
+            ServiceLocator::Path(path) => {
+                ControlClient::connect(path).and_then(|c| c.dma_locate(&memory.fd()))
+            }
+            ServiceLocator::Shared(client) => client.dma_locate(&memory.fd()),
+        };
+        located.map_err(|e| vsic::Error::Transport {
+            step: "asking the control service where DMA memory is",
+            reason: e.to_string(),
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 //! | `{"v":1,"op":"attach","vsic":N,"slot":S,"read_only":B}` | the capability file, open for reading | `{"v":1,"reply":"attached"}` |
 //! | `{"v":1,"op":"detach","vsic":N,"slot":S}` | none | `{"v":1,"reply":"detached"}` |
 //! | `{"v":1,"op":"dma","bytes":B}` | none | `{"v":1,"reply":"dma","page_size":P,"gpas":[...]}` + the huge-page file |
+//! | `{"v":1,"op":"dma-locate"}` | a huge-page file | `{"v":1,"reply":"dma-pages","gpas":[...]}`: where its pages are now |
 //!
 //! Any request may instead get `{"v":1,"reply":"refused","status":NAME,"message":TEXT}`.
 
@@ -29,6 +30,9 @@ pub enum Request {
     Detach { vsic: u32, slot: u32 },
     /// At least `bytes` of pinned DMA memory (rounded up to whole pages).
     Dma { bytes: u64 },
+    /// Where the pages of the huge-page file sent along are now (asked
+    /// after pinning them: pinning may move pages).
+    DmaLocate,
 }
 
 /// Why the control plane said no: a stable status name and a sentence.
@@ -63,6 +67,8 @@ pub enum Reply {
         page_size: u64,
         gpas: Vec<u64>,
     },
+    /// Page `i` of the file sent with the request is at `gpas[i]`.
+    DmaPages { gpas: Vec<u64> },
     Refused(Refusal),
 }
 
@@ -101,6 +107,7 @@ impl Request {
                 json!({"v": VERSION, "op": "detach", "vsic": vsic, "slot": slot})
             }
             Request::Dma { bytes } => json!({"v": VERSION, "op": "dma", "bytes": bytes}),
+            Request::DmaLocate => json!({"v": VERSION, "op": "dma-locate"}),
         };
         v.to_string().into_bytes()
     }
@@ -126,6 +133,7 @@ impl Request {
                     .and_then(Value::as_u64)
                     .ok_or("'bytes' must be a number")?,
             }),
+            Some("dma-locate") => Ok(Request::DmaLocate),
             Some(op) => Err(format!("unknown operation '{op}'")),
             None => Err("no operation 'op'".into()),
         }
@@ -140,6 +148,7 @@ impl Reply {
             Reply::Dma { page_size, gpas } => {
                 json!({"v": VERSION, "reply": "dma", "page_size": page_size, "gpas": gpas})
             }
+            Reply::DmaPages { gpas } => json!({"v": VERSION, "reply": "dma-pages", "gpas": gpas}),
             Reply::Refused(r) => {
                 json!({"v": VERSION, "reply": "refused", "status": r.status, "message": r.message})
             }
@@ -155,6 +164,14 @@ impl Reply {
                 .map(str::to_string)
                 .ok_or_else(|| format!("'{name}' must be a string"))
         };
+        let gpas = || -> Result<Vec<u64>, String> {
+            v.get("gpas")
+                .and_then(Value::as_array)
+                .ok_or("'gpas' must be an array")?
+                .iter()
+                .map(|g| g.as_u64().ok_or_else(|| "'gpas' must hold numbers".to_string()))
+                .collect()
+        };
         match v.get("reply").and_then(Value::as_str) {
             Some("attached") => Ok(Reply::Attached),
             Some("detached") => Ok(Reply::Detached),
@@ -163,15 +180,12 @@ impl Reply {
                     .get("page_size")
                     .and_then(Value::as_u64)
                     .ok_or("'page_size' must be a number")?;
-                let gpas = v
-                    .get("gpas")
-                    .and_then(Value::as_array)
-                    .ok_or("'gpas' must be an array")?
-                    .iter()
-                    .map(|g| g.as_u64().ok_or("'gpas' must hold numbers"))
-                    .collect::<Result<Vec<u64>, _>>()?;
-                Ok(Reply::Dma { page_size, gpas })
+                Ok(Reply::Dma {
+                    page_size,
+                    gpas: gpas()?,
+                })
             }
+            Some("dma-pages") => Ok(Reply::DmaPages { gpas: gpas()? }),
             Some("refused") => Ok(Reply::Refused(Refusal::new(
                 text("status")?,
                 text("message")?,
@@ -196,6 +210,7 @@ mod tests {
             },
             Request::Detach { vsic: 0, slot: 1 },
             Request::Dma { bytes: 4 << 20 },
+            Request::DmaLocate,
         ] {
             assert_eq!(Request::decode(&r.encode()), Ok(r));
         }
@@ -209,6 +224,9 @@ mod tests {
             Reply::Dma {
                 page_size: 2 << 20,
                 gpas: vec![0x4000_0000, 0x4020_0000],
+            },
+            Reply::DmaPages {
+                gpas: vec![0x4020_0000],
             },
             Reply::Refused(Refusal::new("not-owner", "VSIC 1 belongs to uid 1002")),
         ] {
@@ -249,6 +267,7 @@ mod tests {
         for text in [
             r#"{"v":1,"reply":"dma","page_size":4096,"gpas":["x"]}"#,
             r#"{"v":1,"reply":"dma","gpas":[]}"#,
+            r#"{"v":1,"reply":"dma-pages"}"#,
             r#"{"v":1,"reply":"refused","status":1}"#,
             r#"{"v":1,"reply":"maybe"}"#,
         ] {

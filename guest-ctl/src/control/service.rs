@@ -12,9 +12,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use vsic_abi::CapToken;
@@ -24,10 +24,64 @@ use super::socket;
 
 /// Capability files are one short line; more is not one.
 const MAX_CAPABILITY_FILE: usize = 4096;
-/// Connections served at once; more are told to come back later.
-const MAX_CONNECTIONS: usize = 32;
-/// A connection with no request for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How much of the service one client may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections one uid may hold at once; more are told to come back
+    /// later. Root has an allowance of its own.
+    pub per_uid: usize,
+    /// Connections of all users but root together.
+    pub total: usize,
+    /// A connection that completed no request for this long is closed.
+    /// Malformed and refused requests are not activity: sending them does
+    /// not keep a connection open.
+    pub idle: Duration,
+    /// How long a reply may wait for the client to take it.
+    pub send: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            per_uid: 4,
+            total: 32,
+            idle: Duration::from_secs(60),
+            send: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Open connections per uid.
+#[derive(Debug, Default)]
+struct Admissions {
+    by_uid: Mutex<HashMap<u32, usize>>,
+}
+
+impl Admissions {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
+        self.by_uid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One admitted connection; its place is given back on drop.
+#[derive(Debug)]
+pub struct Ticket {
+    admissions: Arc<Admissions>,
+    uid: u32,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut counts = self.admissions.counts();
+        if let Some(n) = counts.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
+}
 
 /// What the service needs from the machine: who owns which VSIC, the PF's
 /// admin commands, pinned memory. The real one works on sysfs, VFIO and
@@ -38,17 +92,24 @@ pub trait Authority: Send + Sync {
     fn vsic_owner(&self, vsic: u32) -> Result<u32, Refusal>;
     /// Whether `uid` owns at least one VSIC.
     fn owns_a_vsic(&self, uid: u32) -> bool;
+    /// Attaches for `uid`, who must still own VSIC `vsic` (or be root)
+    /// when the device is asked: the owner may change meanwhile.
     fn attach(
         &self,
+        uid: u32,
         vsic: u32,
         slot: u32,
         token: &CapToken,
         read_only: bool,
     ) -> Result<(), Refusal>;
-    fn detach(&self, vsic: u32, slot: u32) -> Result<(), Refusal>;
+    /// Detaches for `uid`, who must still own VSIC `vsic` (or be root).
+    fn detach(&self, uid: u32, vsic: u32, slot: u32) -> Result<(), Refusal>;
     /// At least `bytes` of pinned memory: the file holding it, its page
     /// size, and the guest-physical address of each page.
     fn dma_memory(&self, bytes: u64) -> Result<(OwnedFd, u64, Vec<u64>), Refusal>;
+    /// Where the pages of the huge-page file `memory` (at most `max_bytes`
+    /// long) are now, in file order.
+    fn dma_addresses(&self, memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, Refusal>;
 }
 
 /// Who sent a request (from the kernel, not from the message).
@@ -62,7 +123,8 @@ pub struct Service<A: Authority> {
     authority: A,
     /// Largest DMA request granted.
     max_dma: u64,
-    connections: AtomicUsize,
+    limits: Limits,
+    admissions: Arc<Admissions>,
 }
 
 fn refused(status: &str, message: impl Into<String>) -> Refusal {
@@ -71,11 +133,44 @@ fn refused(status: &str, message: impl Into<String>) -> Refusal {
 
 impl<A: Authority> Service<A> {
     pub fn new(authority: A, max_dma: u64) -> Service<A> {
+        Service::with_limits(authority, max_dma, Limits::default())
+    }
+
+    pub fn with_limits(authority: A, max_dma: u64, limits: Limits) -> Service<A> {
         Service {
             authority,
             max_dma,
-            connections: AtomicUsize::new(0),
+            limits,
+            admissions: Arc::default(),
         }
+    }
+
+    /// Admits one more connection of `uid`, within its own allowance and
+    /// (for users other than root) the total.
+    pub fn admit(&self, uid: u32) -> Result<Ticket, Refusal> {
+        let mut counts = self.admissions.counts();
+        let mine = counts.get(&uid).copied().unwrap_or(0);
+        if mine >= self.limits.per_uid {
+            return Err(refused(
+                "busy",
+                format!(
+                    "uid {uid} has {mine} connections open, the most one user may; close one or try again later"
+                ),
+            ));
+        }
+        let users: usize = counts
+            .iter()
+            .filter(|(&u, _)| u != 0)
+            .map(|(_, &n)| n)
+            .sum();
+        if uid != 0 && users >= self.limits.total {
+            return Err(refused("busy", "too many connections; try again later"));
+        }
+        *counts.entry(uid).or_insert(0) += 1;
+        Ok(Ticket {
+            admissions: Arc::clone(&self.admissions),
+            uid,
+        })
     }
 
     pub fn authority(&self) -> &A {
@@ -118,7 +213,10 @@ impl<A: Authority> Service<A> {
         request: &Request,
         mut fds: Vec<OwnedFd>,
     ) -> Result<(Reply, Option<OwnedFd>), Refusal> {
-        let expected_fds = usize::from(matches!(request, Request::Attach { .. }));
+        let expected_fds = usize::from(matches!(
+            request,
+            Request::Attach { .. } | Request::DmaLocate
+        ));
         if fds.len() != expected_fds {
             return Err(refused(
                 "bad-request",
@@ -139,7 +237,8 @@ impl<A: Authority> Service<A> {
                     .pop()
                     .ok_or_else(|| refused("bad-request", "no capability file"))?;
                 let token = read_capability(cap)?;
-                self.authority.attach(vsic, slot, &token, read_only)?;
+                self.authority
+                    .attach(peer.uid, vsic, slot, &token, read_only)?;
                 info!(
                     "uid {} (pid {}): attached VSA {} to VSIC {vsic} slot {slot}{}",
                     peer.uid,
@@ -151,23 +250,29 @@ impl<A: Authority> Service<A> {
             }
             Request::Detach { vsic, slot } => {
                 self.check_owner(peer, vsic)?;
-                self.authority.detach(vsic, slot)?;
+                self.authority.detach(peer.uid, vsic, slot)?;
                 info!(
                     "uid {} (pid {}): detached VSIC {vsic} slot {slot}",
                     peer.uid, peer.pid
                 );
                 Ok((Reply::Detached, None))
             }
+            Request::DmaLocate => {
+                self.check_vsic_owner(peer)?;
+                let memory = fds
+                    .pop()
+                    .ok_or_else(|| refused("bad-request", "no memory file"))?;
+                let gpas = self.authority.dma_addresses(&memory, self.max_dma)?;
+                info!(
+                    "uid {} (pid {}): located {} page(s) of DMA memory after pinning",
+                    peer.uid,
+                    peer.pid,
+                    gpas.len()
+                );
+                Ok((Reply::DmaPages { gpas }, None))
+            }
             Request::Dma { bytes } => {
-                if peer.uid != 0 && !self.authority.owns_a_vsic(peer.uid) {
-                    return Err(refused(
-                        "not-owner",
-                        format!(
-                            "uid {} owns no VSIC; DMA memory is for VSIC owners",
-                            peer.uid
-                        ),
-                    ));
-                }
+                self.check_vsic_owner(peer)?;
                 if bytes == 0 || bytes > self.max_dma {
                     return Err(refused(
                         "dma-limit",
@@ -189,16 +294,22 @@ impl<A: Authority> Service<A> {
         }
     }
 
-    fn check_owner(&self, peer: Peer, vsic: u32) -> Result<(), Refusal> {
-        let owner = self.authority.vsic_owner(vsic)?;
-        if peer.uid == 0 || peer.uid == owner {
-            Ok(())
-        } else {
-            Err(refused(
+    /// DMA memory is for users who own a VSIC (and root).
+    fn check_vsic_owner(&self, peer: Peer) -> Result<(), Refusal> {
+        if peer.uid != 0 && !self.authority.owns_a_vsic(peer.uid) {
+            return Err(refused(
                 "not-owner",
-                format!("VSIC {vsic} is not yours (its VFIO group belongs to uid {owner})"),
-            ))
+                format!(
+                    "uid {} owns no VSIC; DMA memory is for VSIC owners",
+                    peer.uid
+                ),
+            ));
         }
+        Ok(())
+    }
+
+    fn check_owner(&self, peer: Peer, vsic: u32) -> Result<(), Refusal> {
+        check_owner(&self.authority, peer.uid, vsic)
     }
 
     /// Serves one connection until the peer hangs up, stays idle too long,
@@ -212,11 +323,27 @@ impl<A: Authority> Service<A> {
             }
         };
         let peer = Peer { pid, uid };
-        if let Err(e) = socket::set_timeouts(conn.as_fd(), Some(IDLE_TIMEOUT)) {
-            warn!("uid {uid}: cannot set socket timeouts: {e}");
+        if let Err(e) = socket::set_send_timeout(conn.as_fd(), Some(self.limits.send)) {
+            warn!("uid {uid}: cannot set the socket's send timeout: {e}");
         }
         let mut buf = vec![0u8; MAX_MESSAGE];
+        // Only a request carried out moves the deadline.
+        let mut deadline = Instant::now() + self.limits.idle;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                info!(
+                    "uid {uid} (pid {pid}): no request carried out for {:?}; closing",
+                    self.limits.idle
+                );
+                return;
+            }
+            // At least 1 ms: a zero timeout would mean none.
+            let wait = left.max(Duration::from_millis(1));
+            if let Err(e) = socket::set_receive_timeout(conn.as_fd(), Some(wait)) {
+                warn!("uid {uid}: cannot set the socket's receive timeout: {e}");
+                return;
+            }
             let (n, fds) = match socket::recv(conn.as_fd(), &mut buf) {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
@@ -236,6 +363,9 @@ impl<A: Authority> Service<A> {
                 }
             };
             let (reply, fd) = self.handle(peer, buf.get(..n).unwrap_or_default(), fds);
+            if !matches!(reply, Reply::Refused(_)) {
+                deadline = Instant::now() + self.limits.idle;
+            }
             let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
             if let Err(e) = socket::send(conn.as_fd(), &reply.encode(), &fds) {
                 warn!("uid {uid} (pid {pid}): reply lost: {e}");
@@ -265,25 +395,46 @@ impl<A: Authority> Service<A> {
                 }
                 Err(e) => return Err(e),
             };
-            if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                self.connections.fetch_sub(1, Ordering::SeqCst);
-                let reply =
-                    Reply::Refused(refused("busy", "too many connections; try again later"));
-                let _ = socket::send(conn.as_fd(), &reply.encode(), &[]);
-                continue;
-            }
+            let ticket = match socket::peer_credentials(conn.as_fd()) {
+                Ok((_, uid, _)) => self.admit(uid),
+                Err(e) => {
+                    warn!("control connection without credentials: {e}");
+                    continue;
+                }
+            };
+            let ticket = match ticket {
+                Ok(t) => t,
+                Err(refusal) => {
+                    // A fresh connection has room for one reply; never wait.
+                    let _ = socket::set_send_timeout(conn.as_fd(), Some(Duration::from_millis(10)));
+                    let _ = socket::send(conn.as_fd(), &Reply::Refused(refusal).encode(), &[]);
+                    continue;
+                }
+            };
             let service = Arc::clone(&self);
             let spawned = std::thread::Builder::new()
                 .name(format!("control-{}", conn.as_raw_fd()))
                 .spawn(move || {
                     service.serve_connection(conn);
-                    service.connections.fetch_sub(1, Ordering::SeqCst);
+                    drop(ticket);
                 });
             if let Err(e) = spawned {
-                self.connections.fetch_sub(1, Ordering::SeqCst);
                 warn!("cannot start a connection thread: {e}");
             }
         }
+    }
+}
+
+/// Whether `uid` may act on VSIC `vsic`: it owns it, or it is root.
+pub fn check_owner(authority: &impl Authority, uid: u32, vsic: u32) -> Result<(), Refusal> {
+    let owner = authority.vsic_owner(vsic)?;
+    if uid == 0 || uid == owner {
+        Ok(())
+    } else {
+        Err(refused(
+            "not-owner",
+            format!("VSIC {vsic} is not yours (its VFIO group belongs to uid {owner})"),
+        ))
     }
 }
 
@@ -372,7 +523,14 @@ mod tests {
         fn owns_a_vsic(&self, uid: u32) -> bool {
             uid == 1001 || uid == self.me
         }
-        fn attach(&self, vsic: u32, slot: u32, token: &CapToken, ro: bool) -> Result<(), Refusal> {
+        fn attach(
+            &self,
+            _uid: u32,
+            vsic: u32,
+            slot: u32,
+            token: &CapToken,
+            ro: bool,
+        ) -> Result<(), Refusal> {
             if !ro && !token.rights.contains(Rights::WRITE) {
                 return Err(Refusal::new("permission-denied", "no write right"));
             }
@@ -390,7 +548,7 @@ mod tests {
                 .push(format!("attach {vsic} {slot} vsa={} ro={ro}", token.vsa_id));
             Ok(())
         }
-        fn detach(&self, vsic: u32, slot: u32) -> Result<(), Refusal> {
+        fn detach(&self, _uid: u32, vsic: u32, slot: u32) -> Result<(), Refusal> {
             self.slots.lock().unwrap().remove(&(vsic, slot));
             self.calls
                 .lock()
@@ -411,6 +569,18 @@ mod tests {
                 .unwrap();
             self.calls.lock().unwrap().push(format!("dma {bytes}"));
             Ok((fd, page, (0..pages).map(|i| 0x10_0000 + i * page).collect()))
+        }
+        fn dma_addresses(&self, memory: &OwnedFd, max: u64) -> Result<Vec<u64>, Refusal> {
+            let len = File::from(memory.try_clone().unwrap()).metadata().unwrap().len();
+            if len > max {
+                return Err(Refusal::new("dma-limit", "too large"));
+            }
+            // Page 0 "moved" when the file is 3 pages long.
+            let mut gpas: Vec<u64> = (0..len / 4096).map(|i| 0x10_0000 + i * 4096).collect();
+            if gpas.len() == 3 {
+                gpas[0] = 0x90_0000;
+            }
+            Ok(gpas)
         }
     }
 
@@ -581,6 +751,17 @@ mod tests {
         let (fd, gpas) = client.dma_memory(8192).unwrap();
         let source = vsic::DmaSource::provided(fd, gpas).unwrap();
         assert!(matches!(source, vsic::DmaSource::Provided(_)));
+        // After pinning, the library asks where the pages are now.
+        let (fd, gpas) = client.dma_memory(3 * 4096).unwrap();
+        let now = client.dma_locate(&fd).unwrap();
+        assert_eq!(now.len(), gpas.len());
+        assert_ne!(now[0], gpas[0], "the fake says page 0 moved");
+        assert_eq!(now[1..], gpas[1..]);
+        let source = client.dma_source(4096).unwrap();
+        assert!(matches!(source, vsic::DmaSource::Provided(_)));
+        // Its locator shares the connection: the service sees the hang-up
+        // once both are gone.
+        drop(source);
         drop(client);
         thread.join().unwrap();
     }
@@ -618,6 +799,106 @@ mod tests {
         assert_eq!((reply, nfds), (Reply::Detached, 0));
         drop(client_end);
         thread.join().unwrap();
+    }
+
+    fn busy(r: Result<Ticket, Refusal>) -> Refusal {
+        match r {
+            Err(r) if r.status == "busy" => r,
+            other => panic!("expected busy, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_uid_cannot_take_every_connection() {
+        let limits = Limits {
+            per_uid: 3,
+            total: 8,
+            ..Limits::default()
+        };
+        let service = Service::with_limits(FakeAuthority::new(), 1 << 20, limits);
+        let alice: Vec<Ticket> = (0..3).map(|_| service.admit(1001).unwrap()).collect();
+        let r = busy(service.admit(1001));
+        assert!(r.message.contains("uid 1001"), "{r}");
+        // Others still get in, root too.
+        let mut others: Vec<Ticket> = vec![service.admit(1002).unwrap()];
+        let _root = service.admit(0).unwrap();
+        // Many users together fill the total; root keeps its own allowance.
+        for uid in 1003..1007 {
+            others.push(service.admit(uid).unwrap());
+        }
+        busy(service.admit(1010));
+        let _root2 = service.admit(0).unwrap();
+        // Closed connections give their place back.
+        drop(alice);
+        let _again = service.admit(1001).unwrap();
+    }
+
+    /// Sends `message` every 50 ms until the service hangs up; returns how
+    /// long that took (None: still open after 5 s).
+    fn time_until_closed(
+        limits: Limits,
+        mut message: impl FnMut(usize) -> Vec<u8>,
+    ) -> Option<Duration> {
+        let service = Arc::new(Service::with_limits(FakeAuthority::new(), 1 << 20, limits));
+        let (client_end, service_end) = socket::pair().unwrap();
+        let s = Arc::clone(&service);
+        let thread = std::thread::spawn(move || s.serve_connection(service_end));
+        socket::set_timeouts(client_end.as_fd(), Some(Duration::from_secs(2))).unwrap();
+        let start = Instant::now();
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut closed = None;
+        for i in 0.. {
+            if start.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            if socket::send(client_end.as_fd(), &message(i), &[]).is_err() {
+                closed = Some(start.elapsed());
+                break;
+            }
+            match socket::recv(client_end.as_fd(), &mut buf) {
+                Ok(Some(_)) => {}
+                _ => {
+                    closed = Some(start.elapsed());
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(client_end);
+        thread.join().unwrap();
+        closed
+    }
+
+    #[test]
+    fn malformed_or_refused_requests_do_not_keep_a_connection_open() {
+        let limits = Limits {
+            idle: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        // Garbage, and well-formed requests the service refuses.
+        let refused = Request::Detach { vsic: 7, slot: 0 }.encode();
+        let closed = time_until_closed(limits, |i| {
+            if i % 2 == 0 {
+                b"{{{".to_vec()
+            } else {
+                refused.clone()
+            }
+        });
+        let after = closed.expect("a client sending only bad requests kept its connection 5 s");
+        assert!(after < Duration::from_secs(2), "closed after {after:?}");
+        // A client whose requests succeed stays as long as it is active.
+        let good = Request::Detach { vsic: 1, slot: 0 }.encode();
+        let mut n = 0;
+        let closed = time_until_closed(limits, |_| {
+            n += 1;
+            if n <= 20 {
+                good.clone()
+            } else {
+                b"{{{".to_vec()
+            }
+        });
+        let after = closed.expect("closed once it only sent garbage");
+        assert!(after > Duration::from_millis(1000), "an active client was closed after {after:?}");
     }
 
     mod tempfile {

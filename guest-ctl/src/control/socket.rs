@@ -137,6 +137,25 @@ pub fn peer_credentials(sock: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)> {
 
 /// Bounds how long one receive or send may block (None = forever).
 pub fn set_timeouts(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<()> {
+    set_timeout(sock, libc::SO_RCVTIMEO, timeout)?;
+    set_timeout(sock, libc::SO_SNDTIMEO, timeout)
+}
+
+/// Bounds how long one receive may block (None = forever).
+pub fn set_receive_timeout(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<()> {
+    set_timeout(sock, libc::SO_RCVTIMEO, timeout)
+}
+
+/// Bounds how long one send may block (None = forever).
+pub fn set_send_timeout(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<()> {
+    set_timeout(sock, libc::SO_SNDTIMEO, timeout)
+}
+
+fn set_timeout(
+    sock: BorrowedFd<'_>,
+    opt: libc::c_int,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
     let tv = match timeout {
         Some(t) => libc::timeval {
             tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
@@ -147,18 +166,16 @@ pub fn set_timeouts(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resu
             tv_usec: 0,
         },
     };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: tv is a valid timeval of the size given.
-        check(unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &tv as *const libc::timeval as *const libc::c_void,
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        })?;
-    }
+    // SAFETY: tv is a valid timeval of the size given.
+    check(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &tv as *const libc::timeval as *const libc::c_void,
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
     Ok(())
 }
 

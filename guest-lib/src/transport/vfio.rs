@@ -64,7 +64,7 @@ impl VfioConfig {
         VfioConfig {
             mem_size: opts.mem_size,
             dma: opts.dma.clone(),
-            need_interrupts: opts.mode == CompletionMode::Interrupt,
+            need_interrupts: opts.mode != CompletionMode::Polling,
             mmap_bars: std::env::var_os(NO_MMAP_ENV).is_none(),
         }
     }
@@ -370,12 +370,16 @@ fn map_dma_memory(
     }
     // Pinning may move a page out of movable memory before pinning it:
     // then the addresses read before are stale.
-    if matches!(config.dma, DmaSource::Allocate) && !hugepage::still_at_recorded_addresses(&region)?
-    {
-        return Err(Error::transport(
-            "pinning DMA memory",
-            "huge pages moved while being pinned; reserve them at boot (hugepages=N)",
-        ));
+    match &config.dma {
+        DmaSource::Allocate => {
+            if !hugepage::still_at_recorded_addresses(&region)? {
+                return Err(Error::transport(
+                    "pinning DMA memory",
+                    "huge pages moved while being pinned; reserve them at boot (hugepages=N)",
+                ));
+            }
+        }
+        DmaSource::Provided(p) => hugepage::verify_provided(p, &region)?,
     }
     Ok((region, maps))
 }

@@ -114,7 +114,8 @@ fn argsz<T>() -> u32 {
 /// # Safety
 /// `arg` must be what the ioctl `req` expects on `fd`.
 unsafe fn ioctl(fd: RawFd, req: u64, arg: libc::c_ulong) -> io::Result<i32> {
-    let r = libc::ioctl(fd, req as _, arg);
+    // SAFETY: the caller guarantees that `arg` is what `req` expects.
+    let r = unsafe { libc::ioctl(fd, req as _, arg) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -131,6 +131,17 @@ impl VhostUserTransport {
         })
     }
 
+    /// Stops queue `index` (GET_VRING_BASE), as a frontend does when its VM
+    /// stops or resets; returns the backend's next available index. Once
+    /// this returns, the backend no longer touches the queue's rings.
+    pub fn stop_queue(&self, index: u16) -> Result<u16, Error> {
+        let i = queue_slot(index, self.max_queues)?;
+        let base = self
+            .channel
+            .call("GET_VRING_BASE", |fe| fe.get_vring_base(i))?;
+        Ok(base as u16)
+    }
+
     fn host_addr(&self, iova: u64, len: usize) -> Result<u64, Error> {
         self.region
             .host_at(iova, len)

@@ -62,6 +62,7 @@ pub struct Bar {
 // SAFETY: MMIO through a raw pointer; every access is a single volatile
 // load or store, which the device serialises.
 unsafe impl Send for Bar {}
+// SAFETY: as for Send.
 unsafe impl Sync for Bar {}
 
 impl Bar {

@@ -1,5 +1,9 @@
-//! Little-endian byte cursor for the persisted metadata. Decoding never
-//! panics: running off the end is an error.
+//! Little-endian byte cursor for the variable-size metadata body: counts
+//! and declared records ([`super::layout`]) one after another. Decoding
+//! never panics: running off the end is an error.
+
+use vsic_abi::layout::Layout;
+use zerocopy::{Immutable, IntoBytes};
 
 #[derive(Default)]
 pub struct Encoder {
@@ -13,11 +17,17 @@ impl Encoder {
     pub fn u32(&mut self, v: u32) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
+    #[cfg(test)]
     pub fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
+    #[cfg(test)]
     pub fn bytes(&mut self, v: &[u8]) {
         self.buf.extend_from_slice(v);
+    }
+    /// A declared record, as its bytes.
+    pub fn put<T: IntoBytes + Immutable>(&mut self, record: &T) {
+        self.buf.extend_from_slice(record.as_bytes());
     }
     /// A collection length; metadata never holds 2^32 items of anything.
     pub fn len(&mut self, n: usize) {
@@ -52,9 +62,14 @@ impl<'a> Decoder<'a> {
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
+    /// A declared record.
+    pub fn record<T: Layout>(&mut self) -> Result<T, Truncated> {
+        T::read_from_bytes(self.take(T::LEN)?).map_err(|_| Truncated)
+    }
     pub fn u32(&mut self) -> Result<u32, Truncated> {
         Ok(u32::from_le_bytes(self.array()?))
     }
+    #[cfg(test)]
     pub fn u64(&mut self) -> Result<u64, Truncated> {
         Ok(u64::from_le_bytes(self.array()?))
     }

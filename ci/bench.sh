@@ -12,6 +12,7 @@
 #                           [--no-build] [--vsicd-arg ARG]...
 #        ci/bench.sh --table FILE
 #        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
+#        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis)
 #
 #   --host      run on the host over vhost-user sockets
 #   --seconds   measured seconds per run (default 3)
@@ -40,6 +41,11 @@ if [[ ${1:-} == --guest ]]; then
 fi
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+# --apps: the application benchmark (vsic-kv vs redis), ci/bench-apps.sh.
+if [[ ${1:-} == --apps ]]; then
+    shift
+    exec bash "$REPO/ci/bench-apps.sh" "$@"
+fi
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() {
     log "$*"

@@ -31,6 +31,10 @@ declare -A STABLE_PKGS=(
     [coreutils]=/usr/bin/timeout
     # losetup: ci/test.sh runs the block-device tests on a loop device.
     [mount]=/sbin/losetup
+    # vsic-kv's tests: redis-cli and redis-benchmark drive it, and the same
+    # session against a real redis-server is the reference.
+    [redis-server]=/usr/bin/redis-server
+    [redis-tools]=/usr/bin/redis-cli
 )
 BACKPORTS_PKG=qemu-system-x86
 QEMU_SERIES=10.0

@@ -35,7 +35,7 @@ MODULES=(virtio_pci virtio_blk vfio vfio_iommu_type1 vfio-pci)
 # and the file systems the kernel does not build in (ext2/ext4 are built in).
 ON_DEMAND_MODULES=(brd btrfs xfs)
 # Cargo packages whose binaries and examples go into the guest.
-GUEST_PACKAGES=(vsicctl vsic)
+GUEST_PACKAGES=(vsicctl vsic vsic-kv)
 
 run_cargo=1
 force=0
@@ -176,6 +176,22 @@ shared_libs() {
 }
 host_libs=$( (shared_libs "$mke2fs" && shared_libs "$mkfs_btrfs" && shared_libs "$mkfs_xfs") | sort -u)
 
+# --- vsic-kv (issue 10): Debian's redis-server and redis-tools -------------
+# Redis is the peer vsic-kv is measured against, and redis-cli and
+# redis-benchmark drive both; copied from the host with their libraries
+# (ci/install-deps.sh installs the packages). Loopback is brought up by init.
+redis_bins=()
+for b in redis-server redis-cli redis-benchmark; do
+    p=$(command -v "$b" || true)
+    if [[ -n $p ]]; then
+        redis_bins+=("$(readlink -f "$p"):$b")
+        host_libs=$(printf '%s\n' $host_libs $(shared_libs "$p") | sort -u)
+    else
+        step "warning: $b not found on the host (ci/install-deps.sh installs it); the guest will lack it"
+    fi
+done
+# --- end vsic-kv block -----------------------------------------------------
+
 # --- module closure ---------------------------------------------------------
 moddep=$kroot/lib/modules/$kver/modules.dep
 # Prints the module paths (relative to the modules dir) in load order.
@@ -215,6 +231,7 @@ stamp_inputs() {
     {
         echo "kernel $(basename "$kernel_deb") modules ${module_order[*]}"
         sha256sum "${BASH_SOURCE[0]}" "$REPO/images/init" "$busybox" "$mke2fs" "$mkfs_btrfs" "$mkfs_xfs" $host_libs \
+            ${redis_bins[@]+$(printf '%s\n' "${redis_bins[@]}" | cut -d: -f1)} \
             ${guest_bins[@]+"${guest_bins[@]}"}
     } | sha256sum | cut -d' ' -f1
 }
@@ -257,6 +274,12 @@ for f in ${guest_bins[@]+"${guest_bins[@]}"}; do
     fi
     chmod 0755 "$dest"
 done
+
+# --- vsic-kv (issue 10): the Redis programs found above ---------------------
+for rb in ${redis_bins[@]+"${redis_bins[@]}"}; do
+    install -m 0755 "${rb%%:*}" "$stage/usr/bin/${rb##*:}"
+done
+# --- end vsic-kv block -----------------------------------------------------
 
 # Busybox applet links, where no real program of that name was installed.
 while read -r applet; do

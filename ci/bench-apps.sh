@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Application benchmark (issue 10): redis-benchmark drives, in one run,
+#   (1) vsic-kv on a VSA through the vsic library   (engine=vsic)
+#   (2) vsic-kv on a file through the kernel        (engine=file)
+#   (3) redis-server, appendonly yes, appendfsync always, on a file (engine=aof)
+# and, in the guest, (1) with completions polled instead of interrupts
+# (engine=vsic-poll).
+# SET and GET with 1 KiB values, 1 client (latency) and 32 clients
+# (throughput), all on loopback.
+#
+# Usage: ci/bench-apps.sh [--host] [--requests N] [--repeat N] [--dir DIR] [--no-build] [--out FILE]
+#        (also reached as: ci/bench.sh --apps ...)
+#
+#   (default)   in one guest (launch.sh; ci/bench-apps.guest.sh): (1) on the
+#               VSA of a VSIC through vsic over VFIO, (2) a file on ext4 on
+#               a kernel-bound VSIC, (3) redis's AOF on that ext4
+#   --host      on the host instead: vsicd serves the VSA over vhost-user
+#               from a drive file in DIR; the file of (2) and redis's AOF
+#               are in DIR too (same file system)
+#   --requests  requests per case for 32 clients (default 20000 on the
+#               host, 10000 in the guest; 1 client gets a quarter)
+#   --dir       where the drive, the store file and the AOF live
+#               (default: a fresh directory under /var/tmp)
+#   --repeat    guest: runs per case, servers in rotation; the median run
+#               (by rps) is reported (default 3)
+#   --no-build  use target/release binaries as they are
+#   --out       also write the result lines to FILE
+#
+# Prints one line per case:
+#   case=kv-set server=vsic-kv engine=vsic clients=1 rps=... p50_ms=... p99_ms=...
+# then ratios against redis (engine=aof):
+#   ratio case=kv-set clients=1 engine=vsic/aof rps=... p50=...
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+log() { printf 'bench-apps: %s\n' "$*" >&2; }
+
+host=0
+requests=
+repeat=3
+dir=
+build=1
+out=
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --host) host=1 ;;
+    --requests) requests=${2:?}; shift ;;
+    --repeat) repeat=${2:?}; shift ;;
+    --dir) dir=${2:?}; shift ;;
+    --no-build) build=0 ;;
+    --out) out=${2:?}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+# ratios FILE: one line per (test, clients, engine) against redis (aof).
+ratios() {
+    awk '
+        /^case=/ {
+            delete f
+            for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+            k = f["case"] " " f["clients"]
+            if (!(k in seen)) { seen[k] = 1; order[n++] = k }
+            rps[k, f["engine"]] = f["rps"]; p50[k, f["engine"]] = f["p50_ms"]
+        }
+        END {
+            for (i = 0; i < n; i++) {
+                split(order[i], a, " ")
+                split("vsic vsic-poll file", engines, " ")
+                for (j = 1; j <= 3; j++) {
+                    e = engines[j]
+                    r0 = rps[order[i], "aof"]; l0 = p50[order[i], "aof"]
+                    if (r0 == "" || rps[order[i], e] == "") continue
+                    printf "ratio case=%s clients=%s engine=%s/aof rps=%.2f p50=%.2f\n", a[1], a[2], e,
+                        rps[order[i], e] / r0, (l0 > 0 ? p50[order[i], e] / l0 : 0)
+                }
+            }
+        }' "$1"
+}
+
+if [[ $host -ne 1 ]]; then
+    requests=${requests:-10000}
+    results=$(mktemp)
+    trap 'rm -f "$results"' EXIT
+    log "booting a guest (this takes a while under TCG)"
+    "$REPO/qemu-configs/launch.sh" --vsics 3 --queues 1 --drive-size 2G --timeout 1800 \
+        --append "vsic.requests=$requests vsic.repeat=$repeat" --run "$REPO/ci/bench-apps.guest.sh" \
+        --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest|# after-set)' >"$results" || true
+    grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }
+    { cat "$results"; ratios "$results"; } | tee ${out:+"$out"}
+    exit 0
+fi
+requests=${requests:-20000}
+for tool in redis-server redis-benchmark; do
+    command -v $tool >/dev/null || { log "$tool missing: run ci/install-deps.sh"; exit 1; }
+done
+if [[ $build -eq 1 ]]; then
+    cargo build --release -p vsicd -p vsic-kv -p vsicctl >&2
+fi
+KV=$REPO/target/release/vsic-kv
+VSICD=$REPO/target/release/vsicd
+CTL=$REPO/target/release/vsicctl
+
+dir=${dir:-$(mktemp -d /var/tmp/vsic-bench-apps.XXXXXX)}
+mkdir -p "$dir"
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    # (the servers were disowned: no job notices)
+    sleep 0.2
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    local i
+    for i in $(seq 200); do
+        redis-cli -p "$1" PING >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    log "nothing answers on port $1"
+    return 1
+}
+
+# vsicd with one VSA attached to VSIC 0.
+"$VSICD" --socket-dir "$dir/sockets" --drive "$dir/drive0.img,size=1G" --vsics 1 --queues 1 \
+    >"$dir/vsicd.log" 2>&1 &
+pids+=($!)
+disown
+for i in $(seq 200); do grep -q "vsicd: listening on" "$dir/vsicd.log" && break; sleep 0.05; done
+"$CTL" --vhost-user "$dir/sockets/pf.sock" vsa create --size 512M --cap "$dir/vsa.cap" >/dev/null
+"$CTL" --vhost-user "$dir/sockets/pf.sock" vsic attach --vsic 0 --slot 0 --cap "$dir/vsa.cap" >/dev/null
+
+declare -A port
+port[vsic]=$(free_port)
+"$KV" --dev "vhost-user:$dir/sockets/vsic0.sock" serve --listen "127.0.0.1:${port[vsic]}" 2>"$dir/kv-vsic.log" &
+pids+=($!)
+disown
+truncate -s 512M "$dir/kv.img"
+port[file]=$(free_port)
+"$KV" --dev "file:$dir/kv.img" serve --listen "127.0.0.1:${port[file]}" 2>"$dir/kv-file.log" &
+pids+=($!)
+disown
+port[aof]=$(free_port)
+mkdir -p "$dir/redis"
+redis-server --bind 127.0.0.1 --port "${port[aof]}" --save "" --appendonly yes --appendfsync always \
+    --dir "$dir/redis" --daemonize no >"$dir/redis.log" 2>&1 &
+pids+=($!)
+disown
+for e in vsic file aof; do wait_port "${port[$e]}"; done
+
+printf '# host=%s cores=%s load=%s redis=%s\n' "$(uname -n)" "$(nproc)" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" "$(redis-server --version | awk '{print $3}')" | tee ${out:+"$out"}
+
+for clients in 1 32; do
+    n=$requests
+    [[ $clients -eq 1 ]] && n=$((requests / 4))
+    for test in set get; do
+        for e in vsic file aof; do
+            server=vsic-kv
+            [[ $e == aof ]] && server=redis
+            # --csv: "test","rps","avg","min","p50","p95","p99","max"
+            line=$(redis-benchmark -h 127.0.0.1 -p "${port[$e]}" -t "$test" -n "$n" -c "$clients" \
+                -d 1024 -r 100000 --csv | grep -i "^\"$test\"" | tr -d '"')
+            IFS=, read -r _ r _ _ p50v _ p99v _ <<<"$line"
+            res="case=kv-$test server=$server engine=$e clients=$clients rps=$r p50_ms=$p50v p99_ms=$p99v"
+            echo "$res" | tee -a "$dir/results" ${out:+"$out"}
+        done
+    done
+done
+ratios "$dir/results" | tee -a ${out:+"$out"}

@@ -1,0 +1,26 @@
+//! `vsic-mailq`: a persistent mail queue on a VSA (or a file) with an SMTP
+//! receiver in front. See docs/vsic-mailq.md for the layout.
+//!
+//! * [`layout`]: the bytes on the device, declared once.
+//! * [`queue`]: formatting, recovery, per-worker slot sets, durable writes.
+//! * [`server`]: worker and committer threads, the listener.
+//! * [`smtp`]: one SMTP session.
+
+pub mod layout;
+pub mod queue;
+pub mod server;
+pub mod smtp;
+
+pub use layout::Envelope;
+pub use queue::{Entry, Message, Queue, QueueError};
+pub use server::{serve, ServeOptions};
+
+use sha2::{Digest, Sha256};
+
+/// Hex SHA-256 of `data` (what `list --json` prints per message).
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

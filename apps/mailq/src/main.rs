@@ -1,0 +1,157 @@
+//! `vsic-mailq`: the command line of the mail queue (see `vsic-mailq --help`).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vsic_mailq::{sha256_hex, Queue, ServeOptions};
+
+/// A persistent mail queue on a VSA with an SMTP receiver. A message is
+/// durable before its 250 after DATA.
+#[derive(Parser)]
+#[command(name = "vsic-mailq", version)]
+struct Cli {
+    /// Where the queue lives: vhost-user:PATH or vsic:N (the VSA in slot 0
+    /// of that VSIC, through the vsic library), or file:PATH (a file or
+    /// block device through the kernel; a new file gets 256 MiB). A device
+    /// without a queue is formatted.
+    #[arg(long, value_name = "DEV")]
+    dev: String,
+    /// VSA devices: poll the completion ring instead of sleeping on an
+    /// interrupt (lowest latency, burns a core).
+    #[arg(long)]
+    poll: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Receive mail over SMTP on ADDR (e.g. 127.0.0.1:2525).
+    Serve {
+        #[arg(long, value_name = "ADDR")]
+        smtp: String,
+        /// Workers, each with its own slot sets (sessions are spread over
+        /// them).
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Largest message accepted, in bytes (advertised with SIZE).
+        #[arg(long, default_value_t = 1 << 20)]
+        max_size: usize,
+    },
+    /// List the queued messages, oldest first: `ID SIZE FROM TO,...` lines,
+    /// or with --json an array of {"id","from","to","size","sha256"}.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write message ID's content (as received) to stdout.
+    Show {
+        #[arg(long = "id", value_name = "ID")]
+        id_opt: Option<u64>,
+        #[arg(value_name = "ID", required_unless_present = "id_opt")]
+        id: Option<u64>,
+    },
+    /// Delete message ID, durably.
+    Delete {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Take the oldest message off the queue: its content to stdout, its
+    /// id, sender and recipients to stderr.
+    Dequeue,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vsic-mailq: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let opts = vsic_storage::OpenOptions {
+        polling: cli.poll,
+        ..vsic_storage::OpenOptions::default()
+    };
+    let dev = vsic_storage::open(&cli.dev, &opts)?;
+    let workers = match &cli.cmd {
+        Cmd::Serve { workers, .. } => (*workers).max(1),
+        _ => 1,
+    };
+    let mut q = Queue::open(dev, workers)?;
+    if q.torn > 0 {
+        log::warn!("{} torn slots ignored", q.torn);
+    }
+    let mut out = std::io::stdout().lock();
+    match cli.cmd {
+        Cmd::Serve {
+            smtp,
+            workers,
+            max_size,
+        } => {
+            let listener = TcpListener::bind(&smtp)?;
+            eprintln!(
+                "vsic-mailq: {} messages queued on {}; SMTP on {} with {workers} workers",
+                q.len(),
+                cli.dev,
+                listener.local_addr()?
+            );
+            let opts = ServeOptions {
+                max_size,
+                ..ServeOptions::default()
+            };
+            vsic_mailq::serve(q, listener, opts)?;
+        }
+        Cmd::List { json } => {
+            let mut items = Vec::new();
+            for e in q.list() {
+                if json {
+                    let body = q.read(e.id)?;
+                    items.push(serde_json::json!({
+                        "id": e.id,
+                        "from": e.env.from,
+                        "to": e.env.to,
+                        "size": body.len(),
+                        "sha256": sha256_hex(&body),
+                    }));
+                } else {
+                    writeln!(
+                        out,
+                        "{} {} <{}> {}",
+                        e.id,
+                        e.header.body_len,
+                        e.env.from,
+                        e.env.to.join(",")
+                    )?;
+                }
+            }
+            if json {
+                writeln!(out, "{}", serde_json::Value::Array(items))?;
+            }
+        }
+        Cmd::Show { id_opt, id } => {
+            let id = id_opt.or(id).expect("clap requires an id");
+            out.write_all(&q.read(id)?)?;
+        }
+        Cmd::Delete { id } => q.delete(id)?,
+        Cmd::Dequeue => match q.dequeue()? {
+            Some((e, body)) => {
+                eprintln!(
+                    "id={} from=<{}> to={}",
+                    e.id,
+                    e.env.from,
+                    e.env.to.join(",")
+                );
+                out.write_all(&body)?;
+            }
+            None => return Ok(ExitCode::FAILURE),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,7 +1,7 @@
 //! The queue: formatting, recovery by scanning slot headers, per-worker
 //! slot sets, placement of a message, and durable batches of writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vsic_storage::{BlockDevice, Op, StorageError};
@@ -235,10 +235,9 @@ impl WorkerSlots {
         self.ext_free.insert(off, len);
     }
 
-    /// Marks a recovered message's slot and extent used.
-    fn claim(&mut self, e: &Entry) -> Option<(u64, u64)> {
-        let set = &mut self.sets[e.class];
-        set.free.retain(|&s| s != e.slot);
+    /// Marks a recovered message's extent used (its slot is taken out of
+    /// the free list by [`Queue::recover`], once for all).
+    fn claim_extent(&mut self, e: &Entry) -> Option<(u64, u64)> {
         if e.header.kind == Kind::Extent {
             let (off, len) = (e.header.extent_off, round_up(e.header.payload_len()));
             // Carve [off, off+len) out of the free range holding it.
@@ -346,6 +345,7 @@ impl Queue {
                 done += len as u64;
             }
         }
+        let mut used = HashSet::new();
         for (e, small) in found {
             if self.index.contains_key(&e.id) {
                 log::warn!("message id {} found twice; keeping the first", e.id);
@@ -361,21 +361,26 @@ impl Queue {
                 };
                 // A slot references an extent in another worker's part
                 // when the worker count changed: that worker holds it.
-                let ext = self.workers[ew].claim(&e);
+                let ext = self.workers[ew].claim_extent(&e);
                 if ext.is_none() {
                     log::warn!("message {} overlaps another's extent; ignored", e.id);
                     continue;
                 }
-                self.workers[w].sets[e.class].free.retain(|&s| s != e.slot);
                 ext
             } else {
-                self.workers[w].claim(&e)
+                None
             };
+            used.insert((e.class, e.slot));
             if let Some(bytes) = small {
                 // Kept for rewrites of the block it shares.
                 self.workers[w].small.insert(e.slot, bytes);
             }
             self.index.insert(e.id, Placed { entry: e, extent });
+        }
+        for w in &mut self.workers {
+            for set in &mut w.sets {
+                set.free.retain(|&s| !used.contains(&(set.class, s)));
+            }
         }
         Ok(())
     }
@@ -568,7 +573,6 @@ fn split(sb: &Superblock, n: usize) -> Vec<WorkerSlots> {
             if end > start {
                 ext_free.insert(start, end - start);
             }
-            debug_assert!(sets.iter().all(|s| s.class < 3));
             WorkerSlots {
                 sb: *sb,
                 sets,

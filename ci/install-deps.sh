@@ -35,6 +35,8 @@ declare -A STABLE_PKGS=(
     # session against a real redis-server is the reference.
     [redis-server]=/usr/bin/redis-server
     [redis-tools]=/usr/bin/redis-cli
+    # vsic-mailq's tests: Python's smtplib is the SMTP client nobody here wrote.
+    [python3]=/usr/bin/python3
 )
 BACKPORTS_PKG=qemu-system-x86
 QEMU_SERIES=10.0

@@ -12,6 +12,8 @@ use crate::server::{EnqueueReply, ServeOptions};
 
 /// Longest command line accepted (RFC 5321 4.5.3.1.4 says 512).
 const MAX_COMMAND: usize = 2048;
+/// How long a session waits for its client's next line.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// Most recipients per message (RFC 5321 4.5.3.1.8 asks for 100).
 const MAX_RCPTS: usize = 100;
 
@@ -95,6 +97,9 @@ pub fn session(
     mut enqueue: impl FnMut(Message) -> EnqueueReply,
 ) -> std::io::Result<()> {
     let _ = conn.set_nodelay(true);
+    // RFC 5321 4.5.3.2: a server waits at least 5 minutes for a command
+    // (and 10 for each DATA block); a silent client ends its session then.
+    conn.set_read_timeout(Some(IDLE_TIMEOUT))?;
     let mut r = BufReader::new(conn.try_clone()?);
     let mut w = BufWriter::new(conn);
     let host = &opts.hostname;

@@ -5,7 +5,10 @@
 //! * [`queue`]: formatting, recovery, per-worker slot sets, durable writes.
 //! * [`server`]: worker and committer threads, the listener.
 //! * [`smtp`]: one SMTP session.
+//! * [`client`], [`bench`]: an SMTP client, and a load generator on it.
 
+pub mod bench;
+pub mod client;
 pub mod layout;
 pub mod queue;
 pub mod server;

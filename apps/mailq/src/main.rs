@@ -58,6 +58,20 @@ enum Cmd {
         #[arg(long)]
         id: u64,
     },
+    /// ERASES the queue on DEV, then serves SMTP on a loopback port and
+    /// sends it MESSAGES messages of SIZE bytes over SESSIONS sessions of
+    /// our own client; prints one `case=mailq ...` line of key=value pairs
+    /// (messages/s, per-message p50 and p99 from MAIL to 250).
+    Bench {
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
     /// Take the oldest message off the queue: its content to stdout, its
     /// id, sender and recipients to stderr.
     Dequeue,
@@ -81,9 +95,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let dev = vsic_storage::open(&cli.dev, &opts)?;
     let workers = match &cli.cmd {
-        Cmd::Serve { workers, .. } => (*workers).max(1),
+        Cmd::Serve { workers, .. } | Cmd::Bench { workers, .. } => (*workers).max(1),
         _ => 1,
     };
+    if let Cmd::Bench { .. } = cli.cmd {
+        // A fresh queue: without a superblock the device is formatted.
+        dev.write_at(0, &[0u8; vsic_mailq::layout::BLOCK])?;
+        dev.flush()?;
+    }
     let mut q = Queue::open(dev, workers)?;
     if q.torn > 0 {
         log::warn!("{} torn slots ignored", q.torn);
@@ -140,6 +159,42 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             out.write_all(&q.read(id)?)?;
         }
         Cmd::Delete { id } => q.delete(id)?,
+        Cmd::Bench {
+            sessions,
+            size,
+            messages,
+            workers,
+        } => {
+            let sessions = sessions.max(1);
+            if size < vsic_mailq::bench::MIN_SIZE {
+                return Err(
+                    format!("--size must be at least {}", vsic_mailq::bench::MIN_SIZE).into(),
+                );
+            }
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let describe = q.device().describe();
+            std::thread::spawn(move || {
+                vsic_mailq::serve(
+                    q,
+                    listener,
+                    ServeOptions {
+                        max_size: size.max(1 << 20),
+                        ..ServeOptions::default()
+                    },
+                )
+            });
+            let per = messages.div_ceil(sessions);
+            let r = vsic_mailq::bench::run(addr, sessions, per, size)?;
+            writeln!(
+                out,
+                "case=mailq dev={describe:?} size={size} sessions={sessions} workers={workers} messages={} msgs_per_s={:.0} p50_us={} p99_us={}",
+                r.messages,
+                r.messages_per_s(),
+                r.p50.as_micros(),
+                r.p99.as_micros()
+            )?;
+        }
         Cmd::Dequeue => match q.dequeue()? {
             Some((e, body)) => {
                 eprintln!(

@@ -126,3 +126,56 @@ fn smtp_session_reply_codes_and_stored_message() {
         .success());
     assert!(b.list().is_empty());
 }
+
+/// `bench` erases the queue, sends what it says over SMTP and prints one
+/// key=value line; what it sent is then in the queue, whole.
+#[test]
+fn bench_sends_what_it_reports() {
+    let b = Backend::file("bench", 16 << 20);
+    {
+        // One message queued before: bench erases it.
+        let server = b.serve(&[]);
+        let (mut c, _) = Client::connect(server.addr).unwrap();
+        c.send(b"HELO x\r\nMAIL FROM:<old@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+            .unwrap();
+        for want in [250, 250, 250, 354] {
+            assert_eq!(c.reply().unwrap().0, want);
+        }
+        c.send(b"old\r\n.\r\n").unwrap();
+        assert_eq!(c.reply().unwrap().0, 250);
+    }
+    assert_eq!(b.list().len(), 1);
+    let o = b.mailq(&[
+        "bench",
+        "--sessions",
+        "3",
+        "--size",
+        "5000",
+        "--messages",
+        "30",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = String::from_utf8(o.stdout).unwrap();
+    assert!(line.starts_with("case=mailq "), "{line}");
+    for key in [
+        "size=5000 ",
+        "sessions=3 ",
+        "messages=30 ",
+        "msgs_per_s=",
+        "p50_us=",
+        "p99_us=",
+    ] {
+        assert!(line.contains(key), "{key} in {line}");
+    }
+    let listed = b.list();
+    assert_eq!(listed.len(), 30);
+    for m in &listed {
+        let (s, n) = m
+            .from
+            .trim_end_matches("@bench.example")
+            .split_once('m')
+            .unwrap();
+        let want = vsic_mailq::bench::message(s[1..].parse().unwrap(), n.parse().unwrap(), 5000);
+        assert_eq!(m.sha256, sha256_hex(&want), "{}", m.from);
+    }
+}

@@ -32,15 +32,16 @@ enum Cmd {
     Serve {
         #[arg(long, value_name = "ADDR")]
         smtp: String,
-        /// Workers, each with its own slot sets (sessions are spread over
-        /// them).
+        /// Workers, each with its own slot sets: 1/N of every slot class and
+        /// of the extent space (sessions are spread over them round-robin;
+        /// a worker whose part is full answers 452).
         #[arg(long, default_value_t = 4)]
         workers: usize,
         /// Largest message accepted, in bytes (advertised with SIZE).
         #[arg(long, default_value_t = 1 << 20)]
         max_size: usize,
     },
-    /// List the queued messages, oldest first: `ID SIZE FROM TO,...` lines,
+    /// List the queued messages, oldest first: `ID SIZE <FROM> TO,...` lines,
     /// or with --json an array of {"id","from","to","size","sha256"}.
     List {
         #[arg(long)]

@@ -220,8 +220,18 @@ impl WorkerSlots {
         Some(off)
     }
 
+    /// The part of `[off, off + len)` inside this worker's extent space.
+    fn clip(&self, off: u64, len: u64) -> Option<(u64, u64)> {
+        let start = off.max(self.ext_range.0);
+        let end = (off + len).min(self.ext_range.1);
+        (start < end).then(|| (start, end - start))
+    }
+
+    /// Returns this worker's part of an extent to its free space.
     fn free_extent(&mut self, off: u64, len: u64) {
-        let (mut off, mut len) = (off, len);
+        let Some((mut off, mut len)) = self.clip(off, len) else {
+            return;
+        };
         if let Some((&p, &pl)) = self.ext_free.range(..off).next_back() {
             if p + pl == off {
                 self.ext_free.remove(&p);
@@ -235,34 +245,31 @@ impl WorkerSlots {
         self.ext_free.insert(off, len);
     }
 
-    /// Marks a recovered message's extent used (its slot is taken out of
-    /// the free list by [`Queue::recover`], once for all).
-    fn claim_extent(&mut self, e: &Entry) -> Option<(u64, u64)> {
-        if e.header.kind == Kind::Extent {
-            let (off, len) = (e.header.extent_off, round_up(e.header.payload_len()));
-            // Carve [off, off+len) out of the free range holding it.
-            let (&p, &pl) = self.ext_free.range(..=off).next_back()?;
-            if p + pl < off + len {
-                return None;
-            }
-            self.ext_free.remove(&p);
-            if off > p {
-                self.ext_free.insert(p, off - p);
-            }
-            if p + pl > off + len {
-                self.ext_free.insert(off + len, p + pl - off - len);
-            }
-            return Some((off, len));
+    /// Marks this worker's part of a recovered extent used; false if that
+    /// part is not free (another recovered message holds it). An extent
+    /// written under another worker count can straddle several parts.
+    fn carve_extent(&mut self, off: u64, len: u64) -> bool {
+        let Some((off, len)) = self.clip(off, len) else {
+            return true;
+        };
+        let Some((&p, &pl)) = self.ext_free.range(..=off).next_back() else {
+            return false;
+        };
+        if p + pl < off + len {
+            return false;
         }
-        None
+        self.ext_free.remove(&p);
+        if off > p {
+            self.ext_free.insert(p, off - p);
+        }
+        if p + pl > off + len {
+            self.ext_free.insert(off + len, p + pl - off - len);
+        }
+        true
     }
 
     fn owns(&self, e: &Entry) -> bool {
         self.sets[e.class].owns(e.slot)
-    }
-
-    fn owns_extent(&self, off: u64) -> bool {
-        off >= self.ext_range.0 && off < self.ext_range.1
     }
 }
 
@@ -355,18 +362,22 @@ impl Queue {
                 continue;
             };
             let extent = if e.header.kind == Kind::Extent {
-                let off = e.header.extent_off;
-                let Some(ew) = self.workers.iter().position(|w| w.owns_extent(off)) else {
-                    continue;
-                };
-                // A slot references an extent in another worker's part
-                // when the worker count changed: that worker holds it.
-                let ext = self.workers[ew].claim_extent(&e);
-                if ext.is_none() {
+                let ext = (e.header.extent_off, round_up(e.header.payload_len()));
+                let carved: Vec<bool> = self
+                    .workers
+                    .iter_mut()
+                    .map(|w| w.carve_extent(ext.0, ext.1))
+                    .collect();
+                if carved.contains(&false) {
                     log::warn!("message {} overlaps another's extent; ignored", e.id);
+                    for (w, ok) in self.workers.iter_mut().zip(carved) {
+                        if ok {
+                            w.free_extent(ext.0, ext.1);
+                        }
+                    }
                     continue;
                 }
-                ext
+                Some(ext)
             } else {
                 None
             };
@@ -508,12 +519,12 @@ impl Queue {
             .iter()
             .position(|w| w.owns(&p.entry))
             .expect("every recovered or enqueued slot belongs to a worker");
-        // The extent goes back to whichever worker's part holds it.
+        // The extent goes back to the workers whose parts it lies in.
         let mut slot_only = p.clone();
         slot_only.extent = None;
         if let Some((off, len)) = p.extent {
-            if let Some(ew) = self.workers.iter().position(|w| w.owns_extent(off)) {
-                self.workers[ew].free_extent(off, len);
+            for w in &mut self.workers {
+                w.free_extent(off, len);
             }
         }
         let write = self.workers[w].release(&slot_only);

@@ -222,3 +222,33 @@ fn workers_enqueue_concurrently_into_disjoint_slots() {
     }
     assert!(CLASS_SIZES.len() == 3);
 }
+
+/// Extents written with one worker count and recovered with another can
+/// straddle the new workers' parts of the extent region: still recovered,
+/// readable, deletable, and their space reused.
+#[test]
+fn extents_survive_a_change_of_worker_count() {
+    let img = Img::new("reworker", 16 << 20);
+    let mut ids = Vec::new();
+    {
+        let mut q = img.open(1);
+        for i in 0..6 {
+            ids.push(q.enqueue(&msg(i, 300_000)).unwrap());
+        }
+    }
+    let mut q = img.open(4);
+    assert_eq!(q.len(), 6, "every message recovered with 4 workers");
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(q.read(id).unwrap(), msg(i, 300_000).body);
+    }
+    for &id in &ids {
+        q.delete(id).unwrap();
+    }
+    drop(q);
+    let mut q = img.open(1);
+    assert!(q.is_empty());
+    for i in 0..6 {
+        q.enqueue(&msg(10 + i, 300_000))
+            .expect("the freed extent space is reused");
+    }
+}

@@ -100,8 +100,8 @@ impl Superblock {
         b
     }
 
-    /// The superblock in `b`, if it is one, intact and fits `capacity`.
-    pub fn decode(b: &[u8], capacity: u64) -> Option<Superblock> {
+    /// The superblock in `b`, if there is an intact one (magic and CRC).
+    pub fn decode(b: &[u8]) -> Option<Superblock> {
         if b.len() < SB_LEN || b[0..8] != SB_MAGIC || crc32c::crc32c(&b[0..88]) != u32_at(b, 88) {
             return None;
         }
@@ -117,11 +117,27 @@ impl Superblock {
             sb.slots[c] = u64_at(b, 16 + 8 * c);
             sb.region[c] = u64_at(b, 40 + 8 * c);
         }
-        let end = sb
-            .ext_blocks
-            .checked_mul(BLOCK as u64)
-            .and_then(|e| e.checked_add(sb.ext_start))?;
-        (end <= capacity).then_some(sb)
+        Some(sb)
+    }
+
+    /// Bytes of device the layout needs (None if it is not a layout this
+    /// code writes: regions out of order, misaligned or overflowing).
+    pub fn needs(&self) -> Option<u64> {
+        let mut at = FIRST_REGION_BLOCK * BLOCK as u64;
+        for (c, &size) in CLASS_SIZES.iter().enumerate() {
+            if self.region[c] < at || !self.region[c].is_multiple_of(size as u64) {
+                return None;
+            }
+            at = self.slots[c]
+                .checked_mul(size as u64)?
+                .checked_add(self.region[c])?;
+        }
+        if self.ext_start < at || !self.ext_start.is_multiple_of(BLOCK as u64) {
+            return None;
+        }
+        self.ext_blocks
+            .checked_mul(BLOCK as u64)?
+            .checked_add(self.ext_start)
     }
 
     /// Byte offset of slot `slot` of class `class`.
@@ -281,7 +297,8 @@ mod tests {
     fn superblock_round_trip_and_regions_disjoint() {
         let cap = 64 << 20;
         let sb = Superblock::for_capacity(cap, 99).unwrap();
-        assert_eq!(Superblock::decode(&sb.encode(), cap), Some(sb));
+        assert_eq!(Superblock::decode(&sb.encode()), Some(sb));
+        assert!(sb.needs().is_some_and(|n| n <= cap));
         assert_eq!(sb.region[0], 16384);
         for (c, &size) in CLASS_SIZES.iter().enumerate() {
             assert_eq!(sb.region[c] % size as u64, 0);
@@ -294,11 +311,12 @@ mod tests {
             assert!(end <= next, "class {c} region overlaps the next");
         }
         assert!(sb.ext_end() <= cap);
-        // Too small for the device it is read from: rejected.
-        assert_eq!(Superblock::decode(&sb.encode(), cap / 2), None);
         let mut b = sb.encode();
         b[20] ^= 1;
-        assert_eq!(Superblock::decode(&b, cap), None);
+        assert_eq!(Superblock::decode(&b), None);
+        let mut overlapping = sb;
+        overlapping.region[1] -= 4096;
+        assert_eq!(overlapping.needs(), None);
         assert_eq!(Superblock::for_capacity(8 * 4096, 1), None);
     }
 

@@ -20,6 +20,8 @@ pub enum QueueError {
     Storage(#[from] StorageError),
     #[error("the device ({0} bytes) is too small for a mail queue")]
     TooSmall(u64),
+    #[error("the queue on the device needs {needs} bytes but the device has {capacity}")]
+    LayoutMismatch { needs: u64, capacity: u64 },
     #[error("no free slot or extent for a {0}-byte message")]
     NoSpace(usize),
     #[error("the envelope is too large ({0} bytes)")]
@@ -300,8 +302,18 @@ impl Queue {
     pub fn open(dev: Box<dyn BlockDevice>, workers: usize) -> Result<Queue, QueueError> {
         let cap = dev.capacity();
         let b = dev.read_at(0, BLOCK)?;
-        let mut sb = match Superblock::decode(b.as_slice(), cap) {
-            Some(sb) => sb,
+        let mut sb = match Superblock::decode(b.as_slice()) {
+            // An intact superblock that does not fit is an error: formatting
+            // would lose every message.
+            Some(sb) => match sb.needs() {
+                Some(needs) if needs <= cap => sb,
+                needs => {
+                    return Err(QueueError::LayoutMismatch {
+                        needs: needs.unwrap_or(u64::MAX),
+                        capacity: cap,
+                    })
+                }
+            },
             None => {
                 let nonce = SystemTime::now()
                     .duration_since(UNIX_EPOCH)

@@ -252,3 +252,33 @@ fn extents_survive_a_change_of_worker_count() {
             .expect("the freed extent space is reused");
     }
 }
+
+/// A queue whose device shrank below its layout is an error, not a blank
+/// device: opening it must not format it (and so lose every message).
+#[test]
+fn a_shrunken_device_is_refused_not_formatted() {
+    let img = Img::new("shrunk", 16 << 20);
+    let id = img.open(1).enqueue(&msg(1, 500)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.0)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let dev = vsic_storage::open(
+        &format!("file:{}", img.0.display()),
+        &vsic_storage::OpenOptions::default(),
+    )
+    .unwrap();
+    let err = Queue::open(dev, 1).expect_err("a layout larger than the device");
+    assert!(matches!(err, QueueError::LayoutMismatch { .. }), "{err}");
+    // Grown back, the message is still there.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.0)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let q = img.open(1);
+    assert_eq!(q.read(id).unwrap(), msg(1, 500).body);
+}

@@ -185,6 +185,10 @@ pub trait BlockDevice: Send + Sync {
     fn wait(&self, timeout: Option<Duration>) -> Result<()>;
     /// What the device is (for logs and `stats`).
     fn describe(&self) -> String;
+    /// True when a completed write is already durable (a write-through
+    /// device), so no flush is needed after it. False unless the device
+    /// says so; a flush is then required for durability.
+    fn durable_writes(&self) -> bool;
 
     /// Submits `op` and waits for it; only when nothing else is in flight.
     fn run(&self, op: Op) -> Result<Option<IoBuf>> {

@@ -216,6 +216,19 @@ impl BlockDevice for VsaDevice {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({} bytes, VSA through vsic)", self.spec, self.capacity)
+        format!(
+            "{} ({} bytes, VSA through vsic, {})",
+            self.spec,
+            self.capacity,
+            if self.dev.write_through() {
+                "write-through"
+            } else {
+                "write-back"
+            }
+        )
+    }
+
+    fn durable_writes(&self) -> bool {
+        self.dev.write_through()
     }
 }

@@ -4,7 +4,8 @@
 #   (2) vsic-kv on a file through the kernel        (engine=file)
 #   (3) redis-server, appendonly yes, appendfsync always, on a file (engine=aof)
 # and, in the guest, (1) with completions polled instead of interrupts
-# (engine=vsic-poll).
+# (engine=vsic-poll) and with the vsic library's hybrid completions
+# (engine=vsic-hybrid).
 # SET and GET with 1 KiB values, 1 client (latency) and 32 clients
 # (throughput), all on loopback.
 #
@@ -78,8 +79,8 @@ ratios() {
         END {
             for (i = 0; i < n; i++) {
                 split(order[i], a, " ")
-                split("vsic vsic-poll file", engines, " ")
-                for (j = 1; j <= 3; j++) {
+                split("vsic vsic-poll vsic-hybrid file", engines, " ")
+                for (j = 1; j <= 4; j++) {
                     e = engines[j]
                     r0 = rps[order[i], "aof"]; l0 = p50[order[i], "aof"]
                     if (r0 == "" || rps[order[i], e] == "") continue
@@ -101,7 +102,7 @@ if [[ $host -ne 1 ]]; then
     results=$(mktemp)
     trap 'rm -f "$results"' EXIT
     log "booting a guest (this takes a while under TCG)"
-    "$REPO/qemu-configs/launch.sh" --vsics 3 --queues 1 --drive-size 2G --timeout 1800 \
+    "$REPO/qemu-configs/launch.sh" --vsics 4 --queues 1 --drive-size 3G --timeout 1800 \
         --vsicd-arg "--cache=$cache" --append "vsic.requests=$requests vsic.repeat=$repeat" --run "$REPO/ci/bench-apps.guest.sh" \
         --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest|# after-set)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }

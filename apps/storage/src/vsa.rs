@@ -42,6 +42,8 @@ impl VsaDevice {
             mem_size: opts.dma_bytes,
             mode: if opts.polling {
                 CompletionMode::Polling
+            } else if opts.hybrid {
+                CompletionMode::Hybrid
             } else {
                 CompletionMode::Interrupt
             },

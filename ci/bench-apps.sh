@@ -102,7 +102,7 @@ if [[ $host -ne 1 ]]; then
     results=$(mktemp)
     trap 'rm -f "$results"' EXIT
     log "booting a guest (this takes a while under TCG)"
-    "$REPO/qemu-configs/launch.sh" --vsics 4 --queues 1 --drive-size 3G --timeout 1800 \
+    "$REPO/qemu-configs/launch.sh" --vsics 4 --queues 1 --drive-size 3G --hugepages 144 --memory 1536M --timeout 1800 \
         --vsicd-arg "--cache=$cache" --append "vsic.requests=$requests vsic.repeat=$repeat" --run "$REPO/ci/bench-apps.guest.sh" \
         --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest|# after-set)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }

@@ -6,6 +6,7 @@
 #   (3) redis-server, appendonly yes, appendfsync always, AOF on
 #       that ext4                                                  engine=aof
 #   (1') as (1), completions polled (--poll), VSIC 2            engine=vsic-poll
+#   (1") as (1), hybrid completions (--hybrid), VSIC 3          engine=vsic-hybrid
 # SET and GET, 1 KiB values, 1 and 32 clients, on loopback. Prints one
 # "case=..." line per case; vsic.requests=N sets requests for 32 clients,
 # vsic.repeat=N runs each case N times (median reported).
@@ -20,6 +21,9 @@ vsicctl vsic bind --vsic 0 --vfio --user root >/dev/null
 vsicctl vsa create --size 512M --cap /root/kvp.cap >/dev/null
 vsicctl vsic attach --vsic 2 --cap /root/kvp.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 2 --vfio --user root >/dev/null
+vsicctl vsa create --size 512M --cap /root/kvh.cap >/dev/null
+vsicctl vsic attach --vsic 3 --cap /root/kvh.cap --slot 0 >/dev/null
+vsicctl vsic bind --vsic 3 --vfio --user root >/dev/null
 vsicctl vsa create --size 1G --cap /root/fs.cap >/dev/null
 out=$(vsicctl vsic bind --vsic 1 --kernel --json)
 disk=$(bound_disk "$out")
@@ -34,10 +38,11 @@ truncate -s 512M /mnt/fs/kv.img
 
 vsic-kv --dev vsic:0 serve --listen 127.0.0.1:6380 2>/tmp/kv-vsic.log &
 vsic-kv --dev vsic:2 --poll serve --listen 127.0.0.1:6383 2>/tmp/kv-vsic-poll.log &
+vsic-kv --dev vsic:3 --hybrid serve --listen 127.0.0.1:6384 2>/tmp/kv-vsic-hybrid.log &
 vsic-kv --dev file:/mnt/fs/kv.img serve --listen 127.0.0.1:6381 2>/tmp/kv-file.log &
 redis-server --bind 127.0.0.1 --port 6382 --save "" --appendonly yes --appendfsync always \
     --dir /mnt/fs/redis >/tmp/redis.log 2>&1 &
-for port in 6380 6381 6382 6383; do
+for port in 6380 6381 6382 6383 6384; do
     for _ in $(seq 300); do redis-cli -p $port PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
     [ "$(redis-cli -p $port PING)" = PONG ] || { cat /tmp/kv-*.log /tmp/redis.log; fail "nothing on port $port"; }
 done
@@ -53,14 +58,14 @@ for clients in 1 32; do
     for test in set get; do
         : >/tmp/runs
         for _ in $(seq "$repeat"); do
-            for e in vsic:6380 vsic-poll:6383 file:6381 aof:6382; do
+            for e in vsic:6380 vsic-poll:6383 vsic-hybrid:6384 file:6381 aof:6382; do
                 # --csv: "test","rps","avg","min","p50","p95","p99","max"
                 line=$(redis-benchmark -p "${e##*:}" -t $test -n $reqs -c $clients -d 1024 -r 100000 --csv |
                     grep -i "^\"$test\"" | tr -d '"')
                 echo "${e%%:*},$line" >>/tmp/runs
             done
         done
-        for engine in vsic vsic-poll file aof; do
+        for engine in vsic vsic-poll vsic-hybrid file aof; do
             server=vsic-kv
             [ $engine = aof ] && server=redis
             grep "^$engine," /tmp/runs | sort -t, -k3 -g | awk -F, -v t=$test -v s=$server -v e=$engine -v c=$clients -v r="$repeat" '
@@ -73,7 +78,7 @@ for clients in 1 32; do
         # Where vsic-kv's SET time went in this case: its INFO counters,
         # less what they were after the previous SET case.
         [ $test = set ] || continue
-        for e in vsic:6380 vsic-poll:6383 file:6381; do
+        for e in vsic:6380 vsic-poll:6383 vsic-hybrid:6384 file:6381; do
             engine=${e%%:*}
             redis-cli -p "${e##*:}" INFO persistence | tr -d '\r' |
                 awk -F: '/^vsic_kv_(group_commits|records|write_us|flush_us|commit_us):/ { print $1, $2 }' >/tmp/now-$engine

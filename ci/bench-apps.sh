@@ -4,11 +4,12 @@
 #   (2) vsic-kv on a file through the kernel        (engine=file)
 #   (3) redis-server, appendonly yes, appendfsync always, on a file (engine=aof)
 # and, in the guest, (1) with completions polled instead of interrupts
-# (engine=vsic-poll).
+# (engine=vsic-poll) and with the vsic library's hybrid completions
+# (engine=vsic-hybrid).
 # SET and GET with 1 KiB values, 1 client (latency) and 32 clients
 # (throughput), all on loopback.
 #
-# Usage: ci/bench-apps.sh [--host] [--requests N] [--repeat N] [--dir DIR] [--no-build] [--out FILE]
+# Usage: ci/bench-apps.sh [--host] [--cache MODE] [--requests N] [--repeat N] [--dir DIR] [--no-build] [--out FILE]
 #        (also reached as: ci/bench.sh --apps ...)
 #
 #   (default)   in one guest (launch.sh; ci/bench-apps.guest.sh): (1) on the
@@ -17,6 +18,12 @@
 #   --host      on the host instead: vsicd serves the VSA over vhost-user
 #               from a drive file in DIR; the file of (2) and redis's AOF
 #               are in DIR too (same file system)
+#   --cache     guest: vsicd's cache mode, write-back (default) or
+#               write-through; it applies to every VSIC, so all servers
+#               (vsic-kv on vsic and on ext4, Redis on ext4) see the same
+#               device mode. Write-through devices offer no FLUSH: vsic-kv
+#               then answers after the log write alone, the guest's ext4
+#               (and so Redis's fsync) issues no cache flush either
 #   --requests  requests per case for 32 clients (default 20000 on the
 #               host, 10000 in the guest; 1 client gets a quarter)
 #   --dir       where the drive, the store file and the AOF live
@@ -38,6 +45,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 log() { printf 'bench-apps: %s\n' "$*" >&2; }
 
 host=0
+cache=write-back
 requests=
 repeat=3
 dir=
@@ -46,6 +54,7 @@ out=
 while [[ $# -gt 0 ]]; do
     case $1 in
     --host) host=1 ;;
+    --cache) cache=${2:?}; shift ;;
     --requests) requests=${2:?}; shift ;;
     --repeat) repeat=${2:?}; shift ;;
     --dir) dir=${2:?}; shift ;;
@@ -70,8 +79,8 @@ ratios() {
         END {
             for (i = 0; i < n; i++) {
                 split(order[i], a, " ")
-                split("vsic vsic-poll file", engines, " ")
-                for (j = 1; j <= 3; j++) {
+                split("vsic vsic-poll vsic-hybrid file", engines, " ")
+                for (j = 1; j <= 4; j++) {
                     e = engines[j]
                     r0 = rps[order[i], "aof"]; l0 = p50[order[i], "aof"]
                     if (r0 == "" || rps[order[i], e] == "") continue
@@ -82,16 +91,22 @@ ratios() {
         }' "$1"
 }
 
+case $cache in
+write-back | write-through) ;;
+*) log "--cache: write-back or write-through, not $cache"; exit 2 ;;
+esac
+[[ $host -eq 1 && $cache != write-back ]] && { log "--cache is for the guest run"; exit 2; }
+
 if [[ $host -ne 1 ]]; then
     requests=${requests:-10000}
     results=$(mktemp)
     trap 'rm -f "$results"' EXIT
     log "booting a guest (this takes a while under TCG)"
-    "$REPO/qemu-configs/launch.sh" --vsics 3 --queues 1 --drive-size 2G --timeout 1800 \
-        --append "vsic.requests=$requests vsic.repeat=$repeat" --run "$REPO/ci/bench-apps.guest.sh" \
+    "$REPO/qemu-configs/launch.sh" --vsics 4 --queues 1 --drive-size 3G --hugepages 144 --memory 1536M --timeout 1800 \
+        --vsicd-arg "--cache=$cache" --append "vsic.requests=$requests vsic.repeat=$repeat" --run "$REPO/ci/bench-apps.guest.sh" \
         --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest|# after-set)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }
-    { cat "$results"; ratios "$results"; } | tee ${out:+"$out"}
+    { echo "# cache=$cache"; cat "$results"; ratios "$results"; } | tee ${out:+"$out"}
     exit 0
 fi
 requests=${requests:-20000}

@@ -46,7 +46,8 @@ struct Cli {
     extent_size: u64,
 
     /// Controller cache: write-back (FLUSH makes writes durable) or
-    /// write-through (a completed write is already durable).
+    /// write-through (a completed write is already durable; the functions
+    /// then offer no VIRTIO_BLK_F_FLUSH).
     #[arg(long, value_enum, default_value_t = Cache::WriteBack)]
     cache: Cache,
 

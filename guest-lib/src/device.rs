@@ -390,6 +390,14 @@ impl Device {
         self.has(VIRTIO_BLK_F_RO)
     }
 
+    /// Whether a completed write is already durable: the device offers no
+    /// VIRTIO_BLK_F_FLUSH (virtio 1.x, 5.2.5.2; `vsicd --cache
+    /// write-through`), so [`Device::flush`] and a flush request complete
+    /// at once without reaching it.
+    pub fn write_through(&self) -> bool {
+        !self.has(VIRTIO_BLK_F_FLUSH)
+    }
+
     /// The per-request limits the device stated.
     pub fn limits(&self) -> Limits {
         self.limits

@@ -4,7 +4,9 @@
 //! Writes go to the log thread as commands. It takes every command that is
 //! waiting (group commit), evaluates them in order against the index plus
 //! the batch's own changes, encodes one block-aligned record per command
-//! into one buffer, writes it with one request, flushes, and only then
+//! into one buffer, writes it with one request, flushes (not on a device
+//! whose completed writes are already durable, see
+//! `BlockDevice::durable_writes`), and only then
 //! applies the changes to the shared index and answers. So a reader never
 //! sees a change that is not durable, and every answered update survives a
 //! crash.
@@ -397,7 +399,7 @@ impl Log {
         sb.epoch += 1;
         sb.seq += 1;
         write_superblock(dev.as_ref(), &sb)?;
-        dev.flush()?;
+        make_durable(dev.as_ref())?;
 
         let mut log = Log {
             dev,
@@ -736,9 +738,9 @@ impl Log {
         let t = Instant::now();
         self.dev.run(Op::Write { offset: at, buf })?;
         self.counters.write_us += t.elapsed().as_micros() as u64;
-        if flush {
+        if flush && !self.dev.durable_writes() {
             let t = Instant::now();
-            self.dev.run(Op::Flush)?;
+            make_durable(self.dev.as_ref())?;
             self.counters.flush_us += t.elapsed().as_micros() as u64;
             self.counters.flushes += 1;
         }
@@ -866,12 +868,12 @@ impl Log {
         let delta = std::mem::take(&mut c.delta);
         // Flush even with no delta: the snapshot chunks were not flushed.
         if delta.is_empty() {
-            self.dev.run(Op::Flush).map_err(|e| e.to_string())?;
+            make_durable(self.dev.as_ref()).map_err(|e| e.to_string())?;
         } else {
             for chunk in delta.chunks(256) {
                 self.compact_write(c, chunk, false)?;
             }
-            self.dev.run(Op::Flush).map_err(|e| e.to_string())?;
+            make_durable(self.dev.as_ref()).map_err(|e| e.to_string())?;
         }
         self.fault.hit(Fault::BeforeSwitch);
         let next = Superblock {
@@ -881,7 +883,7 @@ impl Log {
             ..self.sb
         };
         let switched = write_superblock(self.dev.as_ref(), &next)
-            .and_then(|()| self.dev.run(Op::Flush).map(|_| ()));
+            .and_then(|()| make_durable(self.dev.as_ref()));
         if let Err(e) = switched {
             // Which superblock is on the medium is unknown now: stop
             // accepting updates (a restart reads whichever is valid, and
@@ -916,6 +918,16 @@ impl Log {
 enum AppendError {
     Full,
     Io(String),
+}
+
+/// Makes every write completed so far durable: a flush, or nothing on a
+/// write-through device (its completed writes already are).
+fn make_durable(dev: &dyn BlockDevice) -> Result<(), StorageError> {
+    if dev.durable_writes() {
+        Ok(())
+    } else {
+        dev.flush()
+    }
 }
 
 /// Writes `sb` into the superblock slot its seq selects (alternating, so

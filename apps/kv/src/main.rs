@@ -26,6 +26,10 @@ struct Cli {
     /// interrupt (lowest latency, burns a core).
     #[arg(long)]
     poll: bool,
+    /// VSA devices: hybrid completions (sleep for part of the usual
+    /// completion time, poll briefly, then sleep on the interrupt).
+    #[arg(long, conflicts_with = "poll")]
+    hybrid: bool,
     /// Do not start compaction by itself (only `compact` does).
     #[arg(long)]
     no_auto_compact: bool,
@@ -85,6 +89,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .expect("clap requires --dev without --connect");
     let opts = vsic_storage::OpenOptions {
         polling: cli.poll,
+        hybrid: cli.hybrid,
         ..vsic_storage::OpenOptions::default()
     };
     let dev = vsic_storage::open(&dev_spec, &opts)?;

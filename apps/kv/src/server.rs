@@ -544,7 +544,7 @@ fn info(s: &Stats, args: &[Vec<u8>], o: &mut Out) {
         text += &format!(
             "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\n\
              aof_enabled:1\r\naof_rewrite_in_progress:{}\r\naof_last_write_status:{}\r\n\
-             vsic_kv_device:{}\r\nvsic_kv_durability:every update flushed before its reply\r\n\
+             vsic_kv_device:{}\r\nvsic_kv_durability:every update durable before its reply (write + flush; the write alone on a write-through device)\r\n\
              vsic_kv_region_blocks:{}\r\nvsic_kv_used_blocks:{}\r\nvsic_kv_active_region:{}\r\nvsic_kv_generation:{}\r\n\
              vsic_kv_epoch:{}\r\nvsic_kv_group_commits:{}\r\nvsic_kv_records:{}\r\nvsic_kv_compactions:{}\r\n\
              vsic_kv_recovered_records:{}\r\nvsic_kv_flushes:{}\r\nvsic_kv_write_us:{}\r\nvsic_kv_flush_us:{}\r\n\

@@ -40,6 +40,15 @@ fn kill_put_seq_mid_stream_on_vsa() {
     put_seq_kill(&Backend::vsa("kv-putseq", 128 << 20));
 }
 
+#[test]
+fn kill_put_seq_mid_stream_on_write_through_vsa() {
+    let b = Backend::vsa_cache("kv-putseq-wt", 128 << 20, true);
+    put_seq_kill(&b);
+    let o = b.kv(&["stats"]);
+    let out = stdout(&o);
+    assert!(out.contains("write-through"), "stats: {out}");
+}
+
 fn serve_kill(b: &Backend) {
     let mut compactions = 0u64;
     let mut acked_total = 0;
@@ -111,6 +120,11 @@ fn serve_kill(b: &Backend) {
 #[test]
 fn kill_serve_under_load_on_file() {
     serve_kill(&Backend::file("serve", 8 << 20));
+}
+
+#[test]
+fn kill_serve_under_load_on_write_through_vsa() {
+    serve_kill(&Backend::vsa_cache("kv-serve-wt", 8 << 20, true));
 }
 
 #[test]

@@ -250,6 +250,11 @@ impl BlockDevice for FileDevice {
     fn describe(&self) -> String {
         format!("file:{} ({} bytes, kernel)", self.path, self.capacity)
     }
+
+    fn durable_writes(&self) -> bool {
+        // A pwrite lands in the page cache: fdatasync makes it durable.
+        false
+    }
 }
 
 impl Drop for FileDevice {

@@ -185,6 +185,10 @@ pub trait BlockDevice: Send + Sync {
     fn wait(&self, timeout: Option<Duration>) -> Result<()>;
     /// What the device is (for logs and `stats`).
     fn describe(&self) -> String;
+    /// True when a completed write is already durable (a write-through
+    /// device), so no flush is needed after it. False unless the device
+    /// says so; a flush is then required for durability.
+    fn durable_writes(&self) -> bool;
 
     /// Submits `op` and waits for it; only when nothing else is in flight.
     fn run(&self, op: Op) -> Result<Option<IoBuf>> {
@@ -239,6 +243,9 @@ pub struct OpenOptions {
     /// VSA devices: spin on the completion ring instead of sleeping on an
     /// interrupt eventfd.
     pub polling: bool,
+    /// VSA devices (when not `polling`): the `vsic` library's hybrid
+    /// completions: a timed sleep, a bounded poll, then the interrupt.
+    pub hybrid: bool,
     /// VSA devices: bytes of DMA memory to share with the function.
     pub dma_bytes: usize,
     /// `file:` devices: the size a new or empty file is given.
@@ -249,6 +256,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             polling: false,
+            hybrid: false,
             dma_bytes: 64 << 20,
             new_file_size: 256 << 20,
         }

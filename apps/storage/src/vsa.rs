@@ -42,6 +42,8 @@ impl VsaDevice {
             mem_size: opts.dma_bytes,
             mode: if opts.polling {
                 CompletionMode::Polling
+            } else if opts.hybrid {
+                CompletionMode::Hybrid
             } else {
                 CompletionMode::Interrupt
             },
@@ -216,6 +218,19 @@ impl BlockDevice for VsaDevice {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({} bytes, VSA through vsic)", self.spec, self.capacity)
+        format!(
+            "{} ({} bytes, VSA through vsic, {})",
+            self.spec,
+            self.capacity,
+            if self.dev.write_through() {
+                "write-through"
+            } else {
+                "write-back"
+            }
+        )
+    }
+
+    fn durable_writes(&self) -> bool {
+        self.dev.write_through()
     }
 }

@@ -12,12 +12,18 @@ use vsic_storage::{Op, OpKind, OpenOptions, StorageError};
 
 /// A vsicd with one 16 MiB VSA attached in slot 0 of VSIC 0.
 fn daemon_with_vsa() -> Daemon {
+    daemon_with_vsa_cache(false)
+}
+
+/// The same, vsicd in write-through mode when `write_through`.
+fn daemon_with_vsa_cache(write_through: bool) -> Daemon {
     let d = Daemon::start_with(
         "storage",
         Setup {
             vsics: 2,
             queues: 1,
             drives: vec!["64M"],
+            write_through,
             ..Setup::default()
         },
     );
@@ -91,5 +97,23 @@ fn vsic_without_a_vsa_is_a_clear_error() {
     match vsic_storage::open(&d.vsic_spec(1), &opts()) {
         Err(StorageError::NoMedium { .. }) => {}
         other => panic!("{:?}", other.map(|d| d.describe())),
+    }
+}
+
+#[test]
+fn vsa_reports_durable_writes_only_under_write_through() {
+    for write_through in [false, true] {
+        let d = daemon_with_vsa_cache(write_through);
+        let dev = vsic_storage::open(&d.vsic_spec(0), &opts()).expect("open the VSA");
+        assert_eq!(
+            dev.durable_writes(),
+            write_through,
+            "vsicd write_through={write_through}: {}",
+            dev.describe()
+        );
+        // A flush still completes (at once when write-through).
+        dev.write_at(0, &[7u8; 4096]).expect("write");
+        dev.flush().expect("flush");
+        assert_eq!(dev.read_at(0, 4096).expect("read").as_slice(), &[7u8; 4096]);
     }
 }

@@ -140,6 +140,10 @@ impl Controller {
 }
 
 impl IoTarget for Controller {
+    fn write_through(&self) -> bool {
+        self.config.cache_mode == CacheMode::WriteThrough
+    }
+
     fn capacity(&self, vsic: u32) -> u64 {
         let Some(rt) = self.vsics.get(vsic as usize) else {
             return 0;

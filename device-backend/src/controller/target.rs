@@ -73,6 +73,11 @@ pub trait IoTarget: Send + Sync {
     /// Makes every write completed before it durable.
     fn flush(&self, vsic: u32, queue: u16) -> Result<(), IoError>;
 
+    /// True when a completed write is already durable (`--cache
+    /// write-through`): the functions then do not offer
+    /// `VIRTIO_BLK_F_FLUSH`, which tells drivers so (virtio 1.x, 5.2.5.2).
+    fn write_through(&self) -> bool;
+
     /// DISCARD (`zero == false`) or WRITE_ZEROES (`zero == true`) a byte
     /// range. Both leave the range reading as zeroes.
     fn discard(

@@ -203,7 +203,7 @@ impl VhostUserBackend for FunctionBackend {
     }
 
     fn features(&self) -> u64 {
-        device_features()
+        device_features(self.session.state.target.write_through())
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

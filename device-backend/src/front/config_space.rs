@@ -29,8 +29,11 @@ pub const DISCARD_SECTOR_ALIGNMENT: u32 = 1;
 pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 22;
 pub const MAX_WRITE_ZEROES_SEG: u32 = 64;
 
-/// Virtio feature bits every function offers (PF and VSICs alike).
-pub fn device_features() -> u64 {
+/// Virtio feature bits every function offers (PF and VSICs alike). A
+/// write-through controller (`--cache write-through`) leaves out
+/// `VIRTIO_BLK_F_FLUSH`: without it a driver may take every completed
+/// write as durable (virtio 1.x, 5.2.5.2), which is then true.
+pub fn device_features(write_through: bool) -> u64 {
     let bits = [
         virtio::VIRTIO_F_VERSION_1,
         virtio::VIRTIO_RING_F_INDIRECT_DESC,
@@ -43,10 +46,15 @@ pub fn device_features() -> u64 {
         virtio::VIRTIO_BLK_F_DISCARD,
         virtio::VIRTIO_BLK_F_WRITE_ZEROES,
     ];
-    bits.iter().fold(
+    let all = bits.iter().fold(
         VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
         |acc, b| acc | (1u64 << b),
-    )
+    );
+    if write_through {
+        all & !(1u64 << virtio::VIRTIO_BLK_F_FLUSH)
+    } else {
+        all
+    }
 }
 
 /// vhost-user protocol features: several queues, config space access,
@@ -172,10 +180,13 @@ mod tests {
 
     #[test]
     fn features_include_the_essentials() {
-        let f = device_features();
+        let f = device_features(false);
         for bit in [32, 28, 29, 9, 12, 13, 14, 1, 2, 6, 30] {
             assert_ne!(f & (1 << bit), 0, "bit {bit}");
         }
+        // Write-through: the same, without FLUSH (bit 9).
+        let wt = device_features(true);
+        assert_eq!(wt, f & !(1 << 9));
         assert!(protocol_features().contains(VhostUserProtocolFeatures::BACKEND_REQ));
     }
 }

@@ -46,12 +46,19 @@ impl Backend {
     /// A fresh VSA of `size` bytes, attached in slot 0 of VSIC 0 of a real
     /// vsicd.
     pub fn vsa(tag: &str, size: u64) -> Backend {
+        Backend::vsa_cache(tag, size, false)
+    }
+
+    /// The same, vsicd in write-through mode when `write_through` (its
+    /// functions offer no FLUSH; the store sends none).
+    pub fn vsa_cache(tag: &str, size: u64, write_through: bool) -> Backend {
         let d = Daemon::start_with(
             tag,
             Setup {
                 vsics: 1,
                 queues: 1,
                 drives: vec!["256M"],
+                write_through,
                 ..Setup::default()
             },
         );

@@ -46,6 +46,10 @@ impl FakeTarget {
 }
 
 impl IoTarget for FakeTarget {
+    fn write_through(&self) -> bool {
+        false
+    }
+
     fn capacity(&self, vsic: u32) -> u64 {
         if vsic == 0 {
             DISK_SIZE as u64

@@ -246,7 +246,8 @@ impl Chain {
         self.writable_len.saturating_sub(1)
     }
 
-    fn segments(&self, stream: Stream) -> &[Segment] {
+    /// The stored buffers of `stream`, in chain order.
+    pub fn segments(&self, stream: Stream) -> &[Segment] {
         match stream {
             Stream::Readable => &self.readable,
             Stream::Writable => &self.writable,

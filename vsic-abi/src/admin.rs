@@ -38,11 +38,38 @@ pub const FLAG_DMA_WRITE: u32 = 1 << 2;
 /// All flags this version defines; any other bit is an error.
 pub const FLAGS_KNOWN: u32 = FLAG_READ_ONLY | FLAG_DMA_READ | FLAG_DMA_WRITE;
 
-/// [`Opcode::DmaSetMode`] arg0: the VSIC may address every guest address
-/// (the default, like an IOMMU pass-through domain).
-pub const DMA_MODE_OPEN: u64 = 0;
-/// [`Opcode::DmaSetMode`] arg0: the VSIC may address only its DMA windows.
-pub const DMA_MODE_ENFORCED: u64 = 1;
+/// A VSIC's DMA mode ([`Opcode::DmaSetMode`] arg0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum DmaMode {
+    /// Every guest address (the default, like an IOMMU pass-through domain).
+    Open = 0,
+    /// Only the VSIC's DMA windows.
+    Enforced = 1,
+}
+
+impl DmaMode {
+    pub fn from_u64(v: u64) -> Option<DmaMode> {
+        match v {
+            0 => Some(DmaMode::Open),
+            1 => Some(DmaMode::Enforced),
+            _ => None,
+        }
+    }
+
+    /// Stable short name, for the CLI and `--json` output.
+    pub fn name(self) -> &'static str {
+        match self {
+            DmaMode::Open => "open",
+            DmaMode::Enforced => "enforced",
+        }
+    }
+}
+
+/// [`DmaMode::Open`] as it travels.
+pub const DMA_MODE_OPEN: u64 = DmaMode::Open as u64;
+/// [`DmaMode::Enforced`] as it travels.
+pub const DMA_MODE_ENFORCED: u64 = DmaMode::Enforced as u64;
 /// Most DMA windows one VSIC can hold.
 pub const MAX_DMA_WINDOWS: usize = 256;
 

@@ -216,7 +216,8 @@ impl FunctionBackend {
             served += 1;
             let head = chain.head_index();
             let queue_ref = vring.get_queue();
-            let descs = DescWalk::new(&*mem, queue_ref.desc_table(), queue_ref.size(), head);
+            let descs = DescWalk::new(&*mem, queue_ref.desc_table(), queue_ref.size(), head)
+                .within(ctx.dma);
             let done = handle_chain(&*mem, descs, &ctx, scratch);
             bytes += scratch.chain.len(Stream::Readable) + scratch.chain.len(Stream::Writable);
             if let Err(e) = vring.get_queue_mut().add_used(&*mem, head, done.used_len) {

@@ -86,12 +86,12 @@ impl<M: GuestMemoryBackend> Iterator for DescWalk<'_, '_, M> {
         let desc: Descriptor = self.mem.read_obj(GuestAddress(at)).ok()?;
         if desc.refers_to_indirect_table() {
             let len = desc.len();
-            // One level only, a whole number of descriptors (virtio 1.3,
-            // 2.7.5.3.1).
-            #[allow(clippy::manual_is_multiple_of)]
             let outside = self
                 .windows
                 .is_some_and(|w| !w.permits(desc.addr().0, u64::from(len), DmaAccess::Read));
+            // One level only, a whole number of descriptors (virtio 1.3,
+            // 2.7.5.3.1), inside the DMA windows when they are enforced.
+            #[allow(clippy::manual_is_multiple_of)]
             if self.indirect || len == 0 || len % 16 != 0 || outside {
                 return Some(desc);
             }

@@ -9,7 +9,7 @@
 #
 # Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--repeat N]
 #                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]
-#                           [--no-build] [--vsicd-arg ARG]...
+#                           [--no-build] [--vsicd-arg ARG]... [--dma] [--qds LIST]
 #        ci/bench.sh --table FILE
 #        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
 #        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis)
@@ -25,6 +25,11 @@
 #   --out       also write every result line to FILE
 #   --no-build  use the release binaries already in target/release
 #   --vsicd-arg one more vsicd option (repeatable), e.g. --vsicd-arg --poll-us=0
+#   --dma       also measure target vsicd-dma: VSIC 1 of the same vsicd with
+#               the same VSA, in enforced DMA mode with one DMA window over
+#               all client memory; adds ratio lines vsicd-dma/vsicd
+#   --qds       space-separated queue depths for randread/randwrite
+#               (default "1 8 32")
 #   --table     print the results saved by --out FILE as a markdown table
 #
 # Prints a few '#' lines about the machine (cores, load), one result line per
@@ -59,6 +64,8 @@ repeat=1
 build=1
 table=
 mode=auto
+dma=0
+qds="1 8 32"
 cases="randread randwrite writeflush"
 out=
 vsicd_args=()
@@ -72,6 +79,8 @@ while [[ $# -gt 0 ]]; do
     --cases) cases=${2:?--cases needs a value}; shift ;;
     --out) out=${2:?--out needs a value}; shift ;;
     --no-build) build=0 ;;
+    --dma) dma=1 ;;
+    --qds) qds=${2:?--qds needs a value}; shift ;;
     --vsicd-arg) vsicd_args+=("${2:?--vsicd-arg needs a value}"); shift ;;
     --table) table=${2:?--table needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -190,12 +199,20 @@ wait_for_socket() {
 
 log "work directory $WORK"
 "$BIN/vsicd" --socket-dir "$WORK/vsicd" --drive "$WORK/vsicd.img,size=$DRIVE_SIZE" \
-    --vsics 1 --queues $QUEUES --cache write-back "${vsicd_args[@]}" >"$WORK/vsicd.log" 2>&1 &
+    --vsics $((1 + dma)) --queues $QUEUES --cache write-back "${vsicd_args[@]}" >"$WORK/vsicd.log" 2>&1 &
 pids+=($!)
 wait_for_socket "$WORK/vsicd/vsic0.sock" "${pids[-1]}" vsicd
 ctl() { timeout $CTL_TIMEOUT "$BIN/vsicctl" --vhost-user "$WORK/vsicd/pf.sock" "$@" >/dev/null; }
 ctl vsa create --size $VSA_SIZE --cap "$WORK/bench.cap"
 ctl vsic attach --vsic 0 --cap "$WORK/bench.cap" --slot 0
+if [[ $dma -eq 1 ]]; then
+    # The same VSA behind VSIC 1, enforced, with one window over every
+    # address a client can share (a lookup costs the same whatever its size).
+    wait_for_socket "$WORK/vsicd/vsic1.sock" "${pids[-1]}" vsicd
+    ctl vsic attach --vsic 1 --cap "$WORK/bench.cap" --slot 0
+    ctl vsic dma-window add --vsic 1 --start 0 --len 0x4000000000000000 --read --write
+    ctl vsic dma-mode --vsic 1 enforced
+fi
 
 truncate -s $DRIVE_SIZE "$WORK/qsd.img"
 qemu-storage-daemon \
@@ -205,12 +222,14 @@ qemu-storage-daemon \
 pids+=($!)
 wait_for_socket "$WORK/qsd.sock" "${pids[-1]}" qsd
 
-declare -A SOCKET=([vsicd]=$WORK/vsicd/vsic0.sock [qsd]=$WORK/qsd.sock)
+declare -A SOCKET=([vsicd]=$WORK/vsicd/vsic0.sock [qsd]=$WORK/qsd.sock [vsicd-dma]=$WORK/vsicd/vsic1.sock)
 TARGETS=(vsicd qsd)
+[[ $dma -eq 0 ]] || TARGETS+=(vsicd-dma)
 
 # Both backing files start sparse; write the whole region once through each
 # target so reads hit allocated pages on both.
 for t in "${TARGETS[@]}"; do
+    [[ $t != vsicd-dma ]] || continue # the same VSA as vsicd
     log "filling $t ($REGION_BYTES bytes)"
     timeout $FILL_TIMEOUT "$BENCH" --target-socket "${SOCKET[$t]}" --target-name "$t" \
         --client vsic --case fill --bs $((1 << 20)) --qd 4 --size $REGION_BYTES >/dev/null ||
@@ -258,7 +277,7 @@ for case in $cases; do
     case $case in
     randread | randwrite)
         for queues in 1 4; do
-            for qd in 1 8 32; do
+            for qd in $qds; do
                 for client in vsic blkio; do
                     for t in "${TARGETS[@]}"; do run "$case" $qd $queues 4096 $client "$t"; done
                 done
@@ -297,6 +316,11 @@ awk '
                 ratio(iops[k, "vsicd"], iops[k, "qsd"]),
                 ratio(p50[k, "vsicd"], p50[k, "qsd"]),
                 ratio(p99[k, "vsicd"], p99[k, "qsd"])
+            if ((k, "vsicd-dma") in iops)
+                printf "ratio %s vsicd-dma/vsicd iops=%s p50=%s p99=%s\n", k,
+                    ratio(iops[k, "vsicd-dma"], iops[k, "vsicd"]),
+                    ratio(p50[k, "vsicd-dma"], p50[k, "vsicd"]),
+                    ratio(p99[k, "vsicd-dma"], p99[k, "vsicd"])
         }
     }
 ' "$RESULTS" | tee -a "$RESULTS.ratios"

@@ -4,8 +4,9 @@
 //! zero-length requests, QoS for the zeroing requests, and what a hostile
 //! VSIC costs another one.
 //!
-//! The driver is the `vsic` library's vhost-user transport with a split
-//! queue written by hand, so a test can put any descriptor chain on it.
+//! The driver is `common::RawDriver`: the `vsic` library's vhost-user
+//! transport with a split queue written by hand, so a test can put any
+//! descriptor chain on it.
 
 mod common;
 
@@ -15,134 +16,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vsic::dma::DmaPool;
-use vsic::transport::vhost_user::VhostUserTransport;
 use vsic::transport::Transport;
-use vsic::virtqueue::{Buf, RingLayout, SplitQueue, Used};
+use vsic::virtqueue::Buf;
 use vsic::{CompletionMode, DmaBuffer, Request, VsaHandle, VsaRange};
 use vsic_abi::virtio::{
     SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-    VIRTIO_F_VERSION_1,
 };
 use vsic_abi::window::slot_base;
 
 const SLOT0: VsaHandle = VsaHandle { slot: 0 };
 /// How long a refused request may take, however large it claims to be.
 const PROMPT: Duration = Duration::from_secs(1);
-
-/// A driver that builds its descriptor chains by hand, on queue 0.
-struct RawDriver {
-    transport: VhostUserTransport,
-    pool: Arc<DmaPool>,
-    vq: SplitQueue,
-    /// Buffers of requests in flight, kept alive until they complete.
-    held: Vec<DmaBuffer>,
-}
-
-/// One request of [`RawDriver`]: its header and status buffers.
-struct Sent {
-    head: u16,
-    status: DmaBuffer,
-    at: Instant,
-}
-
-/// How a request of [`RawDriver`] came back.
-#[derive(Debug)]
-struct Done {
-    used: Used,
-    status: u8,
-    took: Duration,
-}
-
-impl RawDriver {
-    fn open(socket: &std::path::Path, mem_size: usize, queue_size: u16) -> RawDriver {
-        let mut transport =
-            VhostUserTransport::connect(socket.to_str().unwrap(), mem_size, Some(IO_TIMEOUT))
-                .expect("connect");
-        let features = transport.device_features() & (1u64 << VIRTIO_F_VERSION_1);
-        transport.set_driver_features(features).expect("features");
-        let pool = DmaPool::new(Arc::clone(transport.dma_region()));
-        let ring = pool
-            .alloc(RingLayout::new(queue_size).total, 4096)
-            .expect("ring memory");
-        let vq = SplitQueue::new(ring, queue_size, false).expect("queue");
-        transport.setup_queue(0, &vq.addrs()).expect("setup queue");
-        transport.enable_queues(1).expect("enable queue");
-        RawDriver {
-            transport,
-            pool,
-            vq,
-            held: Vec::new(),
-        }
-    }
-
-    fn alloc(&self, len: usize) -> DmaBuffer {
-        self.pool.alloc(len, 4096).expect("DMA buffer")
-    }
-
-    /// Puts a request of type `kind` at `sector` on the queue: the header,
-    /// then `data` (as given, may alias), then the status byte if
-    /// `separate_status` (else the last byte of `data` is the status).
-    fn send(&mut self, kind: u32, sector: u64, data: &[Buf], separate_status: bool) -> Sent {
-        let mut header = self.alloc(16);
-        header.as_mut_slice()[..4].copy_from_slice(&kind.to_le_bytes());
-        header.as_mut_slice()[8..16].copy_from_slice(&sector.to_le_bytes());
-        let mut status = self.alloc(1);
-        status.as_mut_slice()[0] = 0xff;
-        let mut chain = vec![Buf {
-            iova: header.iova(),
-            len: 16,
-            device_writes: false,
-        }];
-        chain.extend_from_slice(data);
-        if separate_status {
-            chain.push(Buf {
-                iova: status.iova(),
-                len: 1,
-                device_writes: true,
-            });
-        }
-        let head = self.vq.add_chain(&chain).expect("add chain");
-        self.vq.publish();
-        self.transport.notify(0).expect("kick");
-        self.held.push(header);
-        Sent {
-            head,
-            status,
-            at: Instant::now(),
-        }
-    }
-
-    /// Waits up to `timeout` for `sent` to come back.
-    fn wait(&mut self, sent: &Sent, timeout: Duration) -> Option<Done> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(used) = self.vq.pop_used() {
-                assert_eq!(used.head, sent.head, "completions come in order here");
-                if self.vq.in_flight() == 0 {
-                    self.held.clear();
-                }
-                return Some(Done {
-                    used,
-                    status: sent.status.as_slice()[0],
-                    took: sent.at.elapsed(),
-                });
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-fn writable(buf: &DmaBuffer, len: usize) -> Buf {
-    Buf {
-        iova: buf.iova(),
-        len: len as u32,
-        device_writes: true,
-    }
-}
 
 /// A daemon whose VSIC 0 has `vsa` bytes at slot 0 (if any) and a QoS
 /// limit of `bytes_per_sec` (0 = none).

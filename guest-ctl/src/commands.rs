@@ -10,7 +10,10 @@ use vsic_abi::units::format_size;
 use vsic_abi::CapToken;
 
 use crate::capfile::{self, Reservation};
-use crate::cli::{CapCommand, Cli, Command, StoreCommand, VsaCommand, VsaTarget, VsicCommand};
+use crate::cli::{
+    CapCommand, Cli, Command, DmaModeArg, DmaWindowCommand, StoreCommand, VsaCommand, VsaTarget,
+    VsicCommand,
+};
 use crate::failure::Failure;
 use crate::guest;
 use crate::pf::{self, Route};
@@ -374,7 +377,106 @@ fn vsic(client: &AdminClient, cmd: &VsicCommand) -> Result<Report, Failure> {
             bytes_per_sec,
             iops,
         } => qos(client, vsic.number, *bytes_per_sec, *iops),
+        VsicCommand::DmaMode { vsic, mode } => dma_mode(client, vsic.number, *mode),
+        VsicCommand::DmaWindow(cmd) => dma_window(client, cmd),
         VsicCommand::Bind { .. } | VsicCommand::Unbind { .. } => Err(internal_dispatch()),
+    }
+}
+
+/// Sets a VSIC's DMA mode, or shows it.
+fn dma_mode(client: &AdminClient, n: u32, mode: Option<DmaModeArg>) -> Result<Report, Failure> {
+    let Some(mode) = mode else {
+        let (mode, windows) = client
+            .dma_windows(n)
+            .map_err(|e| Failure::admin(format!("reading the DMA mode of VSIC {n}"), e))?;
+        return Ok(Report::new(
+            format!(
+                "VSIC {n}: DMA {} ({} windows)\n",
+                mode.name(),
+                windows.len()
+            ),
+            json!({ "vsic": n, "dma_mode": mode.name(), "windows": windows.len() }),
+        ));
+    };
+    let mode = mode.mode();
+    let before = client
+        .dma_set_mode(n, mode)
+        .map_err(|e| Failure::admin(format!("setting the DMA mode of VSIC {n}"), e))?;
+    Ok(Report::new(
+        format!("VSIC {n}: DMA {} (was {})\n", mode.name(), before.name()),
+        json!({ "vsic": n, "dma_mode": mode.name(), "previous": before.name() }),
+    ))
+}
+
+/// Adds, removes or lists a VSIC's DMA windows.
+fn dma_window(client: &AdminClient, cmd: &DmaWindowCommand) -> Result<Report, Failure> {
+    use vsic_abi::admin::{FLAG_DMA_READ, FLAG_DMA_WRITE};
+    let access = |flags: u32| match (flags & FLAG_DMA_READ != 0, flags & FLAG_DMA_WRITE != 0) {
+        (true, true) => "read-write",
+        (true, false) => "read",
+        (false, true) => "write",
+        (false, false) => "none",
+    };
+    match cmd {
+        DmaWindowCommand::Add {
+            vsic,
+            range,
+            read,
+            write,
+        } => {
+            let n = vsic.number;
+            let flags =
+                if *read { FLAG_DMA_READ } else { 0 } | if *write { FLAG_DMA_WRITE } else { 0 };
+            let held = client
+                .dma_window_add(n, range.start, range.len, flags)
+                .map_err(|e| Failure::admin(format!("adding a DMA window to VSIC {n}"), e))?;
+            Ok(Report::new(
+                format!(
+                    "VSIC {n}: DMA window {:#x}+{:#x} ({}) added; {held} windows\n",
+                    range.start,
+                    range.len,
+                    access(flags)
+                ),
+                json!({ "vsic": n, "start": range.start, "len": range.len,
+                        "access": access(flags), "windows": held }),
+            ))
+        }
+        DmaWindowCommand::Remove { vsic, range } => {
+            let n = vsic.number;
+            let held = client
+                .dma_window_remove(n, range.start, range.len)
+                .map_err(|e| Failure::admin(format!("removing a DMA window of VSIC {n}"), e))?;
+            Ok(Report::new(
+                format!(
+                    "VSIC {n}: DMA window {:#x}+{:#x} removed; {held} windows\n",
+                    range.start, range.len
+                ),
+                json!({ "vsic": n, "start": range.start, "len": range.len, "windows": held }),
+            ))
+        }
+        DmaWindowCommand::List { vsic } => {
+            let n = vsic.number;
+            let (mode, windows) = client
+                .dma_windows(n)
+                .map_err(|e| Failure::admin(format!("listing the DMA windows of VSIC {n}"), e))?;
+            let mut human = format!("VSIC {n}: DMA {}, {} windows\n", mode.name(), windows.len());
+            for w in &windows {
+                human.push_str(&format!(
+                    "  {:#018x} +{:#x} {}\n",
+                    w.start,
+                    w.len,
+                    access(w.flags)
+                ));
+            }
+            let list: Vec<_> = windows
+                .iter()
+                .map(|w| json!({ "start": w.start, "len": w.len, "access": access(w.flags) }))
+                .collect();
+            Ok(Report::new(
+                human,
+                json!({ "vsic": n, "dma_mode": mode.name(), "windows": list }),
+            ))
+        }
     }
 }
 

@@ -851,3 +851,91 @@ fn create_interrupted_at_any_instant_leaves_no_orphan_vsa() {
         "no create was interrupted: the test proved nothing"
     );
 }
+
+/// `vsicctl vsic dma-window add` arguments for VSIC 1.
+fn dma_add<'a>(start: &'a str, len: &'a str, access: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "vsic",
+        "dma-window",
+        "add",
+        "--vsic",
+        "1",
+        "--start",
+        start,
+        "--len",
+        len,
+    ];
+    args.extend_from_slice(access);
+    args
+}
+
+#[test]
+fn vsic_dma_mode_and_windows() {
+    let d = start_daemon();
+    let shown = d.ctl_json(&["vsic", "dma-mode", "--vsic", "1"]);
+    assert_eq!(shown["dma_mode"], "open");
+
+    let r = d.ctl_json(&dma_add("0x100000", "1M", &["--read", "--write"]));
+    assert_eq!(
+        (r["windows"].as_u64(), r["access"].as_str()),
+        (Some(1), Some("read-write"))
+    );
+    d.ctl_json(&dma_add("0x400000", "4K", &["--read"]));
+    assert_refused(
+        &d,
+        &dma_add("0x180000", "1M", &["--write"]),
+        AdminStatus::WindowOverlap,
+    );
+    assert_refused(
+        &d,
+        &dma_add("0x800000", "0", &["--read"]),
+        AdminStatus::ZeroSize,
+    );
+    let r = d.ctl_json(&["vsic", "dma-mode", "--vsic", "1", "enforced"]);
+    assert_eq!(
+        (r["dma_mode"].as_str(), r["previous"].as_str()),
+        (Some("enforced"), Some("open"))
+    );
+    let list = d.ctl_json(&["vsic", "dma-window", "list", "--vsic", "1"]);
+    assert_eq!(list["dma_mode"], "enforced");
+    let windows = list["windows"].as_array().expect("windows");
+    assert_eq!(windows.len(), 2);
+    assert_eq!(windows[0]["start"], 0x100000);
+    assert_eq!(windows[1]["access"], "read");
+    d.ctl_json(&[
+        "vsic",
+        "dma-window",
+        "remove",
+        "--vsic",
+        "1",
+        "--start",
+        "0x400000",
+        "--len",
+        "4K",
+    ]);
+    assert_refused(
+        &d,
+        &[
+            "vsic",
+            "dma-window",
+            "remove",
+            "--vsic",
+            "1",
+            "--start",
+            "0x400000",
+            "--len",
+            "4K",
+        ],
+        AdminStatus::NoSuchWindow,
+    );
+    assert_refused(
+        &d,
+        &["vsic", "dma-mode", "--vsic", "99", "open"],
+        AdminStatus::NoSuchVsic,
+    );
+    let shown = d.ctl_json(&["vsic", "dma-mode", "--vsic", "1"]);
+    assert_eq!(
+        (shown["dma_mode"].as_str(), shown["windows"].as_u64()),
+        (Some("enforced"), Some(1))
+    );
+}

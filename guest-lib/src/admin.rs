@@ -6,8 +6,10 @@
 //! module only moves bytes; every layout is encoded and decoded by
 //! `vsic_abi`.
 
-use vsic_abi::admin::{ALL_VSICS, FLAG_READ_ONLY, MAX_PAYLOAD};
-use vsic_abi::records::{self, ExtentRun, Identify, QueueStats, VsaInfo, VsicInfo, VsicStats};
+use vsic_abi::admin::{DmaMode, ALL_VSICS, FLAG_READ_ONLY, MAX_PAYLOAD};
+use vsic_abi::records::{
+    self, DmaWindow, ExtentRun, Identify, QueueStats, VsaInfo, VsicInfo, VsicStats,
+};
 use vsic_abi::virtio::{VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_VSIC_ADMIN};
 use vsic_abi::{AdminCommand, AdminCompletion, AdminStatus, CapToken, DecodeError, Opcode};
 
@@ -283,6 +285,54 @@ impl AdminClient {
         let mut cmd = AdminCommand::new(Opcode::VsaSetRole);
         cmd.args = [vsa_id, role as u64, 0, 0];
         self.simple(cmd).map(drop)
+    }
+
+    /// Sets VSIC `vsic`'s DMA mode; returns the mode it had.
+    pub fn dma_set_mode(&self, vsic: u32, mode: DmaMode) -> Result<DmaMode, AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::DmaSetMode);
+        cmd.vsic = vsic;
+        cmd.args[0] = mode as u64;
+        let before = self.simple(cmd)?.result0;
+        DmaMode::from_u64(before)
+            .ok_or_else(|| AdminError::Protocol(format!("unknown previous DMA mode {before}")))
+    }
+
+    /// Adds the DMA window `[start, start + len)` to VSIC `vsic` with
+    /// `flags` ([`vsic_abi::admin::FLAG_DMA_READ`] and/or
+    /// [`vsic_abi::admin::FLAG_DMA_WRITE`]); returns the windows it holds.
+    pub fn dma_window_add(
+        &self,
+        vsic: u32,
+        start: u64,
+        len: u64,
+        flags: u32,
+    ) -> Result<u64, AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::DmaWindowAdd);
+        cmd.vsic = vsic;
+        cmd.flags = flags;
+        cmd.args = [start, len, 0, 0];
+        Ok(self.simple(cmd)?.result0)
+    }
+
+    /// Removes VSIC `vsic`'s DMA window that starts at `start` with length
+    /// `len`; returns the windows it still holds.
+    pub fn dma_window_remove(&self, vsic: u32, start: u64, len: u64) -> Result<u64, AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::DmaWindowRemove);
+        cmd.vsic = vsic;
+        cmd.args = [start, len, 0, 0];
+        Ok(self.simple(cmd)?.result0)
+    }
+
+    /// VSIC `vsic`'s DMA mode and windows (sorted by start).
+    pub fn dma_windows(&self, vsic: u32) -> Result<(DmaMode, Vec<DmaWindow>), AdminError> {
+        let mut cmd = AdminCommand::new(Opcode::DmaWindowList);
+        cmd.vsic = vsic;
+        let (completion, data) = self.execute_list(cmd)?;
+        let mode = DmaMode::from_u64(completion.result1).ok_or_else(|| {
+            AdminError::Protocol(format!("unknown DMA mode {}", completion.result1))
+        })?;
+        let windows = DmaWindow::decode_array(&data).map_err(|e| protocol("DMA windows", e))?;
+        Ok((mode, windows))
     }
 
     /// Attaches the VSA of `token` to `slot` of `vsic`.

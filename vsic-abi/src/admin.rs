@@ -29,8 +29,49 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// Command flag: the attachment or derived capability is read-only.
 pub const FLAG_READ_ONLY: u32 = 1 << 0;
+/// Command flag of [`Opcode::DmaWindowAdd`]: the device may read the
+/// window (device-readable buffers: request headers, data-out).
+pub const FLAG_DMA_READ: u32 = 1 << 1;
+/// Command flag of [`Opcode::DmaWindowAdd`]: the device may write the
+/// window (device-writable buffers: data-in, status bytes).
+pub const FLAG_DMA_WRITE: u32 = 1 << 2;
 /// All flags this version defines; any other bit is an error.
-pub const FLAGS_KNOWN: u32 = FLAG_READ_ONLY;
+pub const FLAGS_KNOWN: u32 = FLAG_READ_ONLY | FLAG_DMA_READ | FLAG_DMA_WRITE;
+
+/// A VSIC's DMA mode ([`Opcode::DmaSetMode`] arg0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum DmaMode {
+    /// Every guest address (the default, like an IOMMU pass-through domain).
+    Open = 0,
+    /// Only the VSIC's DMA windows.
+    Enforced = 1,
+}
+
+impl DmaMode {
+    pub fn from_u64(v: u64) -> Option<DmaMode> {
+        match v {
+            0 => Some(DmaMode::Open),
+            1 => Some(DmaMode::Enforced),
+            _ => None,
+        }
+    }
+
+    /// Stable short name, for the CLI and `--json` output.
+    pub fn name(self) -> &'static str {
+        match self {
+            DmaMode::Open => "open",
+            DmaMode::Enforced => "enforced",
+        }
+    }
+}
+
+/// [`DmaMode::Open`] as it travels.
+pub const DMA_MODE_OPEN: u64 = DmaMode::Open as u64;
+/// [`DmaMode::Enforced`] as it travels.
+pub const DMA_MODE_ENFORCED: u64 = DmaMode::Enforced as u64;
+/// Most DMA windows one VSIC can hold.
+pub const MAX_DMA_WINDOWS: usize = 256;
 
 /// `vsic` value meaning "every VSIC" for [`Opcode::Stats`].
 pub const ALL_VSICS: u32 = u32::MAX;
@@ -90,10 +131,22 @@ pub enum Opcode {
     Stats = 0x70,
     /// arg0 = VSA id. payload in: array of [`crate::records::ExtentRun`].
     ExtentMap = 0x71,
+    /// `vsic`, arg0 = [`DMA_MODE_OPEN`] or [`DMA_MODE_ENFORCED`]. Changing
+    /// the mode keeps the VSIC's windows. result0 = the previous mode.
+    DmaSetMode = 0x80,
+    /// `vsic`, arg0 = guest-physical start, arg1 = length, flags =
+    /// [`FLAG_DMA_READ`] and/or [`FLAG_DMA_WRITE`]. result0 = windows held.
+    DmaWindowAdd = 0x81,
+    /// `vsic`, arg0 = start, arg1 = length of a window exactly as added.
+    /// result0 = windows held.
+    DmaWindowRemove = 0x82,
+    /// `vsic`. payload in: array of [`crate::records::DmaWindow`], sorted by
+    /// start. result0 = count, result1 = mode.
+    DmaWindowList = 0x83,
 }
 
 impl Opcode {
-    pub const ALL: [Opcode; 19] = [
+    pub const ALL: [Opcode; 23] = [
         Opcode::Identify,
         Opcode::VsicEnable,
         Opcode::VsicDisable,
@@ -113,6 +166,10 @@ impl Opcode {
         Opcode::ListVsics,
         Opcode::Stats,
         Opcode::ExtentMap,
+        Opcode::DmaSetMode,
+        Opcode::DmaWindowAdd,
+        Opcode::DmaWindowRemove,
+        Opcode::DmaWindowList,
     ];
 
     pub fn from_u16(v: u16) -> Option<Opcode> {
@@ -148,10 +205,15 @@ pub enum AdminStatus {
     NotPf = 21,
     MetadataIo = 22,
     RoleInUse = 23,
+    WindowOverlap = 24,
+    TooManyWindows = 25,
+    NoSuchWindow = 26,
+    WindowOverflow = 27,
+    UnknownMode = 28,
 }
 
 impl AdminStatus {
-    pub const ALL: [AdminStatus; 24] = [
+    pub const ALL: [AdminStatus; 29] = [
         AdminStatus::Ok,
         AdminStatus::BadMagic,
         AdminStatus::BadVersion,
@@ -176,6 +238,11 @@ impl AdminStatus {
         AdminStatus::NotPf,
         AdminStatus::MetadataIo,
         AdminStatus::RoleInUse,
+        AdminStatus::WindowOverlap,
+        AdminStatus::TooManyWindows,
+        AdminStatus::NoSuchWindow,
+        AdminStatus::WindowOverflow,
+        AdminStatus::UnknownMode,
     ];
 
     pub fn from_u16(v: u16) -> Option<AdminStatus> {
@@ -209,6 +276,11 @@ impl AdminStatus {
             AdminStatus::NotPf => "not-pf",
             AdminStatus::MetadataIo => "metadata-io",
             AdminStatus::RoleInUse => "role-in-use",
+            AdminStatus::WindowOverlap => "window-overlap",
+            AdminStatus::TooManyWindows => "too-many-windows",
+            AdminStatus::NoSuchWindow => "no-such-window",
+            AdminStatus::WindowOverflow => "window-overflow",
+            AdminStatus::UnknownMode => "unknown-mode",
         }
     }
 
@@ -234,13 +306,18 @@ impl AdminStatus {
             AdminStatus::NoSpace => "not enough free extents on the drives",
             AdminStatus::SlotBusy => "that slot already has a VSA attached",
             AdminStatus::SlotEmpty => "that slot has no VSA attached",
-            AdminStatus::ZeroSize => "a VSA cannot have size zero",
+            AdminStatus::ZeroSize => "a VSA or DMA window cannot have size zero",
             AdminStatus::BelowMinimum => "a VSA cannot be shrunk below one extent",
             AdminStatus::TooLarge => "the size exceeds what a VSA window can hold",
             AdminStatus::ResponseTooSmall => "the response buffer is too small for the reply",
             AdminStatus::NotPf => "admin commands are only accepted on the PF",
             AdminStatus::MetadataIo => "the device could not commit its metadata to the drives",
             AdminStatus::RoleInUse => "another VSA already has that role (clear it there first)",
+            AdminStatus::WindowOverlap => "the DMA window overlaps one the VSIC already has",
+            AdminStatus::TooManyWindows => "the VSIC already holds the most DMA windows it can",
+            AdminStatus::NoSuchWindow => "the VSIC has no DMA window with that start and length",
+            AdminStatus::WindowOverflow => "the DMA window's start plus length overflows 64 bits",
+            AdminStatus::UnknownMode => "the device does not know that DMA mode",
         }
     }
 }

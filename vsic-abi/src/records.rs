@@ -481,6 +481,54 @@ impl ExtentRun {
     }
 }
 
+wire_layout! {
+    /// One DMA window of a DMA_WINDOW_LIST reply as it travels (see
+    /// [`DmaWindow`]).
+    pub struct DmaWindowWire(24 bytes) {
+        0 => start: U64,
+        8 => len: U64,
+        16 => flags: U32,
+        20 => reserved: U32,
+    }
+}
+
+/// A guest-physical range a VSIC may address in enforced DMA mode,
+/// decoded ([`DmaWindowWire`], 24 bytes). `flags` holds
+/// [`crate::admin::FLAG_DMA_READ`] and/or [`crate::admin::FLAG_DMA_WRITE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaWindow {
+    pub start: u64,
+    pub len: u64,
+    pub flags: u32,
+}
+
+impl DmaWindow {
+    pub const LEN: usize = DmaWindowWire::LEN;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        zerocopy::transmute!(DmaWindowWire {
+            start: self.start.into(),
+            len: self.len.into(),
+            flags: self.flags.into(),
+            reserved: U32::ZERO,
+        })
+    }
+
+    /// The reserved field is ignored: a newer device may use it.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let w = DmaWindowWire::read_exact(b)?;
+        Ok(Self {
+            start: w.start.get(),
+            len: w.len.get(),
+            flags: w.flags.get(),
+        })
+    }
+
+    pub fn decode_array(b: &[u8]) -> Result<Vec<Self>, DecodeError> {
+        records(b, Self::LEN)?.map(Self::decode).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

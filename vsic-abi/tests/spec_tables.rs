@@ -6,8 +6,8 @@ use vsic_abi::admin::{AdminCommandWire, AdminCompletionWire};
 use vsic_abi::cap::CapTokenWire;
 use vsic_abi::layout::{Field, Layout};
 use vsic_abi::records::{
-    ExtentRunWire, IdentifyWire, QueueStatsWire, SlotInfoWire, VsaInfoWire, VsicInfoWire,
-    VsicStatsWire,
+    DmaWindowWire, ExtentRunWire, IdentifyWire, QueueStatsWire, SlotInfoWire, VsaInfoWire,
+    VsicInfoWire, VsicStatsWire,
 };
 
 const SPEC: &str = include_str!("../../docs/device-spec.md");
@@ -102,6 +102,7 @@ fn records() {
     check::<VsaInfoWire>("VsaInfo (48 bytes)");
     check::<VsicInfoWire>("VsicInfo (288 bytes)");
     check::<SlotInfoWire>("SlotInfo (16 bytes)");
+    check::<DmaWindowWire>("DmaWindow (24 bytes)");
     check::<VsicStatsWire>("VsicStats (88 bytes)");
     check::<QueueStatsWire>("QueueStats (40 bytes)");
     check::<ExtentRunWire>("ExtentRun (16 bytes)");

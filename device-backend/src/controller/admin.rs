@@ -41,10 +41,21 @@
 //! | CapRevoke | tokens revoked | attachments removed | new root (root only) |
 //! | ListVsas, ListVsics, Stats | records | - | records |
 //! | ExtentMap | runs | VSA size | runs |
+//! | DmaSetMode | previous mode | - | - |
+//! | DmaWindowAdd, DmaWindowRemove | windows held | - | - |
+//! | DmaWindowList | windows | mode | DmaWindow records |
+//!
+//! DMA windows live in the runtime only (never in the metadata): the mode
+//! is committed like any VSIC setting, the windows change under the admin
+//! mutex by swapping the VSIC's table (see `dma`).
 
-use vsic_abi::admin::{ALL_VSICS, FLAGS_KNOWN, FLAG_READ_ONLY};
+use vsic_abi::admin::{
+    ALL_VSICS, DMA_MODE_ENFORCED, DMA_MODE_OPEN, FLAGS_KNOWN, FLAG_DMA_READ, FLAG_DMA_WRITE,
+    FLAG_READ_ONLY,
+};
 use vsic_abi::records::{
-    encode_stats, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo, ROLE_NONE, ROLE_STORE,
+    encode_stats, DmaWindow, ExtentRun, Identify, SlotInfo, VsaInfo, VsicInfo, ROLE_NONE,
+    ROLE_STORE,
 };
 use vsic_abi::window::{SLOTS_PER_VSIC, WINDOW_SHIFT, WINDOW_SIZE};
 use vsic_abi::{AdminCommand, AdminCompletion, AdminStatus, CapToken, Opcode, Rights};
@@ -75,6 +86,7 @@ const RESERVED_ARGS: std::ops::RangeFrom<usize> = 2..;
 fn allowed_flags(op: Opcode) -> u32 {
     match op {
         Opcode::Attach | Opcode::CapDerive => FLAG_READ_ONLY & FLAGS_KNOWN,
+        Opcode::DmaWindowAdd => (FLAG_DMA_READ | FLAG_DMA_WRITE) & FLAGS_KNOWN,
         _ => 0,
     }
 }
@@ -210,6 +222,10 @@ impl AdminTarget for Controller {
             Opcode::ListVsics => self.list_vsics(&plane, capacity),
             Opcode::Stats => self.stats(&cmd, capacity),
             Opcode::ExtentMap => self.extent_map(&plane, &cmd, capacity),
+            Opcode::DmaSetMode => self.dma_set_mode(&mut plane, &cmd),
+            Opcode::DmaWindowAdd => self.dma_window_add(&cmd),
+            Opcode::DmaWindowRemove => self.dma_window_remove(&cmd),
+            Opcode::DmaWindowList => self.dma_window_list(&plane, &cmd, capacity),
         };
         reply(outcome)
     }
@@ -733,5 +749,76 @@ impl Controller {
         let mut done = fits(out, runs.len(), capacity)?;
         done.result1 = vsa.size;
         Ok(done)
+    }
+
+    // ------------------------------------------------------ DMA protection
+
+    /// Sets VSIC `vsic`'s DMA mode (arg0); the mode is committed, so a
+    /// restart brings an enforced VSIC back enforced.
+    fn dma_set_mode(&self, plane: &mut AdminPlane, cmd: &AdminCommand) -> Outcome {
+        let n = self.vsic_index(cmd.vsic)?;
+        let enforced = match cmd.args[0] {
+            DMA_MODE_OPEN => false,
+            DMA_MODE_ENFORCED => true,
+            _ => return Err(AdminStatus::UnknownMode.into()),
+        };
+        let mut next = plane.state.clone();
+        let rec = vsic_mut(&mut next, n)?;
+        let before = rec.dma_enforced;
+        rec.dma_enforced = enforced;
+        self.commit(plane, next)?;
+        Ok(Done {
+            result0: dma_mode(before),
+            ..Default::default()
+        })
+    }
+
+    fn dma_window_add(&self, cmd: &AdminCommand) -> Outcome {
+        let n = self.vsic_index(cmd.vsic)?;
+        let rt = self.vsics.get(n).ok_or(AdminStatus::NoSuchVsic)?;
+        let next = rt.dma.windows().with(DmaWindow {
+            start: cmd.args[0],
+            len: cmd.args[1],
+            flags: cmd.flags,
+        })?;
+        let held = next.windows().len() as u64;
+        rt.dma.set_windows(next);
+        Ok(Done {
+            result0: held,
+            ..Default::default()
+        })
+    }
+
+    fn dma_window_remove(&self, cmd: &AdminCommand) -> Outcome {
+        let n = self.vsic_index(cmd.vsic)?;
+        let rt = self.vsics.get(n).ok_or(AdminStatus::NoSuchVsic)?;
+        let next = rt.dma.windows().without(cmd.args[0], cmd.args[1])?;
+        let held = next.windows().len() as u64;
+        rt.dma.set_windows(next);
+        Ok(Done {
+            result0: held,
+            ..Default::default()
+        })
+    }
+
+    fn dma_window_list(&self, plane: &AdminPlane, cmd: &AdminCommand, capacity: usize) -> Outcome {
+        let n = self.vsic_index(cmd.vsic)?;
+        let rt = self.vsics.get(n).ok_or(AdminStatus::NoSuchVsic)?;
+        let table = rt.dma.windows();
+        let mut out = Vec::with_capacity(table.windows().len() * DmaWindow::LEN);
+        for w in table.windows() {
+            out.extend_from_slice(&w.encode());
+        }
+        let mut done = fits(out, table.windows().len(), capacity)?;
+        done.result1 = dma_mode(plane.state.vsics.get(n).is_some_and(|v| v.dma_enforced));
+        Ok(done)
+    }
+}
+
+fn dma_mode(enforced: bool) -> u64 {
+    if enforced {
+        DMA_MODE_ENFORCED
+    } else {
+        DMA_MODE_OPEN
     }
 }

@@ -13,7 +13,7 @@ use vsic_abi::window;
 
 use super::runtime::VsicRuntime;
 use super::stats::bump;
-use super::target::{IoBuffers, IoError, IoKind, IoTarget};
+use super::target::{DmaPolicy, IoBuffers, IoError, IoKind, IoTarget};
 use super::vsa::{map_range, Segments};
 use super::Controller;
 
@@ -297,6 +297,21 @@ impl IoTarget for Controller {
                 bump(&q.errors, 1);
             }
         }
+    }
+
+    fn dma_policy(&self, vsic: u32) -> DmaPolicy {
+        self.vsics.get(vsic as usize).and_then(|rt| rt.dma.policy())
+    }
+
+    fn dma_violation(&self, vsic: u32, queue: u16, addr: u64, len: u64) {
+        let Ok(rt) = self.runtime(vsic) else {
+            return;
+        };
+        if let Some(q) = rt.stats.queue(queue) {
+            bump(&q.requests, 1);
+        }
+        let e = IoError::DmaViolation { addr, len };
+        self.record_failure(rt, vsic, queue, "DMA", addr, &e);
     }
 
     /// A wait counts in `qos_delayed`.

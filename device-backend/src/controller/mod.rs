@@ -16,6 +16,7 @@
 //!   maps behind read-write locks);
 //! - `admin`: admin command decoding and execution ([`AdminTarget`]);
 //! - `datapath`: reads, writes, flushes and discards ([`IoTarget`]);
+//! - `dma`: per-VSIC DMA protection (mode, windows, the buffer lookup);
 //! - `qos`, `stats`: token buckets, counters and log rate limiting.
 
 mod admin;
@@ -23,6 +24,7 @@ mod alloc;
 mod buffers;
 mod caps;
 mod datapath;
+mod dma;
 mod drive;
 mod metadata;
 mod qos;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use super::dma::DmaState;
 use super::qos::Qos;
 use super::state::{PoolState, VsicRecord, SLOTS};
 use super::stats::{RateLimit, VsicCounters};
@@ -25,6 +26,7 @@ pub struct VsicRuntime {
     pub qos: Qos,
     pub stats: VsicCounters,
     pub failure_log: RateLimit,
+    pub dma: DmaState,
 }
 
 impl VsicRuntime {
@@ -36,6 +38,7 @@ impl VsicRuntime {
             qos: Qos::new(rec.qos_bytes_per_sec, rec.qos_iops),
             stats: VsicCounters::new(queues),
             failure_log: RateLimit::default(),
+            dma: DmaState::default(),
         }
     }
 
@@ -132,6 +135,7 @@ pub fn reconcile(
             *rt.slots.write().unwrap_or_else(|e| e.into_inner()) = bindings;
         }
         rt.set_enabled(rec.enabled);
+        rt.dma.set_enforced(rec.dma_enforced);
         if before.map(|b| (b.qos_bytes_per_sec, b.qos_iops))
             != Some((rec.qos_bytes_per_sec, rec.qos_iops))
         {

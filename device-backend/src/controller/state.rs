@@ -70,6 +70,10 @@ pub struct VsicRecord {
     pub qos_bytes_per_sec: u64,
     pub qos_iops: u64,
     pub slots: [Option<Attachment>; SLOTS],
+    /// DMA mode enforced (only the VSIC's windows may be addressed). The
+    /// windows themselves are not persisted: a restart brings an enforced
+    /// VSIC back enforced with no windows (fail closed).
+    pub dma_enforced: bool,
 }
 
 impl Default for VsicRecord {
@@ -81,6 +85,7 @@ impl Default for VsicRecord {
             qos_bytes_per_sec: 0,
             qos_iops: 0,
             slots: [None; SLOTS],
+            dma_enforced: false,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use vsic_abi::AdminCompletion;
 
 pub use super::buffers::{BufferStorage, IoBuffers};
+pub use super::dma::{DmaAccess, DmaPolicy, DmaWindows};
 
 /// Direction of a data transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,12 @@ pub enum IoError {
     OutOfBounds,
     /// Write to a read-only attachment.
     ReadOnly,
+    /// A descriptor buffer outside the VSIC's DMA windows (enforced mode):
+    /// refused by the front before any byte moved.
+    DmaViolation {
+        addr: u64,
+        len: u64,
+    },
     /// The backing drive failed.
     Device(std::io::Error),
 }
@@ -97,6 +104,16 @@ pub trait IoTarget: Send + Sync {
     /// The front waits that long, holding no lock, before it takes the
     /// request from its queue.
     fn qos_wait(&self, vsic: u32) -> Duration;
+
+    /// VSIC `vsic`'s DMA protection, as a snapshot the front checks each
+    /// buffer of one chain against: `None` in open mode (every guest
+    /// address). Cheap: one read lock and one `Arc` clone.
+    fn dma_policy(&self, vsic: u32) -> DmaPolicy;
+
+    /// Counts a request the front refused because buffer `[addr, addr +
+    /// len)` lies outside VSIC `vsic`'s DMA windows (an error and a
+    /// protection violation) and logs it, rate-limited.
+    fn dma_violation(&self, vsic: u32, queue: u16, addr: u64, len: u64);
 
     /// Makes every completed write of every VSIC durable, whatever the
     /// VSICs' state (a clean shutdown; not a guest request).

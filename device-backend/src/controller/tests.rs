@@ -1664,3 +1664,179 @@ fn roles_are_set_by_the_pf_listed_and_persisted() {
     let c = pool.open();
     assert_eq!(roles(&c), vec![(store, ROLE_STORE)]);
 }
+
+/// DMA_WINDOW_ADD on `vsic` of `[start, start + len)` with `flags`.
+fn dma_add(c: &Controller, vsic: u32, start: u64, len: u64, flags: u32) -> AdminReply {
+    run(
+        c,
+        Opcode::DmaWindowAdd,
+        |m| {
+            m.vsic = vsic;
+            m.flags = flags;
+            m.args = [start, len, 0, 0]
+        },
+        &[],
+        0,
+    )
+}
+
+fn dma_mode(c: &Controller, vsic: u32, mode: u64) -> AdminReply {
+    run(
+        c,
+        Opcode::DmaSetMode,
+        |m| {
+            m.vsic = vsic;
+            m.args = [mode, 0, 0, 0]
+        },
+        &[],
+        0,
+    )
+}
+
+/// (mode, windows) of `vsic` as DMA_WINDOW_LIST reports them.
+fn dma_list(c: &Controller, vsic: u32) -> (u64, Vec<vsic_abi::records::DmaWindow>) {
+    let r = ok(run(
+        c,
+        Opcode::DmaWindowList,
+        |m| m.vsic = vsic,
+        &[],
+        1 << 16,
+    ));
+    let w = vsic_abi::records::DmaWindow::decode_array(&r.payload).unwrap();
+    assert_eq!(r.completion.result0 as usize, w.len());
+    (r.completion.result1, w)
+}
+
+#[test]
+fn dma_windows_are_added_listed_removed_and_checked() {
+    use super::target::DmaAccess;
+    use vsic_abi::admin::{
+        DMA_MODE_ENFORCED, DMA_MODE_OPEN, FLAG_DMA_READ, FLAG_DMA_WRITE, MAX_DMA_WINDOWS,
+    };
+    let rw = FLAG_DMA_READ | FLAG_DMA_WRITE;
+    let pool = Pool::new("dma", 1);
+    let c = pool.open();
+    // Open by default: no policy for the data path.
+    assert_eq!(dma_list(&c, 1), (DMA_MODE_OPEN, vec![]));
+    assert!(c.dma_policy(1).is_none());
+    assert_eq!(ok(dma_add(&c, 1, 0x2000, 0x1000, rw)).completion.result0, 1);
+    assert_eq!(
+        ok(dma_add(&c, 1, 0x0, 0x1000, FLAG_DMA_READ))
+            .completion
+            .result0,
+        2
+    );
+    assert!(c.dma_policy(1).is_none(), "windows alone do not enforce");
+    assert_eq!(ok(dma_mode(&c, 1, DMA_MODE_ENFORCED)).completion.result0, 0);
+    let p = c.dma_policy(1).expect("enforced");
+    assert!(p.permits(0x2000, 0x1000, DmaAccess::Write));
+    assert!(!p.permits(0x0, 1, DmaAccess::Write));
+    assert!(c.dma_policy(0).is_none(), "other VSICs stay open");
+    let (mode, w) = dma_list(&c, 1);
+    assert_eq!(mode, DMA_MODE_ENFORCED);
+    assert_eq!(
+        w.iter()
+            .map(|w| (w.start, w.len, w.flags))
+            .collect::<Vec<_>>(),
+        [(0, 0x1000, FLAG_DMA_READ), (0x2000, 0x1000, rw)]
+    );
+    // Bad input, each with its status; nothing changes.
+    let bad = [
+        (
+            dma_add(&c, 1, 0x2800, 0x1000, rw),
+            AdminStatus::WindowOverlap,
+        ),
+        (
+            dma_add(&c, 1, 0x1800, 0x1000, rw),
+            AdminStatus::WindowOverlap,
+        ),
+        (dma_add(&c, 1, 0x8000, 0, rw), AdminStatus::ZeroSize),
+        (
+            dma_add(&c, 1, u64::MAX - 1, 4, rw),
+            AdminStatus::WindowOverflow,
+        ),
+        (dma_add(&c, 1, 0x8000, 1, 0), AdminStatus::InvalidArgument),
+        (dma_add(&c, 1, 0x8000, 1, 1 << 3), AdminStatus::UnknownFlags),
+        (
+            dma_add(&c, 1, 0x8000, 1, FLAG_READ_ONLY),
+            AdminStatus::UnknownFlags,
+        ),
+        (dma_add(&c, 9, 0x8000, 1, rw), AdminStatus::NoSuchVsic),
+        (dma_mode(&c, 9, DMA_MODE_OPEN), AdminStatus::NoSuchVsic),
+        (dma_mode(&c, 1, 2), AdminStatus::UnknownMode),
+        (
+            run(&c, Opcode::DmaWindowList, |m| m.vsic = 9, &[], 1 << 16),
+            AdminStatus::NoSuchVsic,
+        ),
+        (
+            run(
+                &c,
+                Opcode::DmaWindowRemove,
+                |m| {
+                    m.vsic = 1;
+                    m.args = [0x2000, 0x800, 0, 0]
+                },
+                &[],
+                0,
+            ),
+            AdminStatus::NoSuchWindow,
+        ),
+        (
+            run(&c, Opcode::DmaWindowList, |m| m.vsic = 1, &[], 24),
+            AdminStatus::ResponseTooSmall,
+        ),
+    ];
+    for (r, want) in bad {
+        assert_eq!(status(&r), want);
+    }
+    assert_eq!(dma_list(&c, 1).1.len(), 2);
+    ok(run(
+        &c,
+        Opcode::DmaWindowRemove,
+        |m| {
+            m.vsic = 1;
+            m.args = [0x2000, 0x1000, 0, 0]
+        },
+        &[],
+        0,
+    ));
+    assert!(!c.dma_policy(1).unwrap().permits(0x2000, 1, DmaAccess::Read));
+    // The limit.
+    for i in 1..MAX_DMA_WINDOWS as u64 {
+        ok(dma_add(&c, 1, i << 20, 0x1000, rw));
+    }
+    assert_eq!(
+        status(&dma_add(&c, 1, 1 << 40, 1, rw)),
+        AdminStatus::TooManyWindows
+    );
+    assert_eq!(ok(dma_mode(&c, 1, DMA_MODE_OPEN)).completion.result0, 1);
+    assert!(c.dma_policy(1).is_none());
+}
+
+#[test]
+fn dma_mode_survives_a_restart_but_windows_do_not() {
+    use vsic_abi::admin::{DMA_MODE_ENFORCED, DMA_MODE_OPEN, FLAG_DMA_READ};
+    let pool = Pool::new("dma-reopen", 1);
+    {
+        let c = pool.open();
+        ok(dma_mode(&c, 2, DMA_MODE_ENFORCED));
+        ok(dma_add(&c, 2, 0, 1 << 30, FLAG_DMA_READ));
+        ok(dma_add(&c, 3, 0, 1 << 30, FLAG_DMA_READ));
+    }
+    let c = pool.open();
+    assert_eq!(dma_list(&c, 2), (DMA_MODE_ENFORCED, vec![]));
+    let p = c.dma_policy(2).expect("still enforced: fail closed");
+    assert!(p.windows().is_empty());
+    assert_eq!(dma_list(&c, 3), (DMA_MODE_OPEN, vec![]));
+}
+
+#[test]
+fn dma_violations_count_as_protection_violations() {
+    let pool = Pool::new("dma-count", 1);
+    let c = pool.open();
+    c.dma_violation(1, 0, 0x1000, 16);
+    c.dma_violation(1, 7, 0x1000, 16);
+    let s = vsic_stats(&c, 1);
+    assert_eq!((s.protection_violations, s.errors), (2, 2));
+    c.dma_violation(99, 0, 0, 1);
+}

@@ -15,6 +15,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::config_space::{MAX_CHAIN_DESCRIPTORS, MAX_TRANSFER};
+use crate::controller::target::{DmaAccess, DmaWindows};
 
 /// Descriptors walked before a chain is declared endless. The queue's own
 /// chain iterator is bounded too; this bounds any other descriptor source.
@@ -35,8 +36,11 @@ const STREAM_LIMIT: u64 = MAX_TRANSFER + 4096;
 /// holds; a chain still pointing on then (a loop, a bad index, unreadable
 /// memory) ends with a descriptor whose NEXT flag is set, which
 /// [`Chain::gather`] treats as a chain without an end.
-pub struct DescWalk<'m, M> {
+pub struct DescWalk<'m, 'w, M> {
     mem: &'m M,
+    /// In enforced DMA mode, the windows an indirect table must lie in to
+    /// be read; one outside them is not followed (see [`DescWalk::within`]).
+    windows: Option<&'w DmaWindows>,
     table: u64,
     entries: u32,
     next: Option<u32>,
@@ -44,12 +48,13 @@ pub struct DescWalk<'m, M> {
     ttl: u32,
 }
 
-impl<'m, M: GuestMemoryBackend> DescWalk<'m, M> {
+impl<'m, 'w, M: GuestMemoryBackend> DescWalk<'m, 'w, M> {
     /// The chain whose head is `head` in the descriptor table at `table`
     /// of a queue of `size` entries.
     pub fn new(mem: &'m M, table: u64, size: u16, head: u16) -> Self {
         DescWalk {
             mem,
+            windows: None,
             table,
             entries: u32::from(size),
             next: Some(u32::from(head)),
@@ -57,9 +62,18 @@ impl<'m, M: GuestMemoryBackend> DescWalk<'m, M> {
             ttl: u32::from(size),
         }
     }
+
+    /// Reads an indirect table only when it lies inside `windows` (when
+    /// given): one outside them ends the walk with the indirect descriptor
+    /// itself, whose buffer the DMA check then refuses, so not a byte of it
+    /// is read.
+    pub fn within(mut self, windows: Option<&'w DmaWindows>) -> Self {
+        self.windows = windows;
+        self
+    }
 }
 
-impl<M: GuestMemoryBackend> Iterator for DescWalk<'_, M> {
+impl<M: GuestMemoryBackend> Iterator for DescWalk<'_, '_, M> {
     type Item = Descriptor;
 
     fn next(&mut self) -> Option<Descriptor> {
@@ -72,10 +86,13 @@ impl<M: GuestMemoryBackend> Iterator for DescWalk<'_, M> {
         let desc: Descriptor = self.mem.read_obj(GuestAddress(at)).ok()?;
         if desc.refers_to_indirect_table() {
             let len = desc.len();
+            let outside = self
+                .windows
+                .is_some_and(|w| !w.permits(desc.addr().0, u64::from(len), DmaAccess::Read));
             // One level only, a whole number of descriptors (virtio 1.3,
-            // 2.7.5.3.1).
+            // 2.7.5.3.1), inside the DMA windows when they are enforced.
             #[allow(clippy::manual_is_multiple_of)]
-            if self.indirect || len == 0 || len % 16 != 0 {
+            if self.indirect || len == 0 || len % 16 != 0 || outside {
                 return Some(desc);
             }
             self.indirect = true;
@@ -246,7 +263,8 @@ impl Chain {
         self.writable_len.saturating_sub(1)
     }
 
-    fn segments(&self, stream: Stream) -> &[Segment] {
+    /// The stored buffers of `stream`, in chain order.
+    pub fn segments(&self, stream: Stream) -> &[Segment] {
         match stream {
             Stream::Readable => &self.readable,
             Stream::Writable => &self.writable,
@@ -476,5 +494,54 @@ mod tests {
         put(&mem, indirect, 2, (indirect, 16, INDIRECT, 0));
         chain.gather(&mem, DescWalk::new(&mem, TABLE, 8, 0));
         assert_eq!(chain.status_addr(), None);
+    }
+
+    #[test]
+    fn an_indirect_table_outside_the_dma_windows_is_not_read() {
+        use vsic_abi::admin::{FLAG_DMA_READ, FLAG_DMA_WRITE};
+        use vsic_abi::records::DmaWindow;
+        let mem = memory();
+        let indirect = 0x4000;
+        put(&mem, TABLE, 0, (indirect, 3 * 16, INDIRECT, 0));
+        put(&mem, indirect, 0, (0x8000, 16, NEXT, 1));
+        put(&mem, indirect, 1, (0xa000, 512, NEXT | WRITE, 2));
+        put(&mem, indirect, 2, (0x9000, 1, WRITE, 0));
+        let everything_but = |hole: u64| {
+            DmaWindows::default()
+                .with(DmaWindow {
+                    start: 0,
+                    len: hole,
+                    flags: FLAG_DMA_READ | FLAG_DMA_WRITE,
+                })
+                .unwrap()
+                .with(DmaWindow {
+                    start: hole + 0x1000,
+                    len: 1 << 20,
+                    flags: FLAG_DMA_READ | FLAG_DMA_WRITE,
+                })
+                .unwrap()
+        };
+        let covered = everything_but(0x20000);
+        let descs: Vec<_> = DescWalk::new(&mem, TABLE, 8, 0)
+            .within(Some(&covered))
+            .collect();
+        assert_eq!(descs.len(), 3, "a covered table is followed");
+        let holed = everything_but(indirect);
+        let descs: Vec<_> = DescWalk::new(&mem, TABLE, 8, 0)
+            .within(Some(&holed))
+            .collect();
+        assert_eq!(descs.len(), 1, "the table outside the windows was read");
+        assert!(descs[0].refers_to_indirect_table());
+        let mut chain = Chain::new();
+        chain.gather(&mem, descs);
+        assert_eq!(chain.status_addr(), None);
+        assert_eq!(
+            chain.segments(Stream::Readable),
+            [Segment {
+                addr: indirect,
+                len: 48
+            }],
+            "the table is the buffer the DMA check refuses"
+        );
     }
 }

@@ -21,8 +21,8 @@ use vsic_abi::virtio::{self, serial_for, Function};
 
 use super::chain::{Chain, Stream};
 use super::channel::ConfigChangeSink;
-use super::request::{check_segment, parse_chain, read_segment, Refusal, Request};
-use crate::controller::target::{BufferStorage, IoBuffers, IoKind, Target};
+use super::request::{check_segment, parse_gathered, read_segment, Refusal, Request};
+use crate::controller::target::{BufferStorage, DmaAccess, DmaWindows, IoBuffers, IoKind, Target};
 
 /// How a chain completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,9 @@ pub struct Context<'a> {
     /// driver that identifies the device after starting it then reads the
     /// current capacity.
     pub config_settled: &'a dyn Fn(),
+    /// The VSIC's DMA windows when it is in enforced mode (a snapshot
+    /// taken once per batch); `None` in open mode and on the PF.
+    pub dma: Option<&'a DmaWindows>,
 }
 
 impl Context<'_> {
@@ -89,8 +92,13 @@ pub fn handle_chain<M: GuestMemoryBackend>(
     ctx: &Context<'_>,
     scratch: &mut Scratch,
 ) -> Completion {
-    let (status, data_in_written) = match parse_chain(mem, descs, ctx.function, &mut scratch.chain)
-    {
+    scratch.chain.gather(mem, descs);
+    if let (Some(vsic), Some(windows)) = (ctx.vsic(), ctx.dma) {
+        if let Some(refused) = check_dma(mem, &scratch.chain, windows, ctx, vsic) {
+            return refused;
+        }
+    }
+    let (status, data_in_written) = match parse_gathered(mem, ctx.function, &scratch.chain) {
         Ok(request) => execute(mem, request, ctx, scratch),
         Err(refusal) => {
             refuse(ctx, &refusal);
@@ -106,6 +114,48 @@ pub fn handle_chain<M: GuestMemoryBackend>(
         }
     };
     finish(mem, &scratch.chain, status, data_in_written)
+}
+
+/// Enforced DMA mode: checks every buffer of the chain against the VSIC's
+/// windows before any byte moves (one lookup each). A violation completes
+/// the chain with IOERR written to the status byte and nothing else
+/// touched, or, when the status byte itself lies outside the windows,
+/// with nothing written at all (used.len 0 either way).
+fn check_dma<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: &Chain,
+    windows: &DmaWindows,
+    ctx: &Context<'_>,
+    vsic: u32,
+) -> Option<Completion> {
+    let outside = |stream, access| {
+        chain
+            .segments(stream)
+            .iter()
+            .find(|s| !windows.permits(s.addr, u64::from(s.len), access))
+    };
+    let bad = outside(Stream::Readable, DmaAccess::Read)
+        .or_else(|| outside(Stream::Writable, DmaAccess::Write))?;
+    ctx.target
+        .dma_violation(vsic, ctx.queue, bad.addr, u64::from(bad.len));
+    let unwritten = Completion {
+        status: None,
+        used_len: 0,
+    };
+    let Some(addr) = chain.status_addr() else {
+        return Some(unwritten);
+    };
+    if !windows.permits(addr.0, 1, DmaAccess::Write) {
+        return Some(unwritten);
+    }
+    let status = virtio::VIRTIO_BLK_S_IOERR;
+    if vm_memory::Bytes::write_slice(mem, &[status], addr).is_err() {
+        return Some(unwritten);
+    }
+    Some(Completion {
+        status: Some(status),
+        used_len: 0,
+    })
 }
 
 fn refuse(ctx: &Context<'_>, refusal: &Refusal) {

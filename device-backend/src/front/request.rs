@@ -88,6 +88,15 @@ pub fn parse_chain<M: GuestMemoryBackend>(
     chain: &mut Chain,
 ) -> Result<Request, Refusal> {
     chain.gather(mem, descs);
+    parse_gathered(mem, function, chain)
+}
+
+/// Parses a chain [`Chain::gather`] already walked (see [`parse_chain`]).
+pub fn parse_gathered<M: GuestMemoryBackend>(
+    mem: &M,
+    function: Function,
+    chain: &Chain,
+) -> Result<Request, Refusal> {
     if chain.status_addr().is_none() {
         return Err(Refusal::NoStatus(
             chain.defect().unwrap_or("no device-writable status byte"),

@@ -15,6 +15,7 @@ use super::channel::ConfigChangeSink;
 use super::execute::{handle_chain, Completion, Context, RefusalLog, Scratch};
 use super::request::{parse_bytes, Refusal};
 pub(crate) use crate::controller::target::fake::{FakeTarget, DISK_SIZE};
+use crate::controller::target::IoTarget;
 
 /// Held by tests that create or adopt unnamed Unix sockets: adoption looks
 /// at every such socket of the process, so they must not overlap.
@@ -98,7 +99,12 @@ impl Bench {
     fn run_raw(&mut self, function: Function, raw: &[RawDescriptor]) -> Completion {
         let queue = MockSplitQueue::new(&self.mem, 256);
         let chain = queue.build_desc_chain(raw).unwrap();
+        let dma = match function {
+            Function::Vsic(n) => self.device.dma_policy(n),
+            Function::Pf => None,
+        };
         let ctx = Context {
+            dma: dma.as_deref(),
             function,
             queue: 1,
             target: &self.device,
@@ -726,4 +732,120 @@ fn fuzz_entry_survives_arbitrary_bytes() {
         }
     }
     assert!(outcomes[2] > 0 && outcomes[3] > 0, "{outcomes:?}");
+}
+
+/// VSIC 0 enforced with these (start, len, flags) windows.
+fn enforce(b: &Bench, windows: &[(u64, u64, u32)]) {
+    use crate::controller::target::DmaWindows;
+    let mut t = DmaWindows::default();
+    for &(start, len, flags) in windows {
+        t = t
+            .with(vsic_abi::records::DmaWindow { start, len, flags })
+            .unwrap();
+    }
+    *b.device.dma.lock().unwrap() = Some(t);
+}
+
+const DMA_RW: u32 = vsic_abi::admin::FLAG_DMA_READ | vsic_abi::admin::FLAG_DMA_WRITE;
+
+#[test]
+fn enforced_dma_serves_buffers_inside_the_windows() {
+    let mut b = Bench::new();
+    enforce(&b, &[(HDR, 0x30000, DMA_RW)]);
+    b.header(HDR, virtio::VIRTIO_BLK_T_IN, 3);
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
+    );
+    assert_eq!(c.status, OK);
+    assert_eq!(b.get(DATA, 1024), disk_pattern(3 * 512, 1024));
+    assert_eq!(b.device.violations.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn enforced_dma_refuses_a_buffer_outside_the_windows_untouched() {
+    let mut b = Bench::new();
+    // Header and status covered, data-in not.
+    enforce(&b, &[(HDR, 0x1000, DMA_RW), (STATUS, 0x1000, DMA_RW)]);
+    b.header(HDR, virtio::VIRTIO_BLK_T_IN, 3);
+    b.put(DATA, &[0x5a; 1024]);
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: IOERR,
+            used_len: 0
+        }
+    );
+    assert_eq!(b.status_at(STATUS), virtio::VIRTIO_BLK_S_IOERR);
+    assert_eq!(b.get(DATA, 1024), vec![0x5a; 1024], "victim memory changed");
+    assert_eq!(b.device.violations.load(Ordering::Relaxed), 1);
+    assert!(
+        !b.device.calls().iter().any(|c| c.starts_with("Read")),
+        "the request reached the device"
+    );
+    // A header the device may not read: nothing read, IOERR.
+    b.header(DATA, virtio::VIRTIO_BLK_T_OUT, 0);
+    let c = b.run(VSIC0, &[(DATA, 16 + 512, false), (STATUS, 1, true)]);
+    assert_eq!(c.status, IOERR);
+    assert_eq!(b.device.violations.load(Ordering::Relaxed), 2);
+    // Writing into a read-only window is a violation too.
+    b.put(DATA, &[0x5a; 1024]);
+    enforce(
+        &b,
+        &[
+            (HDR, 0x1000, DMA_RW),
+            (DATA, 0x1000, vsic_abi::admin::FLAG_DMA_READ),
+            (STATUS, 0x1000, DMA_RW),
+        ],
+    );
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+    );
+    assert_eq!(c.status, IOERR);
+    assert_eq!(b.get(DATA, 512), vec![0x5a; 512]);
+}
+
+#[test]
+fn enforced_dma_with_the_status_byte_outside_writes_nothing() {
+    let mut b = Bench::new();
+    enforce(&b, &[(HDR, 0x20000, DMA_RW)]);
+    b.header(HDR, virtio::VIRTIO_BLK_T_IN, 0);
+    b.put(STATUS, &[0x77]);
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+    );
+    assert_eq!(
+        c,
+        Completion {
+            status: None,
+            used_len: 0
+        }
+    );
+    assert_eq!(b.status_at(STATUS), 0x77);
+    assert_eq!(b.device.violations.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn open_dma_mode_checks_nothing() {
+    let mut b = Bench::new();
+    b.header(HDR, virtio::VIRTIO_BLK_T_IN, 0);
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+    );
+    assert_eq!(c.status, OK);
+    // Windows of the PF are never consulted: the PF is the control plane.
+    enforce(&b, &[]);
+    let c = b.run(
+        Function::Pf,
+        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+    );
+    assert_ne!(c.status, None);
+    assert_eq!(b.device.violations.load(Ordering::Relaxed), 0);
 }

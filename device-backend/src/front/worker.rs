@@ -22,6 +22,7 @@ use super::chain::{DescWalk, Stream};
 use super::execute::{handle_chain, Context, Scratch};
 use super::lost_kick_watch::{StallWatch, WatchTimer};
 use super::poll::SpinWindow;
+use crate::controller::target::{DmaAccess, DmaWindows};
 
 /// Requests served per hold of a queue's vring lock.
 const BATCH: usize = 64;
@@ -163,7 +164,14 @@ impl FunctionBackend {
         let s = &*self.session;
         let _running = s.state.quiesce.read().unwrap_or_else(|e| e.into_inner());
         let mem = s.mem.memory();
+        // One snapshot of the VSIC's DMA windows per batch: a change made
+        // by an admin command applies from the next batch on.
+        let dma = match s.state.function {
+            Function::Vsic(n) => s.state.target.dma_policy(n),
+            Function::Pf => None,
+        };
         let ctx = Context {
+            dma: dma.as_deref(),
             function: s.state.function,
             queue,
             target: &*s.state.target,
@@ -175,6 +183,15 @@ impl FunctionBackend {
         if !vring.get_queue().ready() {
             // Stopped (GET_VRING_BASE) since the kick: leave its rings alone.
             return (0, BatchEnd::Drained);
+        }
+        if let (Function::Vsic(n), Some(windows)) = (s.state.function, ctx.dma) {
+            if let Some((addr, len)) = ring_outside(vring.get_queue(), windows) {
+                // The rings themselves are outside the windows: serve
+                // nothing (the queue stays stopped) until a kick finds
+                // them covered.
+                s.state.target.dma_violation(n, queue, addr, len);
+                return (0, BatchEnd::Failed);
+            }
         }
         if let Err(e) = vring.disable_notification() {
             warn!("{} queue {queue}: {e}", s.state.name());
@@ -199,7 +216,8 @@ impl FunctionBackend {
             served += 1;
             let head = chain.head_index();
             let queue_ref = vring.get_queue();
-            let descs = DescWalk::new(&*mem, queue_ref.desc_table(), queue_ref.size(), head);
+            let descs = DescWalk::new(&*mem, queue_ref.desc_table(), queue_ref.size(), head)
+                .within(ctx.dma);
             let done = handle_chain(&*mem, descs, &ctx, scratch);
             bytes += scratch.chain.len(Stream::Readable) + scratch.chain.len(Stream::Writable);
             if let Err(e) = vring.get_queue_mut().add_used(&*mem, head, done.used_len) {
@@ -342,4 +360,20 @@ impl FunctionBackend {
             unsafe { libc::sched_yield() };
         }
     }
+}
+
+/// The first of a queue's three rings (virtio 1.3, 2.7) that lies outside
+/// `windows`, as (address, length): the device reads the descriptor table
+/// and the avail ring and writes the used ring.
+fn ring_outside(queue: &virtio_queue::Queue, windows: &DmaWindows) -> Option<(u64, u64)> {
+    let n = u64::from(queue.size());
+    let rings = [
+        (queue.desc_table(), 16 * n, DmaAccess::Read),
+        (queue.avail_ring(), 6 + 2 * n, DmaAccess::Read),
+        (queue.used_ring(), 6 + 8 * n, DmaAccess::Write),
+    ];
+    rings
+        .into_iter()
+        .find(|&(addr, len, access)| !windows.permits(addr, len, access))
+        .map(|(addr, len, _)| (addr, len))
 }

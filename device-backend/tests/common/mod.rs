@@ -6,6 +6,7 @@
 
 mod block_device;
 mod daemon;
+mod raw_driver;
 mod rng;
 
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use vsic_abi::records::{QueueStats, VsicStats};
 
 pub use block_device::{test_block_device, wipe_start};
 pub use daemon::{Daemon, ScratchDir, Setup};
+pub use raw_driver::{writable, Done, RawDriver, Sent};
 pub use rng::Rng;
 
 pub const MIB: u64 = 1 << 20;

@@ -126,7 +126,7 @@ pub fn encode_body(s: &PoolState) -> Vec<u8> {
     e.len(s.vsics.len());
     for v in &s.vsics {
         e.put(&VsicHead {
-            flags: (v.enabled as u32).into(),
+            flags: (v.enabled as u32 | (v.dma_enforced as u32) << 1).into(),
             qos_bytes_per_sec: v.qos_bytes_per_sec.into(),
             qos_iops: v.qos_iops.into(),
         });
@@ -217,6 +217,7 @@ pub fn decode_body(b: &[u8], max_extents: u64) -> Result<PoolState, BodyError> {
             qos_bytes_per_sec: head.qos_bytes_per_sec.get(),
             qos_iops: head.qos_iops.get(),
             slots: [None; SLOTS],
+            dma_enforced: head.flags.get() & 2 != 0,
         };
         for slot in v.slots.iter_mut() {
             let e: SlotEntry = d.record()?;
@@ -302,6 +303,7 @@ mod tests {
         });
         s.vsics[1].enabled = false;
         s.vsics[1].qos_iops = 77;
+        s.vsics[1].dma_enforced = true;
         s.pending_zero = vec![
             PhysExtent {
                 drive: 0,

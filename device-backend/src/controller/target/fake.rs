@@ -3,12 +3,12 @@
 //! that echoes its payload.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vsic_abi::admin::{AdminCommand, AdminCompletion, AdminStatus};
 
-use super::{AdminReply, AdminTarget, IoBuffers, IoError, IoKind, IoTarget};
+use super::{AdminReply, AdminTarget, DmaPolicy, DmaWindows, IoBuffers, IoError, IoKind, IoTarget};
 
 pub(crate) const DISK_SIZE: usize = 1 << 20;
 
@@ -17,6 +17,9 @@ pub(crate) struct FakeTarget {
     pub(crate) disk: Mutex<Vec<u8>>,
     calls: Mutex<Vec<String>>,
     pub(crate) errors: AtomicU32,
+    /// VSIC 0's DMA protection (`None`: open, the default).
+    pub(crate) dma: Mutex<Option<DmaWindows>>,
+    pub(crate) violations: AtomicU32,
 }
 
 impl FakeTarget {
@@ -26,6 +29,8 @@ impl FakeTarget {
             disk: Mutex::new(disk),
             calls: Mutex::new(Vec::new()),
             errors: AtomicU32::new(0),
+            dma: Mutex::new(None),
+            violations: AtomicU32::new(0),
         }
     }
 
@@ -113,6 +118,21 @@ impl IoTarget for FakeTarget {
 
     fn count_error(&self, _vsic: u32, _queue: u16) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dma_policy(&self, vsic: u32) -> DmaPolicy {
+        if vsic != 0 {
+            return None;
+        }
+        self.dma.lock().unwrap().clone().map(Arc::new)
+    }
+
+    fn dma_violation(&self, _vsic: u32, _queue: u16, addr: u64, len: u64) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("dma violation {addr:#x} {len}"));
+        self.violations.fetch_add(1, Ordering::Relaxed);
     }
 
     fn qos_wait(&self, _vsic: u32) -> Duration {

@@ -41,6 +41,17 @@ impl Backend {
         }
     }
 
+    /// A fresh Maildir-style queue directory (the kernel-path baseline).
+    pub fn maildir(tag: &str) -> Backend {
+        let dir = ScratchDir::new(tag);
+        let path = dir.path("maildir");
+        Backend {
+            spec: format!("maildir:{}", path.display()),
+            dir,
+            daemon: None,
+        }
+    }
+
     /// A fresh VSA of `size` bytes in slot 0 of VSIC 0 of a real vsicd.
     pub fn vsa(tag: &str, size: u64) -> Backend {
         let d = Daemon::start_with(

@@ -22,6 +22,18 @@ pub use vsic_mailq::client::{dot_stuff, Client};
 pub const MAILQ: &str = env!("CARGO_BIN_EXE_vsic-mailq");
 
 impl Backend {
+    /// A fresh Maildir-style queue directory (the kernel-path baseline).
+    pub fn maildir(tag: &str) -> Backend {
+        let dir = ScratchDir::new(tag);
+        let path = dir.path("maildir");
+        Backend {
+            spec: format!("maildir:{}", path.display()),
+            dir,
+            image: None,
+            daemon: None,
+        }
+    }
+
     /// Runs `vsic-mailq --dev SPEC args...` to completion.
     pub fn mailq(&self, args: &[&str]) -> Output {
         Command::new(MAILQ)

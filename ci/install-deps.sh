@@ -37,6 +37,11 @@ declare -A STABLE_PKGS=(
     [redis-tools]=/usr/bin/redis-cli
     # vsic-mailq's tests: Python's smtplib is the SMTP client nobody here wrote.
     [python3]=/usr/bin/python3
+    # The libraries Postfix's smtp-source needs (images/build.sh takes the
+    # binary from the postfix package, not installed, and these from here).
+    [libdb5.3]=/usr/lib/x86_64-linux-gnu/libdb-5.3.so
+    [libicu72]=/usr/lib/x86_64-linux-gnu/libicuuc.so.72
+    [libnsl2]=/usr/lib/x86_64-linux-gnu/libnsl.so.2
 )
 BACKPORTS_PKG=qemu-system-x86
 QEMU_SERIES=10.0

@@ -8,7 +8,8 @@
 # libraries, the modules the controller needs (with their dependencies,
 # loaded at boot), the brd, btrfs and xfs modules (with theirs, loaded on
 # demand with modprobe, e.g. by the Figure 1 benchmark), our statically
-# linked guest binaries and images/init. Nothing is rebuilt when no input changed.
+# linked guest binaries, redis (server, cli, benchmark) and Postfix's
+# smtp-source with their libraries, and images/init. Nothing is rebuilt when no input changed.
 #
 # Usage: images/build.sh [--no-cargo] [--force]
 #   --no-cargo   do not run cargo; use the guest binaries already built
@@ -35,7 +36,7 @@ MODULES=(virtio_pci virtio_blk vfio vfio_iommu_type1 vfio-pci)
 # and the file systems the kernel does not build in (ext2/ext4 are built in).
 ON_DEMAND_MODULES=(brd btrfs xfs)
 # Cargo packages whose binaries and examples go into the guest.
-GUEST_PACKAGES=(vsicctl vsic vsic-kv)
+GUEST_PACKAGES=(vsicctl vsic vsic-kv vsic-mailq)
 
 run_cargo=1
 force=0
@@ -192,6 +193,59 @@ for b in redis-server redis-cli redis-benchmark; do
 done
 # --- end vsic-kv block -----------------------------------------------------
 
+# --- vsic-mailq (issue 11): Postfix's load generator smtp-source -----------
+# Only /usr/sbin/smtp-source of Debian's postfix package and the libraries
+# it needs. The package is downloaded into the cache (the candidate version,
+# once) and unpacked there, never installed on the host (it would configure
+# and start a mail server). Postfix's own libraries go to /usr/lib/postfix,
+# the binary's RUNPATH; the system libraries come from the host
+# (ci/install-deps.sh installs the packages postfix depends on for them).
+postfix_ver=$(apt-cache policy postfix 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2; exit }')
+postfix_deb=
+if [[ -n $postfix_ver ]]; then
+    postfix_deb=$(ls -1 "$CACHE"/debs/postfix_"${postfix_ver//:/%3a}"_*.deb 2>/dev/null | head -n1 || true)
+    if [[ -z $postfix_deb ]]; then
+        step "downloading postfix $postfix_ver into $CACHE/debs (for smtp-source)"
+        (cd "$CACHE/debs" && apt-get download -q -o APT::Sandbox::User=root "postfix=$postfix_ver") >&2 ||
+            step "warning: apt-get download postfix=$postfix_ver failed"
+        postfix_deb=$(ls -1 "$CACHE"/debs/postfix_"${postfix_ver//:/%3a}"_*.deb 2>/dev/null | head -n1 || true)
+    fi
+fi
+# Offline and no package index: the newest cached one.
+[[ -n $postfix_deb ]] || postfix_deb=$(ls -1 "$CACHE"/debs/postfix_*.deb 2>/dev/null | sort -V | tail -n1 || true)
+smtp_source=
+postfix_libs=()
+if [[ -n $postfix_deb ]]; then
+    proot=$CACHE/postfix/$(basename "$postfix_deb" .deb)
+    if [[ ! -e $proot/.unpacked ]]; then
+        step "unpacking $(basename "$postfix_deb")"
+        rm -rf "$proot"
+        mkdir -p "$proot"
+        dpkg-deb -x "$postfix_deb" "$proot"
+        touch "$proot/.unpacked"
+    fi
+    smtp_source=$proot/usr/sbin/smtp-source
+    if [[ ! -x $smtp_source ]]; then
+        step "warning: no usr/sbin/smtp-source in $(basename "$postfix_deb"); the guest will lack it"
+        smtp_source=
+    elif LD_LIBRARY_PATH=$proot/usr/lib/postfix ldd "$smtp_source" | grep -q 'not found'; then
+        step "warning: smtp-source needs libraries the host lacks (ci/install-deps.sh); the guest will lack it:"
+        LD_LIBRARY_PATH=$proot/usr/lib/postfix ldd "$smtp_source" | grep 'not found' >&2
+        smtp_source=
+    else
+        for lib in $(LD_LIBRARY_PATH=$proot/usr/lib/postfix shared_libs "$smtp_source"); do
+            if [[ $lib == "$proot"/* ]]; then
+                postfix_libs+=("$lib")
+            else
+                host_libs=$(printf '%s\n' $host_libs "$lib" | sort -u)
+            fi
+        done
+    fi
+else
+    step "warning: no postfix package to take smtp-source from; the guest will lack it"
+fi
+# --- end vsic-mailq block --------------------------------------------------
+
 # --- module closure ---------------------------------------------------------
 moddep=$kroot/lib/modules/$kver/modules.dep
 # Prints the module paths (relative to the modules dir) in load order.
@@ -232,6 +286,7 @@ stamp_inputs() {
         echo "kernel $(basename "$kernel_deb") modules ${module_order[*]}"
         sha256sum "${BASH_SOURCE[0]}" "$REPO/images/init" "$busybox" "$mke2fs" "$mkfs_btrfs" "$mkfs_xfs" $host_libs \
             ${redis_bins[@]+$(printf '%s\n' "${redis_bins[@]}" | cut -d: -f1)} \
+            ${smtp_source:+"$smtp_source"} ${postfix_libs[@]+"${postfix_libs[@]}"} \
             ${guest_bins[@]+"${guest_bins[@]}"}
     } | sha256sum | cut -d' ' -f1
 }
@@ -280,6 +335,16 @@ for rb in ${redis_bins[@]+"${redis_bins[@]}"}; do
     install -m 0755 "${rb%%:*}" "$stage/usr/bin/${rb##*:}"
 done
 # --- end vsic-kv block -----------------------------------------------------
+
+# --- vsic-mailq (issue 11): smtp-source and Postfix's libraries -------------
+if [[ -n $smtp_source ]]; then
+    install -m 0755 "$smtp_source" "$stage/usr/sbin/smtp-source"
+    mkdir -p "$stage/usr/lib/postfix"
+    for lib in ${postfix_libs[@]+"${postfix_libs[@]}"}; do
+        install -m 0644 "$lib" "$stage/usr/lib/postfix/$(basename "$lib")"
+    done
+fi
+# --- end vsic-mailq block --------------------------------------------------
 
 # Busybox applet links, where no real program of that name was installed.
 while read -r applet; do

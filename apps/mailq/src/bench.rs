@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::client::{dot_stuff, Client};
+use crate::client::{Client, TransactionError};
 
 /// What one run measured.
 #[derive(Debug, Clone)]
@@ -38,6 +38,11 @@ pub enum BenchError {
         got: u16,
         text: Vec<String>,
     },
+    #[error("session {session}: {source}")]
+    Transaction {
+        session: usize,
+        source: TransactionError,
+    },
     #[error("a session thread panicked")]
     Panicked,
 }
@@ -48,8 +53,15 @@ pub const MIN_SIZE: usize = 64;
 /// A message of exactly `size` bytes (at least [`MIN_SIZE`]): CRLF lines
 /// of printable text, the last one ending in CRLF too.
 pub fn message(session: usize, n: usize, size: usize) -> Vec<u8> {
-    let size = size.max(MIN_SIZE);
-    let mut b = format!("Subject: s{session} m{n}\r\n\r\n").into_bytes();
+    message_tagged("", session, n, size)
+}
+
+/// [`message`] with `tag` at the start of its subject (`Subject: TAGsS mN`),
+/// so that runs with different tags send different bytes; exactly `size`
+/// bytes if `size` is at least [`MIN_SIZE`] plus the tag's length.
+pub fn message_tagged(tag: &str, session: usize, n: usize, size: usize) -> Vec<u8> {
+    let size = size.max(MIN_SIZE + tag.len());
+    let mut b = format!("Subject: {tag}s{session} m{n}\r\n\r\n").into_bytes();
     let fill = b'a' + (n % 26) as u8;
     let line = |b: &mut Vec<u8>, len: usize| {
         b.extend(std::iter::repeat_n(fill, len));
@@ -111,17 +123,16 @@ fn session(addr: SocketAddr, s: usize, n: usize, size: usize) -> Result<Vec<Dura
     expect(250, c.reply().map_err(io)?)?;
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
-        let data = dot_stuff(&message(s, i, size));
+        let body = message(s, i, size);
         let t = Instant::now();
-        let head = format!(
-            "MAIL FROM:<s{s}m{i}@bench.example>\r\nRCPT TO:<q{s}@bench.example>\r\nDATA\r\n"
-        );
-        c.send(head.as_bytes()).map_err(io)?;
-        for want in [250, 250, 354] {
-            expect(want, c.reply().map_err(io)?)?;
-        }
-        c.send(&data).map_err(io)?;
-        expect(250, c.reply().map_err(io)?)?;
+        let reply = c
+            .transaction(
+                &format!("s{s}m{i}@bench.example"),
+                &format!("q{s}@bench.example"),
+                &body,
+            )
+            .map_err(|source| BenchError::Transaction { session: s, source })?;
+        expect(250, reply)?;
         lat.push(t.elapsed());
     }
     let _ = c.cmd("QUIT");

@@ -54,9 +54,56 @@ impl Client {
         Ok(self.reply()?.0)
     }
 
+    /// One message: MAIL, RCPT and DATA pipelined, then, after their 250,
+    /// 250 and 354, `body` dot-stuffed. Returns the reply to the content
+    /// (250 once the server says it is stored), whatever its code.
+    pub fn transaction(
+        &mut self,
+        from: &str,
+        to: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<String>), TransactionError> {
+        let head = format!("MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
+        self.send(head.as_bytes())?;
+        for (step, want) in [("MAIL", 250), ("RCPT", 250), ("DATA", 354)] {
+            let (got, text) = self.reply()?;
+            if got != want {
+                return Err(TransactionError::Refused {
+                    step,
+                    want,
+                    got,
+                    text,
+                });
+            }
+        }
+        self.send(&dot_stuff(body))?;
+        Ok(self.reply()?)
+    }
+
     pub fn shutdown(&self) {
         let _ = self.w.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// Why [`Client::transaction`] did not get to the reply after the content.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{step}: expected {want}, got {got} {text:?}")]
+    Refused {
+        step: &'static str,
+        want: u16,
+        got: u16,
+        text: Vec<String>,
+    },
+}
+
+/// The id in a 250 reply to DATA (`250 2.0.0 Ok: queued as ID`), if it
+/// names one.
+pub fn queued_id(lines: &[String]) -> Option<u64> {
+    let last = lines.last()?;
+    last.split_once("queued as ")?.1.trim().parse().ok()
 }
 
 /// `body` dot-stuffed and terminated, as sent after DATA's 354.

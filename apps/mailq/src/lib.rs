@@ -7,14 +7,18 @@
 //! * [`server`]: worker and committer threads, the listener.
 //! * [`smtp`]: one SMTP session.
 //! * [`client`], [`bench`]: an SMTP client, and a load generator on it.
+//! * [`send`]: a client that reports each message acknowledged (crash tests).
+//! * [`stats`]: the receiver's per-message store latencies (XSTATS).
 
 pub mod bench;
 pub mod client;
 pub mod layout;
 pub mod maildir;
 pub mod queue;
+pub mod send;
 pub mod server;
 pub mod smtp;
+pub mod stats;
 
 pub use layout::Envelope;
 pub use maildir::{Maildir, MaildirError};

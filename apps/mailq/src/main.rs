@@ -1,12 +1,13 @@
 //! `vsic-mailq`: the command line of the mail queue (see `vsic-mailq --help`).
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
 
+use vsic_mailq::client::Client;
 use vsic_mailq::server::Workers;
 use vsic_mailq::{sha256_hex, Envelope, Maildir, Queue, QueueError, ServeOptions, Store};
 
@@ -22,8 +23,9 @@ struct Cli {
     /// baseline instead: one file per message in DIR (written to DIR/tmp,
     /// fsynced, renamed into DIR/new, DIR/new fsynced), as MTAs keep it;
     /// --workers does not apply to it (every session writes its own files).
+    /// Every command but send and stats needs it.
     #[arg(long, value_name = "DEV")]
-    dev: String,
+    dev: Option<String>,
     /// VSA devices: poll the completion ring instead of sleeping on an
     /// interrupt (lowest latency, burns a core).
     #[arg(long)]
@@ -46,6 +48,13 @@ enum Cmd {
         /// Largest message accepted, in bytes (advertised with SIZE).
         #[arg(long, default_value_t = 1 << 20)]
         max_size: usize,
+        /// Time each message's store (from the end of its DATA to the
+        /// store's answer that it is durable, which the 250 waits for) and
+        /// answer the private command XSTATS with `250 messages=N p50_us=
+        /// p99_us= max_us=` over the messages since the last XSTATS (read
+        /// it with the stats command).
+        #[arg(long)]
+        stats: bool,
     },
     /// List the queued messages, oldest first: `ID SIZE <FROM> TO,...` lines,
     /// or with --json an array of {"id","from","to","size","sha256"}.
@@ -82,6 +91,34 @@ enum Cmd {
     /// Take the oldest message off the queue: its content to stdout, its
     /// id, sender and recipients to stderr.
     Dequeue,
+    /// (No --dev.) SMTP client: sends messages to ADDR over SESSIONS
+    /// sessions and prints `ack FROM ID` the moment each 250 has been read,
+    /// never before. A sender's local part is the SHA-256 of its content,
+    /// so `list --json` shows which stored messages are whole. Exit status
+    /// 0 when every session sent all its messages, 1 otherwise (reasons on
+    /// stderr).
+    Send {
+        #[arg(long, value_name = "ADDR")]
+        connect: String,
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        /// Messages per session (default: until the receiver stops).
+        #[arg(long)]
+        messages: Option<usize>,
+        /// Content sizes in bytes, comma-separated, used in turn.
+        #[arg(long, value_delimiter = ',', default_value = "1024")]
+        sizes: Vec<usize>,
+        /// Distinguishes this run's messages from other runs' (in senders
+        /// and content); letters, digits and '-'.
+        #[arg(long, default_value = "run")]
+        tag: String,
+    },
+    /// (No --dev.) Asks a `serve --stats` receiver at ADDR for its store
+    /// latencies (XSTATS, which starts them afresh) and prints them.
+    Stats {
+        #[arg(long, value_name = "ADDR")]
+        connect: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -104,7 +141,8 @@ enum Backend {
 impl Backend {
     fn open(cli: &Cli) -> Result<Backend, Box<dyn std::error::Error>> {
         let bench = matches!(cli.cmd, Cmd::Bench { .. });
-        if let Some(dir) = cli.dev.strip_prefix("maildir:") {
+        let spec = cli.dev.as_deref().ok_or("--dev DEV is required")?;
+        if let Some(dir) = spec.strip_prefix("maildir:") {
             let m = Maildir::open(dir.as_ref())?;
             if bench {
                 for id in m.ids()? {
@@ -117,7 +155,7 @@ impl Backend {
             polling: cli.poll,
             ..vsic_storage::OpenOptions::default()
         };
-        let dev = vsic_storage::open(&cli.dev, &opts)?;
+        let dev = vsic_storage::open(spec, &opts)?;
         let workers = match &cli.cmd {
             Cmd::Serve { workers, .. } | Cmd::Bench { workers, .. } => (*workers).max(1),
             _ => 1,
@@ -182,24 +220,98 @@ impl Backend {
     }
 }
 
+/// The first address `addr` resolves to.
+fn resolve(addr: &str) -> Result<SocketAddr, Box<dyn std::error::Error>> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address").into())
+}
+
+/// The commands that need no device: clients of a running receiver.
+fn run_client(cmd: &Cmd) -> Result<Option<ExitCode>, Box<dyn std::error::Error>> {
+    match cmd {
+        Cmd::Send {
+            connect,
+            sessions,
+            messages,
+            sizes,
+            tag,
+        } => {
+            if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err("--tag: letters, digits and '-' only".into());
+            }
+            let min = vsic_mailq::send::min_size(tag);
+            if sizes.is_empty() || sizes.iter().any(|&s| s < min) {
+                return Err(format!("--sizes: each at least {min} bytes").into());
+            }
+            let opts = vsic_mailq::send::SendOptions {
+                addr: resolve(connect)?,
+                sessions: (*sessions).max(1),
+                messages: *messages,
+                sizes: sizes.clone(),
+                tag: tag.clone(),
+            };
+            let ends = vsic_mailq::send::run(&opts, Arc::new(Mutex::new(std::io::stdout())));
+            let acked: usize = ends.iter().map(|e| e.acked).sum();
+            let mut ok = true;
+            for e in &ends {
+                if let Some(why) = &e.stopped {
+                    ok = false;
+                    eprintln!(
+                        "vsic-mailq send: session {} stopped after {} acknowledged: {why}",
+                        e.session, e.acked
+                    );
+                }
+            }
+            eprintln!("vsic-mailq send: {acked} messages acknowledged");
+            Ok(Some(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }))
+        }
+        Cmd::Stats { connect } => {
+            let (mut c, greet) = Client::connect(resolve(connect)?)?;
+            if greet != 220 || c.cmd("EHLO stats.example")? != 250 {
+                return Err(format!("{connect}: not an SMTP receiver that greets").into());
+            }
+            c.send(b"XSTATS\r\n")?;
+            let (code, lines) = c.reply()?;
+            let _ = c.cmd("QUIT");
+            match (code, lines.first()) {
+                (250, Some(l)) => println!("{}", l.get(4..).unwrap_or_default().trim()),
+                _ => return Err(format!("XSTATS: {code} {lines:?} (serve --stats?)").into()),
+            }
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Some(code) = run_client(&cli.cmd)? {
+        return Ok(code);
+    }
     let mut q = Backend::open(&cli)?;
+    let dev = cli.dev.as_deref().unwrap_or_default();
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Serve {
             smtp,
             workers,
             max_size,
+            stats,
         } => {
             let listener = TcpListener::bind(&smtp)?;
             eprintln!(
                 "vsic-mailq: {} messages queued on {}; SMTP on {} with {workers} workers",
                 q.len()?,
-                cli.dev,
+                dev,
                 listener.local_addr()?
             );
             let opts = ServeOptions {
                 max_size,
+                stats: stats.then(Arc::default),
                 ..ServeOptions::default()
             };
             vsic_mailq::serve_store(q.into_store(), listener, opts)?;
@@ -250,7 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             let listener = TcpListener::bind("127.0.0.1:0")?;
             let addr = listener.local_addr()?;
-            let describe = q.describe(&cli.dev);
+            let describe = q.describe(dev);
             let store = q.into_store();
             std::thread::spawn(move || {
                 vsic_mailq::serve_store(
@@ -273,6 +385,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 r.p99.as_micros()
             )?;
         }
+        Cmd::Send { .. } | Cmd::Stats { .. } => unreachable!("run_client handles them"),
         Cmd::Dequeue => match q.list()?.into_iter().next() {
             Some((id, env)) => {
                 let body = q.read(id)?;

@@ -13,6 +13,7 @@ use vsic_storage::BlockDevice;
 use crate::maildir::Maildir;
 use crate::queue::{write_durably, Message, Queue, QueueError, WorkerSlots, Write};
 use crate::smtp;
+use crate::stats::Latencies;
 
 /// Settings of the receiver.
 #[derive(Debug, Clone)]
@@ -21,6 +22,10 @@ pub struct ServeOptions {
     pub max_size: usize,
     /// The name in the greeting and the EHLO reply.
     pub hostname: String,
+    /// Where to record each message's store latency (the time its 250
+    /// waits for the store); with it, the command XSTATS reports and
+    /// resets them. None: XSTATS is not implemented (502).
+    pub stats: Option<Arc<Latencies>>,
 }
 
 impl Default for ServeOptions {
@@ -28,6 +33,7 @@ impl Default for ServeOptions {
         ServeOptions {
             max_size: 1 << 20,
             hostname: "vsic-mailq".into(),
+            stats: None,
         }
     }
 }

@@ -1,10 +1,13 @@
 //! One SMTP session (RFC 5321): EHLO/HELO, MAIL FROM, RCPT TO, DATA,
 //! RSET, NOOP, QUIT, with the PIPELINING and SIZE extensions (RFC 2920,
 //! RFC 1870). The 250 after DATA is sent only once the store says the
-//! message is durable; a session that ends mid-DATA stores nothing.
+//! message is durable; a session that ends mid-DATA stores nothing. With
+//! `serve --stats`, the private command XSTATS reports the store latencies
+//! (see [`crate::stats`]).
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
+use std::time::Instant;
 
 use crate::layout::Envelope;
 use crate::queue::{Message, QueueError};
@@ -211,8 +214,14 @@ pub fn session(
                     w.write_all(b"552 5.3.4 message exceeds the size limit\r\n")?;
                     continue;
                 };
+                let start = Instant::now();
                 match enqueue(Message { env, body }) {
-                    Ok(id) => write!(w, "250 2.0.0 Ok: queued as {id}\r\n")?,
+                    Ok(id) => {
+                        if let Some(stats) = &opts.stats {
+                            stats.record(start.elapsed());
+                        }
+                        write!(w, "250 2.0.0 Ok: queued as {id}\r\n")?
+                    }
                     Err(QueueError::NoSpace(_)) => {
                         w.write_all(b"452 4.3.1 insufficient storage in the queue\r\n")?
                     }
@@ -230,6 +239,12 @@ pub fn session(
                 w.write_all(b"250 2.0.0 Ok\r\n")?;
             }
             "NOOP" => w.write_all(b"250 2.0.0 Ok\r\n")?,
+            // Private (RFC 5321 leaves X verbs to local use): the store
+            // latencies since the last XSTATS, with `serve --stats`.
+            "XSTATS" => match &opts.stats {
+                Some(stats) => write!(w, "250 {}\r\n", stats.take().line())?,
+                None => w.write_all(b"502 5.5.1 command not implemented\r\n")?,
+            },
             "QUIT" => {
                 w.write_all(b"221 2.0.0 Bye\r\n")?;
                 w.flush()?;

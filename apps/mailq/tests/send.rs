@@ -1,0 +1,108 @@
+//! `vsic-mailq send` (the client the guest crash tests record
+//! acknowledgements with) and `serve --stats` / `stats` (the store
+//! latencies the guest benchmark reads): send reports a message only after
+//! its 250, with the id the 250 names, and a message refused (552 here)
+//! never; every reported message is listed with that id and a sha256 equal
+//! to its sender's local part; XSTATS counts exactly the stored messages
+//! and starts afresh.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Backend, MAILQ};
+
+fn client(args: &[&str]) -> std::process::Output {
+    Command::new(MAILQ)
+        .args(args)
+        .output()
+        .expect("run vsic-mailq")
+}
+
+#[test]
+fn send_reports_only_acknowledged_messages_and_stats_counts_them() {
+    let b = Backend::file("send", 16 << 20);
+    let mut server = b.serve(&["--workers", "2", "--max-size", "5000", "--stats"]);
+    let addr = server.addr.to_string();
+    // Message n of session s has size sizes[(s + n) % 3]: session 0 sends
+    // 600 and 3000 and is refused at 20000 (552), session 1 sends 3000,
+    // session 2 is refused at once.
+    let o = client(&[
+        "send",
+        "--connect",
+        &addr,
+        "--sessions",
+        "3",
+        "--messages",
+        "4",
+        "--sizes",
+        "600,3000,20000",
+        "--tag",
+        "t1",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "sessions stopped early: {stderr}");
+    assert!(stderr.contains("552"), "{stderr}");
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let mut acked: Vec<(String, u64)> = stdout
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            assert_eq!((w.len(), w[0]), (3, "ack"), "{l}");
+            (w[1].to_string(), w[2].parse().unwrap())
+        })
+        .collect();
+    acked.sort();
+    let domains: Vec<&str> = acked
+        .iter()
+        .map(|(f, _)| f.split_once('@').unwrap().1)
+        .collect();
+    let mut want = vec![
+        "m0.s0.t1.send.example",
+        "m1.s0.t1.send.example",
+        "m0.s1.t1.send.example",
+    ];
+    want.sort();
+    let mut got = domains.clone();
+    got.sort();
+    assert_eq!(got, want, "acknowledged messages: {stdout}");
+
+    let st = client(&["stats", "--connect", &addr]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let line = String::from_utf8(st.stdout).unwrap();
+    assert!(line.starts_with("messages=3 p50_us="), "{line}");
+    let st = client(&["stats", "--connect", &addr]);
+    assert!(String::from_utf8(st.stdout)
+        .unwrap()
+        .starts_with("messages=0 "));
+    server.kill();
+
+    let mut listed: Vec<(String, u64)> = b
+        .list()
+        .into_iter()
+        .map(|m| {
+            let local = m.from.split_once('@').unwrap().0;
+            assert_eq!(local, m.sha256, "{} is whole", m.from);
+            (m.from, m.id)
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, acked, "stored = acknowledged, same ids");
+}
+
+#[test]
+fn stats_needs_serve_stats() {
+    let b = Backend::file("nostats", 16 << 20);
+    let _server = b.serve(&[]);
+    let o = client(&["stats", "--connect", &_server.addr.to_string()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("502"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -89,3 +89,53 @@ to_vfio() {
     echo "$1" >/sys/bus/pci/drivers_probe
     [ "$(driver_of "$1")" = vfio-pci ] || fail "$1 is bound to $(driver_of "$1"), not vfio-pci"
 }
+
+# mailq_check ACKS: checks the queue of `vsic-mailq --dev $MAILQ_DEV list
+# --json` against ACKS, the "ack FROM ID" lines of `vsic-mailq send`
+# (other lines ignored): every acknowledged message is listed with its id
+# and a sha256 equal to its sender's local part (send makes it the
+# content's SHA-256), no sender is listed twice, and every listed message
+# of send's (acknowledged or not) is whole. Messages of other clients are
+# only counted. Prints a summary; fails the test otherwise.
+mailq_check() {
+    vsic-mailq --dev "$MAILQ_DEV" list --json >/tmp/mailq-list.json || fail "list --json failed"
+    # One message per line: FROM ID SHA256 (field order in the JSON aside).
+    tr '{}' '\n\n' </tmp/mailq-list.json | awk '
+        function str(s, k) {
+            if (!match(s, "\"" k "\":\"[^\"]*\"")) return ""
+            return substr(s, RSTART + length(k) + 4, RLENGTH - length(k) - 5)
+        }
+        /"from":/ {
+            if (!match($0, "\"id\":[0-9]+")) next
+            id = substr($0, RSTART + 5, RLENGTH - 5)
+            print str($0, "from"), id, str($0, "sha256")
+        }' >/tmp/mailq-list.txt
+    awk '
+        function problem(msg) { if (bad++ < 20) print msg }
+        FNR == NR {
+            sub(/\r$/, "")
+            if ($0 !~ /^ack [0-9a-f]+@[a-z0-9.-]+\.send\.example [0-9]+$/) next
+            if ($2 in acked) problem("acknowledged twice: " $2 " as " acked[$2] " and " $3)
+            acked[$2] = $3
+            na++
+            next
+        }
+        {
+            n++
+            if ($1 !~ /\.send\.example$/) { other++; next }
+            if (seen[$1]++) problem("listed twice: " $1)
+            id[$1] = $2
+            split($1, a, "@")
+            if (a[1] != $3) problem("not whole: " $1 " has sha256 " $3)
+            if (!($1 in acked)) unacked++
+        }
+        END {
+            for (f in acked) {
+                if (!(f in id)) problem("acknowledged but missing: " f " (id " acked[f] ")")
+                else if (id[f] != acked[f]) problem("acknowledged as " acked[f] " but listed as " id[f] ": " f)
+            }
+            printf "mailq_check: %d acknowledged, %d listed (%d of them not acknowledged but whole, %d of other clients), %d problems\n",
+                na, n, unacked, other, bad
+            exit bad > 0
+        }' "$1" /tmp/mailq-list.txt || fail "the queue does not hold what was acknowledged"
+}

@@ -9,12 +9,16 @@
 #   (1") as (1), hybrid completions (--hybrid), VSIC 3          engine=vsic-hybrid
 # SET and GET, 1 KiB values, 1 and 32 clients, on loopback. Prints one
 # "case=..." line per case; vsic.requests=N sets requests for 32 clients,
-# vsic.repeat=N runs each case N times (median reported).
+# vsic.repeat=N runs each case N times (median reported). Then, with the
+# kv servers stopped, the mail-queue cases of
+# /vsic/bench-apps-mailq.guest.sh (ci/bench-apps-mailq.guest.sh, VSIC 4).
+# vsic.only=kv or vsic.only=mailq runs only those cases.
 set -eu
 # shellcheck source=ci/guest-tests/lib.sh
 . /vsic/lib.sh
 
 n=${VSIC_REQUESTS:-10000}
+only=${VSIC_ONLY:-all}
 vsicctl vsa create --size 512M --cap /root/kv.cap >/dev/null
 vsicctl vsic attach --vsic 0 --cap /root/kv.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 0 --vfio --user root >/dev/null
@@ -36,6 +40,7 @@ mount -t ext4 /dev/"$disk" /mnt/fs || fail "mount"
 mkdir -p /mnt/fs/redis
 truncate -s 512M /mnt/fs/kv.img
 
+kv_cases() {
 vsic-kv --dev vsic:0 serve --listen 127.0.0.1:6380 2>/tmp/kv-vsic.log &
 vsic-kv --dev vsic:2 --poll serve --listen 127.0.0.1:6383 2>/tmp/kv-vsic-poll.log &
 vsic-kv --dev vsic:3 --hybrid serve --listen 127.0.0.1:6384 2>/tmp/kv-vsic-hybrid.log &
@@ -95,3 +100,16 @@ for clients in 1 32; do
         done
     done
 done
+}
+
+if [ "$only" != mailq ]; then
+    kv_cases
+    # The kv servers (one of them polls, keeping a CPU busy) stop first.
+    # shellcheck disable=SC2046
+    kill $(pidof vsic-kv redis-server)
+    sleep 1
+fi
+if [ "$only" != kv ]; then
+    # shellcheck source=ci/bench-apps-mailq.guest.sh
+    . /vsic/bench-apps-mailq.guest.sh
+fi

@@ -7,9 +7,14 @@
 # (engine=vsic-poll) and with the vsic library's hybrid completions
 # (engine=vsic-hybrid).
 # SET and GET with 1 KiB values, 1 client (latency) and 32 clients
-# (throughput), all on loopback.
+# (throughput), all on loopback. Then, in the guest, the mail queue
+# (issue 11, ci/bench-apps-mailq.guest.sh): Postfix's smtp-source sends 1,
+# 4, 16 and 128 KiB messages over 1 and 8 sessions to vsic-mailq on a VSA
+# (through vsic, VFIO; engine=vsic, and engine=vsic-poll with completions
+# polled) and to its Maildir baseline on that ext4 (engine=maildir).
 #
 # Usage: ci/bench-apps.sh [--host] [--cache MODE] [--requests N] [--repeat N] [--dir DIR] [--no-build] [--out FILE]
+#                         [--only kv|mailq] [--mailq-messages M]
 #        (also reached as: ci/bench.sh --apps ...)
 #
 #   (default)   in one guest (launch.sh; ci/bench-apps.guest.sh): (1) on the
@@ -32,11 +37,19 @@
 #               (by rps) is reported (default 3)
 #   --no-build  use target/release binaries as they are
 #   --out       also write the result lines to FILE
+#   --only      guest: only the kv cases, or only the mail-queue cases
+#   --mailq-messages  guest: messages per mail-queue run with 8 sessions
+#               (default 2000; 1 session and 128 KiB get a quarter)
 #
 # Prints one line per case:
 #   case=kv-set server=vsic-kv engine=vsic clients=1 rps=... p50_ms=... p99_ms=...
 # then ratios against redis (engine=aof):
 #   ratio case=kv-set clients=1 engine=vsic/aof rps=... p50=...
+# and for the mail queue (guest):
+#   case=mailq engine=vsic size=1024 sessions=8 messages=M msgs_per_s=... p50_us=... p99_us=... client_us=...
+#   ratio case=mailq size=1024 sessions=8 engine=vsic/maildir msgs_per_s=... p50=... client_us=...
+# (p50_us/p99_us: the receiver's store latency per message, end of DATA to
+# durable; client_us: the mean time a session spends per message).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,6 +64,8 @@ repeat=3
 dir=
 build=1
 out=
+only=all
+mailq_messages=2000
 while [[ $# -gt 0 ]]; do
     case $1 in
     --host) host=1 ;;
@@ -60,6 +75,8 @@ while [[ $# -gt 0 ]]; do
     --dir) dir=${2:?}; shift ;;
     --no-build) build=0 ;;
     --out) out=${2:?}; shift ;;
+    --only) only=${2:?}; shift ;;
+    --mailq-messages) mailq_messages=${2:?}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
@@ -69,7 +86,7 @@ done
 # ratios FILE: one line per (test, clients, engine) against redis (aof).
 ratios() {
     awk '
-        /^case=/ {
+        /^case=kv-/ {
             delete f
             for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
             k = f["case"] " " f["clients"]
@@ -91,6 +108,36 @@ ratios() {
         }' "$1"
 }
 
+# mailq_ratios FILE: one line per (size, sessions), vsic against maildir.
+mailq_ratios() {
+    awk '
+        /^case=mailq / {
+            delete f
+            for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+            k = f["size"] " " f["sessions"]
+            if (!(k in seen)) { seen[k] = 1; order[n++] = k }
+            r[k, f["engine"]] = f["msgs_per_s"]; p[k, f["engine"]] = f["p50_us"]; c[k, f["engine"]] = f["client_us"]
+        }
+        END {
+            for (i = 0; i < n; i++) {
+                k = order[i]; split(k, a, " ")
+                for (j = 1; j <= 2; j++) {
+                    e = (j == 1 ? "vsic" : "vsic-poll")
+                    if (r[k, e] == "" || r[k, "maildir"] == "" || r[k, "maildir"] == 0) continue
+                    printf "ratio case=mailq size=%s sessions=%s engine=%s/maildir msgs_per_s=%.2f p50=%.2f client_us=%.2f\n", a[1], a[2], e,
+                        r[k, e] / r[k, "maildir"], (p[k, "maildir"] > 0 ? p[k, e] / p[k, "maildir"] : 0),
+                        (c[k, "maildir"] > 0 ? c[k, e] / c[k, "maildir"] : 0)
+                }
+            }
+        }' "$1"
+}
+
+case $only in
+all | kv | mailq) ;;
+*) log "--only: kv or mailq, not $only"; exit 2 ;;
+esac
+[[ $host -eq 1 && $only == mailq ]] && { log "the mail queue on the host: ci/bench-mailq-host.sh"; exit 2; }
+
 case $cache in
 write-back | write-through) ;;
 *) log "--cache: write-back or write-through, not $cache"; exit 2 ;;
@@ -102,11 +149,14 @@ if [[ $host -ne 1 ]]; then
     results=$(mktemp)
     trap 'rm -f "$results"' EXIT
     log "booting a guest (this takes a while under TCG)"
-    "$REPO/qemu-configs/launch.sh" --vsics 4 --queues 1 --drive-size 3G --hugepages 144 --memory 1536M --timeout 1800 \
-        --vsicd-arg "--cache=$cache" --append "vsic.requests=$requests vsic.repeat=$repeat" --run "$REPO/ci/bench-apps.guest.sh" \
-        --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# guest|# after-set)' >"$results" || true
+    # VSIC 4: the mail queue's VSA (ci/bench-apps-mailq.guest.sh).
+    "$REPO/qemu-configs/launch.sh" --vsics 5 --queues 1 --drive-size 3G --hugepages 144 --memory 1536M --timeout 3600 \
+        --vsicd-arg "--cache=$cache" --append "vsic.requests=$requests vsic.repeat=$repeat vsic.only=$only vsic.mailq_messages=$mailq_messages" \
+        --run "$REPO/ci/bench-apps.guest.sh" --run-with "$REPO/ci/guest-tests/lib.sh" \
+        --run-with "$REPO/ci/bench-apps-mailq.guest.sh" | tee /dev/stderr |
+        grep -a -E '^(case=|# guest|# after-set|# mailq)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }
-    { echo "# cache=$cache"; cat "$results"; ratios "$results"; } | tee ${out:+"$out"}
+    { echo "# cache=$cache"; cat "$results"; ratios "$results"; mailq_ratios "$results"; } | tee ${out:+"$out"}
     exit 0
 fi
 requests=${requests:-20000}

@@ -12,7 +12,8 @@
 #                           [--no-build] [--vsicd-arg ARG]... [--dma] [--qds LIST]
 #        ci/bench.sh --table FILE
 #        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
-#        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis)
+#        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis; in the guest
+#                                            also vsic-mailq vs Maildir with smtp-source)
 #
 #   --host      run on the host over vhost-user sockets
 #   --seconds   measured seconds per run (default 3)
@@ -46,7 +47,7 @@ if [[ ${1:-} == --guest ]]; then
 fi
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-# --apps: the application benchmark (vsic-kv vs redis), ci/bench-apps.sh.
+# --apps: the application benchmarks (vsic-kv vs redis, vsic-mailq vs Maildir), ci/bench-apps.sh.
 if [[ ${1:-} == --apps ]]; then
     shift
     exec bash "$REPO/ci/bench-apps.sh" "$@"

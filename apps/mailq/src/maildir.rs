@@ -137,4 +137,19 @@ impl Maildir {
             .and_then(|d| d.sync_all())
             .map_err(io(&dir))
     }
+
+    /// Removes every message; durable once it returns (one fsync of
+    /// `new/` for all of them). Returns how many there were.
+    pub fn clear(&self) -> Result<usize, MaildirError> {
+        let ids = self.ids()?;
+        for &id in &ids {
+            let p = self.path("new", id);
+            fs::remove_file(&p).map_err(io(&p))?;
+        }
+        let dir = self.root.join("new");
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        Ok(ids.len())
+    }
 }

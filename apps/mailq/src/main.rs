@@ -91,6 +91,9 @@ enum Cmd {
     /// Take the oldest message off the queue: its content to stdout, its
     /// id, sender and recipients to stderr.
     Dequeue,
+    /// ERASES the queue on DEV: a device is formatted afresh (every
+    /// message forgotten); a Maildir has every message removed.
+    Erase,
     /// (No --dev.) SMTP client: sends messages to ADDR over SESSIONS
     /// sessions and prints `ack FROM ID` the moment each 250 has been read,
     /// never before. A sender's local part is the SHA-256 of its content,
@@ -140,14 +143,12 @@ enum Backend {
 
 impl Backend {
     fn open(cli: &Cli) -> Result<Backend, Box<dyn std::error::Error>> {
-        let bench = matches!(cli.cmd, Cmd::Bench { .. });
+        let erase = matches!(cli.cmd, Cmd::Bench { .. } | Cmd::Erase);
         let spec = cli.dev.as_deref().ok_or("--dev DEV is required")?;
         if let Some(dir) = spec.strip_prefix("maildir:") {
             let m = Maildir::open(dir.as_ref())?;
-            if bench {
-                for id in m.ids()? {
-                    m.delete(id)?;
-                }
+            if erase {
+                m.clear()?;
             }
             return Ok(Backend::Maildir(m));
         }
@@ -160,7 +161,7 @@ impl Backend {
             Cmd::Serve { workers, .. } | Cmd::Bench { workers, .. } => (*workers).max(1),
             _ => 1,
         };
-        if bench {
+        if erase {
             // A fresh queue: without a superblock the device is formatted.
             dev.write_at(0, &[0u8; vsic_mailq::layout::BLOCK])?;
             dev.flush()?;
@@ -385,6 +386,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 r.p99.as_micros()
             )?;
         }
+        // Backend::open erased it.
+        Cmd::Erase => {}
         Cmd::Send { .. } | Cmd::Stats { .. } => unreachable!("run_client handles them"),
         Cmd::Dequeue => match q.list()?.into_iter().next() {
             Some((id, env)) => {

@@ -1,0 +1,99 @@
+# shellcheck shell=dash
+# The mail-queue half of `ci/bench.sh --apps` (issue 11): sourced by
+# ci/bench-apps.guest.sh (copied in as /vsic/bench-apps-mailq.guest.sh)
+# once ext4 on VSIC 1 (kernel virtio_blk) is mounted on /mnt/fs, in the
+# same guest run. Postfix's smtp-source sends messages of 1, 4, 16 and
+# 128 KiB (-l SIZE: SIZE bytes of content, to which smtp-source adds its
+# ~110 bytes of headers) over 1 and 8 sessions (-d: each session one
+# connection for all its messages) to
+#   (1) vsic-mailq on the VSA of VSIC 4 through vsic (VFIO),
+#       completions by interrupt                              engine=vsic
+#   (1') the same with completions polled (--poll)            engine=vsic-poll
+#   (2) vsic-mailq's Maildir baseline in /mnt/fs/maildir      engine=maildir
+#       (one file per message: write to tmp/, fsync, rename into new/,
+#       fsync of new/, as Postfix does)
+# both behind the same SMTP front (`serve --stats`, workers = sessions).
+# Every run starts from an empty queue (`erase`) and a fresh server; the
+# engines alternate; vsic.repeat=R runs per case, the median (by msgs/s)
+# reported. vsic.mailq_messages=M: messages per run with 8 sessions (1
+# session and 128 KiB get a quarter). One line per case:
+#   case=mailq engine=vsic size=1024 sessions=8 messages=M msgs_per_s= p50_us= p99_us= client_us= runs=R
+# msgs_per_s: messages over smtp-source's wall time (/proc/uptime, 10 ms
+# resolution). p50_us, p99_us: per message, the receiver's store latency,
+# from the end of DATA to the store's answer that the message is durable,
+# which the 250 waits for (XSTATS; smtp-source does not time messages).
+# client_us: sessions x wall time / messages, the mean time one session
+# spends per message (SMTP round trips included).
+
+mq_messages=${VSIC_MAILQ_MESSAGES:-2000}
+mq_repeat=${VSIC_REPEAT:-1}
+MQ_ADDR=127.0.0.1:2525
+vsicctl vsa create --size 512M --cap /root/mq.cap >/dev/null
+vsicctl vsic attach --vsic 4 --cap /root/mq.cap --slot 0 >/dev/null
+vsicctl vsic bind --vsic 4 --vfio --user root >/dev/null
+command -v smtp-source >/dev/null || fail "smtp-source is not in the image"
+
+MQ_ENGINES="vsic vsic-poll maildir"
+# mq_args ENGINE: the --dev (and completion mode) of an engine.
+mq_args() {
+    case $1 in
+    vsic) echo --dev vsic:4 ;;
+    vsic-poll) echo --dev vsic:4 --poll ;;
+    maildir) echo --dev maildir:/mnt/fs/maildir ;;
+    esac
+}
+
+# uptime_cs: seconds since boot, in hundredths.
+uptime_cs() { awk '{ split($1, t, "."); print t[1] * 100 + t[2] }' /proc/uptime; }
+
+# mq_run ENGINE SIZE SESSIONS MESSAGES: one run from an empty queue;
+# prints "msgs_per_s p50_us p99_us client_us".
+mq_run() {
+    local dev log spid t0 t1 stats
+    dev=$(mq_args "$1")
+    # shellcheck disable=SC2086
+    vsic-mailq $dev erase || fail "erase $dev"
+    sync
+    log=/tmp/mq-serve-$1.log
+    # shellcheck disable=SC2086
+    vsic-mailq $dev serve --smtp $MQ_ADDR --workers "$3" --max-size 1048576 --stats 2>"$log" &
+    spid=$!
+    for _ in $(seq 600); do grep -q "SMTP on" "$log" && break; sleep 0.1; done
+    grep -q "SMTP on" "$log" || { cat "$log"; fail "vsic-mailq serve on $dev did not start"; }
+    t0=$(uptime_cs)
+    smtp-source -d -s "$3" -m "$4" -l "$2" -f bench@smtp-source.example -t q@vsic.example $MQ_ADDR \
+        >/tmp/mq-source.log 2>&1 || { cat /tmp/mq-source.log "$log"; fail "smtp-source to $1 failed"; }
+    t1=$(uptime_cs)
+    stats=$(vsic-mailq stats --connect $MQ_ADDR) || fail "stats from $1"
+    kill "$spid"
+    wait "$spid" 2>/dev/null || true
+    echo "$stats" | grep -q "^messages=$4 " || fail "$1: smtp-source sent $4 messages, the receiver stored: $stats"
+    echo "$stats" | awk -v t0="$t0" -v t1="$t1" -v m="$4" -v s="$3" '{
+        for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+        secs = (t1 - t0) / 100; if (secs <= 0) secs = 0.01
+        printf "%.0f %s %s %.0f\n", m / secs, f["p50_us"], f["p99_us"], s * secs * 1e6 / m
+    }'
+}
+
+echo "# mailq: vsic-mailq on a 512 MiB VSA (VSIC 4, VFIO) vs Maildir on ext4 (/dev/$disk), smtp-source $mq_messages messages per 8-session run"
+for size in 1024 4096 16384 131072; do
+    for sessions in 1 8; do
+        m=$mq_messages
+        [ "$sessions" -eq 1 ] && m=$((m / 4))
+        [ "$size" -eq 131072 ] && m=$((m / 4))
+        : >/tmp/mq-runs
+        for _ in $(seq "$mq_repeat"); do
+            for engine in $MQ_ENGINES; do
+                echo "$engine $(mq_run $engine $size "$sessions" $m)" >>/tmp/mq-runs
+            done
+        done
+        for engine in $MQ_ENGINES; do
+            grep "^$engine " /tmp/mq-runs | sort -k2 -n | awk -v e=$engine -v sz=$size -v s="$sessions" -v m=$m -v r="$mq_repeat" '
+                { line[NR] = $0 }
+                END {
+                    split(line[int((NR + 1) / 2)], f, " ")
+                    printf "case=mailq engine=%s size=%s sessions=%s messages=%s msgs_per_s=%s p50_us=%s p99_us=%s client_us=%s runs=%s\n", e, sz, s, m, f[2], f[3], f[4], f[5], r
+                }'
+        done
+    done
+done

@@ -17,13 +17,16 @@
 # engines alternate; vsic.repeat=R runs per case, the median (by msgs/s)
 # reported. vsic.mailq_messages=M: messages per run with 8 sessions (1
 # session and 128 KiB get a quarter). One line per case:
-#   case=mailq engine=vsic size=1024 sessions=8 messages=M msgs_per_s= p50_us= p99_us= client_us= runs=R
+#   case=mailq engine=vsic size=1024 sessions=8 messages=M msgs_per_s= p50_us= p99_us= client_us=
+#              commits= write_us= flush_us= runs=R
 # msgs_per_s: messages over smtp-source's wall time (/proc/uptime, 10 ms
 # resolution). p50_us, p99_us: per message, the receiver's store latency,
 # from the end of DATA to the store's answer that the message is durable,
 # which the 250 waits for (XSTATS; smtp-source does not time messages).
 # client_us: sessions x wall time / messages, the mean time one session
-# spends per message (SMTP round trips included).
+# spends per message (SMTP round trips included). commits, write_us,
+# flush_us (slot queue only): durable batches, and per batch the mean wait
+# for its writes and for the flush after them.
 
 mq_messages=${VSIC_MAILQ_MESSAGES:-2000}
 mq_repeat=${VSIC_REPEAT:-1}
@@ -47,7 +50,7 @@ mq_args() {
 uptime_cs() { awk '{ split($1, t, "."); print t[1] * 100 + t[2] }' /proc/uptime; }
 
 # mq_run ENGINE SIZE SESSIONS MESSAGES: one run from an empty queue;
-# prints "msgs_per_s p50_us p99_us client_us".
+# prints "msgs_per_s p50_us p99_us client_us commits write_us flush_us".
 mq_run() {
     local dev log spid t0 t1 stats
     dev=$(mq_args "$1")
@@ -71,7 +74,8 @@ mq_run() {
     echo "$stats" | awk -v t0="$t0" -v t1="$t1" -v m="$4" -v s="$3" '{
         for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
         secs = (t1 - t0) / 100; if (secs <= 0) secs = 0.01
-        printf "%.0f %s %s %.0f\n", m / secs, f["p50_us"], f["p99_us"], s * secs * 1e6 / m
+        printf "%.0f %s %s %.0f %s %s %s\n", m / secs, f["p50_us"], f["p99_us"], s * secs * 1e6 / m,
+            f["commits"], f["write_us_avg"], f["flush_us_avg"]
     }'
 }
 
@@ -92,7 +96,8 @@ for size in 1024 4096 16384 131072; do
                 { line[NR] = $0 }
                 END {
                     split(line[int((NR + 1) / 2)], f, " ")
-                    printf "case=mailq engine=%s size=%s sessions=%s messages=%s msgs_per_s=%s p50_us=%s p99_us=%s client_us=%s runs=%s\n", e, sz, s, m, f[2], f[3], f[4], f[5], r
+                    printf "case=mailq engine=%s size=%s sessions=%s messages=%s msgs_per_s=%s p50_us=%s p99_us=%s client_us=%s commits=%s write_us=%s flush_us=%s runs=%s\n",
+                        e, sz, s, m, f[2], f[3], f[4], f[5], f[6], f[7], f[8], r
                 }'
         done
     done

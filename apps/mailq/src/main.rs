@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use vsic_mailq::client::Client;
 use vsic_mailq::server::Workers;
+use vsic_mailq::stats::Latencies;
 use vsic_mailq::{sha256_hex, Envelope, Maildir, Queue, QueueError, ServeOptions, Store};
 
 /// A persistent mail queue on a VSA with an SMTP receiver. A message is
@@ -51,8 +52,10 @@ enum Cmd {
         /// Time each message's store (from the end of its DATA to the
         /// store's answer that it is durable, which the 250 waits for) and
         /// answer the private command XSTATS with `250 messages=N p50_us=
-        /// p99_us= max_us=` over the messages since the last XSTATS (read
-        /// it with the stats command).
+        /// p99_us= max_us= commits= write_us_avg= flush_us_avg=` over the
+        /// messages since the last XSTATS (commits: durable batches of the
+        /// slot queue, with their mean wait for the writes and the flush;
+        /// 0 on a Maildir). Read it with the stats command.
         #[arg(long)]
         stats: bool,
     },
@@ -213,9 +216,9 @@ impl Backend {
         }
     }
 
-    fn into_store(self) -> Arc<dyn Store> {
+    fn into_store(self, stats: Option<Arc<Latencies>>) -> Arc<dyn Store> {
         match self {
-            Backend::Slots(q) => Arc::new(Workers::start(q)),
+            Backend::Slots(q) => Arc::new(Workers::start_with_stats(q, stats)),
             Backend::Maildir(m) => Arc::new(m),
         }
     }
@@ -315,7 +318,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 stats: stats.then(Arc::default),
                 ..ServeOptions::default()
             };
-            vsic_mailq::serve_store(q.into_store(), listener, opts)?;
+            vsic_mailq::serve_store(q.into_store(opts.stats.clone()), listener, opts)?;
         }
         Cmd::List { json } => {
             let mut items = Vec::new();
@@ -364,7 +367,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let listener = TcpListener::bind("127.0.0.1:0")?;
             let addr = listener.local_addr()?;
             let describe = q.describe(dev);
-            let store = q.into_store();
+            let store = q.into_store(None);
             std::thread::spawn(move || {
                 vsic_mailq::serve_store(
                     store,

@@ -611,9 +611,20 @@ fn split(sb: &Superblock, n: usize) -> Vec<WorkerSlots> {
         .collect()
 }
 
+/// How long [`write_durably`] waited for the writes and for the flush.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DurableTimes {
+    pub write: std::time::Duration,
+    pub flush: std::time::Duration,
+}
+
 /// Submits every write, waits for all, then flushes: on success all of
 /// them are durable. Only one thread may drive `dev` at a time.
-pub fn write_durably(dev: &dyn BlockDevice, writes: Vec<Write>) -> Result<(), StorageError> {
+pub fn write_durably(
+    dev: &dyn BlockDevice,
+    writes: Vec<Write>,
+) -> Result<DurableTimes, StorageError> {
+    let start = std::time::Instant::now();
     let n = writes.len();
     let mut first_err = None;
     let mut pending = 0usize;
@@ -644,5 +655,10 @@ pub fn write_durably(dev: &dyn BlockDevice, writes: Vec<Write>) -> Result<(), St
         return Err(e);
     }
     debug_assert!(n > 0);
-    dev.flush()
+    let write = start.elapsed();
+    dev.flush()?;
+    Ok(DurableTimes {
+        write,
+        flush: start.elapsed() - write,
+    })
 }

@@ -79,11 +79,17 @@ pub struct Workers {
 impl Workers {
     /// Starts the committer and one thread per worker slot set.
     pub fn start(q: Queue) -> Workers {
+        Workers::start_with_stats(q, None)
+    }
+
+    /// [`Workers::start`], the committer recording each durable batch's
+    /// write and flush times in `stats`.
+    pub fn start_with_stats(q: Queue, stats: Option<Arc<Latencies>>) -> Workers {
         let (dev, sets) = q.into_parts();
         let (btx, brx) = channel::<Batch>();
         std::thread::Builder::new()
             .name("mailq-commit".into())
-            .spawn(move || committer(dev, brx))
+            .spawn(move || committer(dev, brx, stats))
             .expect("spawn the committer");
         let senders = sets
             .into_iter()
@@ -163,7 +169,7 @@ fn worker(mut set: WorkerSlots, rx: Receiver<Enqueue>, commit: Sender<Batch>) {
 
 /// The one thread that drives the device: every batch waiting is written
 /// together and made durable by one flush.
-fn committer(dev: Box<dyn BlockDevice>, rx: Receiver<Batch>) {
+fn committer(dev: Box<dyn BlockDevice>, rx: Receiver<Batch>, stats: Option<Arc<Latencies>>) {
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         batches.extend(rx.try_iter());
@@ -171,7 +177,13 @@ fn committer(dev: Box<dyn BlockDevice>, rx: Receiver<Batch>) {
             .iter_mut()
             .flat_map(|b| std::mem::take(&mut b.writes))
             .collect();
-        let r = write_durably(&*dev, writes).map_err(|e| e.to_string());
+        let r = write_durably(&*dev, writes)
+            .map(|t| {
+                if let Some(s) = &stats {
+                    s.record_commit(t.write, t.flush);
+                }
+            })
+            .map_err(|e| e.to_string());
         if let Err(e) = &r {
             log::error!("{}: durable write failed: {e}", dev.describe());
         }

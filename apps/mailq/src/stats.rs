@@ -2,7 +2,9 @@
 //! message's DATA (its `.` line read) to the store's answer that it is
 //! durable, i.e. the time the 250 waits for. `serve --stats` keeps it for
 //! clients that do not time messages themselves (Postfix's `smtp-source`);
-//! the private SMTP command `XSTATS` reads it and starts afresh.
+//! the private SMTP command `XSTATS` reads it and starts afresh. The slot
+//! queue's committer adds where that time went on the device: per durable
+//! batch (commit), the wait for its writes and for the flush after them.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,6 +13,14 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct Latencies {
     micros: Mutex<Vec<u64>>,
+    commits: Mutex<CommitSums>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct CommitSums {
+    commits: u64,
+    write_us: u64,
+    flush_us: u64,
 }
 
 /// What [`Latencies::take`] returns.
@@ -20,14 +30,25 @@ pub struct Summary {
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// Durable batches of the slot queue (0 for the Maildir baseline).
+    pub commits: u64,
+    /// Per commit, the mean wait for the writes and for the flush.
+    pub write_us_avg: u64,
+    pub flush_us_avg: u64,
 }
 
 impl Summary {
     /// The `key=value` words of the XSTATS reply.
     pub fn line(&self) -> String {
         format!(
-            "messages={} p50_us={} p99_us={} max_us={}",
-            self.messages, self.p50_us, self.p99_us, self.max_us
+            "messages={} p50_us={} p99_us={} max_us={} commits={} write_us_avg={} flush_us_avg={}",
+            self.messages,
+            self.p50_us,
+            self.p99_us,
+            self.max_us,
+            self.commits,
+            self.write_us_avg,
+            self.flush_us_avg
         )
     }
 }
@@ -39,8 +60,18 @@ impl Latencies {
         self.lock().push(us);
     }
 
+    /// Records one durable batch: its wait for the writes and the flush.
+    pub fn record_commit(&self, write: Duration, flush: Duration) {
+        let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        c.commits += 1;
+        c.write_us += write.as_micros() as u64;
+        c.flush_us += flush.as_micros() as u64;
+    }
+
     /// The summary of everything recorded so far, which is then forgotten.
     pub fn take(&self) -> Summary {
+        let c = std::mem::take(&mut *self.commits.lock().unwrap_or_else(|e| e.into_inner()));
+        let avg = |sum: u64| sum.checked_div(c.commits).unwrap_or(0);
         let mut v = std::mem::take(&mut *self.lock());
         v.sort_unstable();
         let pct = |p: usize| {
@@ -55,6 +86,9 @@ impl Latencies {
             p50_us: pct(50),
             p99_us: pct(99),
             max_us: v.last().copied().unwrap_or(0),
+            commits: c.commits,
+            write_us_avg: avg(c.write_us),
+            flush_us_avg: avg(c.flush_us),
         }
     }
 
@@ -75,6 +109,8 @@ mod tests {
         for us in (1..=100).rev() {
             l.record(Duration::from_micros(us));
         }
+        l.record_commit(Duration::from_micros(10), Duration::from_micros(30));
+        l.record_commit(Duration::from_micros(20), Duration::from_micros(50));
         let s = l.take();
         assert_eq!(
             s,
@@ -82,9 +118,17 @@ mod tests {
                 messages: 100,
                 p50_us: 51,
                 p99_us: 100,
-                max_us: 100
+                max_us: 100,
+                commits: 2,
+                write_us_avg: 15,
+                flush_us_avg: 40
             }
         );
-        assert_eq!(l.take().messages, 0, "take starts afresh");
+        let again = l.take();
+        assert_eq!(
+            (again.messages, again.commits),
+            (0, 0),
+            "take starts afresh"
+        );
     }
 }

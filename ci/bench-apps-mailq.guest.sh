@@ -64,8 +64,15 @@ mq_run() {
     for _ in $(seq 600); do grep -q "SMTP on" "$log" && break; sleep 0.1; done
     grep -q "SMTP on" "$log" || { cat "$log"; fail "vsic-mailq serve on $dev did not start"; }
     t0=$(uptime_cs)
-    smtp-source -d -s "$3" -m "$4" -l "$2" -f bench@smtp-source.example -t q@vsic.example $MQ_ADDR \
-        >/tmp/mq-source.log 2>&1 || { cat /tmp/mq-source.log "$log"; fail "smtp-source to $1 failed"; }
+    # A run that stalls fails with what the receiver saw instead of hanging.
+    if ! timeout 300 smtp-source -d -s "$3" -m "$4" -l "$2" -f bench@smtp-source.example -t q@vsic.example \
+        $MQ_ADDR >/tmp/mq-source.log 2>&1; then
+        cat /tmp/mq-source.log "$log"
+        echo "receiver's counts: $(vsic-mailq stats --connect $MQ_ADDR 2>&1)"
+        ps
+        dmesg | tail -n 20
+        fail "smtp-source to $1 ($2 bytes, $3 sessions) failed or took over 300 s"
+    fi
     t1=$(uptime_cs)
     stats=$(vsic-mailq stats --connect $MQ_ADDR) || fail "stats from $1"
     kill "$spid"

@@ -164,7 +164,17 @@ fn kill_serve_under_smtp_load_on_vsa() {
 /// its 250 is there after the restart.
 #[test]
 fn kill_vsicd_under_smtp_load() {
-    let mut b = Backend::vsa("mailq-vsicd", 64 << 20);
+    vsicd_kill(Backend::vsa("mailq-vsicd", 64 << 20));
+}
+
+/// The same on a write-through VSA, where the queue sends no FLUSH: a
+/// completed write must be durable by itself.
+#[test]
+fn kill_vsicd_under_smtp_load_write_through() {
+    vsicd_kill(Backend::vsa_cache("mailq-vsicd-wt", 64 << 20, true));
+}
+
+fn vsicd_kill(mut b: Backend) {
     let rec = Arc::new(Mutex::new(Record::default()));
     let mut server = b.serve(&["--workers", "4"]);
     let stop = Arc::new(AtomicBool::new(false));

@@ -141,3 +141,32 @@ fn erase_empties_the_queue() {
 fn erase_empties_the_queue_on_maildir() {
     erase_empties(&Backend::maildir("erase-maildir"));
 }
+
+/// On a write-through VSA (vsicd --cache=write-through: a completed write
+/// is durable and the function offers no FLUSH) the slot queue answers
+/// after the writes alone: XSTATS shows commits with no flush time.
+#[test]
+fn write_through_vsa_commits_without_flush() {
+    let b = Backend::vsa_cache("send-wt", 64 << 20, true);
+    let mut server = b.serve(&["--stats"]);
+    let addr = server.addr.to_string();
+    let o = client(&[
+        "send",
+        "--connect",
+        &addr,
+        "--sessions",
+        "2",
+        "--messages",
+        "10",
+        "--sizes",
+        "600,30000",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = client(&["stats", "--connect", &addr]);
+    let line = String::from_utf8(st.stdout).unwrap();
+    server.kill();
+    assert!(line.starts_with("messages=20 "), "{line}");
+    assert!(!line.contains(" commits=0 "), "{line}");
+    assert!(line.trim_end().ends_with(" flush_us_avg=0"), "{line}");
+    assert_eq!(b.list().len(), 20);
+}

@@ -28,7 +28,7 @@
 # flush_us (slot queue only): durable batches, and per batch the mean wait
 # for its writes and for the flush after them.
 
-mq_messages=${VSIC_MAILQ_MESSAGES:-2000}
+mq_messages=${VSIC_MAILQ_MESSAGES:-400}
 mq_repeat=${VSIC_REPEAT:-1}
 MQ_ADDR=127.0.0.1:2525
 vsicctl vsa create --size 512M --cap /root/mq.cap >/dev/null

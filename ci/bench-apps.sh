@@ -39,7 +39,7 @@
 #   --out       also write the result lines to FILE
 #   --only      guest: only the kv cases, or only the mail-queue cases
 #   --mailq-messages  guest: messages per mail-queue run with 8 sessions
-#               (default 2000; 1 session and 128 KiB get a quarter)
+#               (default 400; 1 session and 128 KiB get a quarter)
 #
 # Prints one line per case:
 #   case=kv-set server=vsic-kv engine=vsic clients=1 rps=... p50_ms=... p99_ms=...
@@ -65,7 +65,7 @@ dir=
 build=1
 out=
 only=all
-mailq_messages=2000
+mailq_messages=400
 while [[ $# -gt 0 ]]; do
     case $1 in
     --host) host=1 ;;

@@ -72,3 +72,399 @@ fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     c2.ok("query-version", json!({}));
     c.ok("query-version", json!({}));
 }
+
+// ------------------------------------------------------------- helpers
+
+use std::time::{Duration, Instant};
+
+use common::{filled, pattern, read_back, run_one, Setup, MIB};
+use serde_json::Value;
+use vsic::{CompletionMode, Device, Error, IoStatus, Request, VsaHandle, VsaRange};
+
+const SLOT0: VsaHandle = VsaHandle { slot: 0 };
+const BLOCK: usize = 4096;
+
+/// A daemon with one VSA of `size` attached to VSIC 0 slot 0, opened.
+fn with_vsa(tag: &str, setup: Setup, size: u64) -> (Daemon, Device, MgmtClient) {
+    let d = Daemon::start_with(tag, setup);
+    let admin = d.admin();
+    let vsa = admin.vsa_create(size, 0).expect("create");
+    admin.attach(0, 0, &vsa.token, false).expect("attach");
+    drop(admin);
+    let dev = d.open_vsic(0, 2, CompletionMode::Polling);
+    let c = MgmtClient::connect(&d.mgmt_socket());
+    (d, dev, c)
+}
+
+fn read_status(dev: &Device, offset: u64) -> Result<(), Error> {
+    let mut buf = dev.alloc_dma(BLOCK).expect("alloc");
+    dev.read_at(0, SLOT0, offset, &mut buf)
+}
+
+fn write_pattern(dev: &Device, seed: u64, offset: u64, len: usize) -> Result<(), Error> {
+    let buf = filled(dev, seed, len);
+    dev.write_at(0, SLOT0, offset, &buf)
+}
+
+fn is_ioerr(r: &Result<(), Error>) -> bool {
+    matches!(r, Err(Error::Io(IoStatus::IoError)))
+}
+
+fn vsic_stats(c: &mut MgmtClient, vsic: u32) -> Value {
+    let s = c.ok("query-stats", json!({"vsic": vsic}));
+    s["vsics"][0].clone()
+}
+
+// ------------------------------------------------------------- admin
+
+#[test]
+fn admin_over_mgmt_runs_the_pf_admin_layer() {
+    let d = Daemon::start("mgmt-admin");
+    let mut c = MgmtClient::connect(&d.mgmt_socket());
+    // Create a VSA by name; the token comes back as payload.
+    let r = c.ok("admin", json!({"opcode": "vsa-create", "arg0": 3 * MIB}));
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["code"], 0);
+    assert_eq!(r["result1"], 3 * MIB);
+    let vsa_id = r["result0"].as_u64().unwrap();
+    let token = r["payload"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 128, "a 64-byte token");
+    // Attach with it; the PF sees the attachment.
+    let r = c.ok(
+        "admin",
+        json!({"opcode": "attach", "vsic": 1, "slot": 2, "payload": token}),
+    );
+    assert_eq!(
+        (r["status"].as_str(), r["result0"].as_u64()),
+        (Some("ok"), Some(vsa_id))
+    );
+    let vsics = d.admin().list_vsics().expect("list");
+    assert_eq!(vsics[1].slots[2].vsa_id, vsa_id);
+    // Refusals carry the PF's status names and results.
+    let r = c.ok("admin", json!({"opcode": "detach", "vsic": 1, "slot": 3}));
+    assert_eq!(
+        (r["status"].as_str(), r["code"].as_u64()),
+        (Some("slot-empty"), Some(16))
+    );
+    let pf = d.admin().detach(1, 3).unwrap_err();
+    assert_eq!(pf.status().map(|s| s.name()), r["status"].as_str());
+    let r = c.ok("admin", json!({"opcode": "list-vsas", "capacity": 8}));
+    assert_eq!(r["status"], "response-too-small", "{r}");
+    assert_eq!(r["result0"], 1);
+    let r = c.ok("admin", json!({"opcode": "vsa-delete-by-id", "arg0": 999}));
+    assert_eq!(r["status"], "no-such-vsa");
+    // The raw spelling: bytes exactly as the PF gets them.
+    let mut raw = vsic_abi::AdminCommand::new(vsic_abi::Opcode::Identify).encode();
+    let r = c.ok("admin", json!({"command": vsic_abi::hex::encode(&raw)}));
+    assert_eq!(r["status"], "ok");
+    assert_eq!(
+        r["payload"].as_str().unwrap().len(),
+        2 * vsic_abi::records::Identify::LEN
+    );
+    raw[0] ^= 1;
+    let r = c.ok("admin", json!({"command": vsic_abi::hex::encode(&raw)}));
+    assert_eq!(r["status"], "bad-magic");
+    let r = c.ok("admin", json!({"command": "00"}));
+    assert_eq!(r["status"], "bad-command-size");
+    // Bad arguments: errors, not completions.
+    for bad in [
+        json!({}),
+        json!({"opcode": "no-such-op"}),
+        json!({"opcode": "identify", "command": "00"}),
+        json!({"command": "00", "vsic": 1}),
+        json!({"command": "zz"}),
+        json!({"opcode": "identify", "payload": "abc"}),
+        json!({"opcode": "identify", "capacity": 1 << 30}),
+        json!({"opcode": "identify", "vsic": -1}),
+        json!({"opcode": "identify", "colour": 1}),
+    ] {
+        assert_eq!(c.err("admin", bad.clone()), "InvalidArguments", "{bad}");
+    }
+    let ops = c.ok("query-admin-opcodes", json!({}));
+    assert!(ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["name"] == "dma-window-add"));
+}
+
+#[test]
+fn statistics_count_requests_and_injections() {
+    let (_d, dev, mut c) = with_vsa("mgmt-stats", Setup::default(), 4 * MIB);
+    for i in 0..3 {
+        write_pattern(&dev, i, i * BLOCK as u64, BLOCK).expect("write");
+    }
+    read_status(&dev, 0).expect("read");
+    dev.flush(0).expect("flush");
+    let s = vsic_stats(&mut c, 0);
+    assert_eq!(
+        (s["writes"].as_u64(), s["reads"].as_u64()),
+        (Some(3), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["flushes"], 1);
+    assert_eq!(s["bytes_written"], 3 * BLOCK as u64);
+    assert_eq!(s["faults_injected"], 0);
+    assert_eq!(s["queues"].as_array().unwrap().len(), 4);
+    let all = c.ok("query-stats", json!({}));
+    assert_eq!(all["vsics"].as_array().unwrap().len(), 4);
+    assert_eq!(all["drives"].as_array().unwrap().len(), 2);
+    assert_eq!(c.err("query-stats", json!({"vsic": 99})), "NotFound");
+    assert_eq!(
+        c.err("query-stats", json!({"vsic": "zero"})),
+        "InvalidArguments"
+    );
+}
+
+// ------------------------------------------------------------- faults
+
+#[test]
+fn error_rule_fails_exactly_count_reads() {
+    let (_d, dev, mut c) = with_vsa("mgmt-fault-count", Setup::default(), 4 * MIB);
+    let r = c.ok(
+        "fault-add",
+        json!({"vsic": 0, "op": "read", "action": "error", "count": 3}),
+    );
+    let id = r["id"].as_u64().expect("an id");
+    // Writes are not reads.
+    write_pattern(&dev, 1, 0, BLOCK).expect("write unaffected");
+    let results: Vec<bool> = (0..6).map(|_| is_ioerr(&read_status(&dev, 0))).collect();
+    assert_eq!(results, [true, true, true, false, false, false]);
+    let rules = c.ok("fault-list", json!({}));
+    assert_eq!(rules[0]["id"], id);
+    assert_eq!(
+        (rules[0]["matched"].as_u64(), rules[0]["injected"].as_u64()),
+        (Some(6), Some(3))
+    );
+    let s = vsic_stats(&mut c, 0);
+    assert_eq!(s["faults_injected"], 3, "{s}");
+    assert_eq!(s["errors"], 3, "{s}");
+    assert_eq!(c.ok("fault-clear", json!({"id": id}))["cleared"], 1);
+    assert_eq!(c.err("fault-clear", json!({"id": id})), "NotFound");
+    assert_eq!(c.ok("fault-list", json!({})), json!([]));
+}
+
+#[test]
+fn error_rule_status_range_flush_discard_and_every() {
+    let (_d, dev, mut c) = with_vsa("mgmt-fault-kinds", Setup::default(), 4 * MIB);
+    // A virtio status of our choosing.
+    c.ok(
+        "fault-add",
+        json!({"vsic": 0, "op": "write", "status": "unsupp", "count": 1}),
+    );
+    assert!(matches!(
+        write_pattern(&dev, 1, 0, BLOCK),
+        Err(Error::Io(IoStatus::Unsupported))
+    ));
+    write_pattern(&dev, 1, 0, BLOCK).expect("second write fine");
+    // A byte range: only overlapping reads fail.
+    c.ok("fault-clear", json!({}));
+    c.ok(
+        "fault-add",
+        json!({"vsic": 0, "op": "any", "offset": 8192, "length": 4096}),
+    );
+    assert!(read_status(&dev, 0).is_ok());
+    assert!(is_ioerr(&read_status(&dev, 8192)));
+    assert!(
+        is_ioerr(&read_status(&dev, 4096 + 2048)),
+        "overlaps the range's start"
+    );
+    assert!(read_status(&dev, 12288).is_ok());
+    // Flush and discard.
+    c.ok("fault-clear", json!({}));
+    c.ok("fault-add", json!({"vsic": 0, "op": "flush", "count": 1}));
+    assert!(matches!(dev.flush(0), Err(Error::Io(IoStatus::IoError))));
+    dev.flush(0).expect("flush again");
+    c.ok("fault-add", json!({"vsic": 0, "op": "discard", "count": 1}));
+    let ranges = [VsaRange::new(0, BLOCK as u64)];
+    assert_eq!(
+        run_one(&dev, 0, Request::discard(SLOT0, &ranges)),
+        Err(IoStatus::IoError)
+    );
+    assert_eq!(run_one(&dev, 0, Request::discard(SLOT0, &ranges)), Ok(()));
+    // Every third read.
+    c.ok("fault-clear", json!({}));
+    c.ok("fault-add", json!({"vsic": 0, "op": "read", "every": 3}));
+    let results: Vec<bool> = (0..9).map(|_| is_ioerr(&read_status(&dev, 0))).collect();
+    assert_eq!(
+        results,
+        [false, false, true, false, false, true, false, false, true]
+    );
+    // Another VSIC's rule does not touch VSIC 0.
+    c.ok("fault-clear", json!({}));
+    c.ok("fault-add", json!({"vsic": 1}));
+    assert!(read_status(&dev, 0).is_ok());
+}
+
+#[test]
+fn probability_rule_fires_within_statistical_bounds() {
+    let (_d, dev, mut c) = with_vsa("mgmt-fault-prob", Setup::default(), 4 * MIB);
+    c.ok(
+        "fault-add",
+        json!({"vsic": 0, "op": "read", "probability": 0.3, "seed": 11}),
+    );
+    let n = 400;
+    let failed = (0..n).filter(|_| is_ioerr(&read_status(&dev, 0))).count();
+    // Binomial(400, 0.3): mean 120, sd ~9.2; six sd either way.
+    assert!((65..=175).contains(&failed), "{failed} of {n}");
+    let rules = c.ok("fault-list", json!({}));
+    assert_eq!(rules[0]["injected"], failed as u64);
+    assert_eq!(rules[0]["matched"], n as u64);
+}
+
+#[test]
+fn delay_rule_delays_the_completion() {
+    let (_d, dev, mut c) = with_vsa("mgmt-fault-delay", Setup::default(), 4 * MIB);
+    c.ok(
+        "fault-add",
+        json!({"vsic": 0, "op": "read", "action": "delay", "delay": "300ms", "count": 2}),
+    );
+    for _ in 0..2 {
+        let t = Instant::now();
+        read_status(&dev, 0).expect("a delayed read still succeeds");
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
+    assert_eq!(c.ok("fault-list", json!({}))[0]["injected"], 2);
+}
+
+#[test]
+fn corrupt_rule_flips_bits_of_the_data_read_only() {
+    let (_d, dev, mut c) = with_vsa("mgmt-fault-corrupt", Setup::default(), 4 * MIB);
+    write_pattern(&dev, 5, 0, BLOCK).expect("write");
+    let want = pattern(5, BLOCK);
+    c.ok(
+        "fault-add",
+        json!({"vsic": 0, "action": "corrupt", "bits": 5, "count": 1}),
+    );
+    let got = read_back(&dev, 0, 0, BLOCK);
+    let flipped: u32 = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a ^ b).count_ones())
+        .sum();
+    assert_eq!(flipped, 5, "exactly the asked bits flipped");
+    // The drive was not changed: the next read is intact.
+    assert_eq!(read_back(&dev, 0, 0, BLOCK), want);
+    // Corrupting writes makes no sense.
+    assert_eq!(
+        c.err(
+            "fault-add",
+            json!({"vsic": 0, "op": "write", "action": "corrupt"})
+        ),
+        "InvalidArguments"
+    );
+}
+
+#[test]
+fn torn_rule_writes_only_the_first_sectors_and_fails() {
+    let (_d, dev, mut c) = with_vsa("mgmt-fault-torn", Setup::default(), 4 * MIB);
+    let len = 16 * 512;
+    write_pattern(&dev, 1, 0, len).expect("old contents");
+    c.ok(
+        "fault-add",
+        json!({"vsic": 0, "action": "torn", "sectors": 3, "count": 1}),
+    );
+    assert!(
+        is_ioerr(&write_pattern(&dev, 2, 0, len)),
+        "a torn write fails"
+    );
+    let got = read_back(&dev, 0, 0, len);
+    let (old, new) = (pattern(1, len), pattern(2, len));
+    assert_eq!(
+        &got[..3 * 512],
+        &new[..3 * 512],
+        "the first 3 sectors reached the drive"
+    );
+    assert_eq!(&got[3 * 512..], &old[3 * 512..], "the rest did not");
+    assert_eq!(vsic_stats(&mut c, 0)["faults_injected"], 1);
+}
+
+#[test]
+fn drive_rules_act_on_the_drive_transfers() {
+    let setup = Setup {
+        drives: vec!["64M"],
+        ..Setup::default()
+    };
+    let (_d, dev, mut c) = with_vsa("mgmt-fault-drive", setup, 4 * MIB);
+    let len = 8 * 512;
+    write_pattern(&dev, 1, 0, len).expect("write");
+    c.ok("fault-add", json!({"drive": 0, "op": "read", "count": 2}));
+    assert!(is_ioerr(&read_status(&dev, 0)));
+    assert!(is_ioerr(&read_status(&dev, 0)));
+    assert!(read_status(&dev, 0).is_ok());
+    c.ok(
+        "fault-add",
+        json!({"drive": 0, "action": "torn", "sectors": 1, "count": 1}),
+    );
+    assert!(is_ioerr(&write_pattern(&dev, 2, 0, len)));
+    let got = read_back(&dev, 0, 0, len);
+    assert_eq!(&got[..512], &pattern(2, len)[..512]);
+    assert_eq!(&got[512..], &pattern(1, len)[512..]);
+    c.ok(
+        "fault-add",
+        json!({"drive": 0, "action": "corrupt", "bits": 3, "count": 1}),
+    );
+    let got = read_back(&dev, 0, 0, len);
+    let mut want = pattern(2, len)[..512].to_vec();
+    want.extend_from_slice(&pattern(1, len)[512..]);
+    let flipped: u32 = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a ^ b).count_ones())
+        .sum();
+    assert_eq!(flipped, 3);
+    c.ok("fault-add", json!({"drive": 0, "op": "flush", "count": 1}));
+    assert!(matches!(dev.flush(0), Err(Error::Io(IoStatus::IoError))));
+    let stats = c.ok("query-stats", json!({}));
+    assert_eq!(stats["drives"][0]["faults_injected"], 5, "{stats}");
+    assert_eq!(c.err("fault-add", json!({"drive": 1})), "NotFound");
+}
+
+#[test]
+fn fault_rules_from_the_command_line() {
+    let setup = Setup {
+        extra_args: vec![
+            "--fault".into(),
+            "vsic=0,op=read,action=error,count=2".into(),
+        ],
+        ..Setup::default()
+    };
+    let (_d, dev, mut c) = with_vsa("mgmt-fault-cli", setup, 4 * MIB);
+    let results: Vec<bool> = (0..3).map(|_| is_ioerr(&read_status(&dev, 0))).collect();
+    assert_eq!(results, [true, true, false]);
+    assert_eq!(c.ok("fault-list", json!({}))[0]["injected"], 2);
+}
+
+#[test]
+fn bad_fault_rules_are_refused() {
+    let d = Daemon::start("mgmt-fault-bad");
+    let mut c = MgmtClient::connect(&d.mgmt_socket());
+    for (args, class) in [
+        (json!({}), "InvalidArguments"),
+        (json!({"vsic": 0, "drive": 0}), "InvalidArguments"),
+        (json!({"vsic": 9}), "NotFound"),
+        (json!({"vsic": 0, "op": "scribble"}), "InvalidArguments"),
+        (json!({"vsic": 0, "action": "explode"}), "InvalidArguments"),
+        (json!({"vsic": 0, "action": "delay"}), "InvalidArguments"),
+        (
+            json!({"vsic": 0, "action": "delay", "delay": "5 parsecs"}),
+            "InvalidArguments",
+        ),
+        (json!({"vsic": 0, "probability": 2.0}), "InvalidArguments"),
+        (json!({"vsic": 0, "every": 0}), "InvalidArguments"),
+        (json!({"vsic": 0, "offset": 5}), "InvalidArguments"),
+        (json!({"vsic": 0, "status": 0}), "InvalidArguments"),
+        (
+            json!({"vsic": 0, "action": "torn", "op": "read"}),
+            "InvalidArguments",
+        ),
+        (json!({"vsic": 0, "colour": "red"}), "InvalidArguments"),
+    ] {
+        assert_eq!(c.err("fault-add", args.clone()), class, "{args}");
+    }
+    assert_eq!(c.ok("fault-list", json!({})), json!([]));
+    assert_eq!(c.err("fault-list", json!({"x": 1})), "InvalidArguments");
+    assert_eq!(c.ok("fault-clear", json!({}))["cleared"], 0);
+}

@@ -4,10 +4,21 @@
 
 use super::registry::Registry;
 
+mod admin;
+mod fault;
 mod query;
+mod stats;
+mod trace;
 
-/// Every command family's registration function.
-const FAMILIES: &[fn(&mut Registry)] = &[query::register];
+/// Every command family's registration function. A new family: one line
+/// here (and its `mod` line above).
+const FAMILIES: &[fn(&mut Registry)] = &[
+    query::register,
+    admin::register,
+    stats::register,
+    fault::register,
+    trace::register,
+];
 
 /// The table of every command.
 pub fn registry() -> Registry {

@@ -468,3 +468,193 @@ fn bad_fault_rules_are_refused() {
     assert_eq!(c.err("fault-list", json!({"x": 1})), "InvalidArguments");
     assert_eq!(c.ok("fault-clear", json!({}))["cleared"], 0);
 }
+
+// ------------------------------------------------------------- traces
+
+/// Runs a tool on the trace; its stdout (the test fails if it fails).
+fn run_tool(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program} (ci/install-deps.sh installs blktrace): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The known workload: on queue 0, 8 writes of 4 KiB, 4 reads (the first
+/// failed by a rule), 1 flush; on queue 1, 2 writes of 8 KiB.
+fn traced_workload(dev: &Device, c: &mut MgmtClient) {
+    for i in 0..8u64 {
+        write_pattern(dev, i, i * BLOCK as u64, BLOCK).expect("write");
+    }
+    c.ok("fault-add", json!({"vsic": 0, "op": "read", "count": 1}));
+    assert!(is_ioerr(&read_status(dev, 0)));
+    for i in 1..4u64 {
+        read_status(dev, i * BLOCK as u64).expect("read");
+    }
+    dev.flush(0).expect("flush");
+    for i in 0..2u64 {
+        let buf = filled(dev, 100 + i, 2 * BLOCK);
+        dev.write_at(1, SLOT0, MIB + i * 2 * BLOCK as u64, &buf)
+            .expect("write on queue 1");
+    }
+}
+
+#[test]
+fn blktrace_trace_reads_in_blkparse_and_btt() {
+    let (d, dev, mut c) = with_vsa("mgmt-trace-blk", Setup::default(), 4 * MIB);
+    let base = d.dir.path("t");
+    let base_s = base.display().to_string();
+    let r = c.ok(
+        "trace-start",
+        json!({"vsic": 0, "path": base_s, "format": "blktrace"}),
+    );
+    assert_eq!(
+        r["files"].as_array().unwrap().len(),
+        4,
+        "one stream per queue: {r}"
+    );
+    traced_workload(&dev, &mut c);
+    let r = c.ok("trace-stop", json!({"vsic": 0}));
+    // 15 requests with queue, issue and completion events, but the failed
+    // read is never issued; plus 1 fault message.
+    assert_eq!(r["events"], 15 * 3 - 1 + 1, "{r}");
+    let text = run_tool("blkparse", &["-i", &base_s, "-f", "%a %d %S %N %e\n"]);
+    let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+    for (prefix, want) in [
+        ("Q W ", 10),
+        ("D W ", 10),
+        ("C W ", 10),
+        ("Q R ", 4),
+        ("D R ", 3),
+        ("C R ", 4),
+        ("Q FWS ", 1),
+        ("C FWS ", 1),
+    ] {
+        assert_eq!(count(prefix), want, "{prefix:?} events in\n{text}");
+    }
+    // Sector, bytes and error of what we did.
+    assert!(text.lines().any(|l| l == "C W 56 4096 0"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "Q W 2064 8192 0"),
+        "queue 1's second write: {text}"
+    );
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("C ") && !l.ends_with(" 0"))
+        .collect();
+    assert_eq!(failed, ["C R 0 4096 5"], "the one injected EIO");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("fault rule 1: error read at 0"))
+            .count(),
+        1,
+        "{text}"
+    );
+    // btt reads the binary dump blkparse makes and reports latencies.
+    let dump = d.dir.path("t.bin").display().to_string();
+    run_tool("blkparse", &["-q", "-i", &base_s, "-d", &dump, "-O"]);
+    let report = run_tool("btt", &["-i", &dump]);
+    let n_of = |row: &str| -> Option<u64> {
+        report
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(row))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+    };
+    assert_eq!(
+        n_of("D2C"),
+        Some(13),
+        "D2C of 13 data requests issued:\n{report}"
+    );
+    assert_eq!(
+        n_of("Q2Cdm"),
+        Some(14),
+        "Q2C of 14 data requests:\n{report}"
+    );
+}
+
+#[test]
+fn jsonl_trace_has_every_event() {
+    let (d, dev, mut c) = with_vsa("mgmt-trace-jsonl", Setup::default(), 4 * MIB);
+    let path = d.dir.path("t.jsonl");
+    let r = c.ok(
+        "trace-start",
+        json!({"vsic": 0, "path": path.display().to_string(), "format": "jsonl"}),
+    );
+    assert_eq!(r["files"], json!([path.display().to_string()]));
+    traced_workload(&dev, &mut c);
+    assert_eq!(c.ok("trace-stop", json!({"vsic": 0}))["events"], 45);
+    let events: Vec<Value> = std::fs::read_to_string(&path)
+        .expect("trace file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(events.len(), 45);
+    let n = |event: &str, op: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == event && e["op"] == op)
+            .count()
+    };
+    assert_eq!((n("queue", "write"), n("complete", "write")), (10, 10));
+    assert_eq!((n("queue", "read"), n("issue", "read")), (4, 3));
+    assert_eq!(n("complete", "flush"), 1);
+    assert_eq!(n("fault", "read"), 1);
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "complete" && e["status"] != 0)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0]["op"].as_str(), failed[0]["status"].as_u64()),
+        (Some("read"), Some(1))
+    );
+    assert!(events.iter().any(|e| e["queue"] == 1 && e["offset"] == MIB));
+    // Stopped: new requests are not traced.
+    read_status(&dev, 0).expect("read");
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 45);
+}
+
+#[test]
+fn trace_commands_refuse_bad_input() {
+    let d = Daemon::start("mgmt-trace-bad");
+    let mut c = MgmtClient::connect(&d.mgmt_socket());
+    let path = d.dir.path("t").display().to_string();
+    assert_eq!(
+        c.err("trace-start", json!({"vsic": 9, "path": path})),
+        "NotFound"
+    );
+    assert_eq!(c.err("trace-start", json!({"vsic": 0})), "InvalidArguments");
+    assert_eq!(
+        c.err("trace-start", json!({"vsic": 0, "path": ""})),
+        "InvalidArguments"
+    );
+    assert_eq!(
+        c.err(
+            "trace-start",
+            json!({"vsic": 0, "path": path, "format": "xml"})
+        ),
+        "InvalidArguments"
+    );
+    assert_eq!(
+        c.err(
+            "trace-start",
+            json!({"vsic": 0, "path": "/nonexistent-dir/t"})
+        ),
+        "GenericError"
+    );
+    assert_eq!(c.err("trace-stop", json!({"vsic": 0})), "GenericError");
+    assert_eq!(c.err("trace-stop", json!({"vsic": 9})), "NotFound");
+    c.ok("trace-start", json!({"vsic": 0, "path": path}));
+    assert_eq!(
+        c.err("trace-start", json!({"vsic": 0, "path": path})),
+        "GenericError"
+    );
+    c.ok("trace-stop", json!({"vsic": 0}));
+}

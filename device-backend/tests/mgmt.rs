@@ -658,3 +658,63 @@ fn trace_commands_refuse_bad_input() {
     );
     c.ok("trace-stop", json!({"vsic": 0}));
 }
+
+// ------------------------------------------------------------- start-up
+
+#[test]
+fn a_bad_fault_rule_on_the_command_line_stops_the_start() {
+    let dir = common::ScratchDir::new("mgmt-bad-cli");
+    for (rule, says) in [
+        ("vsic=0,colour=red", "unknown field"),
+        ("vsic=7", "no VSIC 7"),
+        ("vsic=0,action=delay", "delay"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vsicd"))
+            .arg("--socket-dir")
+            .arg(dir.path("s"))
+            .arg("--drive")
+            .arg(format!("{},size=8M", dir.path("d.img").display()))
+            .args(["--vsics", "2", "--fault", rule])
+            .output()
+            .expect("run vsicd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{rule}: {stderr}");
+        assert!(stderr.contains(says), "{rule}: {stderr}");
+    }
+}
+
+#[test]
+fn the_socket_comes_back_after_a_crash_and_at_a_chosen_path() {
+    let mut d = Daemon::start("mgmt-restart");
+    MgmtClient::connect(&d.mgmt_socket()).ok("query-version", json!({}));
+    // SIGKILL leaves a stale socket: the next start replaces it.
+    d.restart();
+    MgmtClient::connect(&d.mgmt_socket()).ok("query-version", json!({}));
+    let custom = d.dir.path("elsewhere/m.sock");
+    let setup = Setup {
+        extra_args: vec!["--mgmt".into(), custom.display().to_string()],
+        ..Setup::default()
+    };
+    let d2 = Daemon::start_with("mgmt-path", setup);
+    MgmtClient::connect(&custom).ok("query-version", json!({}));
+    assert!(
+        !d2.mgmt_socket().exists(),
+        "no default socket when --mgmt is given"
+    );
+    // A live socket is not taken over: a second daemon on it fails.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vsicd"))
+        .arg("--socket-dir")
+        .arg(d2.dir.path("other"))
+        .arg("--drive")
+        .arg(format!("{},size=8M", d2.dir.path("o.img").display()))
+        .arg("--mgmt")
+        .arg(&custom)
+        .output()
+        .expect("run vsicd");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another process is serving it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -224,13 +224,16 @@ fn main() -> ExitCode {
         cli.queues,
         cli.drives.len() as u32,
     );
+    {
+        let (wb, ctl) = (Arc::clone(&workbench), Arc::clone(&controller));
+        workbench.on_first_drive_rule(move || ctl.set_drive_hook(Arc::new(DriveFaults(wb))));
+    }
     for rule in &cli.faults {
         if let Err(e) = workbench.add_fault(rule) {
             eprintln!("vsicd: --fault: {e}");
             return ExitCode::from(1);
         }
     }
-    controller.set_drive_hook(Arc::new(DriveFaults(Arc::clone(&workbench))));
     let front = match Front::start(front_config, Arc::clone(&workbench) as Arc<_>) {
         Ok(f) => f,
         Err(e) => {

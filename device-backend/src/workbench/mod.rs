@@ -7,7 +7,9 @@
 //! load more and goes straight to the controller. Otherwise VSIC-level
 //! rules and traces are applied here, around the controller's own
 //! handling; drive-level rules act inside the drive's transfers through
-//! [`DriveFaults`] (installed with `Controller::set_drive_hook`).
+//! [`DriveFaults`], installed with `Controller::set_drive_hook` when the
+//! first drive rule arrives (before that a transfer finds no hook: one
+//! atomic load).
 
 pub mod blktrace;
 pub mod fault;
@@ -45,6 +47,9 @@ pub struct Workbench {
     active: AtomicBool,
     /// Serialises rule and trace changes with `active`'s refresh.
     update: Mutex<()>,
+    /// Installs [`DriveFaults`] on the drives, run when the first drive
+    /// rule arrives: until then a drive transfer only finds no hook.
+    drive_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl FaultAction {
@@ -66,7 +71,14 @@ impl Workbench {
             traces: Traces::new(vsics, queues),
             active: AtomicBool::new(false),
             update: Mutex::new(()),
+            drive_hook: Mutex::new(None),
         })
+    }
+
+    /// What installs the drive-level hook ([`DriveFaults`]); it runs once,
+    /// when the first drive rule is added.
+    pub fn on_first_drive_rule(&self, install: impl FnOnce() + Send + 'static) {
+        *self.drive_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(install));
     }
 
     fn refresh(&self) {
@@ -82,6 +94,16 @@ impl Workbench {
     pub fn add_fault(&self, spec: &RuleSpec) -> Result<u64, WorkbenchError> {
         let _g = self.locked();
         let id = self.faults.add(spec)?;
+        if spec.drive.is_some() {
+            let install = self
+                .drive_hook
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(install) = install {
+                install();
+            }
+        }
         self.refresh();
         Ok(id)
     }

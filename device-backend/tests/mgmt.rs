@@ -77,7 +77,7 @@ fn bad_input_gets_an_error_and_the_connection_stays_usable() {
 
 use std::time::{Duration, Instant};
 
-use common::{filled, pattern, read_back, run_one, Setup, MIB};
+use common::{assert_same, filled, pattern, read_back, run_one, Setup, MIB};
 use serde_json::Value;
 use vsic::{CompletionMode, Device, Error, IoStatus, Request, VsaHandle, VsaRange};
 
@@ -346,7 +346,7 @@ fn corrupt_rule_flips_bits_of_the_data_read_only() {
         .sum();
     assert_eq!(flipped, 5, "exactly the asked bits flipped");
     // The drive was not changed: the next read is intact.
-    assert_eq!(read_back(&dev, 0, 0, BLOCK), want);
+    assert_same(&read_back(&dev, 0, 0, BLOCK), &want, "the next read");
     // Corrupting writes makes no sense.
     assert_eq!(
         c.err(
@@ -400,8 +400,16 @@ fn drive_rules_act_on_the_drive_transfers() {
     );
     assert!(is_ioerr(&write_pattern(&dev, 2, 0, len)));
     let got = read_back(&dev, 0, 0, len);
-    assert_eq!(&got[..512], &pattern(2, len)[..512]);
-    assert_eq!(&got[512..], &pattern(1, len)[512..]);
+    assert_same(
+        &got[..512],
+        &pattern(2, len)[..512],
+        "the torn write's sector",
+    );
+    assert_same(
+        &got[512..],
+        &pattern(1, len)[512..],
+        "the sectors it never wrote",
+    );
     c.ok(
         "fault-add",
         json!({"drive": 0, "action": "corrupt", "bits": 3, "count": 1}),

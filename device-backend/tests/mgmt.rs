@@ -479,9 +479,11 @@ fn bad_fault_rules_are_refused() {
 
 // ------------------------------------------------------------- traces
 
-/// Runs a tool on the trace; its stdout (the test fails if it fails).
-fn run_tool(program: &str, args: &[&str]) -> String {
+/// Runs a tool on the trace in `dir` (btt writes files of its own into
+/// its working directory); its stdout (the test fails if it fails).
+fn run_tool(dir: &std::path::Path, program: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(program)
+        .current_dir(dir)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {program} (ci/install-deps.sh installs blktrace): {e}"));
@@ -532,7 +534,11 @@ fn blktrace_trace_reads_in_blkparse_and_btt() {
     // 15 requests with queue, issue and completion events, but the failed
     // read is never issued; plus 1 fault message.
     assert_eq!(r["events"], 15 * 3 - 1 + 1, "{r}");
-    let text = run_tool("blkparse", &["-i", &base_s, "-f", "%a %d %S %N %e\n"]);
+    let text = run_tool(
+        &d.dir.0,
+        "blkparse",
+        &["-i", &base_s, "-f", "%a %d %S %N %e\n"],
+    );
     let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
     for (prefix, want) in [
         ("Q W ", 10),
@@ -566,8 +572,12 @@ fn blktrace_trace_reads_in_blkparse_and_btt() {
     );
     // btt reads the binary dump blkparse makes and reports latencies.
     let dump = d.dir.path("t.bin").display().to_string();
-    run_tool("blkparse", &["-q", "-i", &base_s, "-d", &dump, "-O"]);
-    let report = run_tool("btt", &["-i", &dump]);
+    run_tool(
+        &d.dir.0,
+        "blkparse",
+        &["-q", "-i", &base_s, "-d", &dump, "-O"],
+    );
+    let report = run_tool(&d.dir.0, "btt", &["-i", &dump]);
     let n_of = |row: &str| -> Option<u64> {
         report
             .lines()

@@ -67,6 +67,22 @@ fn bad_input_gets_an_error_and_the_connection_stays_usable() {
     let r = c.send_line(&"x".repeat(2 << 20));
     assert_eq!(class(&r), "ParseError", "{r}");
     c.ok("query-version", json!({}));
+    // Every command, an unknown argument: InvalidArguments, nothing done.
+    let names: Vec<String> = c
+        .ok("query-commands", json!({}))
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|x| x["name"].as_str().expect("a name").to_string())
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in &names {
+        let r = c.execute(name, json!({"no-such-argument": 1}));
+        assert_eq!(class(&r), "InvalidArguments", "{name}: {r}");
+        let r = c.execute(name, json!([1]));
+        assert_eq!(class(&r), "InvalidArguments", "{name} with an array: {r}");
+    }
+    assert_eq!(c.ok("fault-list", json!({})), json!([]));
     // Two connections at once.
     let mut c2 = MgmtClient::connect(&d.mgmt_socket());
     c2.ok("query-version", json!({}));

@@ -64,6 +64,17 @@ pub enum FaultAction {
     Torn { sectors: u64 },
 }
 
+impl FaultAction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultAction::Error { .. } => "error",
+            FaultAction::Delay(_) => "delay",
+            FaultAction::Corrupt { .. } => "corrupt",
+            FaultAction::Torn { .. } => "torn",
+        }
+    }
+}
+
 /// The arguments of `fault-add` (and of `vsicd --fault`), as sent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -52,17 +52,6 @@ pub struct Workbench {
     drive_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
-impl FaultAction {
-    pub fn name(&self) -> &'static str {
-        match self {
-            FaultAction::Error { .. } => "error",
-            FaultAction::Delay(_) => "delay",
-            FaultAction::Corrupt { .. } => "corrupt",
-            FaultAction::Torn { .. } => "torn",
-        }
-    }
-}
-
 impl Workbench {
     pub fn new(inner: Arc<dyn Target>, vsics: u32, queues: u16, drives: u32) -> Arc<Workbench> {
         Arc::new(Workbench {

@@ -447,6 +447,34 @@ fn drive_rules_act_on_the_drive_transfers() {
 }
 
 #[test]
+fn drive_rule_injections_are_traced_in_the_requests_vsic() {
+    let setup = Setup {
+        drives: vec!["64M"],
+        ..Setup::default()
+    };
+    let (d, dev, mut c) = with_vsa("mgmt-fault-drive-trace", setup, 4 * MIB);
+    let path = d.dir.path("t.jsonl");
+    c.ok(
+        "trace-start",
+        json!({"vsic": 0, "path": path.display().to_string(), "format": "jsonl"}),
+    );
+    c.ok("fault-add", json!({"drive": 0, "op": "read", "count": 2}));
+    for _ in 0..3 {
+        let _ = read_status(&dev, 8192);
+    }
+    c.ok("trace-stop", json!({"vsic": 0}));
+    let faults: Vec<Value> = std::fs::read_to_string(&path)
+        .expect("trace")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .filter(|e| e["event"] == "fault")
+        .collect();
+    assert_eq!(faults.len(), 2, "{faults:?}");
+    assert_eq!(faults[0]["action"], "error on drive 0");
+    assert_eq!(faults[0]["offset"], 8192);
+}
+
+#[test]
 fn fault_rules_from_the_command_line() {
     let setup = Setup {
         extra_args: vec![

@@ -160,9 +160,10 @@ impl Workbench {
                 if let Some(FaultAction::Delay(d)) = other {
                     sleep(d);
                 }
-                if let Some(t) = &trace {
+                let _in_trace = trace.as_ref().map(|t| {
                     t.event(queue, Phase::Issue, op, offset, len);
-                }
+                    InTrace::enter(t, queue, op, offset)
+                });
                 run(other).map_err(injected_below)
             }
         };
@@ -175,6 +176,39 @@ impl Workbench {
 
     fn check(&self, vsic: u32, op: FaultOp, range: Option<(u64, u64)>) -> Option<Hit> {
         self.faults.check(FaultTarget::Vsic(vsic), op, range)
+    }
+}
+
+thread_local! {
+    /// The traced request this thread is running, if any: a drive rule that
+    /// fires under it is traced as its fault.
+    static IN_TRACE: std::cell::RefCell<Option<(Arc<trace::Session>, u16, TraceOp, u64)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Marks the running thread as serving a traced request until dropped.
+struct InTrace;
+
+impl InTrace {
+    fn enter(session: &Arc<trace::Session>, queue: u16, op: TraceOp, offset: u64) -> InTrace {
+        IN_TRACE.with(|c| *c.borrow_mut() = Some((Arc::clone(session), queue, op, offset)));
+        InTrace
+    }
+
+    /// Traces a drive rule's injection into the request this thread runs.
+    fn note_drive_fault(drive: u32, hit: &Hit) {
+        IN_TRACE.with(|c| {
+            if let Some((session, queue, op, offset)) = &*c.borrow() {
+                let what = format!("{} on drive {drive}", hit.action.name());
+                session.fault(*queue, hit.rule, &what, *op, *offset);
+            }
+        });
+    }
+}
+
+impl Drop for InTrace {
+    fn drop(&mut self) {
+        IN_TRACE.with(|c| *c.borrow_mut() = None);
     }
 }
 
@@ -384,6 +418,7 @@ impl DriveHook for DriveFaults {
             hit.rule,
             hit.action.name()
         );
+        InTrace::note_drive_fault(drive, &hit);
         Some(match hit.action {
             FaultAction::Error { status } => DriveFault::Fail(std::io::Error::other(Injected {
                 rule: hit.rule,

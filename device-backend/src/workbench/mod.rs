@@ -179,10 +179,13 @@ impl Workbench {
     }
 }
 
+/// A traced request being served: its trace, queue, kind and offset.
+type TracedRequest = (Arc<trace::Session>, u16, TraceOp, u64);
+
 thread_local! {
     /// The traced request this thread is running, if any: a drive rule that
     /// fires under it is traced as its fault.
-    static IN_TRACE: std::cell::RefCell<Option<(Arc<trace::Session>, u16, TraceOp, u64)>> =
+    static IN_TRACE: std::cell::RefCell<Option<TracedRequest>> =
         const { std::cell::RefCell::new(None) };
 }
 

@@ -42,6 +42,8 @@ declare -A STABLE_PKGS=(
     [libdb5.3]=/usr/lib/x86_64-linux-gnu/libdb-5.3.so
     [libicu72]=/usr/lib/x86_64-linux-gnu/libicuuc.so.72
     [libnsl2]=/usr/lib/x86_64-linux-gnu/libnsl.so.2
+    # The management socket's traces: blkparse and btt read them.
+    [blktrace]=/usr/bin/blkparse
 )
 BACKPORTS_PKG=qemu-system-x86
 QEMU_SERIES=10.0

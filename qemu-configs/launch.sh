@@ -19,6 +19,12 @@
 #
 # Options:
 #   --vsics K          number of VSIC functions (default 4)
+#   --functions LIST   the functions this guest gets, comma-separated: pf
+#                      and VSIC numbers (default pf and every VSIC), e.g.
+#                      "pf,0,1"; the others stay free for another guest
+#   --sock-dir DIR     with --backend external: the backend's sockets are in
+#                      DIR (default STATE/sock), e.g. another launch's
+#                      STATE/sock, to boot a second VM on the same vsicd
 #   --queues Q         request queues per VSIC function (default 2)
 #   --memory SIZE      guest RAM, shared with the backend (default 1G)
 #   --smp N            guest CPUs (default 2)
@@ -48,6 +54,13 @@
 #   --rebuild          run cargo and images/build.sh even if outputs exist
 #   --print-qemu       print the QEMU command line and exit
 #   -h, --help         this text
+#
+# Two VMs on one vsicd, as SR-IOV virtual functions go to different VMs:
+#   launch.sh --state-dir A --functions pf,0,1      (the control plane's VM)
+#   launch.sh --state-dir B --backend external --sock-dir A/sock --functions 2,3
+# The second guest has no PF: it sees only the VSAs the first one attaches
+# to VSICs 2 and 3 (in DMA mode open, the default, its own kernel driver
+# can use them; each VM's functions reach only that VM's memory).
 #
 # Exit status with --run: the script's status; 124 guest timed out; 125 the
 # guest stopped without reporting a status (crash, panic); 126 the backend
@@ -88,11 +101,15 @@ print_qemu=0
 run_script=
 run_with=()
 vsicd_args=()
+functions=
+sock_dir=
 
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "option $1 needs a value (try --help)"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
     --vsics) need_value "$@"; vsics=$2; shift ;;
+    --functions) need_value "$@"; functions=$2; shift ;;
+    --sock-dir) need_value "$@"; sock_dir=$2; shift ;;
     --queues) need_value "$@"; queues=$2; shift ;;
     --memory) need_value "$@"; memory=$2; shift ;;
     --smp) need_value "$@"; smp=$2; shift ;;
@@ -139,9 +156,33 @@ for f in ${run_with[@]+"${run_with[@]}"}; do
 done
 is_uint "$timeout" || die "--timeout must be a number of seconds"
 
+# --functions: "pf" and VSIC numbers -> function indices (0 = PF, i + 1 = VSIC i).
+function_list=$(vsic_all_functions "$vsics")
+if [[ -n $functions ]]; then
+    function_list=
+    IFS=, read -r -a picked <<<"$functions"
+    for f in "${picked[@]}"; do
+        if [[ $f == pf ]]; then
+            index=0
+        elif is_uint "$f" && ((f < vsics)); then
+            index=$((f + 1))
+        else
+            die "--functions: '$f' is neither pf nor a VSIC number below --vsics $vsics"
+        fi
+        [[ " $function_list " != *" $index "* ]] || die "--functions: '$f' given twice"
+        function_list+="$index "
+    done
+    [[ -n $function_list ]] || die "--functions needs at least one function"
+fi
+if [[ -n $sock_dir ]]; then
+    [[ $backend == external ]] || die "--sock-dir goes with --backend external (a vsicd started here serves STATE/sock)"
+    [[ -d $sock_dir ]] || die "--sock-dir: no directory '$sock_dir'"
+    sock_dir=$(cd "$sock_dir" && pwd)
+fi
+
 mkdir -p "$state_dir"
 state_dir=$(cd "$state_dir" && pwd)
-sock_dir=$state_dir/sock
+sock_dir=${sock_dir:-$state_dir/sock}
 target_dir=${CARGO_TARGET_DIR:-$REPO/target}
 bin_dir=$target_dir/release
 guest_bin_dir=$target_dir/x86_64-unknown-linux-gnu/release
@@ -223,7 +264,7 @@ fi
 VSIC_ACCEL=$accel VSIC_MEMORY=$memory VSIC_SMP=$smp VSIC_VSICS=$vsics VSIC_QUEUES=$queues \
     VSIC_SOCK_DIR=$sock_dir VSIC_KERNEL=$kernel VSIC_INITRD=${run_initrd:-$initrd} \
     VSIC_CMDLINE=$(vsic_kernel_cmdline "$hugepages" "$verbose" "$guest_append") \
-    VSIC_RECONNECT_MS=1000 \
+    VSIC_RECONNECT_MS=1000 VSIC_FUNCTIONS=$function_list \
     vsic_qemu_args qemu_args
 if [[ -n $run_script ]]; then
     qemu_args+=(-display none -serial stdio -monitor none)
@@ -313,7 +354,7 @@ start_qsd() {
 
 wait_for_sockets() {
     local i sock deadline=$((SECONDS + 15))
-    for ((i = 0; i <= vsics; i++)); do
+    for i in $function_list; do
         sock=$(vsic_socket_path "$sock_dir" "$i")
         until [[ -S $sock ]]; do
             if [[ -n $backend_pid ]] && ! kill -0 "$backend_pid" 2>/dev/null; then

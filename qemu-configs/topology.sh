@@ -27,10 +27,18 @@ vsic_socket_path() {
     fi
 }
 
+# vsic_all_functions K: the function indices of the PF and K VSICs, "0 1 .. K".
+vsic_all_functions() {
+    seq 0 "$1" | tr '\n' ' '
+}
+
 # vsic_qemu_args ARRAY_NAME: fills the named array with QEMU arguments.
 # Reads: VSIC_ACCEL (kvm|tcg), VSIC_MEMORY (e.g. 1G), VSIC_SMP, VSIC_VSICS,
 # VSIC_QUEUES, VSIC_SOCK_DIR, VSIC_KERNEL, VSIC_INITRD, VSIC_CMDLINE,
-# VSIC_RECONNECT_MS (0 = off).
+# VSIC_RECONNECT_MS (0 = off), VSIC_FUNCTIONS (the function indices this
+# guest gets, 0 = PF, i + 1 = VSIC i; default all). A function keeps its
+# PCI address whichever others a guest leaves out, so a VSIC is at the same
+# address in every guest that has it.
 vsic_qemu_args() {
     local -n out=$1
     local i queues sock chardev_opts
@@ -56,7 +64,7 @@ vsic_qemu_args() {
         # QEMU reconnects when the backend restarts (metadata is persisted).
         chardev_opts=",reconnect-ms=$VSIC_RECONNECT_MS"
     fi
-    for ((i = 0; i <= VSIC_VSICS; i++)); do
+    for i in ${VSIC_FUNCTIONS:-$(vsic_all_functions "$VSIC_VSICS")}; do
         sock=$(vsic_socket_path "$VSIC_SOCK_DIR" "$i")
         if [[ $i -eq 0 ]]; then queues=1; else queues=$VSIC_QUEUES; fi
         out+=(

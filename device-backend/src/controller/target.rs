@@ -43,6 +43,8 @@ pub enum IoError {
     },
     /// The backing drive failed.
     Device(std::io::Error),
+    /// The controller's power is cut (`power-cut`, until `power-on`).
+    PoweredOff,
 }
 
 /// What an admin command produced.

@@ -5,7 +5,10 @@
 //! vhost-user. `front` is the vhost-user glue: one socket per PCI function,
 //! virtio-blk request parsing, and moving data between guest memory and the
 //! controller. The one seam between them is `controller::target`: the front
-//! calls the model only through its `Target` trait.
+//! calls the model only through its `Target` trait. `mgmt` is the host's
+//! management socket (JSON commands in QMP's shape), calling the model
+//! directly.
 
 pub mod controller;
 pub mod front;
+pub mod mgmt;

@@ -16,6 +16,7 @@ use vsicd::controller::{
     Controller, ControllerConfig, DriveSpec, ServiceModel, VolatileCacheConfig,
 };
 use vsicd::front::{Front, FrontConfig, Workarounds};
+use vsicd::mgmt::{self, Mgmt};
 
 /// The VSIC storage controller: a vhost-user backend that plays one PCI
 /// admin function (PF) plus K VSIC functions for QEMU guests, each a
@@ -92,6 +93,11 @@ struct Cli {
     /// still needs it.
     #[arg(long = "disable-workaround", value_name = "NAME", value_enum)]
     disabled_workarounds: Vec<Workaround>,
+
+    /// The management socket (JSON commands in QMP's shape, mode 0600; see
+    /// docs/workbench.md). Default: DIR/mgmt.sock in the socket directory.
+    #[arg(long, value_name = "PATH")]
+    mgmt: Option<PathBuf>,
 }
 
 /// The workarounds `--disable-workaround` can switch off.
@@ -230,6 +236,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mgmt_path = cli
+        .mgmt
+        .clone()
+        .unwrap_or_else(|| cli.socket_dir.join("mgmt.sock"));
+    let mgmt_context = mgmt::Context {
+        controller: Arc::clone(&controller),
+        config_changes: front.config_changes(),
+    };
+    let mgmt = match Mgmt::start(&mgmt_path, mgmt_context) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("vsicd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // A closed stdout must not bring the daemon down: ignore write errors.
     let mut stdout = std::io::stdout();
     let _ = writeln!(
@@ -249,6 +270,7 @@ fn main() -> ExitCode {
             "SIGTERM"
         }
     );
+    mgmt.shutdown();
     front.shutdown();
     info!("stopped");
     ExitCode::SUCCESS

@@ -17,7 +17,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vsic_abi::virtio::Function;
 
 use super::backend::{FunctionBackend, FunctionState};
-use super::channel::ConfigNotifiers;
+use super::channel::{ConfigChangeSink, ConfigNotifiers};
 use super::execute::RefusalLog;
 use super::poll::PollPolicy;
 use crate::controller::target::Target;
@@ -95,6 +95,7 @@ pub struct Front {
     config: FrontConfig,
     target: Arc<dyn Target>,
     quiesce: Arc<RwLock<()>>,
+    notifiers: Arc<ConfigNotifiers>,
 }
 
 impl Front {
@@ -146,7 +147,14 @@ impl Front {
             config,
             target,
             quiesce,
+            notifiers,
         })
+    }
+
+    /// Where admin commands issued outside the PF (the management socket)
+    /// report VSICs whose capacity changed, so their frontends are told.
+    pub fn config_changes(&self) -> Arc<dyn ConfigChangeSink> {
+        Arc::clone(&self.notifiers) as Arc<dyn ConfigChangeSink>
     }
 
     /// Stops cleanly: waits for requests in flight (none starts after),

@@ -61,6 +61,8 @@ pub struct Setup {
     pub devices: Vec<PathBuf>,
     pub extent_size: &'static str,
     pub write_through: bool,
+    /// More `vsicd` arguments (e.g. `--fault RULE`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Setup {
@@ -72,6 +74,7 @@ impl Default for Setup {
             devices: Vec::new(),
             extent_size: "1M",
             write_through: false,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -157,6 +160,7 @@ impl Daemon {
         if self.setup.write_through {
             cmd.args(["--cache", "write-through"]);
         }
+        cmd.args(&self.setup.extra_args);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -238,6 +242,11 @@ impl Daemon {
 
     pub fn vsic_socket(&self, vsic: u32) -> PathBuf {
         self.dir.path("sockets").join(format!("vsic{vsic}.sock"))
+    }
+
+    /// The management socket (the default, in the socket directory).
+    pub fn mgmt_socket(&self) -> PathBuf {
+        self.dir.path("sockets").join("mgmt.sock")
     }
 
     /// The `vhost-user:` device spec of the PF.

@@ -6,6 +6,7 @@
 
 mod block_device;
 mod daemon;
+mod mgmt;
 mod raw_driver;
 mod rng;
 
@@ -17,6 +18,7 @@ use vsic_abi::records::{QueueStats, VsicStats};
 
 pub use block_device::{test_block_device, wipe_start};
 pub use daemon::{Daemon, ScratchDir, Setup};
+pub use mgmt::MgmtClient;
 pub use raw_driver::{writable, Done, RawDriver, Sent};
 pub use rng::Rng;
 

@@ -4,10 +4,11 @@
 
 use super::registry::Registry;
 
+mod power;
 mod query;
 
 /// Every command family's registration function.
-const FAMILIES: &[fn(&mut Registry)] = &[query::register];
+const FAMILIES: &[fn(&mut Registry)] = &[query::register, power::register];
 
 /// The table of every command.
 pub fn registry() -> Registry {

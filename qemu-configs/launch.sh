@@ -419,14 +419,14 @@ power_cut_watch() {
             kill -0 "$pid" 2>/dev/null || return 0
             sleep 0.05
         done
-        say "power cut armed by '$power_cut_arm'; cutting in $power_cut_delay s"
+        say "power cut armed by '$power_cut_arm'"
     fi
     sleep "$power_cut_delay"
     kill -0 "$pid" 2>/dev/null || return 0
     if reply=$(mgmt power-cut); then
         kill -KILL "$pid" 2>/dev/null || true
         printf '%s\n' "$reply" >"$power_cut_report"
-        say "power cut $power_cut_delay s after ${power_cut_arm:+'$power_cut_arm' in }QEMU's start: $reply; QEMU killed"
+        say "power cut $power_cut_delay s after $power_cut_from: $reply; QEMU killed"
     else
         kill -KILL "$pid" 2>/dev/null || true
         printf 'failed\n' >"$power_cut_report"
@@ -461,7 +461,9 @@ power_cut_outcome() {
 if [[ -n $power_cut_after ]]; then
     rm -f "$power_cut_report" "$qemu_pidfile"
     [[ -z $run_script ]] || : >"$qemu_log"
-    say "power cut planned ${power_cut_delay} s after ${power_cut_arm:+'$power_cut_arm' in the console, after }QEMU starts"
+    power_cut_from="QEMU started"
+    [[ -z $power_cut_arm ]] || power_cut_from="'$power_cut_arm' appeared"
+    say "power cut planned $power_cut_delay s after $power_cut_from"
     power_cut_watch &
     watch_pid=$!
 fi

@@ -173,8 +173,12 @@ if [[ -n $power_cut_after ]]; then
     elif [[ $power_cut_after =~ ^random:($num)-($num)$ ]]; then
         lo=${BASH_REMATCH[1]} hi=${BASH_REMATCH[3]}
         awk -v a="$lo" -v b="$hi" 'BEGIN { exit !(a <= b) }' || die "--power-cut-after random:MIN-MAX needs MIN <= MAX"
-        power_cut_delay=$(awk -v a="$lo" -v b="$hi" -v s="$RANDOM$RANDOM" \
-            'BEGIN { srand(s); printf "%.3f", a + int((b - a) * 1000 * rand() + 0.5) / 1000 }')
+        # Uniform in milliseconds, from bash's generator (30 bits; mawk's
+        # srand saturates large seeds, so awk does only the arithmetic).
+        lo_ms=$(awk -v a="$lo" 'BEGIN { printf "%d", a * 1000 + 0.5 }')
+        hi_ms=$(awk -v b="$hi" 'BEGIN { printf "%d", b * 1000 + 0.5 }')
+        ms=$((lo_ms + (RANDOM * 32768 + RANDOM) % (hi_ms - lo_ms + 1)))
+        power_cut_delay=$(awk -v m="$ms" 'BEGIN { printf "%.3f", m / 1000 }')
     else
         die "--power-cut-after must be SECS or random:MIN-MAX"
     fi

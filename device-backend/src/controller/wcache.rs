@@ -25,7 +25,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::buffers::IoBuffers;
+use super::buffers::{BufferStorage, IoBuffers};
 use super::drive::Drive;
 
 /// The cache's granularity in bytes.
@@ -321,15 +321,24 @@ impl VolatileCache {
 }
 
 /// Writes `sectors` to `drive`, consecutive sectors in one call each (up
-/// to [`DESTAGE_RUN`] bytes).
+/// to [`DESTAGE_RUN`] bytes), through [`Drive::transfer`] like every
+/// data-plane write.
 fn write_runs(drive: &Drive, sectors: &SectorMap) -> io::Result<()> {
     let mut run: Vec<u8> = Vec::with_capacity(DESTAGE_RUN.min(sectors.len() * SECTOR as usize));
+    let mut storage = BufferStorage::with_capacity(1);
+    let mut write = |run: &mut Vec<u8>, at: u64| -> io::Result<()> {
+        let len = run.len() as u64;
+        let mut bufs = storage.start();
+        bufs.push_bytes(run);
+        drive.transfer(true, bufs.range(0, len), at * SECTOR)?;
+        run.clear();
+        Ok(())
+    };
     let mut run_start = 0u64;
     for (&k, v) in sectors {
         let next = run_start + (run.len() as u64) / SECTOR;
         if !run.is_empty() && (k != next || run.len() >= DESTAGE_RUN) {
-            drive.write_all_at(&run, run_start * SECTOR)?;
-            run.clear();
+            write(&mut run, run_start)?;
         }
         if run.is_empty() {
             run_start = k;
@@ -337,7 +346,7 @@ fn write_runs(drive: &Drive, sectors: &SectorMap) -> io::Result<()> {
         run.extend_from_slice(&v[..]);
     }
     if !run.is_empty() {
-        drive.write_all_at(&run, run_start * SECTOR)?;
+        write(&mut run, run_start)?;
     }
     Ok(())
 }

@@ -37,6 +37,8 @@ declare -A STABLE_PKGS=(
     [redis-tools]=/usr/bin/redis-cli
     # vsic-mailq's tests: Python's smtplib is the SMTP client nobody here wrote.
     [python3]=/usr/bin/python3
+    # The management socket's traces: blkparse and btt read them.
+    [blktrace]=/usr/bin/blkparse
 )
 BACKPORTS_PKG=qemu-system-x86
 QEMU_SERIES=10.0

@@ -23,3 +23,9 @@ not_a_phase() {
     echo "usage: $0 pre|post (not '$1')" >&2
     exit 2
 }
+
+# mgmt NAME [ARGUMENTS-JSON]: one command on vsicd's management socket
+# (qemu-configs/vsic-mgmt); prints its return value as JSON.
+mgmt() {
+    "$(dirname "${BASH_SOURCE[0]}")/../../qemu-configs/vsic-mgmt" "$VSIC_SOCK_DIR/mgmt.sock" "$@"
+}

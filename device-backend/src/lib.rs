@@ -7,8 +7,10 @@
 //! controller. The one seam between them is `controller::target`: the front
 //! calls the model only through its `Target` trait. `mgmt` is the host's
 //! management socket (JSON commands in QMP's shape), calling the model
-//! directly.
+//! directly. `workbench` wraps the model for the front with fault
+//! injection and request traces, which the management socket scripts.
 
 pub mod controller;
 pub mod front;
 pub mod mgmt;
+pub mod workbench;

@@ -17,6 +17,8 @@ use vsicd::controller::{
 };
 use vsicd::front::{Front, FrontConfig, Workarounds};
 use vsicd::mgmt::{self, Mgmt};
+use vsicd::workbench::fault::{parse_rule_text, RuleSpec};
+use vsicd::workbench::{DriveFaults, Workbench};
 
 /// The VSIC storage controller: a vhost-user backend that plays one PCI
 /// admin function (PF) plus K VSIC functions for QEMU guests, each a
@@ -98,6 +100,16 @@ struct Cli {
     /// docs/workbench.md). Default: DIR/mgmt.sock in the socket directory.
     #[arg(long, value_name = "PATH")]
     mgmt: Option<PathBuf>,
+
+    /// A fault rule armed from the start, in the keys of the management
+    /// command fault-add: e.g. vsic=0,op=read,action=error,count=3 (see
+    /// docs/workbench.md). Repeat for several rules.
+    #[arg(long = "fault", value_name = "RULE", value_parser = parse_fault)]
+    faults: Vec<RuleSpec>,
+}
+
+fn parse_fault(text: &str) -> Result<RuleSpec, String> {
+    parse_rule_text(text).map_err(|e| e.to_string())
 }
 
 /// The workarounds `--disable-workaround` can switch off.
@@ -229,7 +241,23 @@ fn main() -> ExitCode {
         poll_max: Duration::from_micros(cli.poll_us),
         workarounds: cli.workarounds(),
     };
-    let front = match Front::start(front_config, Arc::clone(&controller) as Arc<_>) {
+    let workbench = Workbench::new(
+        Arc::clone(&controller) as Arc<_>,
+        cli.vsics,
+        cli.queues,
+        cli.drives.len() as u32,
+    );
+    {
+        let (wb, ctl) = (Arc::clone(&workbench), Arc::clone(&controller));
+        workbench.on_first_drive_rule(move || ctl.set_drive_hook(Arc::new(DriveFaults(wb))));
+    }
+    for rule in &cli.faults {
+        if let Err(e) = workbench.add_fault(rule) {
+            eprintln!("vsicd: --fault: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let front = match Front::start(front_config, Arc::clone(&workbench) as Arc<_>) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("vsicd: {e}");
@@ -242,6 +270,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| cli.socket_dir.join("mgmt.sock"));
     let mgmt_context = mgmt::Context {
         controller: Arc::clone(&controller),
+        workbench: Arc::clone(&workbench),
         config_changes: front.config_changes(),
     };
     let mgmt = match Mgmt::start(&mgmt_path, mgmt_context) {

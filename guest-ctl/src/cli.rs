@@ -28,6 +28,18 @@ pub struct Cli {
     )]
     pub vhost_user: Option<PathBuf>,
 
+    /// Reach the controller through vsicd's management socket SOCK (on the
+    /// host; DIR/mgmt.sock by default): every admin command runs in the
+    /// controller as through the PF, also while a guest owns the PF.
+    #[arg(
+        long = "mgmt",
+        value_name = "SOCK",
+        global = true,
+        conflicts_with = "vhost_user",
+        display_order = 900
+    )]
+    pub mgmt: Option<PathBuf>,
+
     /// Print one JSON document on stdout instead of tables (errors too, as
     /// {"error": {...}}).
     #[arg(long, global = true, display_order = 901)]

@@ -23,9 +23,10 @@ pub fn run(cli: &Cli) -> Result<Report, Failure> {
     if let Some(report) = run_without_pf(cli)? {
         return Ok(report);
     }
-    let route = match &cli.vhost_user {
-        Some(socket) => Route::VhostUser(socket.clone()),
-        None => Route::Guest,
+    let route = match (&cli.vhost_user, &cli.mgmt) {
+        (Some(socket), _) => Route::VhostUser(socket.clone()),
+        (None, Some(socket)) => Route::Mgmt(socket.clone()),
+        (None, None) => Route::Guest,
     };
     let pf = pf::open(&route)?;
     let client = &pf.client;
@@ -83,12 +84,13 @@ fn internal_dispatch() -> Failure {
 /// (store init). `None`: the command needs the PF.
 fn run_without_pf(cli: &Cli) -> Result<Option<Report>, Failure> {
     let guest_only = |what: &str| -> Result<(), Failure> {
-        match cli.vhost_user {
-            Some(_) => Err(Failure::usage(
+        if cli.vhost_user.is_some() || cli.mgmt.is_some() {
+            Err(Failure::usage(
                 what,
-                "this command works on the guest's PCI functions; it takes no --vhost-user",
-            )),
-            None => Ok(()),
+                "this command works on the guest's PCI functions; it takes no --vhost-user or --mgmt",
+            ))
+        } else {
+            Ok(())
         }
     };
     let report = match &cli.command {

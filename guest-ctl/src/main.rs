@@ -12,6 +12,7 @@ mod failure;
 mod functions;
 mod guest;
 mod lock;
+mod mgmt;
 mod pf;
 mod report;
 mod store;

@@ -1,6 +1,7 @@
-//! Reaching the PF: over its vhost-user socket on the host, or in a guest
-//! through VFIO, finding it first and binding it to vfio-pci if the kernel
-//! driver has it.
+//! Reaching the PF: over its vhost-user socket on the host, through
+//! vsicd's management socket on the host (`mgmt`), or in a guest through
+//! VFIO, finding it first and binding it to vfio-pci if the kernel driver
+//! has it.
 
 use std::path::PathBuf;
 
@@ -12,11 +13,14 @@ use vsic_abi::virtio::Function;
 use crate::failure::Failure;
 use crate::functions::{Functions, VFIO_DRIVER};
 use crate::lock::{ControlLock, LockError, LOCK_PATH, LOCK_TIMEOUT};
+use crate::mgmt::MgmtExchange;
 
 /// How the PF is reached.
 #[derive(Debug, Clone)]
 pub enum Route {
     VhostUser(PathBuf),
+    /// vsicd's management socket on the host.
+    Mgmt(PathBuf),
     Guest,
 }
 
@@ -62,6 +66,14 @@ pub fn open(route: &Route) -> Result<Pf, Failure> {
                 .map_err(|e| Failure::admin(context, e))?;
             Ok(Pf {
                 client,
+                _lock: None,
+            })
+        }
+        Route::Mgmt(socket) => {
+            let context = format!("connecting to the management socket {}", socket.display());
+            let exchange = MgmtExchange::connect(socket).map_err(|e| Failure::admin(context, e))?;
+            Ok(Pf {
+                client: AdminClient::with_exchange(Box::new(exchange)),
                 _lock: None,
             })
         }

@@ -68,9 +68,31 @@ pub type StatsEntry = (VsicStats, Vec<QueueStats>);
 /// being a [`MAX_PAYLOAD`] reply.
 const PF_MEM_SIZE: usize = 8 << 20;
 
-/// A client for the admin commands of one controller's PF.
+/// A client for the admin commands of one controller: through its PF, or
+/// through another [`AdminExchange`] (e.g. vsicd's management socket on the
+/// host, which runs the same admin layer while a guest owns the PF).
 pub struct AdminClient {
-    device: Device,
+    channel: Channel,
+}
+
+/// How admin commands reach the controller.
+enum Channel {
+    Pf(Device),
+    Exchange(Box<dyn AdminExchange>),
+}
+
+/// A way to run one admin command other than the PF's virtqueue.
+pub trait AdminExchange: Send + Sync {
+    /// Runs the 64-byte `command` (sent as is) with `payload` out and room
+    /// for `in_capacity` payload bytes back; returns the completion whatever
+    /// its status, and the payload the controller wrote (at most
+    /// `completion.payload_len` bytes).
+    fn exchange(
+        &self,
+        command: &[u8; AdminCommand::LEN],
+        payload: &[u8],
+        in_capacity: usize,
+    ) -> Result<(AdminCompletion, Vec<u8>), AdminError>;
 }
 
 impl AdminClient {
@@ -82,25 +104,40 @@ impl AdminClient {
             ..OpenOptions::default()
         };
         let device = Device::open(spec, &opts)?;
-        Ok(AdminClient { device })
+        Ok(AdminClient::new(device))
     }
 
     /// Wraps a PF device that is already open.
     pub fn new(device: Device) -> AdminClient {
-        AdminClient { device }
+        AdminClient {
+            channel: Channel::Pf(device),
+        }
     }
 
-    /// The underlying device.
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// A client whose commands travel through `exchange` instead of a PF.
+    pub fn with_exchange(exchange: Box<dyn AdminExchange>) -> AdminClient {
+        AdminClient {
+            channel: Channel::Exchange(exchange),
+        }
+    }
+
+    /// The underlying PF device (`None` for another exchange).
+    pub fn device(&self) -> Option<&Device> {
+        match &self.channel {
+            Channel::Pf(d) => Some(d),
+            Channel::Exchange(_) => None,
+        }
     }
 
     /// Sends raw descriptor parts as one admin request, with no checking at
-    /// all: for exercising the device with malformed chains.
+    /// all: for exercising the device with malformed chains (PF only).
     pub fn raw(&self, out: &[&[u8]], in_lens: &[usize]) -> Result<RawReply, AdminError> {
-        Ok(self
-            .device
-            .raw_request(ADMIN_QUEUE, VIRTIO_BLK_T_VSIC_ADMIN, 0, out, in_lens)?)
+        let Some(device) = self.device() else {
+            return Err(AdminError::Transport(crate::Error::Unsupported(
+                "raw descriptor chains need the PF".into(),
+            )));
+        };
+        Ok(device.raw_request(ADMIN_QUEUE, VIRTIO_BLK_T_VSIC_ADMIN, 0, out, in_lens)?)
     }
 
     /// Sends `cmd` exactly as given (its `payload_len` is not adjusted) with
@@ -116,6 +153,18 @@ impl AdminClient {
         in_capacity: usize,
     ) -> Result<(AdminCompletion, Vec<u8>), AdminError> {
         let encoded = cmd.encode();
+        if let Channel::Exchange(x) = &self.channel {
+            let (completion, mut data) = x.exchange(&encoded, payload, in_capacity)?;
+            let written = completion.payload_len as usize;
+            if written > in_capacity || data.len() < written {
+                return Err(AdminError::Protocol(format!(
+                    "completion claims {written} payload bytes; {} came back, {in_capacity} offered",
+                    data.len()
+                )));
+            }
+            data.truncate(written);
+            return Ok((completion, data));
+        }
         let mut out: Vec<&[u8]> = vec![&encoded];
         if !payload.is_empty() {
             out.push(payload);

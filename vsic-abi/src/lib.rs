@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod cap;
+pub mod hex;
 pub mod layout;
 pub mod records;
 pub mod units;

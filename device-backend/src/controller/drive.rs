@@ -8,6 +8,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::buffers::Range;
+use super::drive_hook::{DriveFault, DriveHook, DriveOpKind};
 
 /// `_IOR(0x12, 114, size_t)`: size of a block device in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -83,6 +84,8 @@ pub struct Drive {
     /// Tests: successful syncs so far.
     #[cfg(test)]
     syncs: std::sync::atomic::AtomicU64,
+    /// The drive's index and its fault hook, once installed.
+    hook: std::sync::OnceLock<(u32, std::sync::Arc<dyn DriveHook>)>,
 }
 
 impl Drive {
@@ -146,6 +149,7 @@ impl Drive {
             identity,
             #[cfg(test)]
             syncs: Default::default(),
+            hook: std::sync::OnceLock::new(),
         })
     }
 
@@ -238,6 +242,68 @@ impl Drive {
         offset: u64,
     ) -> io::Result<usize> {
         let total: u64 = pieces.clone().map(|p| p.len() as u64).sum();
+        let Some(fault) = self.fault(
+            if write {
+                DriveOpKind::Write
+            } else {
+                DriveOpKind::Read
+            },
+            offset,
+            total,
+        ) else {
+            return self.transfer_part(write, pieces, offset, total);
+        };
+        match fault {
+            DriveFault::Fail(e) => Err(e),
+            DriveFault::Delay(d) => {
+                std::thread::sleep(d);
+                self.transfer_part(write, pieces, offset, total)
+            }
+            DriveFault::Torn { bytes, error } if write => {
+                self.transfer_part(write, pieces, offset, bytes.min(total))?;
+                Err(error)
+            }
+            DriveFault::Corrupt { bits, seed } if !write => {
+                let n = self.transfer_part(write, pieces.clone(), offset, total)?;
+                let slices: Vec<_> = pieces
+                    .map(|p| {
+                        let v = p.iovec();
+                        // SAFETY: the piece lies in an `IoBuffers`, valid for
+                        // reads and writes of its length while the buffers
+                        // are borrowed (its invariant), which outlasts this
+                        // call; other users access it volatilely too.
+                        unsafe { vm_memory::VolatileSlice::new(v.iov_base.cast(), v.iov_len) }
+                    })
+                    .collect();
+                super::drive_hook::flip_bits(&slices, n, bits, seed);
+                Ok(n)
+            }
+            // A rule for the other direction: run as usual.
+            DriveFault::Torn { .. } | DriveFault::Corrupt { .. } => {
+                self.transfer_part(write, pieces, offset, total)
+            }
+        }
+    }
+
+    /// Installs the fault hook (once), with this drive's index.
+    pub(super) fn set_hook(&self, index: u32, hook: std::sync::Arc<dyn DriveHook>) {
+        let _ = self.hook.set((index, hook));
+    }
+
+    /// What the fault hook, if any, wants done to this transfer.
+    fn fault(&self, op: DriveOpKind, offset: u64, len: u64) -> Option<DriveFault> {
+        let (index, hook) = self.hook.get()?;
+        hook.on_io(*index, op, offset, len)
+    }
+
+    /// [`Drive::transfer`] of the first `total` bytes of `pieces`.
+    fn transfer_part(
+        &self,
+        write: bool,
+        pieces: Range<'_>,
+        offset: u64,
+        total: u64,
+    ) -> io::Result<usize> {
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -246,6 +312,7 @@ impl Drive {
         while done < total {
             let mut iov = [empty; IOV_BATCH];
             let mut count = 0usize;
+            let mut batched = 0u64;
             let mut skip = done;
             for p in pieces.clone() {
                 let plen = p.len() as u64;
@@ -256,11 +323,18 @@ impl Drive {
                 if count == IOV_BATCH {
                     break;
                 }
+                let room = total - done - batched;
+                if room == 0 {
+                    break;
+                }
                 let mut v = p.iovec();
                 // `skip < plen`: the shortened iovec stays inside the piece.
                 v.iov_base = (v.iov_base as *mut u8).wrapping_add(skip as usize).cast();
                 v.iov_len -= skip as usize;
+                // Never past `total`: shortening stays inside the piece.
+                v.iov_len = v.iov_len.min(room as usize);
                 skip = 0;
+                batched += v.iov_len as u64;
                 iov[count] = v;
                 count += 1;
             }
@@ -301,6 +375,11 @@ impl Drive {
     pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
         if len == 0 {
             return Ok(());
+        }
+        match self.fault(DriveOpKind::Zero, offset, len) {
+            None | Some(DriveFault::Corrupt { .. }) => {}
+            Some(DriveFault::Fail(e)) | Some(DriveFault::Torn { error: e, .. }) => return Err(e),
+            Some(DriveFault::Delay(d)) => std::thread::sleep(d),
         }
         if self.block_device {
             if (offset | len) & 511 == 0 {

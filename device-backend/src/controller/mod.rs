@@ -8,6 +8,7 @@
 //! - `buffers`: [`IoBuffers`], the memory a read or write moves data to or
 //!   from, as a safe type;
 //! - `drive`: positional I/O, zeroing and syncing on one backing file/device;
+//! - `drive_hook`: the drives' hook for drive-level fault injection;
 //! - `state`: the persisted pool model (VSAs, extent maps, tokens, VSICs);
 //! - `metadata`: its on-drive format, atomic commit and recovery;
 //! - `alloc`: extent allocation and striping;
@@ -28,6 +29,7 @@ mod caps;
 mod datapath;
 mod dma;
 mod drive;
+mod drive_hook;
 mod metadata;
 mod power;
 mod qos;
@@ -51,6 +53,7 @@ use vsic_abi::records::CacheMode;
 use vsic_abi::window::WINDOW_SIZE;
 
 pub use drive::{DriveError, OpenOp};
+pub use drive_hook::{flip_bits, DriveFault, DriveHook, DriveOpKind};
 pub use metadata::{BodyError, CommitError, DriveOp, MetadataError};
 pub use power::PowerError;
 pub use state::{Owner, StateError};

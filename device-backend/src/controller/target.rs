@@ -23,8 +23,9 @@ pub enum IoKind {
     Write,
 }
 
-/// Why a data-plane request failed. Every variant completes the request
-/// with VIRTIO_BLK_S_IOERR; the protection variants count as violations.
+/// Why a data-plane request failed. Every variant but `Injected` completes
+/// the request with VIRTIO_BLK_S_IOERR; the protection variants count as
+/// violations.
 #[derive(Debug)]
 pub enum IoError {
     NoSuchVsic,
@@ -45,6 +46,22 @@ pub enum IoError {
     Device(std::io::Error),
     /// The controller's power is cut (`power-cut`, until `power-on`).
     PoweredOff,
+    /// A fault rule failed the request with this virtio status (see
+    /// `crate::workbench`).
+    Injected {
+        status: u8,
+    },
+}
+
+impl IoError {
+    /// The virtio status the request completes with: the injected one, or
+    /// VIRTIO_BLK_S_IOERR.
+    pub fn virtio_status(&self) -> u8 {
+        match self {
+            IoError::Injected { status } => *status,
+            _ => vsic_abi::virtio::VIRTIO_BLK_S_IOERR,
+        }
+    }
 }
 
 /// What an admin command produced.

@@ -253,7 +253,7 @@ fn execute<M: GuestMemoryBackend>(
                         "vsic{vsic} queue {}: {kind:?} at {offset:#x}+{len}: {e:?}",
                         ctx.queue
                     );
-                    (IOERR, false)
+                    (e.virtio_status(), false)
                 }
             }
         }
@@ -263,7 +263,7 @@ fn execute<M: GuestMemoryBackend>(
                 Ok(()) => (OK, true),
                 Err(e) => {
                     debug!("vsic{vsic} queue {}: flush: {e:?}", ctx.queue);
-                    (IOERR, false)
+                    (e.virtio_status(), false)
                 }
             },
         },
@@ -301,7 +301,7 @@ fn execute<M: GuestMemoryBackend>(
                         "vsic{vsic} queue {}: discard {offset:#x}+{len}: {e:?}",
                         ctx.queue
                     );
-                    return (IOERR, false);
+                    return (e.virtio_status(), false);
                 }
             }
             (OK, true)

@@ -11,10 +11,13 @@ use serde_json::Value;
 use super::protocol::{CommandError, ErrorClass};
 use crate::controller::Controller;
 use crate::front::channel::ConfigChangeSink;
+use crate::workbench::Workbench;
 
 /// What a handler can reach.
 pub struct Context {
     pub controller: Arc<Controller>,
+    /// Fault rules and traces around the controller.
+    pub workbench: Arc<Workbench>,
     /// Where admin commands report VSICs whose capacity changed.
     pub config_changes: Arc<dyn ConfigChangeSink>,
 }

@@ -11,6 +11,10 @@ use std::process::Command;
 
 pub use daemon::{Daemon, ScratchDir, Setup};
 
+/// The suite runs vsicctl through the management socket (the `cli_mgmt`
+/// test crate: cli.rs's tests once more over the other transport).
+pub const VIA_MGMT: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"cli_mgmt");
+
 pub const VSICS: u32 = 4;
 pub const QUEUES: u32 = 2;
 pub const DRIVE_SIZE: &str = "256M";
@@ -29,10 +33,15 @@ pub fn start_daemon() -> Daemon {
 
 /// What the vsicctl tests add to the daemon.
 impl Daemon {
-    /// Runs `vsicctl --vhost-user PF args...`.
+    /// Runs `vsicctl --vhost-user PF args...`, or, in the `cli_mgmt` test
+    /// suite (cli.rs again), `vsicctl --mgmt MGMT_SOCKET args...`.
     pub fn ctl(&self, args: &[&str]) -> Outcome {
-        let socket = self.pf_socket();
-        let mut all: Vec<&str> = vec!["--vhost-user", path_str(&socket)];
+        let (flag, socket) = if VIA_MGMT {
+            ("--mgmt", self.dir.path("sockets").join("mgmt.sock"))
+        } else {
+            ("--vhost-user", self.pf_socket())
+        };
+        let mut all: Vec<&str> = vec![flag, path_str(&socket)];
         all.extend_from_slice(args);
         run_ctl(&all)
     }

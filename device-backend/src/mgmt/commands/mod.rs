@@ -4,11 +4,23 @@
 
 use super::registry::Registry;
 
+mod admin;
+mod fault;
 mod power;
 mod query;
+mod stats;
+mod trace;
 
-/// Every command family's registration function.
-const FAMILIES: &[fn(&mut Registry)] = &[query::register, power::register];
+/// Every command family's registration function. A new family: one line
+/// here (and its `mod` line above).
+const FAMILIES: &[fn(&mut Registry)] = &[
+    query::register,
+    admin::register,
+    stats::register,
+    fault::register,
+    trace::register,
+    power::register,
+];
 
 /// The table of every command.
 pub fn registry() -> Registry {

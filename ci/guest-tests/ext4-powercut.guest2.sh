@@ -7,7 +7,9 @@
 #     round has its exact content;
 #  2. vsic.round=R: the workload of round R: files of known content in rR/,
 #     each fsync'd (file, then directory) before "fsynced rR fN" goes to
-#     the console, while another writer keeps unflushed data in flight;
+#     the console, 0.5 s apart, while another writer keeps overwriting
+#     files without fsync (writeback every 0.1 s: unflushed data in the
+#     cache);
 #     the host cuts the power at a random instant after POWERCUT-ARM.
 #     vsic.round=verify: only step 1.
 set -eu
@@ -54,14 +56,16 @@ if [ "$round" = verify ]; then
 fi
 
 # Writeback soon, so the cache holds unflushed data when the power goes.
-echo 50 >/proc/sys/vm/dirty_expire_centisecs
-echo 20 >/proc/sys/vm/dirty_writeback_centisecs
+echo 10 >/proc/sys/vm/dirty_expire_centisecs
+echo 10 >/proc/sys/vm/dirty_writeback_centisecs
 mkdir -p /mnt/fs/r"$round"
 sync /mnt/fs
+# Overwrites in place (no allocation, so no journal commit needed): data
+# the cache holds until the next FLUSH.
 (
     i=0
     while :; do
-        dd if=/dev/zero of=/mnt/fs/noise$((i % 3)) bs=64k count=8 2>/dev/null || exit 0
+        dd if=/dev/zero of=/mnt/fs/noise$((i % 3)) bs=64k count=16 conv=notrunc 2>/dev/null || exit 0
         i=$((i + 1))
     done
 ) &
@@ -74,4 +78,6 @@ while :; do
     sync /mnt/fs/r"$round"
     echo "fsynced r$round f$n"
     n=$((n + 1))
+    # A pause, so that writeback fills the cache between FLUSHes.
+    sleep 0.5
 done

@@ -108,6 +108,14 @@ step "cargo build --workspace" cargo build --workspace
 step "cargo build --workspace --release" cargo build --workspace --release --bins --examples
 release_ok=$?
 
+# The power cut's negative control (issue 14): applications against the
+# release vsicd with a volatile cache.
+if [[ $release_ok -eq 0 ]]; then
+    check "power-cut negative control (ci/power-cut-control.sh)" bash ci/power-cut-control.sh
+else
+    check "power-cut negative control (no release build)" false
+fi
+
 step "loop device for the block-device tests" setup_loop_device
 
 # cargo test: add up its "test result:" lines.

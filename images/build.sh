@@ -4,7 +4,7 @@
 # The kernel is Debian's cloud kernel as shipped (the package behind the
 # linux-image-cloud-amd64 metapackage, resolved with apt-cache at build time
 # and downloaded into a cache directory outside the repository). The
-# initramfs holds busybox, mke2fs, mkfs.btrfs and mkfs.xfs with their
+# initramfs holds busybox, mke2fs, e2fsck, mkfs.btrfs and mkfs.xfs with their
 # libraries, the modules the controller needs (with their dependencies,
 # loaded at boot), the brd, btrfs and xfs modules (with theirs, loaded on
 # demand with modprobe, e.g. by the Figure 1 benchmark), our statically
@@ -246,6 +246,12 @@ else
 fi
 # --- end vsic-mailq block --------------------------------------------------
 
+# --- power-cut campaign (issue 14): e2fsck checks ext4 after each cut --------
+e2fsck=$(command -v e2fsck || echo /sbin/e2fsck)
+[[ -x $e2fsck ]] || die "e2fsck not found (install e2fsprogs)"
+host_libs=$(printf '%s\n' $host_libs $(shared_libs "$e2fsck") | sort -u)
+# --- end power-cut block -----------------------------------------------------
+
 # --- module closure ---------------------------------------------------------
 moddep=$kroot/lib/modules/$kver/modules.dep
 # Prints the module paths (relative to the modules dir) in load order.
@@ -284,7 +290,7 @@ done
 stamp_inputs() {
     {
         echo "kernel $(basename "$kernel_deb") modules ${module_order[*]}"
-        sha256sum "${BASH_SOURCE[0]}" "$REPO/images/init" "$busybox" "$mke2fs" "$mkfs_btrfs" "$mkfs_xfs" $host_libs \
+        sha256sum "${BASH_SOURCE[0]}" "$REPO/images/init" "$busybox" "$mke2fs" "$mkfs_btrfs" "$mkfs_xfs" "$e2fsck" $host_libs \
             ${redis_bins[@]+$(printf '%s\n' "${redis_bins[@]}" | cut -d: -f1)} \
             ${smtp_source:+"$smtp_source"} ${postfix_libs[@]+"${postfix_libs[@]}"} \
             ${guest_bins[@]+"${guest_bins[@]}"}
@@ -345,6 +351,11 @@ if [[ -n $smtp_source ]]; then
     done
 fi
 # --- end vsic-mailq block --------------------------------------------------
+
+# --- power-cut campaign (issue 14) --------------------------------------------
+install -m 0755 "$e2fsck" "$stage/sbin/e2fsck"
+ln -s e2fsck "$stage/sbin/fsck.ext4"
+# --- end power-cut block -----------------------------------------------------
 
 # Busybox applet links, where no real program of that name was installed.
 while read -r applet; do

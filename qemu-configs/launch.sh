@@ -48,6 +48,24 @@
 #                      with the backend still up (env: VSIC_STATE_DIR,
 #                      VSIC_SOCK_DIR, VSIC_PF_SOCK, VSICCTL, VSIC_BIN_DIR,
 #                      VSIC_VSICS, VSIC_QUEUES, VSIC_PHASE)
+#   --power-cut-after T
+#                      cut the controller's power (management command
+#                      power-cut) and kill QEMU (SIGKILL) at the same
+#                      instant, T after QEMU started (or after the
+#                      --power-cut-arm text); T is SECS (decimals allowed)
+#                      or random:MIN-MAX (uniform, in milliseconds). Then
+#                      power-on, so that the backend serves the next boot:
+#                      boot a new guest on the same drives with --keep-state
+#                      (or --backend external on a backend that stays up).
+#                      The cut's reply is kept in STATE/power-cut.json.
+#                      Backends vsicd and external; give vsicd
+#                      --vsicd-arg --volatile-cache=SIZE to lose anything
+#   --power-cut-arm TEXT
+#                      with --run and --power-cut-after: count T from the
+#                      first console line containing TEXT (a marker the
+#                      script prints once its workload runs)
+#   --mgmt-sock PATH   the backend's management socket (default
+#                      STATE/sock/mgmt.sock, where vsicd puts it)
 #   --append ARGS      extra guest kernel parameters (vsic.NAME=VALUE ones
 #                      reach the script as VSIC_NAME)
 #   --verbose          show kernel messages on the console
@@ -64,7 +82,10 @@
 #
 # Exit status with --run: the script's status; 124 guest timed out; 125 the
 # guest stopped without reporting a status (crash, panic); 126 the backend
-# did not start; 1 a host hook failed; 2 bad usage.
+# did not start; 1 a host hook failed; 2 bad usage. With --power-cut-after
+# (with or without --run): 0 the power was cut and QEMU killed as asked; 3
+# the guest stopped before the cut (its status is printed); 4 the power-cut
+# or power-on command failed.
 set -euo pipefail
 # The whole body is one brace group, read before it runs, so editing this
 # file while it runs cannot change what the running instance does.
@@ -103,6 +124,9 @@ run_with=()
 vsicd_args=()
 functions=
 sock_dir=
+power_cut_after=
+power_cut_arm=
+mgmt_sock=
 
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "option $1 needs a value (try --help)"; }
 while [[ $# -gt 0 ]]; do
@@ -123,6 +147,9 @@ while [[ $# -gt 0 ]]; do
     --host-hook) need_value "$@"; host_hook=$2; shift ;;
     --vsicd-arg) need_value "$@"; vsicd_args+=("$2"); shift ;;
     --append) need_value "$@"; append+=" $2"; shift ;;
+    --power-cut-after) need_value "$@"; power_cut_after=$2; shift ;;
+    --power-cut-arm) need_value "$@"; power_cut_arm=$2; shift ;;
+    --mgmt-sock) need_value "$@"; mgmt_sock=$2; shift ;;
     --run) need_value "$@"; run_script=$2; shift ;;
     --run-with) need_value "$@"; run_with+=("$2"); shift ;;
     --verbose) verbose=1 ;;
@@ -155,6 +182,27 @@ for f in ${run_with[@]+"${run_with[@]}"}; do
     [[ $(basename "$f") != run.sh ]] || die "--run-with: the script itself is /vsic/run.sh"
 done
 is_uint "$timeout" || die "--timeout must be a number of seconds"
+power_cut_delay=
+if [[ -n $power_cut_after ]]; then
+    num='[0-9]+(\.[0-9]+)?'
+    if [[ $power_cut_after =~ ^$num$ ]]; then
+        power_cut_delay=$power_cut_after
+    elif [[ $power_cut_after =~ ^random:($num)-($num)$ ]]; then
+        lo=${BASH_REMATCH[1]} hi=${BASH_REMATCH[3]}
+        awk -v a="$lo" -v b="$hi" 'BEGIN { exit !(a <= b) }' || die "--power-cut-after random:MIN-MAX needs MIN <= MAX"
+        # Uniform in milliseconds, from bash's generator (30 bits; mawk's
+        # srand saturates large seeds, so awk does only the arithmetic).
+        lo_ms=$(awk -v a="$lo" 'BEGIN { printf "%d", a * 1000 + 0.5 }')
+        hi_ms=$(awk -v b="$hi" 'BEGIN { printf "%d", b * 1000 + 0.5 }')
+        ms=$((lo_ms + (RANDOM * 32768 + RANDOM) % (hi_ms - lo_ms + 1)))
+        power_cut_delay=$(awk -v m="$ms" 'BEGIN { printf "%.3f", m / 1000 }')
+    else
+        die "--power-cut-after must be SECS or random:MIN-MAX"
+    fi
+    [[ $backend != qsd ]] || die "--power-cut-after needs the vsicd or external backend"
+fi
+[[ -z $power_cut_arm || (-n $power_cut_after && -n $run_script) ]] ||
+    die "--power-cut-arm goes with --run and --power-cut-after"
 
 # --functions: "pf" and VSIC numbers -> function indices (0 = PF, i + 1 = VSIC i).
 function_list=$(vsic_all_functions "$vsics")
@@ -183,6 +231,9 @@ fi
 mkdir -p "$state_dir"
 state_dir=$(cd "$state_dir" && pwd)
 sock_dir=${sock_dir:-$state_dir/sock}
+mgmt_sock=${mgmt_sock:-$sock_dir/mgmt.sock}
+power_cut_report=$state_dir/power-cut.json
+qemu_pidfile=$state_dir/qemu.pid
 target_dir=${CARGO_TARGET_DIR:-$REPO/target}
 bin_dir=$target_dir/release
 guest_bin_dir=$target_dir/x86_64-unknown-linux-gnu/release
@@ -266,6 +317,9 @@ VSIC_ACCEL=$accel VSIC_MEMORY=$memory VSIC_SMP=$smp VSIC_VSICS=$vsics VSIC_QUEUE
     VSIC_CMDLINE=$(vsic_kernel_cmdline "$hugepages" "$verbose" "$guest_append") \
     VSIC_RECONNECT_MS=1000 VSIC_FUNCTIONS=$function_list \
     vsic_qemu_args qemu_args
+if [[ -n $power_cut_after ]]; then
+    qemu_args+=(-pidfile "$qemu_pidfile")
+fi
 if [[ -n $run_script ]]; then
     qemu_args+=(-display none -serial stdio -monitor none)
 else
@@ -290,9 +344,14 @@ fi
 
 # --- backend -------------------------------------------------------------------------
 backend_pid=
+watch_pid=
 qemu_log=$state_dir/console.log
 cleanup() {
     local rc=$?
+    if [[ -n $watch_pid ]]; then
+        kill "$watch_pid" 2>/dev/null || true
+        wait "$watch_pid" 2>/dev/null || true
+    fi
     if [[ -n $backend_pid ]] && kill -0 "$backend_pid" 2>/dev/null; then
         kill -TERM "$backend_pid" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -392,6 +451,68 @@ if ! run_hook pre; then
     exit 1
 fi
 
+# --- power cut -----------------------------------------------------------------------
+# Runs in the background while QEMU does: waits for QEMU's pid file (and the
+# arming text), then the delay, then cuts the power and kills QEMU at once.
+mgmt() { "$REPO/qemu-configs/vsic-mgmt" "$mgmt_sock" "$@"; }
+power_cut_watch() {
+    local pid reply
+    until [[ -s $qemu_pidfile ]]; do sleep 0.05; done
+    pid=$(cat "$qemu_pidfile")
+    if [[ -n $power_cut_arm ]]; then
+        until grep -a -q -F -- "$power_cut_arm" "$qemu_log" 2>/dev/null; do
+            kill -0 "$pid" 2>/dev/null || return 0
+            sleep 0.05
+        done
+        say "power cut armed by '$power_cut_arm'"
+    fi
+    sleep "$power_cut_delay"
+    kill -0 "$pid" 2>/dev/null || return 0
+    if reply=$(mgmt power-cut); then
+        kill -KILL "$pid" 2>/dev/null || true
+        printf '%s\n' "$reply" >"$power_cut_report"
+        say "power cut $power_cut_delay s after $power_cut_from: $reply; QEMU killed"
+    else
+        kill -KILL "$pid" 2>/dev/null || true
+        printf 'failed\n' >"$power_cut_report"
+        say "power-cut failed (QEMU killed anyway)"
+    fi
+}
+# After QEMU is gone: exits 0 when the power was cut (back on now), 3 when
+# the guest stopped first, 4 when a management command failed. $1: QEMU's
+# (or the timeout's) exit status, $2 the guest's reported status.
+power_cut_outcome() {
+    if [[ -n $watch_pid ]]; then
+        wait "$watch_pid" 2>/dev/null || true
+        watch_pid=
+    fi
+    if [[ ! -s $power_cut_report ]]; then
+        if [[ $1 -eq 124 ]]; then
+            say "guest timed out after $timeout s before the power cut"
+            exit 124
+        fi
+        say "the guest stopped before the power cut (QEMU exit $1, guest status ${2:-none})"
+        exit 3
+    fi
+    [[ $(cat "$power_cut_report") != failed ]] || exit 4
+    if ! mgmt power-on >/dev/null; then
+        say "power-on failed"
+        exit 4
+    fi
+    say "power back on"
+    run_hook post || say "host hook failed after the power cut"
+    exit 0
+}
+if [[ -n $power_cut_after ]]; then
+    rm -f "$power_cut_report" "$qemu_pidfile"
+    [[ -z $run_script ]] || : >"$qemu_log"
+    power_cut_from="QEMU started"
+    [[ -z $power_cut_arm ]] || power_cut_from="'$power_cut_arm' appeared"
+    say "power cut planned $power_cut_delay s after $power_cut_from"
+    power_cut_watch &
+    watch_pid=$!
+fi
+
 # --- guest ---------------------------------------------------------------------------
 timeout_args=()
 if [[ $timeout -gt 0 ]]; then
@@ -405,6 +526,7 @@ if [[ -z $run_script ]]; then
     ${timeout_args[@]+"${timeout_args[@]}"} qemu-system-x86_64 "${qemu_args[@]}"
     rc=$?
     set -e
+    [[ -z $power_cut_after ]] || power_cut_outcome "$rc" ""
     if [[ $rc -eq 124 ]]; then
         say "guest timed out after $timeout s"
         exit 124
@@ -418,6 +540,9 @@ ${timeout_args[@]+"${timeout_args[@]}"} qemu-system-x86_64 "${qemu_args[@]}" </d
     sed -u 's/\r$//' | tee "$qemu_log"
 rc=${PIPESTATUS[0]}
 set -e
+if [[ -n $power_cut_after ]]; then
+    power_cut_outcome "$rc" "$(grep -a -o 'VSIC-GUEST-EXIT status=[0-9]*' "$qemu_log" | tail -n1 | cut -d= -f2)"
+fi
 if [[ $rc -eq 124 || $rc -eq 137 ]]; then
     say "guest timed out after $timeout s"
     exit 124

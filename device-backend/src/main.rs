@@ -12,7 +12,9 @@ use clap::{Parser, ValueEnum};
 use log::info;
 use vsic_abi::records::CacheMode;
 use vsic_abi::units::{parse_duration, parse_size};
-use vsicd::controller::{Controller, ControllerConfig, DriveSpec, ServiceModel};
+use vsicd::controller::{
+    Controller, ControllerConfig, DriveSpec, ServiceModel, VolatileCacheConfig,
+};
 use vsicd::front::{Front, FrontConfig, Workarounds};
 use vsicd::mgmt::{self, Mgmt};
 use vsicd::workbench::fault::{parse_rule_text, RuleSpec};
@@ -53,6 +55,23 @@ struct Cli {
     /// then offer no VIRTIO_BLK_F_FLUSH).
     #[arg(long, value_enum, default_value_t = Cache::WriteBack)]
     cache: Cache,
+
+    /// Models a volatile write-back cache of SIZE bytes (a multiple of
+    /// 512, e.g. 64M) in the controller's memory: completed writes stay
+    /// there (reads see them) until FLUSH writes them to the drives and
+    /// syncs them, or a full cache writes them early. The management
+    /// command power-cut loses what is still there. Needs --cache
+    /// write-back. Without it, completed writes go straight to the drives.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    volatile_cache: Option<u64>,
+
+    /// With --volatile-cache: a power cut lets a random half of the
+    /// unflushed sectors reach the drives (each sector independently,
+    /// from a generator seeded once with N), modelling a cache that
+    /// destaged in any order. Without it a cut loses every unflushed
+    /// sector.
+    #[arg(long, value_name = "N", requires = "volatile_cache")]
+    power_cut_seed: Option<u64>,
 
     /// Simulated fixed time per drive request, e.g. 50us, 1ms.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -160,6 +179,10 @@ impl Cli {
                 Cache::WriteThrough => CacheMode::WriteThrough,
             },
             service_model,
+            volatile_cache: self.volatile_cache.map(|size| VolatileCacheConfig {
+                size,
+                cut_seed: self.power_cut_seed,
+            }),
         }
     }
 }

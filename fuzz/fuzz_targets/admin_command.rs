@@ -28,6 +28,7 @@ fn controller() -> &'static Arc<Controller> {
             extent_size: 1 << 20,
             cache_mode: CacheMode::WriteBack,
             service_model: None,
+            volatile_cache: None,
         };
         Controller::open(config).expect("open fuzz controller")
     })

@@ -6,7 +6,7 @@
 //! usage: vsic-pattern SPEC write|verify [--slot N] [--offset BYTES]
 //!                     [--len BYTES] [--seed N] [--queue Q] [--depth D]
 //!                     [--chunk BYTES] [--polling] [--provided-dma]
-//!                     [--user UID]
+//!                     [--user UID] [--no-flush]
 //!
 //! SPEC: vhost-user:PATH, vsic:N or a PCI address. Requests of --chunk
 //! bytes (default 256K) are kept --depth (default 8) in flight on queue Q.
@@ -14,7 +14,10 @@
 //! with them as provided memory, the way the control plane hands memory to
 //! unprivileged applications. --user drops to UID (and the same GID, no
 //! supplementary groups) after that, before opening the device, with an
-//! unlimited RLIMIT_MEMLOCK for the VFIO pins. Exit status: 0 done (and
+//! unlimited RLIMIT_MEMLOCK for the VFIO pins. A write ends with a FLUSH
+//! before it reports "written"; --no-flush reports without one (the
+//! negative control of the power-cut tests: what it wrote may be lost
+//! although it said so). Exit status: 0 done (and
 //! matching), 1 mismatch or error, 2 usage.
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -38,11 +41,13 @@ struct Args {
     polling: bool,
     provided_dma: bool,
     user: Option<u32>,
+    no_flush: bool,
 }
 
 const USAGE: &str =
     "usage: vsic-pattern SPEC write|verify [--slot N] [--offset BYTES] [--len BYTES] \
-[--seed N] [--queue Q] [--depth D] [--chunk BYTES] [--polling] [--provided-dma] [--user UID]";
+[--seed N] [--queue Q] [--depth D] [--chunk BYTES] [--polling] [--provided-dma] [--user UID] \
+[--no-flush]";
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -59,6 +64,7 @@ fn parse() -> Result<Args, String> {
         polling: false,
         provided_dma: false,
         user: None,
+        no_flush: false,
     };
     let mut action = None;
     while let Some(a) = it.next() {
@@ -73,6 +79,7 @@ fn parse() -> Result<Args, String> {
             "--chunk" => args.chunk = size(&value("--chunk")?)? as usize,
             "--polling" => args.polling = true,
             "--provided-dma" => args.provided_dma = true,
+            "--no-flush" => args.no_flush = true,
             "--user" => {
                 let v = value("--user")?;
                 args.user = Some(v.parse().map_err(|_| format!("not a user id: {v}"))?)
@@ -271,7 +278,7 @@ fn run(a: &Args) -> Result<bool, vsic::Error> {
             return Err(vsic::Error::Io(s));
         }
     }
-    if !a.verify {
+    if !a.verify && !a.no_flush {
         dev.flush(a.queue)?;
     }
     let secs = io_start.elapsed().as_secs_f64();
@@ -279,6 +286,7 @@ fn run(a: &Args) -> Result<bool, vsic::Error> {
     println!(
         "{}: {} {} bytes at slot {} offset {} seed {} on queue {} ({}{}{}), open {:?}, {:.1} MB/s",
         match (a.verify, ok) {
+            (false, _) if a.no_flush => "written (not flushed)",
             (false, _) => "written",
             (true, true) => "verified",
             (true, false) => "MISMATCH",

@@ -277,7 +277,7 @@ impl Controller {
                 .checked_mul(es)
                 .zip((count as u64).checked_mul(es))
                 .ok_or_else(|| std::io::Error::other("extent offset overflow"))
-                .and_then(|(offset, len)| drive.zero_range(offset, len));
+                .and_then(|(offset, len)| self.zero_drive_range(first.drive, offset, len));
             if let Err(e) = zeroed {
                 log::error!(
                     "cannot zero freed extents on {}: {e}; they stay reserved",

@@ -126,6 +126,37 @@ impl<'a> IoBuffers<'a> {
         }
     }
 
+    /// The pieces covering bytes `[start, start + len)` as volatile
+    /// slices.
+    fn volatile_range(&self, start: u64, len: u64) -> impl Iterator<Item = VolatileSlice<'_, ()>> {
+        self.range(start, len).map(|p| {
+            // SAFETY: a range piece lies inside a piece of these buffers,
+            // valid for reads and writes of its length for `'a` (the
+            // invariant), which outlives the `'_` borrow; its other users
+            // access it through volatile accesses too.
+            unsafe { VolatileSlice::new(p.addr as *mut u8, p.len) }
+        })
+    }
+
+    /// Copies bytes `[start, start + dst.len())` of the buffers into `dst`
+    /// (what lies past their end is left alone).
+    pub(crate) fn copy_out(&self, start: u64, dst: &mut [u8]) {
+        let mut at = 0;
+        for s in self.volatile_range(start, dst.len() as u64) {
+            at += s.copy_to(&mut dst[at..]);
+        }
+    }
+
+    /// Copies `src` into bytes `[start, start + src.len())` of the buffers
+    /// (what lies past their end is not copied).
+    pub(crate) fn copy_in(&self, start: u64, src: &[u8]) {
+        let mut at = 0;
+        for s in self.volatile_range(start, src.len() as u64) {
+            s.copy_from(&src[at..at + s.len()]);
+            at += s.len();
+        }
+    }
+
     /// The pieces as volatile slices, for copying with ordinary code
     /// (test doubles, small transfers).
     pub fn slices(&self) -> impl Iterator<Item = VolatileSlice<'_, ()>> + '_ {

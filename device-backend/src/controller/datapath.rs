@@ -11,6 +11,7 @@ use std::time::Duration;
 use vsic_abi::records::CacheMode;
 use vsic_abi::window;
 
+use super::drive::Drive;
 use super::runtime::VsicRuntime;
 use super::stats::bump;
 use super::target::{DmaPolicy, IoBuffers, IoError, IoKind, IoTarget};
@@ -32,12 +33,48 @@ impl Op {
 }
 
 fn is_violation(e: &IoError) -> bool {
-    !matches!(e, IoError::Device(_))
+    !matches!(e, IoError::Device(_) | IoError::PoweredOff)
 }
 
 impl Controller {
     fn runtime(&self, vsic: u32) -> Result<&VsicRuntime, IoError> {
         self.vsics.get(vsic as usize).ok_or(IoError::NoSuchVsic)
+    }
+
+    fn drive(&self, d: u32) -> std::io::Result<&Drive> {
+        self.drives
+            .get(d as usize)
+            .map(|d| &**d)
+            .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))
+    }
+
+    /// Makes `[offset, offset + len)` of drive `d` read as zeroes, past the
+    /// volatile cache (whose sectors there are dropped).
+    pub(super) fn zero_drive_range(&self, d: u32, offset: u64, len: u64) -> std::io::Result<()> {
+        let drive = self.drive(d)?;
+        match &self.cache {
+            Some(cache) => cache.zero(d as usize, offset, len, || drive.zero_range(offset, len)),
+            None => drive.zero_range(offset, len),
+        }
+    }
+
+    /// Moves one drive segment of a read or write: through the volatile
+    /// cache when there is one.
+    fn transfer(
+        &self,
+        write: bool,
+        d: u32,
+        bufs: &IoBuffers<'_>,
+        start: u64,
+        len: u64,
+        offset: u64,
+    ) -> std::io::Result<usize> {
+        let drive = self.drive(d)?;
+        match &self.cache {
+            Some(c) if write => c.write(&self.drives, d as usize, bufs, start, len, offset),
+            Some(c) => c.read(drive, d as usize, bufs, start, len, offset),
+            None => drive.transfer(write, bufs.range(start, len), offset),
+        }
     }
 
     /// Sleeps as the service-time model demands (before any lock is taken,
@@ -177,21 +214,27 @@ impl IoTarget for Controller {
             IoKind::Write => (Op::Write, "write"),
         };
         self.model_service_time(len);
-        let result = self.with_segments(rt, &op, offset, len, |segments| {
-            let mut done = 0usize;
-            for seg in segments {
-                let drive = self
-                    .drives
-                    .get(seg.drive as usize)
-                    .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))?;
-                done += drive.transfer(
-                    op.modifies(),
-                    bufs.range(seg.request_offset, seg.len),
-                    seg.offset,
-                )?;
-            }
-            Ok(done)
-        });
+        let power = self.power.enter();
+        let result = power
+            .as_ref()
+            .map_err(|_| IoError::PoweredOff)
+            .and_then(|_| {
+                self.with_segments(rt, &op, offset, len, |segments| {
+                    let mut done = 0usize;
+                    for seg in segments {
+                        done += self.transfer(
+                            op.modifies(),
+                            seg.drive,
+                            bufs,
+                            seg.request_offset,
+                            seg.len,
+                            seg.offset,
+                        )?;
+                    }
+                    Ok(done)
+                })
+            });
+        drop(power);
         Self::charge(rt, len, result.as_ref().map(drop));
         match &result {
             Ok(n) => {
@@ -223,17 +266,22 @@ impl IoTarget for Controller {
         if let Some(q) = rt.stats.queue(queue) {
             bump(&q.requests, 1);
         }
-        let result = if !rt.is_enabled() {
+        let power = self.power.enter();
+        let result = if power.is_err() {
+            Err(IoError::PoweredOff)
+        } else if !rt.is_enabled() {
             Err(IoError::VsicDisabled)
         } else if self.config.cache_mode == CacheMode::WriteThrough {
             // Every completed write already reached the medium (O_DSYNC).
             Ok(())
         } else {
-            self.drives
-                .iter()
-                .try_for_each(|d| d.sync())
+            self.cache
+                .as_ref()
+                .map_or(Ok(()), |c| c.destage_all(&self.drives))
+                .and_then(|()| self.drives.iter().try_for_each(|d| d.sync()))
                 .map_err(IoError::Device)
         };
+        drop(power);
         match &result {
             Ok(()) => bump(&rt.stats.flushes, 1),
             Err(e) => self.record_failure(rt, vsic, queue, "flush", 0, e),
@@ -261,19 +309,22 @@ impl IoTarget for Controller {
         // The service-time model charges zeroing its latency only; QoS
         // charges it by length (below).
         self.model_service_time(0);
-        let result = self.with_segments(rt, &Op::Zero, offset, len, |segments| {
-            for seg in segments {
-                let drive = self
-                    .drives
-                    .get(seg.drive as usize)
-                    .ok_or_else(|| std::io::Error::other("extent on an unknown drive"))?;
-                drive.zero_range(seg.offset, seg.len)?;
-                if self.config.cache_mode == CacheMode::WriteThrough {
-                    drive.sync()?;
-                }
-            }
-            Ok(())
-        });
+        let power = self.power.enter();
+        let result = power
+            .as_ref()
+            .map_err(|_| IoError::PoweredOff)
+            .and_then(|_| {
+                self.with_segments(rt, &Op::Zero, offset, len, |segments| {
+                    for seg in segments {
+                        self.zero_drive_range(seg.drive, seg.offset, seg.len)?;
+                        if self.config.cache_mode == CacheMode::WriteThrough {
+                            self.drive(seg.drive)?.sync()?;
+                        }
+                    }
+                    Ok(())
+                })
+            });
+        drop(power);
         Self::charge(rt, len, result.as_ref().copied());
         match &result {
             Ok(()) => bump(
@@ -330,8 +381,12 @@ impl IoTarget for Controller {
 
     /// Tries every drive; the first failure is returned. Not a guest
     /// request, so it counts in no VSIC's statistics.
+    /// With a volatile cache, destages it first (an orderly shutdown).
     fn sync_all(&self) -> std::io::Result<()> {
-        let mut result = Ok(());
+        let mut result = self
+            .cache
+            .as_ref()
+            .map_or(Ok(()), |c| c.destage_all(&self.drives));
         for d in &self.drives {
             if let Err(e) = d.sync() {
                 log::error!("cannot sync {}: {e}", d.path().display());

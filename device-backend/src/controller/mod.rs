@@ -18,7 +18,9 @@
 //! - `admin`: admin command decoding and execution ([`AdminTarget`]);
 //! - `datapath`: reads, writes, flushes and discards ([`IoTarget`]);
 //! - `dma`: per-VSIC DMA protection (mode, windows, the buffer lookup);
-//! - `qos`, `stats`: token buckets, counters and log rate limiting.
+//! - `qos`, `stats`: token buckets, counters and log rate limiting;
+//! - `wcache`: the volatile write-back cache model (`--volatile-cache`);
+//! - `power`: `power-cut` and `power-on`.
 
 mod admin;
 mod alloc;
@@ -29,6 +31,7 @@ mod dma;
 mod drive;
 mod drive_hook;
 mod metadata;
+mod power;
 mod qos;
 mod runtime;
 mod state;
@@ -39,6 +42,7 @@ mod tests;
 #[cfg(test)]
 mod testutil;
 mod vsa;
+mod wcache;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -51,14 +55,18 @@ use vsic_abi::window::WINDOW_SIZE;
 pub use drive::{DriveError, OpenOp};
 pub use drive_hook::{flip_bits, DriveFault, DriveHook, DriveOpKind};
 pub use metadata::{BodyError, CommitError, DriveOp, MetadataError};
+pub use power::PowerError;
 pub use state::{Owner, StateError};
 pub use target::{AdminReply, AdminTarget, IoBuffers, IoError, IoKind, IoTarget, Target};
+pub use wcache::{CutReport, SECTOR};
 
 use drive::Drive;
 use metadata::MetaStore;
+use power::Power;
 use runtime::VsicRuntime;
 use state::PoolState;
 use vsa::VsaHandle;
+use wcache::VolatileCache;
 
 /// Smallest and largest extent sizes `open` accepts.
 pub const MIN_EXTENT_SIZE: u64 = 4096;
@@ -91,6 +99,20 @@ pub struct ControllerConfig {
     pub extent_size: u64,
     pub cache_mode: CacheMode,
     pub service_model: Option<ServiceModel>,
+    /// The volatile write-back cache model; `None`: completed writes go
+    /// straight to the drives.
+    pub volatile_cache: Option<VolatileCacheConfig>,
+}
+
+/// `--volatile-cache SIZE` and `--power-cut-seed N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolatileCacheConfig {
+    /// Capacity in bytes (a positive multiple of [`SECTOR`]).
+    pub size: u64,
+    /// With a seed, a power cut lets a random half of the unflushed sectors
+    /// reach the drives (chosen by a generator seeded once with it);
+    /// without, it loses them all.
+    pub cut_seed: Option<u64>,
 }
 
 /// A configuration `Controller::open` refuses.
@@ -102,6 +124,10 @@ pub enum ConfigError {
     ExtentSize(u64),
     #[error("every VSIC needs at least one queue")]
     NoQueues,
+    #[error("the volatile cache models a write-back cache; it needs --cache write-back")]
+    VolatileCacheWriteThrough,
+    #[error("volatile cache size {0} must be a positive multiple of 512 bytes")]
+    VolatileCacheSize(u64),
 }
 
 /// Errors opening the controller (bad drives, corrupted metadata, ...).
@@ -127,6 +153,9 @@ pub struct Controller {
     drives: Vec<Arc<Drive>>,
     vsics: Vec<VsicRuntime>,
     admin: Mutex<AdminPlane>,
+    /// `--volatile-cache`: completed writes not yet flushed.
+    cache: Option<VolatileCache>,
+    power: Power,
 }
 
 /// Everything admin commands change, behind the admin mutex.
@@ -172,9 +201,15 @@ impl Controller {
             .collect();
         let mut handles = BTreeMap::new();
         runtime::reconcile(&vsics, &mut handles, None, &opened.state);
+        let cache = config
+            .volatile_cache
+            .map(|c| VolatileCache::new(c.size, drives.len()));
+        let power = Power::new(config.volatile_cache.and_then(|c| c.cut_seed));
         let controller = Controller {
             config,
             drives,
+            cache,
+            power,
             vsics,
             admin: Mutex::new(AdminPlane {
                 state: opened.state,
@@ -219,6 +254,14 @@ fn check_config(c: &ControllerConfig) -> Result<(), ConfigError> {
     }
     if c.queues_per_vsic == 0 {
         return Err(ConfigError::NoQueues);
+    }
+    if let Some(v) = c.volatile_cache {
+        if c.cache_mode == CacheMode::WriteThrough {
+            return Err(ConfigError::VolatileCacheWriteThrough);
+        }
+        if v.size == 0 || !v.size.is_multiple_of(SECTOR) {
+            return Err(ConfigError::VolatileCacheSize(v.size));
+        }
     }
     Ok(())
 }

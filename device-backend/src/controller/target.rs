@@ -44,6 +44,8 @@ pub enum IoError {
     },
     /// The backing drive failed.
     Device(std::io::Error),
+    /// The controller's power is cut (`power-cut`, until `power-on`).
+    PoweredOff,
     /// A fault rule failed the request with this virtio status (see
     /// `crate::workbench`).
     Injected {

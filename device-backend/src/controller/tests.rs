@@ -22,6 +22,9 @@ use rng::Rng;
 #[path = "tests_lifecycle.rs"]
 mod lifecycle;
 
+#[path = "tests_power.rs"]
+mod power_cut;
+
 // Which block device the block-device test may destroy, shared with the
 // end-to-end tests.
 #[path = "../../tests/common/block_device.rs"]
@@ -67,6 +70,7 @@ fn config_for(paths: &[PathBuf]) -> ControllerConfig {
         extent_size: ES,
         cache_mode: CacheMode::WriteBack,
         service_model: None,
+        volatile_cache: None,
     }
 }
 

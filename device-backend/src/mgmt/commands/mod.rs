@@ -6,6 +6,7 @@ use super::registry::Registry;
 
 mod admin;
 mod fault;
+mod power;
 mod query;
 mod stats;
 mod trace;
@@ -18,6 +19,7 @@ const FAMILIES: &[fn(&mut Registry)] = &[
     stats::register,
     fault::register,
     trace::register,
+    power::register,
 ];
 
 /// The table of every command.

@@ -17,7 +17,9 @@
 //! - `admin`: admin command decoding and execution ([`AdminTarget`]);
 //! - `datapath`: reads, writes, flushes and discards ([`IoTarget`]);
 //! - `dma`: per-VSIC DMA protection (mode, windows, the buffer lookup);
-//! - `qos`, `stats`: token buckets, counters and log rate limiting.
+//! - `qos`, `stats`: token buckets, counters and log rate limiting;
+//! - `timing`: the drive timing model (when a request's completion is
+//!   due); `timed`: the controller's use of it and its setter.
 
 mod admin;
 mod alloc;
@@ -36,12 +38,14 @@ pub mod target;
 mod tests;
 #[cfg(test)]
 mod testutil;
+mod timed;
+pub mod timing;
 mod vsa;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
 
 use vsic_abi::records::CacheMode;
 use vsic_abi::window::WINDOW_SIZE;
@@ -50,6 +54,7 @@ pub use drive::{DriveError, OpenOp};
 pub use metadata::{BodyError, CommitError, DriveOp, MetadataError};
 pub use state::{Owner, StateError};
 pub use target::{AdminReply, AdminTarget, IoBuffers, IoError, IoKind, IoTarget, Target};
+pub use timing::{DriveModel, Latency, ModelError, Placement, ServiceModel};
 
 use drive::Drive;
 use metadata::MetaStore;
@@ -71,15 +76,6 @@ pub struct DriveSpec {
     pub size: Option<u64>,
 }
 
-/// Optional per-drive service-time model for firmware prototyping: every
-/// request takes `latency + bytes / bytes_per_sec`.
-#[derive(Debug, Clone, Copy)]
-pub struct ServiceModel {
-    pub latency: Duration,
-    /// 0 = unlimited bandwidth.
-    pub bytes_per_sec: u64,
-}
-
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub drives: Vec<DriveSpec>,
@@ -87,6 +83,8 @@ pub struct ControllerConfig {
     pub queues_per_vsic: u16,
     pub extent_size: u64,
     pub cache_mode: CacheMode,
+    /// The drive timing model at start (`None`: completions at once);
+    /// [`Controller::set_service_model`] changes it at run time.
     pub service_model: Option<ServiceModel>,
 }
 
@@ -124,6 +122,10 @@ pub struct Controller {
     drives: Vec<Arc<Drive>>,
     vsics: Vec<VsicRuntime>,
     admin: Mutex<AdminPlane>,
+    /// The running drive timing model, if on (see `timed`).
+    timing: RwLock<Option<Arc<timing::Timing>>>,
+    /// Whether `timing` is `Some`: one load per batch in the front.
+    timed: AtomicBool,
 }
 
 /// Everything admin commands change, behind the admin mutex.
@@ -169,8 +171,14 @@ impl Controller {
             .collect();
         let mut handles = BTreeMap::new();
         runtime::reconcile(&vsics, &mut handles, None, &opened.state);
+        let timing = config
+            .service_model
+            .clone()
+            .map(|m| Arc::new(timing::Timing::new(m, drives.len())));
         let controller = Controller {
             config,
+            timed: AtomicBool::new(timing.is_some()),
+            timing: RwLock::new(timing),
             drives,
             vsics,
             admin: Mutex::new(AdminPlane {

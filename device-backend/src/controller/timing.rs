@@ -344,7 +344,7 @@ impl OpSpec {
                 for point in points {
                     let d = duration(at, &point.latency)?;
                     let ascending = last.is_none_or(|(p, l)| point.p > p && d >= l);
-                    if !(point.p > 0.0 && point.p <= 100.0) || !ascending {
+                    if !(point.p > 0.0 && point.p <= 100.0 && ascending) {
                         return Err(invalid(
                             at,
                             "percentiles: p ascending in (0, 100], latencies not decreasing",

@@ -266,10 +266,11 @@ impl FunctionBackend {
                 completions.as_deref_mut(),
             ) {
                 if let Some(due) = s.state.target.due(vsic, work, arrived) {
-                    if due > Instant::now() {
-                        completions.push(due, head, done.used_len);
-                        continue;
-                    }
+                    // Through the heap even when already due (the request
+                    // took longer to execute than the model gives it): it
+                    // must not overtake completions due before it.
+                    completions.push(due, head, done.used_len);
+                    continue;
                 }
             }
             if let Err(e) = vring.get_queue_mut().add_used(&*mem, head, done.used_len) {

@@ -61,6 +61,8 @@ pub struct Setup {
     pub devices: Vec<PathBuf>,
     pub extent_size: &'static str,
     pub write_through: bool,
+    /// More vsicd options, as given (e.g. `--service-latency=50us`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Setup {
@@ -72,6 +74,7 @@ impl Default for Setup {
             devices: Vec::new(),
             extent_size: "1M",
             write_through: false,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -157,6 +160,7 @@ impl Daemon {
         if self.setup.write_through {
             cmd.args(["--cache", "write-through"]);
         }
+        cmd.args(&self.setup.extra_args);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

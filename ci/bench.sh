@@ -13,6 +13,8 @@
 #        ci/bench.sh --table FILE
 #        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
 #        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis)
+#        ci/bench.sh --model [...]   (ci/bench-model.sh: the drive timing model
+#                                     against Little's law, libblkio client)
 #
 #   --host      run on the host over vhost-user sockets
 #   --seconds   measured seconds per run (default 3)
@@ -50,6 +52,11 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 if [[ ${1:-} == --apps ]]; then
     shift
     exec bash "$REPO/ci/bench-apps.sh" "$@"
+fi
+# --model: the drive timing model against its analytic values.
+if [[ ${1:-} == --model ]]; then
+    shift
+    exec bash "$REPO/ci/bench-model.sh" "$@"
 fi
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() {

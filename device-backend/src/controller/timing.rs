@@ -17,6 +17,11 @@
 //! `stripe`-byte stripes (as a flash controller stripes its address
 //! space: random requests then collide on units as real ones do).
 //!
+//! Optionally the drive has one link (`link_bandwidth`, e.g. the 12 Gb/s
+//! SAS link of a RAID controller) that every transfer crosses after its
+//! unit is done, one at a time: large requests are then bound by the link
+//! (throughput = link bandwidth) however many units work.
+//!
 //! FLUSH occupies no unit: it is due `flush` latency after every write the
 //! drive took before it is due (never before), as a write-back cache
 //! drains before it reports a flush.
@@ -129,6 +134,9 @@ pub struct DriveModel {
     pub placement: Placement,
     /// Bytes per second one unit moves; 0 = unlimited.
     pub unit_bandwidth: u64,
+    /// Bytes per second of the drive's one link, shared by all units;
+    /// 0 = no link.
+    pub link_bandwidth: u64,
     pub read: Latency,
     pub write: Latency,
     pub flush: Latency,
@@ -143,6 +151,7 @@ impl DriveModel {
             units,
             placement: Placement::LeastBusy,
             unit_bandwidth,
+            link_bandwidth: 0,
             read: Latency::Fixed(latency),
             write: Latency::Fixed(latency),
             flush: Latency::ZERO,
@@ -151,14 +160,18 @@ impl DriveModel {
 
     /// Time to move `bytes` through one unit.
     fn transfer(&self, bytes: u64) -> Duration {
-        if self.unit_bandwidth == 0 || bytes == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(
-            u64::try_from(u128::from(bytes) * 1_000_000_000 / u128::from(self.unit_bandwidth))
-                .unwrap_or(u64::MAX),
-        )
+        time_at(bytes, self.unit_bandwidth)
     }
+}
+
+/// Time to move `bytes` at `rate` bytes per second (0: no time).
+fn time_at(bytes: u64, rate: u64) -> Duration {
+    if rate == 0 || bytes == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(
+        u64::try_from(u128::from(bytes) * 1_000_000_000 / u128::from(rate)).unwrap_or(u64::MAX),
+    )
 }
 
 /// The model of every drive: a default and per-drive exceptions (by the
@@ -249,6 +262,7 @@ struct ModelSpec {
     placement: Option<String>,
     stripe: Option<String>,
     unit_bandwidth: Option<String>,
+    link_bandwidth: Option<String>,
     read: Option<OpSpec>,
     write: Option<OpSpec>,
     flush: Option<OpSpec>,
@@ -311,6 +325,11 @@ impl ModelSpec {
             Some(s) => parse_size(s)
                 .map_err(|e| invalid(&format!("{at}.unit_bandwidth"), e.to_string()))?,
         };
+        let link_bandwidth = match self.link_bandwidth.as_deref() {
+            None => 0,
+            Some(s) => parse_size(s)
+                .map_err(|e| invalid(&format!("{at}.link_bandwidth"), e.to_string()))?,
+        };
         let op = |spec: Option<OpSpec>, name: &str| match spec {
             None => Ok(Latency::ZERO),
             Some(spec) => spec.build(&format!("{at}.{name}")),
@@ -319,6 +338,7 @@ impl ModelSpec {
             units,
             placement,
             unit_bandwidth,
+            link_bandwidth,
             read: op(self.read, "read")?,
             write: op(self.write, "write")?,
             flush: op(self.flush, "flush")?,
@@ -379,6 +399,8 @@ pub enum TimedOp {
 struct DriveClock {
     model: DriveModel,
     free_at: Vec<Option<Instant>>,
+    /// When the link frees up.
+    link_free_at: Option<Instant>,
     last_write_due: Option<Instant>,
     rng: u64,
 }
@@ -388,6 +410,7 @@ impl DriveClock {
         DriveClock {
             free_at: vec![None; model.units as usize],
             model,
+            link_free_at: None,
             last_write_due: None,
             rng: seed | 1,
         }
@@ -436,8 +459,17 @@ impl DriveClock {
         let service = latency + self.model.transfer(bytes);
         let unit = self.unit_for(offset);
         let start = self.free_at[unit].map_or(now, |t| t.max(now));
-        let due = start + service;
-        self.free_at[unit] = Some(due);
+        let unit_done = start + service;
+        self.free_at[unit] = Some(unit_done);
+        let due = match self.model.link_bandwidth {
+            0 => unit_done,
+            rate => {
+                let on_link = self.link_free_at.map_or(unit_done, |t| t.max(unit_done));
+                let done = on_link + time_at(bytes, rate);
+                self.link_free_at = Some(done);
+                done
+            }
+        };
         if op == TimedOp::Write {
             self.last_write_due = Some(self.last_write_due.map_or(due, |t| t.max(due)));
         }
@@ -549,6 +581,19 @@ mod tests {
     }
 
     #[test]
+    fn the_link_carries_one_transfer_at_a_time() {
+        let mut model = DriveModel::fixed(10 * US, 0, 4);
+        model.link_bandwidth = 1_000_000_000; // 1 GB/s: 1 us per 1000 bytes
+        let t = Timing::new(ServiceModel::uniform(model), 1);
+        let now = Instant::now();
+        let due: Vec<_> = (0..3)
+            .map(|_| t.schedule(0, TimedOp::Read, 0, 100_000, now) - now)
+            .collect();
+        // Three units in parallel for 10 us, then 100 us each on the link.
+        assert_eq!(due, [110 * US, 210 * US, 310 * US]);
+    }
+
+    #[test]
     fn stripe_placement_follows_the_offset() {
         let mut model = DriveModel::fixed(10 * US, 0, 4);
         model.placement = Placement::Stripe { bytes: 4096 };
@@ -612,6 +657,7 @@ mod tests {
             [model]
             units = 8
             unit_bandwidth = "500M"
+            link_bandwidth = "1500000000"
             read = { latency = "15us" }
             write = { latency = "20us", jitter = "5us" }
             flush = { percentiles = [{ p = 50, latency = "1ms" }, { p = 100, latency = "3ms" }] }
@@ -624,6 +670,7 @@ mod tests {
         .unwrap();
         assert_eq!(m.default.units, 8);
         assert_eq!(m.default.unit_bandwidth, 500 << 20);
+        assert_eq!(m.default.link_bandwidth, 1_500_000_000);
         assert_eq!(m.default.read, Latency::Fixed(15 * US));
         assert_eq!(
             m.default.write,
@@ -637,6 +684,23 @@ mod tests {
         assert_eq!(d1.placement, Placement::Stripe { bytes: 64 << 10 });
         assert_eq!(d1.units, 1);
         assert_eq!(d1.write, Latency::ZERO);
+    }
+
+    #[test]
+    fn the_presets_parse() {
+        let presets = [
+            include_str!("../../../qemu-configs/drive-models/raid-bbu.toml"),
+            include_str!("../../../qemu-configs/drive-models/pcie-flash.toml"),
+            include_str!("../../../qemu-configs/drive-models/sata-ssd.toml"),
+            include_str!("../../../qemu-configs/drive-models/hard-disk.toml"),
+        ];
+        for text in presets {
+            let m = ServiceModel::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(m.default.read.median() > Duration::ZERO, "{text}");
+        }
+        let raid = ServiceModel::parse(presets[0]).unwrap().default;
+        assert_eq!((raid.units, raid.link_bandwidth), (8, 1_500_000_000));
+        assert_eq!(raid.read, Latency::Fixed(25 * US));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 # Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--repeat N]
 #                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]
 #                           [--no-build] [--vsicd-arg ARG]... [--dma] [--qds LIST]
+#                           [--baseline-vsicd PATH]
 #        ci/bench.sh --table FILE
 #        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
 #        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis)
@@ -30,6 +31,9 @@
 #   --dma       also measure target vsicd-dma: VSIC 1 of the same vsicd with
 #               the same VSA, in enforced DMA mode with one DMA window over
 #               all client memory; adds ratio lines vsicd-dma/vsicd
+#   --baseline-vsicd  also measure target vsicd-base: another vsicd binary
+#               (e.g. one built from main) on a drive of its own, same
+#               options; adds ratio lines vsicd/vsicd-base
 #   --qds       space-separated queue depths for randread/randwrite
 #               (default "1 8 32")
 #   --table     print the results saved by --out FILE as a markdown table
@@ -73,6 +77,7 @@ table=
 mode=auto
 dma=0
 qds="1 8 32"
+baseline=
 cases="randread randwrite writeflush"
 out=
 vsicd_args=()
@@ -88,6 +93,7 @@ while [[ $# -gt 0 ]]; do
     --no-build) build=0 ;;
     --dma) dma=1 ;;
     --qds) qds=${2:?--qds needs a value}; shift ;;
+    --baseline-vsicd) baseline=${2:?--baseline-vsicd needs a path}; shift ;;
     --vsicd-arg) vsicd_args+=("${2:?--vsicd-arg needs a value}"); shift ;;
     --table) table=${2:?--table needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -229,9 +235,20 @@ qemu-storage-daemon \
 pids+=($!)
 wait_for_socket "$WORK/qsd.sock" "${pids[-1]}" qsd
 
-declare -A SOCKET=([vsicd]=$WORK/vsicd/vsic0.sock [qsd]=$WORK/qsd.sock [vsicd-dma]=$WORK/vsicd/vsic1.sock)
+declare -A SOCKET=([vsicd]=$WORK/vsicd/vsic0.sock [qsd]=$WORK/qsd.sock [vsicd-dma]=$WORK/vsicd/vsic1.sock
+    [vsicd-base]=$WORK/base/vsic0.sock)
 TARGETS=(vsicd qsd)
 [[ $dma -eq 0 ]] || TARGETS+=(vsicd-dma)
+if [[ -n $baseline ]]; then
+    [[ -x $baseline ]] || die "--baseline-vsicd: $baseline is not an executable"
+    "$baseline" --socket-dir "$WORK/base" --drive "$WORK/base.img,size=$DRIVE_SIZE" \
+        --vsics 1 --queues $QUEUES --cache write-back "${vsicd_args[@]}" >"$WORK/vsicd-base.log" 2>&1 &
+    pids+=($!)
+    wait_for_socket "$WORK/base/vsic0.sock" "${pids[-1]}" vsicd-base
+    timeout $CTL_TIMEOUT "$BIN/vsicctl" --vhost-user "$WORK/base/pf.sock" vsa create --size $VSA_SIZE --cap "$WORK/base.cap" >/dev/null
+    timeout $CTL_TIMEOUT "$BIN/vsicctl" --vhost-user "$WORK/base/pf.sock" vsic attach --vsic 0 --cap "$WORK/base.cap" --slot 0 >/dev/null
+    TARGETS+=(vsicd-base)
+fi
 
 # Both backing files start sparse; write the whole region once through each
 # target so reads hit allocated pages on both.
@@ -323,6 +340,11 @@ awk '
                 ratio(iops[k, "vsicd"], iops[k, "qsd"]),
                 ratio(p50[k, "vsicd"], p50[k, "qsd"]),
                 ratio(p99[k, "vsicd"], p99[k, "qsd"])
+            if ((k, "vsicd-base") in iops)
+                printf "ratio %s vsicd/vsicd-base iops=%s p50=%s p99=%s\n", k,
+                    ratio(iops[k, "vsicd"], iops[k, "vsicd-base"]),
+                    ratio(p50[k, "vsicd"], p50[k, "vsicd-base"]),
+                    ratio(p99[k, "vsicd"], p99[k, "vsicd-base"])
             if ((k, "vsicd-dma") in iops)
                 printf "ratio %s vsicd-dma/vsicd iops=%s p50=%s p99=%s\n", k,
                     ratio(iops[k, "vsicd-dma"], iops[k, "vsicd"]),

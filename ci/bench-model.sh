@@ -23,6 +23,9 @@
 #                            [--mode auto|poll|interrupt] [--out FILE] [--no-build]
 #   --seconds  measured seconds per point (default 1)
 #   --warmup   unmeasured seconds before each (default 0.3)
+#   --mode     the client's completion mode (default interrupt: a spinning
+#              client takes a core from the vsicd worker whose timer has to
+#              fire on time; poll pays on a machine with cores to spare)
 #   --quick    a smaller grid (latencies 20us and 1ms, units 1 and 4)
 #   --out      also write every line to FILE
 # Exit status: 0 when every point ran (whatever its error), 1 otherwise.
@@ -39,7 +42,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 seconds=1
 warmup=0.3
-mode=auto
+mode=interrupt
 out=
 build=1
 quick=0
@@ -94,7 +97,7 @@ trap 'exit 130' INT TERM
 # start_vsicd ARGS...: a fresh vsicd and drive with one VSA at VSIC 0.
 start_vsicd() {
     stop_vsicd
-    rm -rf "$WORK/sockets" "$WORK/drive.img"
+    rm -rf "$WORK/sockets" "$WORK/drive.img" "$WORK/bench.cap"
     "$BIN/vsicd" --socket-dir "$WORK/sockets" --drive "$WORK/drive.img,size=$DRIVE_SIZE" \
         --vsics 1 --queues 1 "$@" >"$WORK/vsicd.log" 2>&1 &
     vsicd_pid=$!

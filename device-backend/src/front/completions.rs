@@ -255,30 +255,23 @@ impl FunctionBackend {
         cq.lock().next_due()
     }
 
-    /// A completion-timer tick: completes what is due, signals, re-arms.
+    /// A completion-timer tick: acknowledged, then the queue is served as
+    /// on a kick: what is due completes, requests that arrived meanwhile
+    /// are taken, the worker polls for the next completion if it is due
+    /// soon and re-arms the timer before it sleeps.
     pub(super) fn completion_tick(&self, vring: &Vring, queue: u16) {
         let Some(cq) = self.completion_queue(queue) else {
             return;
         };
-        let name = || format!("{} queue {queue}", self.session.state.name());
-        let mem = self.session.mem.memory();
-        let mut state = vring.get_mut();
-        let mut completions = cq.lock();
-        if let Some(timer) = completions.timer.as_mut() {
-            // Acknowledge (level-triggered); EAGAIN means no tick: fine.
-            let _ = timer.wait();
+        {
+            let mut completions = cq.lock();
+            if let Some(timer) = completions.timer.as_mut() {
+                // Acknowledge (level-triggered); EAGAIN means no tick: fine.
+                let _ = timer.wait();
+            }
+            completions.armed = None;
         }
-        completions.armed = None;
-        if !state.get_queue().ready() {
-            // Stopped: the stop completed everything already.
-            return;
-        }
-        match self.complete_due(&mut state, &*mem, &mut completions, queue, Instant::now()) {
-            Ok(0) => {}
-            Ok(_) => self.interrupt(&mut state, &*mem, queue),
-            Err(()) => return,
-        }
-        completions.arm(&name);
+        self.process_queue(vring, queue);
     }
 
     /// A queue stop (GET_VRING_BASE): completes every scheduled request

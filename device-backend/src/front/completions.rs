@@ -38,6 +38,11 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::backend::{FunctionBackend, GuestMemory, Vring};
 
+/// Longest a completion timer is set early to make up for the time the
+/// worker takes to wake up (measured, see [`Completions::late`]); the
+/// worker then waits the rest out on its core.
+const MAX_EARLY: Duration = Duration::from_micros(50);
+
 /// One scheduled completion, ordered by due time, then by order taken.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Scheduled {
@@ -55,6 +60,11 @@ pub struct Completions {
     timer: Option<TimerFd>,
     /// The due time the timer is armed for, if armed.
     armed: Option<Instant>,
+    /// When the timer is set to fire (up to [`MAX_EARLY`] before `armed`).
+    fires_at: Option<Instant>,
+    /// How late the worker handles a timer tick (a moving average, at most
+    /// [`MAX_EARLY`]): the timer is set that much early.
+    late: Duration,
     /// The queue's vring, for completing on a queue stop (which the vhost
     /// library reports with the queue index only).
     vring: Option<Vring>,
@@ -116,22 +126,40 @@ impl Completions {
         let Some(timer) = self.timer.as_mut() else {
             return;
         };
-        let result = match want {
+        let fires_at = want.map(|due| due.checked_sub(self.late).unwrap_or(due));
+        let result = match fires_at {
             // A zero value would disarm: at least a nanosecond.
-            Some(due) => timer.reset(
-                due.saturating_duration_since(Instant::now())
+            Some(at) => timer.reset(
+                at.saturating_duration_since(Instant::now())
                     .max(Duration::from_nanos(1)),
                 None,
             ),
             None => timer.clear(),
         };
         match result {
-            Ok(()) => self.armed = want,
+            Ok(()) => {
+                self.armed = want;
+                self.fires_at = fires_at;
+            }
             Err(e) => {
                 warn!("{}: cannot arm the completion timer: {e}", name());
                 self.armed = None;
+                self.fires_at = None;
             }
         }
+    }
+
+    /// A tick of the timer handled at `now`: learns how late ticks are
+    /// handled, disarms, and says until when to wait on the core for the
+    /// completion it was set early for.
+    fn ticked(&mut self, now: Instant) -> Option<Instant> {
+        if let Some(at) = self.fires_at.take() {
+            let sample = now.saturating_duration_since(at).min(MAX_EARLY);
+            self.late = (self.late * 7 + sample) / 8;
+        }
+        self.armed = None;
+        self.next_due()
+            .filter(|due| due.saturating_duration_since(now) <= MAX_EARLY)
     }
 }
 
@@ -255,7 +283,8 @@ impl FunctionBackend {
         cq.lock().next_due()
     }
 
-    /// A completion-timer tick: acknowledged, then the queue is served as
+    /// A completion-timer tick: acknowledged (and waited out on the core
+    /// up to the due time it was set early for), then the queue is served as
     /// on a kick: what is due completes, requests that arrived meanwhile
     /// are taken, the worker polls for the next completion if it is due
     /// soon and re-arms the timer before it sleeps.
@@ -263,13 +292,20 @@ impl FunctionBackend {
         let Some(cq) = self.completion_queue(queue) else {
             return;
         };
-        {
+        let wait_until = {
             let mut completions = cq.lock();
             if let Some(timer) = completions.timer.as_mut() {
                 // Acknowledge (level-triggered); EAGAIN means no tick: fine.
                 let _ = timer.wait();
             }
-            completions.armed = None;
+            completions.ticked(Instant::now())
+        };
+        // Set early by how late ticks come: wait the rest out here (at
+        // most MAX_EARLY), holding no lock.
+        if let Some(due) = wait_until {
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
         }
         self.process_queue(vring, queue);
     }
@@ -359,6 +395,27 @@ mod tests {
         assert_eq!(c.pop_due(t0 + us(30)), Some((1, 10)));
         assert_eq!(c.pop_due(t0 + us(30)), Some((3, 30)));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn the_timer_is_set_early_by_how_late_ticks_come() {
+        let mut c = Completions::default();
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        c.push(t0 + us(1000), 1, 0);
+        c.fires_at = Some(t0);
+        // Ticks handled 40 us late, again and again: the average follows.
+        for _ in 0..40 {
+            c.fires_at = Some(t0);
+            assert_eq!(c.ticked(t0 + us(40)), None, "due 1 ms away: no wait");
+        }
+        assert!(c.late > us(35) && c.late <= us(40), "{:?}", c.late);
+        // Very late ticks count as MAX_EARLY at most.
+        c.fires_at = Some(t0);
+        let _ = c.ticked(t0 + Duration::from_secs(1));
+        assert!(c.late <= MAX_EARLY);
+        // A completion due within MAX_EARLY is waited for.
+        assert_eq!(c.ticked(t0 + us(990)), Some(t0 + us(1000)));
     }
 
     #[test]

@@ -47,7 +47,13 @@ echo "ok: kernel driver with the model on"
 
 # The vsic library over VFIO: 32 requests in flight on 4 units, interrupt
 # and polling mode.
-
+fn=
+for b in /sys/block/vd*; do
+    if [ "$(cat "$b/serial" 2>/dev/null)" = vsic-vsic1 ]; then
+        fn=$(basename "$(readlink -f "$b/device/..")")
+    fi
+done
+[ -n "$fn" ] || fail "no function with serial vsic-vsic1"
 to_vfio "$fn"
 run vsic-pattern "$fn" write --offset 0 --len 8M --seed 41 --depth 32 --chunk 64K
 run vsic-pattern "$fn" verify --offset 0 --len 8M --seed 41 --depth 32 --chunk 64K --polling

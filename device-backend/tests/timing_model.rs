@@ -323,3 +323,57 @@ fn a_disconnect_drops_scheduled_completions_and_the_next_driver_is_served() {
     let log = d.log();
     assert!(!log.contains("panicked"), "log:\n{log}");
 }
+
+/// Runs vsicd with `args` (and a scratch socket dir and drive) until it
+/// exits, which it must do at once; its status and stderr.
+fn vsicd_refuses(dir: &ScratchDir, args: &[String]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vsicd"))
+        .arg("--socket-dir")
+        .arg(dir.path("sockets"))
+        .arg("--drive")
+        .arg(format!("{},size=64M", dir.path("drive.img").display()))
+        .args(args)
+        .output()
+        .expect("run vsicd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_drive_model_stops_vsicd_with_the_place_and_the_reason() {
+    let dir = ScratchDir::new("bad-model");
+    let model = dir.path("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\nunits = 4\nread = { latency = \"5us\", jitter = \"9us\" }\n",
+    )
+    .unwrap();
+    let file = model.display().to_string();
+    let (code, err) = vsicd_refuses(&dir, &["--drive-model".into(), file.clone()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("model.read") && err.contains("jitter"),
+        "{err}"
+    );
+    let (code, err) = vsicd_refuses(
+        &dir,
+        &[
+            "--drive-model".into(),
+            dir.path("none.toml").display().to_string(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+    // The file and the command-line model do not mix.
+    let (code, err) = vsicd_refuses(
+        &dir,
+        &["--drive-model".into(), file, "--service-latency=5us".into()],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (code, err) = vsicd_refuses(&dir, &["--service-units=0".into()]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("service-units"), "{err}");
+}

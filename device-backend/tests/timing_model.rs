@@ -377,3 +377,46 @@ fn a_bad_drive_model_stops_vsicd_with_the_place_and_the_reason() {
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("service-units"), "{err}");
 }
+
+#[test]
+fn back_to_back_requests_on_a_timed_queue_never_wait_for_the_lost_kick_watch() {
+    // A driver that submits its next request the moment the last one
+    // completes (polling), one at a time: the worker completes each at its
+    // due time and must still take the next one at once. A request left in
+    // the ring would wait for the 250 ms lost-kick watch.
+    let d = daemon_with_model(
+        "back-to-back",
+        r#"
+        [model]
+        units = 4
+        read = { latency = "20us" }
+        "#,
+    );
+    let dev = d.open_vsic(0, 1, vsic::CompletionMode::Interrupt);
+    let mut buf = dev.alloc_dma(BLOCK).expect("DMA buffer");
+    let start = Instant::now();
+    let n = 1000;
+    for i in 0..n {
+        dev.read_at(
+            0,
+            vsic::VsaHandle::new(0),
+            (i % BLOCKS) * BLOCK as u64,
+            &mut buf,
+        )
+        .unwrap_or_else(|e| panic!("read {i}: {e}"));
+    }
+    let took = start.elapsed();
+    println!(
+        "back_to_back_reads={n} took_ms={:.1}",
+        took.as_secs_f64() * 1e3
+    );
+    let log = d.log();
+    assert!(
+        !log.contains("without a notification") && !log.contains("runs ahead"),
+        "requests were left in the ring:\n{log}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "{n} reads of 20 us took {took:?}"
+    );
+}

@@ -283,6 +283,24 @@ impl FunctionBackend {
         cq.lock().next_due()
     }
 
+    /// Before the worker sleeps: a completion due sooner than a timer
+    /// would wake the worker for it (see [`Completions::late`]) is waited
+    /// for on the core instead (at most [`MAX_EARLY`]). True when it did.
+    pub(super) fn wait_for_imminent(&self, queue: u16, due: Instant) -> bool {
+        let Some(cq) = self.completion_queue(queue) else {
+            return false;
+        };
+        let late = cq.lock().late;
+        let now = Instant::now();
+        if due.saturating_duration_since(now) > late {
+            return false;
+        }
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        true
+    }
+
     /// A completion-timer tick: acknowledged (and waited out on the core
     /// up to the due time it was set early for), then the queue is served as
     /// on a kick: what is due completes, requests that arrived meanwhile

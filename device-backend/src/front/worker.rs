@@ -101,15 +101,28 @@ impl FunctionBackend {
         let mut served_any = false;
         // Rounds in a row in which the ring claimed requests but yielded none.
         let mut phantom_rounds = 0;
+        // The ring said requests were waiting when notifications were
+        // re-enabled: the next batch must take some.
+        let mut ring_said_more = false;
         loop {
-            let served_now = match self.run_batch(vring, queue, &mut worker.scratch) {
-                (_, BatchEnd::Failed) => return,
-                (_, BatchEnd::Full) => {
+            let (served_now, end) = self.run_batch(vring, queue, &mut worker.scratch);
+            if std::mem::take(&mut ring_said_more) {
+                // Only the batch right after counts: batches in between
+                // may complete scheduled requests and take none.
+                phantom_rounds = if served_now == 0 {
+                    phantom_rounds + 1
+                } else {
+                    0
+                };
+            }
+            match end {
+                BatchEnd::Failed => return,
+                BatchEnd::Full => {
                     served_any = true;
                     continue;
                 }
-                (served, BatchEnd::Throttled(wait)) => {
-                    served_any |= served > 0;
+                BatchEnd::Throttled(wait) => {
+                    served_any |= served_now > 0;
                     // No lock is held here: a queue stop, a shutdown or a
                     // disconnect proceeds while this queue waits.
                     if !self.throttle(vring, wait) {
@@ -117,8 +130,8 @@ impl FunctionBackend {
                     }
                     continue;
                 }
-                (served, BatchEnd::Drained) => {
-                    if served > 0 && !served_any {
+                BatchEnd::Drained => {
+                    if served_now > 0 && !served_any {
                         // First requests since the worker slept: was the
                         // gap short enough to have been polled across?
                         if let Some(since) = worker.idle_since.take() {
@@ -127,10 +140,9 @@ impl FunctionBackend {
                                 .after_sleep(woke.saturating_duration_since(since));
                         }
                     }
-                    served_any |= served > 0;
-                    served
+                    served_any |= served_now > 0;
                 }
-            };
+            }
             // A stopped ring completes nothing: then no completion counts.
             let next_due = self
                 .next_completion(queue)
@@ -140,8 +152,11 @@ impl FunctionBackend {
             {
                 continue;
             }
+            if next_due.is_some_and(|due| self.wait_for_imminent(queue, due)) {
+                continue;
+            }
             match self.enable_notification(vring, queue) {
-                Some(true) if served_now == 0 && phantom_rounds > 0 => {
+                Some(true) if phantom_rounds > 0 => {
                     // Twice the ring said requests were waiting and twice
                     // none could be taken: the driver put its avail index
                     // further ahead than the ring is long. Sleep until its
@@ -156,11 +171,7 @@ impl FunctionBackend {
                 }
                 Some(true) => {
                     // More arrived while notifications were off.
-                    phantom_rounds = if served_now == 0 {
-                        phantom_rounds + 1
-                    } else {
-                        0
-                    };
+                    ring_said_more = true;
                     continue;
                 }
                 Some(false) => break,

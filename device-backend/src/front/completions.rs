@@ -237,7 +237,9 @@ impl FunctionBackend {
     }
 
     /// Adds to the used ring every completion of `completions` due at
-    /// `now`; how many. Called with the vring locked.
+    /// `now`; how many, or `None` when the used ring cannot be written
+    /// (logged; the queue is then served no further until its next kick).
+    /// Called with the vring locked.
     pub(super) fn complete_due<M: vm_memory::GuestMemory>(
         &self,
         vring: &mut vhost_user_backend::VringState<GuestMemory>,
@@ -245,7 +247,7 @@ impl FunctionBackend {
         completions: &mut Completions,
         queue: u16,
         now: Instant,
-    ) -> Result<usize, ()> {
+    ) -> Option<usize> {
         let mut n = 0;
         while let Some((head, used_len)) = completions.pop_due(now) {
             if let Err(e) = vring.get_queue_mut().add_used(mem, head, used_len) {
@@ -253,11 +255,11 @@ impl FunctionBackend {
                     "{} queue {queue}: cannot complete a request: {e}",
                     self.session.state.name()
                 );
-                return Err(());
+                return None;
             }
             n += 1;
         }
-        Ok(n)
+        Some(n)
     }
 
     /// Before the worker sleeps: the timer wakes it for the earliest
@@ -352,7 +354,7 @@ impl FunctionBackend {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         if self
             .complete_due(&mut state, &*mem, &mut completions, queue, far)
-            .is_ok()
+            .is_some()
         {
             self.interrupt(&mut state, &*mem, queue);
         }

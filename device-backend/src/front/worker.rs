@@ -240,11 +240,11 @@ impl FunctionBackend {
         let end = loop {
             if let Some(completions) = completions.as_deref_mut() {
                 match self.complete_due(&mut vring, &*mem, completions, queue, Instant::now()) {
-                    Ok(0) => {}
-                    Ok(_) => {
+                    Some(0) => {}
+                    Some(_) => {
                         unsignalled.get_or_insert_with(Instant::now);
                     }
-                    Err(()) => break BatchEnd::Failed,
+                    None => break BatchEnd::Failed,
                 }
             }
             if unsignalled.is_some_and(|oldest| oldest.elapsed() >= INTERRUPT_DELAY) {

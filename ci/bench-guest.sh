@@ -21,7 +21,9 @@
 #   --modes      vsic modes: interrupt, poll, hybrid (default all three)
 #   --latencies  vsicd service latencies to run, "none" for vsicd's own
 #                speed (default none,20us: the hardware latency the paper
-#                quotes)
+#                quotes), or drive-model presets by name (raid-bbu,
+#                pcie-flash, sata-ssd, hard-disk: vsicd --drive-model
+#                qemu-configs/drive-models/NAME.toml, docs/timing-model.md)
 #   --out FILE   also write every line (results, ratios, targets) to FILE
 #   --svg PREFIX draw PREFIX-LATENCY.svg per latency with gnuplot (installed
 #                from Debian when missing), e.g. --svg docs/fig1-guest
@@ -82,7 +84,7 @@ done
 [[ $n =~ ^[1-9][0-9]*$ ]] || { log "--n: not a positive integer: $n"; exit 2; }
 [[ $timeout =~ ^[1-9][0-9]*$ ]] || { log "--timeout: not a positive integer: $timeout"; exit 2; }
 for v in "$bytes" "$fs" "$media" "$syncs" "$modes" "$latencies"; do
-    [[ $v =~ ^[A-Za-z0-9,]+$ ]] || { log "lists are comma-separated words: '$v'"; exit 2; }
+    [[ $v =~ ^[A-Za-z0-9,-]+$ ]] || { log "lists are comma-separated words: '$v'"; exit 2; }
 done
 
 if [[ -n $plot ]]; then
@@ -125,7 +127,11 @@ boot() {
         --vsicd-arg "--cache=$cache"
         --append "vsic.fig1_part=$part vsic.fig1_n=$n vsic.fig1_bytes=$bytes vsic.fig1_fs=$fs"
         --append "vsic.fig1_media=$media vsic.fig1_syncs=$syncs vsic.fig1_modes=$modes")
-    [[ $latency != none ]] && args+=(--vsicd-arg "--service-latency=$latency")
+    if [[ -r $REPO/qemu-configs/drive-models/$latency.toml ]]; then
+        args+=(--vsicd-arg "--drive-model=$REPO/qemu-configs/drive-models/$latency.toml")
+    elif [[ $latency != none ]]; then
+        args+=(--vsicd-arg "--service-latency=$latency")
+    fi
     log "guest run: service latency $latency, vsicd --cache $cache ($part cases)"
     qemu-configs/launch.sh "${args[@]}" >"$WORK/guest.log" 2>&1 || rc=$?
     # Result lines, tagged with the service latency, and only whole ones.

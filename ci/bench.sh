@@ -10,10 +10,13 @@
 # Usage: ci/bench.sh --host [--seconds N] [--warmup S] [--repeat N]
 #                           [--mode auto|poll|interrupt] [--cases LIST] [--out FILE]
 #                           [--no-build] [--vsicd-arg ARG]... [--dma] [--qds LIST]
+#                           [--baseline-vsicd PATH]
 #        ci/bench.sh --table FILE
 #        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
 #        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis; in the guest
 #                                            also vsic-mailq vs Maildir with smtp-source)
+#        ci/bench.sh --model [...]   (ci/bench-model.sh: the drive timing model
+#                                     against Little's law, libblkio client)
 #
 #   --host      run on the host over vhost-user sockets
 #   --seconds   measured seconds per run (default 3)
@@ -29,6 +32,9 @@
 #   --dma       also measure target vsicd-dma: VSIC 1 of the same vsicd with
 #               the same VSA, in enforced DMA mode with one DMA window over
 #               all client memory; adds ratio lines vsicd-dma/vsicd
+#   --baseline-vsicd  also measure target vsicd-base: another vsicd binary
+#               (e.g. one built from main) on a drive of its own, same
+#               options; adds ratio lines vsicd/vsicd-base
 #   --qds       space-separated queue depths for randread/randwrite
 #               (default "1 8 32")
 #   --table     print the results saved by --out FILE as a markdown table
@@ -52,6 +58,11 @@ if [[ ${1:-} == --apps ]]; then
     shift
     exec bash "$REPO/ci/bench-apps.sh" "$@"
 fi
+# --model: the drive timing model against its analytic values.
+if [[ ${1:-} == --model ]]; then
+    shift
+    exec bash "$REPO/ci/bench-model.sh" "$@"
+fi
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() {
     log "$*"
@@ -67,6 +78,7 @@ table=
 mode=auto
 dma=0
 qds="1 8 32"
+baseline=
 cases="randread randwrite writeflush"
 out=
 vsicd_args=()
@@ -82,6 +94,7 @@ while [[ $# -gt 0 ]]; do
     --no-build) build=0 ;;
     --dma) dma=1 ;;
     --qds) qds=${2:?--qds needs a value}; shift ;;
+    --baseline-vsicd) baseline=${2:?--baseline-vsicd needs a path}; shift ;;
     --vsicd-arg) vsicd_args+=("${2:?--vsicd-arg needs a value}"); shift ;;
     --table) table=${2:?--table needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -223,9 +236,20 @@ qemu-storage-daemon \
 pids+=($!)
 wait_for_socket "$WORK/qsd.sock" "${pids[-1]}" qsd
 
-declare -A SOCKET=([vsicd]=$WORK/vsicd/vsic0.sock [qsd]=$WORK/qsd.sock [vsicd-dma]=$WORK/vsicd/vsic1.sock)
+declare -A SOCKET=([vsicd]=$WORK/vsicd/vsic0.sock [qsd]=$WORK/qsd.sock [vsicd-dma]=$WORK/vsicd/vsic1.sock
+    [vsicd-base]=$WORK/base/vsic0.sock)
 TARGETS=(vsicd qsd)
 [[ $dma -eq 0 ]] || TARGETS+=(vsicd-dma)
+if [[ -n $baseline ]]; then
+    [[ -x $baseline ]] || die "--baseline-vsicd: $baseline is not an executable"
+    "$baseline" --socket-dir "$WORK/base" --drive "$WORK/base.img,size=$DRIVE_SIZE" \
+        --vsics 1 --queues $QUEUES --cache write-back "${vsicd_args[@]}" >"$WORK/vsicd-base.log" 2>&1 &
+    pids+=($!)
+    wait_for_socket "$WORK/base/vsic0.sock" "${pids[-1]}" vsicd-base
+    timeout $CTL_TIMEOUT "$BIN/vsicctl" --vhost-user "$WORK/base/pf.sock" vsa create --size $VSA_SIZE --cap "$WORK/base.cap" >/dev/null
+    timeout $CTL_TIMEOUT "$BIN/vsicctl" --vhost-user "$WORK/base/pf.sock" vsic attach --vsic 0 --cap "$WORK/base.cap" --slot 0 >/dev/null
+    TARGETS+=(vsicd-base)
+fi
 
 # Both backing files start sparse; write the whole region once through each
 # target so reads hit allocated pages on both.
@@ -317,6 +341,11 @@ awk '
                 ratio(iops[k, "vsicd"], iops[k, "qsd"]),
                 ratio(p50[k, "vsicd"], p50[k, "qsd"]),
                 ratio(p99[k, "vsicd"], p99[k, "qsd"])
+            if ((k, "vsicd-base") in iops)
+                printf "ratio %s vsicd/vsicd-base iops=%s p50=%s p99=%s\n", k,
+                    ratio(iops[k, "vsicd"], iops[k, "vsicd-base"]),
+                    ratio(p50[k, "vsicd"], p50[k, "vsicd-base"]),
+                    ratio(p99[k, "vsicd"], p99[k, "vsicd-base"])
             if ((k, "vsicd-dma") in iops)
                 printf "ratio %s vsicd-dma/vsicd iops=%s p50=%s p99=%s\n", k,
                     ratio(iops[k, "vsicd-dma"], iops[k, "vsicd"]),

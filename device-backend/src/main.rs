@@ -13,7 +13,8 @@ use log::info;
 use vsic_abi::records::CacheMode;
 use vsic_abi::units::{parse_duration, parse_size};
 use vsicd::controller::{
-    Controller, ControllerConfig, DriveSpec, ServiceModel, VolatileCacheConfig,
+    Controller, ControllerConfig, DriveModel, DriveSpec, ModelError, ServiceModel,
+    VolatileCacheConfig,
 };
 use vsicd::front::{Front, FrontConfig, Workarounds};
 use vsicd::mgmt::{self, Mgmt};
@@ -73,13 +74,28 @@ struct Cli {
     #[arg(long, value_name = "N", requires = "volatile_cache")]
     power_cut_seed: Option<u64>,
 
-    /// Simulated fixed time per drive request, e.g. 50us, 1ms.
+    /// Drive timing model: every read and write takes this long on a
+    /// unit of its drive, e.g. 50us, 1ms (a FLUSH completes with the last
+    /// earlier write). Completions are scheduled; the queue goes on taking
+    /// requests meanwhile. See docs/timing-model.md.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     service_latency: Option<Duration>,
 
-    /// Simulated drive bandwidth in bytes per second, e.g. 500M.
+    /// Drive timing model: bytes per second one unit moves, e.g. 500M
+    /// (adds size / RATE to a request's time on its unit).
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     service_bandwidth: Option<u64>,
+
+    /// Drive timing model: requests each drive serves at once (channels,
+    /// dies); more queue behind the least busy unit. Default 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    service_units: Option<u32>,
+
+    /// Drive timing model from a TOML file (per-operation latencies and
+    /// distributions, units, placement, per-drive models; presets in
+    /// qemu-configs/drive-models/). Not with the --service-* options.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["service_latency", "service_bandwidth", "service_units"])]
+    drive_model: Option<PathBuf>,
 
     /// Longest time in microseconds a queue worker keeps polling its ring
     /// for new requests after serving some, before it sleeps until the next
@@ -163,12 +179,24 @@ impl Cli {
         }
     }
 
-    fn controller_config(&self) -> ControllerConfig {
-        let service_model = (self.service_latency.is_some() || self.service_bandwidth.is_some())
-            .then(|| ServiceModel {
-                latency: self.service_latency.unwrap_or_default(),
-                bytes_per_sec: self.service_bandwidth.unwrap_or(0),
-            });
+    /// The drive timing model the options describe, if any.
+    fn service_model(&self) -> Result<Option<ServiceModel>, ModelError> {
+        if let Some(path) = &self.drive_model {
+            return ServiceModel::load(path).map(Some);
+        }
+        let any = self.service_latency.is_some()
+            || self.service_bandwidth.is_some()
+            || self.service_units.is_some();
+        Ok(any.then(|| {
+            ServiceModel::uniform(DriveModel::fixed(
+                self.service_latency.unwrap_or_default(),
+                self.service_bandwidth.unwrap_or(0),
+                self.service_units.unwrap_or(1),
+            ))
+        }))
+    }
+
+    fn controller_config(&self, service_model: Option<ServiceModel>) -> ControllerConfig {
         ControllerConfig {
             drives: self.drives.clone(),
             vsics: self.vsics,
@@ -227,7 +255,14 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let signals = block_stop_signals();
 
-    let controller = match Controller::open(cli.controller_config()) {
+    let service_model = match cli.service_model() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("vsicd: drive model: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let controller = match Controller::open(cli.controller_config(service_model)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vsicd: cannot open the controller: {e}");

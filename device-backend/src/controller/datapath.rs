@@ -5,8 +5,7 @@
 //! in bounds, writable) while holding the VSIC's slot read lock and the
 //! VSA's map read lock for the whole transfer; no controller-wide lock.
 
-use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vsic_abi::records::CacheMode;
 use vsic_abi::window;
@@ -14,12 +13,12 @@ use vsic_abi::window;
 use super::drive::Drive;
 use super::runtime::VsicRuntime;
 use super::stats::bump;
-use super::target::{DmaPolicy, IoBuffers, IoError, IoKind, IoTarget};
+use super::target::{DmaPolicy, IoBuffers, IoError, IoKind, IoTarget, Work};
 use super::vsa::{map_range, Segments};
 use super::Controller;
 
 /// What a request does once it passed the protection checks.
-enum Op {
+pub(super) enum Op {
     Read,
     Write,
     /// DISCARD or WRITE_ZEROES.
@@ -37,7 +36,7 @@ fn is_violation(e: &IoError) -> bool {
 }
 
 impl Controller {
-    fn runtime(&self, vsic: u32) -> Result<&VsicRuntime, IoError> {
+    pub(super) fn runtime(&self, vsic: u32) -> Result<&VsicRuntime, IoError> {
         self.vsics.get(vsic as usize).ok_or(IoError::NoSuchVsic)
     }
 
@@ -77,24 +76,6 @@ impl Controller {
         }
     }
 
-    /// Sleeps as the service-time model demands (before any lock is taken,
-    /// so a modelled slow device never holds up admin commands). Bounded:
-    /// the front refuses requests larger than its maximum transfer.
-    fn model_service_time(&self, bytes: u64) {
-        if let Some(model) = self.config.service_model {
-            let transfer = if model.bytes_per_sec == 0 {
-                Duration::ZERO
-            } else {
-                Duration::try_from_secs_f64(bytes as f64 / model.bytes_per_sec as f64)
-                    .unwrap_or(Duration::MAX)
-            };
-            let total = model.latency.saturating_add(transfer);
-            if !total.is_zero() {
-                sleep(total);
-            }
-        }
-    }
-
     /// Charges a finished request to the VSIC's QoS buckets: the bytes of
     /// an accepted request (also when the drive then failed it), none of
     /// a refused one; every request counts as one I/O.
@@ -108,7 +89,7 @@ impl Controller {
 
     /// Checks `[offset, offset + len)` against VSIC `rt`'s attachments and
     /// runs `f` on its drive segments with the locks held.
-    fn with_segments<R>(
+    pub(super) fn with_segments<R>(
         &self,
         rt: &VsicRuntime,
         op: &Op,
@@ -213,7 +194,6 @@ impl IoTarget for Controller {
             IoKind::Read => (Op::Read, "read"),
             IoKind::Write => (Op::Write, "write"),
         };
-        self.model_service_time(len);
         let power = self.power.enter();
         let result = power
             .as_ref()
@@ -306,9 +286,6 @@ impl IoTarget for Controller {
         } else {
             "discard"
         };
-        // The service-time model charges zeroing its latency only; QoS
-        // charges it by length (below).
-        self.model_service_time(0);
         let power = self.power.enter();
         let result = power
             .as_ref()
@@ -377,6 +354,14 @@ impl IoTarget for Controller {
         }
         bump(&rt.stats.qos_delayed, 1);
         wait
+    }
+
+    fn timed(&self) -> bool {
+        self.timing_on()
+    }
+
+    fn due(&self, vsic: u32, work: Work, now: Instant) -> Option<Instant> {
+        self.timed_due(vsic, work, now)
     }
 
     /// Tries every drive; the first failure is returned. Not a guest

@@ -21,6 +21,8 @@
 //! - `qos`, `stats`: token buckets, counters and log rate limiting;
 //! - `wcache`: the volatile write-back cache model (`--volatile-cache`);
 //! - `power`: `power-cut` and `power-on`.
+//! - `timing`: the drive timing model (when a request's completion is
+//!   due); `timed`: the controller's use of it and its setter.
 
 mod admin;
 mod alloc;
@@ -41,13 +43,15 @@ pub mod target;
 mod tests;
 #[cfg(test)]
 mod testutil;
+mod timed;
+pub mod timing;
 mod vsa;
 mod wcache;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
 
 use vsic_abi::records::CacheMode;
 use vsic_abi::window::WINDOW_SIZE;
@@ -58,6 +62,7 @@ pub use metadata::{BodyError, CommitError, DriveOp, MetadataError};
 pub use power::PowerError;
 pub use state::{Owner, StateError};
 pub use target::{AdminReply, AdminTarget, IoBuffers, IoError, IoKind, IoTarget, Target};
+pub use timing::{DriveModel, Latency, ModelError, Placement, ServiceModel};
 pub use wcache::{CutReport, SECTOR};
 
 use drive::Drive;
@@ -82,15 +87,6 @@ pub struct DriveSpec {
     pub size: Option<u64>,
 }
 
-/// Optional per-drive service-time model for firmware prototyping: every
-/// request takes `latency + bytes / bytes_per_sec`.
-#[derive(Debug, Clone, Copy)]
-pub struct ServiceModel {
-    pub latency: Duration,
-    /// 0 = unlimited bandwidth.
-    pub bytes_per_sec: u64,
-}
-
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub drives: Vec<DriveSpec>,
@@ -98,6 +94,8 @@ pub struct ControllerConfig {
     pub queues_per_vsic: u16,
     pub extent_size: u64,
     pub cache_mode: CacheMode,
+    /// The drive timing model at start (`None`: completions at once);
+    /// [`Controller::set_service_model`] changes it at run time.
     pub service_model: Option<ServiceModel>,
     /// The volatile write-back cache model; `None`: completed writes go
     /// straight to the drives.
@@ -156,6 +154,10 @@ pub struct Controller {
     /// `--volatile-cache`: completed writes not yet flushed.
     cache: Option<VolatileCache>,
     power: Power,
+    /// The running drive timing model, if on (see `timed`).
+    timing: RwLock<Option<Arc<timing::Timing>>>,
+    /// Whether `timing` is `Some`: one load per batch in the front.
+    timed: AtomicBool,
 }
 
 /// Everything admin commands change, behind the admin mutex.
@@ -205,8 +207,14 @@ impl Controller {
             .volatile_cache
             .map(|c| VolatileCache::new(c.size, drives.len()));
         let power = Power::new(config.volatile_cache.and_then(|c| c.cut_seed));
+        let timing = config
+            .service_model
+            .clone()
+            .map(|m| Arc::new(timing::Timing::new(m, drives.len())));
         let controller = Controller {
             config,
+            timed: AtomicBool::new(timing.is_some()),
+            timing: RwLock::new(timing),
             drives,
             cache,
             power,

@@ -9,7 +9,7 @@
 //! arrive as a VSIC number, a queue number, byte offsets and
 //! [`IoBuffers`]; admin commands as raw bytes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vsic_abi::AdminCompletion;
 
@@ -62,6 +62,26 @@ impl IoError {
             _ => vsic_abi::virtio::VIRTIO_BLK_S_IOERR,
         }
     }
+}
+
+/// What a request that the drives served asked of them: what the drive
+/// timing model books (see [`IoTarget::due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    Write {
+        offset: u64,
+        len: u64,
+    },
+    /// DISCARD or WRITE_ZEROES from `offset`: charged a write's latency,
+    /// no transfer.
+    Zero {
+        offset: u64,
+    },
+    Flush,
 }
 
 /// What an admin command produced.
@@ -137,6 +157,17 @@ pub trait IoTarget: Send + Sync {
     /// Makes every completed write of every VSIC durable, whatever the
     /// VSICs' state (a clean shutdown; not a guest request).
     fn sync_all(&self) -> std::io::Result<()>;
+
+    /// Whether the drive timing model is on: the front then asks
+    /// [`IoTarget::due`] when each served request completes. Cheap (one
+    /// load); the front asks once per batch. No default: a target that
+    /// wraps another must pass this on, or the model silently goes off.
+    fn timed(&self) -> bool;
+
+    /// When VSIC `vsic`'s request `work`, executed (its data moved) at
+    /// `now`, is due to complete under the drive timing model; `None`:
+    /// at once (the model is off).
+    fn due(&self, vsic: u32, work: Work, now: Instant) -> Option<Instant>;
 }
 
 /// The admin plane: what the PF's admin requests do.

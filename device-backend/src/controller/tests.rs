@@ -10,9 +10,12 @@ use vsic_abi::records::{decode_stats, CacheMode, ExtentRun, Identify, VsaInfo, V
 use vsic_abi::window::{slot_base, SLOTS_PER_VSIC, WINDOW_SIZE};
 use vsic_abi::{AdminCommand, AdminStatus, CapToken, Opcode, Rights};
 
+use super::target::Work;
 use super::target::{AdminTarget, BufferStorage, IoBuffers, IoTarget};
 use super::testutil::TempDir;
-use super::{AdminReply, Controller, ControllerConfig, DriveSpec, IoError, IoKind, ServiceModel};
+use super::{
+    AdminReply, Controller, ControllerConfig, DriveModel, DriveSpec, IoError, IoKind, ServiceModel,
+};
 
 // The fuzz test's generator, shared with the end-to-end tests.
 #[path = "../../tests/common/rng.rs"]
@@ -637,17 +640,55 @@ fn write_through_mode_and_service_model() {
     let pool = Pool::new("wt", 1);
     let mut cfg = pool.config();
     cfg.cache_mode = CacheMode::WriteThrough;
-    cfg.service_model = Some(ServiceModel {
-        latency: Duration::from_millis(20),
-        bytes_per_sec: 0,
-    });
+    let ms = Duration::from_millis;
+    cfg.service_model = Some(ServiceModel::uniform(DriveModel::fixed(ms(20), 0, 1)));
     let c = Controller::open(cfg).unwrap();
     assert_eq!(identify(&c).cache_mode, CacheMode::WriteThrough as u32);
     let (_, t) = create(&c, ES, 0);
     ok(attach(&c, 0, 0, &t, false));
+    // The data moves at once; the model only says when it completes.
     let start = Instant::now();
     write(&c, 0, 0, &[5; 4096]).unwrap();
-    assert!(start.elapsed() >= Duration::from_millis(20));
+    assert!(start.elapsed() < ms(20), "the write itself does not wait");
+    assert!(c.timed());
+    let write_due = c.due(
+        0,
+        Work::Write {
+            offset: 0,
+            len: 4096,
+        },
+        start,
+    );
+    assert_eq!(write_due, Some(start + ms(20)));
+    let second = c.due(
+        0,
+        Work::Read {
+            offset: 0,
+            len: 4096,
+        },
+        start,
+    );
+    assert_eq!(second, Some(start + ms(40)), "one unit: queued behind");
+    assert_eq!(
+        c.due(0, Work::Flush, start),
+        write_due,
+        "flush with the write"
+    );
+    assert_eq!(
+        c.due(
+            1,
+            Work::Read {
+                offset: 0,
+                len: 512
+            },
+            start
+        ),
+        None,
+        "no VSA"
+    );
+    c.set_service_model(None);
+    assert!(!c.timed());
+    assert_eq!(c.due(0, Work::Flush, start), None, "off");
     c.flush(0, 0).unwrap();
     c.discard(0, 0, 0, 512, false).unwrap();
     let back = read(&c, 0, 0, 4096).unwrap();

@@ -27,6 +27,7 @@ use vmm_sys_util::event::{
 use vsic_abi::virtio::Function;
 
 use super::channel::{ConfigChannel, ConfigNotifiers};
+use super::completions::CompletionQueue;
 use super::config_space::{
     config_space, device_features, protocol_features, read_config, MAX_QUEUE_SIZE,
 };
@@ -88,6 +89,9 @@ pub(super) struct Session {
     /// Per-queue worker state; each is only ever locked by its queue's
     /// worker.
     pub(super) workers: Vec<Mutex<QueueWorker>>,
+    /// Per-queue scheduled completions (drive timing model, see
+    /// [`super::completions`]).
+    pub(super) completions: Vec<CompletionQueue>,
     /// Notifiers of the worker threads' exit events.
     pub(super) exits: Mutex<Vec<EventNotifier>>,
     /// A backend-request channel held unused until disconnect: the PF's,
@@ -130,11 +134,15 @@ impl FunctionBackend {
         let workers = (0..state.num_queues)
             .map(|_| Mutex::new(QueueWorker::new(state.poll.max())))
             .collect();
+        let completions = (0..state.num_queues)
+            .map(|_| CompletionQueue::default())
+            .collect();
         FunctionBackend {
             session: Arc::new(Session {
                 state,
                 mem,
                 workers,
+                completions,
                 exits: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
                 refresh: Mutex::new(None),
@@ -208,6 +216,17 @@ impl VhostUserBackend for FunctionBackend {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         protocol_features()
+    }
+
+    fn reset_device(&self) {
+        self.drop_completions();
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if let Ok(queue) = u16::try_from(queue_index) {
+            self.complete_all_on_stop(queue);
+        }
+        Ok(())
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -333,6 +352,12 @@ impl VhostUserBackend for FunctionBackend {
         if u64::from(device_event) == self.watch_event() {
             if let (Some(vring), Ok(queue)) = (vrings.first(), queue) {
                 self.watch_tick(vring, queue);
+            }
+            return Ok(());
+        }
+        if u64::from(device_event) == self.completion_event() {
+            if let (Some(vring), Ok(queue)) = (vrings.first(), queue) {
+                self.completion_tick(vring, queue);
             }
             return Ok(());
         }

@@ -22,7 +22,9 @@ use vsic_abi::virtio::{self, serial_for, Function};
 use super::chain::{Chain, Stream};
 use super::channel::ConfigChangeSink;
 use super::request::{check_segment, parse_gathered, read_segment, Refusal, Request};
-use crate::controller::target::{BufferStorage, DmaAccess, DmaWindows, IoBuffers, IoKind, Target};
+use crate::controller::target::{
+    BufferStorage, DmaAccess, DmaWindows, IoBuffers, IoKind, Target, Work,
+};
 
 /// How a chain completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,9 @@ pub struct Scratch {
     pub chain: Chain,
     buffers: BufferStorage,
     admin: Vec<u8>,
+    /// What the last chain asked of the drives, when it succeeded and the
+    /// context is timed (for the drive timing model); else `None`.
+    pub work: Option<Work>,
 }
 
 impl Scratch {
@@ -48,6 +53,7 @@ impl Scratch {
             chain: Chain::new(),
             buffers: BufferStorage::with_capacity(256),
             admin: Vec::new(),
+            work: None,
         }
     }
 }
@@ -74,6 +80,9 @@ pub struct Context<'a> {
     /// The VSIC's DMA windows when it is in enforced mode (a snapshot
     /// taken once per batch); `None` in open mode and on the PF.
     pub dma: Option<&'a DmaWindows>,
+    /// The drive timing model is on: [`handle_chain`] records what a
+    /// request that succeeded asked of the drives in [`Scratch::work`].
+    pub timed: bool,
 }
 
 impl Context<'_> {
@@ -93,13 +102,20 @@ pub fn handle_chain<M: GuestMemoryBackend>(
     scratch: &mut Scratch,
 ) -> Completion {
     scratch.chain.gather(mem, descs);
+    scratch.work = None;
     if let (Some(vsic), Some(windows)) = (ctx.vsic(), ctx.dma) {
         if let Some(refused) = check_dma(mem, &scratch.chain, windows, ctx, vsic) {
             return refused;
         }
     }
     let (status, data_in_written) = match parse_gathered(mem, ctx.function, &scratch.chain) {
-        Ok(request) => execute(mem, request, ctx, scratch),
+        Ok(request) => {
+            let done = execute(mem, request, ctx, scratch);
+            if ctx.timed && done.0 == virtio::VIRTIO_BLK_S_OK {
+                scratch.work = drive_work(mem, &scratch.chain, request);
+            }
+            done
+        }
         Err(refusal) => {
             refuse(ctx, &refusal);
             match refusal.status() {
@@ -114,6 +130,22 @@ pub fn handle_chain<M: GuestMemoryBackend>(
         }
     };
     finish(mem, &scratch.chain, status, data_in_written)
+}
+
+/// What a request that succeeded asked of the drives; `None` for the
+/// requests the model does not time (GET_ID, admin).
+fn drive_work<M: GuestMemoryBackend>(mem: &M, chain: &Chain, request: Request) -> Option<Work> {
+    match request {
+        Request::Read { offset, len } => Some(Work::Read { offset, len }),
+        Request::Write { offset, len } => Some(Work::Write { offset, len }),
+        Request::Flush => Some(Work::Flush),
+        Request::Discard { .. } | Request::WriteZeroes { .. } => {
+            let seg = read_segment(mem, chain, 0)?;
+            let offset = seg.sector.checked_mul(virtio::SECTOR_SIZE)?;
+            Some(Work::Zero { offset })
+        }
+        Request::GetId | Request::Admin { .. } => None,
+    }
 }
 
 /// Enforced DMA mode: checks every buffer of the chain against the VSIC's

@@ -6,6 +6,7 @@
 //!   space, sessions, one worker thread per queue.
 //! * [`worker`]: a queue worker's loop: batches, QoS waits, interrupts.
 //! * [`poll`]: polling a queue's ring for a while before sleeping.
+//! * [`completions`]: completions the drive timing model scheduled.
 //! * [`chain`]: a descriptor chain in guest memory: walking it, its two
 //!   byte streams, reading and writing them.
 //! * [`request`]: pure parsing of a chain into a virtio-blk request.
@@ -29,6 +30,7 @@ pub mod backend;
 pub mod backend_socket_takeover;
 pub mod chain;
 pub mod channel;
+pub mod completions;
 pub mod config_space;
 pub mod execute;
 pub mod exit_event_leak;

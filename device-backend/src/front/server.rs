@@ -223,6 +223,11 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
                 warn!("{name}: cannot watch for lost queue notifications: {e}");
             }
         }
+        if let Err(e) = backend.arm_completion_timers(&daemon.get_epoll_handlers()) {
+            // Only the drive timing model needs them: without, scheduled
+            // completions wait for the queue's next request.
+            warn!("{name}: no completion timers: {e}");
+        }
         if let Err(e) = daemon.start(&mut listener) {
             warn!("{name}: accepting a frontend failed: {e}");
             backend.stop_workers();

@@ -104,6 +104,7 @@ impl Bench {
             Function::Pf => None,
         };
         let ctx = Context {
+            timed: false,
             dma: dma.as_deref(),
             function,
             queue: 1,

@@ -85,6 +85,13 @@ impl FunctionBackend {
     /// polls; they are re-enabled, and the ring checked once more, only
     /// before the worker goes back to sleep, so no request is left behind.
     pub(super) fn process_queue(&self, vring: &Vring, queue: u16) {
+        self.serve_queue(vring, queue);
+        // Before sleeping: the timer wakes the worker for the earliest
+        // completion the drive timing model scheduled, if any.
+        self.arm_completions(vring, queue);
+    }
+
+    fn serve_queue(&self, vring: &Vring, queue: u16) {
         let Some(worker) = self.session.workers.get(queue as usize) else {
             return;
         };
@@ -94,15 +101,28 @@ impl FunctionBackend {
         let mut served_any = false;
         // Rounds in a row in which the ring claimed requests but yielded none.
         let mut phantom_rounds = 0;
+        // The ring said requests were waiting when notifications were
+        // re-enabled: the next batch must take some.
+        let mut ring_said_more = false;
         loop {
-            let served_now = match self.run_batch(vring, queue, &mut worker.scratch) {
-                (_, BatchEnd::Failed) => return,
-                (_, BatchEnd::Full) => {
+            let (served_now, end) = self.run_batch(vring, queue, &mut worker.scratch);
+            if std::mem::take(&mut ring_said_more) {
+                // Only the batch right after counts: batches in between
+                // may complete scheduled requests and take none.
+                phantom_rounds = if served_now == 0 {
+                    phantom_rounds + 1
+                } else {
+                    0
+                };
+            }
+            match end {
+                BatchEnd::Failed => return,
+                BatchEnd::Full => {
                     served_any = true;
                     continue;
                 }
-                (served, BatchEnd::Throttled(wait)) => {
-                    served_any |= served > 0;
+                BatchEnd::Throttled(wait) => {
+                    served_any |= served_now > 0;
                     // No lock is held here: a queue stop, a shutdown or a
                     // disconnect proceeds while this queue waits.
                     if !self.throttle(vring, wait) {
@@ -110,8 +130,8 @@ impl FunctionBackend {
                     }
                     continue;
                 }
-                (served, BatchEnd::Drained) => {
-                    if served > 0 && !served_any {
+                BatchEnd::Drained => {
+                    if served_now > 0 && !served_any {
                         // First requests since the worker slept: was the
                         // gap short enough to have been polled across?
                         if let Some(since) = worker.idle_since.take() {
@@ -120,15 +140,23 @@ impl FunctionBackend {
                                 .after_sleep(woke.saturating_duration_since(since));
                         }
                     }
-                    served_any |= served > 0;
-                    served
+                    served_any |= served_now > 0;
                 }
-            };
-            if served_any && self.poll_for_more(vring, worker.window.current()) {
+            }
+            // A stopped ring completes nothing: then no completion counts.
+            let next_due = self
+                .next_completion(queue)
+                .filter(|_| vring.get_ref().get_queue().ready());
+            if (served_any || next_due.is_some())
+                && self.poll_for_more(vring, worker.window.current(), next_due)
+            {
+                continue;
+            }
+            if next_due.is_some_and(|due| self.wait_for_imminent(queue, due)) {
                 continue;
             }
             match self.enable_notification(vring, queue) {
-                Some(true) if served_now == 0 && phantom_rounds > 0 => {
+                Some(true) if phantom_rounds > 0 => {
                     // Twice the ring said requests were waiting and twice
                     // none could be taken: the driver put its avail index
                     // further ahead than the ring is long. Sleep until its
@@ -143,11 +171,7 @@ impl FunctionBackend {
                 }
                 Some(true) => {
                     // More arrived while notifications were off.
-                    phantom_rounds = if served_now == 0 {
-                        phantom_rounds + 1
-                    } else {
-                        0
-                    };
+                    ring_said_more = true;
                     continue;
                 }
                 Some(false) => break,
@@ -170,7 +194,20 @@ impl FunctionBackend {
             Function::Vsic(n) => s.state.target.dma_policy(n),
             Function::Pf => None,
         };
+        let ring = vring;
+        let mut vring = ring.get_mut();
+        // Completions the drive timing model schedules (locked after the
+        // vring, as everywhere): a queue without a timer to complete them
+        // has its requests complete at once.
+        let cq = self.completion_queue(queue);
+        let model_on = matches!(s.state.function, Function::Vsic(_)) && s.state.target.timed();
+        let mut completions = cq.filter(|cq| model_on || cq.any()).map(|cq| cq.lock());
+        if let Some(c) = completions.as_deref_mut() {
+            c.remember(ring);
+        }
+        let timed = model_on && completions.as_ref().is_some_and(|c| c.has_timer());
         let ctx = Context {
+            timed,
             dma: dma.as_deref(),
             function: s.state.function,
             queue,
@@ -179,7 +216,6 @@ impl FunctionBackend {
             log: &s.state.log,
             config_settled: &|| self.await_config_read(),
         };
-        let mut vring = vring.get_mut();
         if !vring.get_queue().ready() {
             // Stopped (GET_VRING_BASE) since the kick: leave its rings alone.
             return (0, BatchEnd::Drained);
@@ -202,6 +238,19 @@ impl FunctionBackend {
         // When the oldest completion not yet signalled was added.
         let mut unsignalled: Option<Instant> = None;
         let end = loop {
+            if let Some(completions) = completions.as_deref_mut() {
+                match self.complete_due(&mut vring, &*mem, completions, queue, Instant::now()) {
+                    Some(0) => {}
+                    Some(_) => {
+                        unsignalled.get_or_insert_with(Instant::now);
+                    }
+                    None => break BatchEnd::Failed,
+                }
+            }
+            if unsignalled.is_some_and(|oldest| oldest.elapsed() >= INTERRUPT_DELAY) {
+                self.interrupt(&mut vring, &*mem, queue);
+                unsignalled = None;
+            }
             if served == BATCH || bytes >= BATCH_BYTES {
                 break BatchEnd::Full;
             }
@@ -218,8 +267,23 @@ impl FunctionBackend {
             let queue_ref = vring.get_queue();
             let descs = DescWalk::new(&*mem, queue_ref.desc_table(), queue_ref.size(), head)
                 .within(ctx.dma);
+            let arrived = timed.then(Instant::now);
             let done = handle_chain(&*mem, descs, &ctx, scratch);
             bytes += scratch.chain.len(Stream::Readable) + scratch.chain.len(Stream::Writable);
+            if let (Some(arrived), Some(work), Function::Vsic(vsic), Some(completions)) = (
+                arrived,
+                scratch.work,
+                s.state.function,
+                completions.as_deref_mut(),
+            ) {
+                if let Some(due) = s.state.target.due(vsic, work, arrived) {
+                    // Through the heap even when already due (the request
+                    // took longer to execute than the model gives it): it
+                    // must not overtake completions due before it.
+                    completions.push(due, head, done.used_len);
+                    continue;
+                }
+            }
             if let Err(e) = vring.get_queue_mut().add_used(&*mem, head, done.used_len) {
                 warn!(
                     "{} queue {queue}: cannot complete a request: {e}",
@@ -227,11 +291,7 @@ impl FunctionBackend {
                 );
                 break BatchEnd::Failed;
             }
-            let oldest = *unsignalled.get_or_insert_with(Instant::now);
-            if oldest.elapsed() >= INTERRUPT_DELAY {
-                self.interrupt(&mut vring, &*mem, queue);
-                unsignalled = None;
-            }
+            unsignalled.get_or_insert_with(Instant::now);
         };
         if unsignalled.is_some() {
             self.interrupt(&mut vring, &*mem, queue);
@@ -284,7 +344,7 @@ impl FunctionBackend {
 
     /// Signals the used ring if the driver wants it (EVENT_IDX used_event
     /// or the NO_INTERRUPT flag, both read by `needs_notification`).
-    fn interrupt<M: vm_memory::GuestMemory>(
+    pub(super) fn interrupt<M: vm_memory::GuestMemory>(
         &self,
         vring: &mut vhost_user_backend::VringState<GuestMemory>,
         mem: &M,
@@ -320,17 +380,26 @@ impl FunctionBackend {
     }
 
     /// Watches the avail ring for up to `window`, if the poll policy lets
-    /// this worker spin now. True when a request showed up.
-    fn poll_for_more(&self, vring: &Vring, window: Duration) -> bool {
-        if window.is_zero() {
-            return false;
-        }
+    /// this worker spin now; a scheduled completion due within the
+    /// longest poll is waited for by polling too. True when a request
+    /// showed up or the completion is due.
+    fn poll_for_more(&self, vring: &Vring, window: Duration, next_due: Option<Instant>) -> bool {
         let policy = &self.session.state.poll;
+        let due_by = |now: Instant| next_due.is_some_and(|due| now >= due);
+        let start = Instant::now();
+        let until_due = next_due
+            .map(|due| due.saturating_duration_since(start))
+            .filter(|d| *d <= policy.max())
+            .unwrap_or_default();
+        let window = window.max(until_due);
+        if window.is_zero() {
+            return due_by(start);
+        }
         let Some(slot) = policy.try_spin() else {
-            return false;
+            return due_by(Instant::now());
         };
         let mem = self.session.mem.memory();
-        let mut last = Instant::now();
+        let mut last = start;
         let deadline = last + window;
         loop {
             {
@@ -346,6 +415,9 @@ impl FunctionBackend {
                 }
             }
             let now = Instant::now();
+            if due_by(now) {
+                return true;
+            }
             if now.saturating_duration_since(last) > policy.late_look() {
                 // Another thread had this core: sleeping serves better now.
                 slot.preempted();

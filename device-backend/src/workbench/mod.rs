@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use vsic_abi::virtio::VIRTIO_BLK_S_IOERR;
 
 use crate::controller::target::{
-    AdminReply, AdminTarget, BufferStorage, DmaPolicy, IoBuffers, IoError, IoKind, IoTarget,
+    AdminReply, AdminTarget, BufferStorage, DmaPolicy, IoBuffers, IoError, IoKind, IoTarget, Work,
 };
 use crate::controller::{flip_bits, DriveFault, DriveHook, Target};
 use fault::{FaultAction, FaultOp, FaultTarget, Faults, Hit, RuleError, RuleSpec, SECTOR};
@@ -384,6 +384,16 @@ impl IoTarget for Workbench {
 
     fn sync_all(&self) -> std::io::Result<()> {
         self.inner.sync_all()
+    }
+
+    // The drive timing model is the controller's: completions of faulted
+    // and traced requests are due when the model says, as any other.
+    fn timed(&self) -> bool {
+        self.inner.timed()
+    }
+
+    fn due(&self, vsic: u32, work: Work, now: Instant) -> Option<Instant> {
+        self.inner.due(vsic, work, now)
     }
 }
 

@@ -61,7 +61,8 @@ pub struct Setup {
     pub devices: Vec<PathBuf>,
     pub extent_size: &'static str,
     pub write_through: bool,
-    /// More `vsicd` arguments (e.g. `--fault RULE`).
+    /// More `vsicd` arguments, as given (e.g. `--fault RULE`,
+    /// `--service-latency=50us`).
     pub extra_args: Vec<String>,
 }
 

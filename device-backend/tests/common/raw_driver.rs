@@ -123,6 +123,26 @@ impl RawDriver {
     }
 }
 
+impl RawDriver {
+    /// Waits up to `timeout` for any request to come back, in whatever
+    /// order the device completes them.
+    pub fn reap(&mut self, timeout: Duration) -> Option<Used> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(used) = self.vq.pop_used() {
+                if self.vq.in_flight() == 0 {
+                    self.held.clear();
+                }
+                return Some(used);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
 pub fn writable(buf: &DmaBuffer, len: usize) -> Buf {
     Buf {
         iova: buf.iova(),

@@ -4,11 +4,13 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vsic_abi::admin::{AdminCommand, AdminCompletion, AdminStatus};
 
-use super::{AdminReply, AdminTarget, DmaPolicy, DmaWindows, IoBuffers, IoError, IoKind, IoTarget};
+use super::{
+    AdminReply, AdminTarget, DmaPolicy, DmaWindows, IoBuffers, IoError, IoKind, IoTarget, Work,
+};
 
 pub(crate) const DISK_SIZE: usize = 1 << 20;
 
@@ -142,6 +144,14 @@ impl IoTarget for FakeTarget {
     fn sync_all(&self) -> std::io::Result<()> {
         self.calls.lock().unwrap().push("sync all".to_string());
         Ok(())
+    }
+
+    fn timed(&self) -> bool {
+        false
+    }
+
+    fn due(&self, _vsic: u32, _work: Work, _now: Instant) -> Option<Instant> {
+        None
     }
 }
 

@@ -8,9 +8,10 @@ use std::sync::Mutex;
 
 use vsic::admin::{AdminClient, AdminError};
 use vsic::hugepage::{physical_addresses, HUGE_PAGE_SIZE};
+use vsic_abi::admin::{FLAG_DMA_READ, FLAG_DMA_WRITE};
 use vsic_abi::virtio::Function;
 use vsic_abi::CapToken;
-use vsicctl::control::service::{check_owner, Authority};
+use vsicctl::control::service::{check_owner, page_runs, Authority};
 use vsicctl::control::Refusal;
 
 use crate::failure::Failure;
@@ -112,6 +113,49 @@ impl Authority for GuestAuthority {
 
     fn dma_addresses(&self, memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, Refusal> {
         huge_page_addresses(memory, max_bytes).map_err(|e| Refusal::new("dma", e.to_string()))
+    }
+
+    /// Adds each page not yet inside one of a VSIC's windows, coalesced
+    /// into runs, to every VSIC `uid` owns (root's VSICs are in open mode).
+    /// A page size of 0 means the service's huge pages.
+    fn grant_dma(&self, uid: u32, page_size: u64, gpas: &[u64]) -> Result<(), Refusal> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let page = if page_size == 0 {
+            HUGE_PAGE_SIZE as u64
+        } else {
+            page_size
+        };
+        let vsics: Vec<u32> = self
+            .funcs
+            .scan()
+            .iter()
+            .filter(|s| s.driver.as_deref() == Some(VFIO_DRIVER) && s.vfio_owner == Some(uid))
+            .filter_map(|s| match s.function {
+                Some((Function::Vsic(n), _)) => Some(n),
+                _ => None,
+            })
+            .collect();
+        for n in vsics {
+            self.with_pf(uid, n, |pf| {
+                let (_, windows) = pf.dma_windows(n)?;
+                let uncovered: Vec<u64> = gpas
+                    .iter()
+                    .copied()
+                    .filter(|&g| {
+                        !windows
+                            .iter()
+                            .any(|w| w.start <= g && g + page <= w.start + w.len)
+                    })
+                    .collect();
+                for (start, len) in page_runs(page, &uncovered) {
+                    pf.dma_window_add(n, start, len, FLAG_DMA_READ | FLAG_DMA_WRITE)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 }
 

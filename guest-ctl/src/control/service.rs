@@ -110,6 +110,26 @@ pub trait Authority: Send + Sync {
     /// Where the pages of the huge-page file `memory` (at most `max_bytes`
     /// long) are now, in file order.
     fn dma_addresses(&self, memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, Refusal>;
+    /// Lets every VSIC `uid` owns read and write the pages at `gpas`
+    /// (each `page_size` long) in enforced DMA mode, before they are
+    /// handed to `uid`.
+    fn grant_dma(&self, uid: u32, page_size: u64, gpas: &[u64]) -> Result<(), Refusal>;
+}
+
+/// Coalesces pages (each `page_size` long) into sorted, contiguous
+/// `(start, len)` runs.
+pub fn page_runs(page_size: u64, gpas: &[u64]) -> Vec<(u64, u64)> {
+    let mut sorted = gpas.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for gpa in sorted {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == gpa => *len += page_size,
+            _ => runs.push((gpa, page_size)),
+        }
+    }
+    runs
 }
 
 /// Who sent a request (from the kernel, not from the message).
@@ -266,6 +286,8 @@ impl<A: Authority> Service<A> {
                     .pop()
                     .ok_or_else(|| refused("bad-request", "no memory file"))?;
                 let gpas = self.authority.dma_addresses(&memory, self.max_dma)?;
+                // Pages that moved are granted where they are now.
+                self.authority.grant_dma(peer.uid, 0, &gpas)?;
                 info!(
                     "uid {} (pid {}): located {} page(s) of DMA memory after pinning",
                     peer.uid,
@@ -286,6 +308,9 @@ impl<A: Authority> Service<A> {
                     ));
                 }
                 let (fd, page_size, gpas) = self.authority.dma_memory(bytes)?;
+                // The VSICs of its owner may reach these pages, and only
+                // then does the owner get them (the memory is freed if not).
+                self.authority.grant_dma(peer.uid, page_size, &gpas)?;
                 info!(
                     "uid {} (pid {}): handed out {} page(s) of {page_size} bytes of DMA memory",
                     peer.uid,
@@ -588,6 +613,23 @@ mod tests {
             }
             Ok(gpas)
         }
+        fn grant_dma(&self, uid: u32, page_size: u64, gpas: &[u64]) -> Result<(), Refusal> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("grant uid={uid} {:x?}", page_runs(page_size, gpas)));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pages_coalesce_into_sorted_runs() {
+        let p = 0x20_0000;
+        assert_eq!(
+            page_runs(p, &[5 * p, p, 2 * p, 9 * p, 2 * p]),
+            vec![(p, 2 * p), (5 * p, p), (9 * p, p)]
+        );
+        assert!(page_runs(p, &[]).is_empty());
     }
 
     fn cap_file(tag: &str, rights: Rights) -> (std::path::PathBuf, CapToken) {

@@ -62,8 +62,20 @@ pub(crate) fn dma_mode_for(next: Option<u32>) -> DmaMode {
 /// nobody but root can open the function). Called before the function is
 /// handed over, so a failure leaves it with root.
 pub(super) fn program_dma(funcs: &Functions, n: u32, mode: DmaMode) -> Result<(), HandoverError> {
+    let pf = pf::open_in_guest(funcs).map_err(|f| HandoverError::Dma {
+        n,
+        source: DmaProgramError::OpenPf(Box::new(f)),
+    })?;
+    program_dma_with(&pf, n, mode)
+}
+
+/// [`program_dma`] through a PF the caller has open.
+pub(super) fn program_dma_with(
+    pf: &AdminClient,
+    n: u32,
+    mode: DmaMode,
+) -> Result<(), HandoverError> {
     let dma = |source| HandoverError::Dma { n, source };
-    let pf = pf::open_in_guest(funcs).map_err(|f| dma(DmaProgramError::OpenPf(Box::new(f))))?;
     // Enforced first, so no moment has the new owner's mode with old windows.
     pf.dma_set_mode(n, DmaMode::Enforced)
         .map_err(|e| dma(DmaProgramError::Mode(e)))?;

@@ -15,7 +15,7 @@
 //! The virtio status is OK whenever a completion was written; the outcome of
 //! the command itself is the completion's [`AdminStatus`].
 
-use crate::layout::{wire_layout, Layout, U16, U32, U64};
+use crate::layout::{wire_enum, wire_layout, Layout, U16, U32, U64};
 use crate::wire::reserved_zero;
 use crate::DecodeError;
 use std::fmt;
@@ -76,179 +76,111 @@ pub const MAX_DMA_WINDOWS: usize = 256;
 /// `vsic` value meaning "every VSIC" for [`Opcode::Stats`].
 pub const ALL_VSICS: u32 = u32::MAX;
 
-/// Admin opcodes. The argument use of each is in `docs/device-spec.md`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum Opcode {
-    /// payload in: [`crate::records::Identify`].
-    Identify = 0x01,
-    /// `vsic`.
-    VsicEnable = 0x10,
-    /// `vsic`; detaches nothing, but I/O on a disabled VSIC fails.
-    VsicDisable = 0x11,
-    /// arg0 = size in bytes (rounded up to whole extents), arg1 = stripe
-    /// width in drives (0 = 1). payload in: the new root [`crate::CapToken`].
-    /// result0 = VSA id, result1 = size in bytes.
-    VsaCreate = 0x20,
-    /// payload out: a token with [`crate::Rights::ADMIN`].
-    VsaDelete = 0x21,
-    /// arg0 = new size (must be larger). payload out: token. result1 = size.
-    VsaExtend = 0x22,
-    /// arg0 = new size (must be smaller, at least one extent). payload out:
-    /// token. result1 = size.
-    VsaShrink = 0x23,
-    /// PF privilege, no token: arg0 = VSA id. Deletes it like
-    /// [`Opcode::VsaDelete`] (for a VSA whose capability is lost).
-    /// result0 = VSA id.
-    VsaDeleteById = 0x24,
-    /// PF privilege, no token: arg0 = VSA id, arg1 = new size (rounded up to
-    /// whole extents; larger extends, smaller shrinks, equal changes
-    /// nothing). result0 = VSA id, result1 = size.
-    VsaResizeById = 0x25,
-    /// PF privilege: arg0 = VSA id, arg1 = role ([`crate::records::ROLE_NONE`]
-    /// or [`crate::records::ROLE_STORE`]; at most one VSA holds the store
-    /// role). Shown in [`crate::records::VsaInfo::role`].
-    VsaSetRole = 0x26,
-    /// `vsic`, `slot`, flags may hold [`FLAG_READ_ONLY`]. payload out: token.
-    Attach = 0x30,
-    /// `vsic`, `slot`.
-    Detach = 0x31,
-    /// `vsic`, arg0 = bytes per second, arg1 = I/Os per second (0 = unlimited).
-    SetQos = 0x40,
-    /// flags may hold [`FLAG_READ_ONLY`]. payload out: parent token.
-    /// payload in: the derived token.
-    CapDerive = 0x50,
-    /// payload out: token. Revokes it and everything derived from it and
-    /// detaches what they attached. A root token is re-keyed: the new root
-    /// comes back as payload in.
-    CapRevoke = 0x51,
-    /// payload in: array of [`crate::records::VsaInfo`]. result0 = count.
-    ListVsas = 0x60,
-    /// payload in: array of [`crate::records::VsicInfo`]. result0 = count.
-    ListVsics = 0x61,
-    /// `vsic` (or [`ALL_VSICS`]). payload in: [`crate::records::VsicStats`]
-    /// records, each followed by its per-queue records.
-    Stats = 0x70,
-    /// arg0 = VSA id. payload in: array of [`crate::records::ExtentRun`].
-    ExtentMap = 0x71,
-    /// `vsic`, arg0 = [`DMA_MODE_OPEN`] or [`DMA_MODE_ENFORCED`]. Changing
-    /// the mode keeps the VSIC's windows. result0 = the previous mode.
-    DmaSetMode = 0x80,
-    /// `vsic`, arg0 = guest-physical start, arg1 = length, flags =
-    /// [`FLAG_DMA_READ`] and/or [`FLAG_DMA_WRITE`]. result0 = windows held.
-    DmaWindowAdd = 0x81,
-    /// `vsic`, arg0 = start, arg1 = length of a window exactly as added.
-    /// result0 = windows held.
-    DmaWindowRemove = 0x82,
-    /// `vsic`. payload in: array of [`crate::records::DmaWindow`], sorted by
-    /// start. result0 = count, result1 = mode.
-    DmaWindowList = 0x83,
-}
-
-impl Opcode {
-    pub const ALL: [Opcode; 23] = [
-        Opcode::Identify,
-        Opcode::VsicEnable,
-        Opcode::VsicDisable,
-        Opcode::VsaCreate,
-        Opcode::VsaDelete,
-        Opcode::VsaExtend,
-        Opcode::VsaShrink,
-        Opcode::VsaDeleteById,
-        Opcode::VsaResizeById,
-        Opcode::VsaSetRole,
-        Opcode::Attach,
-        Opcode::Detach,
-        Opcode::SetQos,
-        Opcode::CapDerive,
-        Opcode::CapRevoke,
-        Opcode::ListVsas,
-        Opcode::ListVsics,
-        Opcode::Stats,
-        Opcode::ExtentMap,
-        Opcode::DmaSetMode,
-        Opcode::DmaWindowAdd,
-        Opcode::DmaWindowRemove,
-        Opcode::DmaWindowList,
-    ];
-
-    pub fn from_u16(v: u16) -> Option<Opcode> {
-        Self::ALL.iter().copied().find(|o| *o as u16 == v)
+wire_enum! {
+    /// Admin opcodes. The argument use of each is in `docs/device-spec.md`.
+    pub enum Opcode: u16 {
+        /// payload in: [`crate::records::Identify`].
+        Identify = 0x01,
+        /// `vsic`.
+        VsicEnable = 0x10,
+        /// `vsic`; detaches nothing, but I/O on a disabled VSIC fails.
+        VsicDisable = 0x11,
+        /// arg0 = size in bytes (rounded up to whole extents), arg1 = stripe
+        /// width in drives (0 = 1). payload in: the new root [`crate::CapToken`].
+        /// result0 = VSA id, result1 = size in bytes.
+        VsaCreate = 0x20,
+        /// payload out: a token with [`crate::Rights::ADMIN`].
+        VsaDelete = 0x21,
+        /// arg0 = new size (must be larger). payload out: token. result1 = size.
+        VsaExtend = 0x22,
+        /// arg0 = new size (must be smaller, at least one extent). payload out:
+        /// token. result1 = size.
+        VsaShrink = 0x23,
+        /// PF privilege, no token: arg0 = VSA id. Deletes it like
+        /// [`Opcode::VsaDelete`] (for a VSA whose capability is lost).
+        /// result0 = VSA id.
+        VsaDeleteById = 0x24,
+        /// PF privilege, no token: arg0 = VSA id, arg1 = new size (rounded up to
+        /// whole extents; larger extends, smaller shrinks, equal changes
+        /// nothing). result0 = VSA id, result1 = size.
+        VsaResizeById = 0x25,
+        /// PF privilege: arg0 = VSA id, arg1 = role ([`crate::records::ROLE_NONE`]
+        /// or [`crate::records::ROLE_STORE`]; at most one VSA holds the store
+        /// role). Shown in [`crate::records::VsaInfo::role`].
+        VsaSetRole = 0x26,
+        /// `vsic`, `slot`, flags may hold [`FLAG_READ_ONLY`]. payload out: token.
+        Attach = 0x30,
+        /// `vsic`, `slot`.
+        Detach = 0x31,
+        /// `vsic`, arg0 = bytes per second, arg1 = I/Os per second (0 = unlimited).
+        SetQos = 0x40,
+        /// flags may hold [`FLAG_READ_ONLY`]. payload out: parent token.
+        /// payload in: the derived token.
+        CapDerive = 0x50,
+        /// payload out: token. Revokes it and everything derived from it and
+        /// detaches what they attached. A root token is re-keyed: the new root
+        /// comes back as payload in.
+        CapRevoke = 0x51,
+        /// payload in: array of [`crate::records::VsaInfo`]. result0 = count.
+        ListVsas = 0x60,
+        /// payload in: array of [`crate::records::VsicInfo`]. result0 = count.
+        ListVsics = 0x61,
+        /// `vsic` (or [`ALL_VSICS`]). payload in: [`crate::records::VsicStats`]
+        /// records, each followed by its per-queue records.
+        Stats = 0x70,
+        /// arg0 = VSA id. payload in: array of [`crate::records::ExtentRun`].
+        ExtentMap = 0x71,
+        /// `vsic`, arg0 = [`DMA_MODE_OPEN`] or [`DMA_MODE_ENFORCED`]. Changing
+        /// the mode keeps the VSIC's windows. result0 = the previous mode.
+        DmaSetMode = 0x80,
+        /// `vsic`, arg0 = guest-physical start, arg1 = length, flags =
+        /// [`FLAG_DMA_READ`] and/or [`FLAG_DMA_WRITE`]. result0 = windows held.
+        DmaWindowAdd = 0x81,
+        /// `vsic`, arg0 = start, arg1 = length of a window exactly as added.
+        /// result0 = windows held.
+        DmaWindowRemove = 0x82,
+        /// `vsic`. payload in: array of [`crate::records::DmaWindow`], sorted by
+        /// start. result0 = count, result1 = mode.
+        DmaWindowList = 0x83,
     }
 }
 
-/// Outcome of an admin command; every failure has its own code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum AdminStatus {
-    Ok = 0,
-    BadMagic = 1,
-    BadVersion = 2,
-    UnknownOpcode = 3,
-    BadCommandSize = 4,
-    BadPayloadSize = 5,
-    InvalidArgument = 6,
-    UnknownFlags = 7,
-    NoSuchVsic = 8,
-    NoSuchSlot = 9,
-    NoSuchVsa = 10,
-    BadToken = 11,
-    RevokedToken = 12,
-    PermissionDenied = 13,
-    NoSpace = 14,
-    SlotBusy = 15,
-    SlotEmpty = 16,
-    ZeroSize = 17,
-    BelowMinimum = 18,
-    TooLarge = 19,
-    ResponseTooSmall = 20,
-    NotPf = 21,
-    MetadataIo = 22,
-    RoleInUse = 23,
-    WindowOverlap = 24,
-    TooManyWindows = 25,
-    NoSuchWindow = 26,
-    WindowOverflow = 27,
-    UnknownMode = 28,
+wire_enum! {
+    /// Outcome of an admin command; every failure has its own code.
+    pub enum AdminStatus: u16 {
+        Ok = 0,
+        BadMagic = 1,
+        BadVersion = 2,
+        UnknownOpcode = 3,
+        BadCommandSize = 4,
+        BadPayloadSize = 5,
+        InvalidArgument = 6,
+        UnknownFlags = 7,
+        NoSuchVsic = 8,
+        NoSuchSlot = 9,
+        NoSuchVsa = 10,
+        BadToken = 11,
+        RevokedToken = 12,
+        PermissionDenied = 13,
+        NoSpace = 14,
+        SlotBusy = 15,
+        SlotEmpty = 16,
+        ZeroSize = 17,
+        BelowMinimum = 18,
+        TooLarge = 19,
+        ResponseTooSmall = 20,
+        NotPf = 21,
+        MetadataIo = 22,
+        RoleInUse = 23,
+        WindowOverlap = 24,
+        TooManyWindows = 25,
+        NoSuchWindow = 26,
+        WindowOverflow = 27,
+        UnknownMode = 28,
+    }
 }
 
 impl AdminStatus {
-    pub const ALL: [AdminStatus; 29] = [
-        AdminStatus::Ok,
-        AdminStatus::BadMagic,
-        AdminStatus::BadVersion,
-        AdminStatus::UnknownOpcode,
-        AdminStatus::BadCommandSize,
-        AdminStatus::BadPayloadSize,
-        AdminStatus::InvalidArgument,
-        AdminStatus::UnknownFlags,
-        AdminStatus::NoSuchVsic,
-        AdminStatus::NoSuchSlot,
-        AdminStatus::NoSuchVsa,
-        AdminStatus::BadToken,
-        AdminStatus::RevokedToken,
-        AdminStatus::PermissionDenied,
-        AdminStatus::NoSpace,
-        AdminStatus::SlotBusy,
-        AdminStatus::SlotEmpty,
-        AdminStatus::ZeroSize,
-        AdminStatus::BelowMinimum,
-        AdminStatus::TooLarge,
-        AdminStatus::ResponseTooSmall,
-        AdminStatus::NotPf,
-        AdminStatus::MetadataIo,
-        AdminStatus::RoleInUse,
-        AdminStatus::WindowOverlap,
-        AdminStatus::TooManyWindows,
-        AdminStatus::NoSuchWindow,
-        AdminStatus::WindowOverflow,
-        AdminStatus::UnknownMode,
-    ];
-
-    pub fn from_u16(v: u16) -> Option<AdminStatus> {
-        Self::ALL.iter().copied().find(|s| *s as u16 == v)
-    }
-
     /// Stable short name, for `--json` output and logs.
     pub fn name(self) -> &'static str {
         match self {

@@ -97,3 +97,32 @@ macro_rules! wire_layout {
     };
 }
 pub(crate) use wire_layout;
+
+/// Declares a C-like enum of wire codes (`#[repr]` of the given integer
+/// type) together with `ALL`, every code in declaration order, and
+/// `from_u16`, so that a new code is added in exactly one place.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident: $repr:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $value:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr($repr)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant = $value, )*
+        }
+
+        impl $name {
+            /// Every code, in declaration order.
+            pub const ALL: [$name; [$(stringify!($variant)),*].len()] = [$($name::$variant),*];
+
+            pub fn from_u16(v: u16) -> Option<$name> {
+                Self::ALL.iter().copied().find(|c| *c as u16 == v)
+            }
+        }
+    };
+}
+pub(crate) use wire_enum;

@@ -114,3 +114,63 @@ fn a_wrong_table_is_caught() {
     let r = std::panic::catch_unwind(|| check::<ExtentRunWire>("SlotInfo (16 bytes)"));
     assert!(r.is_err());
 }
+
+/// The (code, name) rows of the first table under `heading`.
+fn spec_codes(heading: &str) -> Vec<(u16, String)> {
+    let mut lines = SPEC.lines().skip_while(|l| {
+        !(l.starts_with('#') && l.trim_start_matches('#').trim().starts_with(heading))
+    });
+    assert!(
+        lines.next().is_some(),
+        "docs/device-spec.md has no heading '{heading}'"
+    );
+    lines
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            let code = match cells[0].strip_prefix("0x") {
+                Some(hex) => u16::from_str_radix(hex, 16),
+                None => cells[0].parse(),
+            }
+            .unwrap_or_else(|_| panic!("'{heading}': bad code in {row}"));
+            (code, cells[1].to_string())
+        })
+        .collect()
+}
+
+/// `VsaDeleteById` as the spec writes it: `VSA_DELETE_BY_ID`.
+fn screaming_snake(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[test]
+fn opcode_and_status_tables_list_every_code() {
+    use vsic_abi::{AdminStatus, Opcode};
+    let opcodes: Vec<(u16, String)> = Opcode::ALL
+        .iter()
+        .map(|o| (*o as u16, screaming_snake(&format!("{o:?}"))))
+        .collect();
+    assert_eq!(
+        spec_codes("Opcodes"),
+        opcodes,
+        "docs/device-spec.md opcode table"
+    );
+    let statuses: Vec<(u16, String)> = AdminStatus::ALL
+        .iter()
+        .map(|s| (*s as u16, s.name().to_string()))
+        .collect();
+    assert_eq!(
+        spec_codes("Status codes"),
+        statuses,
+        "docs/device-spec.md status table"
+    );
+}

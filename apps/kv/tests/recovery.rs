@@ -47,7 +47,7 @@ fn stale_records_past_a_torn_tail_are_never_replayed() {
         }
     }
     // Record 5 (one block each, region 0 starts at block 2) torn.
-    let path = b.dir.path("kv.img");
+    let path = b.image().clone();
     flip_byte(&path, (2 + 5) * BLOCK as u64 + 50);
     {
         let s = b.open();

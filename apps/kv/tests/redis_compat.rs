@@ -131,7 +131,7 @@ fn redis_server(dir: &ScratchDir) -> Server {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (package redis-server, installed by ci/install-deps.sh)");
-    Server::wait_ready(child, addr)
+    Server::wait_ready(child, addr, common::answers_ping)
 }
 
 #[test]

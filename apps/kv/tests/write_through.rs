@@ -139,7 +139,7 @@ struct Outcome {
 /// the middle), cuts the power, and reopens on what the medium held.
 fn power_loss_after_acks(tag: &str, write_through: bool, claims: bool, n: u64) -> Outcome {
     let b = Backend::file(tag, 8 << 20);
-    let path = b.dir.path("kv.img");
+    let path = b.image().clone();
     let (model, medium) = CacheModel::new(path.to_str().unwrap(), write_through, claims);
     let store = Store::open(Box::new(model), StoreOptions::default()).expect("open the store");
     let mut acked = 0;

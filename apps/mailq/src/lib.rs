@@ -3,6 +3,7 @@
 //!
 //! * [`layout`]: the bytes on the device, declared once.
 //! * [`queue`]: formatting, recovery, per-worker slot sets, durable writes.
+//! * [`maildir`]: the kernel-path baseline, one file per message.
 //! * [`server`]: worker and committer threads, the listener.
 //! * [`smtp`]: one SMTP session.
 //! * [`client`], [`bench`]: an SMTP client, and a load generator on it.
@@ -10,13 +11,15 @@
 pub mod bench;
 pub mod client;
 pub mod layout;
+pub mod maildir;
 pub mod queue;
 pub mod server;
 pub mod smtp;
 
 pub use layout::Envelope;
+pub use maildir::{Maildir, MaildirError};
 pub use queue::{Entry, Message, Queue, QueueError};
-pub use server::{serve, ServeOptions};
+pub use server::{serve, serve_store, ServeOptions, Store};
 
 use sha2::{Digest, Sha256};
 

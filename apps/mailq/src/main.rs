@@ -5,7 +5,10 @@ use std::net::TcpListener;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vsic_mailq::{sha256_hex, Queue, ServeOptions};
+use std::sync::Arc;
+
+use vsic_mailq::server::Workers;
+use vsic_mailq::{sha256_hex, Envelope, Maildir, Queue, QueueError, ServeOptions, Store};
 
 /// A persistent mail queue on a VSA with an SMTP receiver. A message is
 /// durable before its 250 after DATA.
@@ -15,7 +18,10 @@ struct Cli {
     /// Where the queue lives: vhost-user:PATH or vsic:N (the VSA in slot 0
     /// of that VSIC, through the vsic library), or file:PATH (a file or
     /// block device through the kernel; a new file gets 256 MiB). A device
-    /// without a queue is formatted.
+    /// without a queue is formatted. maildir:DIR is the kernel-path
+    /// baseline instead: one file per message in DIR (written to DIR/tmp,
+    /// fsynced, renamed into DIR/new, DIR/new fsynced), as MTAs keep it;
+    /// --workers does not apply to it (every session writes its own files).
     #[arg(long, value_name = "DEV")]
     dev: String,
     /// VSA devices: poll the completion ring instead of sleeping on an
@@ -89,25 +95,95 @@ fn main() -> ExitCode {
     }
 }
 
+/// The queue the command works on: on a device, or the Maildir baseline.
+enum Backend {
+    Slots(Queue),
+    Maildir(Maildir),
+}
+
+impl Backend {
+    fn open(cli: &Cli) -> Result<Backend, Box<dyn std::error::Error>> {
+        let bench = matches!(cli.cmd, Cmd::Bench { .. });
+        if let Some(dir) = cli.dev.strip_prefix("maildir:") {
+            let m = Maildir::open(dir.as_ref())?;
+            if bench {
+                for id in m.ids()? {
+                    m.delete(id)?;
+                }
+            }
+            return Ok(Backend::Maildir(m));
+        }
+        let opts = vsic_storage::OpenOptions {
+            polling: cli.poll,
+            ..vsic_storage::OpenOptions::default()
+        };
+        let dev = vsic_storage::open(&cli.dev, &opts)?;
+        let workers = match &cli.cmd {
+            Cmd::Serve { workers, .. } | Cmd::Bench { workers, .. } => (*workers).max(1),
+            _ => 1,
+        };
+        if bench {
+            // A fresh queue: without a superblock the device is formatted.
+            dev.write_at(0, &[0u8; vsic_mailq::layout::BLOCK])?;
+            dev.flush()?;
+        }
+        let q = Queue::open(dev, workers)?;
+        if q.torn > 0 {
+            log::warn!("{} torn slots ignored", q.torn);
+        }
+        Ok(Backend::Slots(q))
+    }
+
+    fn len(&self) -> Result<usize, QueueError> {
+        Ok(match self {
+            Backend::Slots(q) => q.len(),
+            Backend::Maildir(m) => m.ids()?.len(),
+        })
+    }
+
+    /// (id, envelope) of every message, oldest first.
+    fn list(&self) -> Result<Vec<(u64, Envelope)>, QueueError> {
+        match self {
+            Backend::Slots(q) => Ok(q.list().map(|e| (e.id, e.env.clone())).collect()),
+            Backend::Maildir(m) => m
+                .ids()?
+                .into_iter()
+                .map(|id| Ok((id, m.read(id)?.env)))
+                .collect(),
+        }
+    }
+
+    fn read(&self, id: u64) -> Result<Vec<u8>, QueueError> {
+        match self {
+            Backend::Slots(q) => q.read(id),
+            Backend::Maildir(m) => Ok(m.read(id)?.body),
+        }
+    }
+
+    fn delete(&mut self, id: u64) -> Result<(), QueueError> {
+        match self {
+            Backend::Slots(q) => q.delete(id),
+            Backend::Maildir(m) => Ok(m.delete(id)?),
+        }
+    }
+
+    fn describe(&self, spec: &str) -> String {
+        match self {
+            Backend::Slots(q) => q.device().describe(),
+            Backend::Maildir(_) => spec.to_string(),
+        }
+    }
+
+    fn into_store(self) -> Arc<dyn Store> {
+        match self {
+            Backend::Slots(q) => Arc::new(Workers::start(q)),
+            Backend::Maildir(m) => Arc::new(m),
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let opts = vsic_storage::OpenOptions {
-        polling: cli.poll,
-        ..vsic_storage::OpenOptions::default()
-    };
-    let dev = vsic_storage::open(&cli.dev, &opts)?;
-    let workers = match &cli.cmd {
-        Cmd::Serve { workers, .. } | Cmd::Bench { workers, .. } => (*workers).max(1),
-        _ => 1,
-    };
-    if let Cmd::Bench { .. } = cli.cmd {
-        // A fresh queue: without a superblock the device is formatted.
-        dev.write_at(0, &[0u8; vsic_mailq::layout::BLOCK])?;
-        dev.flush()?;
-    }
-    let mut q = Queue::open(dev, workers)?;
-    if q.torn > 0 {
-        log::warn!("{} torn slots ignored", q.torn);
-    }
+    let mut q = Backend::open(&cli)?;
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Serve {
@@ -118,7 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let listener = TcpListener::bind(&smtp)?;
             eprintln!(
                 "vsic-mailq: {} messages queued on {}; SMTP on {} with {workers} workers",
-                q.len(),
+                q.len()?,
                 cli.dev,
                 listener.local_addr()?
             );
@@ -126,17 +202,17 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 max_size,
                 ..ServeOptions::default()
             };
-            vsic_mailq::serve(q, listener, opts)?;
+            vsic_mailq::serve_store(q.into_store(), listener, opts)?;
         }
         Cmd::List { json } => {
             let mut items = Vec::new();
-            for e in q.list() {
+            for (id, env) in q.list()? {
+                let body = q.read(id)?;
                 if json {
-                    let body = q.read(e.id)?;
                     items.push(serde_json::json!({
-                        "id": e.id,
-                        "from": e.env.from,
-                        "to": e.env.to,
+                        "id": id,
+                        "from": env.from,
+                        "to": env.to,
                         "size": body.len(),
                         "sha256": sha256_hex(&body),
                     }));
@@ -144,10 +220,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     writeln!(
                         out,
                         "{} {} <{}> {}",
-                        e.id,
-                        e.header.body_len,
-                        e.env.from,
-                        e.env.to.join(",")
+                        id,
+                        body.len(),
+                        env.from,
+                        env.to.join(",")
                     )?;
                 }
             }
@@ -174,10 +250,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             let listener = TcpListener::bind("127.0.0.1:0")?;
             let addr = listener.local_addr()?;
-            let describe = q.device().describe();
+            let describe = q.describe(&cli.dev);
+            let store = q.into_store();
             std::thread::spawn(move || {
-                vsic_mailq::serve(
-                    q,
+                vsic_mailq::serve_store(
+                    store,
                     listener,
                     ServeOptions {
                         max_size: size.max(1 << 20),
@@ -196,14 +273,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 r.p99.as_micros()
             )?;
         }
-        Cmd::Dequeue => match q.dequeue()? {
-            Some((e, body)) => {
-                eprintln!(
-                    "id={} from=<{}> to={}",
-                    e.id,
-                    e.env.from,
-                    e.env.to.join(",")
-                );
+        Cmd::Dequeue => match q.list()?.into_iter().next() {
+            Some((id, env)) => {
+                let body = q.read(id)?;
+                q.delete(id)?;
+                eprintln!("id={id} from=<{}> to={}", env.from, env.to.join(","));
                 out.write_all(&body)?;
             }
             None => return Ok(ExitCode::FAILURE),

@@ -32,6 +32,8 @@ pub enum QueueError {
     Damaged(u64),
     #[error("the durable write failed: {0}")]
     CommitFailed(String),
+    #[error(transparent)]
+    Maildir(#[from] crate::maildir::MaildirError),
 }
 
 /// A message as received: envelope and content.

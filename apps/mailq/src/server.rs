@@ -1,7 +1,8 @@
 //! The receiving side: per-worker threads that place messages in their own
 //! slot sets (no locks between workers), one committer thread that drives
 //! the device and makes every batch durable (group commit across workers),
-//! and a thread per SMTP session.
+//! and a thread per SMTP session. Sessions reach the queue through
+//! [`Store`], so the same front serves the Maildir baseline.
 
 use std::net::TcpListener;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use vsic_storage::BlockDevice;
 
+use crate::maildir::Maildir;
 use crate::queue::{write_durably, Message, Queue, QueueError, WorkerSlots, Write};
 use crate::smtp;
 
@@ -32,6 +34,25 @@ impl Default for ServeOptions {
 
 /// Answer to an enqueue: the id once durable.
 pub type EnqueueReply = Result<u64, QueueError>;
+
+/// What the SMTP front stores messages in.
+pub trait Store: Send + Sync {
+    /// Stores `msg` on behalf of session `session`; returns once durable.
+    fn enqueue(&self, session: usize, msg: Message) -> EnqueueReply;
+}
+
+impl Store for Workers {
+    fn enqueue(&self, session: usize, msg: Message) -> EnqueueReply {
+        Workers::enqueue(self, session, msg)
+    }
+}
+
+/// The Maildir baseline: every session writes its own files, in parallel.
+impl Store for Maildir {
+    fn enqueue(&self, _session: usize, msg: Message) -> EnqueueReply {
+        Ok(Maildir::enqueue(self, &msg)?)
+    }
+}
 
 struct Enqueue {
     msg: Message,
@@ -157,7 +178,15 @@ fn committer(dev: Box<dyn BlockDevice>, rx: Receiver<Batch>) {
 /// Accepts SMTP sessions on `listener` forever, session `i` on worker
 /// `i % workers`.
 pub fn serve(q: Queue, listener: TcpListener, opts: ServeOptions) -> std::io::Result<()> {
-    let workers = Workers::start(q);
+    serve_store(Arc::new(Workers::start(q)), listener, opts)
+}
+
+/// Accepts SMTP sessions on `listener` forever, storing into `store`.
+pub fn serve_store(
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    opts: ServeOptions,
+) -> std::io::Result<()> {
     let opts = Arc::new(opts);
     for (i, conn) in listener.incoming().enumerate() {
         let conn = match conn {
@@ -167,11 +196,10 @@ pub fn serve(q: Queue, listener: TcpListener, opts: ServeOptions) -> std::io::Re
                 continue;
             }
         };
-        let workers = workers.clone();
+        let store = store.clone();
         let opts = opts.clone();
         std::thread::spawn(move || {
-            let w = i % workers.count();
-            if let Err(e) = smtp::session(conn, &opts, |msg| workers.enqueue(w, msg)) {
+            if let Err(e) = smtp::session(conn, &opts, |msg| store.enqueue(i, msg)) {
                 log::debug!("session {i}: {e}");
             }
         });

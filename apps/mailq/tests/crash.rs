@@ -149,6 +149,11 @@ fn kill_serve_under_smtp_load_on_file() {
 }
 
 #[test]
+fn kill_serve_under_smtp_load_on_maildir() {
+    serve_kill(&Backend::maildir("serve-maildir"));
+}
+
+#[test]
 fn kill_serve_under_smtp_load_on_vsa() {
     serve_kill(&Backend::vsa("mailq-serve", 64 << 20));
 }

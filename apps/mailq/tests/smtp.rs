@@ -1,7 +1,8 @@
 //! An SMTP session against `vsic-mailq serve` on a file: every reply code
 //! the receiver gives (220, 250, 354, 221, 500, 501, 503, 552), PIPELINING,
 //! SIZE, dot-stuffing undone, and a client cut off mid-DATA leaving nothing
-//! behind; then `list --json` and `show` prove what was stored.
+//! behind; then `list --json` and `show` prove what was stored. The same
+//! session runs against the slot queue on a file and the Maildir baseline.
 
 mod common;
 
@@ -9,7 +10,15 @@ use common::{body, dot_stuff, sha256_hex, Backend, Client};
 
 #[test]
 fn smtp_session_reply_codes_and_stored_message() {
-    let b = Backend::file("smtp", 16 << 20);
+    smtp_session(&Backend::file("smtp", 16 << 20));
+}
+
+#[test]
+fn smtp_session_reply_codes_and_stored_message_on_maildir() {
+    smtp_session(&Backend::maildir("smtp-maildir"));
+}
+
+fn smtp_session(b: &Backend) {
     let mut server = b.serve(&["--workers", "2", "--max-size", "20000"]);
     let (mut c, greet) = Client::connect(server.addr).unwrap();
     assert_eq!(greet, 220);
@@ -131,7 +140,15 @@ fn smtp_session_reply_codes_and_stored_message() {
 /// key=value line; what it sent is then in the queue, whole.
 #[test]
 fn bench_sends_what_it_reports() {
-    let b = Backend::file("bench", 16 << 20);
+    bench_sends(&Backend::file("bench", 16 << 20));
+}
+
+#[test]
+fn bench_sends_what_it_reports_on_maildir() {
+    bench_sends(&Backend::maildir("bench-maildir"));
+}
+
+fn bench_sends(b: &Backend) {
     {
         // One message queued before: bench erases it.
         let server = b.serve(&[]);

@@ -4,75 +4,27 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+#[path = "../../../test-support/backend.rs"]
+mod backend;
 #[path = "../../../../device-backend/tests/common/daemon.rs"]
 mod daemon;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub use backend::{free_addr, Backend, Server};
+#[allow(unused_imports)] // not every test file uses each of them
 pub use daemon::{Daemon, ScratchDir, Setup};
 use vsic_kv::{Store, StoreOptions};
 
 pub const KV: &str = env!("CARGO_BIN_EXE_vsic-kv");
 
-/// Where a test's store lives.
-pub struct Backend {
-    pub spec: String,
-    pub dir: ScratchDir,
-    /// Keeps vsicd running for vhost-user backends.
-    pub daemon: Option<Daemon>,
-}
-
 impl Backend {
-    /// A fresh file of `size` bytes.
-    pub fn file(tag: &str, size: u64) -> Backend {
-        let dir = ScratchDir::new(tag);
-        let path = dir.path("kv.img");
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len(size))
-            .expect("create the store file");
-        Backend {
-            spec: format!("file:{}", path.display()),
-            dir,
-            daemon: None,
-        }
-    }
-
-    /// A fresh VSA of `size` bytes, attached in slot 0 of VSIC 0 of a real
-    /// vsicd.
-    pub fn vsa(tag: &str, size: u64) -> Backend {
-        Backend::vsa_cache(tag, size, false)
-    }
-
-    /// The same, vsicd in write-through mode when `write_through` (its
-    /// functions offer no FLUSH; the store sends none).
-    pub fn vsa_cache(tag: &str, size: u64, write_through: bool) -> Backend {
-        let d = Daemon::start_with(
-            tag,
-            Setup {
-                vsics: 1,
-                queues: 1,
-                drives: vec!["256M"],
-                write_through,
-                ..Setup::default()
-            },
-        );
-        let admin = vsic::admin::AdminClient::open(&d.pf_spec()).expect("open the PF");
-        let v = admin.vsa_create(size, 1).expect("create the VSA");
-        admin.attach(0, 0, &v.token, false).expect("attach the VSA");
-        drop(admin);
-        Backend {
-            spec: d.vsic_spec(0),
-            dir: ScratchDir::new(&format!("{tag}-scratch")),
-            daemon: Some(d),
-        }
-    }
-
     /// Opens the store in this process (after the tool was killed).
     pub fn open(&self) -> Store {
         let opts = vsic_storage::OpenOptions {
@@ -119,7 +71,7 @@ impl Backend {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn vsic-kv serve");
-        Server::wait_ready(child, addr)
+        Server::wait_ready(child, addr, answers_ping)
     }
 }
 
@@ -127,52 +79,10 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A loopback address nobody listens on (right now).
-pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// A server process (vsic-kv or redis-server); SIGKILLed on drop.
-pub struct Server {
-    pub child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Server {
-    pub fn wait_ready(mut child: Child, addr: SocketAddr) -> Server {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("server exited during start-up: {st}");
-            }
-            if let Ok(mut s) = TcpStream::connect(addr) {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut b = [0u8; 7];
-                    if s.read_exact(&mut b).is_ok() && &b == b"+PONG\r\n" {
-                        return Server { child, addr };
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server on {addr} not ready within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Whether a RESP server on `s` answers PING (vsic-kv or redis-server).
+pub fn answers_ping(mut s: TcpStream) -> bool {
+    let mut b = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"+PONG\r\n"
 }
 
 /// The value a load client writes: derived from key and version, so a

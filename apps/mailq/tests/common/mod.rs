@@ -4,62 +4,33 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+#[path = "../../../test-support/backend.rs"]
+mod backend;
 #[path = "../../../../device-backend/tests/common/daemon.rs"]
 mod daemon;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
+use std::process::{Command, Output, Stdio};
+
+pub use backend::{free_addr, Backend, Server};
+#[allow(unused_imports)] // not every test file uses each of them
 pub use daemon::{Daemon, ScratchDir, Setup};
 #[allow(unused_imports)] // not every test file drives SMTP itself
 pub use vsic_mailq::client::{dot_stuff, Client};
 
 pub const MAILQ: &str = env!("CARGO_BIN_EXE_vsic-mailq");
 
-/// Where a test's queue lives.
-pub struct Backend {
-    pub spec: String,
-    pub dir: ScratchDir,
-    /// Keeps vsicd running for vhost-user backends.
-    pub daemon: Option<Daemon>,
-}
-
 impl Backend {
-    /// A fresh file of `size` bytes.
-    pub fn file(tag: &str, size: u64) -> Backend {
+    /// A fresh Maildir-style queue directory (the kernel-path baseline).
+    pub fn maildir(tag: &str) -> Backend {
         let dir = ScratchDir::new(tag);
-        let path = dir.path("mailq.img");
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len(size))
-            .expect("create the queue file");
+        let path = dir.path("maildir");
         Backend {
-            spec: format!("file:{}", path.display()),
+            spec: format!("maildir:{}", path.display()),
             dir,
+            image: None,
             daemon: None,
-        }
-    }
-
-    /// A fresh VSA of `size` bytes in slot 0 of VSIC 0 of a real vsicd.
-    pub fn vsa(tag: &str, size: u64) -> Backend {
-        let d = Daemon::start_with(
-            tag,
-            Setup {
-                vsics: 1,
-                queues: 1,
-                drives: vec!["256M"],
-                ..Setup::default()
-            },
-        );
-        let admin = vsic::admin::AdminClient::open(&d.pf_spec()).expect("open the PF");
-        let v = admin.vsa_create(size, 1).expect("create the VSA");
-        admin.attach(0, 0, &v.token, false).expect("attach the VSA");
-        drop(admin);
-        Backend {
-            spec: d.vsic_spec(0),
-            dir: ScratchDir::new(&format!("{tag}-scratch")),
-            daemon: Some(d),
         }
     }
 
@@ -114,7 +85,10 @@ impl Backend {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn vsic-mailq serve");
-        Server::wait_ready(child, addr)
+        Server::wait_ready(child, addr, |s| {
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("220 ")
+        })
     }
 }
 
@@ -125,52 +99,6 @@ pub struct Listed {
     pub to: Vec<String>,
     pub size: u64,
     pub sha256: String,
-}
-
-pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// A `vsic-mailq serve` process; SIGKILLed on drop.
-pub struct Server {
-    pub child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Server {
-    fn wait_ready(mut child: Child, addr: SocketAddr) -> Server {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("server exited during start-up: {st}");
-            }
-            if let Ok(s) = TcpStream::connect(addr) {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut line = String::new();
-                if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("220 ") {
-                    return Server { child, addr };
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server on {addr} not ready within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL, and reap.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A message body of about `len` bytes, CRLF lines, some starting with a

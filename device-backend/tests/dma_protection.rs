@@ -350,3 +350,41 @@ fn an_enforced_vsic_comes_back_enforced_with_no_windows_after_a_restart() {
     assert_eq!(buf.as_slice(), &[0x33; 4096][..]);
     assert!(violations(&admin, 0) > before);
 }
+
+/// A VSIC's frontend leaving (its QEMU gone: the guest shut down, rebooted
+/// into a new QEMU, or is reconnecting) takes the VSIC's windows along:
+/// they name memory of a guest that may be gone. The mode stays, so the
+/// next frontend finds an enforced VSIC with nothing it may reach.
+#[test]
+fn a_vsics_windows_go_when_its_frontend_leaves_and_the_mode_stays() {
+    let d = daemon("dma-frontend");
+    let admin = d.admin();
+    let drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let (start, end) = region(&drv);
+    admin
+        .dma_window_add(0, start, end - start, RW)
+        .expect("window");
+    admin.dma_set_mode(0, DmaMode::Enforced).expect("enforce");
+    admin.dma_window_add(1, start, 4096, RW).expect("VSIC 1");
+    drop(drv);
+    // The disconnect is noticed asynchronously.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while admin.dma_windows(0).unwrap().1.len() == 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(admin.dma_windows(0).unwrap(), (DmaMode::Enforced, vec![]));
+    // Another VSIC's windows are its own business: its frontend stayed.
+    assert_eq!(admin.dma_windows(1).unwrap().1.len(), 1);
+    // The next frontend, even at the same addresses, reaches nothing.
+    let before = violations(&admin, 0);
+    let mut drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let mut buf = drv.alloc(4096);
+    buf.as_mut_slice().fill(0x33);
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[writable(&buf, 4096)], true);
+    assert!(
+        drv.wait(&sent, QUIET).is_none(),
+        "the old windows served the next frontend"
+    );
+    assert_eq!(buf.as_slice(), &[0x33; 4096][..]);
+    assert!(violations(&admin, 0) > before);
+}

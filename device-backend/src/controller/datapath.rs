@@ -13,7 +13,7 @@ use vsic_abi::window;
 
 use super::runtime::VsicRuntime;
 use super::stats::bump;
-use super::target::{DmaPolicy, IoBuffers, IoError, IoKind, IoTarget};
+use super::target::{DmaPolicy, DmaWindows, IoBuffers, IoError, IoKind, IoTarget};
 use super::vsa::{map_range, Segments};
 use super::Controller;
 
@@ -301,6 +301,17 @@ impl IoTarget for Controller {
 
     fn dma_policy(&self, vsic: u32) -> DmaPolicy {
         self.vsics.get(vsic as usize).and_then(|rt| rt.dma.policy())
+    }
+
+    fn frontend_left(&self, vsic: u32) {
+        let Ok(rt) = self.runtime(vsic) else {
+            return;
+        };
+        let dropped = rt.dma.windows().windows().len();
+        rt.dma.set_windows(DmaWindows::default());
+        if dropped > 0 {
+            log::info!("VSIC {vsic}: its frontend left; {dropped} DMA window(s) dropped");
+        }
     }
 
     fn dma_violation(&self, vsic: u32, queue: u16, addr: u64, len: u64) {

@@ -115,6 +115,12 @@ pub trait IoTarget: Send + Sync {
     /// protection violation) and logs it, rate-limited.
     fn dma_violation(&self, vsic: u32, queue: u16, addr: u64, len: u64);
 
+    /// VSIC `vsic`'s frontend left (its QEMU is gone, or reconnects): the
+    /// VSIC's DMA windows go, since they name memory of a guest that may
+    /// be gone; its mode stays. The control plane of the next frontend's
+    /// guest grants windows afresh.
+    fn frontend_left(&self, vsic: u32);
+
     /// Makes every completed write of every VSIC durable, whatever the
     /// VSICs' state (a clean shutdown; not a guest request).
     fn sync_all(&self) -> std::io::Result<()>;

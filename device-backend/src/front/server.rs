@@ -233,6 +233,7 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
         }
         if let Function::Vsic(vsic) = state.function {
             state.notifiers.set(vsic, None);
+            state.target.frontend_left(vsic);
         }
         let session = backend.watch();
         backend.stop_workers();

@@ -14,6 +14,7 @@ use vsic::transport::Transport;
 use vsic::virtqueue::Buf;
 use vsic::DmaBuffer;
 use vsic_abi::admin::{DmaMode, FLAG_DMA_READ, FLAG_DMA_WRITE, MAX_DMA_WINDOWS};
+use vsic_abi::records::DmaWindow;
 use vsic_abi::virtio::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vsic_abi::AdminStatus;
 
@@ -359,6 +360,8 @@ fn an_enforced_vsic_comes_back_enforced_with_no_windows_after_a_restart() {
 fn a_vsics_windows_go_when_its_frontend_leaves_and_the_mode_stays() {
     let d = daemon("dma-frontend");
     let admin = d.admin();
+    // The rest of the guest: VSIC 1's frontend stays throughout.
+    let _rest = RawDriver::open(&d.vsic_socket(1), 4 << 20, 16);
     let drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
     let (start, end) = region(&drv);
     admin
@@ -387,4 +390,46 @@ fn a_vsics_windows_go_when_its_frontend_leaves_and_the_mode_stays() {
     );
     assert_eq!(buf.as_slice(), &[0x33; 4096][..]);
     assert!(violations(&admin, 0) > before);
+}
+
+/// When the last frontend leaves (the PF's and every VSIC's: the guest's
+/// QEMU is gone), no guest holds any VSIC: every VSIC goes back to open mode
+/// with no windows, committed, for the kernel of whatever guest boots next
+/// (the control plane enforces a VSIC again when it hands it to a user).
+/// While one frontend stays, the others' modes stay.
+#[test]
+fn the_last_frontend_leaving_opens_every_vsic_for_the_next_guest() {
+    let mut d = daemon("dma-all-gone");
+    let admin = d.admin();
+    admin.dma_set_mode(0, DmaMode::Enforced).expect("enforce 0");
+    admin.dma_set_mode(1, DmaMode::Enforced).expect("enforce 1");
+    admin.dma_window_add(1, 0, 4096, RW).expect("window");
+    let window = DmaWindow {
+        start: 0,
+        len: 4096,
+        flags: RW,
+    };
+    let vsic0 = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let vsic1 = RawDriver::open(&d.vsic_socket(1), 4 << 20, 16);
+    drop(vsic0);
+    std::thread::sleep(QUIET);
+    // VSIC 1's frontend is still there: its guest runs.
+    assert_eq!(admin.dma_windows(0).unwrap(), (DmaMode::Enforced, vec![]));
+    assert_eq!(
+        admin.dma_windows(1).unwrap(),
+        (DmaMode::Enforced, vec![window])
+    );
+    drop(vsic1);
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while admin.dma_windows(0).unwrap().0 == DmaMode::Enforced
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(admin.dma_windows(0).unwrap(), (DmaMode::Open, vec![]));
+    assert_eq!(admin.dma_windows(1).unwrap(), (DmaMode::Open, vec![]));
+    // Committed: a restart keeps it.
+    drop(admin);
+    d.restart();
+    assert_eq!(d.admin().dma_windows(0).unwrap().0, DmaMode::Open);
 }

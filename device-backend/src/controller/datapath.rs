@@ -5,6 +5,7 @@
 //! in bounds, writable) while holding the VSIC's slot read lock and the
 //! VSA's map read lock for the whole transfer; no controller-wide lock.
 
+use std::sync::atomic::Ordering;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -135,6 +136,37 @@ impl Controller {
             } else {
                 log::error!("VSIC {vsic} queue {queue}: {what} at {offset:#x} failed: {e:?}{more}");
             }
+        }
+    }
+}
+
+impl Controller {
+    /// No VSIC has a frontend: every VSIC to open mode (committed), no
+    /// windows. See [`IoTarget::frontend_left`].
+    fn open_every_vsic(&self) {
+        let mut plane = self.plane();
+        // A frontend may have come meanwhile: then its guest is running.
+        if self.vsic_frontends.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        let mut next = plane.state.clone();
+        let mut opened = 0;
+        for rec in &mut next.vsics {
+            if rec.dma_enforced {
+                rec.dma_enforced = false;
+                opened += 1;
+            }
+        }
+        if let Err(e) = self.commit(&mut plane, next) {
+            log::error!("no VSIC has a frontend; opening the enforced ones failed: {e:?}");
+        } else if opened > 0 {
+            log::info!(
+                "no VSIC has a frontend (the guest is gone): {opened} enforced VSIC(s) back to \
+                 open DMA mode for the next guest's kernel"
+            );
+        }
+        for rt in &self.vsics {
+            rt.dma.set_windows(DmaWindows::default());
         }
     }
 }
@@ -303,14 +335,21 @@ impl IoTarget for Controller {
         self.vsics.get(vsic as usize).and_then(|rt| rt.dma.policy())
     }
 
+    fn frontend_joined(&self, _vsic: u32) {
+        self.vsic_frontends.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn frontend_left(&self, vsic: u32) {
-        let Ok(rt) = self.runtime(vsic) else {
-            return;
-        };
-        let dropped = rt.dma.windows().windows().len();
-        rt.dma.set_windows(DmaWindows::default());
-        if dropped > 0 {
-            log::info!("VSIC {vsic}: its frontend left; {dropped} DMA window(s) dropped");
+        if let Ok(rt) = self.runtime(vsic) {
+            let dropped = rt.dma.windows().windows().len();
+            rt.dma.set_windows(DmaWindows::default());
+            if dropped > 0 {
+                log::info!("VSIC {vsic}: its frontend left; {dropped} DMA window(s) dropped");
+            }
+        }
+        let was = self.vsic_frontends.fetch_sub(1, Ordering::SeqCst);
+        if was == 1 {
+            self.open_every_vsic();
         }
     }
 

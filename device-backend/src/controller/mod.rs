@@ -124,6 +124,8 @@ pub struct Controller {
     drives: Vec<Arc<Drive>>,
     vsics: Vec<VsicRuntime>,
     admin: Mutex<AdminPlane>,
+    /// VSIC frontends connected now (see `IoTarget::frontend_left`).
+    vsic_frontends: std::sync::atomic::AtomicUsize,
 }
 
 /// Everything admin commands change, behind the admin mutex.
@@ -178,6 +180,7 @@ impl Controller {
                 store: opened.store,
                 handles,
             }),
+            vsic_frontends: Default::default(),
         };
         // Finish zeroing extents a previous run freed but did not zero yet.
         {

@@ -222,6 +222,9 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
             continue;
         }
         info!("{name}: frontend connected");
+        if let Function::Vsic(vsic) = state.function {
+            state.target.frontend_joined(vsic);
+        }
         match daemon.wait() {
             Ok(())
             | Err(DaemonError::HandleRequest(

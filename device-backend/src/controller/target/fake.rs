@@ -127,6 +127,13 @@ impl IoTarget for FakeTarget {
         self.dma.lock().unwrap().clone().map(Arc::new)
     }
 
+    fn frontend_joined(&self, vsic: u32) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("frontend joined {vsic}"));
+    }
+
     fn frontend_left(&self, vsic: u32) {
         self.calls
             .lock()

@@ -433,3 +433,85 @@ fn the_last_frontend_leaving_opens_every_vsic_for_the_next_guest() {
     d.restart();
     assert_eq!(d.admin().dma_windows(0).unwrap().0, DmaMode::Open);
 }
+
+/// Bad windows that are still accepted do no harm: a window outside the
+/// memory the guest shared grants nothing (the buffer is refused by the
+/// memory map, nothing is touched and the daemon goes on serving); a
+/// buffer spanning two adjacent windows is refused; a window enclosing one
+/// already there is an overlap; a removed window can be added again.
+#[test]
+fn windows_outside_guest_memory_or_split_buffers_grant_nothing() {
+    let d = daemon("dma-outside");
+    let admin = d.admin();
+    let mut drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let (start, end) = region(&drv);
+    // The shared memory, and 16 MiB past its end where nothing is mapped.
+    admin
+        .dma_window_add(0, start, end - start, RW)
+        .expect("window over the shared memory");
+    admin
+        .dma_window_add(0, end + (16 << 20), 1 << 20, RW)
+        .expect("a window outside guest memory is accepted");
+    refused(
+        admin.dma_window_add(0, start - 0x1000, end - start + 0x2000, RW),
+        AdminStatus::WindowOverlap,
+        "a window enclosing another",
+    );
+    admin.dma_set_mode(0, DmaMode::Enforced).expect("enforce");
+    let before = violations(&admin, 0);
+
+    // Data-in aimed at the window outside guest memory.
+    let outside = Buf {
+        iova: end + (16 << 20),
+        len: 4096,
+        device_writes: true,
+    };
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[outside], true);
+    let done = drv.wait(&sent, IO_TIMEOUT).expect("completion");
+    assert_ne!(done.status, VIRTIO_BLK_S_OK, "{done:?}");
+    assert_eq!(done.used.len, 0, "{done:?}");
+    assert_eq!(
+        violations(&admin, 0),
+        before,
+        "inside a window: not a violation"
+    );
+
+    // Split the shared memory into two adjacent windows around a buffer.
+    let buf = drv.alloc(8192);
+    let mid = buf.iova() + 4096;
+    admin
+        .dma_window_remove(0, start, end - start)
+        .expect("remove");
+    cover_except(&admin, 0, (start, end), mid, 0);
+    let spanning = writable(&buf, 8192);
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[spanning], true);
+    let done = drv.wait(&sent, IO_TIMEOUT).expect("completion");
+    assert_eq!(done.status, VIRTIO_BLK_S_IOERR, "a buffer over two windows");
+    assert_eq!(violations(&admin, 0), before + 1);
+    // Each half on its own is fine.
+    let half = Buf {
+        iova: buf.iova(),
+        len: 4096,
+        device_writes: true,
+    };
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[half], true);
+    assert_eq!(
+        drv.wait(&sent, IO_TIMEOUT).expect("half").status,
+        VIRTIO_BLK_S_OK
+    );
+    // Removed and added again: the whole region is one window once more.
+    admin
+        .dma_window_remove(0, start, mid - start)
+        .expect("remove low");
+    admin
+        .dma_window_remove(0, mid, end - mid)
+        .expect("remove high");
+    admin
+        .dma_window_add(0, start, end - start, RW)
+        .expect("added again");
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[writable(&buf, 8192)], true);
+    assert_eq!(
+        drv.wait(&sent, IO_TIMEOUT).expect("whole").status,
+        VIRTIO_BLK_S_OK
+    );
+}

@@ -856,6 +856,33 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_holding_windows_is_not_closed_for_being_idle() {
+        let limits = Limits {
+            idle: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let service = Arc::new(Service::with_limits(FakeAuthority::new(), 1 << 20, limits));
+        let (client_end, service_end) = socket::pair().unwrap();
+        let s = Arc::clone(&service);
+        let thread = std::thread::spawn(move || s.serve_connection(service_end));
+        let client = ControlClient::from_socket(client_end);
+        let registered = client.dma_register(1, &own_memory());
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            assert!(registered.is_err(), "a user registered its own memory");
+            return;
+        }
+        registered.unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        // Still the same connection (a new one would hold nothing).
+        assert_eq!(client.dma_unregister().unwrap(), vec![(0x10_0000, 0x2000)]);
+        // Holding nothing now: idle closes it.
+        std::thread::sleep(Duration::from_millis(1000));
+        drop(client);
+        thread.join().unwrap();
+    }
+
+    #[test]
     fn pages_coalesce_into_sorted_runs() {
         let p = 0x20_0000;
         assert_eq!(

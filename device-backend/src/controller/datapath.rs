@@ -142,12 +142,12 @@ impl Controller {
 
 impl Controller {
     /// No VSIC has a frontend: every VSIC to open mode (committed), no
-    /// windows. See [`IoTarget::frontend_left`].
-    fn open_every_vsic(&self) {
+    /// windows. See [`IoTarget::frontend_left`]. False when a frontend came
+    /// meanwhile (its guest runs: nothing changed).
+    fn open_every_vsic(&self) -> bool {
         let mut plane = self.plane();
-        // A frontend may have come meanwhile: then its guest is running.
         if self.vsic_frontends.load(Ordering::SeqCst) != 0 {
-            return;
+            return false;
         }
         let mut next = plane.state.clone();
         let mut opened = 0;
@@ -168,6 +168,7 @@ impl Controller {
         for rt in &self.vsics {
             rt.dma.set_windows(DmaWindows::default());
         }
+        true
     }
 }
 
@@ -340,16 +341,17 @@ impl IoTarget for Controller {
     }
 
     fn frontend_left(&self, vsic: u32) {
+        // The last one: every VSIC's windows and modes in one step, under
+        // the admin lock (an admin command sees them before or after).
+        if self.vsic_frontends.fetch_sub(1, Ordering::SeqCst) == 1 && self.open_every_vsic() {
+            return;
+        }
         if let Ok(rt) = self.runtime(vsic) {
             let dropped = rt.dma.windows().windows().len();
             rt.dma.set_windows(DmaWindows::default());
             if dropped > 0 {
                 log::info!("VSIC {vsic}: its frontend left; {dropped} DMA window(s) dropped");
             }
-        }
-        let was = self.vsic_frontends.fetch_sub(1, Ordering::SeqCst);
-        if was == 1 {
-            self.open_every_vsic();
         }
     }
 

@@ -7,7 +7,9 @@
 //!   act on any VSIC.
 //! * Detach: the peer must own the VSIC.
 //! * DMA memory: the peer must own some VSIC; each request is bounded.
-//!   Its VSICs are let reach the pages handed out ([`Authority::grant_dma`]).
+//!   Its VSICs are let reach the pages handed out ([`Authority::grant_dma`]);
+//!   the service keeps a reference to that memory while the user owns a
+//!   VSIC, so freed pages never go to anyone else while windows name them.
 //! * DMA registration: only root may register huge pages it allocated and
 //!   pinned itself; the VSIC named is let reach exactly those pages until
 //!   the connection unregisters them or closes ([`Session`]).
@@ -181,6 +183,11 @@ pub struct Service<A: Authority> {
     max_dma: u64,
     limits: Limits,
     admissions: Arc<Admissions>,
+    /// A reference to each huge-page file handed to a user (uid, file):
+    /// the pages stay allocated while the user owns a VSIC, whose windows
+    /// still name them after the user freed them; released once the user
+    /// owns none (a rebind or unbind removed the windows).
+    kept: Mutex<Vec<(u32, OwnedFd)>>,
 }
 
 fn refused(status: &str, message: impl Into<String>) -> Refusal {
@@ -198,6 +205,7 @@ impl<A: Authority> Service<A> {
             max_dma,
             limits,
             admissions: Arc::default(),
+            kept: Mutex::new(Vec::new()),
         }
     }
 
@@ -236,6 +244,27 @@ impl<A: Authority> Service<A> {
 
     pub fn authority(&self) -> &A {
         &self.authority
+    }
+
+    /// The huge-page files the service keeps (see [`Service`]), duplicated.
+    pub fn kept_dma(&self) -> Vec<OwnedFd> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .filter_map(|(_, fd)| fd.try_clone().ok())
+            .collect()
+    }
+
+    /// Lets go of the memory of users who own no VSIC any more.
+    fn release_unowned(&self) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let before = kept.len();
+        kept.retain(|(uid, _)| self.authority.owns_a_vsic(*uid));
+        if kept.len() < before {
+            info!(
+                "released {} handed-out DMA file(s) of users who own no VSIC any more",
+                before - kept.len()
+            );
+        }
     }
 
     /// Answers one request of a connection whose state is `session`. The
@@ -311,6 +340,7 @@ impl<A: Authority> Service<A> {
         request: &Request,
         mut fds: Vec<OwnedFd>,
     ) -> Result<(Reply, Option<OwnedFd>), Refusal> {
+        self.release_unowned();
         let expected_fds = usize::from(matches!(
             request,
             Request::Attach { .. } | Request::DmaLocate | Request::DmaRegister { .. }
@@ -385,7 +415,18 @@ impl<A: Authority> Service<A> {
                 let (fd, page_size, gpas) = self.authority.dma_memory(bytes)?;
                 // The VSICs of its owner may reach these pages, and only
                 // then does the owner get them (the memory is freed if not).
+                // Kept while the owner owns a VSIC: the windows granted next
+                // outlive the owner's use of the memory.
+                let keep = fd.try_clone().map_err(|e| {
+                    refused("dma", format!("keeping a reference to the memory: {e}"))
+                })?;
                 self.authority.grant_dma(peer.uid, page_size, &gpas)?;
+                if peer.uid != 0 {
+                    self.kept
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((peer.uid, keep));
+                }
                 info!(
                     "uid {} (pid {}): handed out {} page(s) of {page_size} bytes of DMA memory",
                     peer.uid,
@@ -642,6 +683,8 @@ mod tests {
     /// not handed to VFIO. Records what it was asked to do.
     struct FakeAuthority {
         me: u32,
+        /// Whether uid 1001 still owns VSIC 0.
+        alice_owns: std::sync::atomic::AtomicBool,
         calls: Mutex<Vec<String>>,
         slots: Mutex<HashMap<(u32, u32), u64>>,
     }
@@ -651,6 +694,7 @@ mod tests {
             FakeAuthority {
                 // SAFETY: getuid has no preconditions.
                 me: unsafe { libc::getuid() },
+                alice_owns: std::sync::atomic::AtomicBool::new(true),
                 calls: Mutex::new(Vec::new()),
                 slots: Mutex::new(HashMap::new()),
             }
@@ -670,7 +714,8 @@ mod tests {
             }
         }
         fn owns_a_vsic(&self, uid: u32) -> bool {
-            uid == 1001 || uid == self.me
+            (uid == 1001 && self.alice_owns.load(std::sync::atomic::Ordering::SeqCst))
+                || uid == self.me
         }
         fn attach(
             &self,
@@ -880,6 +925,46 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1000));
         drop(client);
         thread.join().unwrap();
+    }
+
+    /// Memory the service handed out stays allocated (the service keeps a
+    /// reference) while its owner owns a VSIC: her VSICs' windows still
+    /// name those pages after she freed them, so nobody else may get them
+    /// meanwhile. Once she owns no VSIC (unbind, rebind: windows cleared)
+    /// the service lets go.
+    #[test]
+    fn handed_out_memory_is_kept_while_its_owner_holds_a_vsic() {
+        let service = Service::new(FakeAuthority::new(), 1 << 20);
+        let alice = Peer { pid: 7, uid: 1001 };
+        let mut session = Session::default();
+        let ask = Request::Dma { bytes: 8192 }.encode();
+        let (reply, fd) = service.handle(alice, &mut session, &ask, vec![]);
+        assert!(matches!(reply, Reply::Dma { .. }), "{reply:?}");
+        let fd = fd.unwrap();
+        // SAFETY: fstat fills a plain struct for a valid descriptor.
+        let inode = |fd: &OwnedFd| unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd.as_raw_fd(), &mut st), 0);
+            st.st_ino
+        };
+        let handed = inode(&fd);
+        drop(fd);
+        assert_eq!(
+            service.kept_dma().iter().map(inode).collect::<Vec<_>>(),
+            vec![handed]
+        );
+        // Alice's VSIC is taken away; the next request lets go.
+        service
+            .authority()
+            .alice_owns
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let me = Peer {
+            pid: 8,
+            uid: service.authority().me,
+        };
+        let _ = service.handle(me, &mut session, &ask, vec![]);
+        let kept: Vec<_> = service.kept_dma().iter().map(inode).collect();
+        assert!(!kept.contains(&handed), "kept after alice lost her VSIC");
     }
 
     #[test]

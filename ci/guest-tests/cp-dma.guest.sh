@@ -2,7 +2,8 @@
 # DMA protection programmed by the control plane: a VSIC bound to alice is
 # enforced with no windows; the service adds windows for the DMA memory it
 # hands her, and her application works within them (no protection
-# violation counted). Rebinding to bob leaves no windows; the kernel's
+# violation counted); memory she freed goes to nobody else while her
+# windows name it. Rebinding to bob leaves no windows; the kernel's
 # driver gets the VSIC in open mode; unbinding leaves it enforced and empty.
 # launch: --vsics 2
 set -eu
@@ -26,6 +27,32 @@ as_user 1001 "vsic-check verify vsic:0 --slot 1 --len 1M --seed 5" || fail "alic
 [ "$(dma_windows_of 0)" -gt 0 ] || fail "the service added no window for alice's DMA memory"
 vsicctl vsic dma-window list --vsic 0
 [ "$(violations_of 0)" -eq 0 ] || fail "alice's own I/O counted as a violation"
+
+# (b) The memory alice had is freed now, but her windows still name it: it
+# goes to nobody else meanwhile. Bob, on VSIC 1, gets other pages.
+vsicctl vsa create --size 16M --cap /home/bob/data.cap
+chown 1002:1002 /home/bob/data.cap
+vsicctl vsic bind --vsic 1 --vfio --user bob
+as_user 1002 "vsicctl request-attach --vsic 1 --cap /home/bob/data.cap --slot 1"
+as_user 1002 "vsic-check write vsic:1 --slot 1 --len 1M --seed 6" || fail "bob's write failed"
+# windows N: "start len" per window of VSIC N, as decimal.
+windows() {
+    vsicctl vsic dma-window list --vsic "$1" | awk '$1 ~ /^0x/ { print $1, substr($2, 2) }' |
+        while read -r start len; do echo "$((start)) $((len))"; done
+}
+windows 0 >/tmp/alice.win
+windows 1 >/tmp/bob.win
+[ -s /tmp/alice.win ] && [ -s /tmp/bob.win ] || fail "no windows to compare"
+while read -r as al; do
+    while read -r bs bl; do
+        if [ "$as" -lt $((bs + bl)) ] && [ "$bs" -lt $((as + al)) ]; then
+            vsicctl vsic dma-window list --vsic 0
+            vsicctl vsic dma-window list --vsic 1
+            fail "bob's DMA memory lies in alice's windows"
+        fi
+    done </tmp/bob.win
+done </tmp/alice.win
+echo "alice's and bob's windows are disjoint"
 
 # (c) Rebinding to bob clears the windows; the kernel driver gets open mode.
 vsicctl vsic dma-window add --vsic 0 --start 0x10000000 --len 0x200000 --read --write

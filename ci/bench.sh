@@ -220,13 +220,31 @@ ctl() { timeout $CTL_TIMEOUT "$BIN/vsicctl" --vhost-user "$WORK/vsicd/pf.sock" "
 ctl vsa create --size $VSA_SIZE --cap "$WORK/bench.cap"
 ctl vsic attach --vsic 0 --cap "$WORK/bench.cap" --slot 0
 if [[ $dma -eq 1 ]]; then
-    # The same VSA behind VSIC 1, enforced, with one window over every
-    # address a client can share (a lookup costs the same whatever its size).
+    # The same VSA behind VSIC 1, enforced before each run (see run).
     wait_for_socket "$WORK/vsicd/vsic1.sock" "${pids[-1]}" vsicd
     ctl vsic attach --vsic 1 --cap "$WORK/bench.cap" --slot 0
-    ctl vsic dma-window add --vsic 1 --start 0 --len 0x4000000000000000 --read --write
-    ctl vsic dma-mode --vsic 1 enforced
 fi
+
+# enforce_dma: VSIC 1 enforced with one window over every address a client
+# can share (a lookup costs the same whatever its size). Done before each
+# run: a VSIC's windows go when its client (frontend) leaves, and every
+# VSIC goes back to open when no VSIC has a frontend, both as vsicd notices
+# the last run's client gone; so program, give vsicd a moment, and check
+# that it held.
+enforce_dma() {
+    local _ state
+    for _ in $(seq 20); do
+        "$BIN/vsicctl" --vhost-user "$WORK/vsicd/pf.sock" vsic dma-window add --vsic 1 \
+            --start 0 --len 0x4000000000000000 --read --write >/dev/null 2>&1 || true
+        ctl vsic dma-mode --vsic 1 enforced
+        sleep 0.2
+        state=$("$BIN/vsicctl" --vhost-user "$WORK/vsicd/pf.sock" vsic dma-window list --vsic 1 --json)
+        if grep -q '"dma_mode": "enforced"' <<<"$state" && [[ $(grep -c '"start"' <<<"$state") -eq 1 ]]; then
+            return 0
+        fi
+    done
+    die "VSIC 1 could not be put in enforced mode with its window: $state"
+}
 
 truncate -s $DRIVE_SIZE "$WORK/qsd.img"
 qemu-storage-daemon \
@@ -281,6 +299,7 @@ failures=0
 run() {
     local i line lines=()
     for ((i = 0; i < repeat; i++)); do
+        [[ $6 != vsicd-dma ]] || enforce_dma
         if line=$(timeout $RUN_TIMEOUT "$BENCH" --target-socket "${SOCKET[$6]}" --target-name "$6" \
             --case "$1" --qd "$2" --queues "$3" --bs "$4" --client "$5" \
             --seconds "$seconds" --warmup "$warmup" --mode "$mode" --size $REGION_BYTES); then

@@ -1,13 +1,17 @@
 #!/bin/sh
 # Handing a VSIC between drivers: vfio-pci for a user, then the kernel, then
 # no driver; never from under a user (an open VFIO group, a mounted disk);
-# and only by root.
+# and only by root. A root application using a VSIC bound to alice (in
+# enforced DMA mode) registers the huge pages it allocates itself with the
+# control-plane service, which lets the VSIC reach exactly those pages while
+# the application runs.
 # launch: --vsics 2
 set -eu
 # shellcheck source=ci/guest-tests/lib.sh
 . /vsic/lib.sh
 
 add_user alice 1001
+start_service
 addr=$(vsicctl functions --json | awk '/"address"/ { a = $2 } /"function": "vsic 0"/ { f = 1 } f && a { gsub(/[",]/, "", a); print a; exit }')
 
 vsicctl vsa create --size 16M --cap /root/vsa.cap
@@ -22,14 +26,19 @@ if as_user 1001 "vsicctl vsic unbind --vsic 0 --json" >/tmp/out 2>&1; then fail 
 grep -q '"status": "permission"' /tmp/out || { cat /tmp/out; fail "wrong refusal for alice"; }
 
 # While root's application has the group open, nobody takes the function.
+[ "$(dma_mode_of 0)" = enforced ] || fail "alice's VSIC is $(dma_mode_of 0), not enforced"
+[ "$(dma_windows_of 0)" -eq 0 ] || fail "alice's VSIC has windows before anyone got DMA memory"
 vsic-check loop vsic:0 --slot 1 --len 1M --seconds 8 >/tmp/app.out 2>&1 &
 app=$!
 sleep 3
 kill -0 $app || { cat /tmp/app.out; fail "the application stopped early"; }
+[ "$(dma_windows_of 0)" -gt 0 ] || fail "root's own DMA memory was not registered"
 if vsicctl vsic bind --vsic 0 --kernel --json >/tmp/out 2>&1; then fail "the function was taken from a running application"; fi
 grep -q "VFIO group is open" /tmp/out || { cat /tmp/out; fail "the refusal does not say why"; }
 if vsicctl vsic unbind --vsic 0 >/dev/null 2>&1; then fail "unbind took the function from a running application"; fi
 wait $app || { cat /tmp/app.out; fail "the application was disturbed"; }
+[ "$(violations_of 0)" -eq 0 ] || fail "root's I/O on its registered memory counted as a violation"
+[ "$(dma_windows_of 0)" -eq 0 ] || fail "root's windows stayed after its application closed"
 echo "refused while in use; the application finished: $(cat /tmp/app.out)"
 
 # Free now: to the kernel. Slot 0 is empty, so the disk is empty too.

@@ -2,8 +2,9 @@
 # Boots 2 and 3 of the persistence test (run by cp-reboot.host.sh): after a
 # guest reboot, and after a restart of the backend, the store mounts again
 # with its capability files, owners and modes; the controller lists the
-# same VSAs, tokens and attachments; the application's data is there; and
-# the stored capabilities still attach.
+# same VSAs, tokens and attachments; the application's data is there; the
+# stored capabilities still attach; and no DMA window of the boot before
+# is left.
 set -eu
 # shellcheck source=ci/guest-tests/lib.sh
 . /vsic/lib.sh
@@ -14,6 +15,13 @@ echo "boot ${VSIC_BOOT:-?}"
 
 store=/var/lib/vsic
 vsicctl store mount
+# The guest of the boot before is gone: none of its DMA windows is left
+# (alice's VSIC 0 had some), and every VSIC is open for this boot's kernel
+# until the control plane hands it to a user.
+for n in 0 1 2; do
+    [ "$(dma_windows_of $n)" -eq 0 ] || fail "VSIC $n kept DMA windows from the boot before"
+    [ "$(dma_mode_of $n)" = open ] || fail "VSIC $n is $(dma_mode_of $n) at boot, not open for the kernel"
+done
 [ -r $store/list.json ] || fail "the store lost list.json"
 ls -ln $store/caps/*/ >/tmp/caps.ls
 cmp /tmp/caps.ls $store/caps.ls || { cat /tmp/caps.ls; fail "capability files, owners or modes changed"; }

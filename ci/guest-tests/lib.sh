@@ -40,6 +40,23 @@ start_service() {
     [ -S /run/vsic/control.sock ] || fail "the control-plane service did not start"
 }
 
+# dma_mode_of N / dma_windows_of N: VSIC N's DMA mode and its number of
+# DMA windows.
+dma_mode_of() {
+    vsicctl vsic dma-mode --vsic "$1" --json | sed -n 's/.*"dma_mode": "\([a-z]*\)".*/\1/p'
+}
+dma_windows_of() {
+    vsicctl vsic dma-window list --vsic "$1" --json | grep -c '"start"' || true
+}
+
+# violations_of N: VSIC N's protection_violations (keys are sorted, so the
+# counter comes before the "vsic" key of the same VSIC).
+violations_of() {
+    vsicctl stats --json | awk -v n="$1" '
+        /"protection_violations":/ { gsub(/[^0-9]/, "", $2); v = $2 }
+        /"vsic":/ { gsub(/[^0-9]/, "", $2); if ($2 == n) { print v; exit } }'
+}
+
 # disk_with_serial SERIAL: the kernel disk (vdX) whose virtio serial is
 # SERIAL; fails (status 1) when there is none.
 disk_with_serial() {

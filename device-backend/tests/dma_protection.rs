@@ -14,6 +14,7 @@ use vsic::transport::Transport;
 use vsic::virtqueue::Buf;
 use vsic::DmaBuffer;
 use vsic_abi::admin::{DmaMode, FLAG_DMA_READ, FLAG_DMA_WRITE, MAX_DMA_WINDOWS};
+use vsic_abi::records::DmaWindow;
 use vsic_abi::virtio::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vsic_abi::AdminStatus;
 
@@ -349,4 +350,168 @@ fn an_enforced_vsic_comes_back_enforced_with_no_windows_after_a_restart() {
     );
     assert_eq!(buf.as_slice(), &[0x33; 4096][..]);
     assert!(violations(&admin, 0) > before);
+}
+
+/// A VSIC's frontend leaving (its QEMU gone: the guest shut down, rebooted
+/// into a new QEMU, or is reconnecting) takes the VSIC's windows along:
+/// they name memory of a guest that may be gone. The mode stays, so the
+/// next frontend finds an enforced VSIC with nothing it may reach.
+#[test]
+fn a_vsics_windows_go_when_its_frontend_leaves_and_the_mode_stays() {
+    let d = daemon("dma-frontend");
+    let admin = d.admin();
+    // The rest of the guest: VSIC 1's frontend stays throughout.
+    let _rest = RawDriver::open(&d.vsic_socket(1), 4 << 20, 16);
+    let drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let (start, end) = region(&drv);
+    admin
+        .dma_window_add(0, start, end - start, RW)
+        .expect("window");
+    admin.dma_set_mode(0, DmaMode::Enforced).expect("enforce");
+    admin.dma_window_add(1, start, 4096, RW).expect("VSIC 1");
+    drop(drv);
+    // The disconnect is noticed asynchronously.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while admin.dma_windows(0).unwrap().1.len() == 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(admin.dma_windows(0).unwrap(), (DmaMode::Enforced, vec![]));
+    // Another VSIC's windows are its own business: its frontend stayed.
+    assert_eq!(admin.dma_windows(1).unwrap().1.len(), 1);
+    // The next frontend, even at the same addresses, reaches nothing.
+    let before = violations(&admin, 0);
+    let mut drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let mut buf = drv.alloc(4096);
+    buf.as_mut_slice().fill(0x33);
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[writable(&buf, 4096)], true);
+    assert!(
+        drv.wait(&sent, QUIET).is_none(),
+        "the old windows served the next frontend"
+    );
+    assert_eq!(buf.as_slice(), &[0x33; 4096][..]);
+    assert!(violations(&admin, 0) > before);
+}
+
+/// When the last frontend leaves (the PF's and every VSIC's: the guest's
+/// QEMU is gone), no guest holds any VSIC: every VSIC goes back to open mode
+/// with no windows, committed, for the kernel of whatever guest boots next
+/// (the control plane enforces a VSIC again when it hands it to a user).
+/// While one frontend stays, the others' modes stay.
+#[test]
+fn the_last_frontend_leaving_opens_every_vsic_for_the_next_guest() {
+    let mut d = daemon("dma-all-gone");
+    let admin = d.admin();
+    admin.dma_set_mode(0, DmaMode::Enforced).expect("enforce 0");
+    admin.dma_set_mode(1, DmaMode::Enforced).expect("enforce 1");
+    admin.dma_window_add(1, 0, 4096, RW).expect("window");
+    let window = DmaWindow {
+        start: 0,
+        len: 4096,
+        flags: RW,
+    };
+    let vsic0 = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let vsic1 = RawDriver::open(&d.vsic_socket(1), 4 << 20, 16);
+    drop(vsic0);
+    std::thread::sleep(QUIET);
+    // VSIC 1's frontend is still there: its guest runs.
+    assert_eq!(admin.dma_windows(0).unwrap(), (DmaMode::Enforced, vec![]));
+    assert_eq!(
+        admin.dma_windows(1).unwrap(),
+        (DmaMode::Enforced, vec![window])
+    );
+    drop(vsic1);
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while admin.dma_windows(0).unwrap().0 == DmaMode::Enforced
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(admin.dma_windows(0).unwrap(), (DmaMode::Open, vec![]));
+    assert_eq!(admin.dma_windows(1).unwrap(), (DmaMode::Open, vec![]));
+    // Committed: a restart keeps it.
+    drop(admin);
+    d.restart();
+    assert_eq!(d.admin().dma_windows(0).unwrap().0, DmaMode::Open);
+}
+
+/// Bad windows that are still accepted do no harm: a window outside the
+/// memory the guest shared grants nothing (the buffer is refused by the
+/// memory map, nothing is touched and the daemon goes on serving); a
+/// buffer spanning two adjacent windows is refused; a window enclosing one
+/// already there is an overlap; a removed window can be added again.
+#[test]
+fn windows_outside_guest_memory_or_split_buffers_grant_nothing() {
+    let d = daemon("dma-outside");
+    let admin = d.admin();
+    let mut drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let (start, end) = region(&drv);
+    // The shared memory, and 16 MiB past its end where nothing is mapped.
+    admin
+        .dma_window_add(0, start, end - start, RW)
+        .expect("window over the shared memory");
+    admin
+        .dma_window_add(0, end + (16 << 20), 1 << 20, RW)
+        .expect("a window outside guest memory is accepted");
+    refused(
+        admin.dma_window_add(0, start - 0x1000, end - start + 0x2000, RW),
+        AdminStatus::WindowOverlap,
+        "a window enclosing another",
+    );
+    admin.dma_set_mode(0, DmaMode::Enforced).expect("enforce");
+    let before = violations(&admin, 0);
+
+    // Data-in aimed at the window outside guest memory.
+    let outside = Buf {
+        iova: end + (16 << 20),
+        len: 4096,
+        device_writes: true,
+    };
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[outside], true);
+    let done = drv.wait(&sent, IO_TIMEOUT).expect("completion");
+    assert_ne!(done.status, VIRTIO_BLK_S_OK, "{done:?}");
+    assert_eq!(done.used.len, 0, "{done:?}");
+    assert_eq!(
+        violations(&admin, 0),
+        before,
+        "inside a window: not a violation"
+    );
+
+    // Split the shared memory into two adjacent windows around a buffer.
+    let buf = drv.alloc(8192);
+    let mid = buf.iova() + 4096;
+    admin
+        .dma_window_remove(0, start, end - start)
+        .expect("remove");
+    cover_except(&admin, 0, (start, end), mid, 0);
+    let spanning = writable(&buf, 8192);
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[spanning], true);
+    let done = drv.wait(&sent, IO_TIMEOUT).expect("completion");
+    assert_eq!(done.status, VIRTIO_BLK_S_IOERR, "a buffer over two windows");
+    assert_eq!(violations(&admin, 0), before + 1);
+    // Each half on its own is fine.
+    let half = Buf {
+        iova: buf.iova(),
+        len: 4096,
+        device_writes: true,
+    };
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[half], true);
+    assert_eq!(
+        drv.wait(&sent, IO_TIMEOUT).expect("half").status,
+        VIRTIO_BLK_S_OK
+    );
+    // Removed and added again: the whole region is one window once more.
+    admin
+        .dma_window_remove(0, start, mid - start)
+        .expect("remove low");
+    admin
+        .dma_window_remove(0, mid, end - mid)
+        .expect("remove high");
+    admin
+        .dma_window_add(0, start, end - start, RW)
+        .expect("added again");
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[writable(&buf, 8192)], true);
+    assert_eq!(
+        drv.wait(&sent, IO_TIMEOUT).expect("whole").status,
+        VIRTIO_BLK_S_OK
+    );
 }

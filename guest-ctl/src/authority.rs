@@ -8,9 +8,11 @@ use std::sync::Mutex;
 
 use vsic::admin::{AdminClient, AdminError};
 use vsic::hugepage::{physical_addresses, HUGE_PAGE_SIZE};
+use vsic_abi::admin::{DmaMode, FLAG_DMA_READ, FLAG_DMA_WRITE};
 use vsic_abi::virtio::Function;
+use vsic_abi::AdminStatus;
 use vsic_abi::CapToken;
-use vsicctl::control::service::{check_owner, Authority};
+use vsicctl::control::service::{check_owner, page_runs, Authority};
 use vsicctl::control::Refusal;
 
 use crate::failure::Failure;
@@ -113,6 +115,91 @@ impl Authority for GuestAuthority {
     fn dma_addresses(&self, memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, Refusal> {
         huge_page_addresses(memory, max_bytes).map_err(|e| Refusal::new("dma", e.to_string()))
     }
+
+    /// Adds each page not yet inside one of a VSIC's windows, coalesced
+    /// into runs, to every VSIC `uid` owns (root's VSICs are in open mode).
+    /// A page size of 0 means the service's huge pages.
+    fn grant_dma(&self, uid: u32, page_size: u64, gpas: &[u64]) -> Result<(), Refusal> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let page = if page_size == 0 {
+            HUGE_PAGE_SIZE as u64
+        } else {
+            page_size
+        };
+        let vsics: Vec<u32> = self
+            .funcs
+            .scan()
+            .iter()
+            .filter(|s| s.driver.as_deref() == Some(VFIO_DRIVER) && s.vfio_owner == Some(uid))
+            .filter_map(|s| match s.function {
+                Some((Function::Vsic(n), _)) => Some(n),
+                _ => None,
+            })
+            .collect();
+        for n in vsics {
+            self.with_pf(uid, n, |pf| add_uncovered(pf, n, page, gpas).map(drop))?;
+        }
+        Ok(())
+    }
+
+    fn register_dma(&self, vsic: u32, gpas: &[u64]) -> Result<Vec<(u64, u64)>, Refusal> {
+        self.with_pf(0, vsic, |pf| {
+            let (mode, _) = pf.dma_windows(vsic)?;
+            if mode == DmaMode::Open {
+                return Ok(Vec::new());
+            }
+            add_uncovered(pf, vsic, HUGE_PAGE_SIZE as u64, gpas)
+        })
+    }
+
+    /// Not through `with_pf`: the VSIC may have left VFIO meanwhile (its
+    /// windows went with it then), and nobody owns it any more.
+    fn unregister_dma(
+        &self,
+        vsic: u32,
+        windows: &[(u64, u64)],
+    ) -> Result<Vec<(u64, u64)>, Refusal> {
+        let _one_at_a_time = self.pf.lock().unwrap_or_else(|p| p.into_inner());
+        let _lock = crate::pf::tenant_lock("opening the PF").map_err(failure_refusal)?;
+        let pf = crate::pf::open_in_guest(&self.funcs).map_err(failure_refusal)?;
+        let mut removed = Vec::new();
+        for &(start, len) in windows {
+            match pf.dma_window_remove(vsic, start, len) {
+                Ok(_) => removed.push((start, len)),
+                Err(AdminError::Device(AdminStatus::NoSuchWindow)) => {}
+                Err(e) => return Err(admin_refusal(e)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Adds a read+write window to VSIC `n` for each run of the pages at
+/// `gpas` (each `page` long) that none of its windows holds yet; returns
+/// the windows added.
+fn add_uncovered(
+    pf: &AdminClient,
+    n: u32,
+    page: u64,
+    gpas: &[u64],
+) -> Result<Vec<(u64, u64)>, AdminError> {
+    let (_, windows) = pf.dma_windows(n)?;
+    let uncovered: Vec<u64> = gpas
+        .iter()
+        .copied()
+        .filter(|&g| {
+            !windows
+                .iter()
+                .any(|w| w.start <= g && g + page <= w.start + w.len)
+        })
+        .collect();
+    let runs = page_runs(page, &uncovered);
+    for &(start, len) in &runs {
+        pf.dma_window_add(n, start, len, FLAG_DMA_READ | FLAG_DMA_WRITE)?;
+    }
+    Ok(runs)
 }
 
 /// Why DMA memory could not be handed out or located. The message goes to

@@ -298,7 +298,9 @@ pub enum VsicCommand {
     /// windows, see `vsic dma-window`; anything else fails with an I/O
     /// error and counts as a protection violation). The mode survives a
     /// vsicd restart, the windows do not: an enforced VSIC comes back with
-    /// none. With no mode, show the current one.
+    /// none. A VSIC's windows also go when its QEMU connection does, and
+    /// once no VSIC has a QEMU connection (the guest is gone) every VSIC is
+    /// open again. With no mode, show the current one.
     DmaMode {
         #[command(flatten)]
         vsic: VsicArg,

@@ -52,6 +52,7 @@ pub fn vfio_config(opts: &OpenOptions) -> VfioConfig {
         dma: opts.dma.clone(),
         need_interrupts: opts.mode != CompletionMode::Polling,
         mmap_bars: std::env::var_os(NO_MMAP_ENV).is_none(),
+        register_dma: true,
     }
 }
 
@@ -161,7 +162,14 @@ pub fn ask_identity(addr: &str, dma: &DmaSource) -> Result<Option<Function>, Err
         sync_timeout: Some(Duration::from_secs(5)),
         dma: dma.clone(),
     };
-    let transport = VfioTransport::open(addr, &vfio_config(&opts))?;
+    // Asking is done for the control plane too, which may hold the lock the
+    // service needs: no registration (a function to identify is not in the
+    // function map anyway).
+    let config = VfioConfig {
+        register_dma: false,
+        ..vfio_config(&opts)
+    };
+    let transport = VfioTransport::open(addr, &config)?;
     let dev = Device::with_transport(Box::new(transport), &opts)?;
     let reply = dev.raw_request(0, VIRTIO_BLK_T_GET_ID, 0, &[], &[SERIAL_LEN])?;
     if reply.status != VIRTIO_BLK_S_OK {

@@ -47,6 +47,14 @@ pub enum Error {
         recorded: u64,
         now: u64,
     },
+    /// The control service refused to let the VSIC reach DMA memory the
+    /// library allocated itself (see [`crate::control::register`]).
+    #[error("registering DMA memory for VSIC {vsic} with the control service: {source}")]
+    DmaRegistration {
+        vsic: u32,
+        #[source]
+        source: crate::control::ControlError,
+    },
     /// No such queue on this device (or it was not opened).
     #[error("no queue {queue}: the device was opened with {queues} queue(s)")]
     NoSuchQueue { queue: u16, queues: u16 },

@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod blk;
+pub mod control;
 pub mod device;
 pub mod discovery;
 pub mod dma;

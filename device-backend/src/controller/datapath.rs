@@ -5,6 +5,7 @@
 //! in bounds, writable) while holding the VSIC's slot read lock and the
 //! VSA's map read lock for the whole transfer; no controller-wide lock.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use vsic_abi::records::CacheMode;
@@ -13,7 +14,7 @@ use vsic_abi::window;
 use super::drive::Drive;
 use super::runtime::VsicRuntime;
 use super::stats::bump;
-use super::target::{DmaPolicy, IoBuffers, IoError, IoKind, IoTarget, Work};
+use super::target::{DmaPolicy, DmaWindows, IoBuffers, IoError, IoKind, IoTarget, Work};
 use super::vsa::{map_range, Segments};
 use super::Controller;
 
@@ -154,6 +155,38 @@ impl Controller {
                 log::error!("VSIC {vsic} queue {queue}: {what} at {offset:#x} failed: {e:?}{more}");
             }
         }
+    }
+}
+
+impl Controller {
+    /// No VSIC has a frontend: every VSIC to open mode (committed), no
+    /// windows. See [`IoTarget::frontend_left`]. False when a frontend came
+    /// meanwhile (its guest runs: nothing changed).
+    fn open_every_vsic(&self) -> bool {
+        let mut plane = self.plane();
+        if self.vsic_frontends.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        let mut next = plane.state.clone();
+        let mut opened = 0;
+        for rec in &mut next.vsics {
+            if rec.dma_enforced {
+                rec.dma_enforced = false;
+                opened += 1;
+            }
+        }
+        if let Err(e) = self.commit(&mut plane, next) {
+            log::error!("no VSIC has a frontend; opening the enforced ones failed: {e:?}");
+        } else if opened > 0 {
+            log::info!(
+                "no VSIC has a frontend (the guest is gone): {opened} enforced VSIC(s) back to \
+                 open DMA mode for the next guest's kernel"
+            );
+        }
+        for rt in &self.vsics {
+            rt.dma.set_windows(DmaWindows::default());
+        }
+        true
     }
 }
 
@@ -329,6 +362,25 @@ impl IoTarget for Controller {
 
     fn dma_policy(&self, vsic: u32) -> DmaPolicy {
         self.vsics.get(vsic as usize).and_then(|rt| rt.dma.policy())
+    }
+
+    fn frontend_joined(&self, _vsic: u32) {
+        self.vsic_frontends.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn frontend_left(&self, vsic: u32) {
+        // The last one: every VSIC's windows and modes in one step, under
+        // the admin lock (an admin command sees them before or after).
+        if self.vsic_frontends.fetch_sub(1, Ordering::SeqCst) == 1 && self.open_every_vsic() {
+            return;
+        }
+        if let Ok(rt) = self.runtime(vsic) {
+            let dropped = rt.dma.windows().windows().len();
+            rt.dma.set_windows(DmaWindows::default());
+            if dropped > 0 {
+                log::info!("VSIC {vsic}: its frontend left; {dropped} DMA window(s) dropped");
+            }
+        }
     }
 
     fn dma_violation(&self, vsic: u32, queue: u16, addr: u64, len: u64) {

@@ -158,6 +158,8 @@ pub struct Controller {
     timing: RwLock<Option<Arc<timing::Timing>>>,
     /// Whether `timing` is `Some`: one load per batch in the front.
     timed: AtomicBool,
+    /// VSIC frontends connected now (see `IoTarget::frontend_left`).
+    vsic_frontends: std::sync::atomic::AtomicUsize,
 }
 
 /// Everything admin commands change, behind the admin mutex.
@@ -224,6 +226,7 @@ impl Controller {
                 store: opened.store,
                 handles,
             }),
+            vsic_frontends: Default::default(),
         };
         // Finish zeroing extents a previous run freed but did not zero yet.
         {

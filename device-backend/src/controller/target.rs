@@ -154,6 +154,19 @@ pub trait IoTarget: Send + Sync {
     /// protection violation) and logs it, rate-limited.
     fn dma_violation(&self, vsic: u32, queue: u16, addr: u64, len: u64);
 
+    /// A frontend connected to VSIC `vsic`.
+    fn frontend_joined(&self, vsic: u32);
+
+    /// VSIC `vsic`'s frontend left (its QEMU is gone, or reconnects): the
+    /// VSIC's DMA windows go, since they name memory of a guest that may
+    /// be gone; its mode stays. The control plane of the next frontend's
+    /// guest grants windows afresh. When no VSIC has a frontend any more
+    /// (the guest's QEMU is gone: shut down, or rebooting into a new one),
+    /// nobody holds any VSIC: every VSIC goes back to open mode with no
+    /// windows, committed, for the kernel of the next guest (whose control
+    /// plane enforces a VSIC again before it hands it to a user).
+    fn frontend_left(&self, vsic: u32);
+
     /// Makes every completed write of every VSIC durable, whatever the
     /// VSICs' state (a clean shutdown; not a guest request).
     fn sync_all(&self) -> std::io::Result<()>;

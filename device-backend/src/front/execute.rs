@@ -83,6 +83,22 @@ pub struct Context<'a> {
     /// The drive timing model is on: [`handle_chain`] records what a
     /// request that succeeded asked of the drives in [`Scratch::work`].
     pub timed: bool,
+    /// In enforced mode, where the rings of the queue the chain came on
+    /// are: no buffer may overlap them, though they lie inside the windows
+    /// (the device would otherwise rewrite the driver's own descriptors).
+    pub rings: RingAreas,
+}
+
+/// A queue's descriptor table, available ring and used ring, as (guest
+/// address, length); length 0 = none.
+pub type RingAreas = [(u64, u64); 3];
+
+/// Whether `[addr, addr + len)` overlaps one of `rings`.
+fn overlaps_ring(rings: &RingAreas, addr: u64, len: u64) -> bool {
+    let end = addr.saturating_add(len);
+    rings
+        .iter()
+        .any(|&(a, l)| l > 0 && len > 0 && addr < a.saturating_add(l) && a < end)
 }
 
 impl Context<'_> {
@@ -149,7 +165,7 @@ fn drive_work<M: GuestMemoryBackend>(mem: &M, chain: &Chain, request: Request) -
 }
 
 /// Enforced DMA mode: checks every buffer of the chain against the VSIC's
-/// windows before any byte moves (one lookup each). A violation completes
+/// windows and its queue's rings before any byte moves (one lookup each). A violation completes
 /// the chain with IOERR written to the status byte and nothing else
 /// touched, or, when the status byte itself lies outside the windows,
 /// with nothing written at all (used.len 0 either way).
@@ -161,10 +177,10 @@ fn check_dma<M: GuestMemoryBackend>(
     vsic: u32,
 ) -> Option<Completion> {
     let outside = |stream, access| {
-        chain
-            .segments(stream)
-            .iter()
-            .find(|s| !windows.permits(s.addr, u64::from(s.len), access))
+        chain.segments(stream).iter().find(|s| {
+            !windows.permits(s.addr, u64::from(s.len), access)
+                || overlaps_ring(&ctx.rings, s.addr, u64::from(s.len))
+        })
     };
     let bad = outside(Stream::Readable, DmaAccess::Read)
         .or_else(|| outside(Stream::Writable, DmaAccess::Write))?;
@@ -177,7 +193,7 @@ fn check_dma<M: GuestMemoryBackend>(
     let Some(addr) = chain.status_addr() else {
         return Some(unwritten);
     };
-    if !windows.permits(addr.0, 1, DmaAccess::Write) {
+    if !windows.permits(addr.0, 1, DmaAccess::Write) || overlaps_ring(&ctx.rings, addr.0, 1) {
         return Some(unwritten);
     }
     let status = virtio::VIRTIO_BLK_S_IOERR;

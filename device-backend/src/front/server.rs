@@ -235,6 +235,9 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
             continue;
         }
         info!("{name}: frontend connected");
+        if let Function::Vsic(vsic) = state.function {
+            state.target.frontend_joined(vsic);
+        }
         match daemon.wait() {
             Ok(())
             | Err(DaemonError::HandleRequest(
@@ -246,6 +249,7 @@ fn serve_function(mut listener: Listener, state: Arc<FunctionState>) {
         }
         if let Function::Vsic(vsic) = state.function {
             state.notifiers.set(vsic, None);
+            state.target.frontend_left(vsic);
         }
         let session = backend.watch();
         backend.stop_workers();

@@ -43,6 +43,8 @@ struct Bench {
     changes: Changes,
     log: RefusalLog,
     scratch: Scratch,
+    /// The rings of the queue the last chain came on (see `run_raw`).
+    rings: [(u64, u64); 3],
 }
 
 /// A descriptor: (guest address, length, device-writable).
@@ -57,6 +59,7 @@ impl Bench {
             changes: Changes::default(),
             log: RefusalLog::default(),
             scratch: Scratch::new(),
+            rings: Default::default(),
         }
     }
 
@@ -97,14 +100,29 @@ impl Bench {
     }
 
     fn run_raw(&mut self, function: Function, raw: &[RawDescriptor]) -> Completion {
-        let queue = MockSplitQueue::new(&self.mem, 256);
+        const QUEUE_SIZE: u16 = 256;
+        let queue = MockSplitQueue::new(&self.mem, QUEUE_SIZE);
         let chain = queue.build_desc_chain(raw).unwrap();
         let dma = match function {
             Function::Vsic(n) => self.device.dma_policy(n),
             Function::Pf => None,
         };
+        // The rings of the queue the chain comes on (checked in enforced
+        // mode only, as the worker does).
+        let n = u64::from(QUEUE_SIZE);
+        let rings = [
+            (queue.desc_table_addr().0, 16 * n),
+            (queue.avail_addr().0, 6 + 2 * n),
+            (queue.used_addr().0, 6 + 8 * n),
+        ];
+        self.rings = rings;
         let ctx = Context {
             timed: false,
+            rings: if dma.is_some() {
+                rings
+            } else {
+                Default::default()
+            },
             dma: dma.as_deref(),
             function,
             queue: 1,
@@ -748,6 +766,64 @@ fn enforce(b: &Bench, windows: &[(u64, u64, u32)]) {
 }
 
 const DMA_RW: u32 = vsic_abi::admin::FLAG_DMA_READ | vsic_abi::admin::FLAG_DMA_WRITE;
+
+#[test]
+fn enforced_dma_refuses_buffers_on_the_queues_own_rings() {
+    let mut b = Bench::new();
+    // One window over all of the bench's memory, the rings included.
+    enforce(&b, &[(0, 0x10_0000, DMA_RW)]);
+    b.header(HDR, virtio::VIRTIO_BLK_T_IN, 3);
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
+    );
+    assert_eq!(c.status, OK, "inside the window, off the rings: served");
+    let [desc, avail, used] = b.rings;
+    let mut seen = 0;
+    for (i, (addr, len)) in [desc, avail, used].into_iter().enumerate() {
+        let before = b.get(addr, len as usize);
+        // Data-in aimed at the ring: the device would rewrite it.
+        b.header(HDR, virtio::VIRTIO_BLK_T_IN, 3);
+        let c = b.run(
+            VSIC0,
+            &[(HDR, 16, false), (addr, 512, true), (STATUS, 1, true)],
+        );
+        assert_eq!(c.status, IOERR, "ring {i} at {addr:#x}: {c:?}");
+        assert_eq!(c.used_len, 0);
+        seen += 1;
+        assert_eq!(b.device.violations.load(Ordering::Relaxed), seen);
+        // Data-out read from the ring: refused too.
+        b.header(HDR, virtio::VIRTIO_BLK_T_OUT, 3);
+        let c = b.run(
+            VSIC0,
+            &[(HDR, 16, false), (addr, 512, false), (STATUS, 1, true)],
+        );
+        assert_eq!(c.status, IOERR, "ring {i} read: {c:?}");
+        seen += 1;
+        assert_eq!(b.device.violations.load(Ordering::Relaxed), seen);
+        // The ring areas hold what the bench wrote for this chain; compare
+        // the used ring only (the others were rewritten for each chain).
+        if i == 2 {
+            assert_eq!(b.get(addr, len as usize), before, "the used ring changed");
+        }
+    }
+    // A status byte on a ring: nothing written at all.
+    b.header(HDR, virtio::VIRTIO_BLK_T_IN, 3);
+    let c = b.run(VSIC0, &[(HDR, 16, false), (used.0 + 8, 1, true)]);
+    assert_eq!(c.status, None);
+    assert!(
+        !b.device.calls().iter().any(|c| c.starts_with("Write")),
+        "a refused request reached the device"
+    );
+    // Open mode: the ring check is the IOMMU's business, not made.
+    *b.device.dma.lock().unwrap() = None;
+    b.header(HDR, virtio::VIRTIO_BLK_T_OUT, 3);
+    let c = b.run(
+        VSIC0,
+        &[(HDR, 16, false), (avail.0, 512, false), (STATUS, 1, true)],
+    );
+    assert_eq!(c.status, OK);
+}
 
 #[test]
 fn enforced_dma_serves_buffers_inside_the_windows() {

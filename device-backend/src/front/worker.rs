@@ -19,7 +19,7 @@ use vsic_abi::virtio::Function;
 
 use super::backend::{FunctionBackend, GuestMemory, Vring};
 use super::chain::{DescWalk, Stream};
-use super::execute::{handle_chain, Context, Scratch};
+use super::execute::{handle_chain, Context, RingAreas, Scratch};
 use super::lost_kick_watch::{StallWatch, WatchTimer};
 use super::poll::SpinWindow;
 use crate::controller::target::{DmaAccess, DmaWindows};
@@ -206,9 +206,10 @@ impl FunctionBackend {
             c.remember(ring);
         }
         let timed = model_on && completions.as_ref().is_some_and(|c| c.has_timer());
-        let ctx = Context {
+        let mut ctx = Context {
             timed,
             dma: dma.as_deref(),
+            rings: RingAreas::default(),
             function: s.state.function,
             queue,
             target: &*s.state.target,
@@ -221,6 +222,7 @@ impl FunctionBackend {
             return (0, BatchEnd::Drained);
         }
         if let (Function::Vsic(n), Some(windows)) = (s.state.function, ctx.dma) {
+            ctx.rings = ring_areas(vring.get_queue()).map(|(addr, len, _)| (addr, len));
             if let Some((addr, len)) = ring_outside(vring.get_queue(), windows) {
                 // The rings themselves are outside the windows: serve
                 // nothing (the queue stays stopped) until a kick finds
@@ -437,14 +439,18 @@ impl FunctionBackend {
 /// The first of a queue's three rings (virtio 1.3, 2.7) that lies outside
 /// `windows`, as (address, length): the device reads the descriptor table
 /// and the avail ring and writes the used ring.
-fn ring_outside(queue: &virtio_queue::Queue, windows: &DmaWindows) -> Option<(u64, u64)> {
+/// The queue's rings: (address, length, how the device accesses it).
+fn ring_areas(queue: &virtio_queue::Queue) -> [(u64, u64, DmaAccess); 3] {
     let n = u64::from(queue.size());
-    let rings = [
+    [
         (queue.desc_table(), 16 * n, DmaAccess::Read),
         (queue.avail_ring(), 6 + 2 * n, DmaAccess::Read),
         (queue.used_ring(), 6 + 8 * n, DmaAccess::Write),
-    ];
-    rings
+    ]
+}
+
+fn ring_outside(queue: &virtio_queue::Queue, windows: &DmaWindows) -> Option<(u64, u64)> {
+    ring_areas(queue)
         .into_iter()
         .find(|&(addr, len, access)| !windows.permits(addr, len, access))
         .map(|(addr, len, _)| (addr, len))

@@ -395,6 +395,14 @@ impl IoTarget for Workbench {
     fn due(&self, vsic: u32, work: Work, now: Instant) -> Option<Instant> {
         self.inner.due(vsic, work, now)
     }
+
+    fn frontend_joined(&self, vsic: u32) {
+        self.inner.frontend_joined(vsic)
+    }
+
+    fn frontend_left(&self, vsic: u32) {
+        self.inner.frontend_left(vsic)
+    }
 }
 
 impl AdminTarget for Workbench {

@@ -7,6 +7,12 @@
 //!   act on any VSIC.
 //! * Detach: the peer must own the VSIC.
 //! * DMA memory: the peer must own some VSIC; each request is bounded.
+//!   Its VSICs are let reach the pages handed out ([`Authority::grant_dma`]);
+//!   the service keeps a reference to that memory while the user owns a
+//!   VSIC, so freed pages never go to anyone else while windows name them.
+//! * DMA registration: only root may register huge pages it allocated and
+//!   pinned itself; the VSIC named is let reach exactly those pages until
+//!   the connection unregisters them or closes ([`Session`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -110,6 +116,58 @@ pub trait Authority: Send + Sync {
     /// Where the pages of the huge-page file `memory` (at most `max_bytes`
     /// long) are now, in file order.
     fn dma_addresses(&self, memory: &OwnedFd, max_bytes: u64) -> Result<Vec<u64>, Refusal>;
+    /// Lets every VSIC `uid` owns read and write the pages at `gpas`
+    /// (each `page_size` long) in enforced DMA mode, before they are
+    /// handed to `uid`.
+    fn grant_dma(&self, uid: u32, page_size: u64, gpas: &[u64]) -> Result<(), Refusal>;
+    /// Lets VSIC `vsic` read and write the huge pages at `gpas` (root's own
+    /// pinned memory): adds a window for each run of them it cannot reach
+    /// yet and returns those windows (none when the VSIC is in open DMA
+    /// mode).
+    fn register_dma(&self, vsic: u32, gpas: &[u64]) -> Result<Vec<(u64, u64)>, Refusal>;
+    /// Removes windows [`Authority::register_dma`] added to VSIC `vsic`;
+    /// those already gone (an unbind or rebind cleared them) are skipped.
+    /// Returns the ones removed.
+    fn unregister_dma(&self, vsic: u32, windows: &[(u64, u64)])
+        -> Result<Vec<(u64, u64)>, Refusal>;
+}
+
+/// Most bytes of its own huge pages root may register in one request.
+pub const MAX_REGISTERED_DMA: u64 = 1 << 30;
+
+/// Connections root may hold at once: each application registering its own
+/// DMA memory holds one for as long as its device is open.
+pub const ROOT_CONNECTIONS: usize = 64;
+
+/// What one connection holds: the windows it registered, per VSIC, removed
+/// when it unregisters them or closes (also when its process dies).
+#[derive(Debug, Default)]
+pub struct Session {
+    registered: Vec<(u32, Vec<(u64, u64)>)>,
+}
+
+impl Session {
+    /// Whether the connection holds registered windows (then it is never
+    /// closed for being idle: the windows live as long as it does).
+    pub fn holds_windows(&self) -> bool {
+        !self.registered.is_empty()
+    }
+}
+
+/// Coalesces pages (each `page_size` long) into sorted, contiguous
+/// `(start, len)` runs.
+pub fn page_runs(page_size: u64, gpas: &[u64]) -> Vec<(u64, u64)> {
+    let mut sorted = gpas.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for gpa in sorted {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == gpa => *len += page_size,
+            _ => runs.push((gpa, page_size)),
+        }
+    }
+    runs
 }
 
 /// Who sent a request (from the kernel, not from the message).
@@ -125,6 +183,11 @@ pub struct Service<A: Authority> {
     max_dma: u64,
     limits: Limits,
     admissions: Arc<Admissions>,
+    /// A reference to each huge-page file handed to a user (uid, file):
+    /// the pages stay allocated while the user owns a VSIC, whose windows
+    /// still name them after the user freed them; released once the user
+    /// owns none (a rebind or unbind removed the windows).
+    kept: Mutex<Vec<(u32, OwnedFd)>>,
 }
 
 fn refused(status: &str, message: impl Into<String>) -> Refusal {
@@ -142,6 +205,7 @@ impl<A: Authority> Service<A> {
             max_dma,
             limits,
             admissions: Arc::default(),
+            kept: Mutex::new(Vec::new()),
         }
     }
 
@@ -150,7 +214,12 @@ impl<A: Authority> Service<A> {
     pub fn admit(&self, uid: u32) -> Result<Ticket, Refusal> {
         let mut counts = self.admissions.counts();
         let mine = counts.get(&uid).copied().unwrap_or(0);
-        if mine >= self.limits.per_uid {
+        let allowance = if uid == 0 {
+            self.limits.per_uid.max(ROOT_CONNECTIONS)
+        } else {
+            self.limits.per_uid
+        };
+        if mine >= allowance {
             return Err(refused(
                 "busy",
                 format!(
@@ -177,11 +246,33 @@ impl<A: Authority> Service<A> {
         &self.authority
     }
 
-    /// Answers one request. The descriptor returned goes out with the
-    /// reply.
+    /// The huge-page files the service keeps (see [`Service`]), duplicated.
+    pub fn kept_dma(&self) -> Vec<OwnedFd> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .filter_map(|(_, fd)| fd.try_clone().ok())
+            .collect()
+    }
+
+    /// Lets go of the memory of users who own no VSIC any more.
+    fn release_unowned(&self) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let before = kept.len();
+        kept.retain(|(uid, _)| self.authority.owns_a_vsic(*uid));
+        if kept.len() < before {
+            info!(
+                "released {} handed-out DMA file(s) of users who own no VSIC any more",
+                before - kept.len()
+            );
+        }
+    }
+
+    /// Answers one request of a connection whose state is `session`. The
+    /// descriptor returned goes out with the reply.
     pub fn handle(
         &self,
         peer: Peer,
+        session: &mut Session,
         message: &[u8],
         fds: Vec<OwnedFd>,
     ) -> (Reply, Option<OwnedFd>) {
@@ -198,7 +289,7 @@ impl<A: Authority> Service<A> {
                 );
             }
         };
-        match self.execute(peer, &request, fds) {
+        match self.execute(peer, session, &request, fds) {
             Ok((reply, fd)) => (reply, fd),
             Err(r) => {
                 warn!(
@@ -210,15 +301,49 @@ impl<A: Authority> Service<A> {
         }
     }
 
+    /// Removes every window `session` registered. Tries them all; the
+    /// first refusal is returned after that.
+    pub fn release(&self, peer: Peer, session: &mut Session) -> Result<Vec<(u64, u64)>, Refusal> {
+        let mut removed = Vec::new();
+        let mut first_refusal = None;
+        for (vsic, windows) in session.registered.drain(..) {
+            match self.authority.unregister_dma(vsic, &windows) {
+                Ok(gone) => {
+                    info!(
+                        "uid {} (pid {}): removed {} registered DMA window(s) of VSIC {vsic}",
+                        peer.uid,
+                        peer.pid,
+                        gone.len()
+                    );
+                    removed.extend(gone);
+                }
+                Err(r) => {
+                    warn!(
+                        "uid {} (pid {}): VSIC {vsic}'s registered DMA windows {windows:x?} \
+                         could not be removed: {r}",
+                        peer.uid, peer.pid
+                    );
+                    first_refusal.get_or_insert(r);
+                }
+            }
+        }
+        match first_refusal {
+            Some(r) => Err(r),
+            None => Ok(removed),
+        }
+    }
+
     fn execute(
         &self,
         peer: Peer,
+        session: &mut Session,
         request: &Request,
         mut fds: Vec<OwnedFd>,
     ) -> Result<(Reply, Option<OwnedFd>), Refusal> {
+        self.release_unowned();
         let expected_fds = usize::from(matches!(
             request,
-            Request::Attach { .. } | Request::DmaLocate
+            Request::Attach { .. } | Request::DmaLocate | Request::DmaRegister { .. }
         ));
         if fds.len() != expected_fds {
             return Err(refused(
@@ -266,6 +391,8 @@ impl<A: Authority> Service<A> {
                     .pop()
                     .ok_or_else(|| refused("bad-request", "no memory file"))?;
                 let gpas = self.authority.dma_addresses(&memory, self.max_dma)?;
+                // Pages that moved are granted where they are now.
+                self.authority.grant_dma(peer.uid, 0, &gpas)?;
                 info!(
                     "uid {} (pid {}): located {} page(s) of DMA memory after pinning",
                     peer.uid,
@@ -286,6 +413,20 @@ impl<A: Authority> Service<A> {
                     ));
                 }
                 let (fd, page_size, gpas) = self.authority.dma_memory(bytes)?;
+                // The VSICs of its owner may reach these pages, and only
+                // then does the owner get them (the memory is freed if not).
+                // Kept while the owner owns a VSIC: the windows granted next
+                // outlive the owner's use of the memory.
+                let keep = fd.try_clone().map_err(|e| {
+                    refused("dma", format!("keeping a reference to the memory: {e}"))
+                })?;
+                self.authority.grant_dma(peer.uid, page_size, &gpas)?;
+                if peer.uid != 0 {
+                    self.kept
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((peer.uid, keep));
+                }
                 info!(
                     "uid {} (pid {}): handed out {} page(s) of {page_size} bytes of DMA memory",
                     peer.uid,
@@ -293,6 +434,41 @@ impl<A: Authority> Service<A> {
                     gpas.len()
                 );
                 Ok((Reply::Dma { page_size, gpas }, Some(fd)))
+            }
+            Request::DmaRegister { vsic } => {
+                if peer.uid != 0 {
+                    return Err(refused(
+                        "permission",
+                        format!(
+                            "uid {}: only root registers DMA memory it allocated itself; \
+                             other users ask the service for DMA memory (which their VSICs \
+                             may then reach)",
+                            peer.uid
+                        ),
+                    ));
+                }
+                let memory = fds
+                    .pop()
+                    .ok_or_else(|| refused("bad-request", "no memory file"))?;
+                // The pages are located here, not taken from the message.
+                let gpas = self.authority.dma_addresses(&memory, MAX_REGISTERED_DMA)?;
+                let windows = self.authority.register_dma(vsic, &gpas)?;
+                info!(
+                    "uid {} (pid {}): registered {} page(s) of its own DMA memory for VSIC \
+                     {vsic}: {} window(s) added",
+                    peer.uid,
+                    peer.pid,
+                    gpas.len(),
+                    windows.len()
+                );
+                if !windows.is_empty() {
+                    session.registered.push((vsic, windows.clone()));
+                }
+                Ok((Reply::DmaRegistered { windows }, None))
+            }
+            Request::DmaUnregister => {
+                let windows = self.release(peer, session)?;
+                Ok((Reply::DmaUnregistered { windows }, None))
             }
         }
     }
@@ -329,21 +505,32 @@ impl<A: Authority> Service<A> {
         if let Err(e) = socket::set_send_timeout(conn.as_fd(), Some(self.limits.send)) {
             warn!("uid {uid}: cannot set the socket's send timeout: {e}");
         }
+        let mut session = Session::default();
+        self.serve_session(peer, &conn, &mut session);
+        // Closed, or the process died: what it registered goes with it.
+        if session.holds_windows() {
+            let _ = self.release(peer, &mut session);
+        }
+    }
+
+    fn serve_session(&self, peer: Peer, conn: &OwnedFd, session: &mut Session) {
+        let Peer { pid, uid } = peer;
         let mut buf = vec![0u8; MAX_MESSAGE];
         // Only a request carried out moves the deadline.
         let mut deadline = Instant::now() + self.limits.idle;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() && !session.holds_windows() {
                 info!(
                     "uid {uid} (pid {pid}): no request carried out for {:?}; closing",
                     self.limits.idle
                 );
                 return;
             }
-            // At least 1 ms: a zero timeout would mean none.
-            let wait = left.max(Duration::from_millis(1));
-            if let Err(e) = socket::set_receive_timeout(conn.as_fd(), Some(wait)) {
+            // At least 1 ms: a zero timeout would mean none. A connection
+            // holding windows waits for as long as it stays open.
+            let wait = (!session.holds_windows()).then(|| left.max(Duration::from_millis(1)));
+            if let Err(e) = socket::set_receive_timeout(conn.as_fd(), wait) {
                 warn!("uid {uid}: cannot set the socket's receive timeout: {e}");
                 return;
             }
@@ -365,7 +552,7 @@ impl<A: Authority> Service<A> {
                     return;
                 }
             };
-            let (reply, fd) = self.handle(peer, buf.get(..n).unwrap_or_default(), fds);
+            let (reply, fd) = self.handle(peer, session, buf.get(..n).unwrap_or_default(), fds);
             if !matches!(reply, Reply::Refused(_)) {
                 deadline = Instant::now() + self.limits.idle;
             }
@@ -496,6 +683,8 @@ mod tests {
     /// not handed to VFIO. Records what it was asked to do.
     struct FakeAuthority {
         me: u32,
+        /// Whether uid 1001 still owns VSIC 0.
+        alice_owns: std::sync::atomic::AtomicBool,
         calls: Mutex<Vec<String>>,
         slots: Mutex<HashMap<(u32, u32), u64>>,
     }
@@ -505,6 +694,7 @@ mod tests {
             FakeAuthority {
                 // SAFETY: getuid has no preconditions.
                 me: unsafe { libc::getuid() },
+                alice_owns: std::sync::atomic::AtomicBool::new(true),
                 calls: Mutex::new(Vec::new()),
                 slots: Mutex::new(HashMap::new()),
             }
@@ -524,7 +714,8 @@ mod tests {
             }
         }
         fn owns_a_vsic(&self, uid: u32) -> bool {
-            uid == 1001 || uid == self.me
+            (uid == 1001 && self.alice_owns.load(std::sync::atomic::Ordering::SeqCst))
+                || uid == self.me
         }
         fn attach(
             &self,
@@ -588,6 +779,202 @@ mod tests {
             }
             Ok(gpas)
         }
+        fn grant_dma(&self, uid: u32, page_size: u64, gpas: &[u64]) -> Result<(), Refusal> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("grant uid={uid} {:x?}", page_runs(page_size, gpas)));
+            Ok(())
+        }
+        fn register_dma(&self, vsic: u32, gpas: &[u64]) -> Result<Vec<(u64, u64)>, Refusal> {
+            let runs = page_runs(4096, gpas);
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("register {vsic} {runs:x?}"));
+            Ok(runs)
+        }
+        fn unregister_dma(
+            &self,
+            vsic: u32,
+            windows: &[(u64, u64)],
+        ) -> Result<Vec<(u64, u64)>, Refusal> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("unregister {vsic} {windows:x?}"));
+            Ok(windows.to_vec())
+        }
+    }
+
+    /// A 2-page file standing for DMA memory an application allocated.
+    fn own_memory() -> OwnedFd {
+        let f = tempfile::new("own-dma");
+        f.set_len(2 * 4096).unwrap();
+        OwnedFd::from(f)
+    }
+
+    #[test]
+    fn only_root_may_register_its_own_dma_memory() {
+        let service = Service::new(FakeAuthority::new(), 1 << 20);
+        let alice = Peer { pid: 7, uid: 1001 };
+        let mut session = Session::default();
+        let req = Request::DmaRegister { vsic: 0 }.encode();
+        let (reply, _) = service.handle(alice, &mut session, &req, vec![own_memory()]);
+        match reply {
+            Reply::Refused(r) => {
+                assert_eq!(r.status, "permission");
+                assert!(r.message.contains("only root"), "{}", r.message);
+            }
+            other => panic!("alice registered her own memory: {other:?}"),
+        }
+        assert!(!session.holds_windows());
+        assert!(service.authority().calls().is_empty());
+    }
+
+    #[test]
+    fn root_registers_exactly_its_pages_until_it_unregisters_or_closes() {
+        let service = Service::new(FakeAuthority::new(), 1 << 20);
+        let root = Peer { pid: 8, uid: 0 };
+        let mut session = Session::default();
+        let req = Request::DmaRegister { vsic: 0 }.encode();
+        // Without the memory file: refused, nothing registered.
+        let (reply, _) = service.handle(root, &mut session, &req, vec![]);
+        assert!(
+            matches!(reply, Reply::Refused(ref r) if r.status == "bad-request"),
+            "{reply:?}"
+        );
+        let (reply, _) = service.handle(root, &mut session, &req, vec![own_memory()]);
+        let want = vec![(0x10_0000, 0x2000)];
+        assert_eq!(
+            reply,
+            Reply::DmaRegistered {
+                windows: want.clone()
+            }
+        );
+        assert!(session.holds_windows());
+        let unregister = Request::DmaUnregister.encode();
+        let (reply, _) = service.handle(root, &mut session, &unregister, vec![]);
+        assert_eq!(
+            reply,
+            Reply::DmaUnregistered {
+                windows: want.clone()
+            }
+        );
+        assert!(!session.holds_windows());
+        // Once more, then the connection closes without unregistering.
+        let _ = service.handle(root, &mut session, &req, vec![own_memory()]);
+        service.release(root, &mut session).unwrap();
+        assert_eq!(
+            service.authority().calls(),
+            vec![
+                "register 0 [(100000, 2000)]",
+                "unregister 0 [(100000, 2000)]",
+                "register 0 [(100000, 2000)]",
+                "unregister 0 [(100000, 2000)]",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_takes_its_registered_windows_along() {
+        let (service, client, thread) = connected();
+        let registered = client.dma_register(1, &own_memory());
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            match registered {
+                Err(ControlError::Refused(r)) => assert_eq!(r.status, "permission"),
+                other => panic!("a user registered its own memory: {other:?}"),
+            }
+            return;
+        }
+        assert_eq!(registered.unwrap(), vec![(0x10_0000, 0x2000)]);
+        drop(client);
+        thread.join().unwrap();
+        assert_eq!(
+            service.authority().calls(),
+            vec![
+                "register 1 [(100000, 2000)]",
+                "unregister 1 [(100000, 2000)]"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_connection_holding_windows_is_not_closed_for_being_idle() {
+        let limits = Limits {
+            idle: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let service = Arc::new(Service::with_limits(FakeAuthority::new(), 1 << 20, limits));
+        let (client_end, service_end) = socket::pair().unwrap();
+        let s = Arc::clone(&service);
+        let thread = std::thread::spawn(move || s.serve_connection(service_end));
+        let client = ControlClient::from_socket(client_end);
+        let registered = client.dma_register(1, &own_memory());
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            assert!(registered.is_err(), "a user registered its own memory");
+            return;
+        }
+        registered.unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        // Still the same connection (a new one would hold nothing).
+        assert_eq!(client.dma_unregister().unwrap(), vec![(0x10_0000, 0x2000)]);
+        // Holding nothing now: idle closes it.
+        std::thread::sleep(Duration::from_millis(1000));
+        drop(client);
+        thread.join().unwrap();
+    }
+
+    /// Memory the service handed out stays allocated (the service keeps a
+    /// reference) while its owner owns a VSIC: her VSICs' windows still
+    /// name those pages after she freed them, so nobody else may get them
+    /// meanwhile. Once she owns no VSIC (unbind, rebind: windows cleared)
+    /// the service lets go.
+    #[test]
+    fn handed_out_memory_is_kept_while_its_owner_holds_a_vsic() {
+        let service = Service::new(FakeAuthority::new(), 1 << 20);
+        let alice = Peer { pid: 7, uid: 1001 };
+        let mut session = Session::default();
+        let ask = Request::Dma { bytes: 8192 }.encode();
+        let (reply, fd) = service.handle(alice, &mut session, &ask, vec![]);
+        assert!(matches!(reply, Reply::Dma { .. }), "{reply:?}");
+        let fd = fd.unwrap();
+        // SAFETY: fstat fills a plain struct for a valid descriptor.
+        let inode = |fd: &OwnedFd| unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd.as_raw_fd(), &mut st), 0);
+            st.st_ino
+        };
+        let handed = inode(&fd);
+        drop(fd);
+        assert_eq!(
+            service.kept_dma().iter().map(inode).collect::<Vec<_>>(),
+            vec![handed]
+        );
+        // Alice's VSIC is taken away; the next request lets go.
+        service
+            .authority()
+            .alice_owns
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let me = Peer {
+            pid: 8,
+            uid: service.authority().me,
+        };
+        let _ = service.handle(me, &mut session, &ask, vec![]);
+        let kept: Vec<_> = service.kept_dma().iter().map(inode).collect();
+        assert!(!kept.contains(&handed), "kept after alice lost her VSIC");
+    }
+
+    #[test]
+    fn pages_coalesce_into_sorted_runs() {
+        let p = 0x20_0000;
+        assert_eq!(
+            page_runs(p, &[5 * p, p, 2 * p, 9 * p, 2 * p]),
+            vec![(p, 2 * p), (5 * p, p), (9 * p, p)]
+        );
+        assert!(page_runs(p, &[]).is_empty());
     }
 
     fn cap_file(tag: &str, rights: Rights) -> (std::path::PathBuf, CapToken) {
@@ -652,18 +1039,27 @@ mod tests {
                 slot: 1,
                 read_only: false,
             };
-            let (reply, _) = service.handle(peer, &req.encode(), vec![fd]);
+            let (reply, _) = service.handle(peer, &mut Session::default(), &req.encode(), vec![fd]);
             assert!(
                 matches!(reply, Reply::Refused(ref r) if r.status == "not-owner"),
                 "{reply:?}"
             );
-            let (reply, _) =
-                service.handle(peer, &Request::Detach { vsic: 0, slot: 1 }.encode(), vec![]);
+            let (reply, _) = service.handle(
+                peer,
+                &mut Session::default(),
+                &Request::Detach { vsic: 0, slot: 1 }.encode(),
+                vec![],
+            );
             assert!(
                 matches!(reply, Reply::Refused(ref r) if r.status == "not-owner"),
                 "{reply:?}"
             );
-            let (reply, _) = service.handle(peer, &Request::Dma { bytes: 4096 }.encode(), vec![]);
+            let (reply, _) = service.handle(
+                peer,
+                &mut Session::default(),
+                &Request::Dma { bytes: 4096 }.encode(),
+                vec![],
+            );
             assert!(
                 matches!(reply, Reply::Refused(ref r) if r.status == "not-owner"),
                 "{reply:?}"

@@ -8,12 +8,13 @@ use std::path::Path;
 use serde_json::json;
 use vsic_abi::virtio::Function;
 
-use super::handover::{open_pf_and_detach_every_slot, take_from_user};
+use super::handover::{dma_mode_for, open_pf_and_detach_every_slot, program_dma, take_from_user};
 use crate::failure::Failure;
 use crate::functions::{lookup_user, Functions, Named, KERNEL_DRIVER, VFIO_DRIVER};
 use crate::pf;
 use crate::report::Report;
 use crate::table::Table;
+use vsic_abi::admin::DmaMode;
 
 pub fn functions() -> Result<Report, Failure> {
     let funcs = Functions::system();
@@ -87,6 +88,9 @@ pub fn bind(n: u32, user: Option<&str>) -> Result<Report, Failure> {
         || open_pf_and_detach_every_slot(&funcs, n),
     )
     .map_err(|e| Failure::local_error(&context, "pci", e))?;
+    // Before any driver or user can reach the function: fail closed.
+    program_dma(&funcs, n, dma_mode_for(owner.map(|(uid, _)| uid)))
+        .map_err(|e| Failure::local_error(&context, "pci", e))?;
     if current.as_deref() != Some(target) {
         funcs
             .bind(&addr, target)
@@ -132,6 +136,8 @@ pub fn unbind(n: u32) -> Result<Report, Failure> {
         open_pf_and_detach_every_slot(&funcs, n)
     })
     .map_err(|e| Failure::local_error(&context, "pci", e))?;
+    program_dma(&funcs, n, DmaMode::Enforced)
+        .map_err(|e| Failure::local_error(&context, "pci", e))?;
     funcs
         .unbind(&addr)
         .map_err(|e| Failure::local_error(&context, "pci", e))?;

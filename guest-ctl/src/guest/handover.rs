@@ -4,6 +4,7 @@
 //! user (bind, unbind, store init).
 
 use vsic::admin::{AdminClient, AdminError};
+use vsic_abi::admin::DmaMode;
 
 use crate::failure::Failure;
 use crate::functions::{Functions, PciError, KERNEL_DRIVER, VFIO_DRIVER};
@@ -21,6 +22,80 @@ pub enum HandoverError {
     Pci(#[from] PciError),
     #[error(transparent)]
     Detach(#[from] DetachError),
+    #[error("programming VSIC {n}'s DMA protection: {source}")]
+    Dma {
+        n: u32,
+        #[source]
+        source: DmaProgramError,
+    },
+}
+
+/// Why a VSIC's DMA mode could not be set or its windows cleared.
+#[derive(Debug, thiserror::Error)]
+pub enum DmaProgramError {
+    #[error("opening the PF: {}", .0.message())]
+    OpenPf(#[source] Box<Failure>),
+    #[error("setting the mode: {0}")]
+    Mode(#[source] AdminError),
+    #[error("listing the windows: {0}")]
+    List(#[source] AdminError),
+    #[error("removing the window at {start:#x}: {source}")]
+    Remove {
+        start: u64,
+        #[source]
+        source: AdminError,
+    },
+}
+
+/// The DMA mode a VSIC going to `next` gets: `open` for the kernel's
+/// driver (and for root's own VFIO applications, which DMA from huge
+/// pages they allocate themselves), `enforced` for any other user.
+pub(crate) fn dma_mode_for(next: Option<u32>) -> DmaMode {
+    match next {
+        Some(uid) if uid != 0 => DmaMode::Enforced,
+        _ => DmaMode::Open,
+    }
+}
+
+/// Sets VSIC `n`'s DMA mode to `mode` and removes every window it has,
+/// through a PF opened here (the caller holds the control-plane lock and
+/// nobody but root can open the function). Called before the function is
+/// handed over, so a failure leaves it with root.
+pub(super) fn program_dma(funcs: &Functions, n: u32, mode: DmaMode) -> Result<(), HandoverError> {
+    let pf = pf::open_in_guest(funcs).map_err(|f| HandoverError::Dma {
+        n,
+        source: DmaProgramError::OpenPf(Box::new(f)),
+    })?;
+    program_dma_with(&pf, n, mode)
+}
+
+/// [`program_dma`] through a PF the caller has open.
+pub(super) fn program_dma_with(
+    pf: &AdminClient,
+    n: u32,
+    mode: DmaMode,
+) -> Result<(), HandoverError> {
+    let dma = |source| HandoverError::Dma { n, source };
+    // Enforced first, so no moment has the new owner's mode with old windows.
+    pf.dma_set_mode(n, DmaMode::Enforced)
+        .map_err(|e| dma(DmaProgramError::Mode(e)))?;
+    let (_, windows) = pf
+        .dma_windows(n)
+        .map_err(|e| dma(DmaProgramError::List(e)))?;
+    for w in windows {
+        pf.dma_window_remove(n, w.start, w.len).map_err(|source| {
+            dma(DmaProgramError::Remove {
+                start: w.start,
+                source,
+            })
+        })?;
+    }
+    if mode != DmaMode::Enforced {
+        pf.dma_set_mode(n, mode)
+            .map_err(|e| dma(DmaProgramError::Mode(e)))?;
+    }
+    log::info!("VSIC {n}: DMA mode {mode:?}, no windows");
+    Ok(())
 }
 
 /// Why the slots of a VSIC leaving its user could not all be emptied.

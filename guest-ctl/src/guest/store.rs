@@ -9,13 +9,14 @@ use vsic_abi::records::ROLE_STORE;
 use vsic_abi::units::format_size;
 use vsic_abi::virtio::Function;
 
-use super::handover::{detach_every_slot, take_for_store};
+use super::handover::{detach_every_slot, program_dma_with, take_for_store};
 use crate::capfile::Reservation;
 use crate::failure::Failure;
 use crate::functions::{Functions, PciError, KERNEL_DRIVER};
 use crate::pf;
 use crate::report::Report;
 use crate::store;
+use vsic_abi::admin::DmaMode;
 
 /// Why the store's disk did not become a mounted file system.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,9 @@ pub fn store_init(n: u32, size: u64, mountpoint: &Path) -> Result<Report, Failur
     // A VSIC leaving a user keeps none of its attachments: root's VSICs
     // keep theirs, and the next user of this one would inherit them.
     take_for_store(&funcs, &addr, || detach_every_slot(&pf.client, n))
+        .map_err(|e| Failure::local_error(&context, "store", e))?;
+    // The store is the kernel driver's: open mode, no windows.
+    program_dma_with(&pf.client, n, DmaMode::Open)
         .map_err(|e| Failure::local_error(&context, "store", e))?;
     // On the kernel driver before slot 0 is attached: the capacity change
     // reaches virtio_blk only while a driver runs the function (a VSIC

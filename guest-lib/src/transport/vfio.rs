@@ -24,11 +24,13 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vsic_abi::virtio::Function;
 
 use super::pci::{self, Sysfs, VirtioCaps};
 use super::vfio_sys::{Container, Group, VfioDevice, PCI_CONFIG_REGION_INDEX, PCI_MSIX_IRQ_INDEX};
 use super::virtio_pci::{common, status, Bar, Window, NO_VECTOR};
 use super::{queue_slot, QueueAddrs, Transport};
+use crate::control::register::{self, DmaRegistration};
 use crate::dma::DmaRegion;
 use crate::error::Error;
 use crate::hugepage::{self, DmaSource};
@@ -52,6 +54,11 @@ pub struct VfioConfig {
     pub need_interrupts: bool,
     /// Map BARs when VFIO allows (otherwise every access is a pread/pwrite).
     pub mmap_bars: bool,
+    /// Register DMA memory the library allocates itself
+    /// ([`DmaSource::Allocate`]) for a VSIC with the control service
+    /// ([`crate::control::register`]), so that an enforced VSIC may reach
+    /// it. Off only where the control plane itself opens functions.
+    pub register_dma: bool,
 }
 
 /// Set (to anything) to reach BARs through pread/pwrite even where VFIO
@@ -77,6 +84,8 @@ pub struct VfioTransport {
     queue_has_vector: Vec<bool>,
     need_interrupts: bool,
     dma_maps: Vec<(u64, u64)>,
+    /// Windows the control service added for our own DMA memory.
+    registration: Option<DmaRegistration>,
     device: Arc<VfioDevice>,
     group: Group,
     container: Container,
@@ -127,6 +136,10 @@ impl VfioTransport {
         let (common, notify, device_cfg) = open_windows(&device, &caps, config.mmap_bars)?;
         // Closing the container on a later error undoes these mappings.
         let (region, dma_maps) = map_dma_memory(&container, config)?;
+        let registration = match config.dma {
+            DmaSource::Allocate if config.register_dma => register_own_memory(address, &region)?,
+            _ => None,
+        };
 
         let mut t = VfioTransport {
             address: address.to_string(),
@@ -144,6 +157,7 @@ impl VfioTransport {
             queue_has_vector: Vec::new(),
             need_interrupts: config.need_interrupts,
             dma_maps,
+            registration,
             device,
             group,
             container,
@@ -298,6 +312,27 @@ fn map_dma_memory(
         DmaSource::Provided(p) => hugepage::verify_provided(p, &region)?,
     }
     Ok((region, maps))
+}
+
+/// Registers our own pinned huge pages for the VSIC at `address` (named so
+/// in the function map; other functions, the PF among them, are not
+/// protected per VSIC) with the control service.
+fn register_own_memory(
+    address: &str,
+    region: &DmaRegion,
+) -> Result<Option<DmaRegistration>, Error> {
+    let (_, map) = pci::read_function_map();
+    let Some(vsic) = map.iter().find_map(|(f, a)| match f {
+        Function::Vsic(n) if a == address => Some(*n),
+        _ => None,
+    }) else {
+        debug!("{address}: not a VSIC of the function map; DMA memory not registered");
+        return Ok(None);
+    };
+    let Some(fd) = region.fd() else {
+        return Ok(None);
+    };
+    register::register(&register::socket_path(), vsic, &fd)
 }
 
 /// Reads configuration space through the config region and finds the
@@ -504,6 +539,9 @@ impl Drop for VfioTransport {
         if !self.vectors.is_empty() {
             let _ = self.device.set_irq_eventfds(PCI_MSIX_IRQ_INDEX, &[]);
         }
+        // The device is stopped: its windows onto our memory go before the
+        // memory does.
+        drop(self.registration.take());
         for &(iova, len) in &self.dma_maps {
             if let Err(e) = self.container.unmap_dma(iova, len) {
                 debug!("{}: {e}", self.address);

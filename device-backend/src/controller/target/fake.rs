@@ -129,6 +129,20 @@ impl IoTarget for FakeTarget {
         self.dma.lock().unwrap().clone().map(Arc::new)
     }
 
+    fn frontend_joined(&self, vsic: u32) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("frontend joined {vsic}"));
+    }
+
+    fn frontend_left(&self, vsic: u32) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("frontend left {vsic}"));
+    }
+
     fn dma_violation(&self, _vsic: u32, _queue: u16, addr: u64, len: u64) {
         self.calls
             .lock()

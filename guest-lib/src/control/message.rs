@@ -6,6 +6,10 @@
 //! | `{"v":1,"op":"detach","vsic":N,"slot":S}` | none | `{"v":1,"reply":"detached"}` |
 //! | `{"v":1,"op":"dma","bytes":B}` | none | `{"v":1,"reply":"dma","page_size":P,"gpas":[...]}` + the huge-page file |
 //! | `{"v":1,"op":"dma-locate"}` | a huge-page file | `{"v":1,"reply":"dma-pages","gpas":[...]}`: where its pages are now |
+//! | `{"v":1,"op":"dma-register","vsic":N}` | a huge-page file, pinned by the sender | `{"v":1,"reply":"dma-registered","windows":[[START,LEN],...]}`: the windows added to VSIC N (none in open DMA mode); root only |
+//! | `{"v":1,"op":"dma-unregister"}` | none | `{"v":1,"reply":"dma-unregistered","windows":[[START,LEN],...]}`: every window this connection registered, now removed |
+//!
+//! Windows registered on a connection are removed when it closes, too.
 //!
 //! Any request may instead get `{"v":1,"reply":"refused","status":NAME,"message":TEXT}`.
 
@@ -33,6 +37,12 @@ pub enum Request {
     /// Where the pages of the huge-page file sent along are now (asked
     /// after pinning them: pinning may move pages).
     DmaLocate,
+    /// Let VSIC `vsic` reach the pages of the huge-page file sent along,
+    /// which the sender (root) allocated and pinned itself, until this
+    /// connection unregisters them or closes.
+    DmaRegister { vsic: u32 },
+    /// Remove every window this connection registered.
+    DmaUnregister,
 }
 
 /// Why the control plane said no: a stable status name and a sentence.
@@ -70,6 +80,14 @@ pub enum Reply {
     /// Page `i` of the file sent with the request is at `gpas[i]`.
     DmaPages {
         gpas: Vec<u64>,
+    },
+    /// The DMA windows (start, length) a register request added.
+    DmaRegistered {
+        windows: Vec<(u64, u64)>,
+    },
+    /// The DMA windows (start, length) an unregister request removed.
+    DmaUnregistered {
+        windows: Vec<(u64, u64)>,
     },
     Refused(Refusal),
 }
@@ -141,6 +159,10 @@ impl Request {
             }
             Request::Dma { bytes } => json!({"v": VERSION, "op": "dma", "bytes": bytes}),
             Request::DmaLocate => json!({"v": VERSION, "op": "dma-locate"}),
+            Request::DmaRegister { vsic } => {
+                json!({"v": VERSION, "op": "dma-register", "vsic": vsic})
+            }
+            Request::DmaUnregister => json!({"v": VERSION, "op": "dma-unregister"}),
         };
         v.to_string().into_bytes()
     }
@@ -169,10 +191,19 @@ impl Request {
                     .ok_or_else(|| bad_field("bytes", "be a number"))?,
             }),
             Some("dma-locate") => Ok(Request::DmaLocate),
+            Some("dma-register") => Ok(Request::DmaRegister {
+                vsic: field_u32(&v, "vsic")?,
+            }),
+            Some("dma-unregister") => Ok(Request::DmaUnregister),
             Some(op) => Err(MessageError::UnknownOperation(op.to_string())),
             None => Err(MessageError::NoOperation),
         }
     }
+}
+
+/// Windows as `[start, length]` pairs.
+fn pairs(windows: &[(u64, u64)]) -> Vec<[u64; 2]> {
+    windows.iter().map(|&(s, l)| [s, l]).collect()
 }
 
 impl Reply {
@@ -184,6 +215,12 @@ impl Reply {
                 json!({"v": VERSION, "reply": "dma", "page_size": page_size, "gpas": gpas})
             }
             Reply::DmaPages { gpas } => json!({"v": VERSION, "reply": "dma-pages", "gpas": gpas}),
+            Reply::DmaRegistered { windows } => {
+                json!({"v": VERSION, "reply": "dma-registered", "windows": pairs(windows)})
+            }
+            Reply::DmaUnregistered { windows } => {
+                json!({"v": VERSION, "reply": "dma-unregistered", "windows": pairs(windows)})
+            }
             Reply::Refused(r) => {
                 json!({"v": VERSION, "reply": "refused", "status": r.status, "message": r.message})
             }
@@ -207,6 +244,19 @@ impl Reply {
                 .map(|g| g.as_u64().ok_or_else(|| bad_field("gpas", "hold numbers")))
                 .collect()
         };
+        let windows = || -> Result<Vec<(u64, u64)>, MessageError> {
+            const WHAT: &str = "be an array of [start, length] pairs";
+            v.get("windows")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad_field("windows", WHAT))?
+                .iter()
+                .map(|w| match w.as_array().map(Vec::as_slice) {
+                    Some([s, l]) => s.as_u64().zip(l.as_u64()),
+                    _ => None,
+                })
+                .map(|w| w.ok_or_else(|| bad_field("windows", WHAT)))
+                .collect()
+        };
         match v.get("reply").and_then(Value::as_str) {
             Some("attached") => Ok(Reply::Attached),
             Some("detached") => Ok(Reply::Detached),
@@ -221,6 +271,12 @@ impl Reply {
                 })
             }
             Some("dma-pages") => Ok(Reply::DmaPages { gpas: gpas()? }),
+            Some("dma-registered") => Ok(Reply::DmaRegistered {
+                windows: windows()?,
+            }),
+            Some("dma-unregistered") => Ok(Reply::DmaUnregistered {
+                windows: windows()?,
+            }),
             Some("refused") => Ok(Reply::Refused(Refusal::new(
                 text("status")?,
                 text("message")?,
@@ -246,6 +302,8 @@ mod tests {
             Request::Detach { vsic: 0, slot: 1 },
             Request::Dma { bytes: 4 << 20 },
             Request::DmaLocate,
+            Request::DmaRegister { vsic: 2 },
+            Request::DmaUnregister,
         ] {
             assert_eq!(
                 Request::decode(&r.encode()).map_err(|e| e.to_string()),
@@ -266,6 +324,10 @@ mod tests {
             Reply::DmaPages {
                 gpas: vec![0x4020_0000],
             },
+            Reply::DmaRegistered {
+                windows: vec![(0x4000_0000, 0x40_0000), (0x8000_0000, 0x20_0000)],
+            },
+            Reply::DmaUnregistered { windows: vec![] },
             Reply::Refused(Refusal::new("not-owner", "VSIC 1 belongs to uid 1002")),
         ] {
             assert_eq!(Reply::decode(&r.encode()).map_err(|e| e.to_string()), Ok(r));
@@ -292,6 +354,7 @@ mod tests {
                 "'read_only'",
             ),
             (r#"{"v":1,"op":"dma","bytes":"lots"}"#, "'bytes'"),
+            (r#"{"v":1,"op":"dma-register"}"#, "'vsic'"),
         ];
         for (text, expected) in cases {
             let err = Request::decode(text.as_bytes()).unwrap_err().to_string();
@@ -308,6 +371,9 @@ mod tests {
             r#"{"v":1,"reply":"dma-pages"}"#,
             r#"{"v":1,"reply":"refused","status":1}"#,
             r#"{"v":1,"reply":"maybe"}"#,
+            r#"{"v":1,"reply":"dma-registered"}"#,
+            r#"{"v":1,"reply":"dma-registered","windows":[[1]]}"#,
+            r#"{"v":1,"reply":"dma-registered","windows":[[1,-2]]}"#,
         ] {
             assert!(Reply::decode(text.as_bytes()).is_err(), "{text}");
         }

@@ -117,11 +117,34 @@ impl ControlClient {
         }
     }
 
+    /// Lets VSIC `vsic` reach the huge pages of `memory`, which the caller
+    /// (root) allocated and pinned itself, for as long as this connection
+    /// stays open or until [`ControlClient::dma_unregister`]. Returns the
+    /// windows added (none when the VSIC is in open DMA mode).
+    pub fn dma_register(
+        &self,
+        vsic: u32,
+        memory: &impl AsFd,
+    ) -> Result<Vec<(u64, u64)>, ControlError> {
+        match self.exchange(&Request::DmaRegister { vsic }, Some(memory))? {
+            (Reply::DmaRegistered { windows }, _) => Ok(windows),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes every window this connection registered; returns them.
+    pub fn dma_unregister(&self) -> Result<Vec<(u64, u64)>, ControlError> {
+        match self.exchange::<OwnedFd>(&Request::DmaUnregister, None)? {
+            (Reply::DmaUnregistered { windows }, _) => Ok(windows),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
     /// [`ControlClient::dma_memory`] in the form `vsic::OpenOptions::dma`
     /// takes. Once the library has pinned the memory it asks the service
     /// (over a connection of its own, or this one's socket when it has no
     /// path) where the pages are, and refuses them if pinning moved one.
-    pub fn dma_source(&self, bytes: u64) -> Result<vsic::DmaSource, ControlError> {
+    pub fn dma_source(&self, bytes: u64) -> Result<crate::DmaSource, ControlError> {
         let (fd, gpas) = self.dma_memory(bytes)?;
         let locator = match &self.path {
             Some(path) => ServiceLocator::Path(path.clone()),
@@ -134,7 +157,7 @@ impl ControlClient {
                 ServiceLocator::Shared(ControlClient::from_socket(dup))
             }
         };
-        vsic::DmaSource::provided_with_locator(fd, gpas, std::sync::Arc::new(locator))
+        crate::DmaSource::provided_with_locator(fd, gpas, std::sync::Arc::new(locator))
             .map_err(|e| ControlError::Protocol(format!("unusable DMA memory: {e}")))
     }
 
@@ -191,15 +214,15 @@ impl fmt::Debug for ServiceLocator {
     }
 }
 
-impl vsic::PageLocator for ServiceLocator {
-    fn locate(&self, memory: &vsic::ProvidedDma) -> Result<Vec<u64>, vsic::Error> {
+impl crate::PageLocator for ServiceLocator {
+    fn locate(&self, memory: &crate::ProvidedDma) -> Result<Vec<u64>, crate::Error> {
         let located = match self {
             ServiceLocator::Path(path) => {
                 ControlClient::connect(path).and_then(|c| c.dma_locate(&memory.fd()))
             }
             ServiceLocator::Shared(client) => client.dma_locate(&memory.fd()),
         };
-        located.map_err(|e| vsic::Error::Transport {
+        located.map_err(|e| crate::Error::Transport {
             step: "asking the control service where DMA memory is",
             reason: e.to_string(),
         })

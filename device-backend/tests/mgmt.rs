@@ -780,3 +780,63 @@ fn the_socket_comes_back_after_a_crash_and_at_a_chosen_path() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ------------------------------------------------------------- drive model
+
+#[test]
+fn the_drive_model_changes_at_run_time_through_the_socket() {
+    let (_d, dev, mut c) = with_vsa("mgmt-model", Setup::default(), 4 * MIB);
+    assert_eq!(c.ok("query-drive-model", json!({})), json!({"on": false}));
+    let timed_read = |dev: &Device| {
+        let t = Instant::now();
+        read_status(dev, 0).expect("read");
+        t.elapsed()
+    };
+
+    let r = c.ok(
+        "drive-model-set",
+        json!({"latency": "40ms", "units": 3, "bandwidth": "1G"}),
+    );
+    assert_eq!(r["on"], true, "{r}");
+    assert_eq!(r["drives"].as_array().map(Vec::len), Some(2), "{r}");
+    assert_eq!(r["drives"][0]["units"], 3, "{r}");
+    assert_eq!(r["drives"][1]["read"]["fixed-us"], 40_000.0, "{r}");
+    for _ in 0..3 {
+        let took = timed_read(&dev);
+        assert!(
+            took >= Duration::from_millis(40),
+            "a read took {took:?} under a 40 ms model"
+        );
+    }
+
+    // A file's text, with one drive its own.
+    let text = "[model]\nread = { latency = \"1us\" }\n[drives.1]\nunits = 7\n";
+    let r = c.ok("drive-model-set", json!({ "toml": text }));
+    assert_eq!(r["drives"][1]["units"], 7, "{r}");
+    assert_eq!(c.ok("query-drive-model", json!({})), r);
+
+    // Refusals leave the model as it was.
+    for bad in [
+        json!({}),
+        json!({"units": 0}),
+        json!({"toml": "[model]\n[drives.5]\n"}),
+        json!({"toml": text, "units": 2}),
+    ] {
+        let e = c.execute("drive-model-set", bad.clone());
+        assert_eq!(e["error"]["class"], "InvalidArguments", "{bad} -> {e}");
+    }
+    assert_eq!(c.ok("query-drive-model", json!({})), r);
+
+    c.ok("drive-model-set", json!({"latency": "40ms"}));
+    assert!(timed_read(&dev) >= Duration::from_millis(40));
+    assert_eq!(c.ok("drive-model-off", json!({})), json!({"on": false}));
+    let t = Instant::now();
+    for _ in 0..10 {
+        read_status(&dev, 0).expect("read");
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(400),
+        "10 reads took {took:?} with the model off (40 ms each while on)"
+    );
+}

@@ -62,7 +62,7 @@ pub use metadata::{BodyError, CommitError, DriveOp, MetadataError};
 pub use power::PowerError;
 pub use state::{Owner, StateError};
 pub use target::{AdminReply, AdminTarget, IoBuffers, IoError, IoKind, IoTarget, Target};
-pub use timing::{DriveModel, Latency, ModelError, Placement, ServiceModel};
+pub use timing::{DriveModel, Latency, ModelError, Placement, ServiceModel, MAX_UNITS};
 pub use wcache::{CutReport, SECTOR};
 
 use drive::Drive;

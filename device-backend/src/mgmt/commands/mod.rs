@@ -6,6 +6,7 @@ use super::registry::Registry;
 
 mod admin;
 mod fault;
+mod model;
 mod power;
 mod query;
 mod stats;
@@ -20,6 +21,7 @@ const FAMILIES: &[fn(&mut Registry)] = &[
     fault::register,
     trace::register,
     power::register,
+    model::register,
 ];
 
 /// The table of every command.

@@ -33,9 +33,10 @@ GUEST_BIN_DIR=$TARGET_DIR/$GUEST_TRIPLE/release
 MODULES=(virtio_pci virtio_blk vfio vfio_iommu_type1 vfio-pci)
 # Modules in the image but loaded only on demand (modprobe NAME): a RAM disk
 # and the file systems the kernel does not build in (ext2/ext4 are built in).
-ON_DEMAND_MODULES=(brd btrfs xfs)
+# nfsv3 (issue 12) brings nfs, sunrpc, lockd and the rest of its closure.
+ON_DEMAND_MODULES=(brd btrfs xfs nfsv3)
 # Cargo packages whose binaries and examples go into the guest.
-GUEST_PACKAGES=(vsicctl vsic vsic-kv)
+GUEST_PACKAGES=(vsicctl vsic vsic-kv vsic-fs vsic-nfsd)
 
 run_cargo=1
 force=0
@@ -287,6 +288,13 @@ while read -r applet; do
     mkdir -p "$stage/$(dirname "$applet")"
     ln -s /bin/busybox "$stage/$applet"
 done < <("$busybox" --list-full)
+
+# --- vsic-nfsd (issue 12): the NFS mount helper ----------------------------
+# busybox has no NFS support; /sbin/mount.nfs adds addr= and calls mount(2).
+if [[ -e $stage/usr/bin/vsic-mount-nfs ]]; then
+    ln -sf /usr/bin/vsic-mount-nfs "$stage/sbin/mount.nfs"
+fi
+# --- end vsic-nfsd block -----------------------------------------------------
 
 # Kernel modules with a modules.dep of their own, so modprobe works too.
 kmods=$stage/lib/modules/$kver

@@ -56,8 +56,10 @@ async fn every_change_is_on_the_device_when_the_call_returns() {
     let dev = img.on_device();
     assert_eq!(dev.read_file("/dir/f").unwrap()[5000..], *b"hello");
 
-    let mut s = sattr3::default();
-    s.size = set_size3::size(2);
+    let s = sattr3 {
+        size: set_size3::size(2),
+        ..Default::default()
+    };
     assert_eq!(nfs.setattr(f, s).await.unwrap().size, 2);
     nfs.rename(d, &name("f"), root, &name("g")).await.unwrap();
     let dev = img.on_device();

@@ -28,17 +28,20 @@ M=/mnt/nfs
 OPTS=vers=3,proto=tcp,port=$PORT,mountport=$PORT,mountproto=tcp,nolock
 mkdir -p $M
 
-# start_nfsd [--mkfs]: vsic-nfsd in the background; returns once it listens.
+# start_nfsd LOG [--mkfs]: vsic-nfsd in the background, logging to LOG;
+# returns once it listens (it says "serving" after binding the port).
 start_nfsd() {
-    vsic-nfsd --dev $DEV --listen 127.0.0.1:$PORT "$@" >>/tmp/nfsd.log 2>&1 &
+    log=$1
+    shift
+    vsic-nfsd --dev $DEV --listen 127.0.0.1:$PORT "$@" >"$log" 2>&1 &
     NFSD=$!
-    for _ in $(seq 300); do
-        grep -q "serving" /tmp/nfsd.log 2>/dev/null && nc -z 127.0.0.1 $PORT 2>/dev/null && return 0
-        kill -0 $NFSD 2>/dev/null || { cat /tmp/nfsd.log; fail "vsic-nfsd exited"; }
+    for _ in $(seq 600); do
+        grep -q "serving" "$log" 2>/dev/null && return 0
+        kill -0 $NFSD 2>/dev/null || { cat "$log"; fail "vsic-nfsd exited"; }
         sleep 0.1
     done
-    cat /tmp/nfsd.log
-    fail "vsic-nfsd did not listen within 30 s"
+    cat "$log"
+    fail "vsic-nfsd did not listen within 60 s"
 }
 
 remount() {
@@ -46,7 +49,7 @@ remount() {
     mount.nfs 127.0.0.1:/ $M -o "$OPTS" || fail "mount.nfs"
 }
 
-start_nfsd --mkfs
+start_nfsd /tmp/nfsd1.log --mkfs
 echo "== mount -t nfs (busybox) with the standard options"
 if timeout 20 mount -t nfs -o "$OPTS" 127.0.0.1:/ $M 2>/tmp/bbmount.err; then
     echo "busybox mount -t nfs worked"
@@ -98,20 +101,26 @@ rm $M/big /tmp/big
 echo "64 MiB file ok"
 
 echo "== a tree in and out with tar"
-tar -C / -cf /tmp/tree.tar lib/modules etc || fail "tar of the reference tree"
+# A private copy as the reference: /etc changes under mount and umount.
+mkdir -p /tmp/ref/lib
+cp -a /lib/modules /tmp/ref/lib/ && cp -a /etc /tmp/ref/ || fail "copy the reference tree"
+tar -C /tmp/ref -cf /tmp/tree.tar lib etc || fail "tar of the reference tree"
 mkdir $M/tree
 tar -C $M/tree -xf /tmp/tree.tar || fail "tar into the mount"
 remount
 mkdir /tmp/out
 tar -C $M/tree -cf - . | tar -C /tmp/out -xf - || fail "tar out of the mount"
-(cd / && find lib/modules etc | sort) >/tmp/ref.list
-(cd /tmp/out && find lib/modules etc | sort) >/tmp/out.list
+(cd /tmp/ref && find . | sort) >/tmp/ref.list
+(cd /tmp/out && find . | sort) >/tmp/out.list
 cmp /tmp/ref.list /tmp/out.list || fail "the tree's names differ"
-(cd / && find lib/modules etc -type f | sort | xargs md5sum) >/tmp/ref.tsums
-(cd /tmp/out && find lib/modules etc -type f | sort | xargs md5sum) >/tmp/out.tsums
+(cd /tmp/ref && find . -type f | sort | xargs md5sum) >/tmp/ref.tsums
+(cd /tmp/out && find . -type f | sort | xargs md5sum) >/tmp/out.tsums
+(cd /tmp/ref && find . -type l | sort | while read -r l; do echo "$l -> $(readlink "$l")"; done) >/tmp/ref.links
+(cd /tmp/out && find . -type l | sort | while read -r l; do echo "$l -> $(readlink "$l")"; done) >/tmp/out.links
+cmp /tmp/ref.links /tmp/out.links || fail "the tree's symbolic links differ"
 cmp /tmp/ref.tsums /tmp/out.tsums || fail "the tree's contents differ"
-echo "tree ok: $(wc -l </tmp/ref.list) names"
-rm -rf /tmp/out /tmp/tree.tar
+echo "tree ok: $(wc -l </tmp/ref.list) names, $(wc -l </tmp/ref.tsums) files, $(wc -l </tmp/ref.links) symlinks"
+rm -rf /tmp/out /tmp/ref /tmp/tree.tar
 
 echo "== kill -9 of vsic-nfsd during writes on a sync hard mount"
 umount $M
@@ -135,7 +144,7 @@ kill -9 $NFSD
 wait $NFSD 2>/dev/null || true
 echo "killed vsic-nfsd at file $(cat /tmp/stream.pos)"
 sleep 2
-start_nfsd
+start_nfsd /tmp/nfsd2.log
 wait $W || fail "the writer failed"
 [ "$(cat /tmp/stream.pos)" = done ] || fail "the writer did not finish"
 [ ! -s /tmp/stream.out ] || { cat /tmp/stream.out; fail "client calls failed"; }

@@ -27,6 +27,9 @@ PORT=20490
 M=/mnt/nfs
 OPTS=vers=3,proto=tcp,port=$PORT,mountport=$PORT,mountproto=tcp,nolock
 mkdir -p $M
+T0=$(date +%s)
+# stage WHAT: prints WHAT with the seconds since the start.
+stage() { echo "[$(($(date +%s) - T0)) s] $*"; }
 
 # start_nfsd LOG [--mkfs]: vsic-nfsd in the background, logging to LOG;
 # returns once it listens (it says "serving" after binding the port).
@@ -61,44 +64,55 @@ mount.nfs 127.0.0.1:/ $M -o "$OPTS" || fail "mount.nfs 127.0.0.1:/ $M -o $OPTS"
 grep " $M nfs " /proc/mounts || fail "not in /proc/mounts"
 
 echo "== 1,000 small files: create, write, rename, remove"
-head -c 8192 /dev/urandom >/tmp/pattern
-mkdir -p /tmp/ref $M/small
-i=0
-while [ $i -lt 1000 ]; do
-    n=$(((i * 37) % 4000 + 1))
-    head -c $n /tmp/pattern >/tmp/ref/f$i
-    echo "file $i" >>/tmp/ref/f$i
-    cp /tmp/ref/f$i $M/small/f$i
-    i=$((i + 1))
-done
+# The reference files (a name line, then up to 4 KiB of a random pool from
+# a random offset) by one awk.
+mkdir -p /tmp/ref $M/small $M/renamed
+awk -v seed="$(date +%s)" 'BEGIN {
+    srand(seed)
+    for (j = 0; j < 8192; j++) pool = pool sprintf("%c", 32 + int(rand() * 95))
+    for (i = 0; i < 1000; i++) {
+        f = "/tmp/ref/f" i
+        printf "file %d\n%s", i, substr(pool, 1 + int(rand() * 4096), int(rand() * 4096)) > f
+        close(f)
+    }
+}'
+[ "$(ls /tmp/ref | wc -l)" = 1000 ] || fail "reference files"
+cp /tmp/ref/* $M/small/ || fail "create and write 1,000 files"
+stage "created"
 remount
-(cd /tmp/ref && md5sum f* | sort) >/tmp/ref.sums
-(cd $M/small && md5sum f* | sort) >/tmp/nfs.sums
+(cd /tmp/ref && md5sum f* | sort -k2) >/tmp/ref.sums
+(cd $M/small && md5sum f* | sort -k2) >/tmp/nfs.sums
 cmp /tmp/ref.sums /tmp/nfs.sums || fail "small files differ after a remount"
+# Renames: all 1,000 into another directory, then 100 to new names there.
+mv $M/small/* $M/renamed/ || fail "rename 1,000 files"
 i=0
-while [ $i -lt 1000 ]; do
-    mv $M/small/f$i $M/small/g$i || fail "rename f$i"
+while [ $i -lt 100 ]; do
+    mv $M/renamed/f$i $M/renamed/g$i || fail "rename f$i"
+    mv /tmp/ref/f$i /tmp/ref/g$i
     i=$((i + 1))
 done
+stage "renamed"
 remount
-sed 's/  f/  g/' /tmp/ref.sums | sort -k2 >/tmp/ref2.sums
-(cd $M/small && md5sum g* | sort -k2) >/tmp/nfs2.sums
+[ -z "$(ls $M/small)" ] || fail "names left in the old directory"
+(cd /tmp/ref && md5sum * | sort -k2) >/tmp/ref2.sums
+(cd $M/renamed && md5sum * | sort -k2) >/tmp/nfs2.sums
 cmp /tmp/ref2.sums /tmp/nfs2.sums || fail "renamed files differ"
-[ "$(ls $M/small | grep -c '^f')" = 0 ] || fail "old names left after rename"
-rm $M/small/g*
-[ -z "$(ls $M/small)" ] || fail "files left after rm"
-rmdir $M/small || fail "rmdir"
+rm $M/renamed/* || fail "remove 1,000 files"
+remount
+[ -z "$(ls $M/renamed)" ] || fail "files left after rm"
+rmdir $M/small $M/renamed || fail "rmdir"
 rm -rf /tmp/ref
-echo "small files ok"
+stage "small files ok"
 
 echo "== a 64 MiB file"
 dd if=/dev/urandom of=/tmp/big bs=1M count=64 2>/dev/null
 cp /tmp/big $M/big || fail "write the 64 MiB file"
+stage "64 MiB written"
 remount
 [ "$(stat -c %s $M/big)" = 67108864 ] || fail "size of the 64 MiB file"
 cmp /tmp/big $M/big || fail "the 64 MiB file differs"
 rm $M/big /tmp/big
-echo "64 MiB file ok"
+stage "64 MiB file ok"
 
 echo "== a tree in and out with tar"
 # A private copy as the reference: /etc changes under mount and umount.
@@ -107,6 +121,7 @@ cp -a /lib/modules /tmp/ref/lib/ && cp -a /etc /tmp/ref/ || fail "copy the refer
 tar -C /tmp/ref -cf /tmp/tree.tar lib etc || fail "tar of the reference tree"
 mkdir $M/tree
 tar -C $M/tree -xf /tmp/tree.tar || fail "tar into the mount"
+stage "tree in"
 remount
 mkdir /tmp/out
 tar -C $M/tree -cf - . | tar -C /tmp/out -xf - || fail "tar out of the mount"
@@ -119,7 +134,7 @@ cmp /tmp/ref.list /tmp/out.list || fail "the tree's names differ"
 (cd /tmp/out && find . -type l | sort | while read -r l; do echo "$l -> $(readlink "$l")"; done) >/tmp/out.links
 cmp /tmp/ref.links /tmp/out.links || fail "the tree's symbolic links differ"
 cmp /tmp/ref.tsums /tmp/out.tsums || fail "the tree's contents differ"
-echo "tree ok: $(wc -l </tmp/ref.list) names, $(wc -l </tmp/ref.tsums) files, $(wc -l </tmp/ref.links) symlinks"
+stage "tree ok: $(wc -l </tmp/ref.list) names, $(wc -l </tmp/ref.tsums) files, $(wc -l </tmp/ref.links) symlinks"
 rm -rf /tmp/out /tmp/ref /tmp/tree.tar
 
 echo "== kill -9 of vsic-nfsd during writes on a sync hard mount"
@@ -154,7 +169,7 @@ while [ $i -lt 300 ]; do
     [ "$(cat $M/k/f$i)" = "$(printf 'stream %d %0200d' $i $i)" ] || fail "f$i differs after the restart"
     i=$((i + 1))
 done
-echo "stream ok: 300 files intact across the kill"
+stage "stream ok: 300 files intact across the kill"
 
 umount $M
 kill $NFSD

@@ -12,7 +12,9 @@
 #                           [--no-build] [--vsicd-arg ARG]... [--dma] [--qds LIST]
 #        ci/bench.sh --table FILE
 #        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
-#        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis)
+#        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis,
+#                                            then in the guest ci/bench-nfs.sh)
+#        ci/bench.sh --nfs [...]             (ci/bench-nfs.sh: vsic-nfsd on vsic vs file)
 #
 #   --host      run on the host over vhost-user sockets
 #   --seconds   measured seconds per run (default 3)
@@ -46,6 +48,11 @@ if [[ ${1:-} == --guest ]]; then
 fi
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+# --nfs: the NFS benchmark alone (vsic-nfsd on vsic and on a file), ci/bench-nfs.sh.
+if [[ ${1:-} == --nfs ]]; then
+    shift
+    exec bash "$REPO/ci/bench-nfs.sh" "$@"
+fi
 # --apps: the application benchmark (vsic-kv vs redis), ci/bench-apps.sh.
 if [[ ${1:-} == --apps ]]; then
     shift

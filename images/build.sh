@@ -289,13 +289,6 @@ while read -r applet; do
     ln -s /bin/busybox "$stage/$applet"
 done < <("$busybox" --list-full)
 
-# --- vsic-nfsd (issue 12): the NFS mount helper ----------------------------
-# busybox has no NFS support; /sbin/mount.nfs adds addr= and calls mount(2).
-if [[ -e $stage/usr/bin/vsic-mount-nfs ]]; then
-    ln -sf /usr/bin/vsic-mount-nfs "$stage/sbin/mount.nfs"
-fi
-# --- end vsic-nfsd block -----------------------------------------------------
-
 # Kernel modules with a modules.dep of their own, so modprobe works too.
 kmods=$stage/lib/modules/$kver
 mkdir -p "$kmods"

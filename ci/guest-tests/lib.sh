@@ -95,7 +95,7 @@ to_vfio() {
 # VFIO-owned VSIC 0 (NFS_DEV), the port NFS_PORT, the mount point NFS_MNT
 # and the standard mount options NFS_OPTS.
 nfs_setup() {
-    for p in vsic-nfsd vsic-fs mount.nfs; do
+    for p in vsic-nfsd vsic-fs; do
         command -v $p >/dev/null || fail "$p is not in the image"
     done
     ip link show lo | grep -q "UP" || fail "loopback is not up"
@@ -128,7 +128,7 @@ nfs_start() {
 }
 
 # nfs_mount [EXTRA_OPTIONS]: mounts the export on NFS_MNT with the standard
-# options (mount -t nfs: busybox, which runs /sbin/mount.nfs as its helper).
+# options (busybox mount -t nfs).
 nfs_mount() {
     mount -t nfs -o "${1:+$1,}$NFS_OPTS" 127.0.0.1:/ $NFS_MNT || fail "mount -t nfs -o ${1:+$1,}$NFS_OPTS"
 }

@@ -21,15 +21,6 @@ remount() {
 }
 
 nfs_start /tmp/nfsd.log --mkfs
-echo "== mount -t nfs without /sbin/mount.nfs (busybox alone)"
-mv /sbin/mount.nfs /sbin/mount.nfs.off
-if timeout 20 mount -t nfs -o "$NFS_OPTS" 127.0.0.1:/ $M 2>/tmp/bbmount.err; then
-    echo "busybox alone mounts NFS"
-    umount $M
-else
-    echo "busybox alone cannot: $(cat /tmp/bbmount.err)"
-fi
-mv /sbin/mount.nfs.off /sbin/mount.nfs
 nfs_mount
 grep " $M nfs " /proc/mounts || fail "not in /proc/mounts"
 
@@ -85,10 +76,11 @@ rm $M/big /tmp/big
 stage "64 MiB file ok"
 
 echo "== a tree in and out with tar"
-# A private copy as the reference: /etc changes under mount and umount.
+# A private copy as the reference (/etc changes under mount and umount):
+# kernel modules, /etc, and /sbin (programs and busybox's symbolic links).
 mkdir -p /tmp/ref/lib
-cp -a /lib/modules /tmp/ref/lib/ && cp -a /etc /tmp/ref/ || fail "copy the reference tree"
-tar -C /tmp/ref -cf /tmp/tree.tar lib etc || fail "tar of the reference tree"
+cp -a /lib/modules /tmp/ref/lib/ && cp -a /etc /sbin /tmp/ref/ || fail "copy the reference tree"
+tar -C /tmp/ref -cf /tmp/tree.tar lib etc sbin || fail "tar of the reference tree"
 mkdir $M/tree
 tar -C $M/tree -xf /tmp/tree.tar || fail "tar into the mount"
 stage "tree in"

@@ -29,8 +29,9 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $build -eq 1 ]] && bash images/build.sh >&2
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
-"$REPO/qemu-configs/launch.sh" --vsics 2 --queues 1 --drive-size 3G --memory 1536M --timeout 1800 \
+state=$(mktemp -d /var/tmp/vsic-bench-nfs.XXXXXX)
+trap 'rm -rf "$results" "$state"' EXIT
+"$REPO/qemu-configs/launch.sh" --state-dir "$state" --vsics 2 --queues 1 --drive-size 3G --memory 1536M --timeout 1800 \
     --append "vsic.nfs_files=$files vsic.nfs_mib=$mib" --run "$REPO/ci/bench-nfs.guest.sh" \
     --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# )' >"$results" || true
 grep -q '^case=nfs' "$results" || { echo "bench-nfs: the guest printed no results" >&2; exit 1; }

@@ -10,7 +10,7 @@ use vsic_storage::BlockDevice;
 use crate::codec::{Dec, Enc};
 use crate::error::{FsError, Result};
 use crate::layout::{encode_unit, Superblock, UnitHeader, BLOCK, LOG_HEADER};
-use crate::meta::{AttrChange, Body, CheckReport, Inode, Kind, Op, State, Time, ROOT};
+use crate::meta::{AttrChange, Body, CheckReport, Inode, Kind, Mapping, Op, State, Time, ROOT};
 
 /// Largest file: 1 TiB.
 pub const MAX_FILE: u64 = 1 << 40;
@@ -305,9 +305,10 @@ impl Fs {
             sb.log_start(),
             (sb.log_blocks * BLOCK) as usize,
         )?;
+        // The intact units, in sequence.
+        let mut units = Vec::new();
         let mut head = 0u64;
         let mut seq = sb.log_seq;
-        let mut freed = Vec::new();
         while head < sb.log_blocks {
             let at = (head * BLOCK) as usize;
             let Some(h) = UnitHeader::decode(&log[at..], sb.fs_id) else {
@@ -316,19 +317,59 @@ impl Fs {
             if h.seq != seq || head + h.blocks() > sb.log_blocks {
                 break;
             }
-            let unit = &log[at..at + (h.blocks() * BLOCK) as usize];
-            if !h.verify(unit) {
+            if !h.verify(&log[at..at + (h.blocks() * BLOCK) as usize]) {
                 break;
             }
-            let mut d = Dec::new(&unit[LOG_HEADER..LOG_HEADER + h.len]);
+            let n = h.blocks();
+            units.push((head, h));
+            head += n;
+            seq += 1;
+        }
+        // Every unit but the last was followed by a flush before the next
+        // one was written, so its data is durable. The last one's data was
+        // written with it and flushed once after both: it counts only if
+        // its data blocks are there (their CRCs match).
+        let mut decoded = Vec::with_capacity(units.len());
+        for (at, h) in &units {
+            let at = (*at * BLOCK) as usize;
+            let mut d = Dec::new(&log[at + LOG_HEADER..at + LOG_HEADER + h.len]);
+            let mut ops = Vec::new();
             while !d.is_empty() {
-                let op = Op::decode(&mut d)?;
-                state.apply(&op, &mut freed).map_err(|e| {
-                    FsError::Corrupt(format!("log unit {seq}: {op:?} does not apply: {e}"))
+                ops.push(Op::decode(&mut d)?);
+            }
+            decoded.push(ops);
+        }
+        let last = if decoded.is_empty() {
+            None
+        } else {
+            decoded.pop()
+        };
+        let mut freed = Vec::new();
+        for (i, ops) in decoded.iter().enumerate() {
+            for op in ops {
+                state.apply(op, &mut freed).map_err(|e| {
+                    FsError::Corrupt(format!(
+                        "log unit {}: {op:?} does not apply: {e}",
+                        sb.log_seq + i as u64
+                    ))
                 })?;
             }
-            head += h.blocks();
-            seq += 1;
+        }
+        if let Some(ops) = last {
+            let mut after = state.clone();
+            for op in &ops {
+                after.apply(op, &mut freed).map_err(|e| {
+                    FsError::Corrupt(format!("last log unit: {op:?} does not apply: {e}"))
+                })?;
+            }
+            if Self::data_arrived(dev.as_ref(), &ops, &after)? {
+                state = after;
+            } else {
+                log::warn!("the last log unit's data is not on the device: dropping it");
+                let (at, _) = units.pop().expect("a unit per decoded list");
+                head = at;
+                seq -= 1;
+            }
         }
         let mut alloc = Alloc::new(sb.data_start(), sb.total_blocks);
         for b in state.used_blocks() {
@@ -354,6 +395,32 @@ impl Fs {
             next_fd: 3,
             counters: Counters::default(),
         })
+    }
+
+    /// True when every data block `ops` point at that is still in use in
+    /// `after` (the state they lead to) holds what they wrote. A block one
+    /// of them replaced or freed is free once the unit is durable and may
+    /// hold anything.
+    fn data_arrived(dev: &dyn BlockDevice, ops: &[Op], after: &State) -> Result<bool> {
+        for op in ops {
+            let (Op::Write { ino, .. } | Op::SetAttr { ino, .. }) = op else {
+                continue;
+            };
+            let live = match after.inodes.get(ino).map(|i| &i.body) {
+                Some(Body::File { blocks }) => blocks.as_slice(),
+                _ => &[],
+            };
+            for m in op.mappings() {
+                if live.get(m.idx as usize) != Some(&m.block) {
+                    continue;
+                }
+                let b = dev.read_at(m.block * BLOCK, BLOCK as usize)?;
+                if crc32c::crc32c(b.as_slice()) != m.crc {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn read_bytes(dev: &dyn BlockDevice, start_block: u64, len: usize) -> Result<Vec<u8>> {
@@ -423,18 +490,15 @@ impl Fs {
         }
     }
 
-    /// Makes every operation so far durable: data first (flushed), then one
-    /// commit unit of their records (flushed); a checkpoint instead when
-    /// the log has no room.
+    /// Makes every operation so far durable: their data blocks and one
+    /// commit unit of their records (carrying the data's CRCs), then one
+    /// flush; a checkpoint instead when the log has no room.
     pub fn sync(&mut self) -> Result<()> {
         if self.pending_ops == 0 {
             if self.data_unflushed {
                 self.flush_dev()?;
             }
             return Ok(());
-        }
-        if self.data_unflushed {
-            self.flush_dev()?;
         }
         let unit = encode_unit(self.sb.fs_id, self.next_seq, &self.log_buf.buf);
         let nblocks = unit.len() as u64 / BLOCK;
@@ -548,6 +612,14 @@ impl Fs {
             .collect()
     }
 
+    /// The device blocks of a file (0: a hole), for diagnostics and tests.
+    pub fn file_blocks(&self, ino: u64) -> Result<Vec<u64>> {
+        match &self.state.get(ino)?.body {
+            Body::File { blocks } => Ok(blocks.clone()),
+            _ => Err(FsError::Invalid("not a file")),
+        }
+    }
+
     pub fn readlink_ino(&self, ino: u64) -> Result<Vec<u8>> {
         match &self.state.get(ino)?.body {
             Body::Symlink { target } => Ok(target.clone()),
@@ -654,7 +726,11 @@ impl Fs {
                 }
                 self.data_unflushed = true;
                 self.counters.data_blocks_written += 1;
-                map.push((idx as u64, nb));
+                map.push(Mapping {
+                    idx: idx as u64,
+                    block: nb,
+                    crc: crc32c::crc32c(&data),
+                });
             }
         }
         self.log(Op::SetAttr {
@@ -757,7 +833,11 @@ impl Fs {
             map: new
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| (first + i as u64, b))
+                .map(|(i, &b)| Mapping {
+                    idx: first + i as u64,
+                    block: b,
+                    crc: crc32c::crc32c(&buf[i * BLOCK as usize..(i + 1) * BLOCK as usize]),
+                })
                 .collect(),
             time: Time::now(),
         })?;

@@ -121,6 +121,15 @@ pub struct AttrChange {
     pub mtime: Option<Time>,
 }
 
+/// File block `idx` is now device block `block`, whose 4 KiB have CRC-32C
+/// `crc` (checked when the unit is the log's last: see `Fs::mount`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub idx: u64,
+    pub block: u64,
+    pub crc: u32,
+}
+
 /// One metadata operation: a log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -163,7 +172,7 @@ pub enum Op {
     SetAttr {
         ino: u64,
         change: AttrChange,
-        map: Vec<(u64, u64)>,
+        map: Vec<Mapping>,
         time: Time,
     },
     /// Points file blocks of `ino` at freshly written device blocks and
@@ -171,7 +180,7 @@ pub enum Op {
     Write {
         ino: u64,
         size: u64,
-        map: Vec<(u64, u64)>,
+        map: Vec<Mapping>,
         time: Time,
     },
 }
@@ -737,10 +746,10 @@ impl State {
     }
 }
 
-fn map_blocks(inode: &mut Inode, map: &[(u64, u64)], freed: &mut Vec<u64>) {
+fn map_blocks(inode: &mut Inode, map: &[Mapping], freed: &mut Vec<u64>) {
     if let Body::File { blocks } = &mut inode.body {
-        for &(idx, b) in map {
-            let idx = idx as usize;
+        for m in map {
+            let (idx, b) = (m.idx as usize, m.block);
             if blocks.len() <= idx {
                 blocks.resize(idx + 1, 0);
             }
@@ -752,21 +761,36 @@ fn map_blocks(inode: &mut Inode, map: &[(u64, u64)], freed: &mut Vec<u64>) {
     }
 }
 
-fn enc_map(e: &mut Enc, map: &[(u64, u64)]) {
+fn enc_map(e: &mut Enc, map: &[Mapping]) {
     e.u32(map.len() as u32);
-    for &(i, b) in map {
-        e.u64(i);
-        e.u64(b);
+    for m in map {
+        e.u64(m.idx);
+        e.u64(m.block);
+        e.u32(m.crc);
     }
 }
 
-fn dec_map(d: &mut Dec) -> Result<Vec<(u64, u64)>> {
+fn dec_map(d: &mut Dec) -> Result<Vec<Mapping>> {
     let n = d.u32()?;
     let mut m = Vec::new();
     for _ in 0..n {
-        m.push((d.u64()?, d.u64()?));
+        m.push(Mapping {
+            idx: d.u64()?,
+            block: d.u64()?,
+            crc: d.u32()?,
+        });
     }
     Ok(m)
+}
+
+impl Op {
+    /// The data blocks this operation points at.
+    pub fn mappings(&self) -> &[Mapping] {
+        match self {
+            Op::SetAttr { map, .. } | Op::Write { map, .. } => map,
+            _ => &[],
+        }
+    }
 }
 
 fn enc_opt_u32(e: &mut Enc, v: Option<u32>) {

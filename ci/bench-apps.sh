@@ -38,6 +38,7 @@
 #   --no-build  use target/release binaries as they are
 #   --out       also write the result lines to FILE
 #   --only      guest: only the kv cases, or only the mail-queue cases
+#               (the NFS cases run only without --only)
 #   --mailq-messages  guest: messages per mail-queue run with 8 sessions
 #               (default 400; 1 session and 128 KiB get a quarter)
 #
@@ -157,6 +158,11 @@ if [[ $host -ne 1 ]]; then
         grep -a -E '^(case=|# guest|# after-set|# mailq)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }
     { echo "# cache=$cache"; cat "$results"; ratios "$results"; mailq_ratios "$results"; } | tee ${out:+"$out"}
+    # The NFS cases (issue 12) in a guest of their own (ci/bench.sh --nfs
+    # runs them alone).
+    if [[ $only == all ]]; then
+        bash "$REPO/ci/bench-nfs.sh" --no-build | tee -a ${out:+"$out"}
+    fi
     exit 0
 fi
 requests=${requests:-20000}

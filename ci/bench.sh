@@ -14,7 +14,9 @@
 #        ci/bench.sh --table FILE
 #        ci/bench.sh --guest [OPTIONS]   (see ci/bench-guest.sh)
 #        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis; in the guest
-#                                            also vsic-mailq vs Maildir with smtp-source)
+#                                            also vsic-mailq vs Maildir with smtp-source,
+#                                            then ci/bench-nfs.sh)
+#        ci/bench.sh --nfs [...]             (ci/bench-nfs.sh: vsic-nfsd on vsic vs file)
 #        ci/bench.sh --model [...]   (ci/bench-model.sh: the drive timing model
 #                                     against Little's law, libblkio client)
 #
@@ -53,7 +55,13 @@ if [[ ${1:-} == --guest ]]; then
 fi
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-# --apps: the application benchmarks (vsic-kv vs redis, vsic-mailq vs Maildir), ci/bench-apps.sh.
+# --nfs: the NFS benchmark alone (vsic-nfsd on vsic and on a file), ci/bench-nfs.sh.
+if [[ ${1:-} == --nfs ]]; then
+    shift
+    exec bash "$REPO/ci/bench-nfs.sh" "$@"
+fi
+# --apps: the application benchmarks (vsic-kv vs redis, vsic-mailq vs Maildir,
+# vsic-nfsd), ci/bench-apps.sh.
 if [[ ${1:-} == --apps ]]; then
     shift
     exec bash "$REPO/ci/bench-apps.sh" "$@"

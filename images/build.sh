@@ -34,9 +34,10 @@ GUEST_BIN_DIR=$TARGET_DIR/$GUEST_TRIPLE/release
 MODULES=(virtio_pci virtio_blk vfio vfio_iommu_type1 vfio-pci)
 # Modules in the image but loaded only on demand (modprobe NAME): a RAM disk
 # and the file systems the kernel does not build in (ext2/ext4 are built in).
-ON_DEMAND_MODULES=(brd btrfs xfs)
+# nfsv3 (issue 12) brings nfs, sunrpc, lockd and the rest of its closure.
+ON_DEMAND_MODULES=(brd btrfs xfs nfsv3)
 # Cargo packages whose binaries and examples go into the guest.
-GUEST_PACKAGES=(vsicctl vsic vsic-kv vsic-mailq)
+GUEST_PACKAGES=(vsicctl vsic vsic-kv vsic-mailq vsic-fs vsic-nfsd)
 
 run_cargo=1
 force=0

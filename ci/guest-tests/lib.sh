@@ -156,3 +156,55 @@ mailq_check() {
             exit bad > 0
         }' "$1" /tmp/mailq-list.txt || fail "the queue does not hold what was acknowledged"
 }
+# --- vsic-nfsd (issue 12) ----------------------------------------------------
+# nfs_setup: loads the NFS client, gives vsic-nfsd a 384 MiB VSA on a
+# VFIO-owned VSIC 0 (NFS_DEV), the port NFS_PORT, the mount point NFS_MNT
+# and the standard mount options NFS_OPTS.
+nfs_setup() {
+    for p in vsic-nfsd vsic-fs; do
+        command -v $p >/dev/null || fail "$p is not in the image"
+    done
+    ip link show lo | grep -q "UP" || fail "loopback is not up"
+    modprobe nfsv3 || fail "modprobe nfsv3"
+    grep -qw nfs /proc/filesystems || fail "no nfs in /proc/filesystems after modprobe"
+    vsicctl vsa create --size 384M --cap /root/nfs.cap
+    vsicctl vsic attach --vsic 0 --cap /root/nfs.cap --slot 0
+    vsicctl vsic bind --vsic 0 --vfio --user root
+    NFS_DEV=vsic:0
+    NFS_PORT=20490
+    NFS_MNT=/mnt/nfs
+    NFS_OPTS=vers=3,proto=tcp,port=$NFS_PORT,mountport=$NFS_PORT,mountproto=tcp,nolock
+    mkdir -p $NFS_MNT
+}
+
+# nfs_start LOG [--mkfs]: vsic-nfsd in the background (pid in NFSD),
+# logging to LOG; returns once it listens (it says "serving" after binding).
+nfs_start() {
+    local log=$1
+    shift
+    vsic-nfsd --dev $NFS_DEV --listen 127.0.0.1:$NFS_PORT "$@" >"$log" 2>&1 &
+    NFSD=$!
+    for _ in $(seq 600); do
+        grep -q "serving" "$log" 2>/dev/null && return 0
+        kill -0 $NFSD 2>/dev/null || { cat "$log"; fail "vsic-nfsd exited"; }
+        sleep 0.1
+    done
+    cat "$log"
+    fail "vsic-nfsd did not listen within 60 s"
+}
+
+# nfs_mount [EXTRA_OPTIONS]: mounts the export on NFS_MNT with the standard
+# options (busybox mount -t nfs).
+nfs_mount() {
+    mount -t nfs -o "${1:+$1,}$NFS_OPTS" 127.0.0.1:/ $NFS_MNT || fail "mount -t nfs -o ${1:+$1,}$NFS_OPTS"
+}
+
+# nfs_check: stops vsic-nfsd (after umount) and runs vsic-fs check.
+nfs_check() {
+    local out
+    kill $NFSD
+    wait $NFSD 2>/dev/null || true
+    out=$(vsic-fs --dev $NFS_DEV check) || fail "vsic-fs check: $out"
+    echo "vsic-fs check: $out"
+}
+# --- end vsic-nfsd block -------------------------------------------------------

@@ -1,0 +1,351 @@
+//! `vsic-nfsd`: an NFSv3 server over `vsic-fs`, one export (`/`) per
+//! device. The ONC RPC, XDR, MOUNT and NFSv3 procedures are the `nfsserve`
+//! crate's; this crate maps its file-system trait onto [`vsic_fs::Fs`].
+//!
+//! Durability: every procedure that changes the file system commits it
+//! (`Fs::sync`: data flushed, then the log unit flushed) before the reply,
+//! so every WRITE is answered FILE_SYNC. File handles are the file
+//! system's identity and the inode number, so they stay valid across a
+//! restart of the server. The write verifier is new on every start.
+//! docs/vsic-fs.md lists what nfsserve does not offer (COMMIT, LINK, a
+//! persistent reply cache).
+
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use nfsserve::nfs::{
+    fattr3, fileid3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3, nfsstring, nfstime3, sattr3,
+    set_atime, set_gid3, set_mode3, set_mtime, set_size3, set_uid3, specdata3,
+};
+use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
+use vsic_fs::{AttrChange, Fs, FsError, Kind, Stat, Time};
+
+/// The NFS file system over one mounted `vsic-fs`.
+pub struct VsicNfs {
+    fs: Mutex<Fs>,
+    fs_id: u64,
+    /// The write (and cookie) verifier: differs on every start.
+    boot_verf: [u8; 8],
+}
+
+/// The NFS status for a file-system error.
+pub fn status(e: &FsError) -> nfsstat3 {
+    match e {
+        FsError::NotFound => nfsstat3::NFS3ERR_NOENT,
+        FsError::Exists => nfsstat3::NFS3ERR_EXIST,
+        FsError::NotDir => nfsstat3::NFS3ERR_NOTDIR,
+        FsError::IsDir => nfsstat3::NFS3ERR_ISDIR,
+        FsError::NotEmpty => nfsstat3::NFS3ERR_NOTEMPTY,
+        FsError::NoSpace(_) => nfsstat3::NFS3ERR_NOSPC,
+        FsError::NameTooLong { .. } => nfsstat3::NFS3ERR_NAMETOOLONG,
+        FsError::Invalid(_) | FsError::Loop => nfsstat3::NFS3ERR_INVAL,
+        FsError::BadFd(_) => nfsstat3::NFS3ERR_BADHANDLE,
+        FsError::TooBig => nfsstat3::NFS3ERR_FBIG,
+        FsError::NotFormatted(_) | FsError::Corrupt(_) | FsError::Storage(_) => {
+            nfsstat3::NFS3ERR_IO
+        }
+    }
+}
+
+fn nfs_err(e: FsError) -> nfsstat3 {
+    if matches!(e, FsError::Storage(_) | FsError::Corrupt(_)) {
+        log::error!("vsic-fs: {e}");
+    }
+    status(&e)
+}
+
+fn time3(t: Time) -> nfstime3 {
+    nfstime3 {
+        seconds: t.secs.clamp(0, i64::from(u32::MAX)) as u32,
+        nseconds: t.nsecs,
+    }
+}
+
+fn from_time3(t: nfstime3) -> Time {
+    Time {
+        secs: i64::from(t.seconds),
+        nsecs: t.nseconds,
+    }
+}
+
+impl VsicNfs {
+    pub fn new(fs: Fs) -> VsicNfs {
+        let fs_id = fs.fs_id();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        VsicNfs {
+            fs: Mutex::new(fs),
+            fs_id,
+            boot_verf: (nanos ^ u64::from(std::process::id()).rotate_left(48)).to_le_bytes(),
+        }
+    }
+
+    /// The file system (one procedure at a time).
+    pub fn lock(&self) -> MutexGuard<'_, Fs> {
+        // A panic while holding the lock leaves Fs as it was before the
+        // failed call (operations validate before they change anything).
+        self.fs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attr(&self, s: &Stat) -> fattr3 {
+        fattr3 {
+            ftype: match s.kind {
+                Kind::File => ftype3::NF3REG,
+                Kind::Dir => ftype3::NF3DIR,
+                Kind::Symlink => ftype3::NF3LNK,
+            },
+            mode: s.mode,
+            nlink: s.nlink,
+            uid: s.uid,
+            gid: s.gid,
+            size: s.size,
+            used: s.used,
+            rdev: specdata3::default(),
+            fsid: self.fs_id,
+            fileid: s.ino,
+            atime: time3(s.atime),
+            mtime: time3(s.mtime),
+            ctime: time3(s.ctime),
+        }
+    }
+
+    /// Runs a change and commits it before the reply; the attributes of
+    /// `ino` after it.
+    fn change<T>(&self, f: impl FnOnce(&mut Fs) -> Result<T, FsError>) -> Result<T, nfsstat3> {
+        let mut fs = self.lock();
+        let r = f(&mut fs).map_err(nfs_err)?;
+        fs.sync().map_err(nfs_err)?;
+        Ok(r)
+    }
+
+    fn getattr_locked(&self, fs: &Fs, id: u64) -> Result<fattr3, nfsstat3> {
+        fs.stat_ino(id).map(|s| self.attr(&s)).map_err(nfs_err)
+    }
+}
+
+fn attr_change(a: &sattr3) -> AttrChange {
+    let now = Time::now();
+    AttrChange {
+        mode: match a.mode {
+            set_mode3::mode(m) => Some(m),
+            set_mode3::Void => None,
+        },
+        uid: match a.uid {
+            set_uid3::uid(u) => Some(u),
+            set_uid3::Void => None,
+        },
+        gid: match a.gid {
+            set_gid3::gid(g) => Some(g),
+            set_gid3::Void => None,
+        },
+        size: match a.size {
+            set_size3::size(s) => Some(s),
+            set_size3::Void => None,
+        },
+        atime: match a.atime {
+            set_atime::DONT_CHANGE => None,
+            set_atime::SET_TO_SERVER_TIME => Some(now),
+            set_atime::SET_TO_CLIENT_TIME(t) => Some(from_time3(t)),
+        },
+        mtime: match a.mtime {
+            set_mtime::DONT_CHANGE => None,
+            set_mtime::SET_TO_SERVER_TIME => Some(now),
+            set_mtime::SET_TO_CLIENT_TIME(t) => Some(from_time3(t)),
+        },
+    }
+}
+
+#[async_trait]
+impl NFSFileSystem for VsicNfs {
+    fn capabilities(&self) -> VFSCapabilities {
+        VFSCapabilities::ReadWrite
+    }
+
+    fn root_dir(&self) -> fileid3 {
+        vsic_fs::ROOT
+    }
+
+    async fn lookup(&self, dirid: fileid3, filename: &filename3) -> Result<fileid3, nfsstat3> {
+        self.lock().lookup(dirid, &filename.0).map_err(nfs_err)
+    }
+
+    async fn getattr(&self, id: fileid3) -> Result<fattr3, nfsstat3> {
+        let fs = self.lock();
+        self.getattr_locked(&fs, id)
+    }
+
+    async fn setattr(&self, id: fileid3, setattr: sattr3) -> Result<fattr3, nfsstat3> {
+        let s = self.change(|fs| fs.setattr(id, attr_change(&setattr)))?;
+        Ok(self.attr(&s))
+    }
+
+    async fn read(
+        &self,
+        id: fileid3,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool), nfsstat3> {
+        self.lock()
+            .read_ino(id, offset, count as usize)
+            .map_err(nfs_err)
+    }
+
+    async fn write(&self, id: fileid3, offset: u64, data: &[u8]) -> Result<fattr3, nfsstat3> {
+        let s = self.change(|fs| {
+            fs.write_ino(id, offset, data)?;
+            fs.stat_ino(id)
+        })?;
+        Ok(self.attr(&s))
+    }
+
+    async fn create(
+        &self,
+        dirid: fileid3,
+        filename: &filename3,
+        attr: sattr3,
+    ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let mut change = attr_change(&attr);
+        let s = self.change(|fs| {
+            // UNCHECKED: an existing file is reused (and truncated if asked).
+            let ino = match fs.lookup(dirid, &filename.0) {
+                Ok(ino) if fs.stat_ino(ino)?.kind == Kind::File => ino,
+                Ok(_) => return Err(FsError::Exists),
+                Err(FsError::NotFound) => {
+                    let mode = change.mode.take().unwrap_or(0o644);
+                    let (uid, gid) = (
+                        change.uid.take().unwrap_or(0),
+                        change.gid.take().unwrap_or(0),
+                    );
+                    fs.create_at(dirid, &filename.0, Kind::File, mode, uid, gid, b"")?
+                }
+                Err(e) => return Err(e),
+            };
+            if change != AttrChange::default() {
+                fs.setattr(ino, change)?;
+            }
+            fs.stat_ino(ino)
+        })?;
+        Ok((s.ino, self.attr(&s)))
+    }
+
+    async fn create_exclusive(
+        &self,
+        dirid: fileid3,
+        filename: &filename3,
+    ) -> Result<fileid3, nfsstat3> {
+        self.change(|fs| fs.create_at(dirid, &filename.0, Kind::File, 0o644, 0, 0, b""))
+    }
+
+    async fn mkdir(
+        &self,
+        dirid: fileid3,
+        dirname: &filename3,
+    ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let s = self.change(|fs| {
+            let ino = fs.create_at(dirid, &dirname.0, Kind::Dir, 0o755, 0, 0, b"")?;
+            fs.stat_ino(ino)
+        })?;
+        Ok((s.ino, self.attr(&s)))
+    }
+
+    /// REMOVE and RMDIR both arrive here (nfsserve maps both to it).
+    async fn remove(&self, dirid: fileid3, filename: &filename3) -> Result<(), nfsstat3> {
+        self.change(|fs| {
+            let ino = fs.lookup(dirid, &filename.0)?;
+            let is_dir = fs.stat_ino(ino)?.kind == Kind::Dir;
+            fs.remove_at(dirid, &filename.0, is_dir)
+        })
+    }
+
+    async fn rename(
+        &self,
+        from_dirid: fileid3,
+        from_filename: &filename3,
+        to_dirid: fileid3,
+        to_filename: &filename3,
+    ) -> Result<(), nfsstat3> {
+        self.change(|fs| fs.rename_at(from_dirid, &from_filename.0, to_dirid, &to_filename.0))
+    }
+
+    /// Entries in inode order; `start_after` is the inode of the last entry
+    /// the client has (nfsserve's cookie).
+    async fn readdir(
+        &self,
+        dirid: fileid3,
+        start_after: fileid3,
+        max_entries: usize,
+    ) -> Result<ReadDirResult, nfsstat3> {
+        let fs = self.lock();
+        let mut entries = fs.list(dirid).map_err(nfs_err)?;
+        entries.sort_by(|a, b| (a.ino, &a.name).cmp(&(b.ino, &b.name)));
+        let rest: Vec<_> = entries
+            .into_iter()
+            .filter(|e| e.ino > start_after)
+            .collect();
+        let mut out = ReadDirResult {
+            entries: Vec::new(),
+            end: rest.len() <= max_entries,
+        };
+        for e in rest.into_iter().take(max_entries) {
+            let attr = self.getattr_locked(&fs, e.ino)?;
+            out.entries.push(DirEntry {
+                fileid: e.ino,
+                name: nfsstring(e.name),
+                attr,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn symlink(
+        &self,
+        dirid: fileid3,
+        linkname: &filename3,
+        symlink: &nfspath3,
+        attr: &sattr3,
+    ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let change = attr_change(attr);
+        let s = self.change(|fs| {
+            let ino = fs.create_at(
+                dirid,
+                &linkname.0,
+                Kind::Symlink,
+                change.mode.unwrap_or(0o777),
+                change.uid.unwrap_or(0),
+                change.gid.unwrap_or(0),
+                &symlink.0,
+            )?;
+            fs.stat_ino(ino)
+        })?;
+        Ok((s.ino, self.attr(&s)))
+    }
+
+    async fn readlink(&self, id: fileid3) -> Result<nfspath3, nfsstat3> {
+        self.lock().readlink_ino(id).map(nfsstring).map_err(nfs_err)
+    }
+
+    /// The file system's identity and the inode: valid across restarts.
+    fn id_to_fh(&self, id: fileid3) -> nfs_fh3 {
+        let mut data = self.fs_id.to_le_bytes().to_vec();
+        data.extend_from_slice(&id.to_le_bytes());
+        nfs_fh3 { data }
+    }
+
+    fn fh_to_id(&self, fh: &nfs_fh3) -> Result<fileid3, nfsstat3> {
+        let d = &fh.data;
+        if d.len() != 16 || d[..8] != self.fs_id.to_le_bytes() {
+            return Err(nfsstat3::NFS3ERR_BADHANDLE);
+        }
+        let id = u64::from_le_bytes(d[8..16].try_into().expect("8 bytes"));
+        match self.lock().stat_ino(id) {
+            Ok(_) => Ok(id),
+            Err(_) => Err(nfsstat3::NFS3ERR_STALE),
+        }
+    }
+
+    fn serverid(&self) -> [u8; 8] {
+        self.boot_verf
+    }
+}

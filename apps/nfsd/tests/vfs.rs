@@ -1,0 +1,140 @@
+//! vsic-nfsd's file-system mapping, called as nfsserve calls it: each
+//! change is on the device (seen by a second, fresh mount of the same
+//! file) when the call returns; handles survive a restart, stale ones are
+//! refused; the write verifier changes across a restart; readdir pages.
+
+use nfsserve::nfs::{nfsstat3, nfsstring, sattr3, set_size3};
+use nfsserve::vfs::NFSFileSystem;
+use vsic_fs::Fs;
+use vsic_nfsd::VsicNfs;
+
+struct Image {
+    path: std::path::PathBuf,
+}
+
+impl Image {
+    fn new(tag: &str) -> Image {
+        let path = std::env::temp_dir().join(format!("vsic-nfsd-{tag}-{}.img", std::process::id()));
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(16 << 20))
+            .expect("image");
+        Image { path }
+    }
+    fn open(&self) -> Box<dyn vsic_storage::BlockDevice> {
+        vsic_storage::open(
+            &format!("file:{}", self.path.display()),
+            &Default::default(),
+        )
+        .expect("open")
+    }
+    /// A fresh mount of what is on the device now.
+    fn on_device(&self) -> Fs {
+        Fs::mount(self.open()).expect("mount")
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn name(s: &str) -> nfsstring {
+    nfsstring(s.as_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn every_change_is_on_the_device_when_the_call_returns() {
+    let img = Image::new("durable");
+    let nfs = VsicNfs::new(Fs::mkfs(img.open()).unwrap());
+    let root = nfs.root_dir();
+    let (d, _) = nfs.mkdir(root, &name("dir")).await.unwrap();
+    let (f, attr) = nfs.create(d, &name("f"), sattr3::default()).await.unwrap();
+    assert_eq!(attr.size, 0);
+    let a = nfs.write(f, 5000, b"hello").await.unwrap();
+    assert_eq!(a.size, 5005);
+    let dev = img.on_device();
+    assert_eq!(dev.read_file("/dir/f").unwrap()[5000..], *b"hello");
+
+    let s = sattr3 {
+        size: set_size3::size(2),
+        ..Default::default()
+    };
+    assert_eq!(nfs.setattr(f, s).await.unwrap().size, 2);
+    nfs.rename(d, &name("f"), root, &name("g")).await.unwrap();
+    let dev = img.on_device();
+    assert_eq!(dev.read_file("/g").unwrap(), b"\0\0");
+    nfs.remove(root, &name("g")).await.unwrap();
+    nfs.remove(root, &name("dir")).await.unwrap(); // RMDIR arrives as remove
+    assert!(img.on_device().readdir("/").unwrap().is_empty());
+    assert!(matches!(
+        nfs.lookup(root, &name("g")).await,
+        Err(nfsstat3::NFS3ERR_NOENT)
+    ));
+    img.on_device().check().unwrap();
+}
+
+#[tokio::test]
+async fn handles_survive_a_restart_and_the_verifier_does_not() {
+    let img = Image::new("handles");
+    let nfs = VsicNfs::new(Fs::mkfs(img.open()).unwrap());
+    let (f, _) = nfs
+        .create(nfs.root_dir(), &name("f"), sattr3::default())
+        .await
+        .unwrap();
+    nfs.write(f, 0, b"abc").await.unwrap();
+    let fh = nfs.id_to_fh(f);
+    let verf = nfs.serverid();
+    drop(nfs);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let nfs = VsicNfs::new(Fs::mount(img.open()).unwrap());
+    assert_ne!(nfs.serverid(), verf, "a new write verifier after a restart");
+    let id = nfs.fh_to_id(&fh).expect("the handle is still valid");
+    assert_eq!(nfs.read(id, 0, 100).await.unwrap(), (b"abc".to_vec(), true));
+    nfs.remove(nfs.root_dir(), &name("f")).await.unwrap();
+    assert!(matches!(nfs.fh_to_id(&fh), Err(nfsstat3::NFS3ERR_STALE)));
+    let mut other = fh.clone();
+    other.data[0] ^= 1;
+    assert!(matches!(
+        nfs.fh_to_id(&other),
+        Err(nfsstat3::NFS3ERR_BADHANDLE)
+    ));
+    other.data.truncate(3);
+    assert!(matches!(
+        nfs.fh_to_id(&other),
+        Err(nfsstat3::NFS3ERR_BADHANDLE)
+    ));
+}
+
+#[tokio::test]
+async fn readdir_pages_through_every_entry_once() {
+    let img = Image::new("readdir");
+    let nfs = VsicNfs::new(Fs::mkfs(img.open()).unwrap());
+    let root = nfs.root_dir();
+    for i in 0..100 {
+        nfs.create(root, &name(&format!("n{i}")), sattr3::default())
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = nfs.readdir(root, after, 7).await.unwrap();
+        assert!(page.entries.len() <= 7);
+        for e in &page.entries {
+            seen.push(String::from_utf8(e.name.0.clone()).unwrap());
+            after = e.fileid;
+        }
+        if page.end {
+            break;
+        }
+    }
+    seen.sort();
+    let mut want: Vec<_> = (0..100).map(|i| format!("n{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    assert!(matches!(
+        nfs.create_exclusive(root, &name("n1")).await,
+        Err(nfsstat3::NFS3ERR_EXIST)
+    ));
+}

@@ -29,3 +29,30 @@ not_a_phase() {
 mgmt() {
     "$(dirname "${BASH_SOURCE[0]}")/../../qemu-configs/vsic-mgmt" "$VSIC_SOCK_DIR/mgmt.sock" "$@"
 }
+
+# kill_guest_after_acks OUT ACK_RE MIN COMMAND...: runs COMMAND (a launch.sh
+# run of a guest that prints one line per acknowledged write) under setsid,
+# its output in OUT; once MIN complete lines matching the extended regex
+# ACK_RE have reached OUT, SIGKILLs every process of that session at once
+# (launch.sh, timeout, which puts QEMU in a process group of its own, QEMU,
+# the log pipeline), so the guest dies mid-stream and nothing else does.
+# Exits the hook with status 1 when the guest ends first or fewer than MIN
+# lines arrive within 300 s.
+kill_guest_after_acks() {
+    local out=$1 ack_re=$2 min=$3 pid victims count=0
+    shift 3
+    setsid "$@" >"$out" 2>&1 &
+    pid=$!
+    for _ in $(seq 3000); do
+        count=$(grep -a -c -E "$ack_re" "$out" || true)
+        [[ $count -ge $min ]] && break
+        kill -0 "$pid" 2>/dev/null || { cat "$out"; echo "the guest ended before the kill"; exit 1; }
+        sleep 0.1
+    done
+    [[ $count -ge $min ]] || { tail -n 20 "$out"; echo "too few acknowledgements ($count of $min)"; exit 1; }
+    victims=$(ps -o pid= -s "$pid" || true)
+    # shellcheck disable=SC2086
+    kill -9 $victims 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    sleep 1
+}

@@ -9,12 +9,13 @@
 #           every ack line that reached the console (boot 1's are in the
 #           queue too and were checked then; they are checked again here
 #           only if listed, as whole messages).
-# launch.sh runs under setsid so that every process of boot 2 (QEMU
-# included) is found by its session id and killed, and nothing else.
+# The kill is host-lib.sh's kill_guest_after_acks.
 set -euo pipefail
 [[ $1 == post ]] || exit 0
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=ci/guest-tests/host-lib.sh
+source "$repo/ci/guest-tests/host-lib.sh"
 launch=$repo/qemu-configs/launch.sh
 guest2=$repo/ci/guest-tests/mailq-crash.guest2.sh
 common=(--backend external --vsics "$VSIC_VSICS" --queues "$VSIC_QUEUES" --run "$guest2"
@@ -24,25 +25,10 @@ echo "=== boot 2: send streams, then QEMU is killed mid-stream"
 mkdir -p boot2 boot3
 ln -sfn "$VSIC_SOCK_DIR" boot2/sock
 ln -sfn "$VSIC_SOCK_DIR" boot3/sock
-setsid "$launch" --state-dir "$PWD/boot2" --timeout 300 --append "vsic.phase=send" "${common[@]}" \
-    >boot2.out 2>&1 &
-pid=$!
 # Complete ack lines only: a line the kill cut short does not match.
 ack_re='^ack [0-9a-f]{64}@m[0-9]+\.s[0-9]+\.boot2\.send\.example [0-9]+$'
-acks() { grep -a -c -E "$ack_re" boot2.out || true; }
-for _ in $(seq 3000); do
-    [[ $(acks) -ge 200 ]] && break
-    kill -0 "$pid" 2>/dev/null || { cat boot2.out; echo "boot 2 ended before the kill"; exit 1; }
-    sleep 0.1
-done
-[[ $(acks) -ge 200 ]] || { tail -n 20 boot2.out; echo "too few acknowledgements in boot 2"; exit 1; }
-# SIGKILL to every process of the session setsid made (launch.sh, timeout,
-# which puts QEMU in a process group of its own, QEMU, the log pipeline).
-victims=$(ps -o pid= -s "$pid" || true)
-# shellcheck disable=SC2086
-kill -9 $victims 2>/dev/null || true
-wait "$pid" 2>/dev/null || true
-sleep 1
+kill_guest_after_acks boot2.out "$ack_re" 200 \
+    "$launch" --state-dir "$PWD/boot2" --timeout 300 --append "vsic.phase=send" "${common[@]}"
 grep -a -E "$ack_re" boot2.out >acks
 echo "QEMU killed after $(wc -l <acks) acknowledgements reached the console"
 

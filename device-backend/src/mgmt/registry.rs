@@ -91,3 +91,13 @@ impl Registry {
 pub fn args<T: DeserializeOwned>(arguments: Value) -> Result<T, CommandError> {
     serde_json::from_value(arguments).map_err(|e| CommandError::invalid(e.to_string()))
 }
+
+/// Checks that a command which takes no arguments got none (`{}`, or no
+/// `arguments` at all): anything else is InvalidArguments.
+pub fn no_args(arguments: Value) -> Result<(), CommandError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NoArgs {}
+    let NoArgs {} = args(arguments)?;
+    Ok(())
+}

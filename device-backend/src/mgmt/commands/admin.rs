@@ -18,7 +18,7 @@ use vsic_abi::{hex, AdminCommand, AdminStatus, Opcode};
 
 use crate::controller::target::AdminTarget;
 use crate::mgmt::protocol::CommandError;
-use crate::mgmt::registry::{args, Context, Registry};
+use crate::mgmt::registry::{args, no_args, Context, Registry};
 
 pub fn register(r: &mut Registry) {
     r.add(
@@ -131,12 +131,8 @@ fn admin(ctx: &Context, a: Value) -> Result<Value, CommandError> {
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoArgs {}
-
 fn query_opcodes(_: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     Ok(Value::Array(
         Opcode::ALL
             .iter()

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::mgmt::protocol::CommandError;
-use crate::mgmt::registry::{args, Context, Registry};
+use crate::mgmt::registry::{args, no_args, Context, Registry};
 use crate::workbench::fault::{RuleError, RuleSpec};
 use crate::workbench::WorkbenchError;
 
@@ -38,12 +38,8 @@ fn fault_add(ctx: &Context, a: Value) -> Result<Value, CommandError> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoArgs {}
-
 fn fault_list(ctx: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     Ok(Value::Array(ctx.workbench.faults.list()))
 }
 

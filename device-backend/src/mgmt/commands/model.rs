@@ -10,7 +10,7 @@ use vsic_abi::units::{parse_duration, parse_size};
 
 use crate::controller::{DriveModel, Latency, Placement, ServiceModel, MAX_UNITS};
 use crate::mgmt::protocol::CommandError;
-use crate::mgmt::registry::{args, Context, Registry};
+use crate::mgmt::registry::{args, no_args, Context, Registry};
 
 pub fn register(r: &mut Registry) {
     r.add(
@@ -40,10 +40,6 @@ struct SetArgs {
     bandwidth: Option<String>,
     units: Option<u32>,
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoArgs {}
 
 /// The model `a` describes, checked against a controller of `drives`
 /// drives.
@@ -101,13 +97,13 @@ fn set(ctx: &Context, a: Value) -> Result<Value, CommandError> {
 }
 
 fn off(ctx: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     ctx.controller.set_service_model(None);
     Ok(describe(ctx))
 }
 
 fn query(ctx: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     Ok(describe(ctx))
 }
 

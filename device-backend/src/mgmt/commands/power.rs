@@ -1,12 +1,11 @@
 //! Power: `power-cut`, `power-on` (no arguments) and `query-power`. The
 //! model is the controller's (`controller::power`, `controller::wcache`).
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::controller::{PowerError, SECTOR};
 use crate::mgmt::protocol::CommandError;
-use crate::mgmt::registry::{args, Context, Registry};
+use crate::mgmt::registry::{no_args, Context, Registry};
 
 pub fn register(r: &mut Registry) {
     r.add(
@@ -23,16 +22,12 @@ pub fn register(r: &mut Registry) {
     );
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoArgs {}
-
 fn refused(e: PowerError) -> CommandError {
     CommandError::generic(e.to_string())
 }
 
 fn power_cut(ctx: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     let cut = ctx.controller.power_cut().map_err(refused)?;
     Ok(json!({
         "dropped-sectors": cut.dropped,
@@ -42,13 +37,13 @@ fn power_cut(ctx: &Context, a: Value) -> Result<Value, CommandError> {
 }
 
 fn power_on(ctx: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     ctx.controller.power_on().map_err(refused)?;
     Ok(json!({}))
 }
 
 fn query_power(ctx: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     let c = &ctx.controller;
     Ok(json!({
         "on": !c.powered_off(),

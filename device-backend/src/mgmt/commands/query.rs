@@ -1,10 +1,9 @@
 //! Discovery: `query-commands`, `query-version`.
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::mgmt::protocol::CommandError;
-use crate::mgmt::registry::{args, Context, Registry};
+use crate::mgmt::registry::{no_args, Context, Registry};
 
 pub fn register(r: &mut Registry) {
     r.add(
@@ -19,12 +18,8 @@ pub fn register(r: &mut Registry) {
     );
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoArgs {}
-
 fn query_commands(_: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     let r = super::registry();
     Ok(Value::Array(
         r.all()
@@ -34,6 +29,6 @@ fn query_commands(_: &Context, a: Value) -> Result<Value, CommandError> {
 }
 
 fn query_version(_: &Context, a: Value) -> Result<Value, CommandError> {
-    let NoArgs {} = args(a)?;
+    no_args(a)?;
     Ok(json!({"vsicd": env!("CARGO_PKG_VERSION"), "protocol": 1}))
 }

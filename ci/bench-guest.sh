@@ -10,7 +10,7 @@
 # Usage: ci/bench.sh --guest [--n N] [--bytes LIST] [--fs LIST] [--media LIST]
 #                            [--syncs LIST] [--modes LIST] [--latencies LIST]
 #                            [--out FILE] [--svg PREFIX] [--no-build]
-#                            [--timeout SECS]
+#                            [--timeout SECS] [--launch-arg ARG]...
 #        ci/bench.sh --guest --plot FILE --svg PREFIX
 #
 #   --n          operations per case (default 1000; the paper used 10000)
@@ -29,6 +29,8 @@
 #                from Debian when missing), e.g. --svg docs/fig1-guest
 #   --no-build   use the binaries and guest image already built
 #   --timeout    seconds per guest boot (default 3600)
+#   --launch-arg one more qemu-configs/launch.sh option for every boot
+#                (repeatable; one word each), e.g. --launch-arg --smp --launch-arg 1
 #   --plot FILE  only draw the figures from the results saved by --out FILE
 #
 # Each latency boots the guest twice: vsicd in write-back mode for the kernel
@@ -62,6 +64,7 @@ svg=
 build=1
 timeout=3600
 plot=
+launch_args=()
 while [[ $# -gt 0 ]]; do
     case $1 in
     --n) n=${2:?--n needs a value}; shift ;;
@@ -75,6 +78,7 @@ while [[ $# -gt 0 ]]; do
     --svg) svg=${2:?--svg needs a value}; shift ;;
     --no-build) build=0 ;;
     --timeout) timeout=${2:?--timeout needs a value}; shift ;;
+    --launch-arg) launch_args+=("${2:?--launch-arg needs a value}"); shift ;;
     --plot) plot=${2:?--plot needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -114,7 +118,7 @@ failures=0
 {
     echo "# $(nproc) cores, kernel $(uname -r), $(qemu-system-x86_64 --version | head -n1)"
     echo "# guest image: $(cat images/out/.stamp 2>/dev/null | cut -c1-12), tree $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (modified)')"
-    echo "# n=$n bytes=$bytes fs=$fs media=$media syncs=$syncs modes=$modes latencies=$latencies"
+    echo "# n=$n bytes=$bytes fs=$fs media=$media syncs=$syncs modes=$modes latencies=$latencies launch_args=${launch_args[*]-}"
     echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$WORK/header"
 
@@ -126,7 +130,8 @@ boot() {
         --run ci/bench-fig1.guest.sh --run-with ci/guest-tests/lib.sh
         --vsicd-arg "--cache=$cache"
         --append "vsic.fig1_part=$part vsic.fig1_n=$n vsic.fig1_bytes=$bytes vsic.fig1_fs=$fs"
-        --append "vsic.fig1_media=$media vsic.fig1_syncs=$syncs vsic.fig1_modes=$modes")
+        --append "vsic.fig1_media=$media vsic.fig1_syncs=$syncs vsic.fig1_modes=$modes"
+        ${launch_args[@]+"${launch_args[@]}"})
     if [[ -r $REPO/qemu-configs/drive-models/$latency.toml ]]; then
         args+=(--vsicd-arg "--drive-model=$REPO/qemu-configs/drive-models/$latency.toml")
     elif [[ $latency != none ]]; then

@@ -4,6 +4,7 @@
 # client (loopback, TCP) drives vsic-nfsd with its storage
 #   (1) on the VSA of VSIC 0 through vsic (VFIO)                  engine=vsic
 #   (2) on a file on ext4 on VSIC 1 (kernel virtio_blk)           engine=file
+# and the kernel's own nfsd exporting a directory of that ext4   engine=knfsd-ext4
 # Cases: create + write 4 KiB + close of vsic.nfs_files (default 2,000)
 # files on a `sync` mount (ops/s, p50, p99), and a sequential write of
 # vsic.nfs_mib (default 256) MiB with fsync on a default (async) mount
@@ -56,4 +57,36 @@ for e in vsic:20490 file:20491; do
     umount /mnt/$engine
     echo "case=nfs-seq server=vsic-nfsd engine=$engine mount=async $r"
 done
-echo "# kernel nfsd: not measured (the image has no nfs-utils: rpc.nfsd, rpc.mountd, exportfs)"
+
+# (3) The kernel's own nfsd exporting a directory of the same ext4 on VSIC 1
+# (engine=knfsd-ext4): rpcbind (the kernel's NFSv3 service registers with
+# it), exportfs, rpc.mountd on its own port and rpc.nfsd on 2049, NFSv3
+# over TCP only; the export is `sync`, as NFSv3 requires of a server.
+knfsd_start() {
+    command -v rpc.nfsd >/dev/null || { echo "no rpc.nfsd in the image"; return 1; }
+    modprobe nfsd || { echo "modprobe nfsd failed"; return 1; }
+    mount -t nfsd nfsd /proc/fs/nfsd || { echo "mount nfsd failed"; return 1; }
+    : >/etc/exports
+    : >/var/lib/nfs/etab
+    : >/var/lib/nfs/rmtab
+    rpcbind -w || { echo "rpcbind failed"; return 1; }
+    mkdir -p /mnt/fs/kexport
+    exportfs -o rw,sync,no_root_squash,insecure,no_subtree_check,fsid=1 127.0.0.1:/mnt/fs/kexport ||
+        { echo "exportfs failed"; return 1; }
+    rpc.mountd -p 20492 -N 4 --no-udp || { echo "rpc.mountd failed"; return 1; }
+    rpc.nfsd -N 4 --no-udp -p 2049 4 || { echo "rpc.nfsd failed"; return 1; }
+}
+if knfsd_start >/tmp/knfsd.log 2>&1; then
+    opts=vers=3,proto=tcp,port=2049,mountport=20492,mountproto=tcp,nolock
+    mkdir -p /mnt/knfsd
+    mount -t nfs -o "sync,$opts" 127.0.0.1:/mnt/fs/kexport /mnt/knfsd || fail "mount knfsd (sync)"
+    r=$(vsic-nfs-load /mnt/knfsd --files "$files" --size 4096) || fail "small files on knfsd: $r"
+    umount /mnt/knfsd
+    echo "case=nfs-small server=knfsd engine=knfsd-ext4 mount=sync $r"
+    mount -t nfs -o "$opts" 127.0.0.1:/mnt/fs/kexport /mnt/knfsd || fail "mount knfsd"
+    r=$(vsic-nfs-load /mnt/knfsd --seq-mib "$mib") || fail "sequential write on knfsd: $r"
+    umount /mnt/knfsd
+    echo "case=nfs-seq server=knfsd engine=knfsd-ext4 mount=async $r"
+else
+    echo "# kernel nfsd: not measured: $(tr '\n' ' ' </tmp/knfsd.log)"
+fi

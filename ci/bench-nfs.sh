@@ -2,10 +2,11 @@
 # NFS benchmark (issue 12), also run by `ci/bench.sh --apps`: in one guest
 # (ci/bench-nfs.guest.sh), the guest kernel's NFSv3 client drives
 # vsic-nfsd with its storage on a VSA through vsic over VFIO (engine=vsic)
-# and on a file on ext4 on a kernel-bound VSIC (engine=file):
+# and on a file on ext4 on a kernel-bound VSIC (engine=file), and the
+# kernel's own nfsd exporting that ext4 (engine=knfsd-ext4):
 #   case=nfs-small: create + write 4 KiB + close of 2,000 files, sync mount
 #   case=nfs-seq:   256 MiB sequential write + fsync, default mount
-# then ratios vsic/file.
+# then ratios vsic/file and vsic/knfsd-ext4.
 #
 # Usage: ci/bench-nfs.sh [--files N] [--mib M] [--no-build] [--out FILE]
 set -euo pipefail
@@ -49,5 +50,9 @@ grep -q '^case=nfs' "$results" || { echo "bench-nfs: the guest printed no result
                 printf "ratio case=nfs-small engine=vsic/file ops=%.2f p50=%.2f\n", ops["vsic"] / ops["file"], p50["vsic"] / p50["file"]
             if (mbs["file"] > 0)
                 printf "ratio case=nfs-seq engine=vsic/file mb_per_s=%.2f\n", mbs["vsic"] / mbs["file"]
+            if (ops["knfsd-ext4"] > 0 && p50["vsic"] > 0)
+                printf "ratio case=nfs-small engine=vsic/knfsd-ext4 ops=%.2f p50=%.2f\n", ops["vsic"] / ops["knfsd-ext4"], p50["vsic"] / p50["knfsd-ext4"]
+            if (mbs["knfsd-ext4"] > 0)
+                printf "ratio case=nfs-seq engine=vsic/knfsd-ext4 mb_per_s=%.2f\n", mbs["vsic"] / mbs["knfsd-ext4"]
         }' "$results"
 } | tee ${out:+"$out"}

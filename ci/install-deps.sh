@@ -42,6 +42,11 @@ declare -A STABLE_PKGS=(
     [libdb5.3]=/usr/lib/x86_64-linux-gnu/libdb-5.3.so
     [libicu72]=/usr/lib/x86_64-linux-gnu/libicuuc.so.72
     [libnsl2]=/usr/lib/x86_64-linux-gnu/libnsl.so.2
+    # The libraries of the kernel nfsd's tools (rpc.nfsd, rpc.mountd,
+    # exportfs, rpcbind; images/build.sh takes them from the unpacked
+    # packages): the rest are on every Debian host already.
+    [libwrap0]=/usr/lib/x86_64-linux-gnu/libwrap.so.0
+    [libtirpc3]=/usr/lib/x86_64-linux-gnu/libtirpc.so.3
     # The management socket's traces: blkparse and btt read them.
     [blktrace]=/usr/bin/blkparse
 )

@@ -34,8 +34,9 @@ GUEST_BIN_DIR=$TARGET_DIR/$GUEST_TRIPLE/release
 MODULES=(virtio_pci virtio_blk vfio vfio_iommu_type1 vfio-pci)
 # Modules in the image but loaded only on demand (modprobe NAME): a RAM disk
 # and the file systems the kernel does not build in (ext2/ext4 are built in).
-# nfsv3 (issue 12) brings nfs, sunrpc, lockd and the rest of its closure.
-ON_DEMAND_MODULES=(brd btrfs xfs nfsv3)
+# nfsv3 (issue 12) brings nfs, sunrpc, lockd and the rest of its closure;
+# nfsd is the kernel's NFS server, the peer of vsic-nfsd.
+ON_DEMAND_MODULES=(brd btrfs xfs nfsv3 nfsd)
 # Cargo packages whose binaries and examples go into the guest.
 GUEST_PACKAGES=(vsicctl vsic vsic-kv vsic-mailq vsic-fs vsic-nfsd)
 
@@ -194,6 +195,35 @@ for b in redis-server redis-cli redis-benchmark; do
 done
 # --- end vsic-kv block -----------------------------------------------------
 
+# unpacked_deb PKG: prints the directory holding Debian package PKG unpacked
+# (its candidate version, downloaded into the cache once; offline and with
+# no package index, the newest cached one), or nothing when there is none.
+# Packages taken apart like this are never installed on the host.
+unpacked_deb() {
+    local pkg=$1 ver deb= root
+    ver=$(apt-cache policy "$pkg" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2; exit }')
+    if [[ -n $ver ]]; then
+        deb=$(ls -1 "$CACHE"/debs/"${pkg}_${ver//:/%3a}"_*.deb 2>/dev/null | head -n1 || true)
+        if [[ -z $deb ]]; then
+            step "downloading $pkg $ver into $CACHE/debs"
+            (cd "$CACHE/debs" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$ver") >&2 ||
+                step "warning: apt-get download $pkg=$ver failed"
+            deb=$(ls -1 "$CACHE"/debs/"${pkg}_${ver//:/%3a}"_*.deb 2>/dev/null | head -n1 || true)
+        fi
+    fi
+    [[ -n $deb ]] || deb=$(ls -1 "$CACHE"/debs/"${pkg}"_*.deb 2>/dev/null | sort -V | tail -n1 || true)
+    [[ -n $deb ]] || return 0
+    root=$CACHE/$pkg/$(basename "$deb" .deb)
+    if [[ ! -e $root/.unpacked ]]; then
+        step "unpacking $(basename "$deb")"
+        rm -rf "$root"
+        mkdir -p "$root"
+        dpkg-deb -x "$deb" "$root"
+        touch "$root/.unpacked"
+    fi
+    echo "$root"
+}
+
 # --- vsic-mailq (issue 11): Postfix's load generator smtp-source -----------
 # Only /usr/sbin/smtp-source of Debian's postfix package and the libraries
 # it needs. The package is downloaded into the cache (the candidate version,
@@ -201,33 +231,13 @@ done
 # and start a mail server). Postfix's own libraries go to /usr/lib/postfix,
 # the binary's RUNPATH; the system libraries come from the host
 # (ci/install-deps.sh installs the packages postfix depends on for them).
-postfix_ver=$(apt-cache policy postfix 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2; exit }')
-postfix_deb=
-if [[ -n $postfix_ver ]]; then
-    postfix_deb=$(ls -1 "$CACHE"/debs/postfix_"${postfix_ver//:/%3a}"_*.deb 2>/dev/null | head -n1 || true)
-    if [[ -z $postfix_deb ]]; then
-        step "downloading postfix $postfix_ver into $CACHE/debs (for smtp-source)"
-        (cd "$CACHE/debs" && apt-get download -q -o APT::Sandbox::User=root "postfix=$postfix_ver") >&2 ||
-            step "warning: apt-get download postfix=$postfix_ver failed"
-        postfix_deb=$(ls -1 "$CACHE"/debs/postfix_"${postfix_ver//:/%3a}"_*.deb 2>/dev/null | head -n1 || true)
-    fi
-fi
-# Offline and no package index: the newest cached one.
-[[ -n $postfix_deb ]] || postfix_deb=$(ls -1 "$CACHE"/debs/postfix_*.deb 2>/dev/null | sort -V | tail -n1 || true)
 smtp_source=
 postfix_libs=()
-if [[ -n $postfix_deb ]]; then
-    proot=$CACHE/postfix/$(basename "$postfix_deb" .deb)
-    if [[ ! -e $proot/.unpacked ]]; then
-        step "unpacking $(basename "$postfix_deb")"
-        rm -rf "$proot"
-        mkdir -p "$proot"
-        dpkg-deb -x "$postfix_deb" "$proot"
-        touch "$proot/.unpacked"
-    fi
+proot=$(unpacked_deb postfix)
+if [[ -n $proot ]]; then
     smtp_source=$proot/usr/sbin/smtp-source
     if [[ ! -x $smtp_source ]]; then
-        step "warning: no usr/sbin/smtp-source in $(basename "$postfix_deb"); the guest will lack it"
+        step "warning: no usr/sbin/smtp-source in $proot; the guest will lack it"
         smtp_source=
     elif LD_LIBRARY_PATH=$proot/usr/lib/postfix ldd "$smtp_source" | grep -q 'not found'; then
         step "warning: smtp-source needs libraries the host lacks (ci/install-deps.sh); the guest will lack it:"
@@ -252,6 +262,34 @@ e2fsck=$(command -v e2fsck || echo /sbin/e2fsck)
 [[ -x $e2fsck ]] || die "e2fsck not found (install e2fsprogs)"
 host_libs=$(printf '%s\n' $host_libs $(shared_libs "$e2fsck") | sort -u)
 # --- end power-cut block -----------------------------------------------------
+
+# --- kernel nfsd (issue 12): the peer vsic-nfsd is measured against ----------
+# rpc.nfsd, rpc.mountd and exportfs from Debian's nfs-kernel-server and
+# rpcbind from rpcbind (the kernel's NFSv3 service registers with it), with
+# their libraries from the host (ci/install-deps.sh installs the ones the
+# host lacks). Like smtp-source, the packages are only unpacked.
+knfsd_bins=()
+nroot=$(unpacked_deb nfs-kernel-server)
+rroot=$(unpacked_deb rpcbind)
+if [[ -n $nroot && -n $rroot ]]; then
+    for b in "$nroot/usr/sbin/rpc.nfsd" "$nroot/usr/sbin/rpc.mountd" "$nroot/usr/sbin/exportfs" "$rroot/sbin/rpcbind"; do
+        if [[ ! -x $b ]]; then
+            step "warning: $b missing; the guest will lack the kernel nfsd"
+            knfsd_bins=()
+            break
+        elif ldd "$b" | grep -q 'not found'; then
+            step "warning: $(basename "$b") needs libraries the host lacks (ci/install-deps.sh); the guest will lack the kernel nfsd:"
+            ldd "$b" | grep 'not found' >&2
+            knfsd_bins=()
+            break
+        fi
+        knfsd_bins+=("$b")
+        host_libs=$(printf '%s\n' $host_libs $(shared_libs "$b") | sort -u)
+    done
+else
+    step "warning: no nfs-kernel-server or rpcbind package; the guest will lack the kernel nfsd"
+fi
+# --- end kernel nfsd block -----------------------------------------------------
 
 # --- module closure ---------------------------------------------------------
 moddep=$kroot/lib/modules/$kver/modules.dep
@@ -294,6 +332,8 @@ stamp_inputs() {
         sha256sum "${BASH_SOURCE[0]}" "$REPO/images/init" "$busybox" "$mke2fs" "$mkfs_btrfs" "$mkfs_xfs" "$e2fsck" $host_libs \
             ${redis_bins[@]+$(printf '%s\n' "${redis_bins[@]}" | cut -d: -f1)} \
             ${smtp_source:+"$smtp_source"} ${postfix_libs[@]+"${postfix_libs[@]}"} \
+            ${knfsd_bins[@]+"${knfsd_bins[@]}"} \
+            $(ls /etc/netconfig /etc/services /etc/rpc /etc/protocols 2>/dev/null) \
             ${guest_bins[@]+"${guest_bins[@]}"}
     } | sha256sum | cut -d' ' -f1
 }
@@ -358,6 +398,20 @@ install -m 0755 "$e2fsck" "$stage/sbin/e2fsck"
 ln -s e2fsck "$stage/sbin/fsck.ext4"
 # --- end power-cut block -----------------------------------------------------
 
+# --- kernel nfsd (issue 12) ------------------------------------------------------
+for b in ${knfsd_bins[@]+"${knfsd_bins[@]}"}; do
+    install -m 0755 "$b" "$stage/usr/sbin/$(basename "$b")"
+done
+# libtirpc reads its transports from /etc/netconfig and rpcbind looks its
+# own service up in /etc/services; rpc.mountd keeps its tables in /var/lib/nfs.
+if [[ ${#knfsd_bins[@]} -gt 0 ]]; then
+    for f in /etc/netconfig /etc/services /etc/rpc /etc/protocols; do
+        [[ -r $f ]] && install -m 0644 "$f" "$stage$f"
+    done
+    mkdir -p "$stage/var/lib/nfs" "$stage/run/rpcbind"
+fi
+# --- end kernel nfsd block -----------------------------------------------------
+
 # Busybox applet links, where no real program of that name was installed.
 while read -r applet; do
     [[ -e $stage/$applet || -L $stage/$applet ]] && continue
@@ -385,6 +439,7 @@ depmod -b "$stage" "$kver"
 cat >"$stage/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+_rpc:x:107:65534::/run/rpcbind:/bin/false
 EOF
 cat >"$stage/etc/group" <<'EOF'
 root:x:0:

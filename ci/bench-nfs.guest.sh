@@ -4,7 +4,8 @@
 # client (loopback, TCP) drives vsic-nfsd with its storage
 #   (1) on the VSA of VSIC 0 through vsic (VFIO)                  engine=vsic
 #   (2) on a file on ext4 on VSIC 1 (kernel virtio_blk)           engine=file
-# and the kernel's own nfsd exporting a directory of that ext4   engine=knfsd-ext4
+#   (3) on VSIC 2's block device itself (kernel virtio_blk)       engine=blockdev
+# and the kernel's own nfsd exporting a directory of the ext4    engine=knfsd-ext4
 # Cases: create + write 4 KiB + close of vsic.nfs_files (default 2,000)
 # files on a `sync` mount (ops/s, p50, p99), and a sequential write of
 # vsic.nfs_mib (default 256) MiB with fsync on a default (async) mount
@@ -15,20 +16,27 @@ set -eu
 
 files=${VSIC_NFS_FILES:-2000}
 mib=${VSIC_NFS_MIB:-256}
+rounds=${VSIC_NFS_ROUNDS:-1}
 modprobe nfsv3 || fail "modprobe nfsv3"
 vsicctl vsa create --size 768M --cap /root/nfs.cap >/dev/null
 vsicctl vsic attach --vsic 0 --cap /root/nfs.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 0 --vfio --user root >/dev/null
-vsicctl vsa create --size 1G --cap /root/fs.cap >/dev/null
+vsicctl vsa create --size 1536M --cap /root/fs.cap >/dev/null
 out=$(vsicctl vsic bind --vsic 1 --kernel --json)
 disk=$(bound_disk "$out")
 [ -n "$disk" ] || fail "no disk in: $out"
 vsicctl vsic attach --vsic 1 --cap /root/fs.cap --slot 0 >/dev/null
-wait_size "$disk" $((1 << 21))
-mkfs.ext4 -q -F /dev/"$disk" || fail "mkfs.ext4"
+wait_size "$disk" $((1536 << 11))
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/"$disk" || fail "mkfs.ext4"
 mkdir -p /mnt/fs
 mount -t ext4 /dev/"$disk" /mnt/fs || fail "mount ext4"
 truncate -s 768M /mnt/fs/nfs.img
+vsicctl vsa create --size 768M --cap /root/blk.cap >/dev/null
+out=$(vsicctl vsic bind --vsic 2 --kernel --json)
+bdisk=$(bound_disk "$out")
+[ -n "$bdisk" ] || fail "no disk in: $out"
+vsicctl vsic attach --vsic 2 --cap /root/blk.cap --slot 0 >/dev/null
+wait_size "$bdisk" $((768 << 11))
 
 start() { # ENGINE DEV PORT
     vsic-nfsd --dev "$2" --listen 127.0.0.1:"$3" --mkfs >/tmp/nfsd-"$1".log 2>&1 &
@@ -41,24 +49,10 @@ start() { # ENGINE DEV PORT
 }
 start vsic vsic:0 20490
 start file file:/mnt/fs/nfs.img 20491
-echo "# guest: $(nproc) cpus, kernel $(uname -r), ext4 on /dev/$disk"
+start blockdev file:/dev/"$bdisk" 20493
+echo "# guest: $(nproc) cpus, kernel $(uname -r), ext4 on /dev/$disk, block device /dev/$bdisk"
 
-for e in vsic:20490 file:20491; do
-    engine=${e%%:*}
-    port=${e##*:}
-    opts=vers=3,proto=tcp,port=$port,mountport=$port,mountproto=tcp,nolock
-    mkdir -p /mnt/$engine
-    mount -t nfs -o "sync,$opts" 127.0.0.1:/ /mnt/$engine || fail "mount $engine (sync)"
-    r=$(vsic-nfs-load /mnt/$engine --files "$files" --size 4096) || fail "small files on $engine: $r"
-    umount /mnt/$engine
-    echo "case=nfs-small server=vsic-nfsd engine=$engine mount=sync $r"
-    mount -t nfs -o "$opts" 127.0.0.1:/ /mnt/$engine || fail "mount $engine"
-    r=$(vsic-nfs-load /mnt/$engine --seq-mib "$mib") || fail "sequential write on $engine: $r"
-    umount /mnt/$engine
-    echo "case=nfs-seq server=vsic-nfsd engine=$engine mount=async $r"
-done
-
-# (3) The kernel's own nfsd exporting a directory of the same ext4 on VSIC 1
+# (4) The kernel's own nfsd exporting a directory of the same ext4 on VSIC 1
 # (engine=knfsd-ext4): rpcbind (the kernel's NFSv3 service registers with
 # it), exportfs, rpc.mountd on its own port and rpc.nfsd on 2049, NFSv3
 # over TCP only; the export is `sync`, as NFSv3 requires of a server.
@@ -76,17 +70,43 @@ knfsd_start() {
     rpc.mountd -p 20492 -N 4 --no-udp || { echo "rpc.mountd failed"; return 1; }
     rpc.nfsd -N 4 --no-udp -p 2049 4 || { echo "rpc.nfsd failed"; return 1; }
 }
+# ENGINE:SERVER:PORT:MOUNTPORT:EXPORT
+engines="vsic:vsic-nfsd:20490:20490:/ file:vsic-nfsd:20491:20491:/ blockdev:vsic-nfsd:20493:20493:/"
 if knfsd_start >/tmp/knfsd.log 2>&1; then
-    opts=vers=3,proto=tcp,port=2049,mountport=20492,mountproto=tcp,nolock
-    mkdir -p /mnt/knfsd
-    mount -t nfs -o "sync,$opts" 127.0.0.1:/mnt/fs/kexport /mnt/knfsd || fail "mount knfsd (sync)"
-    r=$(vsic-nfs-load /mnt/knfsd --files "$files" --size 4096) || fail "small files on knfsd: $r"
-    umount /mnt/knfsd
-    echo "case=nfs-small server=knfsd engine=knfsd-ext4 mount=sync $r"
-    mount -t nfs -o "$opts" 127.0.0.1:/mnt/fs/kexport /mnt/knfsd || fail "mount knfsd"
-    r=$(vsic-nfs-load /mnt/knfsd --seq-mib "$mib") || fail "sequential write on knfsd: $r"
-    umount /mnt/knfsd
-    echo "case=nfs-seq server=knfsd engine=knfsd-ext4 mount=async $r"
+    engines="$engines knfsd-ext4:knfsd:2049:20492:/mnt/fs/kexport"
 else
     echo "# kernel nfsd: not measured: $(tr '\n' ' ' </tmp/knfsd.log)"
 fi
+
+# Every round runs every engine once, in a rotated order, so that a burst
+# of load on the host lands on one engine's run of one round, not on all
+# of one engine's runs; ci/bench-nfs.sh reports the median of the rounds.
+# Each round writes into its own directory (fresh files, fresh names).
+round=1
+while [ "$round" -le "$rounds" ]; do
+    order=$engines
+    i=1
+    while [ "$i" -lt "$round" ]; do
+        order="${order#* } ${order%% *}"
+        i=$((i + 1))
+    done
+    for e in $order; do
+        IFS=: read -r engine server port mport export <<EOF2
+$e
+EOF2
+        opts=vers=3,proto=tcp,port=$port,mountport=$mport,mountproto=tcp,nolock
+        mnt=/mnt/nfs-$engine
+        mkdir -p "$mnt"
+        mount -t nfs -o "sync,$opts" 127.0.0.1:"$export" "$mnt" || fail "mount $engine (sync)"
+        mkdir -p "$mnt/r$round"
+        r=$(vsic-nfs-load "$mnt/r$round" --files "$files" --size 4096) || fail "small files on $engine: $r"
+        umount "$mnt"
+        echo "case=nfs-small server=$server engine=$engine mount=sync round=$round $r"
+        mount -t nfs -o "$opts" 127.0.0.1:"$export" "$mnt" || fail "mount $engine"
+        r=$(vsic-nfs-load "$mnt/r$round" --seq-mib "$mib") || fail "sequential write on $engine: $r"
+        rm -f "$mnt/r$round/seq"
+        umount "$mnt"
+        echo "case=nfs-seq server=$server engine=$engine mount=async round=$round $r"
+    done
+    round=$((round + 1))
+done

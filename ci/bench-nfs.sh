@@ -2,25 +2,34 @@
 # NFS benchmark (issue 12), also run by `ci/bench.sh --apps`: in one guest
 # (ci/bench-nfs.guest.sh), the guest kernel's NFSv3 client drives
 # vsic-nfsd with its storage on a VSA through vsic over VFIO (engine=vsic)
-# and on a file on ext4 on a kernel-bound VSIC (engine=file), and the
-# kernel's own nfsd exporting that ext4 (engine=knfsd-ext4):
+# on a file on ext4 on a kernel-bound VSIC (engine=file) and on a
+# kernel-bound VSIC's block device (engine=blockdev), and the kernel's own
+# nfsd exporting that ext4 (engine=knfsd-ext4):
 #   case=nfs-small: create + write 4 KiB + close of 2,000 files, sync mount
 #   case=nfs-seq:   256 MiB sequential write + fsync, default mount
-# then ratios vsic/file and vsic/knfsd-ext4.
+# each --rounds times; then the medians per engine and the ratios of vsic
+# over each of the others (from the medians).
 #
-# Usage: ci/bench-nfs.sh [--files N] [--mib M] [--no-build] [--out FILE]
+# Usage: ci/bench-nfs.sh [--files N] [--mib M] [--rounds R] [--no-build] [--out FILE]
+#   --files   small files per run (default 2000)
+#   --mib     MiB of the sequential write (default 256)
+#   --rounds  rounds (default 3): each runs every engine once, in a rotated
+#             order; the figures and ratios are the medians of the rounds
+#             (every round's own line is printed too, with round=R)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 files=2000
 mib=256
+rounds=3
 build=1
 out=
 while [[ $# -gt 0 ]]; do
     case $1 in
     --files) files=${2:?}; shift ;;
     --mib) mib=${2:?}; shift ;;
+    --rounds) rounds=${2:?}; shift ;;
     --no-build) build=0 ;;
     --out) out=${2:?}; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -32,27 +41,40 @@ done
 results=$(mktemp)
 state=$(mktemp -d /var/tmp/vsic-bench-nfs.XXXXXX)
 trap 'rm -rf "$results" "$state"' EXIT
-"$REPO/qemu-configs/launch.sh" --state-dir "$state" --vsics 2 --queues 1 --drive-size 3G --memory 1536M --timeout 1800 \
-    --append "vsic.nfs_files=$files vsic.nfs_mib=$mib" --run "$REPO/ci/bench-nfs.guest.sh" \
+"$REPO/qemu-configs/launch.sh" --state-dir "$state" --vsics 3 --queues 1 --drive-size 3G --memory 1536M --timeout 1800 \
+    --append "vsic.nfs_files=$files vsic.nfs_mib=$mib vsic.nfs_rounds=$rounds" --run "$REPO/ci/bench-nfs.guest.sh" \
     --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# )' >"$results" || true
 grep -q '^case=nfs' "$results" || { echo "bench-nfs: the guest printed no results" >&2; exit 1; }
 {
     cat "$results"
+    # Median of the rounds per (case, engine), then vsic over each other engine.
     awk '
+        function median(list,    n, a, i, j, t) {
+            n = split(list, a, " ")
+            for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
         /^case=nfs/ {
-            c = ""; e = ""
-            for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2]; if (kv[1] == "case") c = kv[2]; if (kv[1] == "engine") e = kv[2] }
-            if (c == "nfs-small") { ops[e] = v["small_ops_per_s"]; p50[e] = v["small_p50_us"] }
-            if (c == "nfs-seq") { mbs[e] = v["seq_mb_per_s"] }
+            delete v
+            for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+            e = v["engine"]; srv[e] = v["server"]
+            if (v["case"] == "nfs-small") { ops[e] = ops[e] " " v["small_ops_per_s"]; p50[e] = p50[e] " " v["small_p50_us"]; n[e]++ }
+            if (v["case"] == "nfs-seq") { mbs[e] = mbs[e] " " v["seq_mb_per_s"] }
         }
         END {
-            if (ops["file"] > 0 && p50["vsic"] > 0)
-                printf "ratio case=nfs-small engine=vsic/file ops=%.2f p50=%.2f\n", ops["vsic"] / ops["file"], p50["vsic"] / p50["file"]
-            if (mbs["file"] > 0)
-                printf "ratio case=nfs-seq engine=vsic/file mb_per_s=%.2f\n", mbs["vsic"] / mbs["file"]
-            if (ops["knfsd-ext4"] > 0 && p50["vsic"] > 0)
-                printf "ratio case=nfs-small engine=vsic/knfsd-ext4 ops=%.2f p50=%.2f\n", ops["vsic"] / ops["knfsd-ext4"], p50["vsic"] / p50["knfsd-ext4"]
-            if (mbs["knfsd-ext4"] > 0)
-                printf "ratio case=nfs-seq engine=vsic/knfsd-ext4 mb_per_s=%.2f\n", mbs["vsic"] / mbs["knfsd-ext4"]
+            for (e in ops) {
+                mo[e] = median(ops[e]); mp[e] = median(p50[e])
+                printf "median case=nfs-small server=%s engine=%s rounds=%d small_ops_per_s=%.0f small_p50_us=%.0f\n", srv[e], e, n[e], mo[e], mp[e]
+            }
+            for (e in mbs) {
+                mm[e] = median(mbs[e])
+                printf "median case=nfs-seq server=%s engine=%s seq_mb_per_s=%.1f\n", srv[e], e, mm[e]
+            }
+            for (e in mo)
+                if (e != "vsic" && mo[e] > 0 && mp[e] > 0 && mo["vsic"] > 0)
+                    printf "ratio case=nfs-small engine=vsic/%s ops=%.2f p50=%.2f\n", e, mo["vsic"] / mo[e], mp["vsic"] / mp[e]
+            for (e in mm)
+                if (e != "vsic" && mm[e] > 0 && mm["vsic"] > 0)
+                    printf "ratio case=nfs-seq engine=vsic/%s mb_per_s=%.2f\n", e, mm["vsic"] / mm[e]
         }' "$results"
 } | tee ${out:+"$out"}

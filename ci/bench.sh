@@ -16,7 +16,8 @@
 #        ci/bench.sh --apps [--host] [...]   (ci/bench-apps.sh: vsic-kv vs redis; in the guest
 #                                            also vsic-mailq vs Maildir with smtp-source,
 #                                            then ci/bench-nfs.sh)
-#        ci/bench.sh --nfs [...]             (ci/bench-nfs.sh: vsic-nfsd on vsic vs file)
+#        ci/bench.sh --nfs [...]             (ci/bench-nfs.sh: vsic-nfsd on vsic vs a file, a block
+#                                            device and the kernel nfsd, 3 rounds, medians)
 #        ci/bench.sh --model [...]   (ci/bench-model.sh: the drive timing model
 #                                     against Little's law, libblkio client)
 #
@@ -55,7 +56,7 @@ if [[ ${1:-} == --guest ]]; then
 fi
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-# --nfs: the NFS benchmark alone (vsic-nfsd on vsic and on a file), ci/bench-nfs.sh.
+# --nfs: the NFS benchmark alone (vsic-nfsd on vsic against the kernel engines and the kernel nfsd), ci/bench-nfs.sh.
 if [[ ${1:-} == --nfs ]]; then
     shift
     exec bash "$REPO/ci/bench-nfs.sh" "$@"

@@ -1,23 +1,23 @@
 //! `vsic-nfsd`: an NFSv3 server over `vsic-fs`, one export (`/`) per
-//! device. The ONC RPC, XDR, MOUNT and NFSv3 procedures are the `nfsserve`
-//! crate's; this crate maps its file-system trait onto [`vsic_fs::Fs`].
+//! device. The XDR, MOUNT and NFSv3 procedures are the `fernfs` crate's;
+//! this crate maps its file-system trait onto [`vsic_fs::Fs`].
 //!
 //! Durability: every procedure that changes the file system commits it
 //! (`Fs::sync`: data flushed, then the log unit flushed) before the reply,
 //! so every WRITE is answered FILE_SYNC. File handles are the file
 //! system's identity and the inode number, so they stay valid across a
 //! restart of the server. The write verifier is new on every start.
-//! docs/vsic-fs.md lists what nfsserve does not offer (COMMIT, LINK, a
-//! persistent reply cache).
 
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use nfsserve::nfs::{
-    fattr3, fileid3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3, nfsstring, nfstime3, sattr3,
-    set_atime, set_gid3, set_mode3, set_mtime, set_size3, set_uid3, specdata3,
+use fernfs::vfs::{Capabilities, DirEntry, NFSFileSystem, ReadDirResult};
+use fernfs::xdr::nfs3::file::stable_how;
+use fernfs::xdr::nfs3::fs;
+use fernfs::xdr::nfs3::{
+    count3, createverf3, fattr3, fileid3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3,
+    nfsstring, nfstime3, sattr3, set_atime, set_mtime, specdata3,
 };
-use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
 use vsic_fs::{AttrChange, Fs, FsError, Kind, Stat, Time};
 
 /// The NFS file system over one mounted `vsic-fs`.
@@ -128,22 +128,10 @@ impl VsicNfs {
 fn attr_change(a: &sattr3) -> AttrChange {
     let now = Time::now();
     AttrChange {
-        mode: match a.mode {
-            set_mode3::mode(m) => Some(m),
-            set_mode3::Void => None,
-        },
-        uid: match a.uid {
-            set_uid3::uid(u) => Some(u),
-            set_uid3::Void => None,
-        },
-        gid: match a.gid {
-            set_gid3::gid(g) => Some(g),
-            set_gid3::Void => None,
-        },
-        size: match a.size {
-            set_size3::size(s) => Some(s),
-            set_size3::Void => None,
-        },
+        mode: a.mode,
+        uid: a.uid,
+        gid: a.gid,
+        size: a.size,
         atime: match a.atime {
             set_atime::DONT_CHANGE => None,
             set_atime::SET_TO_SERVER_TIME => Some(now),
@@ -159,8 +147,14 @@ fn attr_change(a: &sattr3) -> AttrChange {
 
 #[async_trait]
 impl NFSFileSystem for VsicNfs {
-    fn capabilities(&self) -> VFSCapabilities {
-        VFSCapabilities::ReadWrite
+    /// Only fernfs's default handles use it, and this file system has its
+    /// own (see `id_to_fh`): the boot verifier.
+    fn generation(&self) -> u64 {
+        u64::from_le_bytes(self.boot_verf)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ReadWrite
     }
 
     fn root_dir(&self) -> fileid3 {
@@ -192,12 +186,18 @@ impl NFSFileSystem for VsicNfs {
             .map_err(nfs_err)
     }
 
-    async fn write(&self, id: fileid3, offset: u64, data: &[u8]) -> Result<fattr3, nfsstat3> {
+    async fn write(
+        &self,
+        id: fileid3,
+        offset: u64,
+        data: &[u8],
+        _stable: stable_how,
+    ) -> Result<(fattr3, stable_how, count3), nfsstat3> {
         let s = self.change(|fs| {
             fs.write_ino(id, offset, data)?;
             fs.stat_ino(id)
         })?;
-        Ok(self.attr(&s))
+        Ok((self.attr(&s), stable_how::FILE_SYNC, data.len() as count3))
     }
 
     async fn create(
@@ -230,10 +230,13 @@ impl NFSFileSystem for VsicNfs {
         Ok((s.ino, self.attr(&s)))
     }
 
+    /// EXCLUSIVE: the verifier is not kept, so a retransmission after the
+    /// create succeeded gets EXIST unless the reply cache answers it.
     async fn create_exclusive(
         &self,
         dirid: fileid3,
         filename: &filename3,
+        _verifier: createverf3,
     ) -> Result<fileid3, nfsstat3> {
         self.change(|fs| fs.create_at(dirid, &filename.0, Kind::File, 0o644, 0, 0, b""))
     }
@@ -250,7 +253,8 @@ impl NFSFileSystem for VsicNfs {
         Ok((s.ino, self.attr(&s)))
     }
 
-    /// REMOVE and RMDIR both arrive here (nfsserve maps both to it).
+    /// REMOVE and RMDIR both arrive here (fernfs checks RMDIR's target is a
+    /// directory first).
     async fn remove(&self, dirid: fileid3, filename: &filename3) -> Result<(), nfsstat3> {
         self.change(|fs| {
             let ino = fs.lookup(dirid, &filename.0)?;
@@ -269,30 +273,43 @@ impl NFSFileSystem for VsicNfs {
         self.change(|fs| fs.rename_at(from_dirid, &from_filename.0, to_dirid, &to_filename.0))
     }
 
-    /// Entries in inode order; `start_after` is the inode of the last entry
-    /// the client has (nfsserve's cookie).
+    /// Entries from `start_after` on, `start_after` taken as an index (as
+    /// fernfs's cookies are).
     async fn readdir(
         &self,
         dirid: fileid3,
         start_after: fileid3,
         max_entries: usize,
     ) -> Result<ReadDirResult, nfsstat3> {
+        self.readdir_index(dirid, start_after as usize, max_entries)
+            .await
+    }
+
+    /// Entries in name order (stable while the directory does not change;
+    /// fernfs's cookie verifier is the directory's mtime, so a client
+    /// whose directory changed between pages gets BAD_COOKIE and starts
+    /// over), from index `start_index` on.
+    async fn readdir_index(
+        &self,
+        dirid: fileid3,
+        start_index: usize,
+        max_entries: usize,
+    ) -> Result<ReadDirResult, nfsstat3> {
         let fs = self.lock();
-        let mut entries = fs.list(dirid).map_err(nfs_err)?;
-        entries.sort_by(|a, b| (a.ino, &a.name).cmp(&(b.ino, &b.name)));
-        let rest: Vec<_> = entries
-            .into_iter()
-            .filter(|e| e.ino > start_after)
-            .collect();
+        let entries = fs.list(dirid).map_err(nfs_err)?;
+        if start_index > entries.len() {
+            return Err(nfsstat3::NFS3ERR_BAD_COOKIE);
+        }
+        let rest = &entries[start_index..];
         let mut out = ReadDirResult {
             entries: Vec::new(),
             end: rest.len() <= max_entries,
         };
-        for e in rest.into_iter().take(max_entries) {
+        for e in rest.iter().take(max_entries) {
             let attr = self.getattr_locked(&fs, e.ino)?;
             out.entries.push(DirEntry {
                 fileid: e.ino,
-                name: nfsstring(e.name),
+                name: nfsstring(e.name.clone()),
                 attr,
             });
         }
@@ -326,6 +343,43 @@ impl NFSFileSystem for VsicNfs {
         self.lock().readlink_ino(id).map(nfsstring).map_err(nfs_err)
     }
 
+    async fn link(
+        &self,
+        file_id: fileid3,
+        link_dir_id: fileid3,
+        link_name: &filename3,
+    ) -> Result<fattr3, nfsstat3> {
+        let s = self.change(|fs| {
+            fs.link_at(file_id, link_dir_id, &link_name.0)?;
+            fs.stat_ino(file_id)
+        })?;
+        Ok(self.attr(&s))
+    }
+
+    /// No device files, sockets or FIFOs in vsic-fs.
+    async fn mknod(
+        &self,
+        _dir_id: fileid3,
+        _name: &filename3,
+        _ftype: ftype3,
+        _specdata: specdata3,
+        _attrs: &sattr3,
+    ) -> Result<(fileid3, fattr3), nfsstat3> {
+        Err(nfsstat3::NFS3ERR_NOTSUPP)
+    }
+
+    /// Everything written so far is made durable (the log is shared: one
+    /// commit covers every file).
+    async fn commit(
+        &self,
+        file_id: fileid3,
+        _offset: u64,
+        _count: u32,
+    ) -> Result<fattr3, nfsstat3> {
+        let s = self.change(|fs| fs.stat_ino(file_id))?;
+        Ok(self.attr(&s))
+    }
+
     /// The file system's identity and the inode: valid across restarts.
     fn id_to_fh(&self, id: fileid3) -> nfs_fh3 {
         let mut data = self.fs_id.to_le_bytes().to_vec();
@@ -345,7 +399,39 @@ impl NFSFileSystem for VsicNfs {
         }
     }
 
-    fn serverid(&self) -> [u8; 8] {
+    fn fsinfo_properties(&self) -> u32 {
+        fs::FSF_LINK | fs::FSF_SYMLINK | fs::FSF_HOMOGENEOUS | fs::FSF_CANSETTIME
+    }
+
+    fn pathconf_linkmax(&self) -> u32 {
+        u32::MAX
+    }
+
+    fn pathconf_name_max(&self) -> u32 {
+        vsic_fs::layout::NAME_MAX as u32
+    }
+
+    /// The device's data space (inodes are not limited: files counts are
+    /// reported as the free blocks).
+    async fn fsstat(&self, root_fileid: fileid3) -> Result<fs::FSSTAT3resok, nfsstat3> {
+        let fs = self.lock();
+        let obj_attributes = self.getattr_locked(&fs, root_fileid).ok();
+        let (free, total) = fs.space();
+        let blocks = free / vsic_fs::layout::BLOCK;
+        Ok(fs::FSSTAT3resok {
+            obj_attributes,
+            tbytes: total,
+            fbytes: free,
+            abytes: free,
+            tfiles: total / vsic_fs::layout::BLOCK,
+            ffiles: blocks,
+            afiles: blocks,
+            invarsec: 0,
+        })
+    }
+
+    /// The write verifier (and fernfs's cookie verifier).
+    fn server_id(&self) -> [u8; 8] {
         self.boot_verf
     }
 }

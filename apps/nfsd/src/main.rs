@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nfsserve::tcp::{NFSTcp, NFSTcpListener};
+use fernfs::tcp::{NFSTcp, NFSTcpListener};
 use vsic_fs::Fs;
 use vsic_nfsd::VsicNfs;
 

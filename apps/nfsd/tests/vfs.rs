@@ -1,10 +1,11 @@
-//! vsic-nfsd's file-system mapping, called as nfsserve calls it: each
+//! vsic-nfsd's file-system mapping, called as fernfs calls it: each
 //! change is on the device (seen by a second, fresh mount of the same
 //! file) when the call returns; handles survive a restart, stale ones are
 //! refused; the write verifier changes across a restart; readdir pages.
 
-use nfsserve::nfs::{nfsstat3, nfsstring, sattr3, set_size3};
-use nfsserve::vfs::NFSFileSystem;
+use fernfs::vfs::NFSFileSystem;
+use fernfs::xdr::nfs3::file::stable_how;
+use fernfs::xdr::nfs3::{nfsstat3, nfsstring, sattr3};
 use vsic_fs::Fs;
 use vsic_nfsd::VsicNfs;
 
@@ -51,13 +52,16 @@ async fn every_change_is_on_the_device_when_the_call_returns() {
     let (d, _) = nfs.mkdir(root, &name("dir")).await.unwrap();
     let (f, attr) = nfs.create(d, &name("f"), sattr3::default()).await.unwrap();
     assert_eq!(attr.size, 0);
-    let a = nfs.write(f, 5000, b"hello").await.unwrap();
-    assert_eq!(a.size, 5005);
+    let (a, how, n) = nfs
+        .write(f, 5000, b"hello", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
+    assert_eq!((a.size, how, n), (5005, stable_how::FILE_SYNC, 5));
     let dev = img.on_device();
     assert_eq!(dev.read_file("/dir/f").unwrap()[5000..], *b"hello");
 
     let s = sattr3 {
-        size: set_size3::size(2),
+        size: Some(2),
         ..Default::default()
     };
     assert_eq!(nfs.setattr(f, s).await.unwrap().size, 2);
@@ -82,13 +86,19 @@ async fn handles_survive_a_restart_and_the_verifier_does_not() {
         .create(nfs.root_dir(), &name("f"), sattr3::default())
         .await
         .unwrap();
-    nfs.write(f, 0, b"abc").await.unwrap();
+    nfs.write(f, 0, b"abc", stable_how::FILE_SYNC)
+        .await
+        .unwrap();
     let fh = nfs.id_to_fh(f);
-    let verf = nfs.serverid();
+    let verf = nfs.server_id();
     drop(nfs);
     std::thread::sleep(std::time::Duration::from_millis(2));
     let nfs = VsicNfs::new(Fs::mount(img.open()).unwrap());
-    assert_ne!(nfs.serverid(), verf, "a new write verifier after a restart");
+    assert_ne!(
+        nfs.server_id(),
+        verf,
+        "a new write verifier after a restart"
+    );
     let id = nfs.fh_to_id(&fh).expect("the handle is still valid");
     assert_eq!(nfs.read(id, 0, 100).await.unwrap(), (b"abc".to_vec(), true));
     nfs.remove(nfs.root_dir(), &name("f")).await.unwrap();
@@ -117,13 +127,11 @@ async fn readdir_pages_through_every_entry_once() {
             .unwrap();
     }
     let mut seen = Vec::new();
-    let mut after = 0;
     loop {
-        let page = nfs.readdir(root, after, 7).await.unwrap();
+        let page = nfs.readdir_index(root, seen.len(), 7).await.unwrap();
         assert!(page.entries.len() <= 7);
         for e in &page.entries {
             seen.push(String::from_utf8(e.name.0.clone()).unwrap());
-            after = e.fileid;
         }
         if page.end {
             break;
@@ -134,7 +142,7 @@ async fn readdir_pages_through_every_entry_once() {
     want.sort();
     assert_eq!(seen, want);
     assert!(matches!(
-        nfs.create_exclusive(root, &name("n1")).await,
+        nfs.create_exclusive(root, &name("n1"), [0; 8]).await,
         Err(nfsstat3::NFS3ERR_EXIST)
     ));
 }

@@ -10,7 +10,10 @@ use vsic_storage::BlockDevice;
 use crate::codec::{Dec, Enc};
 use crate::error::{FsError, Result};
 use crate::layout::{encode_unit, Superblock, UnitHeader, BLOCK, LOG_HEADER};
-use crate::meta::{AttrChange, Body, CheckReport, Inode, Kind, Mapping, Op, State, Time, ROOT};
+use crate::meta::{
+    AttrChange, Body, CheckReport, Inode, Kind, Mapping, Op, State, Time, REPLY_BYTES,
+    REPLY_ENTRIES, ROOT,
+};
 
 /// Largest file: 1 TiB.
 pub const MAX_FILE: u64 = 1 << 40;
@@ -298,7 +301,11 @@ impl Fs {
                 "the checkpoint's CRC does not match".into(),
             ));
         }
-        let mut state = State::decode(&ckpt)?;
+        let mut state = State::decode(&ckpt, sb.version)?;
+        state.replies.set_limits(
+            REPLY_ENTRIES,
+            REPLY_BYTES.min((sb.ckpt_blocks * BLOCK) as usize / 4),
+        );
         // Replay.
         let log = Self::read_bytes(
             dev.as_ref(),
@@ -528,6 +535,7 @@ impl Fs {
             return Err(FsError::NoSpace("the metadata outgrew its checkpoint slot"));
         }
         let mut sb = self.sb.clone();
+        sb.version = crate::layout::VERSION;
         sb.generation += 1;
         sb.active_slot = 1 - sb.active_slot;
         sb.ckpt_len = ckpt.len() as u64;
@@ -576,6 +584,34 @@ impl Fs {
             }
         }
         Err(FsError::NoSpace("no free data blocks"))
+    }
+
+    // ---- a server's replies, committed with the operations ---------------
+
+    /// Records `reply` as the answer to request `key`: it commits with the
+    /// operations logged before it (in the same unit), and [`Fs::reply`]
+    /// finds it from now on, after a remount too, until newer replies
+    /// push it out (see `meta::ReplyCache`).
+    pub fn record_reply(&mut self, key: &[u8], reply: &[u8]) -> Result<()> {
+        self.log(Op::Reply {
+            key: key.to_vec(),
+            reply: reply.to_vec(),
+        })
+    }
+
+    /// The reply recorded for `key`, committed or not.
+    pub fn reply(&self, key: &[u8]) -> Option<&[u8]> {
+        self.state.replies.get(key)
+    }
+
+    /// Replies kept.
+    pub fn reply_count(&self) -> usize {
+        self.state.replies.len()
+    }
+
+    /// True when operations wait for a commit.
+    pub fn uncommitted(&self) -> bool {
+        self.pending_ops > 0
     }
 
     // ---- operations on inodes (the NFS server's interface) ---------------

@@ -17,7 +17,12 @@ use crate::error::{FsError, Result};
 pub const BLOCK: u64 = 4096;
 /// "VSICFS01".
 pub const SB_MAGIC: u64 = u64::from_le_bytes(*b"VSICFS01");
-pub const VERSION: u32 = 1;
+/// The format written: 2 adds the reply-cache section to the checkpoint
+/// and the Reply log record. Version 1 (no reply cache) is still mounted;
+/// its next checkpoint writes version 2.
+pub const VERSION: u32 = 2;
+/// The oldest format mounted.
+pub const MIN_VERSION: u32 = 1;
 /// A commit unit's magic, "VLOG".
 pub const LOG_MAGIC: u32 = u32::from_le_bytes(*b"VLOG");
 /// Bytes of a commit unit's header: magic, fs_id, seq, len, crc.
@@ -31,6 +36,8 @@ pub const TARGET_MAX: usize = 1024;
 /// starts. Written alternately to block 0 and 1 (`generation % 2`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
+    /// The format of the checkpoint it points at (and of the log).
+    pub version: u32,
     /// Incremented on each write; the valid copy with the highest wins.
     pub generation: u64,
     /// Random at mkfs; stamped into every commit unit so units of an
@@ -54,6 +61,7 @@ impl Superblock {
         let ckpt_blocks = (total_blocks / 32).clamp(32, 4096);
         let log_blocks = (total_blocks / 16).clamp(64, 8192);
         let sb = Superblock {
+            version: VERSION,
             generation: 1,
             fs_id,
             total_blocks,
@@ -84,7 +92,7 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
         e.u64(SB_MAGIC);
-        e.u32(VERSION);
+        e.u32(self.version);
         e.u64(self.generation);
         e.u64(self.fs_id);
         e.u64(self.total_blocks);
@@ -104,10 +112,15 @@ impl Superblock {
     /// (never written, torn, or another format).
     pub fn decode(block: &[u8]) -> Option<Superblock> {
         let mut d = Dec::new(block);
-        if d.u64().ok()? != SB_MAGIC || d.u32().ok()? != VERSION {
+        if d.u64().ok()? != SB_MAGIC {
+            return None;
+        }
+        let version = d.u32().ok()?;
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return None;
         }
         let sb = Superblock {
+            version,
             generation: d.u64().ok()?,
             fs_id: d.u64().ok()?,
             total_blocks: d.u64().ok()?,

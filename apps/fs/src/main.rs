@@ -129,7 +129,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let sb = fs.superblock().clone();
             let (free, total) = fs.space();
             writeln!(out, "fs_id={:016x}", sb.fs_id)?;
-            writeln!(out, "generation={}", sb.generation)?;
+            writeln!(out, "version={} generation={}", sb.version, sb.generation)?;
             writeln!(out, "blocks={} block_size=4096", sb.total_blocks)?;
             writeln!(
                 out,
@@ -138,6 +138,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             )?;
             writeln!(out, "log_blocks={} log_seq={}", sb.log_blocks, sb.log_seq)?;
             writeln!(out, "data_bytes={total} free_bytes={free}")?;
+            writeln!(out, "replies={}", fs.reply_count())?;
             writeln!(out, "device={}", fs.device().describe())?;
         }
         Cmd::Ls { path } => {

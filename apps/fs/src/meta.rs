@@ -3,7 +3,7 @@
 //! the log go through the same [`State::apply`], so recovery re-executes
 //! exactly what was done. [`State::check`] verifies the structure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::codec::{Dec, Enc};
 use crate::error::{FsError, Result};
@@ -183,6 +183,120 @@ pub enum Op {
         map: Vec<Mapping>,
         time: Time,
     },
+    /// A server's reply to the request `key` (both opaque to the file
+    /// system), kept in the [`ReplyCache`]: it commits in the same unit
+    /// as the operations logged before it.
+    Reply { key: Vec<u8>, reply: Vec<u8> },
+}
+
+/// Most replies kept.
+pub const REPLY_ENTRIES: usize = 4096;
+/// Most bytes of keys and replies kept (also at most a quarter of a
+/// checkpoint slot: see `Fs::mount`).
+pub const REPLY_BYTES: usize = 1 << 20;
+
+/// The replies a server recorded with [`Op::Reply`] (vsic-nfsd's
+/// duplicate-request cache): the newest ones, at most `max_entries` and
+/// `max_bytes` (keys plus replies), the oldest dropped first. A key
+/// recorded again replaces its reply. Carried through checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyCache {
+    /// (id, key, reply), oldest first.
+    entries: VecDeque<(u64, Vec<u8>, Vec<u8>)>,
+    /// Key → id of its newest entry.
+    index: HashMap<Vec<u8>, u64>,
+    next_id: u64,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl Default for ReplyCache {
+    fn default() -> Self {
+        ReplyCache {
+            entries: VecDeque::new(),
+            index: HashMap::new(),
+            next_id: 0,
+            bytes: 0,
+            max_entries: REPLY_ENTRIES,
+            max_bytes: REPLY_BYTES,
+        }
+    }
+}
+
+impl ReplyCache {
+    /// Sets the bounds (dropping the oldest entries past them).
+    pub fn set_limits(&mut self, max_entries: usize, max_bytes: usize) {
+        self.max_entries = max_entries;
+        self.max_bytes = max_bytes;
+        self.evict();
+    }
+
+    pub fn insert(&mut self, key: Vec<u8>, reply: Vec<u8>) {
+        let size = key.len() + reply.len();
+        if size > self.max_bytes || self.max_entries == 0 {
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.index.insert(key.clone(), id);
+        self.entries.push_back((id, key, reply));
+        self.bytes += size;
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
+            let Some((id, key, reply)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= key.len() + reply.len();
+            if self.index.get(&key) == Some(&id) {
+                self.index.remove(&key);
+            }
+        }
+    }
+
+    /// The newest reply recorded for `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let id = *self.index.get(key)?;
+        let first = self.entries.front()?.0;
+        let (eid, _, reply) = self.entries.get((id - first) as usize)?;
+        debug_assert_eq!(*eid, id);
+        Some(reply)
+    }
+
+    /// Entries kept (a key recorded twice counts twice).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn encode(&self, e: &mut Enc) {
+        e.u64(self.entries.len() as u64);
+        for (_, key, reply) in &self.entries {
+            e.bytes(key);
+            e.bytes(reply);
+        }
+    }
+
+    fn decode(d: &mut Dec) -> Result<ReplyCache> {
+        let mut c = ReplyCache {
+            max_entries: usize::MAX,
+            max_bytes: usize::MAX,
+            ..ReplyCache::default()
+        };
+        for _ in 0..d.u64()? {
+            let key = d.bytes()?;
+            c.insert(key, d.bytes()?);
+        }
+        c.max_entries = REPLY_ENTRIES;
+        c.max_bytes = REPLY_BYTES;
+        Ok(c)
+    }
 }
 
 /// The whole metadata.
@@ -190,6 +304,7 @@ pub enum Op {
 pub struct State {
     pub next_ino: u64,
     pub inodes: HashMap<u64, Inode>,
+    pub replies: ReplyCache,
 }
 
 fn valid_name(name: &[u8]) -> Result<()> {
@@ -233,6 +348,7 @@ impl State {
         State {
             next_ino: ROOT + 1,
             inodes: HashMap::from([(ROOT, root)]),
+            replies: ReplyCache::default(),
         }
     }
 
@@ -527,6 +643,7 @@ impl State {
                 inode.ctime = *time;
                 map_blocks(inode, map, freed);
             }
+            Op::Reply { key, reply } => self.replies.insert(key.clone(), reply.clone()),
         }
         Ok(())
     }
@@ -692,10 +809,12 @@ impl State {
                 Body::Symlink { target } => e.bytes(target),
             }
         }
+        self.replies.encode(&mut e);
         e.buf
     }
 
-    pub fn decode(buf: &[u8]) -> Result<State> {
+    /// Decodes a checkpoint of format `version` (1: no reply cache).
+    pub fn decode(buf: &[u8], version: u32) -> Result<State> {
         let mut d = Dec::new(buf);
         let next_ino = d.u64()?;
         let n = d.u64()?;
@@ -742,7 +861,16 @@ impl State {
                 },
             );
         }
-        Ok(State { next_ino, inodes })
+        let replies = if version >= 2 {
+            ReplyCache::decode(&mut d)?
+        } else {
+            ReplyCache::default()
+        };
+        Ok(State {
+            next_ino,
+            inodes,
+            replies,
+        })
     }
 }
 
@@ -917,6 +1045,11 @@ impl Op {
                 enc_map(e, map);
                 time.enc(e);
             }
+            Op::Reply { key, reply } => {
+                e.u8(7);
+                e.bytes(key);
+                e.bytes(reply);
+            }
         }
     }
 
@@ -973,6 +1106,10 @@ impl Op {
                 size: d.u64()?,
                 map: dec_map(d)?,
                 time: Time::dec(d)?,
+            },
+            7 => Op::Reply {
+                key: d.bytes()?,
+                reply: d.bytes()?,
             },
             t => return Err(FsError::Corrupt(format!("log record type {t}"))),
         })

@@ -279,3 +279,69 @@ fn a_block_replaced_within_the_last_unit_may_be_reused() {
         "the synced unit must replay"
     );
 }
+
+/// A recorded reply commits with the operations before it: after a
+/// remount it is there exactly when they are; it survives checkpoints;
+/// the cache keeps the newest entries within its bounds.
+#[test]
+fn replies_commit_with_their_operations_and_survive_checkpoints() {
+    let b = Backend::file("fs-replies", 16 << 20);
+    let mut fs = b.mkfs();
+    fs.mkdir("/d", 0o755).unwrap();
+    fs.record_reply(b"key-d", b"made d").unwrap();
+    fs.sync().unwrap();
+    // Not synced: neither the change nor its reply survive.
+    fs.mkdir("/e", 0o755).unwrap();
+    fs.record_reply(b"key-e", b"made e").unwrap();
+    assert_eq!(fs.reply(b"key-e"), Some(&b"made e"[..]));
+    drop(fs);
+    let mut fs = b.mount();
+    assert_eq!(fs.reply(b"key-d"), Some(&b"made d"[..]));
+    assert!(fs.stat("/e").is_err());
+    assert_eq!(fs.reply(b"key-e"), None);
+    // Recorded again: the newest reply wins.
+    fs.record_reply(b"key-d", b"again").unwrap();
+    assert_eq!(fs.reply(b"key-d"), Some(&b"again"[..]));
+    // Through checkpoints (the log of this device fills after ~256 units).
+    for i in 0..600u32 {
+        fs.mkdir(&format!("/n{i}"), 0o755).unwrap();
+        fs.record_reply(format!("k{i}").as_bytes(), &[i as u8; 100])
+            .unwrap();
+        fs.sync().unwrap();
+    }
+    assert!(fs.counters.checkpoints >= 2, "{}", fs.counters.checkpoints);
+    drop(fs);
+    let fs = b.mount();
+    assert_eq!(fs.superblock().version, vsic_fs::layout::VERSION);
+    assert_eq!(fs.reply(b"key-d"), Some(&b"again"[..]));
+    assert_eq!(fs.reply(b"k599"), Some(&[599u32 as u8; 100][..]));
+    assert_eq!(fs.reply_count(), 602);
+    fs.check().unwrap();
+    let o = b.fs(&["info"]);
+    assert!(stdout(&o).contains("replies=602"), "{}", stdout(&o));
+}
+
+#[test]
+fn the_reply_cache_drops_its_oldest_entries_past_its_bounds() {
+    let mut c = vsic_fs::meta::ReplyCache::default();
+    c.set_limits(3, 1000);
+    for i in 0..5u8 {
+        c.insert(vec![i], vec![i; 10]);
+    }
+    assert_eq!(c.len(), 3);
+    assert_eq!(c.get(&[1]), None);
+    assert_eq!(c.get(&[2]), Some(&[2u8; 10][..]));
+    // A key recorded again: its older entry ages out without taking the
+    // newer one along.
+    c.insert(vec![2], vec![9; 10]);
+    c.insert(vec![7], vec![7; 10]);
+    c.insert(vec![8], vec![8; 10]);
+    assert_eq!(c.get(&[2]), Some(&[9u8; 10][..]));
+    // Bytes bound: one big entry pushes out the rest.
+    c.insert(vec![9], vec![0; 990]);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c.get(&[9]).map(|r| r.len()), Some(990));
+    c.insert(vec![10], vec![0; 1000]); // larger than the bound: not kept
+    assert_eq!(c.get(&[10]), None);
+    assert_eq!(c.get(&[9]).map(|r| r.len()), Some(990));
+}

@@ -1,13 +1,21 @@
 //! `vsic-nfsd`: an NFSv3 server over `vsic-fs`, one export (`/`) per
 //! device. The XDR, MOUNT and NFSv3 procedures are the `fernfs` crate's;
-//! this crate maps its file-system trait onto [`vsic_fs::Fs`].
+//! [`VsicNfs`] maps its file-system trait onto [`vsic_fs::Fs`], and
+//! [`server`] and [`front`] are our own ONC RPC front over TCP with the
+//! duplicate-request cache persisted on the device.
 //!
-//! Durability: every procedure that changes the file system commits it
-//! (`Fs::sync`: data flushed, then the log unit flushed) before the reply,
-//! so every WRITE is answered FILE_SYNC. File handles are the file
+//! Durability: the file-system calls change the file system in memory
+//! only; the front commits (`Fs::sync`) before it sends a reply that
+//! needs it, the reply of a changing procedure recorded in the same
+//! commit (see [`server`]). UNSTABLE writes are answered UNSTABLE and made
+//! durable by COMMIT (or any later commit). File handles are the file
 //! system's identity and the inode number, so they stay valid across a
 //! restart of the server. The write verifier is new on every start.
 
+pub mod front;
+pub mod server;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -26,6 +34,8 @@ pub struct VsicNfs {
     fs_id: u64,
     /// The write (and cookie) verifier: differs on every start.
     boot_verf: [u8; 8],
+    /// Set by a WRITE answered UNSTABLE (see [`VsicNfs::take_unstable`]).
+    unstable: AtomicBool,
 }
 
 /// The NFS status for a file-system error.
@@ -79,7 +89,19 @@ impl VsicNfs {
             fs: Mutex::new(fs),
             fs_id,
             boot_verf: (nanos ^ u64::from(std::process::id()).rotate_left(48)).to_le_bytes(),
+            unstable: AtomicBool::new(false),
         }
+    }
+
+    /// True when a WRITE was answered UNSTABLE since the last call: the
+    /// front, which runs one procedure at a time, asks after each.
+    pub fn take_unstable(&self) -> bool {
+        self.unstable.swap(false, Ordering::Relaxed)
+    }
+
+    /// Commits everything applied so far (the front's commit; tests).
+    pub fn sync(&self) -> Result<(), FsError> {
+        self.lock().sync()
     }
 
     /// The file system (one procedure at a time).
@@ -111,13 +133,9 @@ impl VsicNfs {
         }
     }
 
-    /// Runs a change and commits it before the reply; the attributes of
-    /// `ino` after it.
+    /// Runs a change (in memory: the front commits it).
     fn change<T>(&self, f: impl FnOnce(&mut Fs) -> Result<T, FsError>) -> Result<T, nfsstat3> {
-        let mut fs = self.lock();
-        let r = f(&mut fs).map_err(nfs_err)?;
-        fs.sync().map_err(nfs_err)?;
-        Ok(r)
+        f(&mut self.lock()).map_err(nfs_err)
     }
 
     fn getattr_locked(&self, fs: &Fs, id: u64) -> Result<fattr3, nfsstat3> {
@@ -191,13 +209,21 @@ impl NFSFileSystem for VsicNfs {
         id: fileid3,
         offset: u64,
         data: &[u8],
-        _stable: stable_how,
+        stable: stable_how,
     ) -> Result<(fattr3, stable_how, count3), nfsstat3> {
         let s = self.change(|fs| {
             fs.write_ino(id, offset, data)?;
             fs.stat_ino(id)
         })?;
-        Ok((self.attr(&s), stable_how::FILE_SYNC, data.len() as count3))
+        // DATA_SYNC and FILE_SYNC: the front commits everything before the
+        // reply, so FILE_SYNC is what they get.
+        let how = if stable == stable_how::UNSTABLE {
+            self.unstable.store(true, Ordering::Relaxed);
+            stable_how::UNSTABLE
+        } else {
+            stable_how::FILE_SYNC
+        };
+        Ok((self.attr(&s), how, data.len() as count3))
     }
 
     async fn create(

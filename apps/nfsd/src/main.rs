@@ -3,14 +3,25 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fernfs::tcp::{NFSTcp, NFSTcpListener};
 use vsic_fs::Fs;
+use vsic_nfsd::server::Server;
 use vsic_nfsd::VsicNfs;
 
-/// An NFSv3 server (with MOUNT on the same port, TCP only) exporting the
-/// vsic-fs on DEV as `/`. Every change is durable before its reply.
+/// An NFSv3 server (with MOUNT and PORTMAP on the same port, TCP only)
+/// exporting the vsic-fs on DEV as `/`. Every change is durable before its
+/// reply, and its reply is recorded in the same commit (a persisted
+/// duplicate-request cache: a call retransmitted after a crash gets the
+/// original reply and is not executed again). WRITE UNSTABLE is answered
+/// UNSTABLE and made durable by COMMIT; the write verifier changes on
+/// every start.
 #[derive(Parser)]
-#[command(name = "vsic-nfsd", version)]
+#[command(
+    name = "vsic-nfsd",
+    version,
+    after_help = "Test hook: VSIC_NFSD_CRASH_AFTER_COMMIT=N in the environment aborts the \
+                  process right after the Nth commit that holds replies, before those \
+                  replies are sent (for the reply-cache crash test)."
+)]
 struct Cli {
     /// Where the file system lives: vhost-user:PATH or vsic:N (the VSA in
     /// slot 0 of that VSIC, through the vsic library), or file:PATH (a
@@ -53,19 +64,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Fs::mount(dev)?
     };
     fs.check()?;
+    let crash_after = match std::env::var("VSIC_NFSD_CRASH_AFTER_COMMIT") {
+        Ok(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| format!("VSIC_NFSD_CRASH_AFTER_COMMIT={v}: not a number"))?,
+        ),
+        Err(_) => None,
+    };
     // One thread: procedures run one at a time on the file system.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     rt.block_on(async {
-        let listener = NFSTcpListener::bind(&cli.listen, VsicNfs::new(fs)).await?;
-        eprintln!(
-            "vsic-nfsd: serving {} on {}:{}",
-            cli.dev,
-            listener.get_listen_ip(),
-            listener.get_listen_port()
-        );
-        listener.handle_forever().await?;
+        let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+        let addr = listener.local_addr()?;
+        let server = Server::new(VsicNfs::new(fs), addr.port(), crash_after);
+        tokio::spawn(server.clone().committer());
+        eprintln!("vsic-nfsd: serving {} on {addr}", cli.dev);
+        vsic_nfsd::front::serve(listener, server).await?;
         Ok(())
     })
 }

@@ -1,7 +1,8 @@
-//! vsic-nfsd's file-system mapping, called as fernfs calls it: each
-//! change is on the device (seen by a second, fresh mount of the same
-//! file) when the call returns; handles survive a restart, stale ones are
-//! refused; the write verifier changes across a restart; readdir pages.
+//! vsic-nfsd's file-system mapping, called as fernfs calls it: changes
+//! are made in memory and reach the device (seen by a second, fresh mount
+//! of the same file) with the front's commit; handles survive a restart,
+//! stale ones are refused; the write verifier changes across a restart;
+//! readdir pages.
 
 use fernfs::vfs::NFSFileSystem;
 use fernfs::xdr::nfs3::file::stable_how;
@@ -45,7 +46,7 @@ fn name(s: &str) -> nfsstring {
 }
 
 #[tokio::test]
-async fn every_change_is_on_the_device_when_the_call_returns() {
+async fn changes_reach_the_device_with_the_commit() {
     let img = Image::new("durable");
     let nfs = VsicNfs::new(Fs::mkfs(img.open()).unwrap());
     let root = nfs.root_dir();
@@ -57,6 +58,11 @@ async fn every_change_is_on_the_device_when_the_call_returns() {
         .await
         .unwrap();
     assert_eq!((a.size, how, n), (5005, stable_how::FILE_SYNC, 5));
+    assert!(
+        img.on_device().read_file("/dir/f").is_err(),
+        "nothing is committed by the calls themselves"
+    );
+    nfs.sync().unwrap();
     let dev = img.on_device();
     assert_eq!(dev.read_file("/dir/f").unwrap()[5000..], *b"hello");
 
@@ -66,10 +72,12 @@ async fn every_change_is_on_the_device_when_the_call_returns() {
     };
     assert_eq!(nfs.setattr(f, s).await.unwrap().size, 2);
     nfs.rename(d, &name("f"), root, &name("g")).await.unwrap();
+    nfs.sync().unwrap();
     let dev = img.on_device();
     assert_eq!(dev.read_file("/g").unwrap(), b"\0\0");
     nfs.remove(root, &name("g")).await.unwrap();
     nfs.remove(root, &name("dir")).await.unwrap(); // RMDIR arrives as remove
+    nfs.sync().unwrap();
     assert!(img.on_device().readdir("/").unwrap().is_empty());
     assert!(matches!(
         nfs.lookup(root, &name("g")).await,
@@ -89,6 +97,7 @@ async fn handles_survive_a_restart_and_the_verifier_does_not() {
     nfs.write(f, 0, b"abc", stable_how::FILE_SYNC)
         .await
         .unwrap();
+    nfs.sync().unwrap();
     let fh = nfs.id_to_fh(f);
     let verf = nfs.server_id();
     drop(nfs);

@@ -1,9 +1,10 @@
 #!/bin/sh
 # vsic-nfsd in the guest on a VSA through VFIO (issue 12), mounted by the
 # guest kernel's NFSv3 client over loopback with `mount -t nfs`: 1,000
-# small files created, written, renamed and removed, a 64 MiB file, a
-# directory tree copied in and out with tar, every byte compared after a
-# remount (so it comes back from the server, not the page cache);
+# small files created, written, renamed and removed, a hard link, a 64
+# MiB file, a directory tree copied in and out with tar, every byte
+# compared after a remount (so it comes back from the server, not the
+# page cache);
 # `vsic-fs check` on the device afterwards. (nfs-kill: the server killed.)
 # launch: --vsics 1 --queues 1 --timeout 420
 set -eu
@@ -64,6 +65,18 @@ remount
 rmdir $M/small $M/renamed || fail "rmdir"
 rm -rf /tmp/ref
 stage "small files ok"
+
+echo "== a hard link (LINK)"
+printf 'linked bytes\n' >$M/l1
+ln $M/l1 $M/l2 || fail "ln on the mount"
+remount
+[ "$(cat $M/l2)" = "linked bytes" ] || fail "the second name reads other bytes"
+[ "$(stat -c %h $M/l1)" = 2 ] && [ "$(stat -c %h $M/l2)" = 2 ] || fail "nlink is not 2"
+[ "$(stat -c %i $M/l1)" = "$(stat -c %i $M/l2)" ] || fail "two inodes"
+rm $M/l1
+[ "$(stat -c %h $M/l2)" = 1 ] || fail "nlink after rm is not 1"
+rm $M/l2
+stage "hard link ok"
 
 echo "== a 64 MiB file"
 dd if=/dev/urandom of=/tmp/big bs=1M count=64 2>/dev/null

@@ -9,7 +9,8 @@
 # Cases: create + write 4 KiB + close of vsic.nfs_files (default 2,000)
 # files on a `sync` mount (ops/s, p50, p99), and a sequential write of
 # vsic.nfs_mib (default 256) MiB with fsync on a default (async) mount
-# (MB/s). Prints one "case=nfs-..." line per case and engine.
+# (MB/s). Prints one "case=nfs-..." line per case and engine (with the
+# client's NFSv3 calls of the timed part, from vsic-nfs-load).
 set -eu
 # shellcheck source=ci/guest-tests/lib.sh
 . /vsic/lib.sh

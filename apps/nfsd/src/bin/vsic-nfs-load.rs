@@ -8,6 +8,10 @@
 //!   `seq_mb_per_s`.
 //!
 //! Every byte written is read back and compared at the end (not timed).
+//! When the kernel's NFS client statistics are there (/proc/net/rpc/nfs),
+//! the NFSv3 calls the client made during the timed part are printed too:
+//! `calls_per_file` and `commits` (small files), `writes` and `commits`
+//! (sequential: COMMITs appear only when the server answered UNSTABLE).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -60,11 +64,35 @@ fn pct(sorted: &[Duration], p: f64) -> u128 {
     sorted[((sorted.len() - 1) as f64 * p) as usize].as_micros()
 }
 
+/// The client's NFSv3 call counts by procedure (RFC 1813 numbers), from
+/// the "proc3" line of /proc/net/rpc/nfs.
+fn nfs_calls() -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string("/proc/net/rpc/nfs").ok()?;
+    let line = text.lines().find(|l| l.starts_with("proc3 "))?;
+    line.split_whitespace()
+        .skip(2)
+        .map(|v| v.parse().ok())
+        .collect()
+}
+
+/// Calls made since `before`, by procedure.
+fn calls_since(before: &Option<Vec<u64>>) -> Option<Vec<u64>> {
+    let (b, a) = (before.as_ref()?, nfs_calls()?);
+    if a.len() <= COMMIT || b.len() != a.len() {
+        return None;
+    }
+    Some(a.iter().zip(b).map(|(a, b)| a.saturating_sub(*b)).collect())
+}
+
+const WRITE: usize = 7;
+const COMMIT: usize = 21;
+
 fn run(a: &Args) -> std::io::Result<()> {
     if a.files > 0 {
         let dir = a.dir.join("small");
         std::fs::create_dir_all(&dir)?;
         let mut lat = Vec::with_capacity(a.files);
+        let calls = nfs_calls();
         let start = Instant::now();
         for i in 0..a.files {
             let data = pattern(i, a.size);
@@ -75,9 +103,18 @@ fn run(a: &Args) -> std::io::Result<()> {
             lat.push(t.elapsed());
         }
         let secs = start.elapsed().as_secs_f64();
+        let calls = calls_since(&calls)
+            .map(|c| {
+                format!(
+                    " calls_per_file={:.1} commits={}",
+                    c.iter().sum::<u64>() as f64 / a.files as f64,
+                    c[COMMIT]
+                )
+            })
+            .unwrap_or_default();
         lat.sort();
         println!(
-            "small_files={} small_ops_per_s={:.0} small_p50_us={} small_p99_us={}",
+            "small_files={} small_ops_per_s={:.0} small_p50_us={} small_p99_us={}{calls}",
             a.files,
             a.files as f64 / secs,
             pct(&lat, 0.5),
@@ -94,6 +131,7 @@ fn run(a: &Args) -> std::io::Result<()> {
     if a.seq_mib > 0 {
         let path = a.dir.join("seq");
         let chunk = pattern(1, 1 << 20);
+        let calls = nfs_calls();
         let start = Instant::now();
         let mut f = File::create(&path)?;
         for _ in 0..a.seq_mib {
@@ -102,8 +140,11 @@ fn run(a: &Args) -> std::io::Result<()> {
         f.sync_all()?;
         drop(f);
         let secs = start.elapsed().as_secs_f64();
+        let calls = calls_since(&calls)
+            .map(|c| format!(" writes={} commits={}", c[WRITE], c[COMMIT]))
+            .unwrap_or_default();
         println!(
-            "seq_mib={} seq_mb_per_s={:.1}",
+            "seq_mib={} seq_mb_per_s={:.1}{calls}",
             a.seq_mib,
             a.seq_mib as f64 * 1.048576 / secs
         );

@@ -173,33 +173,47 @@ fn get<T: Deserialize + Default>(c: &mut Cursor<Vec<u8>>) -> T {
     deserialize(c).expect("decode the reply")
 }
 
+/// One call's RPC message (header, AUTH_UNIX as root, arguments).
+fn call_message(xid: u32, prog: u32, proc: u32, args: &[u8]) -> Vec<u8> {
+    let cred = auth_unix {
+        stamp: 0,
+        machinename: b"test".to_vec(),
+        uid: 0,
+        gid: 0,
+        gids: vec![],
+    };
+    let msg = rpc_msg {
+        xid,
+        body: rpc_body::CALL(call_body {
+            rpcvers: 2,
+            prog,
+            vers: 3,
+            proc,
+            cred: opaque_auth {
+                flavor: auth_flavor::AUTH_UNIX,
+                body: xdr(&cred),
+            },
+            verf: opaque_auth::default(),
+        }),
+    };
+    let mut body = xdr(&msg);
+    body.extend_from_slice(args);
+    body
+}
+
+/// One call's record (one fragment).
+fn record(xid: u32, prog: u32, proc: u32, args: &[u8]) -> Vec<u8> {
+    let body = call_message(xid, prog, proc, args);
+    let mut wire = ((body.len() as u32) | 1 << 31).to_be_bytes().to_vec();
+    wire.extend(body);
+    wire
+}
+
 impl Client {
     /// Sends a call; the reply's results (after the accepted-reply
     /// header), or `None` when the connection ended without a reply.
     fn call(&mut self, xid: u32, prog: u32, proc: u32, args: &[u8]) -> Option<Cursor<Vec<u8>>> {
-        let cred = auth_unix {
-            stamp: 0,
-            machinename: b"test".to_vec(),
-            uid: 0,
-            gid: 0,
-            gids: vec![],
-        };
-        let msg = rpc_msg {
-            xid,
-            body: rpc_body::CALL(call_body {
-                rpcvers: 2,
-                prog,
-                vers: 3,
-                proc,
-                cred: opaque_auth {
-                    flavor: auth_flavor::AUTH_UNIX,
-                    body: xdr(&cred),
-                },
-                verf: opaque_auth::default(),
-            }),
-        };
-        let mut body = xdr(&msg);
-        body.extend_from_slice(args);
+        let body = call_message(xid, prog, proc, args);
         // Two fragments, to exercise the front's reassembly.
         let cut = body.len() / 2;
         let mut wire = Vec::new();
@@ -485,4 +499,49 @@ fn link_makes_a_second_name() {
     assert!(ok(c.remove(4, &root, "f").unwrap()));
     assert_eq!(c.getattr(5, &g).nlink, 1);
     assert_eq!(c.read(6, &g, 0, 100), b"shared bytes");
+}
+
+/// Calls that arrive together share one commit (group commit): 20 REMOVEs
+/// sent in one write, the server aborted after its first commit holding
+/// replies: all 20 were in it, and all 20 retransmissions are answered
+/// from the cache.
+#[test]
+fn calls_in_flight_share_a_commit() {
+    let img = Image::new("group");
+    let s = Server::start(&img, true, None);
+    let mut c = s.connect();
+    let root = c.root();
+    for i in 0..20u32 {
+        assert!(ok(c.create(10 + i, &root, &format!("g{i}")).0));
+    }
+    s.kill();
+    let s = Server::start(&img, false, Some(1));
+    let mut c = s.connect();
+    let calls: Vec<u8> = (0..20u32)
+        .flat_map(|i| {
+            record(
+                0x9000 + i,
+                NFS,
+                REMOVE,
+                &xdr(&dirop(&root, &format!("g{i}"))),
+            )
+        })
+        .collect();
+    c.sock.write_all(&calls).unwrap();
+    let mut rest = Vec::new();
+    let _ = c.sock.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no reply before the crash");
+    assert!(s.wait_crashed());
+    let s = Server::start(&img, false, None);
+    let mut c = s.connect();
+    for i in 0..20u32 {
+        assert!(
+            matches!(
+                c.lookup(i + 1, &root, &format!("g{i}")),
+                Err(nfsstat3::NFS3ERR_NOENT)
+            ),
+            "REMOVE {i} was not in the first commit"
+        );
+        assert!(ok(c.remove(0x9000 + i, &root, &format!("g{i}")).unwrap()));
+    }
 }

@@ -256,15 +256,52 @@ impl NFSFileSystem for VsicNfs {
         Ok((s.ino, self.attr(&s)))
     }
 
-    /// EXCLUSIVE: the verifier is not kept, so a retransmission after the
-    /// create succeeded gets EXIST unless the reply cache answers it.
+    /// EXCLUSIVE: the client's verifier is kept in the new file's atime
+    /// and mtime seconds (as other servers do; the client sets the real
+    /// times with a SETATTR next), so a retransmission that finds the file
+    /// with the same verifier succeeds, even one the reply cache no longer
+    /// holds; another client's file of that name is EXIST.
     async fn create_exclusive(
         &self,
         dirid: fileid3,
         filename: &filename3,
-        _verifier: createverf3,
+        verifier: createverf3,
     ) -> Result<fileid3, nfsstat3> {
-        self.change(|fs| fs.create_at(dirid, &filename.0, Kind::File, 0o644, 0, 0, b""))
+        let (a, m) = verifier.split_at(4);
+        let secs = |b: &[u8]| i64::from(u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        let (atime, mtime) = (
+            Time {
+                secs: secs(a),
+                nsecs: 0,
+            },
+            Time {
+                secs: secs(m),
+                nsecs: 0,
+            },
+        );
+        self.change(|fs| match fs.lookup(dirid, &filename.0) {
+            Ok(ino) => {
+                let s = fs.stat_ino(ino)?;
+                if s.kind == Kind::File && s.atime == atime && s.mtime == mtime {
+                    Ok(ino)
+                } else {
+                    Err(FsError::Exists)
+                }
+            }
+            Err(FsError::NotFound) => {
+                let ino = fs.create_at(dirid, &filename.0, Kind::File, 0o644, 0, 0, b"")?;
+                fs.setattr(
+                    ino,
+                    AttrChange {
+                        atime: Some(atime),
+                        mtime: Some(mtime),
+                        ..AttrChange::default()
+                    },
+                )?;
+                Ok(ino)
+            }
+            Err(e) => Err(e),
+        })
     }
 
     async fn mkdir(

@@ -155,3 +155,26 @@ async fn readdir_pages_through_every_entry_once() {
         Err(nfsstat3::NFS3ERR_EXIST)
     ));
 }
+
+/// EXCLUSIVE CREATE keeps the client's verifier with the file: the same
+/// call again (a retransmission, also after a restart) succeeds with the
+/// same file, another verifier gets EXIST.
+#[tokio::test]
+async fn exclusive_create_is_answered_again_by_its_verifier() {
+    let img = Image::new("excl");
+    let nfs = VsicNfs::new(Fs::mkfs(img.open()).unwrap());
+    let root = nfs.root_dir();
+    let v = *b"\x01\x02\x03\x04\xf5\xf6\xf7\xf8";
+    let ino = nfs.create_exclusive(root, &name("x"), v).await.unwrap();
+    assert_eq!(nfs.create_exclusive(root, &name("x"), v).await, Ok(ino));
+    nfs.sync().unwrap();
+    drop(nfs);
+    let nfs = VsicNfs::new(Fs::mount(img.open()).unwrap());
+    assert_eq!(nfs.create_exclusive(root, &name("x"), v).await, Ok(ino));
+    let mut other = v;
+    other[7] ^= 1;
+    assert!(matches!(
+        nfs.create_exclusive(root, &name("x"), other).await,
+        Err(nfsstat3::NFS3ERR_EXIST)
+    ));
+}

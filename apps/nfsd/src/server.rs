@@ -19,6 +19,11 @@
 //!   waits for everything applied so far, UNSTABLE writes included. A read
 //!   waits for the changes (not the UNSTABLE writes) before it.
 //!
+//! vsic-fs may also commit by itself inside a call (`Fs::take_blocks`,
+//! when only blocks waiting for a commit are free), but only before the
+//! call logged anything (docs/vsic-fs.md), so no commit splits a change
+//! from its reply.
+//!
 //! The test hook `VSIC_NFSD_CRASH_AFTER_COMMIT=N` (see `vsic-nfsd --help`)
 //! aborts the process right after the Nth commit that holds replies,
 //! before any of them is sent.

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use fernfs::protocol::rpc::MAX_RPC_RECORD_LENGTH;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -16,6 +16,8 @@ use crate::server::{Reply, Server};
 
 /// Last-fragment bit of a record mark.
 const LAST: u32 = 1 << 31;
+/// Bytes read from a connection at once.
+const READ_BUFFER: usize = 128 << 10;
 
 /// Reads one record (its fragments joined); `None` at a clean end of the
 /// stream between records.
@@ -73,7 +75,10 @@ async fn connection(
     ip: IpAddr,
     server: Arc<Server>,
 ) -> io::Result<()> {
-    let (mut rd, mut wr) = sock.into_split();
+    let (rd, mut wr) = sock.into_split();
+    // Buffered: a record mark and its body (and the calls a client
+    // pipelined) come in one read system call, not two per call.
+    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
     let waiter = server.clone();
     let writer = tokio::spawn(async move {

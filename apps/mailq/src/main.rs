@@ -31,6 +31,10 @@ struct Cli {
     /// interrupt (lowest latency, burns a core).
     #[arg(long)]
     poll: bool,
+    /// VSA devices: hybrid completions (sleep for part of the usual
+    /// completion time, poll briefly, then sleep on the interrupt).
+    #[arg(long, conflicts_with = "poll")]
+    hybrid: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -157,6 +161,7 @@ impl Backend {
         }
         let opts = vsic_storage::OpenOptions {
             polling: cli.poll,
+            hybrid: cli.hybrid,
             ..vsic_storage::OpenOptions::default()
         };
         let dev = vsic_storage::open(spec, &opts)?;

@@ -1,12 +1,16 @@
-//! The receiving side: per-worker threads that place messages in their own
-//! slot sets (no locks between workers), one committer thread that drives
-//! the device and makes every batch durable (group commit across workers),
-//! and a thread per SMTP session. Sessions reach the queue through
-//! [`Store`], so the same front serves the Maildir baseline.
+//! The receiving side: a thread per SMTP session, which places its
+//! message in its worker's slot set (one lock per set, so workers never
+//! wait for each other) and submits the writes itself; a pipelined group
+//! commit ([`Committer`]) that sends one FLUSH for every message whose
+//! writes completed meanwhile, also while an earlier FLUSH is in flight;
+//! and one reaper thread, the only one polling the device, which sends
+//! those FLUSHes and wakes the sessions whose messages are durable.
+//! Sessions reach the queue through [`Store`], so the same front serves
+//! the Maildir baseline.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,36 +67,33 @@ impl Store for Maildir {
     }
 }
 
-struct Enqueue {
-    msg: Message,
-    reply: Sender<EnqueueReply>,
-}
-
 struct Batch {
     writes: Vec<Write>,
     done: Sender<Result<(), String>>,
 }
 
-/// Where sessions hand their messages: one sender per worker.
+/// Where sessions store messages: one slot set per worker, each behind
+/// its own lock (a session takes only its worker's, so workers never
+/// wait for each other), and the committer they share.
 #[derive(Clone)]
 pub struct Workers {
-    senders: Vec<Sender<Enqueue>>,
+    sets: Arc<Vec<Mutex<WorkerSlots>>>,
+    commit: Arc<Mutex<Committer>>,
 }
 
 impl Workers {
-    /// Starts the committer and one thread per worker slot set.
+    /// Starts the reaper, the thread that completes the durable writes.
     pub fn start(q: Queue) -> Workers {
         Workers::start_with_stats(q, None)
     }
 
-    /// [`Workers::start`], the committer recording each durable batch's
+    /// [`Workers::start`], the committer recording each durable group's
     /// write and flush times in `stats`.
     pub fn start_with_stats(q: Queue, stats: Option<Arc<Latencies>>) -> Workers {
         let (dev, sets) = q.into_parts();
         let dev: Arc<dyn BlockDevice> = Arc::from(dev);
-        let (etx, erx) = channel::<Event>();
         let in_flight = Arc::new(InFlight::default());
-        let c = Committer {
+        let commit = Arc::new(Mutex::new(Committer {
             dev: dev.clone(),
             in_flight: in_flight.clone(),
             stats,
@@ -103,100 +104,54 @@ impl Workers {
             busy: HashMap::new(),
             deferred: VecDeque::new(),
             writing: HashMap::new(),
-        };
-        std::thread::Builder::new()
-            .name("mailq-commit".into())
-            .spawn(move || c.run(erx))
-            .expect("spawn the committer");
-        let rtx = etx.clone();
+        }));
+        let c = commit.clone();
         std::thread::Builder::new()
             .name("mailq-reap".into())
-            .spawn(move || reaper(dev, in_flight, rtx))
+            .spawn(move || reaper(dev, in_flight, c))
             .expect("spawn the reaper");
-        let senders = sets
-            .into_iter()
-            .enumerate()
-            .map(|(i, set)| {
-                let (tx, rx) = channel::<Enqueue>();
-                let etx = etx.clone();
-                std::thread::Builder::new()
-                    .name(format!("mailq-worker-{i}"))
-                    .spawn(move || worker(set, rx, etx))
-                    .expect("spawn a worker");
-                tx
-            })
-            .collect();
-        Workers { senders }
+        Workers {
+            sets: Arc::new(sets.into_iter().map(Mutex::new).collect()),
+            commit,
+        }
     }
 
     pub fn count(&self) -> usize {
-        self.senders.len()
+        self.sets.len()
     }
 
-    /// Stores `msg` through worker `w`; returns once it is durable.
+    /// Stores `msg` in worker `w`'s slots; returns once it is durable.
     pub fn enqueue(&self, w: usize, msg: Message) -> EnqueueReply {
+        let set = &self.sets[w % self.sets.len()];
         let (tx, rx) = channel();
-        let closed = || QueueError::CommitFailed("the queue has stopped".into());
-        self.senders[w % self.senders.len()]
-            .send(Enqueue { msg, reply: tx })
-            .map_err(|_| closed())?;
-        rx.recv().map_err(|_| closed())?
-    }
-}
-
-/// A worker: places every waiting message in its own slots, hands the
-/// writes to the committer as one batch, answers once they are durable.
-fn worker(mut set: WorkerSlots, rx: Receiver<Enqueue>, commit: Sender<Event>) {
-    while let Ok(first) = rx.recv() {
-        let mut todo = vec![first];
-        todo.extend(rx.try_iter());
-        let mut placed = Vec::new();
-        let mut writes = Vec::new();
-        for e in todo {
-            match set.place(&e.msg) {
-                Ok((p, w)) => {
-                    writes.extend(w);
-                    placed.push((p, e.reply));
-                }
-                Err(err) => {
-                    let _ = e.reply.send(Err(err));
-                }
+        let placed = {
+            // Placed and submitted under the set's lock: its 1 KiB slots
+            // share blocks, each placement rewriting its block whole, so
+            // the writes must reach the committer in placement order.
+            let mut slots = lock(set);
+            let (p, writes) = slots.place(&msg)?;
+            let mut c = lock(&self.commit);
+            c.start(Batch { writes, done: tx });
+            c.advance();
+            p
+        };
+        let result = rx
+            .recv()
+            .unwrap_or_else(|_| Err("the committer has stopped".into()));
+        match result {
+            Ok(()) => Ok(placed.entry.id),
+            Err(e) => {
+                // Not acknowledged: the slot is free again (whatever
+                // reached the device is whole or fails its checksum).
+                lock(set).release(&placed);
+                Err(QueueError::CommitFailed(e))
             }
         }
-        if placed.is_empty() {
-            continue;
-        }
-        let (dtx, drx) = channel();
-        let result = commit
-            .send(Event::Batch(Batch { writes, done: dtx }))
-            .map_err(|_| "the committer has stopped".to_string())
-            .and_then(|()| {
-                drx.recv()
-                    .map_err(|_| "the committer has stopped".to_string())?
-            });
-        for (p, reply) in placed {
-            let r = match &result {
-                Ok(()) => Ok(p.entry.id),
-                Err(e) => {
-                    // Not acknowledged: the slot is free again (whatever
-                    // reached the device is whole or fails its checksum).
-                    set.release(&p);
-                    Err(QueueError::CommitFailed(e.clone()))
-                }
-            };
-            let _ = reply.send(r);
-        }
     }
 }
 
-/// What the committer reacts to: batches from the workers, and the
-/// device's completions (from the reaper).
-enum Event {
-    Batch(Batch),
-    Done(Completion),
-    /// The device stopped answering (an error other than a timeout, or
-    /// nothing completed for [`STALL`] with requests in flight).
-    Stalled(String),
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How long requests may be in flight without any completing before
@@ -235,8 +190,8 @@ impl InFlight {
 }
 
 /// The only thread that polls the device: hands every completion to the
-/// committer.
-fn reaper(dev: Arc<dyn BlockDevice>, in_flight: Arc<InFlight>, tx: Sender<Event>) {
+/// committer, which sends the FLUSHes and answers the sessions.
+fn reaper(dev: Arc<dyn BlockDevice>, in_flight: Arc<InFlight>, commit: Arc<Mutex<Committer>>) {
     let mut last = Instant::now();
     loop {
         in_flight.wait_some();
@@ -252,9 +207,7 @@ fn reaper(dev: Arc<dyn BlockDevice>, in_flight: Arc<InFlight>, tx: Sender<Event>
             };
             if let Some(why) = stalled {
                 in_flight.clear();
-                if tx.send(Event::Stalled(why)).is_err() {
-                    return;
-                }
+                lock(&commit).fail_all(&why);
                 // A dead device is not polled in a tight loop.
                 std::thread::sleep(Duration::from_millis(100));
                 last = Instant::now();
@@ -263,19 +216,18 @@ fn reaper(dev: Arc<dyn BlockDevice>, in_flight: Arc<InFlight>, tx: Sender<Event>
         }
         last = Instant::now();
         in_flight.sub(got.len());
-        for c in got {
-            if tx.send(Event::Done(c)).is_err() {
-                return;
-            }
+        let mut c = lock(&commit);
+        for done in got {
+            c.completed(done);
         }
+        c.advance();
     }
 }
 
 /// Write tags are `write << 1`, FLUSH tags `flush << 1 | 1`.
 const FLUSH_TAG: u64 = 1;
 
-/// Writes that became durable (or failed) together: the batches of the
-/// workers that arrived at once.
+/// The writes of one message, durable (or failed) together.
 struct Group {
     done: Vec<Sender<Result<(), String>>>,
     /// Writes not yet completed (submitted or deferred).
@@ -283,6 +235,8 @@ struct Group {
     error: Option<String>,
     started: Instant,
     written: Option<Instant>,
+    /// When its FLUSH was sent.
+    flush_sent: Option<Instant>,
     /// The FLUSH that makes it durable, once submitted.
     flush: Option<u64>,
 }
@@ -317,26 +271,10 @@ fn blocks(off: u64, len: usize) -> impl Iterator<Item = u64> {
 }
 
 impl Committer {
-    fn run(mut self, rx: Receiver<Event>) {
-        while let Ok(first) = rx.recv() {
-            let mut batches = Vec::new();
-            for ev in std::iter::once(first).chain(rx.try_iter()) {
-                match ev {
-                    Event::Batch(b) => batches.push(b),
-                    Event::Done(c) => self.completed(c),
-                    Event::Stalled(why) => self.fail_all(&why),
-                }
-            }
-            if !batches.is_empty() {
-                self.start(batches);
-            }
-            self.advance();
-        }
-    }
-
     /// A new group: its writes (the last of several to one offset only)
     /// submitted, or deferred behind a write of the same block.
-    fn start(&mut self, batches: Vec<Batch>) {
+    fn start(&mut self, batch: Batch) {
+        let batches = [batch];
         let g = self.next_group;
         self.next_group += 1;
         let mut writes: Vec<Write> = Vec::new();
@@ -363,6 +301,7 @@ impl Committer {
                 started: Instant::now(),
                 written: None,
                 flush: None,
+                flush_sent: None,
             },
         );
         for w in writes {
@@ -426,14 +365,18 @@ impl Committer {
                 .filter(|(_, g)| g.flush == Some(f))
                 .map(|(&id, _)| id)
                 .collect();
+            // One commit: its messages' mean wait for their writes, and
+            // the FLUSH's round trip.
+            let (mut writes, mut sent) = (Duration::ZERO, now);
+            let n = ids.len() as u32;
             for id in ids {
                 let g = self.groups.remove(&id).expect("listed above");
-                if r.is_ok() {
-                    if let (Some(s), Some(w)) = (&self.stats, g.written) {
-                        s.record_commit(w - g.started, now - w);
-                    }
-                }
+                writes += g.written.unwrap_or(g.started) - g.started;
+                sent = sent.min(g.flush_sent.unwrap_or(now));
                 answer(g, r.clone());
+            }
+            if let (Some(s), true) = (&self.stats, r.is_ok() && n > 0) {
+                s.record_commit(writes / n, now - sent);
             }
             return;
         }
@@ -486,13 +429,17 @@ impl Committer {
             return;
         }
         if self.dev.durable_writes() {
-            // A write-through device's completed writes are durable.
+            // A write-through device's completed writes are durable: the
+            // messages answered now are one commit.
+            let mut writes = Duration::ZERO;
+            let n = written.len() as u32;
             for id in written {
                 let g = self.groups.remove(&id).expect("listed above");
-                if let (Some(s), Some(w)) = (&self.stats, g.written) {
-                    s.record_commit(w - g.started, Duration::ZERO);
-                }
+                writes += g.written.unwrap_or(g.started) - g.started;
                 answer(g, Ok(()));
+            }
+            if let Some(s) = &self.stats {
+                s.record_commit(writes / n, Duration::ZERO);
             }
             return;
         }
@@ -504,6 +451,7 @@ impl Committer {
                 for id in written {
                     if let Some(g) = self.groups.get_mut(&id) {
                         g.flush = Some(f);
+                        g.flush_sent = Some(now);
                     }
                 }
             }

@@ -21,21 +21,21 @@
 # vsic.mailq_engines=vsic,maildir (comma lists) restrict the cases. One
 # line per case:
 #   case=mailq engine=vsic size=1024 sessions=8 messages=M msgs_per_s= p50_us= p99_us= client_us=
-#              commits= write_us= flush_us= server_cpu_us= busy_pct= runs=R
+#              commits= write_us= flush_us= server_cpu_us= busy_pct= client_cpu_us= runs=R
 # msgs_per_s: messages over smtp-source's wall time (/proc/uptime, 10 ms
 # resolution). p50_us, p99_us: per message, the receiver's store latency,
 # from the end of DATA to the store's answer that the message is durable,
 # which the 250 waits for (XSTATS; smtp-source does not time messages).
 # client_us: sessions x wall time / messages, the mean time one session
 # spends per message (SMTP round trips included). commits, write_us,
-# flush_us (slot queue only): durable batches, and per batch the mean wait
-# for its writes and for the flush after them. server_cpu_us: the
+# flush_us (slot queue only): FLUSHes, and per FLUSH the mean wait of the
+# messages it made durable for their writes, and its round trip. server_cpu_us: the
 # receiver's CPU time (user + system, /proc/PID/stat) per message;
 # busy_pct: how busy the guest's CPUs were over the run (/proc/stat, all
 # CPUs; under TCG both vCPUs share one host thread, so 50 means one CPU's
-# worth).
+# worth); client_cpu_us: smtp-source's CPU time (busybox time) per message.
 
-mq_messages=${VSIC_MAILQ_MESSAGES:-400}
+mq_messages=${VSIC_MAILQ_MESSAGES:-1000}
 mq_repeat=${VSIC_REPEAT:-1}
 MQ_ADDR=127.0.0.1:2525
 vsicctl vsa create --size 512M --cap /root/mq.cap >/dev/null
@@ -66,7 +66,7 @@ uptime_cs() { awk '{ split($1, t, "."); print t[1] * 100 + t[2] }' /proc/uptime;
 
 # mq_run ENGINE SIZE SESSIONS MESSAGES: one run from an empty queue;
 # prints "msgs_per_s p50_us p99_us client_us commits write_us flush_us
-# server_cpu_us busy_pct".
+# server_cpu_us busy_pct client_cpu_us".
 mq_run() {
     local dev log spid t0 t1 stats c0 c1 p0 p1
     dev=$(mq_args "$1")
@@ -83,7 +83,8 @@ mq_run() {
     c0=$(cpu_ticks)
     t0=$(uptime_cs)
     # A run that stalls fails with what the receiver saw instead of hanging.
-    if ! timeout 300 smtp-source -d -s "$3" -m "$4" -l "$2" -f bench@smtp-source.example -t q@vsic.example \
+    # (busybox time: smtp-source's own CPU time, on stderr)
+    if ! timeout 300 busybox time smtp-source -d -s "$3" -m "$4" -l "$2" -f bench@smtp-source.example -t q@vsic.example \
         $MQ_ADDR >/tmp/mq-source.log 2>&1; then
         cat /tmp/mq-source.log "$log"
         echo "receiver's counts: $(vsic-mailq stats --connect $MQ_ADDR 2>&1)"
@@ -106,14 +107,17 @@ mq_run() {
     fi
     wait "$spid" 2>/dev/null || true
     echo "$stats" | grep -q "^messages=$4 " || fail "$1: smtp-source sent $4 messages, the receiver stored: $stats"
-    echo "$stats" | awk -v t0="$t0" -v t1="$t1" -v m="$4" -v s="$3" -v c0="$c0" -v c1="$c1" \
+    # "user 0m 0.52s" and "sys 0m 0.20s" lines: smtp-source's CPU seconds.
+    ccpu=$(awk '$1 == "user" || $1 == "sys" { m = $2; sub(/m$/, "", m); x = $3; sub(/s$/, "", x); t += m * 60 + x }
+        END { printf "%.3f", t }' /tmp/mq-source.log)
+    echo "$stats" | awk -v t0="$t0" -v t1="$t1" -v m="$4" -v s="$3" -v c0="$c0" -v c1="$c1" -v cc="$ccpu" \
         -v p="$((p1 - p0))" -v hz="$(getconf CLK_TCK 2>/dev/null || echo 100)" '{
         for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
         secs = (t1 - t0) / 100; if (secs <= 0) secs = 0.01
         split(c0, a, " "); split(c1, b, " ")
         busy = (b[2] > a[2]) ? 100 * (b[1] - a[1]) / (b[2] - a[2]) : 0
-        printf "%.0f %s %s %.0f %s %s %s %.0f %.0f\n", m / secs, f["p50_us"], f["p99_us"], s * secs * 1e6 / m,
-            f["commits"], f["write_us_avg"], f["flush_us_avg"], p * 1e6 / hz / m, busy
+        printf "%.0f %s %s %.0f %s %s %s %.0f %.0f %.0f\n", m / secs, f["p50_us"], f["p99_us"], s * secs * 1e6 / m,
+            f["commits"], f["write_us_avg"], f["flush_us_avg"], p * 1e6 / hz / m, busy, cc * 1e6 / m
     }'
 }
 
@@ -134,8 +138,8 @@ for size in $MQ_SIZES; do
                 { line[NR] = $0 }
                 END {
                     split(line[int((NR + 1) / 2)], f, " ")
-                    printf "case=mailq engine=%s size=%s sessions=%s messages=%s msgs_per_s=%s p50_us=%s p99_us=%s client_us=%s commits=%s write_us=%s flush_us=%s server_cpu_us=%s busy_pct=%s runs=%s\n",
-                        e, sz, s, m, f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], r
+                    printf "case=mailq engine=%s size=%s sessions=%s messages=%s msgs_per_s=%s p50_us=%s p99_us=%s client_us=%s commits=%s write_us=%s flush_us=%s server_cpu_us=%s busy_pct=%s client_cpu_us=%s runs=%s\n",
+                        e, sz, s, m, f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], r
                 }'
         done
     done

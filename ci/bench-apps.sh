@@ -40,7 +40,7 @@
 #   --only      guest: only the kv cases, or only the mail-queue cases
 #               (the NFS cases run only without --only)
 #   --mailq-messages  guest: messages per mail-queue run with 8 sessions
-#               (default 400; 1 session and 128 KiB get a quarter)
+#               (default 1000; 1 session and 128 KiB get a quarter)
 #   --mailq-sizes   guest: message sizes, a comma list (default
 #               1024,4096,16384,131072); e.g. `--only mailq --mailq-sizes
 #               1024` is the quick run of the issue's targets
@@ -71,7 +71,7 @@ dir=
 build=1
 out=
 only=all
-mailq_messages=400
+mailq_messages=1000
 mailq_sizes=1024,4096,16384,131072
 mailq_engines=vsic,vsic-poll,vsic-hybrid,maildir
 while [[ $# -gt 0 ]]; do

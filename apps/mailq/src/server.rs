@@ -100,6 +100,7 @@ impl Workers {
             groups: BTreeMap::new(),
             next_group: 0,
             next_flush: 0,
+            flushing: 0,
             next_write: 0,
             busy: HashMap::new(),
             deferred: VecDeque::new(),
@@ -257,6 +258,8 @@ struct Committer {
     groups: BTreeMap<u64, Group>,
     next_group: u64,
     next_flush: u64,
+    /// FLUSHes in flight (at most one).
+    flushing: usize,
     next_write: u64,
     /// Blocks (byte offsets) with a write in flight, and how many.
     busy: HashMap<u64, usize>,
@@ -357,6 +360,7 @@ impl Committer {
     fn completed(&mut self, c: Completion) {
         if c.tag & FLUSH_TAG == FLUSH_TAG {
             let f = c.tag >> 1;
+            self.flushing = self.flushing.saturating_sub(1);
             let r = c.result.map_err(|e| e.to_string());
             let now = Instant::now();
             let ids: Vec<u64> = self
@@ -443,11 +447,18 @@ impl Committer {
             }
             return;
         }
+        if self.flushing > 0 {
+            // The next FLUSH goes out when this one completes and covers
+            // every message written meanwhile: one FLUSH (and one
+            // completion to wake for) per group instead of per message.
+            return;
+        }
         let f = self.next_flush;
         self.next_flush += 1;
         self.in_flight.add(1);
         match self.dev.submit(Op::Flush, f << 1 | FLUSH_TAG) {
             Ok(()) => {
+                self.flushing += 1;
                 for id in written {
                     if let Some(g) = self.groups.get_mut(&id) {
                         g.flush = Some(f);
@@ -474,6 +485,7 @@ impl Committer {
             answer(g, Err(why.to_string()));
         }
         self.busy.clear();
+        self.flushing = 0;
         self.deferred.clear();
         self.writing.clear();
     }

@@ -1,10 +1,10 @@
 //! The receiving side: a thread per SMTP session, which places its
 //! message in its worker's slot set (one lock per set, so workers never
-//! wait for each other) and submits the writes itself; a pipelined group
-//! commit ([`Committer`]) that sends one FLUSH for every message whose
-//! writes completed meanwhile, also while an earlier FLUSH is in flight;
-//! and one reaper thread, the only one polling the device, which sends
-//! those FLUSHes and wakes the sessions whose messages are durable.
+//! wait for each other) and submits the writes itself, also while a FLUSH
+//! is in flight; a pipelined group commit ([`Committer`]) whose one FLUSH
+//! at a time covers every message whose writes completed before it was
+//! sent; and one reaper thread, the only one polling the device, which
+//! sends those FLUSHes and wakes the sessions whose messages are durable.
 //! Sessions reach the queue through [`Store`], so the same front serves
 //! the Maildir baseline.
 
@@ -242,12 +242,14 @@ struct Group {
     flush: Option<u64>,
 }
 
-/// The pipelined group commit. Batches are written as soon as they
-/// arrive, also while an earlier FLUSH is in flight; once all writes of a
-/// group have completed, one FLUSH (shared with every other group written
-/// by then) is submitted, and the group is answered when that FLUSH
-/// completes: every message's writes completed before a FLUSH that then
-/// completed (the FLUSH covers the writes completed before it was sent).
+/// The pipelined group commit. A message's writes (a group) go out as
+/// soon as it is placed, also while a FLUSH is in flight. Once all writes
+/// of a group have completed and no FLUSH is in flight, one FLUSH, shared
+/// with every other group written by then, is submitted (when one is in
+/// flight, the next goes out as it completes), and the group is answered
+/// when that FLUSH completes: every message's writes completed before a
+/// FLUSH that then completed (the FLUSH covers the writes completed
+/// before it was sent).
 /// Two writes of one block are never in flight together (a device may
 /// complete them in either order): a write to a block still being written
 /// waits for that write.

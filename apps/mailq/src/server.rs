@@ -90,6 +90,12 @@ impl Workers {
     /// [`Workers::start`], the committer recording each durable group's
     /// write and flush times in `stats`.
     pub fn start_with_stats(q: Queue, stats: Option<Arc<Latencies>>) -> Workers {
+        Workers::start_with(q, stats, STALL)
+    }
+
+    /// [`Workers::start_with_stats`], the waiting messages failed once
+    /// requests have been in flight for `stall` with none completing.
+    pub fn start_with(q: Queue, stats: Option<Arc<Latencies>>, stall: Duration) -> Workers {
         let (dev, sets) = q.into_parts();
         let dev: Arc<dyn BlockDevice> = Arc::from(dev);
         let in_flight = Arc::new(InFlight::default());
@@ -109,7 +115,7 @@ impl Workers {
         let c = commit.clone();
         std::thread::Builder::new()
             .name("mailq-reap".into())
-            .spawn(move || reaper(dev, in_flight, c))
+            .spawn(move || reaper(dev, in_flight, c, stall))
             .expect("spawn the reaper");
         Workers {
             sets: Arc::new(sets.into_iter().map(Mutex::new).collect()),
@@ -182,27 +188,38 @@ impl InFlight {
         *self.n.lock().unwrap_or_else(|p| p.into_inner()) = 0;
     }
 
-    fn wait_some(&self) {
+    /// Waits until something is in flight; true if it had to wait.
+    fn wait_some(&self) -> bool {
         let mut n = self.n.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = *n == 0;
         while *n == 0 {
             n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
         }
+        idle
     }
 }
 
 /// The only thread that polls the device: hands every completion to the
 /// committer, which sends the FLUSHes and answers the sessions.
-fn reaper(dev: Arc<dyn BlockDevice>, in_flight: Arc<InFlight>, commit: Arc<Mutex<Committer>>) {
+fn reaper(
+    dev: Arc<dyn BlockDevice>,
+    in_flight: Arc<InFlight>,
+    commit: Arc<Mutex<Committer>>,
+    stall: Duration,
+) {
     let mut last = Instant::now();
     loop {
-        in_flight.wait_some();
+        if in_flight.wait_some() {
+            // Idle time is no stall: the clock starts with the requests.
+            last = Instant::now();
+        }
         let mut got = Vec::new();
         dev.poll(&mut |c| got.push(c));
         if got.is_empty() {
             let stalled = match dev.wait(Some(Duration::from_millis(100))) {
                 Ok(()) => None,
                 Err(StorageError::Timeout) => {
-                    (last.elapsed() > STALL).then(|| format!("nothing completed for {STALL:?}"))
+                    (last.elapsed() > stall).then(|| format!("nothing completed for {stall:?}"))
                 }
                 Err(e) => Some(e.to_string()),
             };

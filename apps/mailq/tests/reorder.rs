@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vsic_mailq::server::Workers;
 use vsic_mailq::{Envelope, Message, Queue};
@@ -20,6 +20,8 @@ const BLOCK: usize = 4096;
 struct State {
     /// Submitted, not yet executed: (tag, op).
     queued: Vec<(u64, Op)>,
+    /// When the oldest of them was submitted.
+    since: Option<Instant>,
     done: VecDeque<Completion>,
 }
 
@@ -30,10 +32,16 @@ struct Reordering {
     bufs: Box<dyn BlockDevice>,
     state: Mutex<State>,
     ready: Condvar,
+    /// How long a request takes.
+    delay: Duration,
 }
 
 impl Reordering {
     fn new(mem: Arc<Mutex<Vec<u8>>>) -> Reordering {
+        Reordering::slow(mem, Duration::from_millis(2))
+    }
+
+    fn slow(mem: Arc<Mutex<Vec<u8>>>, delay: Duration) -> Reordering {
         let path = std::env::temp_dir().join(format!("mailq-reorder-{}", std::process::id()));
         let opts = vsic_storage::OpenOptions {
             new_file_size: 1 << 20,
@@ -46,6 +54,7 @@ impl Reordering {
             bufs,
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
+            delay,
         }
     }
 
@@ -53,6 +62,7 @@ impl Reordering {
     /// after the writes submitted before it.
     fn execute(&self, st: &mut State) {
         let queued = std::mem::take(&mut st.queued);
+        st.since = None;
         let mut flushes = Vec::new();
         let mut mem = self.mem.lock().unwrap();
         for (tag, op) in queued.into_iter().rev() {
@@ -102,18 +112,17 @@ impl BlockDevice for Reordering {
         self.bufs.alloc(len)
     }
     fn submit(&self, op: Op, tag: u64) -> Result<(), StorageError> {
-        self.state.lock().unwrap().queued.push((tag, op));
+        let mut st = self.state.lock().unwrap();
+        st.since.get_or_insert_with(Instant::now);
+        st.queued.push((tag, op));
         self.ready.notify_all();
         Ok(())
     }
     fn poll(&self, cb: &mut dyn FnMut(Completion)) -> usize {
         let mut st = self.state.lock().unwrap();
-        // A short delay lets concurrent submitters add to what runs
-        // together (and so is reordered).
-        if !st.queued.is_empty() {
-            drop(st);
-            std::thread::sleep(Duration::from_millis(2));
-            st = self.state.lock().unwrap();
+        // Requests take `delay` (which also lets concurrent submitters add
+        // to what runs together, and so is reordered).
+        if st.since.is_some_and(|t| t.elapsed() >= self.delay) {
             self.execute(&mut st);
         }
         let done: Vec<Completion> = st.done.drain(..).collect();
@@ -123,16 +132,20 @@ impl BlockDevice for Reordering {
         n
     }
     fn wait(&self, timeout: Option<Duration>) -> Result<(), StorageError> {
-        let st = self.state.lock().unwrap();
-        let t = timeout.unwrap_or(Duration::from_secs(30));
-        let (st, _) = self
-            .ready
-            .wait_timeout_while(st, t, |s| s.queued.is_empty() && s.done.is_empty())
-            .unwrap();
-        if st.queued.is_empty() && st.done.is_empty() {
-            return Err(StorageError::Timeout);
+        let end = Instant::now() + timeout.unwrap_or(Duration::from_secs(30));
+        let mut st = self.state.lock().unwrap();
+        loop {
+            let due = st.since.map(|t| t + self.delay);
+            if !st.done.is_empty() || due.is_some_and(|d| d <= Instant::now()) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= end {
+                return Err(StorageError::Timeout);
+            }
+            let until = due.map_or(end, |d| d.min(end));
+            st = self.ready.wait_timeout(st, until - now).unwrap().0;
         }
-        Ok(())
     }
     fn describe(&self) -> String {
         "reordering memory".into()
@@ -190,4 +203,27 @@ fn small_messages_sharing_blocks_survive_a_reordering_device() {
         acked.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+#[test]
+fn a_slow_commit_after_an_idle_spell_is_not_taken_for_a_stalled_device() {
+    // Commits take 300 ms; the receiver calls a device stalled after 1 s
+    // without a completion, with requests in flight. An idle second
+    // (nothing in flight) before a message is no stall.
+    let mem = Arc::new(Mutex::new(vec![0u8; 16 << 20]));
+    let dev = Reordering::slow(mem, Duration::from_millis(300));
+    let q = Queue::open(Box::new(dev), 1).unwrap();
+    let workers = Workers::start_with(q, None, Duration::from_secs(1));
+    let msg = |i: usize| Message {
+        env: Envelope {
+            from: "a@x".into(),
+            to: vec!["q@y".into()],
+        },
+        body: format!("message {i}\r\n").into_bytes(),
+    };
+    workers.enqueue(0, msg(0)).expect("first message");
+    std::thread::sleep(Duration::from_millis(1500));
+    workers
+        .enqueue(0, msg(1))
+        .expect("a message after an idle spell");
 }

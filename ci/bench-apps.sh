@@ -53,9 +53,14 @@
 #   ratio case=kv-set clients=1 engine=vsic/aof rps=... p50=...
 # and for the mail queue (guest):
 #   case=mailq engine=vsic size=1024 sessions=8 messages=M msgs_per_s=... p50_us=... p99_us=... client_us=...
+#              commits=... write_us=... flush_us=... server_cpu_us=... busy_pct=... client_cpu_us=... runs=R
 #   ratio case=mailq size=1024 sessions=8 engine=vsic/maildir msgs_per_s=... p50=... client_us=...
 # (p50_us/p99_us: the receiver's store latency per message, end of DATA to
-# durable; client_us: the mean time a session spends per message).
+# durable; client_us: the mean time a session spends per message;
+# server_cpu_us/client_cpu_us: the receiver's and smtp-source's CPU time
+# per message; the rest is described in ci/bench-apps-mailq.guest.sh).
+# The first line, '# cache=...', has the host's load average before and
+# after the guest run.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

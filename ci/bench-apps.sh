@@ -10,11 +10,11 @@
 # (throughput), all on loopback. Then, in the guest, the mail queue
 # (issue 11, ci/bench-apps-mailq.guest.sh): Postfix's smtp-source sends 1,
 # 4, 16 and 128 KiB messages over 1 and 8 sessions to vsic-mailq on a VSA
-# (through vsic, VFIO; engine=vsic, and engine=vsic-poll with completions
-# polled) and to its Maildir baseline on that ext4 (engine=maildir).
+# (through vsic, VFIO; engine=vsic, engine=vsic-poll with completions
+# polled, engine=vsic-hybrid with hybrid completions) and to its Maildir baseline on that ext4 (engine=maildir).
 #
 # Usage: ci/bench-apps.sh [--host] [--cache MODE] [--requests N] [--repeat N] [--dir DIR] [--no-build] [--out FILE]
-#                         [--only kv|mailq] [--mailq-messages M]
+#                         [--only kv|mailq] [--mailq-messages M] [--mailq-sizes LIST] [--mailq-engines LIST]
 #        (also reached as: ci/bench.sh --apps ...)
 #
 #   (default)   in one guest (launch.sh; ci/bench-apps.guest.sh): (1) on the
@@ -40,7 +40,12 @@
 #   --only      guest: only the kv cases, or only the mail-queue cases
 #               (the NFS cases run only without --only)
 #   --mailq-messages  guest: messages per mail-queue run with 8 sessions
-#               (default 400; 1 session and 128 KiB get a quarter)
+#               (default 1000; 1 session and 128 KiB get a quarter)
+#   --mailq-sizes   guest: message sizes, a comma list (default
+#               1024,4096,16384,131072); e.g. `--only mailq --mailq-sizes
+#               1024` is the quick run of the issue's targets
+#   --mailq-engines guest: mail-queue engines, a comma list of vsic,
+#               vsic-poll, vsic-hybrid, maildir (default: all four)
 #
 # Prints one line per case:
 #   case=kv-set server=vsic-kv engine=vsic clients=1 rps=... p50_ms=... p99_ms=...
@@ -48,9 +53,14 @@
 #   ratio case=kv-set clients=1 engine=vsic/aof rps=... p50=...
 # and for the mail queue (guest):
 #   case=mailq engine=vsic size=1024 sessions=8 messages=M msgs_per_s=... p50_us=... p99_us=... client_us=...
+#              commits=... write_us=... flush_us=... server_cpu_us=... busy_pct=... client_cpu_us=... runs=R
 #   ratio case=mailq size=1024 sessions=8 engine=vsic/maildir msgs_per_s=... p50=... client_us=...
 # (p50_us/p99_us: the receiver's store latency per message, end of DATA to
-# durable; client_us: the mean time a session spends per message).
+# durable; client_us: the mean time a session spends per message;
+# server_cpu_us/client_cpu_us: the receiver's and smtp-source's CPU time
+# per message; the rest is described in ci/bench-apps-mailq.guest.sh).
+# The first line, '# cache=...', has the host's load average before and
+# after the guest run.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,7 +76,9 @@ dir=
 build=1
 out=
 only=all
-mailq_messages=400
+mailq_messages=1000
+mailq_sizes=1024,4096,16384,131072
+mailq_engines=vsic,vsic-poll,vsic-hybrid,maildir
 while [[ $# -gt 0 ]]; do
     case $1 in
     --host) host=1 ;;
@@ -78,6 +90,8 @@ while [[ $# -gt 0 ]]; do
     --out) out=${2:?}; shift ;;
     --only) only=${2:?}; shift ;;
     --mailq-messages) mailq_messages=${2:?}; shift ;;
+    --mailq-sizes) mailq_sizes=${2:?}; shift ;;
+    --mailq-engines) mailq_engines=${2:?}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
@@ -122,8 +136,9 @@ mailq_ratios() {
         END {
             for (i = 0; i < n; i++) {
                 k = order[i]; split(k, a, " ")
-                for (j = 1; j <= 2; j++) {
-                    e = (j == 1 ? "vsic" : "vsic-poll")
+                split("vsic vsic-poll vsic-hybrid", engines, " ")
+                for (j = 1; j <= 3; j++) {
+                    e = engines[j]
                     if (r[k, e] == "" || r[k, "maildir"] == "" || r[k, "maildir"] == 0) continue
                     printf "ratio case=mailq size=%s sessions=%s engine=%s/maildir msgs_per_s=%.2f p50=%.2f client_us=%.2f\n", a[1], a[2], e,
                         r[k, e] / r[k, "maildir"], (p[k, "maildir"] > 0 ? p[k, e] / p[k, "maildir"] : 0),
@@ -150,14 +165,16 @@ if [[ $host -ne 1 ]]; then
     results=$(mktemp)
     trap 'rm -f "$results"' EXIT
     log "booting a guest (this takes a while under TCG)"
+    load0=$(cut -d' ' -f1-3 /proc/loadavg)
     # VSIC 4: the mail queue's VSA (ci/bench-apps-mailq.guest.sh).
     "$REPO/qemu-configs/launch.sh" --vsics 5 --queues 1 --drive-size 3G --hugepages 144 --memory 1536M --timeout 3600 \
-        --vsicd-arg "--cache=$cache" --append "vsic.requests=$requests vsic.repeat=$repeat vsic.only=$only vsic.mailq_messages=$mailq_messages" \
+        --vsicd-arg "--cache=$cache" --append "vsic.requests=$requests vsic.repeat=$repeat vsic.only=$only vsic.mailq_messages=$mailq_messages vsic.mailq_sizes=$mailq_sizes vsic.mailq_engines=$mailq_engines" \
         --run "$REPO/ci/bench-apps.guest.sh" --run-with "$REPO/ci/guest-tests/lib.sh" \
         --run-with "$REPO/ci/bench-apps-mailq.guest.sh" | tee /dev/stderr |
         grep -a -E '^(case=|# guest|# after-set|# mailq)' >"$results" || true
     grep -q '^case=' "$results" || { log "the guest printed no results"; exit 1; }
-    { echo "# cache=$cache"; cat "$results"; ratios "$results"; mailq_ratios "$results"; } | tee ${out:+"$out"}
+    { echo "# cache=$cache host=$(uname -n) cores=$(nproc) load_before=${load0// /,} load_after=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)"
+        cat "$results"; ratios "$results"; mailq_ratios "$results"; } | tee ${out:+"$out"}
     # The NFS cases (issue 12) in a guest of their own (ci/bench.sh --nfs
     # runs them alone).
     if [[ $only == all ]]; then

@@ -31,6 +31,10 @@ struct Cli {
     /// interrupt (lowest latency, burns a core).
     #[arg(long)]
     poll: bool,
+    /// VSA devices: hybrid completions (sleep for part of the usual
+    /// completion time, poll briefly, then sleep on the interrupt).
+    #[arg(long, conflicts_with = "poll")]
+    hybrid: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -53,9 +57,10 @@ enum Cmd {
         /// store's answer that it is durable, which the 250 waits for) and
         /// answer the private command XSTATS with `250 messages=N p50_us=
         /// p99_us= max_us= commits= write_us_avg= flush_us_avg=` over the
-        /// messages since the last XSTATS (commits: durable batches of the
-        /// slot queue, with their mean wait for the writes and the flush;
-        /// 0 on a Maildir). Read it with the stats command.
+        /// messages since the last XSTATS (commits: the slot queue's
+        /// FLUSHes, each making a group of messages durable, with the mean
+        /// wait of those messages for their writes and the FLUSH's round
+        /// trip; 0 on a Maildir). Read it with the stats command.
         #[arg(long)]
         stats: bool,
     },
@@ -157,6 +162,7 @@ impl Backend {
         }
         let opts = vsic_storage::OpenOptions {
             polling: cli.poll,
+            hybrid: cli.hybrid,
             ..vsic_storage::OpenOptions::default()
         };
         let dev = vsic_storage::open(spec, &opts)?;

@@ -1,17 +1,24 @@
-//! The receiving side: per-worker threads that place messages in their own
-//! slot sets (no locks between workers), one committer thread that drives
-//! the device and makes every batch durable (group commit across workers),
-//! and a thread per SMTP session. Sessions reach the queue through
-//! [`Store`], so the same front serves the Maildir baseline.
+//! The receiving side: a thread per SMTP session, which places its
+//! message in its worker's slot set (one lock per set, so workers never
+//! wait for each other) and submits the writes itself, also while a FLUSH
+//! is in flight; a pipelined group commit ([`Committer`]) whose one FLUSH
+//! at a time covers every message whose writes completed before it was
+//! sent; and one reaper thread, the only one polling the device, which
+//! sends those FLUSHes and wakes the sessions whose messages are durable.
+//! Sessions reach the queue through [`Store`], so the same front serves
+//! the Maildir baseline.
 
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use vsic_storage::BlockDevice;
+use vsic_storage::{BlockDevice, Completion, Op, StorageError};
 
+use crate::layout::BLOCK;
 use crate::maildir::Maildir;
-use crate::queue::{write_durably, Message, Queue, QueueError, WorkerSlots, Write};
+use crate::queue::{Message, Queue, QueueError, WorkerSlots, Write};
 use crate::smtp;
 use crate::stats::Latencies;
 
@@ -60,136 +67,452 @@ impl Store for Maildir {
     }
 }
 
-struct Enqueue {
-    msg: Message,
-    reply: Sender<EnqueueReply>,
-}
-
 struct Batch {
     writes: Vec<Write>,
     done: Sender<Result<(), String>>,
 }
 
-/// Where sessions hand their messages: one sender per worker.
+/// Where sessions store messages: one slot set per worker, each behind
+/// its own lock (a session takes only its worker's, so workers never
+/// wait for each other), and the committer they share.
 #[derive(Clone)]
 pub struct Workers {
-    senders: Vec<Sender<Enqueue>>,
+    sets: Arc<Vec<Mutex<WorkerSlots>>>,
+    commit: Arc<Mutex<Committer>>,
 }
 
 impl Workers {
-    /// Starts the committer and one thread per worker slot set.
+    /// Starts the reaper, the thread that completes the durable writes.
     pub fn start(q: Queue) -> Workers {
         Workers::start_with_stats(q, None)
     }
 
-    /// [`Workers::start`], the committer recording each durable batch's
+    /// [`Workers::start`], the committer recording each durable group's
     /// write and flush times in `stats`.
     pub fn start_with_stats(q: Queue, stats: Option<Arc<Latencies>>) -> Workers {
+        Workers::start_with(q, stats, STALL)
+    }
+
+    /// [`Workers::start_with_stats`], the waiting messages failed once
+    /// requests have been in flight for `stall` with none completing.
+    pub fn start_with(q: Queue, stats: Option<Arc<Latencies>>, stall: Duration) -> Workers {
         let (dev, sets) = q.into_parts();
-        let (btx, brx) = channel::<Batch>();
+        let dev: Arc<dyn BlockDevice> = Arc::from(dev);
+        let in_flight = Arc::new(InFlight::default());
+        let commit = Arc::new(Mutex::new(Committer {
+            dev: dev.clone(),
+            in_flight: in_flight.clone(),
+            stats,
+            groups: BTreeMap::new(),
+            next_group: 0,
+            next_flush: 0,
+            flushing: 0,
+            next_write: 0,
+            busy: HashMap::new(),
+            deferred: VecDeque::new(),
+            writing: HashMap::new(),
+        }));
+        let c = commit.clone();
         std::thread::Builder::new()
-            .name("mailq-commit".into())
-            .spawn(move || committer(dev, brx, stats))
-            .expect("spawn the committer");
-        let senders = sets
-            .into_iter()
-            .enumerate()
-            .map(|(i, set)| {
-                let (tx, rx) = channel::<Enqueue>();
-                let btx = btx.clone();
-                std::thread::Builder::new()
-                    .name(format!("mailq-worker-{i}"))
-                    .spawn(move || worker(set, rx, btx))
-                    .expect("spawn a worker");
-                tx
-            })
-            .collect();
-        Workers { senders }
+            .name("mailq-reap".into())
+            .spawn(move || reaper(dev, in_flight, c, stall))
+            .expect("spawn the reaper");
+        Workers {
+            sets: Arc::new(sets.into_iter().map(Mutex::new).collect()),
+            commit,
+        }
     }
 
     pub fn count(&self) -> usize {
-        self.senders.len()
+        self.sets.len()
     }
 
-    /// Stores `msg` through worker `w`; returns once it is durable.
+    /// Stores `msg` in worker `w`'s slots; returns once it is durable.
     pub fn enqueue(&self, w: usize, msg: Message) -> EnqueueReply {
+        let set = &self.sets[w % self.sets.len()];
         let (tx, rx) = channel();
-        let closed = || QueueError::CommitFailed("the queue has stopped".into());
-        self.senders[w % self.senders.len()]
-            .send(Enqueue { msg, reply: tx })
-            .map_err(|_| closed())?;
-        rx.recv().map_err(|_| closed())?
+        let placed = {
+            // Placed and submitted under the set's lock: its 1 KiB slots
+            // share blocks, each placement rewriting its block whole, so
+            // the writes must reach the committer in placement order.
+            let mut slots = lock(set);
+            let (p, writes) = slots.place(&msg)?;
+            let mut c = lock(&self.commit);
+            c.start(Batch { writes, done: tx });
+            c.advance();
+            p
+        };
+        let result = rx
+            .recv()
+            .unwrap_or_else(|_| Err("the committer has stopped".into()));
+        match result {
+            Ok(()) => Ok(placed.entry.id),
+            Err(e) => {
+                // Not acknowledged: the slot is free again (whatever
+                // reached the device is whole or fails its checksum).
+                lock(set).release(&placed);
+                Err(QueueError::CommitFailed(e))
+            }
+        }
     }
 }
 
-/// A worker: places every waiting message in its own slots, hands the
-/// writes to the committer as one batch, answers once they are durable.
-fn worker(mut set: WorkerSlots, rx: Receiver<Enqueue>, commit: Sender<Batch>) {
-    while let Ok(first) = rx.recv() {
-        let mut todo = vec![first];
-        todo.extend(rx.try_iter());
-        let mut placed = Vec::new();
-        let mut writes = Vec::new();
-        for e in todo {
-            match set.place(&e.msg) {
-                Ok((p, w)) => {
-                    writes.extend(w);
-                    placed.push((p, e.reply));
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long requests may be in flight without any completing before
+/// every waiting message is answered with an error.
+const STALL: Duration = Duration::from_secs(30);
+
+/// Requests submitted and not yet reaped; the reaper sleeps while zero
+/// (so a polling device does not spin while the queue is idle).
+#[derive(Default)]
+struct InFlight {
+    n: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl InFlight {
+    fn add(&self, k: usize) {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner()) += k;
+        self.cv.notify_one();
+    }
+
+    fn sub(&self, k: usize) {
+        let mut n = self.n.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(k);
+    }
+
+    fn clear(&self) {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+    }
+
+    /// Waits until something is in flight; true if it had to wait.
+    fn wait_some(&self) -> bool {
+        let mut n = self.n.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = *n == 0;
+        while *n == 0 {
+            n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        idle
+    }
+}
+
+/// The only thread that polls the device: hands every completion to the
+/// committer, which sends the FLUSHes and answers the sessions.
+fn reaper(
+    dev: Arc<dyn BlockDevice>,
+    in_flight: Arc<InFlight>,
+    commit: Arc<Mutex<Committer>>,
+    stall: Duration,
+) {
+    let mut last = Instant::now();
+    loop {
+        if in_flight.wait_some() {
+            // Idle time is no stall: the clock starts with the requests.
+            last = Instant::now();
+        }
+        let mut got = Vec::new();
+        dev.poll(&mut |c| got.push(c));
+        if got.is_empty() {
+            let stalled = match dev.wait(Some(Duration::from_millis(100))) {
+                Ok(()) => None,
+                Err(StorageError::Timeout) => {
+                    (last.elapsed() > stall).then(|| format!("nothing completed for {stall:?}"))
                 }
-                Err(err) => {
-                    let _ = e.reply.send(Err(err));
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = stalled {
+                in_flight.clear();
+                lock(&commit).fail_all(&why);
+                // A dead device is not polled in a tight loop.
+                std::thread::sleep(Duration::from_millis(100));
+                last = Instant::now();
+            }
+            continue;
+        }
+        last = Instant::now();
+        in_flight.sub(got.len());
+        let mut c = lock(&commit);
+        for done in got {
+            c.completed(done);
+        }
+        c.advance();
+    }
+}
+
+/// Write tags are `write << 1`, FLUSH tags `flush << 1 | 1`.
+const FLUSH_TAG: u64 = 1;
+
+/// The writes of one message, durable (or failed) together.
+struct Group {
+    done: Vec<Sender<Result<(), String>>>,
+    /// Writes not yet completed (submitted or deferred).
+    pending: usize,
+    error: Option<String>,
+    started: Instant,
+    written: Option<Instant>,
+    /// When its FLUSH was sent.
+    flush_sent: Option<Instant>,
+    /// The FLUSH that makes it durable, once submitted.
+    flush: Option<u64>,
+}
+
+/// The pipelined group commit. A message's writes (a group) go out as
+/// soon as it is placed, also while a FLUSH is in flight. Once all writes
+/// of a group have completed and no FLUSH is in flight, one FLUSH, shared
+/// with every other group written by then, is submitted (when one is in
+/// flight, the next goes out as it completes), and the group is answered
+/// when that FLUSH completes: every message's writes completed before a
+/// FLUSH that then completed (the FLUSH covers the writes completed
+/// before it was sent).
+/// Two writes of one block are never in flight together (a device may
+/// complete them in either order): a write to a block still being written
+/// waits for that write.
+struct Committer {
+    dev: Arc<dyn BlockDevice>,
+    in_flight: Arc<InFlight>,
+    stats: Option<Arc<Latencies>>,
+    groups: BTreeMap<u64, Group>,
+    next_group: u64,
+    next_flush: u64,
+    /// FLUSHes in flight (at most one).
+    flushing: usize,
+    next_write: u64,
+    /// Blocks (byte offsets) with a write in flight, and how many.
+    busy: HashMap<u64, usize>,
+    /// Writes waiting for a block, in arrival order.
+    deferred: VecDeque<(u64, Write)>,
+    /// Every write in flight, by tag: its group, offset and length.
+    writing: HashMap<u64, (u64, u64, usize)>,
+}
+
+fn blocks(off: u64, len: usize) -> impl Iterator<Item = u64> {
+    (off..off + len as u64).step_by(BLOCK)
+}
+
+impl Committer {
+    /// A new group: its writes (the last of several to one offset only)
+    /// submitted, or deferred behind a write of the same block.
+    fn start(&mut self, batch: Batch) {
+        let batches = [batch];
+        let g = self.next_group;
+        self.next_group += 1;
+        let mut writes: Vec<Write> = Vec::new();
+        let mut at: HashMap<u64, usize> = HashMap::new();
+        let mut done = Vec::with_capacity(batches.len());
+        for b in batches {
+            for (off, data) in b.writes {
+                match at.get(&off) {
+                    Some(&i) if writes[i].1.len() == data.len() => writes[i].1 = data,
+                    _ => {
+                        at.insert(off, writes.len());
+                        writes.push((off, data));
+                    }
+                }
+            }
+            done.push(b.done);
+        }
+        self.groups.insert(
+            g,
+            Group {
+                done,
+                pending: writes.len(),
+                error: None,
+                started: Instant::now(),
+                written: None,
+                flush: None,
+                flush_sent: None,
+            },
+        );
+        for w in writes {
+            self.deferred.push_back((g, w));
+        }
+        self.submit_ready();
+    }
+
+    /// Submits every deferred write whose blocks are free (and not claimed
+    /// by an earlier deferred write), in order.
+    fn submit_ready(&mut self) {
+        let mut claimed: HashSet<u64> = HashSet::new();
+        let mut keep = VecDeque::new();
+        while let Some((g, (off, data))) = self.deferred.pop_front() {
+            let free = blocks(off, data.len())
+                .all(|b| !self.busy.contains_key(&b) && !claimed.contains(&b));
+            if !free {
+                claimed.extend(blocks(off, data.len()));
+                keep.push_back((g, (off, data)));
+                continue;
+            }
+            let len = data.len();
+            let tag = self.next_write << 1;
+            self.next_write += 1;
+            let r = self.dev.alloc(len).and_then(|mut buf| {
+                buf.set_len(len);
+                buf.as_mut_slice().copy_from_slice(&data);
+                self.in_flight.add(1);
+                let r = self.dev.submit(Op::Write { offset: off, buf }, tag);
+                if r.is_err() {
+                    self.in_flight.sub(1);
+                }
+                r
+            });
+            match r {
+                Ok(()) => {
+                    for b in blocks(off, len) {
+                        *self.busy.entry(b).or_default() += 1;
+                    }
+                    self.writing.insert(tag, (g, off, len));
+                }
+                Err(e) => {
+                    if let Some(gr) = self.groups.get_mut(&g) {
+                        gr.pending -= 1;
+                        gr.error.get_or_insert(e.to_string());
+                    }
                 }
             }
         }
-        if placed.is_empty() {
-            continue;
+        self.deferred = keep;
+    }
+
+    fn completed(&mut self, c: Completion) {
+        if c.tag & FLUSH_TAG == FLUSH_TAG {
+            let f = c.tag >> 1;
+            self.flushing = self.flushing.saturating_sub(1);
+            let r = c.result.map_err(|e| e.to_string());
+            let now = Instant::now();
+            let ids: Vec<u64> = self
+                .groups
+                .iter()
+                .filter(|(_, g)| g.flush == Some(f))
+                .map(|(&id, _)| id)
+                .collect();
+            // One commit: its messages' mean wait for their writes, and
+            // the FLUSH's round trip.
+            let (mut writes, mut sent) = (Duration::ZERO, now);
+            let n = ids.len() as u32;
+            for id in ids {
+                let g = self.groups.remove(&id).expect("listed above");
+                writes += g.written.unwrap_or(g.started) - g.started;
+                sent = sent.min(g.flush_sent.unwrap_or(now));
+                answer(g, r.clone());
+            }
+            if let (Some(s), true) = (&self.stats, r.is_ok() && n > 0) {
+                s.record_commit(writes / n, now - sent);
+            }
+            return;
         }
-        let (dtx, drx) = channel();
-        let result = commit
-            .send(Batch { writes, done: dtx })
-            .map_err(|_| "the committer has stopped".to_string())
-            .and_then(|()| {
-                drx.recv()
-                    .map_err(|_| "the committer has stopped".to_string())?
-            });
-        for (p, reply) in placed {
-            let r = match &result {
-                Ok(()) => Ok(p.entry.id),
-                Err(e) => {
-                    // Not acknowledged: the slot is free again (whatever
-                    // reached the device is whole or fails its checksum).
-                    set.release(&p);
-                    Err(QueueError::CommitFailed(e.clone()))
+        // Unknown: a write forgotten by fail_all.
+        let Some((group, off, len)) = self.writing.remove(&c.tag) else {
+            return;
+        };
+        // The write's blocks are free again.
+        for b in blocks(off, len) {
+            if let Some(n) = self.busy.get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.busy.remove(&b);
                 }
-            };
-            let _ = reply.send(r);
+            }
         }
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.pending = g.pending.saturating_sub(1);
+            if let Err(e) = c.result {
+                g.error.get_or_insert(e.to_string());
+            }
+        }
+        self.submit_ready();
+    }
+
+    /// Answers failed groups, and sends one FLUSH for every group whose
+    /// writes have all completed since the last one.
+    fn advance(&mut self) {
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        let mut written = Vec::new();
+        for (&id, g) in &mut self.groups {
+            if g.pending > 0 || g.flush.is_some() {
+                continue;
+            }
+            g.written.get_or_insert(now);
+            if g.error.is_some() {
+                failed.push(id);
+            } else {
+                written.push(id);
+            }
+        }
+        for id in failed {
+            let g = self.groups.remove(&id).expect("listed above");
+            let e = g.error.clone().unwrap_or_default();
+            log::error!("{}: durable write failed: {e}", self.dev.describe());
+            answer(g, Err(e));
+        }
+        if written.is_empty() {
+            return;
+        }
+        if self.dev.durable_writes() {
+            // A write-through device's completed writes are durable: the
+            // messages answered now are one commit.
+            let mut writes = Duration::ZERO;
+            let n = written.len() as u32;
+            for id in written {
+                let g = self.groups.remove(&id).expect("listed above");
+                writes += g.written.unwrap_or(g.started) - g.started;
+                answer(g, Ok(()));
+            }
+            if let Some(s) = &self.stats {
+                s.record_commit(writes / n, Duration::ZERO);
+            }
+            return;
+        }
+        if self.flushing > 0 {
+            // The next FLUSH goes out when this one completes and covers
+            // every message written meanwhile: one FLUSH (and one
+            // completion to wake for) per group instead of per message.
+            return;
+        }
+        let f = self.next_flush;
+        self.next_flush += 1;
+        self.in_flight.add(1);
+        match self.dev.submit(Op::Flush, f << 1 | FLUSH_TAG) {
+            Ok(()) => {
+                self.flushing += 1;
+                for id in written {
+                    if let Some(g) = self.groups.get_mut(&id) {
+                        g.flush = Some(f);
+                        g.flush_sent = Some(now);
+                    }
+                }
+            }
+            Err(e) => {
+                self.in_flight.sub(1);
+                log::error!("{}: flush: {e}", self.dev.describe());
+                for id in written {
+                    let g = self.groups.remove(&id).expect("listed above");
+                    answer(g, Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The device stopped answering: every waiting message gets an error
+    /// (none of them was acknowledged); what is in flight is forgotten.
+    fn fail_all(&mut self, why: &str) {
+        log::error!("{}: {why}", self.dev.describe());
+        for (_, g) in std::mem::take(&mut self.groups) {
+            answer(g, Err(why.to_string()));
+        }
+        self.busy.clear();
+        self.flushing = 0;
+        self.deferred.clear();
+        self.writing.clear();
     }
 }
 
-/// The one thread that drives the device: every batch waiting is written
-/// together and made durable by one flush.
-fn committer(dev: Box<dyn BlockDevice>, rx: Receiver<Batch>, stats: Option<Arc<Latencies>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batches = vec![first];
-        batches.extend(rx.try_iter());
-        let writes: Vec<Write> = batches
-            .iter_mut()
-            .flat_map(|b| std::mem::take(&mut b.writes))
-            .collect();
-        let r = write_durably(&*dev, writes)
-            .map(|t| {
-                if let Some(s) = &stats {
-                    s.record_commit(t.write, t.flush);
-                }
-            })
-            .map_err(|e| e.to_string());
-        if let Err(e) = &r {
-            log::error!("{}: durable write failed: {e}", dev.describe());
-        }
-        for b in batches {
-            let _ = b.done.send(r.clone());
-        }
+fn answer(g: Group, r: Result<(), String>) {
+    for d in g.done {
+        let _ = d.send(r.clone());
     }
 }
 

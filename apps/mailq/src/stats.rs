@@ -3,8 +3,9 @@
 //! durable, i.e. the time the 250 waits for. `serve --stats` keeps it for
 //! clients that do not time messages themselves (Postfix's `smtp-source`);
 //! the private SMTP command `XSTATS` reads it and starts afresh. The slot
-//! queue's committer adds where that time went on the device: per durable
-//! batch (commit), the wait for its writes and for the flush after them.
+//! queue's committer adds where that time went on the device: per commit
+//! (one FLUSH and the messages it made durable), the messages' mean wait
+//! for their writes, and the FLUSH's round trip.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,9 +31,10 @@ pub struct Summary {
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
-    /// Durable batches of the slot queue (0 for the Maildir baseline).
+    /// Commits (FLUSHes) of the slot queue (0 for the Maildir baseline).
     pub commits: u64,
-    /// Per commit, the mean wait for the writes and for the flush.
+    /// Per commit, its messages' mean wait for their writes, and the
+    /// FLUSH's round trip.
     pub write_us_avg: u64,
     pub flush_us_avg: u64,
 }
@@ -60,7 +62,8 @@ impl Latencies {
         self.lock().push(us);
     }
 
-    /// Records one durable batch: its wait for the writes and the flush.
+    /// Records one commit: its messages' mean wait for their writes, and
+    /// the FLUSH's round trip (zero on a write-through device).
     pub fn record_commit(&self, write: Duration, flush: Duration) {
         let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
         c.commits += 1;

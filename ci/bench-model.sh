@@ -21,12 +21,16 @@
 #
 # Usage: ci/bench.sh --model [--seconds N] [--warmup S] [--quick]
 #                            [--mode auto|poll|interrupt] [--out FILE] [--no-build]
+#                            [--latencies LIST] [--units LIST] [--qds LIST] [--no-bw]
 #   --seconds  measured seconds per point (default 1)
 #   --warmup   unmeasured seconds before each (default 0.3)
 #   --mode     the client's completion mode (default interrupt: a spinning
 #              client takes a core from the vsicd worker whose timer has to
 #              fire on time; poll pays on a machine with cores to spare)
 #   --quick    a smaller grid (latencies 20us and 1ms, units 1 and 4)
+#   --latencies, --units, --qds  space-separated grid values in us, units
+#              and queue depths (default "20 100 1000", "1 4 16", "1 4 16 32 64")
+#   --no-bw    leave out the bandwidth-bound points
 #   --out      also write every line to FILE
 # Exit status: 0 when every point ran (whatever its error), 1 otherwise.
 set -euo pipefail
@@ -46,6 +50,10 @@ mode=interrupt
 out=
 build=1
 quick=0
+latencies="20 100 1000"
+unit_counts="1 4 16"
+qds="1 4 16 32 64"
+with_bw=1
 while [[ $# -gt 0 ]]; do
     case $1 in
     --seconds) seconds=${2:?--seconds needs a value}; shift ;;
@@ -54,6 +62,10 @@ while [[ $# -gt 0 ]]; do
     --out) out=${2:?--out needs a value}; shift ;;
     --no-build) build=0 ;;
     --quick) quick=1 ;;
+    --latencies) latencies=${2:?--latencies needs a value}; shift ;;
+    --units) unit_counts=${2:?--units needs a value}; shift ;;
+    --qds) qds=${2:?--qds needs a value}; shift ;;
+    --no-bw) with_bw=0 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
@@ -172,16 +184,13 @@ point() {
 if [[ $quick -eq 1 ]]; then
     latencies="20 1000"
     unit_counts="1 4"
-else
-    latencies="20 100 1000"
-    unit_counts="1 4 16"
 fi
 # Latency-bound: 4 KiB reads, no bandwidth limit. Queue depths at most
 # the units or multiples of them, so p50 has one value.
 for lat in $latencies; do
     for units in $unit_counts; do
         start_vsicd --service-latency "${lat}us" --service-units "$units"
-        for qd in 1 4 16 32 64; do
+        for qd in $qds; do
             point "$lat" "$units" 0 4096 "$qd"
         done
     done
@@ -189,7 +198,9 @@ done
 # Bandwidth-bound: 128 KiB reads on units of 200 MB/s (655 us per
 # request against a 20 us latency).
 bw=200000000
-for units in 1 4; do
+bw_units="1 4"
+[[ $with_bw -eq 1 ]] || bw_units=
+for units in $bw_units; do
     start_vsicd --service-latency 20us --service-units "$units" --service-bandwidth "$bw"
     for qd in 1 4 16; do
         point 20 "$units" "$bw" 131072 "$qd"

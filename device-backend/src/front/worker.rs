@@ -62,6 +62,15 @@ impl QueueWorker {
     }
 }
 
+/// What one batch did.
+struct Batch {
+    /// Requests taken from the avail ring.
+    served: usize,
+    /// Scheduled completions written to the used ring.
+    completed: usize,
+    end: BatchEnd,
+}
+
 /// How serving one batch of requests ended.
 enum BatchEnd {
     /// The batch limit was reached: more may be waiting.
@@ -98,14 +107,35 @@ impl FunctionBackend {
         let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
         let worker = &mut *worker;
         let woke = Instant::now();
+        // When the worker last went to sleep after serving requests or
+        // completing scheduled ones: the gap to a request that wakes it
+        // is how long the driver took to send it.
+        let slept_since = worker.idle_since.take();
+        let mut first_batch = true;
         let mut served_any = false;
+        // Scheduled completions written since the worker woke: the driver
+        // answers them with its next requests, which the worker polls for
+        // as it does after serving (a driver at QD 1 waits for each).
+        let mut completed_any = false;
         // Rounds in a row in which the ring claimed requests but yielded none.
         let mut phantom_rounds = 0;
         // The ring said requests were waiting when notifications were
         // re-enabled: the next batch must take some.
         let mut ring_said_more = false;
         loop {
-            let (served_now, end) = self.run_batch(vring, queue, &mut worker.scratch);
+            let batch = self.run_batch(vring, queue, &mut worker.scratch);
+            let served_now = batch.served;
+            completed_any |= batch.completed > 0;
+            if std::mem::take(&mut first_batch) && served_now > 0 {
+                // Requests were waiting when the worker woke: was the gap
+                // short enough to have been polled across? (A wake-up that
+                // finds none, a completion tick, teaches nothing.)
+                if let Some(since) = slept_since {
+                    worker
+                        .window
+                        .after_sleep(woke.saturating_duration_since(since));
+                }
+            }
             if std::mem::take(&mut ring_said_more) {
                 // Only the batch right after counts: batches in between
                 // may complete scheduled requests and take none.
@@ -115,7 +145,7 @@ impl FunctionBackend {
                     0
                 };
             }
-            match end {
+            match batch.end {
                 BatchEnd::Failed => return,
                 BatchEnd::Full => {
                     served_any = true;
@@ -130,24 +160,13 @@ impl FunctionBackend {
                     }
                     continue;
                 }
-                BatchEnd::Drained => {
-                    if served_now > 0 && !served_any {
-                        // First requests since the worker slept: was the
-                        // gap short enough to have been polled across?
-                        if let Some(since) = worker.idle_since.take() {
-                            worker
-                                .window
-                                .after_sleep(woke.saturating_duration_since(since));
-                        }
-                    }
-                    served_any |= served_now > 0;
-                }
+                BatchEnd::Drained => served_any |= served_now > 0,
             }
             // A stopped ring completes nothing: then no completion counts.
             let next_due = self
                 .next_completion(queue)
                 .filter(|_| vring.get_ref().get_queue().ready());
-            if (served_any || next_due.is_some())
+            if (served_any || completed_any || next_due.is_some())
                 && self.poll_for_more(vring, worker.window.current(), next_due)
             {
                 continue;
@@ -178,13 +197,13 @@ impl FunctionBackend {
                 None => return,
             }
         }
-        if served_any {
+        if served_any || completed_any {
             worker.idle_since = Some(Instant::now());
         }
     }
 
     /// Serves up to [`BATCH`] requests with driver notifications off.
-    fn run_batch(&self, vring: &Vring, queue: u16, scratch: &mut Scratch) -> (usize, BatchEnd) {
+    fn run_batch(&self, vring: &Vring, queue: u16, scratch: &mut Scratch) -> Batch {
         let s = &*self.session;
         let _running = s.state.quiesce.read().unwrap_or_else(|e| e.into_inner());
         let mem = s.mem.memory();
@@ -219,7 +238,11 @@ impl FunctionBackend {
         };
         if !vring.get_queue().ready() {
             // Stopped (GET_VRING_BASE) since the kick: leave its rings alone.
-            return (0, BatchEnd::Drained);
+            return Batch {
+                served: 0,
+                completed: 0,
+                end: BatchEnd::Drained,
+            };
         }
         if let (Function::Vsic(n), Some(windows)) = (s.state.function, ctx.dma) {
             ctx.rings = ring_areas(vring.get_queue()).map(|(addr, len, _)| (addr, len));
@@ -228,14 +251,23 @@ impl FunctionBackend {
                 // nothing (the queue stays stopped) until a kick finds
                 // them covered.
                 s.state.target.dma_violation(n, queue, addr, len);
-                return (0, BatchEnd::Failed);
+                return Batch {
+                    served: 0,
+                    completed: 0,
+                    end: BatchEnd::Failed,
+                };
             }
         }
         if let Err(e) = vring.disable_notification() {
             warn!("{} queue {queue}: {e}", s.state.name());
-            return (0, BatchEnd::Failed);
+            return Batch {
+                served: 0,
+                completed: 0,
+                end: BatchEnd::Failed,
+            };
         }
         let mut served = 0;
+        let mut completed = 0;
         let mut bytes = 0u64;
         // When the oldest completion not yet signalled was added.
         let mut unsignalled: Option<Instant> = None;
@@ -243,7 +275,8 @@ impl FunctionBackend {
             if let Some(completions) = completions.as_deref_mut() {
                 match self.complete_due(&mut vring, &*mem, completions, queue, Instant::now()) {
                     Some(0) => {}
-                    Some(_) => {
+                    Some(n) => {
+                        completed += n;
                         unsignalled.get_or_insert_with(Instant::now);
                     }
                     None => break BatchEnd::Failed,
@@ -298,7 +331,11 @@ impl FunctionBackend {
         if unsignalled.is_some() {
             self.interrupt(&mut vring, &*mem, queue);
         }
-        (served, end)
+        Batch {
+            served,
+            completed,
+            end,
+        }
     }
 
     /// How long the next request must wait for its VSIC's QoS budget;

@@ -39,6 +39,14 @@ const THROTTLE_SLICE: Duration = Duration::from_millis(10);
 /// those before it by at most its own time.
 const INTERRUPT_DELAY: Duration = Duration::from_micros(20);
 
+/// A scheduled completion due this soon is waited for by polling the ring
+/// (when the poll policy lets the worker spin) rather than by sleeping on
+/// the queue's timer, whose wake-up comes late by a varying few to tens of
+/// microseconds: the model's latency is then delivered to the microsecond.
+/// Farther away the worker sleeps and its timer is set early (see
+/// `completions`). Costs a core only while a completion is that close.
+const DUE_SPIN: Duration = Duration::from_micros(200);
+
 /// What one queue's worker keeps between wake-ups.
 pub(super) struct QueueWorker {
     scratch: Scratch,
@@ -419,16 +427,16 @@ impl FunctionBackend {
     }
 
     /// Watches the avail ring for up to `window`, if the poll policy lets
-    /// this worker spin now; a scheduled completion due within the
-    /// longest poll is waited for by polling too. True when a request
-    /// showed up or the completion is due.
+    /// this worker spin now; a scheduled completion due within the longest
+    /// poll or [`DUE_SPIN`], whichever is longer, is waited for by polling
+    /// too. True when a request showed up or the completion is due.
     fn poll_for_more(&self, vring: &Vring, window: Duration, next_due: Option<Instant>) -> bool {
         let policy = &self.session.state.poll;
         let due_by = |now: Instant| next_due.is_some_and(|due| now >= due);
         let start = Instant::now();
         let until_due = next_due
             .map(|due| due.saturating_duration_since(start))
-            .filter(|d| *d <= policy.max())
+            .filter(|d| *d <= policy.max().max(DUE_SPIN))
             .unwrap_or_default();
         let window = window.max(until_due);
         if window.is_zero() {

@@ -32,6 +32,7 @@
 # Usage: ci/bench.sh --model [--seconds N] [--warmup S] [--quick]
 #                            [--mode auto|poll|interrupt] [--out FILE] [--no-build]
 #                            [--latencies LIST] [--units LIST] [--qds LIST] [--no-bw]
+#                            [--vsicd PATH]
 #   --seconds  measured seconds per point (default 1)
 #   --warmup   unmeasured seconds before each (default 0.3)
 #   --mode     the client's completion mode (default auto: poll when the
@@ -46,6 +47,8 @@
 #   --latencies, --units, --qds  space-separated grid values in us, units
 #              and queue depths (default "20 100 1000", "1 4 16", "1 4 16 32 64")
 #   --no-bw    leave out the bandwidth-bound points
+#   --vsicd    measure this vsicd binary instead of target/release/vsicd
+#              (e.g. one built from main, to compare)
 #   --out      also write every line to FILE
 # Exit status: 0 when every point ran (whatever its error), 1 otherwise.
 set -euo pipefail
@@ -69,6 +72,7 @@ latencies="20 100 1000"
 unit_counts="1 4 16"
 qds="1 4 16 32 64"
 with_bw=1
+vsicd=
 while [[ $# -gt 0 ]]; do
     case $1 in
     --seconds) seconds=${2:?--seconds needs a value}; shift ;;
@@ -81,6 +85,7 @@ while [[ $# -gt 0 ]]; do
     --units) unit_counts=${2:?--units needs a value}; shift ;;
     --qds) qds=${2:?--qds needs a value}; shift ;;
     --no-bw) with_bw=0 ;;
+    --vsicd) vsicd=${2:?--vsicd needs a path}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
@@ -101,7 +106,8 @@ if [[ $build -eq 1 ]]; then
 fi
 BIN=$REPO/target/release
 BENCH=$BIN/examples/vsic-bench
-for b in "$BIN/vsicd" "$BIN/vsicctl" "$BENCH"; do
+VSICD=${vsicd:-$BIN/vsicd}
+for b in "$VSICD" "$BIN/vsicctl" "$BENCH"; do
     [[ -x $b ]] || die "$b missing (build without --no-build)"
 done
 
@@ -130,7 +136,7 @@ trap 'exit 130' INT TERM
 start_vsicd() {
     stop_vsicd
     rm -rf "$WORK/sockets" "$WORK/drive.img" "$WORK/bench.cap"
-    "$BIN/vsicd" --socket-dir "$WORK/sockets" --drive "$WORK/drive.img,size=$DRIVE_SIZE" \
+    "$VSICD" --socket-dir "$WORK/sockets" --drive "$WORK/drive.img,size=$DRIVE_SIZE" \
         --vsics 1 --queues 1 "$@" >"$WORK/vsicd.log" 2>&1 &
     vsicd_pid=$!
     local i
@@ -159,6 +165,7 @@ RESULTS=$WORK/results
 failures=0
 {
     echo "# $(nproc) cores, kernel $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "# vsicd=$VSICD"
     echo "# seconds=$seconds warmup=$warmup mode=$resolved (asked: $mode) client=blkio case=randread queues=1"
 } | tee -a "$RESULTS"
 

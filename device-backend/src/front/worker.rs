@@ -205,9 +205,13 @@ impl FunctionBackend {
                 None => return,
             }
         }
-        if served_any || completed_any {
-            worker.idle_since = Some(Instant::now());
-        }
+        // A wake-up that did nothing (a stale kick) leaves the idle time
+        // running from the last real work.
+        worker.idle_since = if served_any || completed_any {
+            Some(Instant::now())
+        } else {
+            slept_since
+        };
     }
 
     /// Serves up to [`BATCH`] requests with driver notifications off.

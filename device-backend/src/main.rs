@@ -102,7 +102,10 @@ struct Cli {
     /// notification. Adaptive per queue: a queue whose requests come further
     /// apart stops polling. Workers poll only while no thread on the machine
     /// waits for a CPU, and at most half the CPUs poll at once (none on a
-    /// single CPU). 0 turns polling off.
+    /// single CPU). 0 turns polling off. With a drive timing model, a worker
+    /// also polls (under the same rules) while a completion it scheduled is
+    /// due within N microseconds, or within 200 if longer when the driver
+    /// polls its used ring (docs/timing-model.md).
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     poll_us: u64,
 

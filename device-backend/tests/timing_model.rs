@@ -207,6 +207,69 @@ fn scheduled_completions_come_back_out_of_order_and_intact_at_every_queue_depth(
 }
 
 #[test]
+fn no_completion_comes_back_before_its_model_time_and_fixed_latency_keeps_fifo_at_every_queue_depth(
+) {
+    // Fixed 300 µs reads on 4 units: of a batch put on the ring at once,
+    // the k-th (from 0) is due no earlier than (k / 4 + 1) × 300 µs after
+    // the batch was put there (the worker takes it later still), and with
+    // one latency for all the batch completes in the order it was taken.
+    // The driver looks at the used ring without sleeping, so a completion
+    // written even a few microseconds before its time is seen as early.
+    const LATENCY: Duration = Duration::from_micros(300);
+    const UNITS: usize = 4;
+    let d = daemon_with_model(
+        "never-early",
+        r#"
+        [model]
+        units = 4
+        read = { latency = "300us" }
+        "#,
+    );
+    let mut drv = RawDriver::open(&d.vsic_socket(0), 16 << 20, QUEUE_SIZE);
+    let mut flights = HashMap::new();
+    let mut worst_margin = Duration::MAX;
+    for qd in [1usize, 2, 3, 4, 5, 8, 16, 32, 64, 80] {
+        for round in 0..3u64 {
+            let start = Instant::now();
+            for k in 0..qd as u64 {
+                submit(
+                    &mut drv,
+                    VIRTIO_BLK_T_IN,
+                    (round * 7 + k) % BLOCKS,
+                    &mut flights,
+                );
+            }
+            let mut order = Vec::with_capacity(qd);
+            for k in 0..qd {
+                let used = drv
+                    .reap_spinning(IO_TIMEOUT)
+                    .unwrap_or_else(|| panic!("qd {qd}: {k} of {qd} within {IO_TIMEOUT:?}"));
+                let took = start.elapsed();
+                let f = flights.remove(&used.head).expect("in flight");
+                assert_eq!(f.status.as_slice()[0], VIRTIO_BLK_S_OK, "qd {qd}");
+                assert_eq!(used.len as usize, BLOCK + 1, "qd {qd}");
+                let earliest = LATENCY * (k / UNITS + 1) as u32;
+                assert!(
+                    took >= earliest,
+                    "qd {qd} round {round}: completion {k} came back {took:?} after the batch, \
+                     before its model time {earliest:?}"
+                );
+                worst_margin = worst_margin.min(took - earliest);
+                order.push((f.block, used.head));
+            }
+            let blocks: Vec<u64> = order.iter().map(|(b, _)| *b).collect();
+            let want: Vec<u64> = (0..qd as u64).map(|k| (round * 7 + k) % BLOCKS).collect();
+            assert_eq!(blocks, want, "qd {qd} round {round}: completion order");
+        }
+    }
+    assert!(flights.is_empty());
+    println!(
+        "closest_to_model_time_us={:.1}",
+        worst_margin.as_secs_f64() * 1e6
+    );
+}
+
+#[test]
 fn a_flush_completes_after_every_earlier_write() {
     // Writes take 1 to 9 ms on 8 units; FLUSH itself 10 µs: without the
     // barrier it would overtake every write before it.

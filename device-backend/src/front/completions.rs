@@ -39,9 +39,9 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::backend::{FunctionBackend, GuestMemory, Vring};
 
 /// Longest a completion timer is set early to make up for the time the
-/// worker takes to wake up (measured, see [`Completions::late`]); the
+/// worker takes to wake up (measured, see [`Completions::early`]); the
 /// worker then waits the rest out on its core.
-const MAX_EARLY: Duration = Duration::from_micros(50);
+const MAX_EARLY: Duration = Duration::from_micros(100);
 
 /// One scheduled completion, ordered by due time, then by order taken.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,9 +62,12 @@ pub struct Completions {
     armed: Option<Instant>,
     /// When the timer is set to fire (up to [`MAX_EARLY`] before `armed`).
     fires_at: Option<Instant>,
-    /// How late the worker handles a timer tick (a moving average, at most
-    /// [`MAX_EARLY`]): the timer is set that much early.
+    /// How late the worker handles a timer tick (a moving average of
+    /// samples of at most [`MAX_EARLY`]) ...
     late: Duration,
+    /// ... and how far the samples stray from it (a moving average of the
+    /// absolute difference): the timer is set [`Completions::early`].
+    late_spread: Duration,
     /// The queue's vring, for completing on a queue stop (which the vhost
     /// library reports with the queue index only).
     vring: Option<Vring>,
@@ -123,10 +126,11 @@ impl Completions {
         if want == self.armed {
             return;
         }
+        let early = self.early();
         let Some(timer) = self.timer.as_mut() else {
             return;
         };
-        let fires_at = want.map(|due| due.checked_sub(self.late).unwrap_or(due));
+        let fires_at = want.map(|due| due.checked_sub(early).unwrap_or(due));
         let result = match fires_at {
             // A zero value would disarm: at least a nanosecond.
             Some(at) => timer.reset(
@@ -149,13 +153,23 @@ impl Completions {
         }
     }
 
+    /// How early the timer is set: the average lateness of a tick plus
+    /// three times its spread (at most [`MAX_EARLY`]), so that jittery
+    /// wake-ups are covered too and not only the average one; the worker
+    /// waits the rest out on its core.
+    fn early(&self) -> Duration {
+        (self.late + self.late_spread * 3).min(MAX_EARLY)
+    }
+
     /// A tick of the timer handled at `now`: learns how late ticks are
     /// handled, disarms, and says until when to wait on the core for the
     /// completion it was set early for.
     fn ticked(&mut self, now: Instant) -> Option<Instant> {
         if let Some(at) = self.fires_at.take() {
             let sample = now.saturating_duration_since(at).min(MAX_EARLY);
+            let spread = sample.abs_diff(self.late);
             self.late = (self.late * 7 + sample) / 8;
+            self.late_spread = (self.late_spread * 7 + spread) / 8;
         }
         self.armed = None;
         self.next_due()
@@ -286,15 +300,15 @@ impl FunctionBackend {
     }
 
     /// Before the worker sleeps: a completion due sooner than a timer
-    /// would wake the worker for it (see [`Completions::late`]) is waited
+    /// would wake the worker for it (see [`Completions::early`]) is waited
     /// for on the core instead (at most [`MAX_EARLY`]). True when it did.
     pub(super) fn wait_for_imminent(&self, queue: u16, due: Instant) -> bool {
         let Some(cq) = self.completion_queue(queue) else {
             return false;
         };
-        let late = cq.lock().late;
+        let early = cq.lock().early();
         let now = Instant::now();
-        if due.saturating_duration_since(now) > late {
+        if due.saturating_duration_since(now) > early {
             return false;
         }
         while Instant::now() < due {
@@ -436,6 +450,34 @@ mod tests {
         assert!(c.late <= MAX_EARLY);
         // A completion due within MAX_EARLY is waited for.
         assert_eq!(c.ticked(t0 + us(990)), Some(t0 + us(1000)));
+    }
+
+    #[test]
+    fn the_timer_margin_covers_jittery_wake_ups() {
+        // Ticks handled 10 or 30 us late in turn: a margin of the average
+        // (20 us) would leave every other completion 10 us late; the
+        // margin takes the spread into account.
+        let mut c = Completions::default();
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        c.push(t0 + Duration::from_secs(1), 1, 0);
+        for i in 0..64 {
+            c.fires_at = Some(t0);
+            let _ = c.ticked(t0 + if i % 2 == 0 { us(10) } else { us(30) });
+        }
+        assert!(c.early() >= us(30), "margin {:?}", c.early());
+        assert!(c.early() <= MAX_EARLY);
+        // Steady wake-ups: the margin comes back down to them.
+        for _ in 0..64 {
+            c.fires_at = Some(t0);
+            let _ = c.ticked(t0 + us(10));
+        }
+        assert!(c.early() < us(15), "margin {:?}", c.early());
+        // The timer is set that early.
+        c.timer = Some(TimerFd::new().expect("timerfd"));
+        c.arm(&String::new);
+        assert_eq!(c.armed, Some(t0 + Duration::from_secs(1)));
+        assert_eq!(c.fires_at, Some(t0 + Duration::from_secs(1) - c.early()));
     }
 
     #[test]

@@ -424,7 +424,19 @@ fn a_connected_client_sees_capacity_changes_and_is_notified() {
     let fd = dev
         .config_interrupt_fd()
         .expect("the library exposes the config-change eventfd");
-    drain_eventfd(fd);
+    // The attach above changed VSIC 3's configuration before the device
+    // was opened; its notification may still be on its way through the
+    // frontend's channel. Wait until the eventfd stays quiet for 100 ms
+    // (a few times at most) so that what follows sees only new changes.
+    let mut settled = false;
+    for _ in 0..20 {
+        drain_eventfd(fd);
+        if !eventfd_fired(fd, Duration::from_millis(100)) {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "the config-change eventfd kept firing with no change");
     // Data traffic changes no configuration: the eventfd stays quiet.
     let block = filled(&dev, 0x9e7, 4096);
     dev.write_at(0, SLOT0, 0, &block).expect("write");

@@ -436,7 +436,10 @@ fn a_connected_client_sees_capacity_changes_and_is_notified() {
             break;
         }
     }
-    assert!(settled, "the config-change eventfd kept firing with no change");
+    assert!(
+        settled,
+        "the config-change eventfd kept firing with no change"
+    );
     // Data traffic changes no configuration: the eventfd stays quiet.
     let block = filled(&dev, 0x9e7, 4096);
     dev.write_at(0, SLOT0, 0, &block).expect("write");

@@ -127,25 +127,19 @@ impl RawDriver {
     /// Waits up to `timeout` for any request to come back, in whatever
     /// order the device completes them.
     pub fn reap(&mut self, timeout: Duration) -> Option<Used> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(used) = self.vq.pop_used() {
-                if self.vq.in_flight() == 0 {
-                    self.held.clear();
-                }
-                return Some(used);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_micros(200));
-        }
+        self.reap_with(timeout, || thread::sleep(Duration::from_micros(200)))
     }
 
     /// As [`RawDriver::reap`], looking at the used ring without sleeping
     /// in between (yielding the CPU only), so the time it returns is within
     /// a few microseconds of the completion's.
     pub fn reap_spinning(&mut self, timeout: Duration) -> Option<Used> {
+        self.reap_with(timeout, thread::yield_now)
+    }
+
+    /// Pops the used ring until an entry comes or `timeout` passes, calling
+    /// `pause` between looks.
+    fn reap_with(&mut self, timeout: Duration, pause: impl Fn()) -> Option<Used> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(used) = self.vq.pop_used() {
@@ -157,7 +151,7 @@ impl RawDriver {
             if Instant::now() >= deadline {
                 return None;
             }
-            thread::yield_now();
+            pause();
         }
     }
 }

@@ -28,12 +28,8 @@ vsicctl vsic bind --vsic 2 --vfio --user root >/dev/null
 vsicctl vsa create --size 512M --cap /root/kvh.cap >/dev/null
 vsicctl vsic attach --vsic 3 --cap /root/kvh.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 3 --vfio --user root >/dev/null
-vsicctl vsa create --size 1G --cap /root/fs.cap >/dev/null
-out=$(vsicctl vsic bind --vsic 1 --kernel --json)
-disk=$(bound_disk "$out")
-[ -n "$disk" ] || fail "no disk in: $out"
-vsicctl vsic attach --vsic 1 --cap /root/fs.cap --slot 0 >/dev/null
-wait_size "$disk" $((1 << 21))
+kernel_vsa_disk 1 1024 /root/fs.cap
+disk=$KDISK
 # No lazy init: ext4 would zero its inode tables in the background during
 # the baseline's runs.
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/"$disk" || fail "mkfs.ext4"

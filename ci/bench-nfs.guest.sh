@@ -22,22 +22,14 @@ modprobe nfsv3 || fail "modprobe nfsv3"
 vsicctl vsa create --size 768M --cap /root/nfs.cap >/dev/null
 vsicctl vsic attach --vsic 0 --cap /root/nfs.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 0 --vfio --user root >/dev/null
-vsicctl vsa create --size 1536M --cap /root/fs.cap >/dev/null
-out=$(vsicctl vsic bind --vsic 1 --kernel --json)
-disk=$(bound_disk "$out")
-[ -n "$disk" ] || fail "no disk in: $out"
-vsicctl vsic attach --vsic 1 --cap /root/fs.cap --slot 0 >/dev/null
-wait_size "$disk" $((1536 << 11))
+kernel_vsa_disk 1 1536 /root/fs.cap
+disk=$KDISK
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/"$disk" || fail "mkfs.ext4"
 mkdir -p /mnt/fs
 mount -t ext4 /dev/"$disk" /mnt/fs || fail "mount ext4"
 truncate -s 768M /mnt/fs/nfs.img
-vsicctl vsa create --size 768M --cap /root/blk.cap >/dev/null
-out=$(vsicctl vsic bind --vsic 2 --kernel --json)
-bdisk=$(bound_disk "$out")
-[ -n "$bdisk" ] || fail "no disk in: $out"
-vsicctl vsic attach --vsic 2 --cap /root/blk.cap --slot 0 >/dev/null
-wait_size "$bdisk" $((768 << 11))
+kernel_vsa_disk 2 768 /root/blk.cap
+bdisk=$KDISK
 
 start() { # ENGINE DEV PORT
     vsic-nfsd --dev "$2" --listen 127.0.0.1:"$3" --mkfs >/tmp/nfsd-"$1".log 2>&1 &

@@ -28,12 +28,8 @@ check_line() {
 }
 
 # Kernel path: ext4 on VSIC 1 bound to virtio_blk (attach after the bind).
-vsicctl vsa create --size 64M --cap /root/k.cap >/dev/null
-out=$(vsicctl vsic bind --vsic 1 --kernel --json)
-disk=$(bound_disk "$out")
-[ -n "$disk" ] || fail "no disk in: $out"
-vsicctl vsic attach --vsic 1 --cap /root/k.cap --slot 0 >/dev/null
-wait_size "$disk" $((64 << 11))
+kernel_vsa_disk 1 64 /root/k.cap
+disk=$KDISK
 mkfs.ext4 -q -F /dev/"$disk"
 mkdir -p /mnt/f && mount -t ext4 /dev/"$disk" /mnt/f
 line=$(vsic-fig1 file /mnt/f/x --fs ext4 --medium vsic --sync fsync --bytes 1024 --n 30) ||

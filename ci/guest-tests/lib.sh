@@ -88,6 +88,20 @@ wait_size() {
     echo "/dev/$1: $2 sectors after $((i * 100)) ms"
 }
 
+# kernel_vsa_disk VSIC MIB CAP: creates a VSA of MIB MiB (its capability in
+# CAP), binds VSIC to the kernel's virtio_blk, attaches the VSA in slot 0
+# (after the bind) and waits for the disk to show its size; sets KDISK to
+# the disk's name (vdX).
+kernel_vsa_disk() {
+    local out
+    vsicctl vsa create --size "$2"M --cap "$3" >/dev/null || fail "vsa create ($2 MiB)"
+    out=$(vsicctl vsic bind --vsic "$1" --kernel --json)
+    KDISK=$(bound_disk "$out")
+    [ -n "$KDISK" ] || fail "no disk in: $out"
+    vsicctl vsic attach --vsic "$1" --cap "$3" --slot 0 >/dev/null || fail "attach to VSIC $1"
+    wait_size "$KDISK" $(($2 << 11))
+}
+
 # driver_of ADDRESS: the driver of PCI function ADDRESS, or "none".
 driver_of() {
     local link

@@ -266,26 +266,7 @@ pub fn stats(entries: &[StatsEntry]) -> Report {
                 q.errors.to_string(),
             ]);
         }
-        json_entries.push(json!({
-            "vsic": v.vsic,
-            "reads": v.reads,
-            "writes": v.writes,
-            "flushes": v.flushes,
-            "discards": v.discards,
-            "write_zeroes": v.write_zeroes,
-            "bytes_read": v.bytes_read,
-            "bytes_written": v.bytes_written,
-            "errors": v.errors,
-            "protection_violations": v.protection_violations,
-            "qos_delayed": v.qos_delayed,
-            "queues": qs.iter().map(|q| json!({
-                "queue": q.queue,
-                "requests": q.requests,
-                "bytes_read": q.bytes_read,
-                "bytes_written": q.bytes_written,
-                "errors": q.errors,
-            })).collect::<Vec<_>>(),
-        }));
+        json_entries.push(v.to_json(qs));
     }
     let mut human = vsics.render();
     if !queues.is_empty() {

@@ -317,6 +317,32 @@ pub struct VsicStats {
 impl VsicStats {
     pub const LEN: usize = VsicStatsWire::LEN;
 
+    /// These counters and their queues' as one JSON object (`queue_count`
+    /// is the length of `queues`).
+    #[cfg(feature = "json")]
+    pub fn to_json(&self, queues: &[QueueStats]) -> serde_json::Value {
+        serde_json::json!({
+            "vsic": self.vsic,
+            "reads": self.reads,
+            "writes": self.writes,
+            "flushes": self.flushes,
+            "discards": self.discards,
+            "write_zeroes": self.write_zeroes,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "errors": self.errors,
+            "protection_violations": self.protection_violations,
+            "qos_delayed": self.qos_delayed,
+            "queues": queues.iter().map(|q| serde_json::json!({
+                "queue": q.queue,
+                "requests": q.requests,
+                "bytes_read": q.bytes_read,
+                "bytes_written": q.bytes_written,
+                "errors": q.errors,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     pub fn encode(&self) -> [u8; Self::LEN] {
         zerocopy::transmute!(VsicStatsWire {
             vsic: self.vsic.into(),

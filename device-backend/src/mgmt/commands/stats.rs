@@ -54,27 +54,12 @@ fn query_stats(ctx: &Context, a: Value) -> Result<Value, CommandError> {
     let vsics: Vec<Value> = entries
         .iter()
         .map(|(v, qs)| {
-            json!({
-                "vsic": v.vsic,
-                "reads": v.reads,
-                "writes": v.writes,
-                "flushes": v.flushes,
-                "discards": v.discards,
-                "write_zeroes": v.write_zeroes,
-                "bytes_read": v.bytes_read,
-                "bytes_written": v.bytes_written,
-                "errors": v.errors,
-                "protection_violations": v.protection_violations,
-                "qos_delayed": v.qos_delayed,
-                "faults_injected": faults.by_vsic.get(v.vsic as usize).map_or(0, |c| c.load(Relaxed)),
-                "queues": qs.iter().map(|q| json!({
-                    "queue": q.queue,
-                    "requests": q.requests,
-                    "bytes_read": q.bytes_read,
-                    "bytes_written": q.bytes_written,
-                    "errors": q.errors,
-                })).collect::<Vec<_>>(),
-            })
+            let mut j = v.to_json(qs);
+            j["faults_injected"] = json!(faults
+                .by_vsic
+                .get(v.vsic as usize)
+                .map_or(0, |c| c.load(Relaxed)));
+            j
         })
         .collect();
     let drives: Vec<Value> = faults

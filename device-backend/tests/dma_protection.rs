@@ -322,6 +322,19 @@ fn rings_outside_the_windows_leave_the_queue_stopped() {
     assert_eq!(done.status, VIRTIO_BLK_S_OK);
 }
 
+/// A new frontend on VSIC 0 sends one read: it must not be served, its
+/// buffer must stay untouched and the VSIC's violation counter must move.
+fn assert_a_new_frontend_reaches_nothing(d: &Daemon, admin: &AdminClient, served: &str) {
+    let before = violations(admin, 0);
+    let mut drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let mut buf = drv.alloc(4096);
+    buf.as_mut_slice().fill(0x33);
+    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[writable(&buf, 4096)], true);
+    assert!(drv.wait(&sent, QUIET).is_none(), "{served}");
+    assert_eq!(buf.as_slice(), &[0x33; 4096][..]);
+    assert!(violations(admin, 0) > before);
+}
+
 #[test]
 fn an_enforced_vsic_comes_back_enforced_with_no_windows_after_a_restart() {
     let mut d = daemon("dma-restart");
@@ -339,17 +352,11 @@ fn an_enforced_vsic_comes_back_enforced_with_no_windows_after_a_restart() {
     let admin = d.admin();
     assert_eq!(admin.dma_windows(0).unwrap(), (DmaMode::Enforced, vec![]));
     assert_eq!(admin.dma_windows(1).unwrap(), (DmaMode::Open, vec![]));
-    let before = violations(&admin, 0);
-    let mut drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
-    let mut buf = drv.alloc(4096);
-    buf.as_mut_slice().fill(0x33);
-    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[writable(&buf, 4096)], true);
-    assert!(
-        drv.wait(&sent, QUIET).is_none(),
-        "an enforced VSIC with no windows served a request after a restart"
+    assert_a_new_frontend_reaches_nothing(
+        &d,
+        &admin,
+        "an enforced VSIC with no windows served a request after a restart",
     );
-    assert_eq!(buf.as_slice(), &[0x33; 4096][..]);
-    assert!(violations(&admin, 0) > before);
 }
 
 /// A VSIC's frontend leaving (its QEMU gone: the guest shut down, rebooted
@@ -379,17 +386,7 @@ fn a_vsics_windows_go_when_its_frontend_leaves_and_the_mode_stays() {
     // Another VSIC's windows are its own business: its frontend stayed.
     assert_eq!(admin.dma_windows(1).unwrap().1.len(), 1);
     // The next frontend, even at the same addresses, reaches nothing.
-    let before = violations(&admin, 0);
-    let mut drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
-    let mut buf = drv.alloc(4096);
-    buf.as_mut_slice().fill(0x33);
-    let sent = drv.send(VIRTIO_BLK_T_IN, 0, &[writable(&buf, 4096)], true);
-    assert!(
-        drv.wait(&sent, QUIET).is_none(),
-        "the old windows served the next frontend"
-    );
-    assert_eq!(buf.as_slice(), &[0x33; 4096][..]);
-    assert!(violations(&admin, 0) > before);
+    assert_a_new_frontend_reaches_nothing(&d, &admin, "the old windows served the next frontend");
 }
 
 /// When the last frontend leaves (the PF's and every VSIC's: the guest's

@@ -112,6 +112,15 @@ impl VolatileCache {
             .ok_or_else(|| io::Error::other("extent on an unknown drive"))
     }
 
+    /// Drive `d`'s cache for a request of `len` bytes at byte `offset`,
+    /// which must be whole sectors.
+    fn sector_range(&self, d: usize, offset: u64, len: u64) -> io::Result<&DriveCache> {
+        if !(offset.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR)) {
+            return Err(unaligned());
+        }
+        self.cache(d)
+    }
+
     /// Writes bytes `[start, start + len)` of `bufs` at byte `offset` of
     /// drive `d` into the cache, destaging every drive of `drives` first
     /// whenever a piece does not fit.
@@ -124,10 +133,7 @@ impl VolatileCache {
         len: u64,
         offset: u64,
     ) -> io::Result<usize> {
-        if !(offset.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR)) {
-            return Err(unaligned());
-        }
-        let cache = self.cache(d)?;
+        let cache = self.sector_range(d, offset, len)?;
         let sectors = len / SECTOR;
         // At most half the cache at a time, so a piece always fits after a
         // destage.
@@ -171,10 +177,7 @@ impl VolatileCache {
         len: u64,
         offset: u64,
     ) -> io::Result<usize> {
-        if !(offset.is_multiple_of(SECTOR) && len.is_multiple_of(SECTOR)) {
-            return Err(unaligned());
-        }
-        let cache = self.cache(d)?;
+        let cache = self.sector_range(d, offset, len)?;
         let (first, end) = (offset / SECTOR, (offset + len) / SECTOR);
         // Copied out under the lock; newest first (dirty over destaging).
         let overlay: BTreeMap<u64, Sector> = {

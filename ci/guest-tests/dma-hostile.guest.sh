@@ -14,10 +14,7 @@ set -eu
 add_user alice 1001
 start_service
 
-vsicctl vsa create --size 16M --cap /home/alice/data.cap
-chown 1001:1001 /home/alice/data.cap
-vsicctl vsic bind --vsic 0 --vfio --user alice
-as_user 1001 "vsicctl request-attach --vsic 0 --cap /home/alice/data.cap --slot 1"
+user_vsa_on_vsic alice 1001 0 16M 1
 
 # The victim: another process holding a known pattern in pinned memory.
 rm -f /tmp/victim.done

@@ -12,10 +12,7 @@ set -eu
 
 add_user alice 1001
 start_service
-vsicctl vsa create --size 16M --cap /home/alice/data.cap
-chown 1001:1001 /home/alice/data.cap
-vsicctl vsic bind --vsic 0 --vfio --user alice
-as_user 1001 "vsicctl request-attach --vsic 0 --cap /home/alice/data.cap --slot 1"
+user_vsa_on_vsic alice 1001 0 16M 1
 as_user 1001 "vsic-check write vsic:0 --slot 1 --len 1M --seed 5" || fail "alice's write failed"
 [ "$(dma_windows_of 0)" -gt 0 ] || fail "alice got no windows"
 old=$(vsicctl vsic dma-window list --vsic 0 --json | sed -n 's/.*"start": \([0-9]*\).*/\1/p' | head -n1)

@@ -34,6 +34,17 @@ add_user() {
 
 # start_service: `vsicctl serve` in the background, logging to
 # /tmp/serve.log; returns once its socket is there.
+# user_vsa_on_vsic USER UID VSIC SIZE SLOT: root creates a VSA of SIZE with
+# its capability in /home/USER/data.cap (owned by USER), binds VSIC to USER
+# through VFIO, and USER has the service attach the VSA in SLOT (the service
+# must be running).
+user_vsa_on_vsic() {
+    vsicctl vsa create --size "$4" --cap /home/"$1"/data.cap
+    chown "$2:$2" /home/"$1"/data.cap
+    vsicctl vsic bind --vsic "$3" --vfio --user "$1"
+    as_user "$2" "vsicctl request-attach --vsic $3 --cap /home/$1/data.cap --slot $5"
+}
+
 start_service() {
     vsicctl serve >/tmp/serve.log 2>&1 &
     for _ in $(seq 50); do [ -S /run/vsic/control.sock ] && break; sleep 0.1; done

@@ -38,6 +38,10 @@ const DEVICE: u64 = u64::MAX - 1;
 /// How long one wait on a device without a completion descriptor lasts
 /// while requests are in flight, between looks at the sockets.
 pub const DEVICE_SLICE: Duration = Duration::from_micros(200);
+/// Replies a session may have waiting for its client before its further
+/// input is left unprocessed (a client that pipelines without reading
+/// cannot make the receiver buffer without bound).
+const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// One SMTP connection.
 struct Conn {
@@ -230,12 +234,39 @@ impl Receiver {
         Ok(())
     }
 
-    /// Runs session `id` as far as its input goes, then writes its replies.
+    /// Runs session `id` as far as its input goes, writing its replies;
+    /// replies the client does not take stop its input from being
+    /// processed (at [`OUTPUT_LIMIT`]) until it takes them.
     fn drive(&mut self, id: u64) {
+        loop {
+            let held = self.process(id);
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            Self::write_out(id, c);
+            if c.closing && (c.failed || c.smtp.output().is_empty()) {
+                // A message still with the store stays there: it may
+                // become durable, unacknowledged (the client is gone).
+                self.conns.remove(&id);
+                return;
+            }
+            // Held back by unsent replies that have now gone out: go on.
+            if !(held && c.smtp.output().len() <= OUTPUT_LIMIT) {
+                return;
+            }
+        }
+    }
+
+    /// Runs session `id`'s state machine over its input; true if it
+    /// stopped because too many replies are waiting to be sent.
+    fn process(&mut self, id: u64) -> bool {
         let Some(c) = self.conns.get_mut(&id) else {
-            return;
+            return false;
         };
         while !c.closing {
+            if c.smtp.output().len() > OUTPUT_LIMIT {
+                return true;
+            }
             match c.smtp.advance() {
                 Event::Store(msg) => {
                     let w = c.worker;
@@ -293,6 +324,11 @@ impl Receiver {
                 }
             }
         }
+        false
+    }
+
+    /// Writes as much of the session's replies as the socket takes.
+    fn write_out(id: u64, c: &mut Conn) {
         if !c.failed && c.writable && !c.smtp.output().is_empty() {
             match c.stream.write(c.smtp.output()) {
                 Ok(n) => {
@@ -309,11 +345,6 @@ impl Receiver {
                     c.closing = true;
                 }
             }
-        }
-        if c.closing && (c.failed || c.smtp.output().is_empty()) {
-            // A message still with the store stays there: it may become
-            // durable, unacknowledged (the client is gone).
-            self.conns.remove(&id);
         }
     }
 

@@ -216,3 +216,40 @@ fn a_slow_client_does_not_stall_the_others_on_vsa() {
 fn a_slow_client_does_not_stall_the_others_on_file() {
     slow_client(&Backend::file("evloop-slow-file", 64 << 20));
 }
+
+/// A client that pipelines far more commands than fit in the receiver's
+/// reply budget before reading any reply: the loop stops processing its
+/// input while the replies wait and resumes as the client takes them; every
+/// reply arrives, in order.
+#[test]
+fn replies_held_back_by_a_client_that_does_not_read_all_arrive() {
+    let b = Backend::file("evloop-held", 16 << 20);
+    let mut server = b.serve(&["--workers", "1"]);
+    let (mut c, greet) = Client::connect(server.addr).unwrap();
+    assert_eq!(greet, 220);
+    let n = 20_000;
+    let mut wire = b"HELO held.example\r\n".to_vec();
+    for _ in 0..n {
+        wire.extend_from_slice(b"NOOP\r\n");
+    }
+    let m = body("after the noops", 2000);
+    wire.extend_from_slice(b"MAIL FROM:<h@example.org>\r\nRCPT TO:<q@example.net>\r\nDATA\r\n");
+    wire.extend_from_slice(&dot_stuff(&m));
+    wire.extend_from_slice(b"QUIT\r\n");
+    // Written from another thread: the receiver may stop reading before
+    // all of it is sent.
+    let mut w = c.writer().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut w, &wire).unwrap());
+    assert_eq!(c.reply().unwrap().0, 250, "HELO");
+    for i in 0..n {
+        assert_eq!(c.reply().unwrap().0, 250, "NOOP {i}");
+    }
+    for want in [250, 250, 354, 250, 221] {
+        assert_eq!(c.reply().unwrap().0, want);
+    }
+    writer.join().unwrap();
+    server.kill();
+    let listed = b.list();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sha256, sha256_hex(&m));
+}

@@ -1,12 +1,12 @@
-//! The receiving side: a thread per SMTP session, which places its
-//! message in its worker's slot set (one lock per set, so workers never
-//! wait for each other) and submits the writes itself, also while a FLUSH
-//! is in flight; a pipelined group commit ([`Committer`]) whose one FLUSH
-//! at a time covers every message whose writes completed before it was
-//! sent; and one reaper thread, the only one polling the device, which
-//! sends those FLUSHes and wakes the sessions whose messages are durable.
-//! Sessions reach the queue through [`Store`], so the same front serves
-//! the Maildir baseline.
+//! The receivers' shared parts: the pipelined group commit
+//! ([`Committer`]: one FLUSH at a time covers every message whose writes
+//! completed before it was sent), the [`Store`] trait and the
+//! thread-per-session receiver ([`serve_store`]: each session's own
+//! thread reads, stores and answers; the Maildir baseline's front).
+//! [`serve`] runs the slot queue on the event loop of [`crate::evloop`].
+//! [`Workers`] drives the committer from threads (a session thread places
+//! and submits, one reaper thread polls the device and wakes the sessions
+//! through channels): a [`Store`] for the slot queue that tests use.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::TcpListener;

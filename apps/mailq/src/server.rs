@@ -371,16 +371,14 @@ impl<W> Committer<W> {
         let g = self.next_group;
         self.next_group += 1;
         let mut writes: Vec<Write> = Vec::new();
-        let mut at: HashMap<u64, usize> = HashMap::new();
         let mut done = Vec::with_capacity(batches.len());
         for b in batches {
             for (off, data) in b.writes {
-                match at.get(&off) {
-                    Some(&i) if writes[i].1.len() == data.len() => writes[i].1 = data,
-                    _ => {
-                        at.insert(off, writes.len());
-                        writes.push((off, data));
-                    }
+                // A message has a write or two: a linear search is cheaper
+                // than a map.
+                match writes.iter().rposition(|w| w.0 == off) {
+                    Some(i) if writes[i].1.len() == data.len() => writes[i].1 = data,
+                    _ => writes.push((off, data)),
                 }
             }
             done.push(b.done);

@@ -28,6 +28,8 @@ const MAX_COMMAND: usize = 2048;
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// Most recipients per message (RFC 5321 4.5.3.1.8 asks for 100).
 const MAX_RCPTS: usize = 100;
+/// What a DATA's content buffer starts with.
+const BODY_START: usize = 8 * 1024;
 /// Bytes read from the connection at a time.
 pub const READ_CHUNK: usize = 16 * 1024;
 
@@ -343,23 +345,40 @@ impl Session {
         if line.too_long {
             return self.reply(b"500 5.5.2 line too long\r\n");
         }
-        let bytes = &self.input[line.start..line.end];
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            return self.reply(b"500 5.5.2 command not understood\r\n");
-        };
-        // Owned: the reply is written into self while the line is in use.
-        let text = text.to_string();
+        // The input is lent out while the command writes its reply into
+        // self (no copy of the line).
+        let input = std::mem::take(&mut self.input);
+        match std::str::from_utf8(&input[line.start..line.end]) {
+            Ok(text) => self.command_text(text),
+            Err(_) => self.reply(b"500 5.5.2 command not understood\r\n"),
+        }
+        self.input = input;
+    }
+
+    fn command_text(&mut self, text: &str) {
         let (verb, arg) = match text.split_once(' ') {
             Some((v, a)) => (v, a),
-            None => (text.as_str(), ""),
+            None => (text, ""),
+        };
+        // The verb in capitals, without allocating (verbs are at most 6
+        // letters; a longer word is no verb).
+        let mut upper = [0u8; 8];
+        let verb = verb.as_bytes();
+        let verb: &[u8] = match upper.get_mut(..verb.len()) {
+            Some(u) => {
+                u.copy_from_slice(verb);
+                u.make_ascii_uppercase();
+                u
+            }
+            None => b"",
         };
         let opts = self.opts.clone();
         let host = &opts.hostname;
-        match verb.to_ascii_uppercase().as_str() {
-            "EHLO" | "HELO" if arg.trim().is_empty() => {
+        match verb {
+            b"EHLO" | b"HELO" if arg.trim().is_empty() => {
                 self.reply(b"501 5.5.4 a domain or address literal is required\r\n")
             }
-            "EHLO" => {
+            b"EHLO" => {
                 self.env = Envelope::default();
                 self.phase = Phase::Ready;
                 let _ = write!(
@@ -369,12 +388,12 @@ impl Session {
                     opts.max_size
                 );
             }
-            "HELO" => {
+            b"HELO" => {
                 self.env = Envelope::default();
                 self.phase = Phase::Ready;
                 let _ = write!(self.out, "250 {host}\r\n");
             }
-            "MAIL" => {
+            b"MAIL" => {
                 if self.phase == Phase::Start {
                     return self.reply(b"503 5.5.1 EHLO or HELO first\r\n");
                 }
@@ -397,7 +416,7 @@ impl Session {
                     Err(reply) => self.reply(reply),
                 }
             }
-            "RCPT" => {
+            b"RCPT" => {
                 if self.phase != Phase::Mail && self.phase != Phase::Rcpt {
                     return self.reply(b"503 5.5.1 MAIL first\r\n");
                 }
@@ -415,7 +434,7 @@ impl Session {
                     _ => self.reply(b"501 5.5.4 syntax: RCPT TO:<address>\r\n"),
                 }
             }
-            "DATA" => {
+            b"DATA" => {
                 if !arg.trim().is_empty() {
                     return self.reply(b"501 5.5.4 DATA takes no arguments\r\n");
                 }
@@ -424,32 +443,33 @@ impl Session {
                 }
                 self.reply(b"354 End data with <CR><LF>.<CR><LF>\r\n");
                 self.data = Some(Data {
-                    body: Vec::new(),
+                    // Most messages fit; larger ones grow it.
+                    body: Vec::with_capacity(BODY_START.min(opts.max_size)),
                     over: false,
                     line_start: true,
                 });
             }
-            "RSET" => {
+            b"RSET" => {
                 self.env = Envelope::default();
                 if self.phase != Phase::Start {
                     self.phase = Phase::Ready;
                 }
                 self.reply(b"250 2.0.0 Ok\r\n");
             }
-            "NOOP" => self.reply(b"250 2.0.0 Ok\r\n"),
+            b"NOOP" => self.reply(b"250 2.0.0 Ok\r\n"),
             // Private (RFC 5321 leaves X verbs to local use): the store
             // latencies since the last XSTATS, with `serve --stats`.
-            "XSTATS" => match &opts.stats {
+            b"XSTATS" => match &opts.stats {
                 Some(stats) => {
                     let _ = write!(self.out, "250 {}\r\n", stats.take().line());
                 }
                 None => self.reply(b"502 5.5.1 command not implemented\r\n"),
             },
-            "QUIT" => {
+            b"QUIT" => {
                 self.reply(b"221 2.0.0 Bye\r\n");
                 self.quit = true;
             }
-            "VRFY" | "EXPN" | "HELP" | "TURN" | "SEND" | "SOML" | "SAML" => {
+            b"VRFY" | b"EXPN" | b"HELP" | b"TURN" | b"SEND" | b"SOML" | b"SAML" => {
                 self.reply(b"502 5.5.1 command not implemented\r\n")
             }
             _ => self.reply(b"500 5.5.2 command not recognized\r\n"),

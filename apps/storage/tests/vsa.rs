@@ -136,10 +136,8 @@ fn completion_fd_signals_every_completion_with_interrupts_only() {
         u64: 1,
     };
     // SAFETY: ev is valid for the call.
-    assert_eq!(
-        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) },
-        0
-    );
+    let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    assert_eq!(r, 0);
     let wait = |ms: i32| {
         let mut out = [libc::epoll_event { events: 0, u64: 0 }];
         // SAFETY: out holds one writable epoll_event.

@@ -24,6 +24,12 @@ impl Client {
         Ok((c, code))
     }
 
+    /// The connection, for writing from another thread while this one
+    /// reads replies.
+    pub fn writer(&self) -> std::io::Result<TcpStream> {
+        self.w.try_clone()
+    }
+
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.w.write_all(bytes)
     }

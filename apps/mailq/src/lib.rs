@@ -4,16 +4,20 @@
 //! * [`layout`]: the bytes on the device, declared once.
 //! * [`queue`]: formatting, recovery, per-worker slot sets, durable writes.
 //! * [`maildir`]: the kernel-path baseline, one file per message.
-//! * [`server`]: worker and committer threads, the listener.
-//! * [`smtp`]: one SMTP session.
+//! * [`server`]: the group commit, and the thread-per-session receiver
+//!   (the Maildir baseline's front, and [`server::Workers`] for tests).
+//! * [`evloop`]: the slot queue's receiver, one thread, epoll ([`poller`]).
+//! * [`smtp`]: one SMTP session, a state machine both receivers run.
 //! * [`client`], [`bench`]: an SMTP client, and a load generator on it.
 //! * [`send`]: a client that reports each message acknowledged (crash tests).
 //! * [`stats`]: the receiver's per-message store latencies (XSTATS).
 
 pub mod bench;
 pub mod client;
+pub mod evloop;
 pub mod layout;
 pub mod maildir;
+pub mod poller;
 pub mod queue;
 pub mod send;
 pub mod server;

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use clap::{Parser, Subcommand};
 
 use vsic_mailq::client::Client;
-use vsic_mailq::server::Workers;
-use vsic_mailq::stats::Latencies;
-use vsic_mailq::{sha256_hex, Envelope, Maildir, Queue, QueueError, ServeOptions, Store};
+use vsic_mailq::{sha256_hex, Envelope, Maildir, Queue, QueueError, ServeOptions};
 
 /// A persistent mail queue on a VSA with an SMTP receiver. A message is
 /// durable before its 250 after DATA.
@@ -222,10 +220,12 @@ impl Backend {
         }
     }
 
-    fn into_store(self, stats: Option<Arc<Latencies>>) -> Arc<dyn Store> {
+    /// Serves SMTP on `listener` forever: the slot queue on the event
+    /// loop, the Maildir baseline with a thread per session.
+    fn serve(self, listener: TcpListener, opts: ServeOptions) -> std::io::Result<()> {
         match self {
-            Backend::Slots(q) => Arc::new(Workers::start_with_stats(q, stats)),
-            Backend::Maildir(m) => Arc::new(m),
+            Backend::Slots(q) => vsic_mailq::serve(q, listener, opts),
+            Backend::Maildir(m) => vsic_mailq::serve_store(Arc::new(m), listener, opts),
         }
     }
 }
@@ -324,7 +324,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 stats: stats.then(Arc::default),
                 ..ServeOptions::default()
             };
-            vsic_mailq::serve_store(q.into_store(opts.stats.clone()), listener, opts)?;
+            q.serve(listener, opts)?;
         }
         Cmd::List { json } => {
             let mut items = Vec::new();
@@ -373,10 +373,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let listener = TcpListener::bind("127.0.0.1:0")?;
             let addr = listener.local_addr()?;
             let describe = q.describe(dev);
-            let store = q.into_store(None);
             std::thread::spawn(move || {
-                vsic_mailq::serve_store(
-                    store,
+                q.serve(
                     listener,
                     ServeOptions {
                         max_size: size.max(1 << 20),

@@ -1,12 +1,12 @@
-//! The receiving side: a thread per SMTP session, which places its
-//! message in its worker's slot set (one lock per set, so workers never
-//! wait for each other) and submits the writes itself, also while a FLUSH
-//! is in flight; a pipelined group commit ([`Committer`]) whose one FLUSH
-//! at a time covers every message whose writes completed before it was
-//! sent; and one reaper thread, the only one polling the device, which
-//! sends those FLUSHes and wakes the sessions whose messages are durable.
-//! Sessions reach the queue through [`Store`], so the same front serves
-//! the Maildir baseline.
+//! The receivers' shared parts: the pipelined group commit
+//! ([`Committer`]: one FLUSH at a time covers every message whose writes
+//! completed before it was sent), the [`Store`] trait and the
+//! thread-per-session receiver ([`serve_store`]: each session's own
+//! thread reads, stores and answers; the Maildir baseline's front).
+//! [`serve`] runs the slot queue on the event loop of [`crate::evloop`].
+//! [`Workers`] drives the committer from threads (a session thread places
+//! and submits, one reaper thread polls the device and wakes the sessions
+//! through channels): a [`Store`] for the slot queue that tests use.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
@@ -67,10 +67,14 @@ impl Store for Maildir {
     }
 }
 
-struct Batch {
-    writes: Vec<Write>,
-    done: Sender<Result<(), String>>,
+/// The writes of one message, and whom to answer when they are durable.
+pub(crate) struct Batch<W> {
+    pub writes: Vec<Write>,
+    pub done: W,
 }
+
+/// What the threads wait on: their message's answer.
+type Waiter = Sender<Result<(), String>>;
 
 /// Where sessions store messages: one slot set per worker, each behind
 /// its own lock (a session takes only its worker's, so workers never
@@ -78,7 +82,7 @@ struct Batch {
 #[derive(Clone)]
 pub struct Workers {
     sets: Arc<Vec<Mutex<WorkerSlots>>>,
-    commit: Arc<Mutex<Committer>>,
+    commit: Arc<Mutex<Committer<Waiter>>>,
 }
 
 impl Workers {
@@ -99,19 +103,11 @@ impl Workers {
         let (dev, sets) = q.into_parts();
         let dev: Arc<dyn BlockDevice> = Arc::from(dev);
         let in_flight = Arc::new(InFlight::default());
-        let commit = Arc::new(Mutex::new(Committer {
-            dev: dev.clone(),
-            in_flight: in_flight.clone(),
+        let commit = Arc::new(Mutex::new(Committer::new(
+            dev.clone(),
+            Some(in_flight.clone()),
             stats,
-            groups: BTreeMap::new(),
-            next_group: 0,
-            next_flush: 0,
-            flushing: 0,
-            next_write: 0,
-            busy: HashMap::new(),
-            deferred: VecDeque::new(),
-            writing: HashMap::new(),
-        }));
+        )));
         let c = commit.clone();
         std::thread::Builder::new()
             .name("mailq-reap".into())
@@ -140,6 +136,7 @@ impl Workers {
             let mut c = lock(&self.commit);
             c.start(Batch { writes, done: tx });
             c.advance();
+            deliver(&mut c);
             p
         };
         let result = rx
@@ -157,18 +154,25 @@ impl Workers {
     }
 }
 
+/// Sends the committer's answers to the waiting threads.
+fn deliver(c: &mut Committer<Waiter>) {
+    for (tx, r) in c.take_answered() {
+        let _ = tx.send(r);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How long requests may be in flight without any completing before
 /// every waiting message is answered with an error.
-const STALL: Duration = Duration::from_secs(30);
+pub(crate) const STALL: Duration = Duration::from_secs(30);
 
 /// Requests submitted and not yet reaped; the reaper sleeps while zero
 /// (so a polling device does not spin while the queue is idle).
 #[derive(Default)]
-struct InFlight {
+pub(crate) struct InFlight {
     n: Mutex<usize>,
     cv: Condvar,
 }
@@ -204,7 +208,7 @@ impl InFlight {
 fn reaper(
     dev: Arc<dyn BlockDevice>,
     in_flight: Arc<InFlight>,
-    commit: Arc<Mutex<Committer>>,
+    commit: Arc<Mutex<Committer<Waiter>>>,
     stall: Duration,
 ) {
     let mut last = Instant::now();
@@ -225,7 +229,10 @@ fn reaper(
             };
             if let Some(why) = stalled {
                 in_flight.clear();
-                lock(&commit).fail_all(&why);
+                let mut c = lock(&commit);
+                c.fail_all(&why);
+                deliver(&mut c);
+                drop(c);
                 // A dead device is not polled in a tight loop.
                 std::thread::sleep(Duration::from_millis(100));
                 last = Instant::now();
@@ -239,6 +246,7 @@ fn reaper(
             c.completed(done);
         }
         c.advance();
+        deliver(&mut c);
     }
 }
 
@@ -246,8 +254,8 @@ fn reaper(
 const FLUSH_TAG: u64 = 1;
 
 /// The writes of one message, durable (or failed) together.
-struct Group {
-    done: Vec<Sender<Result<(), String>>>,
+struct Group<W> {
+    done: Vec<W>,
     /// Writes not yet completed (submitted or deferred).
     pending: usize,
     error: Option<String>,
@@ -270,11 +278,12 @@ struct Group {
 /// Two writes of one block are never in flight together (a device may
 /// complete them in either order): a write to a block still being written
 /// waits for that write.
-struct Committer {
+pub(crate) struct Committer<W> {
     dev: Arc<dyn BlockDevice>,
-    in_flight: Arc<InFlight>,
+    /// Shared with a reaper thread that sleeps while nothing is in flight.
+    in_flight: Option<Arc<InFlight>>,
     stats: Option<Arc<Latencies>>,
-    groups: BTreeMap<u64, Group>,
+    groups: BTreeMap<u64, Group<W>>,
     next_group: u64,
     next_flush: u64,
     /// FLUSHes in flight (at most one).
@@ -286,30 +295,90 @@ struct Committer {
     deferred: VecDeque<(u64, Write)>,
     /// Every write in flight, by tag: its group, offset and length.
     writing: HashMap<u64, (u64, u64, usize)>,
+    /// Answers not yet handed out ([`Committer::take_answered`]).
+    answered: Vec<(W, Result<(), String>)>,
 }
 
 fn blocks(off: u64, len: usize) -> impl Iterator<Item = u64> {
     (off..off + len as u64).step_by(BLOCK)
 }
 
-impl Committer {
+impl<W> Committer<W> {
+    pub(crate) fn new(
+        dev: Arc<dyn BlockDevice>,
+        in_flight: Option<Arc<InFlight>>,
+        stats: Option<Arc<Latencies>>,
+    ) -> Committer<W> {
+        Committer {
+            dev,
+            in_flight,
+            stats,
+            groups: BTreeMap::new(),
+            next_group: 0,
+            next_flush: 0,
+            flushing: 0,
+            next_write: 0,
+            busy: HashMap::new(),
+            deferred: VecDeque::new(),
+            writing: HashMap::new(),
+            answered: Vec::new(),
+        }
+    }
+
+    /// The device this commits to.
+    pub(crate) fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
+    }
+
+    /// Requests submitted to the device and not completed.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.writing.len() + self.flushing
+    }
+
+    /// Messages waiting for their answer.
+    pub(crate) fn waiting(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The answers given since the last call: each waiter with Ok once its
+    /// message is durable, or why it is not.
+    pub(crate) fn take_answered(&mut self) -> Vec<(W, Result<(), String>)> {
+        std::mem::take(&mut self.answered)
+    }
+
+    fn answer(&mut self, g: Group<W>, r: Result<(), String>) {
+        for d in g.done {
+            self.answered.push((d, r.clone()));
+        }
+    }
+
+    fn in_flight_add(&self, k: usize) {
+        if let Some(f) = &self.in_flight {
+            f.add(k);
+        }
+    }
+
+    fn in_flight_sub(&self, k: usize) {
+        if let Some(f) = &self.in_flight {
+            f.sub(k);
+        }
+    }
+
     /// A new group: its writes (the last of several to one offset only)
     /// submitted, or deferred behind a write of the same block.
-    fn start(&mut self, batch: Batch) {
+    pub(crate) fn start(&mut self, batch: Batch<W>) {
         let batches = [batch];
         let g = self.next_group;
         self.next_group += 1;
         let mut writes: Vec<Write> = Vec::new();
-        let mut at: HashMap<u64, usize> = HashMap::new();
         let mut done = Vec::with_capacity(batches.len());
         for b in batches {
             for (off, data) in b.writes {
-                match at.get(&off) {
-                    Some(&i) if writes[i].1.len() == data.len() => writes[i].1 = data,
-                    _ => {
-                        at.insert(off, writes.len());
-                        writes.push((off, data));
-                    }
+                // A message has a write or two: a linear search is cheaper
+                // than a map.
+                match writes.iter().rposition(|w| w.0 == off) {
+                    Some(i) if writes[i].1.len() == data.len() => writes[i].1 = data,
+                    _ => writes.push((off, data)),
                 }
             }
             done.push(b.done);
@@ -351,10 +420,10 @@ impl Committer {
             let r = self.dev.alloc(len).and_then(|mut buf| {
                 buf.set_len(len);
                 buf.as_mut_slice().copy_from_slice(&data);
-                self.in_flight.add(1);
+                self.in_flight_add(1);
                 let r = self.dev.submit(Op::Write { offset: off, buf }, tag);
                 if r.is_err() {
-                    self.in_flight.sub(1);
+                    self.in_flight_sub(1);
                 }
                 r
             });
@@ -376,7 +445,7 @@ impl Committer {
         self.deferred = keep;
     }
 
-    fn completed(&mut self, c: Completion) {
+    pub(crate) fn completed(&mut self, c: Completion) {
         if c.tag & FLUSH_TAG == FLUSH_TAG {
             let f = c.tag >> 1;
             self.flushing = self.flushing.saturating_sub(1);
@@ -396,7 +465,7 @@ impl Committer {
                 let g = self.groups.remove(&id).expect("listed above");
                 writes += g.written.unwrap_or(g.started) - g.started;
                 sent = sent.min(g.flush_sent.unwrap_or(now));
-                answer(g, r.clone());
+                self.answer(g, r.clone());
             }
             if let (Some(s), true) = (&self.stats, r.is_ok() && n > 0) {
                 s.record_commit(writes / n, now - sent);
@@ -427,7 +496,7 @@ impl Committer {
 
     /// Answers failed groups, and sends one FLUSH for every group whose
     /// writes have all completed since the last one.
-    fn advance(&mut self) {
+    pub(crate) fn advance(&mut self) {
         let now = Instant::now();
         let mut failed = Vec::new();
         let mut written = Vec::new();
@@ -446,7 +515,7 @@ impl Committer {
             let g = self.groups.remove(&id).expect("listed above");
             let e = g.error.clone().unwrap_or_default();
             log::error!("{}: durable write failed: {e}", self.dev.describe());
-            answer(g, Err(e));
+            self.answer(g, Err(e));
         }
         if written.is_empty() {
             return;
@@ -459,7 +528,7 @@ impl Committer {
             for id in written {
                 let g = self.groups.remove(&id).expect("listed above");
                 writes += g.written.unwrap_or(g.started) - g.started;
-                answer(g, Ok(()));
+                self.answer(g, Ok(()));
             }
             if let Some(s) = &self.stats {
                 s.record_commit(writes / n, Duration::ZERO);
@@ -474,7 +543,7 @@ impl Committer {
         }
         let f = self.next_flush;
         self.next_flush += 1;
-        self.in_flight.add(1);
+        self.in_flight_add(1);
         match self.dev.submit(Op::Flush, f << 1 | FLUSH_TAG) {
             Ok(()) => {
                 self.flushing += 1;
@@ -486,11 +555,11 @@ impl Committer {
                 }
             }
             Err(e) => {
-                self.in_flight.sub(1);
+                self.in_flight_sub(1);
                 log::error!("{}: flush: {e}", self.dev.describe());
                 for id in written {
                     let g = self.groups.remove(&id).expect("listed above");
-                    answer(g, Err(e.to_string()));
+                    self.answer(g, Err(e.to_string()));
                 }
             }
         }
@@ -498,10 +567,10 @@ impl Committer {
 
     /// The device stopped answering: every waiting message gets an error
     /// (none of them was acknowledged); what is in flight is forgotten.
-    fn fail_all(&mut self, why: &str) {
+    pub(crate) fn fail_all(&mut self, why: &str) {
         log::error!("{}: {why}", self.dev.describe());
         for (_, g) in std::mem::take(&mut self.groups) {
-            answer(g, Err(why.to_string()));
+            self.answer(g, Err(why.to_string()));
         }
         self.busy.clear();
         self.flushing = 0;
@@ -510,16 +579,10 @@ impl Committer {
     }
 }
 
-fn answer(g: Group, r: Result<(), String>) {
-    for d in g.done {
-        let _ = d.send(r.clone());
-    }
-}
-
 /// Accepts SMTP sessions on `listener` forever, session `i` on worker
-/// `i % workers`.
+/// `i % workers`: the event-loop receiver ([`crate::evloop`]).
 pub fn serve(q: Queue, listener: TcpListener, opts: ServeOptions) -> std::io::Result<()> {
-    serve_store(Arc::new(Workers::start(q)), listener, opts)
+    crate::evloop::serve(q, listener, opts)
 }
 
 /// Accepts SMTP sessions on `listener` forever, storing into `store`.

@@ -25,6 +25,7 @@
 pub mod file;
 pub mod vsa;
 
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 pub use file::FileDevice;
@@ -189,6 +190,16 @@ pub trait BlockDevice: Send + Sync {
     /// device), so no flush is needed after it. False unless the device
     /// says so; a flush is then required for durability.
     fn durable_writes(&self) -> bool;
+
+    /// A descriptor that becomes readable when completions may be ready
+    /// for [`BlockDevice::poll`], for an application's own event loop
+    /// (epoll). Register it edge-triggered: nobody drains it, every signal
+    /// is a new edge; poll after each. None (the default) when the device
+    /// is waited on only through [`BlockDevice::wait`] (polled or hybrid
+    /// completions, a file).
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
 
     /// Submits `op` and waits for it; only when nothing else is in flight.
     fn run(&self, op: Op) -> Result<Option<IoBuf>> {

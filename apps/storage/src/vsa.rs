@@ -3,6 +3,7 @@
 //! driven from user level on queue 0. Buffers are DMA memory.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ pub struct VsaDevice {
     in_flight: Mutex<HashMap<u64, InFlight>>,
     /// Completions harvested while waiting for ring space.
     stash: Mutex<VecDeque<Completion>>,
+    /// Completions are signalled on the queue's interrupt eventfd.
+    interrupts: bool,
 }
 
 impl VsaDevice {
@@ -72,6 +75,7 @@ impl VsaDevice {
             next_id: AtomicU64::new(1),
             in_flight: Mutex::new(HashMap::new()),
             stash: Mutex::new(VecDeque::new()),
+            interrupts: !opts.polling && !opts.hybrid,
         })
     }
 
@@ -215,6 +219,15 @@ impl BlockDevice for VsaDevice {
             Err(vsic::Error::Timeout) => Err(StorageError::Timeout),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The queue's interrupt eventfd, with interrupts: the `vsic` library
+    /// re-arms the interrupt whenever it finds the ring empty, so a
+    /// completion after a poll is signalled. Polled and hybrid queues run
+    /// with the interrupt off.
+    fn completion_fd(&self) -> Option<RawFd> {
+        let fd = self.dev.interrupt_fd(QUEUE);
+        (self.interrupts && fd >= 0).then_some(fd)
     }
 
     fn describe(&self) -> String {

@@ -117,3 +117,72 @@ fn vsa_reports_durable_writes_only_under_write_through() {
         assert_eq!(dev.read_at(0, 4096).expect("read").as_slice(), &[7u8; 4096]);
     }
 }
+
+/// With interrupts, `completion_fd` is a descriptor that an edge-triggered
+/// epoll sees fire for every completion after a poll found none (nobody
+/// drains it); polled and hybrid devices have none.
+#[test]
+fn completion_fd_signals_every_completion_with_interrupts_only() {
+    let d = daemon_with_vsa();
+    let dev = vsic_storage::open(&d.vsic_spec(0), &opts()).expect("open the VSA");
+    let fd = dev
+        .completion_fd()
+        .expect("a completion fd with interrupts");
+    // SAFETY: no pointers; checked below.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 1,
+    };
+    // SAFETY: ev is valid for the call.
+    let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    assert_eq!(r, 0);
+    let wait = |ms: i32| {
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+        // SAFETY: out holds one writable epoll_event.
+        unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 1, ms) }
+    };
+    // Edges so far (from opening) are consumed.
+    while wait(0) > 0 {}
+    for i in 0..20u64 {
+        assert_eq!(dev.poll(&mut |_| {}), 0, "nothing in flight");
+        let mut buf = dev.alloc(4096).unwrap();
+        buf.as_mut_slice().fill(i as u8);
+        let op = if i % 2 == 0 {
+            Op::Write {
+                offset: i * 4096,
+                buf,
+            }
+        } else {
+            Op::Flush
+        };
+        dev.submit(op, i).expect("submit");
+        assert_eq!(wait(10_000), 1, "request {i}: no edge on the completion fd");
+        let mut tags = Vec::new();
+        // The edge may come before the completion is visible: poll until.
+        for _ in 0..1000 {
+            dev.poll(&mut |c| tags.push(c.tag));
+            if !tags.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(tags, vec![i]);
+    }
+    // SAFETY: ep is ours.
+    unsafe { libc::close(ep) };
+    drop(dev);
+    for (polling, hybrid) in [(true, false), (false, true)] {
+        let o = OpenOptions {
+            polling,
+            hybrid,
+            ..opts()
+        };
+        let dev = vsic_storage::open(&d.vsic_spec(0), &o).expect("open the VSA");
+        assert!(
+            dev.completion_fd().is_none(),
+            "polling={polling} hybrid={hybrid}"
+        );
+    }
+}

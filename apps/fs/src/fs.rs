@@ -23,6 +23,10 @@ pub const MAX_FILE: u64 = 1 << 40;
 /// first sends them to the device (unflushed; the commit's flush covers
 /// them).
 const DIRTY_MAX: usize = 2048;
+/// A write of at least this many blocks (64 KiB) is not held: its data
+/// goes to the device at once (unflushed), as a bulk transfer gains
+/// nothing from riding with the commit and holding it costs copies.
+const DIRECT_BLOCKS: usize = 16;
 /// Symbolic links followed in one path lookup.
 const MAX_HOPS: u32 = 40;
 
@@ -929,7 +933,22 @@ impl Fs {
         buf[head..head + data.len()].copy_from_slice(data);
         self.make_room()?;
         let new = self.take_blocks(n)?;
-        self.hold(&new, &buf);
+        if n >= DIRECT_BLOCKS {
+            let direct = runs(&new)
+                .into_iter()
+                .map(|(i, j)| {
+                    let bytes = buf[i * BLOCK as usize..j * BLOCK as usize].to_vec();
+                    (new[i] * BLOCK, bytes)
+                })
+                .collect();
+            if let Err(e) = self.write_out(direct, false) {
+                self.untake(&new);
+                return Err(e);
+            }
+            self.counters.data_blocks_written += n as u64;
+        } else {
+            self.hold(&new, &buf);
+        }
         let new_size = size.max(end);
         let logged = self.log(Op::Write {
             ino,

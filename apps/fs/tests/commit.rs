@@ -2,7 +2,8 @@
 //! held until the commit, which submits them with its unit (and the flush,
 //! when the device orders flushes) and then waits: one round trip on an
 //! ordered device, two on another. Held data is read back before the
-//! commit, and more than the hold limit goes out early, unflushed.
+//! commit, and more than the hold limit goes out early, unflushed, as does
+//! a write of 64 KiB or more.
 
 mod common;
 
@@ -130,7 +131,7 @@ fn held_data_is_bounded_and_reads_back() {
     events.lock().unwrap().clear();
     let data: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
     let fd = fs.create("/big", 0o644).unwrap();
-    for chunk in data.chunks(64 << 10) {
+    for chunk in data.chunks(8 << 10) {
         fs.write(fd, chunk).unwrap();
     }
     // A partial overwrite of a block still held, then a truncation into
@@ -164,4 +165,25 @@ fn held_data_is_bounded_and_reads_back() {
     let fs = b.mount();
     fs.check().unwrap();
     assert!(fs.read_file("/big").unwrap() == data[..tail + 2]);
+}
+
+/// A write of 64 KiB or more is not held: it goes to the device at once,
+/// unflushed; the commit then sends only its unit and the flush.
+#[test]
+fn large_writes_go_to_the_device_at_once() {
+    let b = Backend::file("fs-direct", 16 << 20);
+    let (mut fs, events) = recorded(&b, true);
+    events.lock().unwrap().clear();
+    let fd = fs.create("/f", 0o644).unwrap();
+    fs.write(fd, &[3u8; 64 << 10]).unwrap();
+    assert_eq!(*events.lock().unwrap(), "Wc", "written at once, no flush");
+    fs.sync().unwrap();
+    assert_eq!(
+        *events.lock().unwrap(),
+        "WcWFcc",
+        "then the unit and the flush"
+    );
+    drop(fs);
+    let fs = b.mount();
+    assert_eq!(fs.read_file("/f").unwrap(), vec![3u8; 64 << 10]);
 }

@@ -525,15 +525,15 @@ impl Fs {
     /// Writes the held data blocks and `more` (byte offset, bytes) in one
     /// batch, with a flush when `flush`; the held blocks are on the device
     /// once it succeeded. On failure they stay held, for the next try.
-    fn write_out(&mut self, more: Vec<(u64, Vec<u8>)>, flush: bool) -> Result<()> {
+    fn write_out(&mut self, more: &[(u64, &[u8])], flush: bool) -> Result<()> {
         let data_blocks = self.dirty.len() as u64;
-        let mut writes = self.dirty_runs();
-        writes.extend(more);
+        let held = self.dirty_runs();
+        let mut writes: Vec<(u64, &[u8])> = held.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+        writes.extend_from_slice(more);
         if writes.is_empty() && !(flush && self.data_unflushed) {
             return Ok(());
         }
-        let refs: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-        let done = batch::write_all(self.dev.as_ref(), &refs, flush, &mut self.tags)?;
+        let done = batch::write_all(self.dev.as_ref(), &writes, flush, &mut self.tags)?;
         self.dirty.clear();
         self.counters.data_blocks_written += data_blocks;
         if done.flushed {
@@ -551,7 +551,7 @@ impl Fs {
     /// flight at a time: this returns once the device answered all of it.
     pub fn sync(&mut self) -> Result<()> {
         if self.pending_ops == 0 {
-            return self.write_out(Vec::new(), true);
+            return self.write_out(&[], true);
         }
         let unit = encode_unit(self.sb.fs_id, self.next_seq, &self.log_buf.buf);
         let nblocks = unit.len() as u64 / BLOCK;
@@ -559,7 +559,7 @@ impl Fs {
             return self.checkpoint();
         }
         let at = (self.sb.log_start() + self.log_head) * BLOCK;
-        self.write_out(vec![(at, unit)], true)?;
+        self.write_out(&[(at, &unit)], true)?;
         self.log_head += nblocks;
         self.next_seq += 1;
         self.log_buf.buf.clear();
@@ -587,8 +587,8 @@ impl Fs {
         sb.ckpt_crc = crc32c::crc32c(&ckpt);
         sb.log_seq = self.next_seq;
         ckpt.resize(ckpt.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
-        self.write_out(vec![(sb.slot_start(sb.active_slot) * BLOCK, ckpt)], true)?;
-        self.write_out(vec![((sb.generation % 2) * BLOCK, sb.encode())], true)?;
+        self.write_out(&[(sb.slot_start(sb.active_slot) * BLOCK, &ckpt)], true)?;
+        self.write_out(&[((sb.generation % 2) * BLOCK, &sb.encode())], true)?;
         self.sb = sb;
         self.log_head = 0;
         self.log_buf.buf.clear();
@@ -623,7 +623,7 @@ impl Fs {
     /// so the memory they take stays bounded.
     fn make_room(&mut self) -> Result<()> {
         if self.dirty.len() >= DIRTY_MAX {
-            self.write_out(Vec::new(), false)
+            self.write_out(&[], false)
         } else {
             Ok(())
         }
@@ -934,14 +934,11 @@ impl Fs {
         self.make_room()?;
         let new = self.take_blocks(n)?;
         if n >= DIRECT_BLOCKS {
-            let direct = runs(&new)
+            let direct: Vec<(u64, &[u8])> = runs(&new)
                 .into_iter()
-                .map(|(i, j)| {
-                    let bytes = buf[i * BLOCK as usize..j * BLOCK as usize].to_vec();
-                    (new[i] * BLOCK, bytes)
-                })
+                .map(|(i, j)| (new[i] * BLOCK, &buf[i * BLOCK as usize..j * BLOCK as usize]))
                 .collect();
-            if let Err(e) = self.write_out(direct, false) {
+            if let Err(e) = self.write_out(&direct, false) {
                 self.untake(&new);
                 return Err(e);
             }

@@ -4,9 +4,14 @@
 
 mod common;
 
-use common::{assert_same, filled, read_back, Daemon, MgmtClient, Setup, MIB};
+use common::{
+    assert_same, filled, read_back, stats_of, wait_until, writable, Daemon, MgmtClient, RawDriver,
+    Setup, IO_TIMEOUT, MIB,
+};
 use serde_json::json;
+use vsic::virtqueue::Buf;
 use vsic::{CompletionMode, Error, IoStatus, VsaHandle};
+use vsic_abi::virtio::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 
 const SLOT0: VsaHandle = VsaHandle { slot: 0 };
 
@@ -77,6 +82,85 @@ fn power_cut_loses_exactly_the_unflushed_writes() {
             .iter()
             .all(|&b| b == 0),
         "the unflushed write is gone"
+    );
+}
+
+/// A FLUSH covers every write taken before it on its queue, completed or
+/// not (docs/device-spec.md, Durability): a driver may put its writes and
+/// the FLUSH on the ring together. One kick publishes write A, a FLUSH and
+/// write B; the timing model holds every completion back 2 s. Once the
+/// FLUSH has run, and before any completion is in the used ring, the power
+/// is cut: exactly B (the write after the FLUSH) is lost, A survives.
+#[test]
+fn a_flush_covers_the_writes_before_it_in_one_kick_completed_or_not() {
+    let d = cached_daemon(
+        "pc-ordered",
+        &["--volatile-cache", "8M", "--service-latency", "2s"],
+    );
+    let admin = d.admin();
+    let v = admin.vsa_create(4 * MIB, 0).expect("create");
+    admin.attach(0, 0, &v.token, false).expect("attach");
+    let mut drv = RawDriver::open(&d.vsic_socket(0), 4 << 20, 16);
+    let mut mgmt = MgmtClient::connect(&d.mgmt_socket());
+    let block = |drv: &RawDriver, seed: u64| {
+        let mut b = drv.alloc(4096);
+        b.as_mut_slice()
+            .copy_from_slice(&common::pattern(seed, 4096));
+        b
+    };
+    let readable = |b: &vsic::DmaBuffer| Buf {
+        iova: b.iova(),
+        len: 4096,
+        device_writes: false,
+    };
+    let (a, b) = (block(&drv, 11), block(&drv, 12));
+    // A at sector 0, B at sector 64 (byte 32 KiB).
+    let sent = [
+        drv.stage(VIRTIO_BLK_T_OUT, 0, &[readable(&a)]),
+        drv.stage(VIRTIO_BLK_T_FLUSH, 0, &[]),
+        drv.stage(VIRTIO_BLK_T_OUT, 64, &[readable(&b)]),
+    ];
+    drv.kick();
+    assert!(
+        wait_until(IO_TIMEOUT, || {
+            let s = stats_of(&admin, 0).0;
+            (s.writes, s.flushes) == (2, 1)
+        }),
+        "the device ran the three requests: {:?}",
+        stats_of(&admin, 0).0
+    );
+    assert!(
+        drv.vq.pop_used().is_none(),
+        "no request has completed yet (the model holds them 2 s)"
+    );
+    let cut = mgmt.ok("power-cut", json!({}));
+    assert_eq!(
+        (&cut["dropped-bytes"], &cut["kept-sectors"]),
+        (&json!(4096), &json!(0)),
+        "only B, after the FLUSH, was unflushed: {cut}"
+    );
+    mgmt.ok("power-on", json!({}));
+    for _ in &sent {
+        drv.reap(IO_TIMEOUT).expect("the held completions arrive");
+    }
+    for s in &sent {
+        assert_eq!(s.status.as_slice()[0], 0, "every request succeeded");
+    }
+    let back = drv.alloc(4096);
+    let read = |drv: &mut RawDriver, sector: u64| {
+        let r = drv.send(VIRTIO_BLK_T_IN, sector, &[writable(&back, 4096)], true);
+        drv.reap(IO_TIMEOUT).expect("read completes");
+        assert_eq!(r.status.as_slice()[0], 0, "read status");
+        back.as_slice().to_vec()
+    };
+    assert_same(
+        &read(&mut drv, 0),
+        a.as_slice(),
+        "A, written before the FLUSH and not yet completed, survives the cut",
+    );
+    assert!(
+        read(&mut drv, 64).iter().all(|&x| x == 0),
+        "B, written after the FLUSH, is lost"
     );
 }
 

@@ -1,12 +1,14 @@
 //! The file system: metadata in memory ([`State`]), every change a log
 //! record, committed in units to the on-device log; file data copy-on-write
-//! into free blocks, written and flushed before the unit that references
-//! it; a checkpoint of the whole metadata when the log fills.
+//! into free blocks, held in memory and written with the unit that
+//! references it (one batch, one flush); a checkpoint of the whole metadata
+//! when the log fills.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use vsic_storage::BlockDevice;
 
+use crate::batch::{self, IO_CHUNK};
 use crate::codec::{Dec, Enc};
 use crate::error::{FsError, Result};
 use crate::layout::{encode_unit, Superblock, UnitHeader, BLOCK, LOG_HEADER};
@@ -17,8 +19,14 @@ use crate::meta::{
 
 /// Largest file: 1 TiB.
 pub const MAX_FILE: u64 = 1 << 40;
-/// Largest single device request.
-const IO_CHUNK: u64 = 1 << 20;
+/// Data blocks held for the next commit at most (8 MiB): past it a write
+/// first sends them to the device (unflushed; the commit's flush covers
+/// them).
+const DIRTY_MAX: usize = 2048;
+/// A write of at least this many blocks (64 KiB) is not held: its data
+/// goes to the device at once (unflushed), as a bulk transfer gains
+/// nothing from riding with the commit and holding it costs copies.
+const DIRECT_BLOCKS: usize = 16;
 /// Symbolic links followed in one path lookup.
 const MAX_HOPS: u32 = 40;
 
@@ -199,7 +207,14 @@ pub struct Fs {
     /// Next free block of the log, relative to its start.
     log_head: u64,
     next_seq: u64,
+    /// Data blocks of uncommitted operations not yet sent to the device,
+    /// by device block: the next commit writes them with its unit. Reads
+    /// see them ([`Fs::read_blocks`]).
+    dirty: BTreeMap<u64, Vec<u8>>,
+    /// Data was written to the device and no flush has covered it yet.
     data_unflushed: bool,
+    /// Tags of device requests (see [`batch::write_all`]).
+    tags: u64,
     files: HashMap<Fd, OpenFile>,
     next_fd: Fd,
     pub counters: Counters,
@@ -232,7 +247,7 @@ fn runs(blocks: &[u64]) -> Vec<(usize, usize)> {
         let mut j = i + 1;
         while j < blocks.len()
             && blocks[j] == blocks[j - 1] + 1
-            && (j - i) < (IO_CHUNK / BLOCK) as usize
+            && (j - i) < IO_CHUNK / BLOCK as usize
         {
             j += 1;
         }
@@ -397,7 +412,9 @@ impl Fs {
             pending_free: Vec::new(),
             log_head: head,
             next_seq: seq,
+            dirty: BTreeMap::new(),
             data_unflushed: false,
+            tags: 0,
             files: HashMap::new(),
             next_fd: 3,
             counters: Counters::default(),
@@ -434,7 +451,7 @@ impl Fs {
         let mut out = Vec::with_capacity(len);
         let mut b = start_block;
         while out.len() < len {
-            let want = (len - out.len()).min(IO_CHUNK as usize);
+            let want = (len - out.len()).min(IO_CHUNK);
             let n = want.div_ceil(BLOCK as usize) * BLOCK as usize;
             let buf = dev.read_at(b * BLOCK, n)?;
             out.extend_from_slice(&buf.as_slice()[..want]);
@@ -482,38 +499,67 @@ impl Fs {
 
     // ---- durability -----------------------------------------------------
 
-    fn flush_dev(&mut self) -> Result<()> {
-        if !self.dev.durable_writes() {
-            self.dev.flush()?;
-            self.counters.flushes += 1;
-        }
-        self.data_unflushed = false;
-        Ok(())
-    }
-
     fn release_frees(&mut self) {
         for b in std::mem::take(&mut self.pending_free) {
             self.alloc.put(b);
         }
     }
 
-    /// Makes every operation so far durable: their data blocks and one
-    /// commit unit of their records (carrying the data's CRCs), then one
-    /// flush; a checkpoint instead when the log has no room.
+    /// The held data blocks as runs of consecutive blocks: (byte offset,
+    /// bytes), each at most [`IO_CHUNK`].
+    fn dirty_runs(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut next = None;
+        for (&b, data) in &self.dirty {
+            match runs.last_mut() {
+                Some((_, run)) if next == Some(b) && run.len() < IO_CHUNK => {
+                    run.extend_from_slice(data)
+                }
+                _ => runs.push((b * BLOCK, data.clone())),
+            }
+            next = Some(b + 1);
+        }
+        runs
+    }
+
+    /// Writes the held data blocks and `more` (byte offset, bytes) in one
+    /// batch, with a flush when `flush`; the held blocks are on the device
+    /// once it succeeded. On failure they stay held, for the next try.
+    fn write_out(&mut self, more: &[(u64, &[u8])], flush: bool) -> Result<()> {
+        let data_blocks = self.dirty.len() as u64;
+        let held = self.dirty_runs();
+        let mut writes: Vec<(u64, &[u8])> = held.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+        writes.extend_from_slice(more);
+        if writes.is_empty() && !(flush && self.data_unflushed) {
+            return Ok(());
+        }
+        let done = batch::write_all(self.dev.as_ref(), &writes, flush, &mut self.tags)?;
+        self.dirty.clear();
+        self.counters.data_blocks_written += data_blocks;
+        if done.flushed {
+            self.counters.flushes += 1;
+        }
+        self.data_unflushed = !flush && (self.data_unflushed || !writes.is_empty());
+        Ok(())
+    }
+
+    /// Makes every operation so far durable: one commit unit of their
+    /// records (carrying the data's CRCs) written together with their held
+    /// data blocks, and one flush (submitted with them when the device
+    /// orders flushes, so the commit waits for the device once); a
+    /// checkpoint instead when the log has no room. Only one commit is in
+    /// flight at a time: this returns once the device answered all of it.
     pub fn sync(&mut self) -> Result<()> {
         if self.pending_ops == 0 {
-            if self.data_unflushed {
-                self.flush_dev()?;
-            }
-            return Ok(());
+            return self.write_out(&[], true);
         }
         let unit = encode_unit(self.sb.fs_id, self.next_seq, &self.log_buf.buf);
         let nblocks = unit.len() as u64 / BLOCK;
         if self.log_head + nblocks > self.sb.log_blocks {
             return self.checkpoint();
         }
-        self.write_blocks(self.sb.log_start() + self.log_head, &unit)?;
-        self.flush_dev()?;
+        let at = (self.sb.log_start() + self.log_head) * BLOCK;
+        self.write_out(&[(at, &unit)], true)?;
         self.log_head += nblocks;
         self.next_seq += 1;
         self.log_buf.buf.clear();
@@ -525,11 +571,10 @@ impl Fs {
     }
 
     /// Writes the whole metadata to the other checkpoint slot and switches
-    /// the superblock to it; the log starts empty after it.
+    /// the superblock to it; the log starts empty after it. The held data
+    /// and the checkpoint go in one batch with a flush, the superblock
+    /// only once that completed, then a second flush.
     pub fn checkpoint(&mut self) -> Result<()> {
-        if self.data_unflushed {
-            self.flush_dev()?;
-        }
         let mut ckpt = self.state.encode();
         if ckpt.len() as u64 > self.sb.ckpt_blocks * BLOCK {
             return Err(FsError::NoSpace("the metadata outgrew its checkpoint slot"));
@@ -542,10 +587,8 @@ impl Fs {
         sb.ckpt_crc = crc32c::crc32c(&ckpt);
         sb.log_seq = self.next_seq;
         ckpt.resize(ckpt.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
-        self.write_blocks(sb.slot_start(sb.active_slot), &ckpt)?;
-        self.flush_dev()?;
-        self.write_blocks(sb.generation % 2, &sb.encode())?;
-        self.flush_dev()?;
+        self.write_out(&[(sb.slot_start(sb.active_slot) * BLOCK, &ckpt)], true)?;
+        self.write_out(&[((sb.generation % 2) * BLOCK, &sb.encode())], true)?;
         self.sb = sb;
         self.log_head = 0;
         self.log_buf.buf.clear();
@@ -555,18 +598,62 @@ impl Fs {
         Ok(())
     }
 
-    fn write_blocks(&self, start: u64, data: &[u8]) -> Result<()> {
-        for (i, chunk) in data.chunks(IO_CHUNK as usize).enumerate() {
+    /// `n` blocks from device block `start`, the held data laid over what
+    /// the device has (not read at all when every block is held).
+    fn read_blocks(&self, start: u64, n: usize) -> Result<Vec<u8>> {
+        let end = start + n as u64;
+        let held = self.dirty.range(start..end);
+        let mut out = if self.dirty.range(start..end).count() == n {
+            vec![0u8; n * BLOCK as usize]
+        } else {
             self.dev
-                .write_at((start + i as u64 * (IO_CHUNK / BLOCK)) * BLOCK, chunk)?;
+                .read_at(start * BLOCK, n * BLOCK as usize)?
+                .as_slice()
+                .to_vec()
+        };
+        for (&b, data) in held {
+            let at = ((b - start) * BLOCK) as usize;
+            out[at..at + BLOCK as usize].copy_from_slice(data);
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Sends the held data blocks to the device (unflushed: the next
+    /// commit's flush covers them) when there are [`DIRTY_MAX`] of them,
+    /// so the memory they take stays bounded.
+    fn make_room(&mut self) -> Result<()> {
+        if self.dirty.len() >= DIRTY_MAX {
+            self.write_out(&[], false)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Holds `data` (whole blocks) for device blocks `blocks` until the
+    /// next commit (or [`Fs::make_room`]) writes it.
+    fn hold(&mut self, blocks: &[u64], data: &[u8]) {
+        for (&b, block) in blocks.iter().zip(data.chunks(BLOCK as usize)) {
+            self.dirty.insert(b, block.to_vec());
+        }
+    }
+
+    /// Gives back blocks taken for an operation that could not be logged.
+    fn untake(&mut self, blocks: &[u64]) {
+        for b in blocks {
+            self.dirty.remove(b);
+            self.alloc.put(*b);
+        }
     }
 
     /// Applies `op` and queues its record for the next commit.
     fn log(&mut self, op: Op) -> Result<()> {
         let mut freed = Vec::new();
         self.state.apply(&op, &mut freed)?;
+        // A held block freed again before its commit is never written: no
+        // state the log can reach after this operation points at it.
+        for b in &freed {
+            self.dirty.remove(b);
+        }
         self.pending_free.extend(freed);
         op.encode(&mut self.log_buf);
         self.pending_ops += 1;
@@ -749,19 +836,11 @@ impl Fs {
             let tail = (size % BLOCK) as usize;
             if size < inode.size && tail != 0 && blocks.get(idx).is_some_and(|&b| b != 0) {
                 let old = blocks[idx];
-                let mut data = self
-                    .dev
-                    .read_at(old * BLOCK, BLOCK as usize)?
-                    .as_slice()
-                    .to_vec();
+                let mut data = self.read_blocks(old, 1)?;
                 data[tail..].fill(0);
+                self.make_room()?;
                 let nb = self.take_blocks(1)?[0];
-                if let Err(e) = self.dev.write_at(nb * BLOCK, &data) {
-                    self.alloc.put(nb);
-                    return Err(e.into());
-                }
-                self.data_unflushed = true;
-                self.counters.data_blocks_written += 1;
+                self.hold(&[nb], &data);
                 map.push(Mapping {
                     idx: idx as u64,
                     block: nb,
@@ -769,12 +848,16 @@ impl Fs {
                 });
             }
         }
-        self.log(Op::SetAttr {
+        let taken: Vec<u64> = map.iter().map(|m| m.block).collect();
+        if let Err(e) = self.log(Op::SetAttr {
             ino,
             change,
             map,
             time: Time::now(),
-        })?;
+        }) {
+            self.untake(&taken);
+            return Err(e);
+        }
         self.stat_ino(ino)
     }
 
@@ -804,8 +887,8 @@ impl Fs {
             if map[i] == 0 {
                 continue; // a hole (runs of holes are never consecutive blocks)
             }
-            let data = self.dev.read_at(map[i] * BLOCK, (j - i) * BLOCK as usize)?;
-            buf[i * BLOCK as usize..j * BLOCK as usize].copy_from_slice(data.as_slice());
+            let data = self.read_blocks(map[i], j - i)?;
+            buf[i * BLOCK as usize..j * BLOCK as usize].copy_from_slice(&data);
         }
         let start = (off - first * BLOCK) as usize;
         buf.truncate(start + (end - off) as usize);
@@ -843,27 +926,28 @@ impl Fs {
         let tail_end = ((end - 1) % BLOCK + 1) as usize;
         for (i, partial) in [(0, head != 0), (n - 1, tail_end != BLOCK as usize)] {
             if partial && old[i] != 0 && (first + i as u64) * BLOCK < size {
-                let b = self.dev.read_at(old[i] * BLOCK, BLOCK as usize)?;
-                buf[i * BLOCK as usize..(i + 1) * BLOCK as usize].copy_from_slice(b.as_slice());
+                let b = self.read_blocks(old[i], 1)?;
+                buf[i * BLOCK as usize..(i + 1) * BLOCK as usize].copy_from_slice(&b);
             }
         }
         buf[head..head + data.len()].copy_from_slice(data);
+        self.make_room()?;
         let new = self.take_blocks(n)?;
-        for (i, j) in runs(&new) {
-            if let Err(e) = self
-                .dev
-                .write_at(new[i] * BLOCK, &buf[i * BLOCK as usize..j * BLOCK as usize])
-            {
-                for &b in &new {
-                    self.alloc.put(b);
-                }
-                return Err(e.into());
+        if n >= DIRECT_BLOCKS {
+            let direct: Vec<(u64, &[u8])> = runs(&new)
+                .into_iter()
+                .map(|(i, j)| (new[i] * BLOCK, &buf[i * BLOCK as usize..j * BLOCK as usize]))
+                .collect();
+            if let Err(e) = self.write_out(&direct, false) {
+                self.untake(&new);
+                return Err(e);
             }
+            self.counters.data_blocks_written += n as u64;
+        } else {
+            self.hold(&new, &buf);
         }
-        self.data_unflushed = true;
-        self.counters.data_blocks_written += n as u64;
         let new_size = size.max(end);
-        self.log(Op::Write {
+        let logged = self.log(Op::Write {
             ino,
             size: new_size,
             map: new
@@ -876,7 +960,11 @@ impl Fs {
                 })
                 .collect(),
             time: Time::now(),
-        })?;
+        });
+        if let Err(e) = logged {
+            self.untake(&new);
+            return Err(e);
+        }
         Ok(new_size)
     }
 

@@ -38,6 +38,10 @@ struct Cli {
     /// interrupt.
     #[arg(long)]
     poll: bool,
+    /// VSA devices: hybrid completions (sleep for part of the usual
+    /// completion time, poll briefly, then sleep on the interrupt).
+    #[arg(long, conflicts_with = "poll")]
+    hybrid: bool,
 }
 
 /// `PR_SET_IO_FLUSHER` of linux/prctl.h (Linux 5.6; the libc crate has
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let opts = vsic_storage::OpenOptions {
         polling: cli.poll,
+        hybrid: cli.hybrid,
         ..Default::default()
     };
     let dev = vsic_storage::open(&cli.dev, &opts)?;

@@ -2,8 +2,9 @@
 //! submission order on one worker thread with `pread`, `pwrite` and
 //! `fdatasync`; completions queue up for [`BlockDevice::poll`].
 //!
-//! One worker in FIFO order gives the flush guarantee for free: every write
-//! completed before a flush was submitted was also executed before it.
+//! One worker in FIFO order gives the flush guarantee for free, and the
+//! stronger ordered one ([`BlockDevice::ordered_flush`]): every write
+//! submitted before a flush was executed before it, completed or not.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::VecDeque;
@@ -254,6 +255,13 @@ impl BlockDevice for FileDevice {
     fn durable_writes(&self) -> bool {
         // A pwrite lands in the page cache: fdatasync makes it durable.
         false
+    }
+
+    /// One worker takes the requests from a FIFO channel and runs each to
+    /// the end before the next: a flush's fdatasync comes after the pwrite
+    /// of every write submitted before it.
+    fn ordered_flush(&self) -> bool {
+        true
     }
 }
 

@@ -5,7 +5,9 @@
 //! returns at once; [`BlockDevice::poll`] hands finished requests to a
 //! callback, [`BlockDevice::wait`] sleeps until there are some. A write is
 //! durable once a flush submitted after its completion has completed
-//! (virtio-blk semantics).
+//! (virtio-blk semantics), or, on a device with
+//! [`BlockDevice::ordered_flush`], once it and a flush submitted after it
+//! (completed or not) have completed.
 //!
 //! Two implementations, chosen by the device name given to [`open`]:
 //!
@@ -143,7 +145,8 @@ pub enum Op {
     Read { offset: u64, buf: IoBuf },
     /// Writes `buf` (its current length) at byte `offset`.
     Write { offset: u64, buf: IoBuf },
-    /// Makes every write completed before it was submitted durable.
+    /// Makes every write completed before it was submitted durable (and,
+    /// with [`BlockDevice::ordered_flush`], every write submitted before it).
     Flush,
 }
 
@@ -199,6 +202,19 @@ pub trait BlockDevice: Send + Sync {
     /// completions, a file).
     fn completion_fd(&self) -> Option<RawFd> {
         None
+    }
+
+    /// True when a flush also covers the writes submitted before it that
+    /// have not completed yet: the device executes requests in the order
+    /// submitted, each before the next. A caller may then submit its writes
+    /// and the flush together and wait once: when the flush and a write
+    /// submitted before it have both completed successfully, the write is
+    /// durable. False (the default, virtio-blk semantics): a flush covers
+    /// only the writes that had completed when it was submitted, so the
+    /// caller waits for its writes before it submits the flush. Either way
+    /// each write's own completion says whether it succeeded.
+    fn ordered_flush(&self) -> bool {
+        false
     }
 
     /// Submits `op` and waits for it; only when nothing else is in flight.

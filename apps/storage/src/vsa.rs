@@ -246,4 +246,14 @@ impl BlockDevice for VsaDevice {
     fn durable_writes(&self) -> bool {
         self.dev.write_through()
     }
+
+    /// Every request goes to the one queue this device opens, in the order
+    /// submitted, and a VSIC function executes a queue's requests in the
+    /// order taken, each before the next: its FLUSH covers every write
+    /// taken before it on the queue, completed or not (docs/device-spec.md,
+    /// Durability, "Ordered FLUSH"). On a write-through function the flush
+    /// is a no-op and each write is durable when it completes.
+    fn ordered_flush(&self) -> bool {
+        true
+    }
 }

@@ -69,13 +69,32 @@ impl RawDriver {
     /// then `data` (as given, may alias), then the status byte if
     /// `separate_status` (else the last byte of `data` is the status).
     pub fn send(&mut self, kind: u32, sector: u64, data: &[Buf], separate_status: bool) -> Sent {
+        let sent = self.stage_with(kind, sector, data, separate_status);
+        self.kick();
+        sent
+    }
+
+    /// Puts a request on the queue as [`RawDriver::send`] does (separate
+    /// status byte) without making it visible: [`RawDriver::kick`]
+    /// publishes every staged request at once, with one notification.
+    pub fn stage(&mut self, kind: u32, sector: u64, data: &[Buf]) -> Sent {
+        self.stage_with(kind, sector, data, true)
+    }
+
+    /// Publishes every chain added so far and notifies the device.
+    pub fn kick(&mut self) {
+        self.vq.publish();
+        self.transport.notify(0).expect("kick");
+    }
+
+    fn stage_with(&mut self, kind: u32, sector: u64, data: &[Buf], separate_status: bool) -> Sent {
         let mut header = self.alloc(16);
         header.as_mut_slice()[..4].copy_from_slice(&kind.to_le_bytes());
         header.as_mut_slice()[8..16].copy_from_slice(&sector.to_le_bytes());
         let mut status = self.alloc(1);
         status.as_mut_slice()[0] = 0xff;
         let status_buf = separate_status.then(|| writable(&status, 1));
-        let head = self.send_chain(&header, data, status_buf);
+        let head = self.add_chain(&header, data, status_buf);
         self.held.push(header);
         Sent {
             head,
@@ -87,6 +106,13 @@ impl RawDriver {
     /// Puts the chain (the 16 bytes at `header`, `data`, `status`) on the
     /// queue as given and kicks: the caller owns every buffer.
     pub fn send_chain(&mut self, header: &DmaBuffer, data: &[Buf], status: Option<Buf>) -> u16 {
+        let head = self.add_chain(header, data, status);
+        self.kick();
+        head
+    }
+
+    /// Adds the chain to the queue without publishing it.
+    fn add_chain(&mut self, header: &DmaBuffer, data: &[Buf], status: Option<Buf>) -> u16 {
         let mut chain = vec![Buf {
             iova: header.iova(),
             len: 16,
@@ -94,10 +120,7 @@ impl RawDriver {
         }];
         chain.extend_from_slice(data);
         chain.extend(status);
-        let head = self.vq.add_chain(&chain).expect("add chain");
-        self.vq.publish();
-        self.transport.notify(0).expect("kick");
-        head
+        self.vq.add_chain(&chain).expect("add chain")
     }
 
     /// Waits up to `timeout` for `sent` to come back.

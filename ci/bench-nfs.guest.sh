@@ -3,6 +3,7 @@
 # `ci/bench.sh --apps`). In one guest, one run, the guest kernel's NFSv3
 # client (loopback, TCP) drives vsic-nfsd with its storage
 #   (1) on the VSA of VSIC 0 through vsic (VFIO)                  engine=vsic
+#   (1') the same on VSIC 3, hybrid completions (--hybrid)        engine=vsic-hybrid
 #   (2) on a file on ext4 on VSIC 1 (kernel virtio_blk)           engine=file
 #   (3) on VSIC 2's block device itself (kernel virtio_blk)       engine=blockdev
 # and the kernel's own nfsd exporting a directory of the ext4    engine=knfsd-ext4
@@ -22,6 +23,9 @@ modprobe nfsv3 || fail "modprobe nfsv3"
 vsicctl vsa create --size 768M --cap /root/nfs.cap >/dev/null
 vsicctl vsic attach --vsic 0 --cap /root/nfs.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 0 --vfio --user root >/dev/null
+vsicctl vsa create --size 768M --cap /root/nfs-hybrid.cap >/dev/null
+vsicctl vsic attach --vsic 3 --cap /root/nfs-hybrid.cap --slot 0 >/dev/null
+vsicctl vsic bind --vsic 3 --vfio --user root >/dev/null
 kernel_vsa_disk 1 1536 /root/fs.cap
 disk=$KDISK
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/"$disk" || fail "mkfs.ext4"
@@ -31,16 +35,19 @@ truncate -s 768M /mnt/fs/nfs.img
 kernel_vsa_disk 2 768 /root/blk.cap
 bdisk=$KDISK
 
-start() { # ENGINE DEV PORT
-    vsic-nfsd --dev "$2" --listen 127.0.0.1:"$3" --mkfs >/tmp/nfsd-"$1".log 2>&1 &
+start() { # ENGINE DEV PORT [OPTION...]
+    engine=$1 dev=$2 port=$3
+    shift 3
+    vsic-nfsd --dev "$dev" --listen 127.0.0.1:"$port" --mkfs "$@" >/tmp/nfsd-"$engine".log 2>&1 &
     for _ in $(seq 600); do
-        grep -q serving /tmp/nfsd-"$1".log && return 0
+        grep -q serving /tmp/nfsd-"$engine".log && return 0
         sleep 0.1
     done
-    cat /tmp/nfsd-"$1".log
-    fail "vsic-nfsd ($1) did not start"
+    cat /tmp/nfsd-"$engine".log
+    fail "vsic-nfsd ($engine) did not start"
 }
 start vsic vsic:0 20490
+start vsic-hybrid vsic:3 20494 --hybrid
 start file file:/mnt/fs/nfs.img 20491
 start blockdev file:/dev/"$bdisk" 20493
 echo "# guest: $(nproc) cpus, kernel $(uname -r), ext4 on /dev/$disk, block device /dev/$bdisk"
@@ -64,7 +71,7 @@ knfsd_start() {
     rpc.nfsd -N 4 --no-udp -p 2049 4 || { echo "rpc.nfsd failed"; return 1; }
 }
 # ENGINE:SERVER:PORT:MOUNTPORT:EXPORT
-engines="vsic:vsic-nfsd:20490:20490:/ file:vsic-nfsd:20491:20491:/ blockdev:vsic-nfsd:20493:20493:/"
+engines="vsic:vsic-nfsd:20490:20490:/ vsic-hybrid:vsic-nfsd:20494:20494:/ file:vsic-nfsd:20491:20491:/ blockdev:vsic-nfsd:20493:20493:/"
 if knfsd_start >/tmp/knfsd.log 2>&1; then
     engines="$engines knfsd-ext4:knfsd:2049:20492:/mnt/fs/kexport"
 else

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # NFS benchmark (issue 12), also run by `ci/bench.sh --apps`: in one guest
 # (ci/bench-nfs.guest.sh), the guest kernel's NFSv3 client drives
-# vsic-nfsd with its storage on a VSA through vsic over VFIO (engine=vsic)
-# on a file on ext4 on a kernel-bound VSIC (engine=file) and on a
+# vsic-nfsd with its storage on a VSA through vsic over VFIO, completions
+# by interrupt (engine=vsic, the default) and hybrid (engine=vsic-hybrid,
+# `vsic-nfsd --hybrid`: sleep for part of the usual completion time, poll
+# briefly, then sleep on the interrupt), on a file on ext4 on a kernel-bound VSIC (engine=file) and on a
 # kernel-bound VSIC's block device (engine=blockdev), and the kernel's own
 # nfsd exporting that ext4 (engine=knfsd-ext4):
 #   case=nfs-small: create + write 4 KiB + close of 2,000 files, sync mount
 #   case=nfs-seq:   256 MiB sequential write + fsync, default mount
-# each --rounds times; then the medians per engine and the ratios of vsic
-# over each of the others (from the medians).
+# each --rounds times; then the medians per engine and the ratios of each
+# vsic engine over each kernel-path engine (from the medians).
 #
 # Usage: ci/bench-nfs.sh [--files N] [--mib M] [--rounds R] [--no-build] [--out FILE]
 #   --files   small files per run (default 2000)
@@ -41,13 +43,13 @@ done
 results=$(mktemp)
 state=$(mktemp -d /var/tmp/vsic-bench-nfs.XXXXXX)
 trap 'rm -rf "$results" "$state"' EXIT
-"$REPO/qemu-configs/launch.sh" --state-dir "$state" --vsics 3 --queues 1 --drive-size 3G --memory 1536M --timeout 1800 \
+"$REPO/qemu-configs/launch.sh" --state-dir "$state" --vsics 4 --queues 1 --drive-size 3G --memory 1536M --timeout 1800 \
     --append "vsic.nfs_files=$files vsic.nfs_mib=$mib vsic.nfs_rounds=$rounds" --run "$REPO/ci/bench-nfs.guest.sh" \
     --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# )' >"$results" || true
 grep -q '^case=nfs' "$results" || { echo "bench-nfs: the guest printed no results" >&2; exit 1; }
 {
     cat "$results"
-    # Median of the rounds per (case, engine), then vsic over each other engine.
+    # Median of the rounds per (case, engine), then each vsic engine over each other engine.
     awk '
         function median(list,    n, a, i, j, t) {
             n = split(list, a, " ")
@@ -70,11 +72,15 @@ grep -q '^case=nfs' "$results" || { echo "bench-nfs: the guest printed no result
                 mm[e] = median(mbs[e])
                 printf "median case=nfs-seq server=%s engine=%s seq_mb_per_s=%.1f\n", srv[e], e, mm[e]
             }
-            for (e in mo)
-                if (e != "vsic" && mo[e] > 0 && mp[e] > 0 && mo["vsic"] > 0)
-                    printf "ratio case=nfs-small engine=vsic/%s ops=%.2f p50=%.2f\n", e, mo["vsic"] / mo[e], mp["vsic"] / mp[e]
-            for (e in mm)
-                if (e != "vsic" && mm[e] > 0 && mm["vsic"] > 0)
-                    printf "ratio case=nfs-seq engine=vsic/%s mb_per_s=%.2f\n", e, mm["vsic"] / mm[e]
+            for (u in mo)
+                if (u ~ /^vsic/)
+                    for (e in mo)
+                        if (e !~ /^vsic/ && mo[e] > 0 && mp[e] > 0 && mo[u] > 0)
+                            printf "ratio case=nfs-small engine=%s/%s ops=%.2f p50=%.2f\n", u, e, mo[u] / mo[e], mp[u] / mp[e]
+            for (u in mm)
+                if (u ~ /^vsic/)
+                    for (e in mm)
+                        if (e !~ /^vsic/ && mm[e] > 0 && mm[u] > 0)
+                            printf "ratio case=nfs-seq engine=%s/%s mb_per_s=%.2f\n", u, e, mm[u] / mm[e]
         }' "$results"
 } | tee ${out:+"$out"}

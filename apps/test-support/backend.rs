@@ -47,14 +47,27 @@ impl Backend {
     /// The same, vsicd in write-through mode when `write_through` (its
     /// functions offer no FLUSH).
     pub fn vsa_cache(tag: &str, size: u64, write_through: bool) -> Backend {
+        Backend::vsa_on(
+            tag,
+            size,
+            Setup {
+                write_through,
+                ..Setup::default()
+            },
+        )
+    }
+
+    /// A fresh VSA of `size` bytes, attached in slot 0 of VSIC 0 of a vsicd
+    /// started with `setup` on one VSIC with one queue and one 256 MiB
+    /// drive.
+    pub fn vsa_on(tag: &str, size: u64, setup: Setup) -> Backend {
         let d = Daemon::start_with(
             tag,
             Setup {
                 vsics: 1,
                 queues: 1,
                 drives: vec!["256M"],
-                write_through,
-                ..Setup::default()
+                ..setup
             },
         );
         let admin = vsic::admin::AdminClient::open(&d.pf_spec()).expect("open the PF");

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 pub use backend::Backend;
-use daemon::{Daemon, ScratchDir, Setup};
+use daemon::Setup;
 use vsic_fs::Fs;
 
 pub const FS: &str = env!("CARGO_BIN_EXE_vsic-fs");
@@ -32,12 +32,10 @@ impl Backend {
         seed: u64,
         flush_delay: &str,
     ) -> Backend {
-        let d = Daemon::start_with(
+        Backend::vsa_on(
             tag,
+            size,
             Setup {
-                vsics: 1,
-                queues: 1,
-                drives: vec!["256M"],
                 extra_args: [
                     "--volatile-cache",
                     cache,
@@ -50,16 +48,7 @@ impl Backend {
                 .to_vec(),
                 ..Setup::default()
             },
-        );
-        let admin = vsic::admin::AdminClient::open(&d.pf_spec()).expect("open the PF");
-        let v = admin.vsa_create(size, 1).expect("create the VSA");
-        admin.attach(0, 0, &v.token, false).expect("attach the VSA");
-        Backend {
-            spec: d.vsic_spec(0),
-            dir: ScratchDir::new(&format!("{tag}-scratch")),
-            image: None,
-            daemon: Some(d),
-        }
+        )
     }
 
     /// Runs a management command without arguments on the backend's

@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use vsic_storage::batch::{self, IO_CHUNK};
 use vsic_storage::BlockDevice;
 
-use crate::batch::{self, IO_CHUNK};
 use crate::codec::{Dec, Enc};
 use crate::error::{FsError, Result};
 use crate::layout::{encode_unit, Superblock, UnitHeader, BLOCK, LOG_HEADER};

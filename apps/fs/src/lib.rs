@@ -8,7 +8,6 @@
 //! `sync`/`fsync` returned for. docs/vsic-fs.md has the layout and the
 //! guarantees.
 
-pub mod batch;
 pub mod codec;
 pub mod error;
 pub mod fs;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vsic_storage::{BlockDevice, Op, StorageError};
+use vsic_storage::{BlockDevice, StorageError};
 
 use crate::layout::{
     round_up, Envelope, Kind, SlotHeader, Superblock, BLOCK, CLASS_SIZES, HDR_LEN,
@@ -611,62 +611,10 @@ fn split(sb: &Superblock, n: usize) -> Vec<WorkerSlots> {
         .collect()
 }
 
-/// How long [`write_durably`] waited for the writes and for the flush.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DurableTimes {
-    pub write: std::time::Duration,
-    pub flush: std::time::Duration,
-}
-
-/// Submits every write, waits for all, then flushes (unless the device's
-/// completed writes are durable already, write-through): on success all
-/// of them are durable. Only one thread may drive `dev` at a time.
-pub fn write_durably(
-    dev: &dyn BlockDevice,
-    writes: Vec<Write>,
-) -> Result<DurableTimes, StorageError> {
-    let start = std::time::Instant::now();
-    let n = writes.len();
-    let mut first_err = None;
-    let mut pending = 0usize;
-    for (i, (off, data)) in writes.into_iter().enumerate() {
-        let mut buf = dev.alloc(data.len())?;
-        buf.set_len(data.len());
-        buf.as_mut_slice().copy_from_slice(&data);
-        match dev.submit(Op::Write { offset: off, buf }, i as u64) {
-            Ok(()) => pending += 1,
-            Err(e) => {
-                first_err.get_or_insert(e);
-                break;
-            }
-        }
-    }
-    while pending > 0 {
-        let got = dev.poll(&mut |c| {
-            pending -= 1;
-            if let Err(e) = c.result {
-                first_err.get_or_insert(e);
-            }
-        });
-        if got == 0 && pending > 0 {
-            dev.wait(Some(std::time::Duration::from_secs(30)))?;
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
-    debug_assert!(n > 0);
-    let write = start.elapsed();
-    // A write-through device's completed writes are durable already.
-    if dev.durable_writes() {
-        return Ok(DurableTimes {
-            write,
-            flush: std::time::Duration::ZERO,
-        });
-    }
-    dev.flush()?;
-    Ok(DurableTimes {
-        write,
-        flush: start.elapsed() - write,
-    })
+/// Submits every write, waits for all, and makes them durable (one flush,
+/// none on a write-through device; [`vsic_storage::batch::write_all`]).
+/// Only one thread may drive `dev` at a time.
+pub fn write_durably(dev: &dyn BlockDevice, writes: Vec<Write>) -> Result<(), StorageError> {
+    let writes: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+    vsic_storage::batch::write_all(dev, &writes, true, &mut 0).map(|_| ())
 }

@@ -24,6 +24,7 @@
 //! are handed over with the request; the completion gives them back. So a
 //! buffer can never be touched or freed while the device uses it.
 
+pub mod batch;
 pub mod file;
 pub mod vsa;
 

@@ -3,13 +3,12 @@
 //! flush goes with the writes when the device executes in order
 //! ([`BlockDevice::ordered_flush`]: one round trip), else it is sent once
 //! they all completed (two). Nothing of a batch is in flight when
-//! [`write_all`] returns.
+//! [`write_all`] returns. vsic-fs commits and vsic-mailq's synchronous
+//! durable writes go through it.
 
 use std::time::Duration;
 
-use vsic_storage::{BlockDevice, Op};
-
-use crate::error::{FsError, Result};
+use crate::{BlockDevice, Op, Result, StorageError};
 
 /// Largest single device request.
 pub const IO_CHUNK: usize = 1 << 20;
@@ -40,7 +39,7 @@ pub fn write_all(
     let flush = flush && !dev.durable_writes();
     let together = flush && dev.ordered_flush();
     let first = *tags;
-    let mut failed: Option<FsError> = None;
+    let mut failed: Option<StorageError> = None;
     'submit: for &(offset, data) in writes {
         for (i, chunk) in data.chunks(IO_CHUNK).enumerate() {
             let sent = dev.alloc(chunk.len()).and_then(|mut buf| {
@@ -50,7 +49,7 @@ pub fn write_all(
                 dev.submit(Op::Write { offset, buf }, *tags)
             });
             if let Err(e) = sent {
-                failed = Some(e.into());
+                failed = Some(e);
                 break 'submit;
             }
             *tags += 1;
@@ -59,7 +58,7 @@ pub fn write_all(
     if together && failed.is_none() {
         match dev.submit(Op::Flush, *tags) {
             Ok(()) => *tags += 1,
-            Err(e) => failed = Some(e.into()),
+            Err(e) => failed = Some(e),
         }
     }
     let ours = first..*tags;
@@ -71,7 +70,7 @@ pub fn write_all(
             }
             outstanding -= 1;
             if let Err(e) = c.result {
-                failed.get_or_insert(e.into());
+                failed.get_or_insert(e);
             }
         });
         if outstanding > 0 {

@@ -7,6 +7,10 @@
 #   (2) on a file on ext4 on VSIC 1 (kernel virtio_blk)           engine=file
 #   (3) on VSIC 2's block device itself (kernel virtio_blk)       engine=blockdev
 # and the kernel's own nfsd exporting a directory of the ext4    engine=knfsd-ext4
+# and, as the reference of a storage path that costs nothing, the same
+# server on a file in tmpfs (fdatasync does nothing there)      engine=ram
+# (small files only: what is left of a file's time there is the NFS
+# client, TCP and the server, common to every engine).
 # Cases: create + write 4 KiB + close of vsic.nfs_files (default 2,000)
 # files on a `sync` mount (ops/s, p50, p99), and a sequential write of
 # vsic.nfs_mib (default 256) MiB with fsync on a default (async) mount
@@ -34,6 +38,9 @@ mount -t ext4 /dev/"$disk" /mnt/fs || fail "mount ext4"
 truncate -s 768M /mnt/fs/nfs.img
 kernel_vsa_disk 2 768 /root/blk.cap
 bdisk=$KDISK
+mkdir -p /mnt/ram
+mount -t tmpfs -o size=256M tmpfs /mnt/ram || fail "mount tmpfs"
+truncate -s 192M /mnt/ram/nfs.img
 
 start() { # ENGINE DEV PORT [OPTION...]
     engine=$1 dev=$2 port=$3
@@ -50,6 +57,7 @@ start vsic vsic:0 20490
 start vsic-hybrid vsic:3 20494 --hybrid
 start file file:/mnt/fs/nfs.img 20491
 start blockdev file:/dev/"$bdisk" 20493
+start ram file:/mnt/ram/nfs.img 20495
 echo "# guest: $(nproc) cpus, kernel $(uname -r), ext4 on /dev/$disk, block device /dev/$bdisk"
 
 # (4) The kernel's own nfsd exporting a directory of the same ext4 on VSIC 1
@@ -71,7 +79,7 @@ knfsd_start() {
     rpc.nfsd -N 4 --no-udp -p 2049 4 || { echo "rpc.nfsd failed"; return 1; }
 }
 # ENGINE:SERVER:PORT:MOUNTPORT:EXPORT
-engines="vsic:vsic-nfsd:20490:20490:/ vsic-hybrid:vsic-nfsd:20494:20494:/ file:vsic-nfsd:20491:20491:/ blockdev:vsic-nfsd:20493:20493:/"
+engines="vsic:vsic-nfsd:20490:20490:/ vsic-hybrid:vsic-nfsd:20494:20494:/ file:vsic-nfsd:20491:20491:/ blockdev:vsic-nfsd:20493:20493:/ ram:vsic-nfsd:20495:20495:/"
 if knfsd_start >/tmp/knfsd.log 2>&1; then
     engines="$engines knfsd-ext4:knfsd:2049:20492:/mnt/fs/kexport"
 else
@@ -102,6 +110,8 @@ EOF2
         r=$(vsic-nfs-load "$mnt/r$round" --files "$files" --size 4096) || fail "small files on $engine: $r"
         umount "$mnt"
         echo "case=nfs-small server=$server engine=$engine mount=sync round=$round $r"
+        # The reference has no sequential case (its tmpfs is small).
+        [ "$engine" = ram ] && continue
         mount -t nfs -o "$opts" 127.0.0.1:"$export" "$mnt" || fail "mount $engine"
         r=$(vsic-nfs-load "$mnt/r$round" --seq-mib "$mib") || fail "sequential write on $engine: $r"
         rm -f "$mnt/r$round/seq"

@@ -9,8 +9,14 @@
 # nfsd exporting that ext4 (engine=knfsd-ext4):
 #   case=nfs-small: create + write 4 KiB + close of 2,000 files, sync mount
 #   case=nfs-seq:   256 MiB sequential write + fsync, default mount
+# and, as a reference, the same server on a file in tmpfs, where a flush
+# costs nothing (engine=ram, small files only): its time per file is what
+# every engine shares (NFS client, TCP, server); each engine's time above
+# it is its storage path (`storage ...` lines);
 # each --rounds times; then the medians per engine and the ratios of each
-# vsic engine over each kernel-path engine (from the medians).
+# vsic engine over each other engine (from the medians; over ram: the
+# share of the no-storage ceiling reached), and of each kernel path's
+# storage time over each vsic engine's (case=nfs-small-storage).
 #
 # Usage: ci/bench-nfs.sh [--files N] [--mib M] [--rounds R] [--no-build] [--out FILE]
 #   --files   small files per run (default 2000)
@@ -67,6 +73,24 @@ grep -q '^case=nfs' "$results" || { echo "bench-nfs: the guest printed no result
             for (e in ops) {
                 mo[e] = median(ops[e]); mp[e] = median(p50[e])
                 printf "median case=nfs-small server=%s engine=%s rounds=%d small_ops_per_s=%.0f small_p50_us=%.0f\n", srv[e], e, n[e], mo[e], mp[e]
+            }
+            # Against the ram reference (a storage path that costs nothing):
+            # the part of the time per small file that is the storage path of
+            # the engine, and how many times that of a vsic engine each kernel
+            # path takes (no quote characters in this program).
+            if (mo["ram"] > 0) {
+                for (e in mo)
+                    if (e != "ram" && mo[e] > 0) {
+                        st[e] = 1000 / mo[e] - 1000 / mo["ram"]
+                        printf "storage case=nfs-small engine=%s ms_per_file=%.2f common_ms_per_file=%.2f\n", e, st[e], 1000 / mo["ram"]
+                    }
+                for (u in st)
+                    if (u ~ /^vsic/)
+                        for (e in st)
+                            if (e !~ /^vsic/) {
+                                if (st[u] > 0) printf "ratio case=nfs-small-storage engine=%s/%s storage_time=%.2f\n", e, u, st[e] / st[u]
+                                else printf "ratio case=nfs-small-storage engine=%s/%s storage_time=n/a\n", e, u
+                            }
             }
             for (e in mbs) {
                 mm[e] = median(mbs[e])

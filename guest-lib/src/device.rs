@@ -32,7 +32,11 @@ use crate::virtqueue::{Buf, RingLayout, SplitQueue, MAX_QUEUE_SIZE};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompletionMode {
     /// The device signals each queue's interrupt eventfd; [`Device::wait`]
-    /// sleeps on it.
+    /// sleeps on it. The interrupt is enabled by the waiter, for the
+    /// completions it waits for ([`Device::wait_for`]), and off while the
+    /// application submits and polls, so completions nobody sleeps on cost
+    /// no interrupt; a queue whose eventfd the application took
+    /// ([`Device::interrupt_fd`]) keeps it enabled after every poll.
     Interrupt,
     /// The device is asked not to signal; [`Device::wait`] spins on the
     /// used ring. Lowest latency, burns a core.
@@ -168,6 +172,9 @@ struct QueueState {
     abandoned: HashSet<u64>,
     /// What hybrid waits on this queue learned.
     hybrid: HybridState,
+    /// Interrupt mode with the eventfd in the application's own event
+    /// loop ([`Device::interrupt_fd`]): re-armed after every harvest.
+    eager_interrupts: bool,
 }
 
 impl QueueState {
@@ -189,9 +196,13 @@ impl QueueState {
                 self.complete_part(used.head, used.len);
             }
             match mode {
-                // A hybrid queue signals only while a waiter sleeps on the
-                // interrupt; that waiter enables it (Device::wait_step).
+                // The interrupt is on only while a waiter sleeps on it; that
+                // waiter enables it (Device::wait_step).
                 CompletionMode::Polling | CompletionMode::Hybrid => {
+                    self.vq.disable_interrupts();
+                    return;
+                }
+                CompletionMode::Interrupt if !self.eager_interrupts => {
                     self.vq.disable_interrupts();
                     return;
                 }
@@ -250,8 +261,11 @@ impl QueueState {
         Some(self.sync_done.swap_remove(i).1)
     }
 
-    fn has_work(&self) -> bool {
-        !self.ready.is_empty() || self.vq.has_used()
+    /// Whether a wait for `k` completions is over: something already
+    /// harvested waits to be polled, or `k` used entries are back (as many
+    /// as can come back, [`SplitQueue::reachable`]).
+    fn enough(&self, k: u16) -> bool {
+        !self.ready.is_empty() || self.vq.used_pending() >= self.vq.reachable(k)
     }
 }
 
@@ -324,12 +338,8 @@ impl Device {
         for index in 0..count {
             let ring = pool.alloc(RingLayout::new(size).total, BUFFER_ALIGN)?;
             let mut vq = SplitQueue::new(ring, size, has(VIRTIO_RING_F_EVENT_IDX))?;
-            match opts.mode {
-                CompletionMode::Polling | CompletionMode::Hybrid => vq.disable_interrupts(),
-                CompletionMode::Interrupt => {
-                    vq.enable_interrupts();
-                }
-            }
+            // Every mode starts with the interrupt off: a waiter enables it.
+            vq.disable_interrupts();
             let slots = pool.alloc(size as usize * SLOT_LEN, SLOT_LEN)?;
             transport.setup_queue(index, &vq.addrs())?;
             queues.push(Mutex::new(QueueState {
@@ -343,6 +353,7 @@ impl Device {
                 sync_done: Vec::new(),
                 abandoned: HashSet::new(),
                 hybrid: HybridState::new(),
+                eager_interrupts: false,
             }));
         }
         transport.enable_queues(count)?;
@@ -464,9 +475,22 @@ impl Device {
     /// polling mode spins; hybrid mode sleeps, spins, then sleeps on the
     /// eventfd ([`CompletionMode::Hybrid`]).
     pub fn wait(&self, queue: u16, timeout: Option<Duration>) -> Result<(), Error> {
+        self.wait_for(queue, 1, timeout)
+    }
+
+    /// [`Device::wait`] for `n` of the requests in flight on `queue`: returns
+    /// once `n` more parts of requests have completed (fewer when fewer are
+    /// in flight), or something completed earlier waits to be polled. A
+    /// caller that submitted several requests and needs them all (writes
+    /// and the flush that covers them) sleeps through the earlier ones: in
+    /// interrupt and hybrid mode the device is asked to signal only the
+    /// `n`-th. A request split into parts may still be incomplete when
+    /// this returns: poll, then wait for what is left.
+    pub fn wait_for(&self, queue: u16, n: usize, timeout: Option<Duration>) -> Result<(), Error> {
+        let k = u16::try_from(n).unwrap_or(u16::MAX).max(1);
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if self.wait_step(queue, deadline)? {
+            if self.wait_step(queue, deadline, k)? {
                 return Ok(());
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -485,14 +509,27 @@ impl Device {
 
     /// The eventfd the device signals for `queue` (interrupt mode), for use
     /// in an application's own event loop; call [`Device::ack_interrupt`]
-    /// when it fires, then [`Device::poll`]. -1 for an unknown queue.
+    /// when it fires, then [`Device::poll`]. From this call on the queue's
+    /// interrupt stays enabled after every poll (the loop sleeps in its own
+    /// epoll, not in [`Device::wait`]); completions already back make the
+    /// eventfd readable at once. -1 for an unknown queue.
     pub fn interrupt_fd(&self, queue: u16) -> RawFd {
         if queue as usize >= self.queues.len() {
             return -1;
         }
-        self.transport
-            .queue_interrupt(queue)
-            .map_or(-1, |e| e.as_raw_fd())
+        let Some(fd) = self.transport.queue_interrupt(queue) else {
+            return -1;
+        };
+        if self.mode == CompletionMode::Interrupt {
+            if let Ok(mut q) = self.queue(queue) {
+                q.eager_interrupts = true;
+                if q.vq.enable_interrupts() || !q.ready.is_empty() {
+                    // No signal comes for these: make the eventfd say so.
+                    let _ = fd.write(1);
+                }
+            }
+        }
+        fd.as_raw_fd()
     }
 
     /// Clears a fired interrupt eventfd.
@@ -742,21 +779,28 @@ impl Device {
         Ok(())
     }
 
-    /// One bounded wait for work on `queue`; true when there is some.
-    fn wait_step(&self, queue: u16, deadline: Option<Instant>) -> Result<bool, Error> {
+    /// One bounded wait for `k` completions on `queue`
+    /// ([`QueueState::enough`]); true when they are there.
+    fn wait_step(&self, queue: u16, deadline: Option<Instant>, k: u16) -> Result<bool, Error> {
         match self.mode {
-            CompletionMode::Interrupt => self.sleep_on_interrupt(queue, deadline),
-            CompletionMode::Polling => self.spin(queue, deadline),
-            CompletionMode::Hybrid => self.hybrid_wait(queue, deadline),
+            CompletionMode::Interrupt => self.sleep_on_interrupt(queue, deadline, k),
+            CompletionMode::Polling => self.spin(queue, deadline, k),
+            CompletionMode::Hybrid => self.hybrid_wait(queue, deadline, k),
         }
     }
 
-    /// Enables `queue`'s interrupt and sleeps on it until it fires or the
-    /// deadline passes; true when there is work.
-    fn sleep_on_interrupt(&self, queue: u16, deadline: Option<Instant>) -> Result<bool, Error> {
+    /// Enables `queue`'s interrupt for the `k`-th completion and sleeps on
+    /// it until it fires or the deadline passes; true when the `k`
+    /// completions are there.
+    fn sleep_on_interrupt(
+        &self,
+        queue: u16,
+        deadline: Option<Instant>,
+        k: u16,
+    ) -> Result<bool, Error> {
         {
             let mut q = self.queue(queue)?;
-            if q.has_work() || q.vq.enable_interrupts() {
+            if q.enough(k) || q.vq.enable_interrupts_after(k) {
                 return Ok(true);
             }
         }
@@ -788,15 +832,15 @@ impl Device {
         if r > 0 {
             let _ = fd.read();
         }
-        Ok(self.queue(queue)?.has_work())
+        Ok(self.queue(queue)?.enough(k))
     }
 
-    /// Spins on `queue`'s used ring until there is work (true) or the
-    /// deadline passes (false).
-    fn spin(&self, queue: u16, deadline: Option<Instant>) -> Result<bool, Error> {
+    /// Spins on `queue`'s used ring until the `k` completions are there
+    /// (true) or the deadline passes (false).
+    fn spin(&self, queue: u16, deadline: Option<Instant>, k: u16) -> Result<bool, Error> {
         let mut spins = 0u32;
         loop {
-            if self.queue(queue)?.has_work() {
+            if self.queue(queue)?.enough(k) {
                 return Ok(true);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -813,11 +857,11 @@ impl Device {
     }
 
     /// One hybrid wait: timer sleep, bounded spin, then the interrupt.
-    fn hybrid_wait(&self, queue: u16, deadline: Option<Instant>) -> Result<bool, Error> {
+    fn hybrid_wait(&self, queue: u16, deadline: Option<Instant>, k: u16) -> Result<bool, Error> {
         let start = Instant::now();
         let plan = {
             let q = self.queue(queue)?;
-            if q.has_work() {
+            if q.enough(k) {
                 return Ok(true);
             }
             q.hybrid.plan()
@@ -833,17 +877,17 @@ impl Device {
         let slept = (!asked.is_zero()).then(|| (asked, woke - start));
         let poll_end = end_of(plan.poll_until).max(woke + (plan.poll_until - plan.sleep));
         let poll_end = deadline.map_or(poll_end, |d| d.min(poll_end));
-        let found = if self.queue(queue)?.has_work() {
+        let found = if self.queue(queue)?.enough(k) {
             Some(if asked.is_zero() {
                 Found::AtOnce
             } else {
                 Found::FirstLook
             })
-        } else if self.spin(queue, Some(poll_end))? {
+        } else if self.spin(queue, Some(poll_end), k)? {
             Some(Found::Polling)
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
             None
-        } else if self.sleep_on_interrupt(queue, deadline)? {
+        } else if self.sleep_on_interrupt(queue, deadline, k)? {
             Some(Found::Interrupt)
         } else {
             None
@@ -858,7 +902,7 @@ impl Device {
         }
         // Interrupts stay off between waits (harvest keeps them off too).
         q.vq.disable_interrupts();
-        Ok(found.is_some() || q.has_work())
+        Ok(found.is_some() || q.enough(k))
     }
 
     fn run_sync_request(&self, queue: u16, req: &Request<'_>) -> Result<(), Error> {
@@ -888,7 +932,7 @@ impl Device {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(Error::Timeout);
                     }
-                    self.wait_step(queue, Some(short_deadline(deadline)))?;
+                    self.wait_step(queue, Some(short_deadline(deadline)), 1)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -909,7 +953,7 @@ impl Device {
             }
             // Short slices: another thread may harvest our completion
             // without waking us.
-            self.wait_step(queue, Some(short_deadline(deadline)))?;
+            self.wait_step(queue, Some(short_deadline(deadline)), 1)?;
         }
     }
 }

@@ -265,16 +265,39 @@ impl SplitQueue {
     /// Asks the device to signal the interrupt for the next used entry.
     /// Returns whether entries are already waiting (then no signal may come).
     pub fn enable_interrupts(&mut self) -> bool {
+        self.enable_interrupts_after(1)
+    }
+
+    /// Used entries the device has returned that we have not consumed.
+    pub fn used_pending(&self) -> u16 {
+        self.device_used_idx().wrapping_sub(self.last_used)
+    }
+
+    /// `k` clamped to what can still come back: at least 1, at most the
+    /// chains added and not yet consumed (so a wait for them never waits
+    /// for entries that cannot arrive).
+    pub fn reachable(&self, k: u16) -> u16 {
+        k.min(self.avail_idx.wrapping_sub(self.last_used)).max(1)
+    }
+
+    /// Asks the device to signal the interrupt only once `k` used entries
+    /// beyond those consumed are there ([`Self::reachable`] of `k`): with
+    /// event indices the requested event is the `k`-th entry, so entries
+    /// before it come back without an interrupt; without them the device
+    /// signals every entry. Returns whether the `k` entries are already
+    /// there (then no signal may come).
+    pub fn enable_interrupts_after(&mut self, k: u16) -> bool {
+        let k = self.reachable(k);
         if self.event_idx {
             self.write_u16(
                 self.layout.avail + 4 + 2 * self.size as usize,
-                self.last_used,
+                self.last_used.wrapping_add(k - 1),
             );
         } else {
             self.write_u16(self.layout.avail, 0);
         }
         fence(Ordering::SeqCst);
-        self.has_used()
+        self.used_pending() >= k
     }
 
     /// Asks the device not to signal interrupts (polling mode). With event
@@ -618,6 +641,35 @@ pub(crate) mod tests {
         dev.wr16(dev.addrs.used, VRING_USED_F_NO_NOTIFY as u16);
         q.add_chain(&[buf(2, 1, false)]).unwrap();
         assert!(!q.publish());
+    }
+
+    #[test]
+    fn an_interrupt_armed_for_k_entries_comes_with_the_kth() {
+        let (mut q, mut dev) = setup(8, true);
+        q.disable_interrupts();
+        let heads: Vec<u16> = (0..3)
+            .map(|i| q.add_chain(&[buf(i, 1, true)]).unwrap())
+            .collect();
+        q.publish();
+        for _ in 0..3 {
+            dev.pop_avail().unwrap();
+        }
+        assert!(!q.enable_interrupts_after(3), "nothing back yet");
+        assert!(!dev.push_used(heads[0], 1), "first of three: no signal");
+        assert!(!dev.push_used(heads[1], 1), "second of three: no signal");
+        assert!(dev.push_used(heads[2], 1), "third of three: the signal");
+        assert_eq!(q.used_pending(), 3);
+        assert!(q.enable_interrupts_after(3), "all three are there");
+        // More than can come back is clamped to what is in flight.
+        for _ in 0..3 {
+            q.pop_used().unwrap();
+        }
+        let h = q.add_chain(&[buf(9, 1, true)]).unwrap();
+        q.publish();
+        dev.pop_avail().unwrap();
+        assert_eq!(q.reachable(5), 1);
+        assert!(!q.enable_interrupts_after(5));
+        assert!(dev.push_used(h, 1), "the one in flight signals");
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub fn write_all(
             }
         });
         if outstanding > 0 {
-            dev.wait(Some(WAIT))?;
+            // One wake-up for the whole batch, not one per completion.
+            dev.wait_for(outstanding as usize, Some(WAIT))?;
         }
     }
     if let Some(e) = failed {

@@ -188,6 +188,16 @@ pub trait BlockDevice: Send + Sync {
     /// Sleeps until something can be polled, or the timeout passes
     /// ([`StorageError::Timeout`]).
     fn wait(&self, timeout: Option<Duration>) -> Result<()>;
+    /// [`BlockDevice::wait`] by a caller that needs `n` of its requests in
+    /// flight before it can go on (writes and the flush covering them): the
+    /// device may sleep through the completions before the `n`-th (a VSA
+    /// asks for one interrupt, for the last). It may also return earlier,
+    /// as [`BlockDevice::wait`] does: poll, then wait for what is left. The
+    /// default is [`BlockDevice::wait`].
+    fn wait_for(&self, n: usize, timeout: Option<Duration>) -> Result<()> {
+        let _ = n;
+        self.wait(timeout)
+    }
     /// What the device is (for logs and `stats`).
     fn describe(&self) -> String;
     /// True when a completed write is already durable (a write-through

@@ -206,6 +206,10 @@ impl BlockDevice for VsaDevice {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<()> {
+        self.wait_for(1, timeout)
+    }
+
+    fn wait_for(&self, n: usize, timeout: Option<Duration>) -> Result<()> {
         if !self
             .stash
             .lock()
@@ -214,17 +218,17 @@ impl BlockDevice for VsaDevice {
         {
             return Ok(());
         }
-        match self.dev.wait(QUEUE, timeout) {
+        match self.dev.wait_for(QUEUE, n, timeout) {
             Ok(()) => Ok(()),
             Err(vsic::Error::Timeout) => Err(StorageError::Timeout),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// The queue's interrupt eventfd, with interrupts: the `vsic` library
-    /// re-arms the interrupt whenever it finds the ring empty, so a
-    /// completion after a poll is signalled. Polled and hybrid queues run
-    /// with the interrupt off.
+    /// The queue's interrupt eventfd, with interrupts: once it is taken
+    /// the `vsic` library re-arms the interrupt whenever it finds the ring
+    /// empty, so a completion after a poll is signalled. Polled and hybrid
+    /// queues run with the interrupt off.
     fn completion_fd(&self) -> Option<RawFd> {
         let fd = self.dev.interrupt_fd(QUEUE);
         (self.interrupts && fd >= 0).then_some(fd)

@@ -125,7 +125,7 @@ pub fn serve_with(
         next_conn: 0,
         accepted: 0,
         slots,
-        commit: Committer::new(dev, None, stats),
+        commit: Committer::new(dev, stats),
         pending: HashMap::new(),
         next_ticket: 0,
         device_fd,

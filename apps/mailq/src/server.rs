@@ -64,10 +64,6 @@ pub(crate) struct Batch<W> {
     pub done: W,
 }
 
-/// How long requests may be in flight without any completing before
-/// every waiting message is answered with an error.
-pub(crate) const STALL: Duration = Duration::from_secs(30);
-
 /// Write tags are `write << 1`, FLUSH tags `flush << 1 | 1`.
 const FLUSH_TAG: u64 = 1;
 

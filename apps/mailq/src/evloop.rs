@@ -30,11 +30,15 @@ use vsic_storage::{BlockDevice, StorageError};
 
 use crate::poller::{Poller, Ready, EDGE, HUP, IN, OUT};
 use crate::queue::{Placed, Queue, QueueError, WorkerSlots};
-use crate::server::{Batch, Committer, ServeOptions, STALL};
+use crate::server::{Batch, Committer, ServeOptions};
 use crate::smtp::{Event, Session, IDLE_TIMEOUT};
 
 const LISTENER: u64 = u64::MAX;
 const DEVICE: u64 = u64::MAX - 1;
+/// How long requests may be in flight without any completing before
+/// every waiting message is answered with an error ([`serve`]; see
+/// [`serve_with`]).
+pub(crate) const STALL: Duration = Duration::from_secs(30);
 /// How long one wait on a device without a completion descriptor lasts
 /// while requests are in flight, between looks at the sockets.
 pub const DEVICE_SLICE: Duration = Duration::from_micros(200);
@@ -125,7 +129,7 @@ pub fn serve_with(
         next_conn: 0,
         accepted: 0,
         slots,
-        commit: Committer::new(dev, None, stats),
+        commit: Committer::new(dev, stats),
         pending: HashMap::new(),
         next_ticket: 0,
         device_fd,

@@ -5,7 +5,7 @@
 //! * [`queue`]: formatting, recovery, per-worker slot sets, durable writes.
 //! * [`maildir`]: the kernel-path baseline, one file per message.
 //! * [`server`]: the group commit, and the thread-per-session receiver
-//!   (the Maildir baseline's front, and [`server::Workers`] for tests).
+//!   (the Maildir baseline's front).
 //! * [`evloop`]: the slot queue's receiver, one thread, epoll ([`poller`]).
 //! * [`smtp`]: one SMTP session, a state machine both receivers run.
 //! * [`client`], [`bench`]: an SMTP client, and a load generator on it.

@@ -3,22 +3,19 @@
 //! completed before it was sent), the [`Store`] trait and the
 //! thread-per-session receiver ([`serve_store`]: each session's own
 //! thread reads, stores and answers; the Maildir baseline's front).
-//! [`serve`] runs the slot queue on the event loop of [`crate::evloop`].
-//! [`Workers`] drives the committer from threads (a session thread places
-//! and submits, one reaper thread polls the device and wakes the sessions
-//! through channels): a [`Store`] for the slot queue that tests use.
+//! [`serve`] runs the slot queue on the event loop of [`crate::evloop`],
+//! which drives the committer.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
-use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vsic_storage::{BlockDevice, Completion, Op, StorageError};
+use vsic_storage::{BlockDevice, Completion, Op};
 
 use crate::layout::BLOCK;
 use crate::maildir::Maildir;
-use crate::queue::{Message, Queue, QueueError, WorkerSlots, Write};
+use crate::queue::{Message, Queue, QueueError, Write};
 use crate::smtp;
 use crate::stats::Latencies;
 
@@ -54,12 +51,6 @@ pub trait Store: Send + Sync {
     fn enqueue(&self, session: usize, msg: Message) -> EnqueueReply;
 }
 
-impl Store for Workers {
-    fn enqueue(&self, session: usize, msg: Message) -> EnqueueReply {
-        Workers::enqueue(self, session, msg)
-    }
-}
-
 /// The Maildir baseline: every session writes its own files, in parallel.
 impl Store for Maildir {
     fn enqueue(&self, _session: usize, msg: Message) -> EnqueueReply {
@@ -71,183 +62,6 @@ impl Store for Maildir {
 pub(crate) struct Batch<W> {
     pub writes: Vec<Write>,
     pub done: W,
-}
-
-/// What the threads wait on: their message's answer.
-type Waiter = Sender<Result<(), String>>;
-
-/// Where sessions store messages: one slot set per worker, each behind
-/// its own lock (a session takes only its worker's, so workers never
-/// wait for each other), and the committer they share.
-#[derive(Clone)]
-pub struct Workers {
-    sets: Arc<Vec<Mutex<WorkerSlots>>>,
-    commit: Arc<Mutex<Committer<Waiter>>>,
-}
-
-impl Workers {
-    /// Starts the reaper, the thread that completes the durable writes.
-    pub fn start(q: Queue) -> Workers {
-        Workers::start_with_stats(q, None)
-    }
-
-    /// [`Workers::start`], the committer recording each durable group's
-    /// write and flush times in `stats`.
-    pub fn start_with_stats(q: Queue, stats: Option<Arc<Latencies>>) -> Workers {
-        Workers::start_with(q, stats, STALL)
-    }
-
-    /// [`Workers::start_with_stats`], the waiting messages failed once
-    /// requests have been in flight for `stall` with none completing.
-    pub fn start_with(q: Queue, stats: Option<Arc<Latencies>>, stall: Duration) -> Workers {
-        let (dev, sets) = q.into_parts();
-        let dev: Arc<dyn BlockDevice> = Arc::from(dev);
-        let in_flight = Arc::new(InFlight::default());
-        let commit = Arc::new(Mutex::new(Committer::new(
-            dev.clone(),
-            Some(in_flight.clone()),
-            stats,
-        )));
-        let c = commit.clone();
-        std::thread::Builder::new()
-            .name("mailq-reap".into())
-            .spawn(move || reaper(dev, in_flight, c, stall))
-            .expect("spawn the reaper");
-        Workers {
-            sets: Arc::new(sets.into_iter().map(Mutex::new).collect()),
-            commit,
-        }
-    }
-
-    pub fn count(&self) -> usize {
-        self.sets.len()
-    }
-
-    /// Stores `msg` in worker `w`'s slots; returns once it is durable.
-    pub fn enqueue(&self, w: usize, msg: Message) -> EnqueueReply {
-        let set = &self.sets[w % self.sets.len()];
-        let (tx, rx) = channel();
-        let placed = {
-            // Placed and submitted under the set's lock: its 1 KiB slots
-            // share blocks, each placement rewriting its block whole, so
-            // the writes must reach the committer in placement order.
-            let mut slots = lock(set);
-            let (p, writes) = slots.place(&msg)?;
-            let mut c = lock(&self.commit);
-            c.start(Batch { writes, done: tx });
-            c.advance();
-            deliver(&mut c);
-            p
-        };
-        let result = rx
-            .recv()
-            .unwrap_or_else(|_| Err("the committer has stopped".into()));
-        match result {
-            Ok(()) => Ok(placed.entry.id),
-            Err(e) => {
-                // Not acknowledged: the slot is free again (whatever
-                // reached the device is whole or fails its checksum).
-                lock(set).release(&placed);
-                Err(QueueError::CommitFailed(e))
-            }
-        }
-    }
-}
-
-/// Sends the committer's answers to the waiting threads.
-fn deliver(c: &mut Committer<Waiter>) {
-    for (tx, r) in c.take_answered() {
-        let _ = tx.send(r);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// How long requests may be in flight without any completing before
-/// every waiting message is answered with an error.
-pub(crate) const STALL: Duration = Duration::from_secs(30);
-
-/// Requests submitted and not yet reaped; the reaper sleeps while zero
-/// (so a polling device does not spin while the queue is idle).
-#[derive(Default)]
-pub(crate) struct InFlight {
-    n: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl InFlight {
-    fn add(&self, k: usize) {
-        *self.n.lock().unwrap_or_else(|p| p.into_inner()) += k;
-        self.cv.notify_one();
-    }
-
-    fn sub(&self, k: usize) {
-        let mut n = self.n.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(k);
-    }
-
-    fn clear(&self) {
-        *self.n.lock().unwrap_or_else(|p| p.into_inner()) = 0;
-    }
-
-    /// Waits until something is in flight; true if it had to wait.
-    fn wait_some(&self) -> bool {
-        let mut n = self.n.lock().unwrap_or_else(|p| p.into_inner());
-        let idle = *n == 0;
-        while *n == 0 {
-            n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
-        }
-        idle
-    }
-}
-
-/// The only thread that polls the device: hands every completion to the
-/// committer, which sends the FLUSHes and answers the sessions.
-fn reaper(
-    dev: Arc<dyn BlockDevice>,
-    in_flight: Arc<InFlight>,
-    commit: Arc<Mutex<Committer<Waiter>>>,
-    stall: Duration,
-) {
-    let mut last = Instant::now();
-    loop {
-        if in_flight.wait_some() {
-            // Idle time is no stall: the clock starts with the requests.
-            last = Instant::now();
-        }
-        let mut got = Vec::new();
-        dev.poll(&mut |c| got.push(c));
-        if got.is_empty() {
-            let stalled = match dev.wait(Some(Duration::from_millis(100))) {
-                Ok(()) => None,
-                Err(StorageError::Timeout) => {
-                    (last.elapsed() > stall).then(|| format!("nothing completed for {stall:?}"))
-                }
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = stalled {
-                in_flight.clear();
-                let mut c = lock(&commit);
-                c.fail_all(&why);
-                deliver(&mut c);
-                drop(c);
-                // A dead device is not polled in a tight loop.
-                std::thread::sleep(Duration::from_millis(100));
-                last = Instant::now();
-            }
-            continue;
-        }
-        last = Instant::now();
-        in_flight.sub(got.len());
-        let mut c = lock(&commit);
-        for done in got {
-            c.completed(done);
-        }
-        c.advance();
-        deliver(&mut c);
-    }
 }
 
 /// Write tags are `write << 1`, FLUSH tags `flush << 1 | 1`.
@@ -280,8 +94,6 @@ struct Group<W> {
 /// waits for that write.
 pub(crate) struct Committer<W> {
     dev: Arc<dyn BlockDevice>,
-    /// Shared with a reaper thread that sleeps while nothing is in flight.
-    in_flight: Option<Arc<InFlight>>,
     stats: Option<Arc<Latencies>>,
     groups: BTreeMap<u64, Group<W>>,
     next_group: u64,
@@ -304,14 +116,9 @@ fn blocks(off: u64, len: usize) -> impl Iterator<Item = u64> {
 }
 
 impl<W> Committer<W> {
-    pub(crate) fn new(
-        dev: Arc<dyn BlockDevice>,
-        in_flight: Option<Arc<InFlight>>,
-        stats: Option<Arc<Latencies>>,
-    ) -> Committer<W> {
+    pub(crate) fn new(dev: Arc<dyn BlockDevice>, stats: Option<Arc<Latencies>>) -> Committer<W> {
         Committer {
             dev,
-            in_flight,
             stats,
             groups: BTreeMap::new(),
             next_group: 0,
@@ -349,18 +156,6 @@ impl<W> Committer<W> {
     fn answer(&mut self, g: Group<W>, r: Result<(), String>) {
         for d in g.done {
             self.answered.push((d, r.clone()));
-        }
-    }
-
-    fn in_flight_add(&self, k: usize) {
-        if let Some(f) = &self.in_flight {
-            f.add(k);
-        }
-    }
-
-    fn in_flight_sub(&self, k: usize) {
-        if let Some(f) = &self.in_flight {
-            f.sub(k);
         }
     }
 
@@ -420,12 +215,7 @@ impl<W> Committer<W> {
             let r = self.dev.alloc(len).and_then(|mut buf| {
                 buf.set_len(len);
                 buf.as_mut_slice().copy_from_slice(&data);
-                self.in_flight_add(1);
-                let r = self.dev.submit(Op::Write { offset: off, buf }, tag);
-                if r.is_err() {
-                    self.in_flight_sub(1);
-                }
-                r
+                self.dev.submit(Op::Write { offset: off, buf }, tag)
             });
             match r {
                 Ok(()) => {
@@ -543,7 +333,6 @@ impl<W> Committer<W> {
         }
         let f = self.next_flush;
         self.next_flush += 1;
-        self.in_flight_add(1);
         match self.dev.submit(Op::Flush, f << 1 | FLUSH_TAG) {
             Ok(()) => {
                 self.flushing += 1;
@@ -555,7 +344,6 @@ impl<W> Committer<W> {
                 }
             }
             Err(e) => {
-                self.in_flight_sub(1);
                 log::error!("{}: flush: {e}", self.dev.describe());
                 for id in written {
                     let g = self.groups.remove(&id).expect("listed above");

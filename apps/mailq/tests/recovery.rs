@@ -1,14 +1,15 @@
 //! The queue on a file: placement in the three slot classes and extents,
 //! recovery by scanning slot headers (torn slots and torn extents are never
 //! taken for messages), delete, dequeue and slot reuse, and concurrent
-//! workers.
+//! SMTP sessions on several workers of the receiver (`serve`).
 
+use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use vsic_mailq::layout::{CLASS_SIZES, HDR_LEN};
-use vsic_mailq::server::Workers;
-use vsic_mailq::{Envelope, Message, Queue, QueueError};
+use vsic_mailq::client::{queued_id, Client};
+use vsic_mailq::layout::HDR_LEN;
+use vsic_mailq::{Envelope, Message, Queue, QueueError, ServeOptions};
 
 struct Img(PathBuf);
 
@@ -185,20 +186,47 @@ fn full_classes_spill_upwards_then_report_no_space() {
     assert_eq!(img.open(1).len() as u64, total);
 }
 
+/// A message body of at least `len` bytes in CRLF lines (what SMTP
+/// carries byte for byte), different for every `i`.
+fn crlf_body(i: usize, len: usize) -> Vec<u8> {
+    let line = format!("{}\r\n", format!("message {i};").repeat(5));
+    let mut b = Vec::with_capacity(len + line.len());
+    while b.len() < len {
+        b.extend_from_slice(line.as_bytes());
+    }
+    b
+}
+
 #[test]
-fn workers_enqueue_concurrently_into_disjoint_slots() {
+fn sessions_on_four_workers_store_into_disjoint_slots() {
     let img = Img::new("workers", 32 << 20);
+    // The receiver `vsic-mailq serve --workers 4` runs, on a thread of its
+    // own for the rest of the test process.
     let q = img.open(4);
-    let workers = Workers::start(q);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        vsic_mailq::serve(q, listener, ServeOptions::default()).expect("the receiver")
+    });
+    // Eight sessions at once (session k on worker k mod 4), 40 messages
+    // each, in every slot class and in extents.
     let threads: Vec<_> = (0..8)
         .map(|t| {
-            let w = workers.clone();
             std::thread::spawn(move || {
+                let (mut c, greet) = Client::connect(addr).unwrap();
+                assert_eq!(greet, 220);
+                assert_eq!(c.cmd(&format!("HELO s{t}.example")).unwrap(), 250);
                 (0..40)
                     .map(|k| {
                         let i = t * 100 + k;
                         let len = [200, 2000, 9000, 40_000][k % 4];
-                        (w.enqueue(t, msg(i, len)).unwrap(), i, len)
+                        let from = format!("s{i}@example.org");
+                        let (code, lines) = c
+                            .transaction(&from, "r@example.net", &crlf_body(i, len))
+                            .unwrap_or_else(|e| panic!("{from}: {e}"));
+                        assert_eq!(code, 250, "{from}: {lines:?}");
+                        let id = queued_id(&lines).unwrap_or_else(|| panic!("no id: {lines:?}"));
+                        (id, i, len)
                     })
                     .collect::<Vec<_>>()
             })
@@ -208,19 +236,21 @@ fn workers_enqueue_concurrently_into_disjoint_slots() {
         .into_iter()
         .flat_map(|t| t.join().unwrap())
         .collect();
-    drop(workers);
-    // The worker threads hold the device; give them a moment to exit.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Every message is acknowledged, so the receiver writes nothing more:
+    // a second opener sees what it made durable.
     let q = img.open(4);
     assert_eq!(q.len(), acked.len());
     let mut slots: Vec<_> = q.list().map(|e| (e.class, e.slot)).collect();
     slots.sort();
     slots.dedup();
     assert_eq!(slots.len(), acked.len(), "no two messages share a slot");
+    let classes: std::collections::BTreeSet<_> = q.list().map(|e| e.class).collect();
+    assert_eq!(classes.len(), 3, "every slot class used: {classes:?}");
     for (id, i, len) in acked {
-        assert_eq!(q.read(id).unwrap(), msg(i, len).body);
+        let e = q.list().find(|e| e.id == id).expect("an acknowledged id");
+        assert_eq!(e.env.from, format!("s{i}@example.org"));
+        assert_eq!(q.read(id).unwrap(), crlf_body(i, len), "message {i}");
     }
-    assert!(CLASS_SIZES.len() == 3);
 }
 
 /// Extents written with one worker count and recovered with another can

@@ -1,17 +1,22 @@
-//! The receiver on a device that uses the freedom virtio gives it: writes
-//! in flight together complete (and land) in any order, here the reverse
-//! of their submission; a FLUSH covers the writes completed before it.
-//! Messages of the 1 KiB class share 4 KiB blocks, each placement
-//! rewriting its whole block, so two writes of one block may never be in
-//! flight together: every message that got its id must be there after a
-//! reopen, whole.
+//! The event-loop receiver (`evloop::serve_with`, the loop `serve` runs)
+//! on a device that uses the freedom virtio gives it: writes in flight
+//! together complete (and land) in any order, here the reverse of their
+//! submission; a FLUSH covers the writes completed before it. Messages of
+//! the 1 KiB class share 4 KiB blocks, each placement rewriting its whole
+//! block, so two writes of one block may never be in flight together:
+//! every message that got its 250 must be there after a reopen, whole.
+//! And the loop's stall check: requests in flight with nothing completing
+//! for the stall time fail the waiting messages (451), but an idle spell
+//! with nothing in flight is no stall.
 
 use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use vsic_mailq::server::Workers;
-use vsic_mailq::{Envelope, Message, Queue};
+use vsic_mailq::client::{queued_id, Client};
+use vsic_mailq::{evloop, Queue, ServeOptions};
 use vsic_storage::{BlockDevice, Completion, IoBuf, Op, OpKind, StorageError};
 
 const BLOCK: usize = 4096;
@@ -34,6 +39,8 @@ struct Reordering {
     ready: Condvar,
     /// How long a request takes.
     delay: Duration,
+    /// Set: nothing completes any more (a device that stopped answering).
+    stalled: Arc<AtomicBool>,
 }
 
 impl Reordering {
@@ -42,7 +49,12 @@ impl Reordering {
     }
 
     fn slow(mem: Arc<Mutex<Vec<u8>>>, delay: Duration) -> Reordering {
-        let path = std::env::temp_dir().join(format!("mailq-reorder-{}", std::process::id()));
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "mailq-reorder-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let opts = vsic_storage::OpenOptions {
             new_file_size: 1 << 20,
             ..vsic_storage::OpenOptions::default()
@@ -55,6 +67,7 @@ impl Reordering {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
             delay,
+            stalled: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -122,7 +135,8 @@ impl BlockDevice for Reordering {
         let mut st = self.state.lock().unwrap();
         // Requests take `delay` (which also lets concurrent submitters add
         // to what runs together, and so is reordered).
-        if st.since.is_some_and(|t| t.elapsed() >= self.delay) {
+        let stalled = self.stalled.load(Ordering::Relaxed);
+        if !stalled && st.since.is_some_and(|t| t.elapsed() >= self.delay) {
             self.execute(&mut st);
         }
         let done: Vec<Completion> = st.done.drain(..).collect();
@@ -135,7 +149,10 @@ impl BlockDevice for Reordering {
         let end = Instant::now() + timeout.unwrap_or(Duration::from_secs(30));
         let mut st = self.state.lock().unwrap();
         loop {
-            let due = st.since.map(|t| t + self.delay);
+            let due = match self.stalled.load(Ordering::Relaxed) {
+                true => None,
+                false => st.since.map(|t| t + self.delay),
+            };
             if !st.done.is_empty() || due.is_some_and(|d| d <= Instant::now()) {
                 return Ok(());
             }
@@ -155,28 +172,50 @@ impl BlockDevice for Reordering {
     }
 }
 
+/// Runs the event loop on `dev` (its queue split for `workers`) on a
+/// thread of its own for the rest of the test process, as `serve` does on
+/// the binary's main thread; returns its address.
+fn serve_on(dev: Reordering, workers: usize, stall: Duration) -> SocketAddr {
+    let q = Queue::open(Box::new(dev), workers).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        evloop::serve_with(q, listener, ServeOptions::default(), stall).expect("the event loop")
+    });
+    addr
+}
+
+/// A greeted session.
+fn session(addr: SocketAddr, name: &str) -> Client {
+    let (mut c, greet) = Client::connect(addr).unwrap();
+    assert_eq!(greet, 220);
+    assert_eq!(c.cmd(&format!("HELO {name}")).unwrap(), 250);
+    c
+}
+
+/// One message from `from`: the reply to its content.
+fn store(c: &mut Client, from: &str, body: &[u8]) -> (u16, Vec<String>) {
+    c.transaction(from, "q@y.example", body)
+        .unwrap_or_else(|e| panic!("{from}: {e}"))
+}
+
 #[test]
 fn small_messages_sharing_blocks_survive_a_reordering_device() {
     let mem = Arc::new(Mutex::new(vec![0u8; 16 << 20]));
-    let q = Queue::open(Box::new(Reordering::new(mem.clone())), 1).unwrap();
-    let workers = Arc::new(Workers::start(q));
+    // One worker: every session places into one slot set, so the small
+    // messages of concurrent sessions share its blocks.
+    let addr = serve_on(Reordering::new(mem.clone()), 1, Duration::from_secs(30));
     let threads: Vec<_> = (0..8)
         .map(|t| {
-            let w = workers.clone();
             std::thread::spawn(move || {
+                let mut c = session(addr, &format!("t{t}.example"));
                 (0..12)
                     .map(|i| {
                         let body = format!("thread {t} message {i}\r\n").into_bytes();
-                        let msg = Message {
-                            env: Envelope {
-                                from: format!("t{t}@x"),
-                                to: vec!["q@y".into()],
-                            },
-                            body: body.clone(),
-                        };
-                        // Every session on worker 0: one slot set, so the
-                        // small messages share its blocks.
-                        (w.enqueue(0, msg).expect("enqueue"), body)
+                        let (code, lines) = store(&mut c, &format!("t{t}@x.example"), &body);
+                        assert_eq!(code, 250, "thread {t} message {i}: {lines:?}");
+                        let id = queued_id(&lines).unwrap_or_else(|| panic!("no id: {lines:?}"));
+                        (id, body)
                     })
                     .collect::<Vec<_>>()
             })
@@ -186,7 +225,7 @@ fn small_messages_sharing_blocks_survive_a_reordering_device() {
         .into_iter()
         .flat_map(|t| t.join().unwrap())
         .collect();
-    // The receiver's threads stay; a second opener reads the memory as a
+    // The receiver's thread stays; a second opener reads the memory as a
     // device that lost nothing durable.
     let q = Queue::open(Box::new(Reordering::new(mem)), 1).unwrap();
     let mut missing = Vec::new();
@@ -212,18 +251,36 @@ fn a_slow_commit_after_an_idle_spell_is_not_taken_for_a_stalled_device() {
     // (nothing in flight) before a message is no stall.
     let mem = Arc::new(Mutex::new(vec![0u8; 16 << 20]));
     let dev = Reordering::slow(mem, Duration::from_millis(300));
-    let q = Queue::open(Box::new(dev), 1).unwrap();
-    let workers = Workers::start_with(q, None, Duration::from_secs(1));
-    let msg = |i: usize| Message {
-        env: Envelope {
-            from: "a@x".into(),
-            to: vec!["q@y".into()],
-        },
-        body: format!("message {i}\r\n").into_bytes(),
-    };
-    workers.enqueue(0, msg(0)).expect("first message");
+    let addr = serve_on(dev, 1, Duration::from_secs(1));
+    let mut c = session(addr, "idle.example");
+    let (code, lines) = store(&mut c, "a@x.example", b"message 0\r\n");
+    assert_eq!(code, 250, "first message: {lines:?}");
     std::thread::sleep(Duration::from_millis(1500));
-    workers
-        .enqueue(0, msg(1))
-        .expect("a message after an idle spell");
+    let (code, lines) = store(&mut c, "a@x.example", b"message 1\r\n");
+    assert_eq!(code, 250, "a message after an idle spell: {lines:?}");
+}
+
+#[test]
+fn a_device_that_completes_nothing_fails_the_waiting_messages() {
+    // Once the queue is open the device completes nothing more; the
+    // receiver calls it stalled after 1 s with requests in flight and
+    // nothing completed: the message is answered 451 (not acknowledged),
+    // not left waiting.
+    let mem = Arc::new(Mutex::new(vec![0u8; 16 << 20]));
+    let dev = Reordering::new(mem);
+    let stall = dev.stalled.clone();
+    let addr = serve_on(dev, 1, Duration::from_secs(1));
+    stall.store(true, Ordering::Relaxed);
+    let mut c = session(addr, "stalled.example");
+    let start = Instant::now();
+    let (code, lines) = store(&mut c, "a@x.example", b"never durable\r\n");
+    assert_eq!(code, 451, "{lines:?}");
+    // Not a speed target: well under the client's 30 s read timeout.
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    // The session goes on: it is answered, not dropped.
+    assert_eq!(c.cmd("NOOP").unwrap(), 250);
 }

@@ -199,8 +199,10 @@ impl Server {
                 });
             }
         }
+        // ctx.client_addr stays empty: only fernfs's own TCP front and its
+        // transaction tracker read it, and neither runs here (formatting
+        // the address was 1% of the server's time under TCG).
         let mut ctx = self.ctx.clone();
-        ctx.client_addr = client.to_string();
         if let auth_flavor::AUTH_UNIX = call.cred.flavor {
             if let Ok(auth) = deserialize::<auth_unix>(&mut Cursor::new(&call.cred.body)) {
                 ctx.auth = auth;

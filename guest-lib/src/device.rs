@@ -195,24 +195,17 @@ impl QueueState {
             while let Some(used) = self.vq.pop_used() {
                 self.complete_part(used.head, used.len);
             }
-            match mode {
-                // The interrupt is on only while a waiter sleeps on it; that
-                // waiter enables it (Device::wait_step).
-                CompletionMode::Polling | CompletionMode::Hybrid => {
-                    self.vq.disable_interrupts();
-                    return;
-                }
-                CompletionMode::Interrupt if !self.eager_interrupts => {
-                    self.vq.disable_interrupts();
-                    return;
-                }
+            if mode == CompletionMode::Interrupt && self.eager_interrupts {
                 // Re-arming and finding new entries means the device may
                 // have skipped the signal for them: consume them now.
-                CompletionMode::Interrupt => {
-                    if !self.vq.enable_interrupts() {
-                        return;
-                    }
+                if !self.vq.enable_interrupts() {
+                    return;
                 }
+            } else {
+                // The interrupt is on only while a waiter sleeps on it; that
+                // waiter enables it (Device::wait_step).
+                self.vq.disable_interrupts();
+                return;
             }
         }
     }

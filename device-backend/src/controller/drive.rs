@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::buffers::Range;
 use super::drive_hook::{DriveFault, DriveHook, DriveOpKind};
@@ -81,9 +82,16 @@ pub struct Drive {
     origin: Origin,
     /// (st_dev, st_ino) or st_rdev, to catch the same drive given twice.
     identity: (u64, u64),
-    /// Tests: successful syncs so far.
+    /// Changes (writes, zeroing) that returned, successful or not: a
+    /// change counts once the page cache may hold it.
+    changes: AtomicU64,
+    /// `changes` as it stood when the last successful sync began: every
+    /// change counted there is durable. Starts below `changes` (a drive
+    /// just opened may hold another process's unsynced writes).
+    durable: AtomicU64,
+    /// Tests: successful syncs so far (skipped ones not counted).
     #[cfg(test)]
-    syncs: std::sync::atomic::AtomicU64,
+    syncs: AtomicU64,
     /// The drive's index and its fault hook, once installed.
     hook: std::sync::OnceLock<(u32, std::sync::Arc<dyn DriveHook>)>,
 }
@@ -147,6 +155,8 @@ impl Drive {
             block_device,
             origin,
             identity,
+            changes: AtomicU64::new(1),
+            durable: AtomicU64::new(0),
             #[cfg(test)]
             syncs: Default::default(),
             hook: std::sync::OnceLock::new(),
@@ -200,6 +210,12 @@ impl Drive {
     }
 
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let result = self.write_all_at_once(buf, offset);
+        self.changed();
+        result
+    }
+
+    fn write_all_at_once(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
             let rest = &buf[done..];
@@ -304,6 +320,20 @@ impl Drive {
         offset: u64,
         total: u64,
     ) -> io::Result<usize> {
+        let result = self.transfer_part_once(write, pieces, offset, total);
+        if write {
+            self.changed();
+        }
+        result
+    }
+
+    fn transfer_part_once(
+        &self,
+        write: bool,
+        pieces: Range<'_>,
+        offset: u64,
+        total: u64,
+    ) -> io::Result<usize> {
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -381,6 +411,12 @@ impl Drive {
             Some(DriveFault::Fail(e)) | Some(DriveFault::Torn { error: e, .. }) => return Err(e),
             Some(DriveFault::Delay(d)) => std::thread::sleep(d),
         }
+        let result = self.zero_range_once(offset, len);
+        self.changed();
+        result
+    }
+
+    fn zero_range_once(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.block_device {
             if (offset | len) & 511 == 0 {
                 let range: [u64; 2] = [offset, len];
@@ -420,22 +456,38 @@ impl Drive {
         Ok(())
     }
 
+    /// Makes every change that returned before this call durable: an
+    /// fdatasync, skipped when no change returned since the last
+    /// successful one began (a FLUSH of one tenant then costs nothing on
+    /// a drive only others wrote before their own flush; a clean
+    /// fdatasync is still a system call and a journal check on the host).
     pub fn sync(&self) -> io::Result<()> {
+        // Every change counted here has returned, so it is in the page
+        // cache (or on the medium) before the fdatasync below starts.
+        let changes = self.changes.load(Ordering::Acquire);
+        if self.durable.load(Ordering::Acquire) >= changes {
+            return Ok(());
+        }
         // SAFETY: fdatasync on a descriptor we own.
         if unsafe { libc::fdatasync(self.fd()) } == 0 {
+            self.durable.fetch_max(changes, Ordering::AcqRel);
             #[cfg(test)]
-            self.syncs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             Ok(())
         } else {
             Err(io::Error::last_os_error())
         }
     }
 
-    /// Tests: how many syncs succeeded.
+    /// Counts a change that returned (see `changes`).
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Tests: how many syncs reached the drive.
     #[cfg(test)]
     pub fn syncs(&self) -> u64 {
-        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
+        self.syncs.load(Ordering::Relaxed)
     }
 
     fn fd(&self) -> libc::c_int {
@@ -491,6 +543,38 @@ mod tests {
     use super::*;
     use crate::controller::buffers::BufferStorage;
     use crate::controller::testutil::TempDir;
+
+    /// A sync reaches the drive only when something changed since the
+    /// last one began; a drive just opened owes one (an earlier process's
+    /// writes may still be in the page cache).
+    #[test]
+    fn sync_skips_a_drive_unchanged_since_its_last_sync() {
+        let dir = TempDir::new("drive-sync");
+        let path = dir.path().join("d0");
+        let d = Drive::open(&path, Some(1 << 20), false).expect("open");
+        d.sync().unwrap();
+        d.sync().unwrap();
+        assert_eq!(d.syncs(), 1, "just opened: one sync, then nothing to do");
+        d.write_all_at(&[1u8; 512], 0).unwrap();
+        d.sync().unwrap();
+        assert_eq!(d.syncs(), 2, "after a write");
+        let mut buf = [3u8; 512];
+        let mut storage = BufferStorage::default();
+        let mut bufs = storage.start();
+        bufs.push_bytes(&mut buf);
+        d.transfer(false, bufs.range(0, 512), 0).unwrap();
+        d.sync().unwrap();
+        assert_eq!(d.syncs(), 2, "a read changes nothing");
+        d.transfer(true, bufs.range(0, 512), 512).unwrap();
+        d.sync().unwrap();
+        d.zero_range(0, 512).unwrap();
+        d.sync().unwrap();
+        assert_eq!(d.syncs(), 4, "after a vectored write and after zeroing");
+        drop(d);
+        let d = Drive::open(&path, None, false).expect("reopen");
+        d.sync().unwrap();
+        assert_eq!(d.syncs(), 1, "reopened: owes a sync");
+    }
 
     #[test]
     fn create_sparse_read_write_zero() {

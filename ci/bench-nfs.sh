@@ -18,12 +18,15 @@
 # share of the no-storage ceiling reached), and of each kernel path's
 # storage time over each vsic engine's (case=nfs-small-storage).
 #
-# Usage: ci/bench-nfs.sh [--files N] [--mib M] [--rounds R] [--no-build] [--out FILE]
+# Usage: ci/bench-nfs.sh [--files N] [--mib M] [--rounds R] [--warmup W] [--no-build] [--out FILE]
 #   --files   small files per run (default 2000)
 #   --mib     MiB of the sequential write (default 256)
 #   --rounds  rounds (default 3): each runs every engine once, in a rotated
 #             order; the figures and ratios are the medians of the rounds
 #             (every round's own line is printed too, with round=R)
+#   --warmup  small files each engine creates first, untimed (default 100;
+#             0: none): the guest's first run pays TCG's translation of the
+#             code it runs and a cold page cache, whatever the engine
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +34,7 @@ cd "$REPO"
 files=2000
 mib=256
 rounds=3
+warmup=100
 build=1
 out=
 while [[ $# -gt 0 ]]; do
@@ -38,6 +42,7 @@ while [[ $# -gt 0 ]]; do
     --files) files=${2:?}; shift ;;
     --mib) mib=${2:?}; shift ;;
     --rounds) rounds=${2:?}; shift ;;
+    --warmup) warmup=${2:?}; shift ;;
     --no-build) build=0 ;;
     --out) out=${2:?}; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -50,7 +55,7 @@ results=$(mktemp)
 state=$(mktemp -d /var/tmp/vsic-bench-nfs.XXXXXX)
 trap 'rm -rf "$results" "$state"' EXIT
 "$REPO/qemu-configs/launch.sh" --state-dir "$state" --vsics 4 --queues 1 --drive-size 3G --memory 1536M --timeout 1800 \
-    --append "vsic.nfs_files=$files vsic.nfs_mib=$mib vsic.nfs_rounds=$rounds" --run "$REPO/ci/bench-nfs.guest.sh" \
+    --append "vsic.nfs_files=$files vsic.nfs_mib=$mib vsic.nfs_rounds=$rounds vsic.nfs_warmup=$warmup" --run "$REPO/ci/bench-nfs.guest.sh" \
     --run-with "$REPO/ci/guest-tests/lib.sh" | tee /dev/stderr | grep -a -E '^(case=|# )' >"$results" || true
 grep -q '^case=nfs' "$results" || { echo "bench-nfs: the guest printed no results" >&2; exit 1; }
 {

@@ -2,8 +2,9 @@
 # Guest half of the NFS benchmark (ci/bench-nfs.sh, also run by
 # `ci/bench.sh --apps`). In one guest, one run, the guest kernel's NFSv3
 # client (loopback, TCP) drives vsic-nfsd with its storage
-#   (1) on the VSA of VSIC 0 through vsic (VFIO)                  engine=vsic
-#   (1') the same on VSIC 3, hybrid completions (--hybrid)        engine=vsic-hybrid
+#   (1) on the VSA of VSIC 0 through vsic (VFIO), vsic-nfsd's
+#       default hybrid completions                                engine=vsic
+#   (1') the same on VSIC 3, waiting on interrupts (--interrupts) engine=vsic-interrupts
 #   (2) on a file on ext4 on VSIC 1 (kernel virtio_blk)           engine=file
 #   (3) on VSIC 2's block device itself (kernel virtio_blk)       engine=blockdev
 # and the kernel's own nfsd exporting a directory of the ext4    engine=knfsd-ext4
@@ -27,8 +28,8 @@ modprobe nfsv3 || fail "modprobe nfsv3"
 vsicctl vsa create --size 768M --cap /root/nfs.cap >/dev/null
 vsicctl vsic attach --vsic 0 --cap /root/nfs.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 0 --vfio --user root >/dev/null
-vsicctl vsa create --size 768M --cap /root/nfs-hybrid.cap >/dev/null
-vsicctl vsic attach --vsic 3 --cap /root/nfs-hybrid.cap --slot 0 >/dev/null
+vsicctl vsa create --size 768M --cap /root/nfs-interrupts.cap >/dev/null
+vsicctl vsic attach --vsic 3 --cap /root/nfs-interrupts.cap --slot 0 >/dev/null
 vsicctl vsic bind --vsic 3 --vfio --user root >/dev/null
 kernel_vsa_disk 1 1536 /root/fs.cap
 disk=$KDISK
@@ -54,7 +55,7 @@ start() { # ENGINE DEV PORT [OPTION...]
     fail "vsic-nfsd ($engine) did not start"
 }
 start vsic vsic:0 20490
-start vsic-hybrid vsic:3 20494 --hybrid
+start vsic-interrupts vsic:3 20494 --interrupts
 start file file:/mnt/fs/nfs.img 20491
 start blockdev file:/dev/"$bdisk" 20493
 start ram file:/mnt/ram/nfs.img 20495
@@ -79,7 +80,7 @@ knfsd_start() {
     rpc.nfsd -N 4 --no-udp -p 2049 4 || { echo "rpc.nfsd failed"; return 1; }
 }
 # ENGINE:SERVER:PORT:MOUNTPORT:EXPORT
-engines="vsic:vsic-nfsd:20490:20490:/ vsic-hybrid:vsic-nfsd:20494:20494:/ file:vsic-nfsd:20491:20491:/ blockdev:vsic-nfsd:20493:20493:/ ram:vsic-nfsd:20495:20495:/"
+engines="vsic:vsic-nfsd:20490:20490:/ vsic-interrupts:vsic-nfsd:20494:20494:/ file:vsic-nfsd:20491:20491:/ blockdev:vsic-nfsd:20493:20493:/ ram:vsic-nfsd:20495:20495:/"
 if knfsd_start >/tmp/knfsd.log 2>&1; then
     engines="$engines knfsd-ext4:knfsd:2049:20492:/mnt/fs/kexport"
 else

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # NFS benchmark (issue 12), also run by `ci/bench.sh --apps`: in one guest
 # (ci/bench-nfs.guest.sh), the guest kernel's NFSv3 client drives
-# vsic-nfsd with its storage on a VSA through vsic over VFIO, completions
-# by interrupt (engine=vsic, the default) and hybrid (engine=vsic-hybrid,
-# `vsic-nfsd --hybrid`: sleep for part of the usual completion time, poll
-# briefly, then sleep on the interrupt), on a file on ext4 on a kernel-bound VSIC (engine=file) and on a
+# vsic-nfsd with its storage on a VSA through vsic over VFIO, with its
+# default hybrid completions (engine=vsic: sleep for part of the usual
+# completion time, poll briefly, then sleep on the interrupt) and waiting on
+# the interrupt (engine=vsic-interrupts, `vsic-nfsd --interrupts`), on a
+# file on ext4 on a kernel-bound VSIC (engine=file) and on a
 # kernel-bound VSIC's block device (engine=blockdev), and the kernel's own
 # nfsd exporting that ext4 (engine=knfsd-ext4):
 #   case=nfs-small: create + write 4 KiB + close of 2,000 files, sync mount

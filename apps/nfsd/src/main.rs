@@ -34,14 +34,20 @@ struct Cli {
     /// Write an empty file system on DEV first (everything on it is lost).
     #[arg(long)]
     mkfs: bool,
-    /// VSA devices: poll the completion ring instead of sleeping on an
-    /// interrupt.
-    #[arg(long)]
+    /// VSA devices: poll the completion ring for every commit instead of
+    /// sleeping (a CPU spins while a commit is out).
+    #[arg(long, conflicts_with_all = ["hybrid", "interrupts"])]
     poll: bool,
-    /// VSA devices: hybrid completions (sleep for part of the usual
-    /// completion time, poll briefly, then sleep on the interrupt).
-    #[arg(long, conflicts_with = "poll")]
+    /// VSA devices: hybrid completions, the default: sleep for part of the
+    /// usual commit time, poll briefly, then sleep on the interrupt. A
+    /// server waits for each commit before it replies, and this wait ends
+    /// without the interrupt's wake-up in most commits.
+    #[arg(long, conflicts_with = "interrupts")]
     hybrid: bool,
+    /// VSA devices: sleep on the queue's interrupt for every commit
+    /// instead of the hybrid default.
+    #[arg(long)]
+    interrupts: bool,
 }
 
 /// `PR_SET_IO_FLUSHER` of linux/prctl.h (Linux 5.6; the libc crate has
@@ -82,7 +88,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let opts = vsic_storage::OpenOptions {
         polling: cli.poll,
-        hybrid: cli.hybrid,
+        // Hybrid unless asked otherwise (`--hybrid` names the default).
+        hybrid: !cli.poll && !cli.interrupts,
         ..Default::default()
     };
     let dev = vsic_storage::open(&cli.dev, &opts)?;

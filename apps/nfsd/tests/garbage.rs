@@ -14,39 +14,12 @@ use vsic_fs::Fs;
 use vsic_nfsd::server::Server;
 use vsic_nfsd::VsicNfs;
 
+mod common;
+use common::Image;
+
 const NFS: u32 = 100_003;
 const MOUNT: u32 = 100_005;
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-struct Image {
-    path: std::path::PathBuf,
-}
-
-impl Image {
-    fn new(tag: &str) -> Image {
-        let path = std::env::temp_dir().join(format!(
-            "vsic-nfsd-garbage-{tag}-{}.img",
-            std::process::id()
-        ));
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len(16 << 20))
-            .expect("image");
-        Image { path }
-    }
-    fn open(&self) -> Box<dyn vsic_storage::BlockDevice> {
-        vsic_storage::open(
-            &format!("file:{}", self.path.display()),
-            &Default::default(),
-        )
-        .expect("open")
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 /// xorshift64*: the same mutants on every run.
 struct Rng(u64);

@@ -7,7 +7,6 @@
 
 use std::io::{BufRead, BufReader, Cursor, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,6 +16,9 @@ use fernfs::xdr::nfs3::{
 };
 use fernfs::xdr::rpc::{auth_flavor, auth_unix, call_body, opaque_auth, rpc_body, rpc_msg};
 use fernfs::xdr::{deserialize, Deserialize, Serialize};
+
+mod common;
+use common::Image;
 
 const NFS: u32 = 100_003;
 const MOUNT: u32 = 100_005;
@@ -28,38 +30,6 @@ const CREATE: u32 = 8;
 const REMOVE: u32 = 12;
 const LINK: u32 = 15;
 const COMMIT: u32 = 21;
-
-struct Image {
-    path: PathBuf,
-}
-
-impl Image {
-    fn new(tag: &str) -> Image {
-        let path =
-            std::env::temp_dir().join(format!("vsic-nfsd-rpc-{tag}-{}.img", std::process::id()));
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len(16 << 20))
-            .expect("image");
-        Image { path }
-    }
-    fn dev(&self) -> String {
-        format!("file:{}", self.path.display())
-    }
-    /// The superblock generation (it grows with each checkpoint).
-    fn generation(&self) -> u64 {
-        let dev = vsic_storage::open(&self.dev(), &Default::default()).expect("open");
-        vsic_fs::Fs::mount(dev)
-            .expect("mount")
-            .superblock()
-            .generation
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 /// A running vsic-nfsd.
 struct Server {

@@ -10,36 +10,8 @@ use fernfs::xdr::nfs3::{nfsstat3, nfsstring, sattr3};
 use vsic_fs::Fs;
 use vsic_nfsd::VsicNfs;
 
-struct Image {
-    path: std::path::PathBuf,
-}
-
-impl Image {
-    fn new(tag: &str) -> Image {
-        let path = std::env::temp_dir().join(format!("vsic-nfsd-{tag}-{}.img", std::process::id()));
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len(16 << 20))
-            .expect("image");
-        Image { path }
-    }
-    fn open(&self) -> Box<dyn vsic_storage::BlockDevice> {
-        vsic_storage::open(
-            &format!("file:{}", self.path.display()),
-            &Default::default(),
-        )
-        .expect("open")
-    }
-    /// A fresh mount of what is on the device now.
-    fn on_device(&self) -> Fs {
-        Fs::mount(self.open()).expect("mount")
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
+mod common;
+use common::Image;
 
 fn name(s: &str) -> nfsstring {
     nfsstring(s.as_bytes().to_vec())

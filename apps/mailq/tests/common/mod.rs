@@ -8,6 +8,10 @@
 mod backend;
 #[path = "../../../../device-backend/tests/common/daemon.rs"]
 mod daemon;
+#[path = "../../../test-support/mutate.rs"]
+pub mod mutate;
+#[path = "../../../../device-backend/tests/common/rng.rs"]
+pub mod rng;
 
 use std::io::{BufRead, BufReader};
 

@@ -1,5 +1,11 @@
-//! What the vsic-nfsd tests share: a file-backed device image.
+//! What the vsic-nfsd tests share: a file-backed device image, and the
+//! seeded mutator of `apps/test-support`.
 #![allow(dead_code)] // each test binary uses a part
+
+#[path = "../../../test-support/mutate.rs"]
+pub mod mutate;
+#[path = "../../../../device-backend/tests/common/rng.rs"]
+pub mod rng;
 
 use std::path::PathBuf;
 

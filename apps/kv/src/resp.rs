@@ -58,6 +58,10 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     Ok(Some((args, pos)))
 }
 
+/// Longest length line (`*N` or `$N`, without its LF; leading zeros are
+/// digits too).
+const MAX_LENGTH_LINE: usize = 64;
+
 /// Reads a decimal integer line starting at `at`; returns (value, index
 /// after its CRLF).
 fn line_int(
@@ -66,11 +70,17 @@ fn line_int(
     what: &'static str,
 ) -> Result<Option<(i64, usize)>, ProtocolError> {
     let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') else {
-        if buf.len() - at > 64 {
+        if buf.len() - at > MAX_LENGTH_LINE {
             return Err(ProtocolError(what));
         }
         return Ok(None);
     };
+    // The same limit once the LF is there: a line is refused or taken
+    // whatever pieces it arrives in (it was refused only when a part
+    // without its LF was over the limit).
+    if nl > MAX_LENGTH_LINE {
+        return Err(ProtocolError(what));
+    }
     let line = &buf[at..at + nl];
     let line = line.strip_suffix(b"\r").ok_or(ProtocolError(what))?;
     let n = std::str::from_utf8(line)
@@ -87,6 +97,10 @@ fn parse_inline(buf: &[u8]) -> Result<Parsed, ProtocolError> {
         }
         return Ok(None);
     };
+    // As for length lines: the limit holds with the LF there too.
+    if nl > MAX_INLINE {
+        return Err(ProtocolError("too big inline request"));
+    }
     let line = &buf[..nl];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let args = line
@@ -164,5 +178,52 @@ mod tests {
             Err(ProtocolError("invalid bulk length"))
         );
         assert!(parse(&[b'a'; MAX_INLINE + 1]).is_err());
+    }
+
+    /// Found by the `resp_request` fuzz target: `*` and 65 zeros (a count
+    /// of 0) was taken whole but refused when its CR came without the LF,
+    /// so the answer depended on how TCP cut the stream. The same answer
+    /// now, for length lines and inline lines, at and just over each limit.
+    #[test]
+    fn a_long_line_is_judged_the_same_whole_or_in_part() {
+        let zeros = |n| "0".repeat(n);
+        let at_limit: [Vec<u8>; 3] = [
+            format!("*{}\r\n", zeros(MAX_LENGTH_LINE - 1)).into(),
+            format!("*1\r\n${}3\r\nabc\r\n", zeros(MAX_LENGTH_LINE - 2)).into(),
+            [vec![b'a'; MAX_INLINE], b"\n".to_vec()].concat(),
+        ];
+        for whole in at_limit {
+            assert!(
+                matches!(parse(&whole), Ok(Some((_, n))) if n == whole.len()),
+                "{} bytes refused",
+                whole.len()
+            );
+            for cut in 0..whole.len() {
+                assert_eq!(parse(&whole[..cut]), Ok(None), "at {cut}");
+            }
+        }
+        let over: [(Vec<u8>, &str); 3] = [
+            (
+                format!("*{}\r\n", zeros(MAX_LENGTH_LINE)).into(),
+                "invalid multibulk length",
+            ),
+            (
+                format!("*1\r\n${}3\r\nabc\r\n", zeros(MAX_LENGTH_LINE - 1)).into(),
+                "invalid bulk length",
+            ),
+            (
+                [vec![b'a'; MAX_INLINE + 1], b"\n".to_vec()].concat(),
+                "too big inline request",
+            ),
+        ];
+        for (whole, why) in over {
+            assert_eq!(parse(&whole), Err(ProtocolError(why)));
+            // Its parts ask for more until they are over the limit too.
+            let parts: Vec<_> = (0..whole.len()).map(|cut| parse(&whole[..cut])).collect();
+            assert!(parts
+                .iter()
+                .all(|p| *p == Ok(None) || *p == Err(ProtocolError(why))));
+            assert_eq!(parts.last(), Some(&Err(ProtocolError(why))));
+        }
     }
 }

@@ -79,6 +79,8 @@ knfsd_start() {
     rpc.mountd -p 20492 -N 4 --no-udp || { echo "rpc.mountd failed"; return 1; }
     rpc.nfsd -N 4 --no-udp -p 2049 4 || { echo "rpc.nfsd failed"; return 1; }
 }
+# The mount options of an engine: nfs_opts PORT MOUNTPORT.
+nfs_opts() { echo "vers=3,proto=tcp,port=$1,mountport=$2,mountproto=tcp,nolock"; }
 # ENGINE:SERVER:PORT:MOUNTPORT:EXPORT
 engines="vsic:vsic-nfsd:20490:20490:/ vsic-interrupts:vsic-nfsd:20494:20494:/ file:vsic-nfsd:20491:20491:/ blockdev:vsic-nfsd:20493:20493:/ ram:vsic-nfsd:20495:20495:/"
 if knfsd_start >/tmp/knfsd.log 2>&1; then
@@ -100,8 +102,8 @@ $e
 EOF2
         mnt=/mnt/nfs-$engine
         mkdir -p "$mnt"
-        mount -t nfs -o "sync,vers=3,proto=tcp,port=$port,mountport=$mport,mountproto=tcp,nolock" \
-            127.0.0.1:"$export" "$mnt" || fail "mount $engine (warm-up)"
+        mount -t nfs -o "sync,$(nfs_opts "$port" "$mport")" 127.0.0.1:"$export" "$mnt" ||
+            fail "mount $engine (warm-up)"
         mkdir -p "$mnt/warm"
         r=$(vsic-nfs-load "$mnt/warm" --files "$warmup" --size 4096) || fail "warm-up on $engine: $r"
         umount "$mnt"
@@ -125,7 +127,7 @@ while [ "$round" -le "$rounds" ]; do
         IFS=: read -r engine server port mport export <<EOF2
 $e
 EOF2
-        opts=vers=3,proto=tcp,port=$port,mountport=$mport,mountproto=tcp,nolock
+        opts=$(nfs_opts "$port" "$mport")
         mnt=/mnt/nfs-$engine
         mkdir -p "$mnt"
         mount -t nfs -o "sync,$opts" 127.0.0.1:"$export" "$mnt" || fail "mount $engine (sync)"

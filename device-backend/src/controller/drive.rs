@@ -210,12 +210,12 @@ impl Drive {
     }
 
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let result = self.write_all_at_once(buf, offset);
+        let result = self.write_all_at_uncounted(buf, offset);
         self.changed();
         result
     }
 
-    fn write_all_at_once(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_all_at_uncounted(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
             let rest = &buf[done..];
@@ -320,14 +320,14 @@ impl Drive {
         offset: u64,
         total: u64,
     ) -> io::Result<usize> {
-        let result = self.transfer_part_once(write, pieces, offset, total);
+        let result = self.transfer_part_uncounted(write, pieces, offset, total);
         if write {
             self.changed();
         }
         result
     }
 
-    fn transfer_part_once(
+    fn transfer_part_uncounted(
         &self,
         write: bool,
         pieces: Range<'_>,
@@ -411,12 +411,12 @@ impl Drive {
             Some(DriveFault::Fail(e)) | Some(DriveFault::Torn { error: e, .. }) => return Err(e),
             Some(DriveFault::Delay(d)) => std::thread::sleep(d),
         }
-        let result = self.zero_range_once(offset, len);
+        let result = self.zero_range_uncounted(offset, len);
         self.changed();
         result
     }
 
-    fn zero_range_once(&self, offset: u64, len: u64) -> io::Result<()> {
+    fn zero_range_uncounted(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.block_device {
             if (offset | len) & 511 == 0 {
                 let range: [u64; 2] = [offset, len];
@@ -458,9 +458,8 @@ impl Drive {
 
     /// Makes every change that returned before this call durable: an
     /// fdatasync, skipped when no change returned since the last
-    /// successful one began (a FLUSH of one tenant then costs nothing on
-    /// a drive only others wrote before their own flush; a clean
-    /// fdatasync is still a system call and a journal check on the host).
+    /// successful one began (a clean fdatasync still costs the host a
+    /// system call and a journal check).
     pub fn sync(&self) -> io::Result<()> {
         // Every change counted here has returned, so it is in the page
         // cache (or on the medium) before the fdatasync below starts.

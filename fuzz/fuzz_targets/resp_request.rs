@@ -6,31 +6,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vsic_kv::resp::parse;
+
+#[path = "../../apps/test-support/resp_check.rs"]
+mod resp_check;
 
 fuzz_target!(|data: &[u8]| {
-    let mut at = 0;
-    while let Ok(Some((args, used))) = parse(&data[at..]) {
-        let rest = &data[at..];
-        assert!(
-            used >= 1 && used <= rest.len(),
-            "took {used} of {} bytes",
-            rest.len()
-        );
-        let bytes: usize = args.iter().map(Vec::len).sum();
-        assert!(bytes <= used, "{bytes} bytes of arguments from {used}");
-        for cut in 0..used {
-            assert_eq!(
-                parse(&rest[..cut]),
-                Ok(None),
-                "a request recognised at {cut} of its {used} bytes"
-            );
-        }
-        assert_eq!(
-            parse(&rest[..used]),
-            Ok(Some((args, used))),
-            "what follows a request changed it"
-        );
-        at += used;
-    }
+    resp_check::parse_stream(data);
 });

@@ -10,6 +10,8 @@ mod backend;
 mod daemon;
 #[path = "../../../test-support/mutate.rs"]
 pub mod mutate;
+#[path = "../../../test-support/resp_check.rs"]
+pub mod resp_check;
 #[path = "../../../../device-backend/tests/common/rng.rs"]
 pub mod rng;
 

@@ -12,6 +12,8 @@ mod daemon;
 pub mod mutate;
 #[path = "../../../../device-backend/tests/common/rng.rs"]
 pub mod rng;
+#[path = "../../../test-support/smtp_check.rs"]
+pub mod smtp_check;
 
 use std::io::{BufRead, BufReader};
 

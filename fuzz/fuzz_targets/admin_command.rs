@@ -6,6 +6,9 @@
 //! temp dir) so that state-changing commands really commit metadata.
 #![no_main]
 
+#[path = "scratch.rs"]
+mod scratch;
+
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use vsic_abi::records::CacheMode;
@@ -14,12 +17,7 @@ use vsicd::controller::{AdminTarget, Controller, ControllerConfig, DriveSpec};
 fn controller() -> &'static Arc<Controller> {
     static CONTROLLER: OnceLock<Arc<Controller>> = OnceLock::new();
     CONTROLLER.get_or_init(|| {
-        let dir = if std::path::Path::new("/dev/shm").is_dir() {
-            std::path::PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let drive = dir.join(format!("vsic-fuzz-admin-{}.img", std::process::id()));
+        let drive = scratch::image_path("admin");
         let _ = std::fs::remove_file(&drive);
         let config = ControllerConfig {
             drives: vec![DriveSpec { path: drive, size: Some(64 << 20) }],

@@ -12,6 +12,9 @@
 //! calls may need the calls before it: the state is not reset per input.)
 #![no_main]
 
+#[path = "scratch.rs"]
+mod scratch;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -36,12 +39,7 @@ struct Target {
 fn target() -> &'static Target {
     static TARGET: OnceLock<Target> = OnceLock::new();
     TARGET.get_or_init(|| {
-        let dir = if std::path::Path::new("/dev/shm").is_dir() {
-            std::path::PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let img = dir.join(format!("vsic-fuzz-nfs-{}.img", std::process::id()));
+        let img = scratch::image_path("nfs");
         let _ = std::fs::remove_file(&img);
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(16 << 20))
